@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:
+#   make demo   set everything up, then run the main job on the embedded default repository
+#   make test   set everything up, then run the test suite (what .ci/run runs)
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch; set TORCH_SPEC= (empty) to keep a torch you installed yourself (e.g. a CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: setup demo test test-quick clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=/path/to/python3.10+)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@if [ -n "$(TORCH_SPEC)" ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+		echo "installing $(TORCH_SPEC)"; $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/hybrid demo
+
+test: setup
+	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest tests -q
+
+test-quick: setup
+	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest tests -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) data/ast_dataset outputs

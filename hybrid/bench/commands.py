@@ -1,0 +1,34 @@
+"""`hybrid bench NAME`: each benchmark is a module `hybrid.bench.NAME` with `add_arguments(p)` and `run(args)`.
+
+The modules must be light to import (heavy imports inside `run`)."""
+
+from __future__ import annotations
+
+import importlib
+
+BENCHES = {
+    "datagen": "AST + diff stages vs `git log -p --first-parent` (issue #2)",
+    "llm": "LLM stages against a local chat-completions server under a rate limit (issue #3)",
+    "model": "forward+backward tokens/s of the model variants vs transformers (issue #4)",
+    "train": "training tokens/s with 1 and 2 Ray Train workers, peak memory (issue #5)",
+    "memory": "external memory stores: searches/s, latency, recall (issue #6)",
+    "recall": "long-context recall across four memory variants (issue #7)",
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (datagen, llm, model, train, memory, recall)")
+    bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for name, text in BENCHES.items():
+        bp = bench_sub.add_parser(name, help=text)
+        try:
+            module = importlib.import_module(f"hybrid.bench.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"hybrid.bench.{name}":
+                raise
+            from hybrid.commands_util import not_implemented
+
+            bp.set_defaults(func=not_implemented(f"hybrid bench {name}", int(text.rsplit("#", 1)[1].rstrip(")"))))
+            continue
+        module.add_arguments(bp)
+        bp.set_defaults(func=module.run)

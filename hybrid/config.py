@@ -1,0 +1,134 @@
+"""Configuration: YAML files in `configs/`, composed and overridden with `key=value` on the command line.
+
+    configs/config.yaml         `defaults:` names one file per group (model: llama_hybrid, train: default, ...)
+    configs/<group>/<name>.yaml  the group's values
+
+On the command line `model=gpt2_hybrid` picks another file for a group and `train.batch_size=4` overrides one
+value (parsed as YAML, so `4` is an int and `null` is None). Every section is a pydantic model that rejects
+unknown keys and wrong types; the error names the key (`train.batch_size`).
+
+Each section's schema lives with the code that uses it; this module only composes them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hybrid.errors import ConfigError
+from hybrid.memory.config import MemoryConfig
+from hybrid.models.config import ModelConfig
+from hybrid.training.config import DataConfig, TrainConfig
+from pipelines.config import PipelineConfig
+from pipelines.llm.config import LLMConfig
+
+CONFIG_DIR = Path(os.environ.get("HYBRID_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+GROUPS = ("model", "train", "data", "memory", "pipeline", "llm")
+
+
+class Config(BaseModel):
+    """The whole resolved configuration of a run (saved next to every checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="model family, sizes and memory")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation and checkpointing")
+    data: DataConfig = Field(default_factory=DataConfig, description="training / validation data")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig, description="external memory store backend")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="data-generation pipeline")
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="LLM endpoint limits for the LLM stages")
+
+
+def split_overrides(items: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split command-line words into `key=value` overrides and the other positionals (e.g. repo names)."""
+    overrides, rest = [], []
+    for item in items:
+        key = item.split("=", 1)[0]
+        (overrides if "=" in item and key and " " not in key and "/" not in key else rest).append(item)
+    return overrides, rest
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section (in override {dotted}=...)")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    more = f" [and {err.error_count() - 1} more]" if err.error_count() > 1 else ""
+    return f"{key}: {first['msg']}{got_text}{more}"
+
+
+def load_config(overrides: Iterable[str] = (), config_dir: Path | None = None) -> Config:
+    """Compose configs/config.yaml's defaults, apply group choices and dotted overrides, validate."""
+    config_dir = Path(config_dir or CONFIG_DIR)
+    root = _read_yaml(config_dir / "config.yaml")
+    choices: dict[str, str] = dict(root.pop("defaults", {}) or {})
+    dotted: list[tuple[str, Any]] = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("+")
+        if not key:
+            raise ConfigError(f"override {item!r}: empty key")
+        if "." not in key and key in GROUPS and raw and not raw.startswith(("{", "[")):
+            choices[key] = raw  # `model=gpt2_hybrid` picks configs/model/gpt2_hybrid.yaml
+            continue
+        if "." not in key:
+            raise ConfigError(f"{key}: unknown config group (choose from {', '.join(GROUPS)})")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        dotted.append((key, value))
+
+    tree: dict[str, Any] = {}
+    for group, name in choices.items():
+        if group not in GROUPS:
+            raise ConfigError(f"{config_dir / 'config.yaml'}: defaults.{group}: unknown config group")
+        path = config_dir / group / f"{name}.yaml"
+        if not path.is_file():
+            options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+            raise ConfigError(f"{group}={name}: no {path} (choose from: {', '.join(options) or 'none'})")
+        tree[group] = _read_yaml(path)
+    for key, value in root.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            tree[key].update(value)
+        else:
+            tree[key] = value
+    for key, value in dotted:
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None
+
+
+def config_to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

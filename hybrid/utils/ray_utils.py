@@ -1,0 +1,25 @@
+"""Starting or joining Ray the same way everywhere."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwargs) -> None:
+    """Join the cluster named by RAY_ADDRESS, else start a local Ray (once per process).
+
+    Quiet by default: no usage stats. Local clusters get token auth turned off unless the user set
+    RAY_AUTH_MODE, because a token left in ~/.ray by an earlier `ray start` otherwise changes what a
+    fresh local cluster expects (RAY-NOTES).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)

@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from hybrid.config import CONFIG_DIR, GROUPS, load_config, split_overrides
+from hybrid.errors import ConfigError
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(["model=gpt2_hybrid", "train.batch_size=4", "train.learning_rate=1e-4"])
+    assert cfg.model.family == "gpt2"
+    assert cfg.train.batch_size == 4
+    assert cfg.train.learning_rate == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.bogus=1", "train.bogus: unknown key"),
+        ("train.batch_size=abc", "train.batch_size"),
+        ("model=no_such_preset", "model=no_such_preset"),
+        ("nosuchgroup=1", "nosuchgroup: unknown config group"),
+        ("train.batch_size.x=1", "train.batch_size"),
+        ("no-equals-sign", "expected key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config([override])
+
+
+def test_every_shipped_yaml_validates():
+    for group in GROUPS:
+        for path in sorted((CONFIG_DIR / group).glob("*.yaml")):
+            load_config([f"{group}={path.stem}"])
+
+
+def test_split_overrides():
+    overrides, rest = split_overrides(["myrepo", "train.batch_size=4", "/tmp/a=b/repo", "model=gpt2_hybrid"])
+    assert overrides == ["train.batch_size=4", "model=gpt2_hybrid"]
+    assert rest == ["myrepo", "/tmp/a=b/repo"]
+
+
+def test_cli_help_is_light():
+    """`hybrid --help` must not import torch, ray or faiss (STYLE: heavy imports where used)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hybrid.cli import build_parser; build_parser(); "
+        "heavy = [m for m in ('torch', 'ray', 'faiss', 'transformers', 'pygit2', 'openai') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
