@@ -1,15 +1,50 @@
 """The `train` and `data` sections. (Owned by the training work; issue 5.)"""
 
+from __future__ import annotations
+
+from typing import Literal
+
 from pydantic import Field
 
 from hybrid.schema import Section
 
 
 class TrainConfig(Section):
-    batch_size: int = Field(8, ge=1, description="sequences per optimizer step per worker")
+    batch_size: int = Field(8, ge=1, description="sequences per micro-batch per worker")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     learning_rate: float = Field(3e-4, gt=0, description="peak learning rate")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of the peak rate")
+    warmup_iters: int = Field(10, ge=0, description="linear warmup steps before the cosine decay")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not on norms and biases)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")
+    grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm to this (0 = off)")
+    max_iters: int = Field(200, ge=0, description="optimizer steps in total")
+    max_minutes: float | None = Field(
+        None, gt=0, description="stop (and checkpoint) after this many minutes of training, whatever max_iters says")
+    num_workers: int = Field(
+        1, ge=0, description="Ray Train workers (DDP); 0 runs the loop in this process without a worker group")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="train on GPUs (NCCL); auto = when CUDA is there")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="bf16 autocast or fp32; auto = bf16 on GPU, fp32 on CPU")
+    activation_checkpointing: bool = Field(False, description="recompute block activations in backward")
+    seed: int = Field(1337, description="seed for the weights, the data order and dropout")
+    output_dir: str = Field("outputs/train", description="checkpoints, metrics and the resolved config")
+    resume: str = Field(
+        "auto", description="auto = continue from the latest checkpoint in output_dir; none = start fresh "
+                            "(output_dir must hold no checkpoints); or a checkpoint folder")
+    eval_every: int = Field(50, ge=1, description="validate and checkpoint every this many steps")
+    eval_batches: int | None = Field(None, ge=1, description="validation micro-batches per evaluation (None = all)")
+    log_every: int = Field(10, ge=1, description="print a progress line every this many steps")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept besides `best`")
+    tokenizer_vocab_size: int = Field(4096, ge=300, description="vocabulary of the BPE trained when no base is given")
+    max_failures: int = Field(0, ge=-1, description="Ray Train worker-failure restarts (from the last checkpoint)")
 
 
 class DataConfig(Section):
     train: str | None = Field(None, description="training IO pairs: JSONL/Parquet file or folder")
     validation: str | None = Field(None, description="validation IO pairs: JSONL/Parquet file or folder")
+    max_length: int = Field(512, ge=8, description="tokens per IO pair; longer inputs lose tokens on the left")
+    on_bad_record: Literal["error", "skip"] = Field(
+        "error", description="a bad line (not JSON, no string input/output): error naming file:line, or skip and count")

@@ -1,0 +1,120 @@
+"""Reading input/output pairs: `{"input": str, "output": str, ...}` records in JSONL or Parquet files, or a
+folder of them. Bad data is an error naming the file and line (or a counted skip when asked), found on the
+driver before any worker starts."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hybrid.errors import HybridError
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+
+
+@dataclass
+class IOPairs:
+    """The records read, where they came from, and what was skipped (by reason)."""
+
+    records: list[dict[str, Any]]
+    files: list[Path]
+    skipped: Counter = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The JSONL/Parquet files that `path` names: itself, or those in the folder (sorted, recursive)."""
+    path = Path(path)
+    if not path.exists():
+        raise HybridError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES
+                       and not p.name.startswith("."))
+        if not files:
+            raise HybridError(f"{path}: folder holds no .jsonl or .parquet files")
+        return files
+    if path.suffix not in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+        raise HybridError(f"{path}: expected a .jsonl or .parquet file (or a folder of them)")
+    return [path]
+
+
+def _check_record(record: Any) -> str | None:
+    """Why a record is unusable, or None."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    for key in ("input", "output"):
+        if key not in record:
+            return f"record has no {key!r}"
+        if not isinstance(record[key], str):
+            return f"{key!r} must be a string, got {type(record[key]).__name__}"
+    if not record["output"]:
+        return "'output' is empty"
+    return None
+
+
+def _read_jsonl(path: Path, on_bad: str, skipped: Counter) -> list[dict[str, Any]]:
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                if on_bad == "skip":
+                    skipped["not_json"] += 1
+                    continue
+                raise HybridError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            problem = _check_record(record)
+            if problem:
+                if on_bad == "skip":
+                    skipped["bad_record"] += 1
+                    continue
+                raise HybridError(f"{path}:{lineno}: {problem}")
+            records.append(record)
+    return records
+
+
+def _read_parquet(path: Path, on_bad: str, skipped: Counter) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise HybridError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    for key in ("input", "output"):
+        if key not in table.column_names:
+            raise HybridError(f"{path}: Parquet file has no {key!r} column (columns: {', '.join(table.column_names)})")
+    records = []
+    for row, record in enumerate(table.to_pylist(), 1):
+        problem = _check_record(record)
+        if problem:
+            if on_bad == "skip":
+                skipped["bad_record"] += 1
+                continue
+            raise HybridError(f"{path}: row {row}: {problem}")
+        records.append(record)
+    return records
+
+
+def read_io_pairs(path: str | Path, on_bad: Literal["error", "skip"] = "error") -> IOPairs:
+    """Read every IO pair under `path`. An empty result is an error naming the path."""
+    files = data_files(path)
+    skipped: Counter = Counter()
+    records: list[dict[str, Any]] = []
+    for file in files:
+        reader = _read_parquet if file.suffix in PARQUET_SUFFIXES else _read_jsonl
+        got = reader(file, on_bad, skipped)
+        if not got and len(files) == 1 and not skipped:
+            raise HybridError(f"{file}: empty file (no IO pairs)")
+        records.extend(got)
+    if not records:
+        what = f" ({sum(skipped.values())} bad records skipped)" if skipped else ""
+        raise HybridError(f"{path}: no IO pairs{what}")
+    return IOPairs(records=records, files=files, skipped=skipped)

@@ -1,0 +1,94 @@
+"""The tokenizer: the pretrained base's own `tokenizer.json` when there is one, else a byte-level BPE trained on
+the training data with the `tokenizers` library. Either way it carries the special tokens the IO-pair template
+uses (end of text, input/output separator, fill-in-the-middle markers) and is saved with every checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from hybrid.errors import HybridError
+
+EOS = "<|endoftext|>"  # end of an output; also the padding token
+SEP = "<|sep|>"  # ends the input: the output starts after it
+FIM_PREFIX = "<|fim_prefix|>"
+FIM_SUFFIX = "<|fim_suffix|>"
+FIM_MIDDLE = "<|fim_middle|>"
+TASK = "<|task|>"
+SPECIAL_TOKENS = (EOS, SEP, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, TASK)
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class TextTokenizer:
+    """A `tokenizers.Tokenizer` plus the ids of the special tokens the training code needs."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        missing = [t for t in (EOS, SEP) if tokenizer.token_to_id(t) is None]
+        if missing:
+            raise HybridError(f"tokenizer lacks the special tokens {', '.join(missing)}")
+        self.eos_id = tokenizer.token_to_id(EOS)
+        self.sep_id = tokenizer.token_to_id(SEP)
+        self.pad_id = self.eos_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(folder / TOKENIZER_FILE))
+        (folder / "tokenizer_config.json").write_text(json.dumps(
+            {"eos_token": EOS, "pad_token": EOS, "sep_token": SEP, "additional_special_tokens": list(SPECIAL_TOKENS)},
+            indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TextTokenizer":
+        from tokenizers import Tokenizer
+
+        path = Path(folder) / TOKENIZER_FILE
+        if not path.is_file():
+            raise HybridError(f"{path}: no such file (a checkpoint holds its tokenizer)")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise HybridError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0]})") from None
+        return cls(tokenizer)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> TextTokenizer:
+    """A byte-level BPE (GPT-2 style: any byte sequence encodes, nothing is unknown) trained on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return TextTokenizer(tokenizer)
+
+
+def pretrained_tokenizer(folder: str | Path) -> TextTokenizer:
+    """The base checkpoint's tokenizer with our special tokens added (as new ids after its vocabulary)."""
+    from tokenizers import AddedToken, Tokenizer
+
+    path = Path(folder) / TOKENIZER_FILE
+    if not path.is_file():
+        raise HybridError(f"{path}: no such file (model.pretrained must hold tokenizer.json)")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS
+                                  if tokenizer.token_to_id(t) is None])
+    return TextTokenizer(tokenizer)
