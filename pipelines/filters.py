@@ -1,0 +1,59 @@
+"""Which files the structural stages keep. Every file that is not kept gets one reason, counted by the stages.
+
+Reasons, in the order they are checked:
+    lock_file    a lock file by name (Cargo.lock, package-lock.json, …)
+    vendored     under a vendored folder (vendor/, node_modules/, third_party/, …)
+    binary       a NUL byte in the first 8,000 bytes (git's own test)
+    not_source   not one of the eight languages by extension
+    too_large    over `pipeline.max_file_bytes`
+    non_utf8     not valid UTF-8
+    generated    a "generated" / "do not edit" marker in the first lines
+    minified     a line over `pipeline.max_line_chars` or a mean line length over `pipeline.max_mean_line_chars`
+    parse_error  tree-sitter found syntax errors (checked by the stages after parsing)
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from pipelines.config import PipelineConfig
+from pipelines.languages import language_of
+
+DROP_REASONS = ("lock_file", "vendored", "binary", "not_source", "too_large", "non_utf8", "generated", "minified",
+                "parse_error")
+BINARY_SNIFF_BYTES = 8000  # what git checks for a NUL byte (xdiff's buffer_is_binary)
+
+
+def path_drop_reason(path: str, cfg: PipelineConfig) -> str | None:
+    p = PurePosixPath(path)
+    if p.name in cfg.lock_files:
+        return "lock_file"
+    vendored = set(cfg.vendored_dirs)
+    if any(part in vendored for part in p.parts[:-1]):
+        return "vendored"
+    return None
+
+
+def content_drop_reason(path: str, data: bytes, cfg: PipelineConfig) -> str | None:
+    """The reason a file with this content is not parsed, or None to parse it (path reasons come first)."""
+    reason = path_drop_reason(path, cfg)
+    if reason:
+        return reason
+    if b"\0" in data[:BINARY_SNIFF_BYTES]:
+        return "binary"
+    if language_of(path) is None:
+        return "not_source"
+    if len(data) > cfg.max_file_bytes:
+        return "too_large"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "non_utf8"
+    if cfg.generated_header_lines:
+        head = "\n".join(text.split("\n", cfg.generated_header_lines)[: cfg.generated_header_lines]).lower()
+        if any(marker.lower() in head for marker in cfg.generated_markers):
+            return "generated"
+    lines = text.split("\n")
+    if lines and (max(map(len, lines)) > cfg.max_line_chars or len(text) / len(lines) > cfg.max_mean_line_chars):
+        return "minified"
+    return None

@@ -1,0 +1,182 @@
+"""The repository registry (`hybrid repos add|list|remove`, the seed's `manage-repos`).
+
+Repositories are bare clones (pygit2) in data/repos/<name>; data/repos/registry.json lists
+{"name", "source", "default_branch", "added_at"}. `add` clones into a temp folder and renames it into place
+only when everything worked, so a failure changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hybrid.errors import HybridError
+from hybrid.utils.io import atomic_write_json
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+URL_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.I)
+
+
+@dataclass
+class RepoEntry:
+    name: str
+    source: str
+    default_branch: str
+    added_at: str
+
+    def path(self, cfg) -> Path:
+        return repos_dir(cfg) / self.name
+
+
+def _pcfg(cfg):
+    return getattr(cfg, "pipeline", cfg)  # a whole Config or just its pipeline section
+
+
+def repos_dir(cfg) -> Path:
+    return Path(_pcfg(cfg).data_dir) / "repos"
+
+
+def registry_path(cfg) -> Path:
+    return repos_dir(cfg) / "registry.json"
+
+
+def list_repos(cfg) -> list[RepoEntry]:
+    path = registry_path(cfg)
+    if not path.exists():
+        return []
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+        return [RepoEntry(**{k: item[k] for k in ("name", "source", "default_branch", "added_at")})
+                for item in items]
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise HybridError(f"{path}: not a valid registry ({e})") from None
+
+
+def get_repo(name: str, cfg) -> RepoEntry:
+    for entry in list_repos(cfg):
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in list_repos(cfg)) or "none; add one with `hybrid repos add PATH_OR_URL`"
+    raise HybridError(f"repo {name!r}: not registered (known: {known})")
+
+
+def _save(entries: list[RepoEntry], cfg) -> None:
+    atomic_write_json(registry_path(cfg), [asdict(e) for e in entries])
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name) or name in (".", "..") or ".." in name or name == "registry.json":
+        raise HybridError(f"repo name {name!r}: use letters, digits, '.', '_', '-' (no '/', no '..', at most 100)")
+    return name
+
+
+def default_name(source: str) -> str:
+    base = re.split(r"[/:\\]", source.rstrip("/\\"))[-1]
+    base = base[:-4] if base.endswith(".git") else base
+    base = re.sub(r"[^A-Za-z0-9._-]", "-", base).strip(".-") or "repo"
+    return base
+
+
+def _head_branch(repo) -> str:
+    try:
+        if repo.head_is_unborn:
+            raise HybridError(f"{repo.path}: the repository has no commits")
+        return repo.head.shorthand
+    except Exception as e:  # pygit2.GitError on a detached/odd HEAD
+        if isinstance(e, HybridError):
+            raise
+        return "HEAD"
+
+
+def add_repo(source: str, name: str | None = None, cfg=None) -> RepoEntry:
+    """Clone `source` (a URL or a local path to a git repository) bare into data/repos/<name> and register it."""
+    import pygit2
+
+    if cfg is None:
+        from hybrid.config import load_config
+
+        cfg = load_config()
+    is_url = bool(URL_RE.match(source)) and not Path(source).exists()
+    if not is_url:
+        local = Path(source).expanduser()
+        if not local.exists():
+            raise HybridError(f"{source}: no such path (give a git URL or the path of a git repository)")
+        found = pygit2.discover_repository(str(local.resolve()))
+        if found is None or Path(found).resolve() not in (local.resolve() / ".git", local.resolve()):
+            raise HybridError(f"{source}: not a git repository")
+        source = str(local.resolve())
+    name = validate_name(name or default_name(source))
+    entries = list_repos(cfg)
+    if any(e.name == name for e in entries):
+        raise HybridError(f"repo {name!r}: already registered (remove it first or pick another --name)")
+    dest = repos_dir(cfg) / name
+    if dest.exists():
+        raise HybridError(f"{dest}: already exists and is not in the registry; move it away first")
+    repos_dir(cfg).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repos_dir(cfg)))
+    try:
+        try:
+            repo = pygit2.clone_repository(source, str(tmp / "clone"), bare=True)
+        except (pygit2.GitError, ValueError, OSError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HybridError(f"{source}: cannot clone ({msg})") from None
+        branch = _head_branch(repo)
+        (tmp / "clone").rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    entry = RepoEntry(name=name, source=source, default_branch=branch,
+                      added_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    _save([*entries, entry], cfg)
+    return entry
+
+
+def update_repo(name: str, cfg) -> int:
+    """Fetch new commits from the source into the bare clone; returns how many commits the branch gained."""
+    import pygit2
+
+    entry = get_repo(name, cfg)
+    repo = pygit2.Repository(str(entry.path(cfg)))
+    before = first_parent_hashes(entry, cfg, repo)
+    try:
+        repo.remotes["origin"].fetch([f"+refs/heads/*:refs/heads/*"])
+    except (pygit2.GitError, KeyError) as e:
+        raise HybridError(f"repo {name!r}: cannot fetch from {entry.source} ({e})") from None
+    return len(first_parent_hashes(entry, cfg, repo)) - len(before)
+
+
+def remove_repo(name: str, cfg, keep_dataset: bool = True) -> RepoEntry:
+    validate_name(name)
+    entries = list_repos(cfg)
+    entry = next((e for e in entries if e.name == name), None)
+    if entry is None:
+        get_repo(name, cfg)  # raises the "not registered" error
+    _save([e for e in entries if e.name != name], cfg)
+    shutil.rmtree(repos_dir(cfg) / name, ignore_errors=True)
+    if not keep_dataset:
+        shutil.rmtree(Path(_pcfg(cfg).data_dir) / "ast_dataset" / name, ignore_errors=True)
+    return entry
+
+
+def first_parent_hashes(entry: RepoEntry, cfg, repo=None) -> list[str]:
+    """Commit hashes of the default branch in first-parent order, oldest first (index = commit number)."""
+    import pygit2
+    from pygit2.enums import SortMode
+
+    repo = repo or pygit2.Repository(str(entry.path(cfg)))
+    ref = repo.references.get(f"refs/heads/{entry.default_branch}")
+    if ref is not None:
+        tip = ref.peel(pygit2.Commit).id
+    elif not repo.head_is_unborn:
+        tip = repo.head.peel(pygit2.Commit).id
+    else:
+        return []
+    walker = repo.walk(tip, SortMode.TOPOLOGICAL)
+    walker.simplify_first_parent()
+    hashes = [str(c.id) for c in walker]
+    hashes.reverse()
+    return hashes

@@ -1,0 +1,246 @@
+"""`hybrid pipeline run`: the stages in order, on Ray Data.
+
+The plan: for each repository, list its first-parent commits, keep the ones a stage still has to do (all with
+`force`), cut them into contiguous ranges of `pipeline.commits_per_task`, and map `process_range` over the
+ranges with `ray.data.TaskPoolStrategy(size=pipeline.num_workers)`. Consecutive per-commit stages run in the
+same pass, so a range parses each blob once for generate-ast and generate-ast-diffs.
+
+Adding a stage (e.g. issue #3's LLM stages between generate-ast-diffs and generate-fim): put a `Stage` with a
+`run` callable into `STAGES` at its place — see `register_stage`. A callable stage receives the selected repos,
+the whole config and `force`, and returns {"counts": {...}, "drops": {...}} like the per-commit stages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hybrid.errors import HybridError
+from pipelines.repos import RepoEntry, first_parent_hashes, get_repo, list_repos
+from pipelines.structural import OUTPUT_FILES, StageStats, commit_dir, is_done, process_range
+
+
+@dataclass
+class Stage:
+    name: str  # the command name: `hybrid pipeline <name>`
+    range_stage: str | None = None  # a per-commit stage of pipelines.structural, run over commit ranges
+    run: Callable[[list[RepoEntry], object, bool], dict] | None = None  # or a stage that runs itself
+    help: str = ""
+
+
+STAGES: list[Stage] = [
+    Stage("generate-ast", range_stage="ast", help="declarations of the files each commit touched"),
+    Stage("generate-ast-diffs", range_stage="ast-diffs", help="added / modified / deleted declarations"),
+    # issue #3 inserts here: Stage("generate-tasks", run=…), Stage("generate-reasoning", run=…)
+    Stage("generate-fim", range_stage="fim", help="fill-in-the-middle samples of the changed declarations"),
+]
+
+
+def register_stage(stage: Stage, before: str = "generate-fim") -> None:
+    """Insert a stage into `pipeline run`'s order, before the named one (idempotent by name)."""
+    names = [s.name for s in STAGES]
+    if stage.name in names:
+        STAGES[names.index(stage.name)] = stage
+        return
+    STAGES.insert(names.index(before) if before in names else len(STAGES), stage)
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in STAGES]
+
+
+@dataclass
+class RangeTask:
+    repo: str
+    repo_path: str
+    numbers: list[int]
+    hashes: list[str]
+
+
+@dataclass
+class Summary:
+    repos: list[str]
+    stages: dict[str, dict] = field(default_factory=dict)  # stage name -> {"counts", "drops", "by_language"}
+    per_repo: dict[str, dict[str, dict]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"repos": self.repos, "stages": self.stages, "per_repo": self.per_repo, "seconds": self.seconds}
+
+
+def select_repos(repo_names: list[str] | None, cfg) -> list[RepoEntry]:
+    if repo_names:
+        return [get_repo(n, cfg) for n in repo_names]
+    repos = list_repos(cfg)
+    if not repos:
+        raise HybridError("no repositories registered: add one with `hybrid repos add PATH_OR_URL`")
+    return repos
+
+
+def plan_ranges(entry: RepoEntry, cfg, range_stages: list[str], force: bool) -> tuple[list[RangeTask], int]:
+    """Contiguous ranges of the commits that still need a stage; also returns how many commits are done."""
+    pcfg = cfg.pipeline
+    hashes = first_parent_hashes(entry, cfg)
+    size = pcfg.commits_per_task
+    tasks: list[RangeTask] = []
+    current: RangeTask | None = None
+    done = 0
+    for n, h in enumerate(hashes):
+        out = commit_dir(pcfg.data_dir, entry.name, n)
+        if not force and all(is_done(s, out) for s in range_stages):
+            done += 1
+            current = None  # ranges stay contiguous
+            continue
+        if current is None or len(current.numbers) >= size:
+            current = RangeTask(entry.name, str(entry.path(cfg)), [], [])
+            tasks.append(current)
+        current.numbers.append(n)
+        current.hashes.append(h)
+    return tasks, done
+
+
+def _process_row(row: dict) -> dict:
+    """The Ray Data map function: one range in, its stats out (as JSON, so the schema is fixed)."""
+    from pipelines.config import PipelineConfig
+
+    cfg = PipelineConfig.model_validate_json(row["cfg"])
+    stats = process_range(row["repo"], row["repo_path"], [int(n) for n in row["numbers"]],
+                          [str(h) for h in row["hashes"]], json.loads(row["stages"]), cfg, bool(row["force"]))
+    return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats)}
+
+
+def run_range_stages(repos: list[RepoEntry], cfg, range_stages: list[str], force: bool = False,
+                     local: bool = False, progress: bool = True, label: str = "") -> dict[str, dict[str, dict]]:
+    """Run per-commit stages over every repo's pending commit ranges. Returns {repo: {stage: stats}}."""
+    rows, per_repo = [], {}
+    for entry in repos:
+        tasks, done = plan_ranges(entry, cfg, range_stages, force)
+        per_repo[entry.name] = {s: {"counts": {"skipped_done": done}, "drops": {}} for s in range_stages}
+        for t in tasks:
+            rows.append({"repo": t.repo, "repo_path": t.repo_path, "numbers": t.numbers, "hashes": t.hashes,
+                         "stages": json.dumps(range_stages), "force": force,
+                         "cfg": cfg.pipeline.model_dump_json()})
+    total = sum(len(r["numbers"]) for r in rows)
+    if rows:
+        with _progress(progress, label or " + ".join(range_stages), total) as advance:
+            for out in _map_rows(rows, cfg, local):
+                stats = json.loads(out["stats"])
+                for s, st in stats.items():
+                    per_repo[out["repo"]][s] = StageStats.merge(per_repo[out["repo"]][s], st)
+                advance(out["n"])
+    return per_repo
+
+
+def _map_rows(rows: list[dict], cfg, local: bool):
+    if local:
+        for row in rows:
+            yield _process_row(row)
+        return
+    import ray
+
+    from hybrid.utils.ray_utils import init_ray
+
+    init_ray()
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map(_process_row, compute=ray.data.TaskPoolStrategy(size=cfg.pipeline.num_workers))
+    yield from ds.iter_rows()
+
+
+class _progress:
+    """A rich progress bar over commits (or nothing when `enabled` is false)."""
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self.enabled, self.label, self.total = enabled, label, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("commits"), TimeElapsedColumn(), transient=False)
+        self._p.__enter__()
+        task = self._p.add_task(self.label, total=self.total)
+        return lambda n: self._p.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._p.__exit__(*exc)
+        return False
+
+
+def write_stats(entry: RepoEntry, cfg, stage_stats: dict[str, dict]) -> None:
+    """Merge this run's stats into data/ast_dataset/<repo>/stats.json (the last run of each stage)."""
+    from hybrid.utils.io import atomic_write_json
+
+    path = Path(cfg.pipeline.data_dir) / "ast_dataset" / entry.name / "stats.json"
+    old = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            old = {}
+    for stage, st in stage_stats.items():
+        old[stage] = {**st, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_json(path, old)
+
+
+def run_pipeline(repo_names: list[str] | None, cfg, force: bool = False, stages: list[str] | None = None,
+                 local: bool = False, progress: bool = True) -> Summary:
+    """Run `stages` (default: all of STAGES, in order) over the named repos (default: all registered)."""
+    known = stage_names()
+    if stages:
+        unknown = [s for s in stages if s not in known]
+        if unknown:
+            raise HybridError(f"unknown stage {unknown[0]!r} (choose from: {', '.join(known)})")
+    chosen = [s for s in STAGES if not stages or s.name in stages]
+    repos = select_repos(repo_names, cfg)
+    t0 = time.perf_counter()
+    summary = Summary(repos=[r.name for r in repos])
+    i = 0
+    while i < len(chosen):
+        if chosen[i].range_stage:  # fuse consecutive per-commit stages into one pass
+            group = [chosen[i]]
+            while i + len(group) < len(chosen) and chosen[i + len(group)].range_stage:
+                group.append(chosen[i + len(group)])
+            by_name = {s.range_stage: s.name for s in group}
+            per_repo = run_range_stages(repos, cfg, [s.range_stage for s in group], force, local, progress,
+                                        label=" + ".join(s.name for s in group))
+            for repo, st in per_repo.items():
+                renamed = {by_name[k]: v for k, v in st.items()}
+                summary.per_repo.setdefault(repo, {}).update(renamed)
+            i += len(group)
+        else:
+            st = chosen[i].run(repos, cfg, force) or {}
+            summary.per_repo.setdefault("*", {})[chosen[i].name] = st
+            i += 1
+    for entry in repos:
+        write_stats(entry, cfg, summary.per_repo.get(entry.name, {}))
+    for repo_stats in summary.per_repo.values():
+        for stage, st in repo_stats.items():
+            summary.stages[stage] = StageStats.merge(summary.stages.get(stage, {}), st)
+    summary.stages = {s.name: summary.stages[s.name] for s in chosen if s.name in summary.stages}
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def summary_table(summary: Summary):
+    """A rich table: one row per stage with its counts and every drop by reason."""
+    from rich.table import Table
+
+    table = Table(title=f"pipeline: {', '.join(summary.repos)} ({summary.seconds:.1f} s)")
+    table.add_column("stage")
+    table.add_column("counts")
+    table.add_column("dropped (by reason)")
+    for stage, st in summary.stages.items():
+        counts = ", ".join(f"{k}={v}" for k, v in st.get("counts", {}).items() if v)
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(st.get("drops", {}).items()) if v) or "-"
+        table.add_row(stage, counts or "-", drops)
+    return table
+
+
+__all__ = ["STAGES", "Stage", "Summary", "register_stage", "run_pipeline", "run_range_stages", "summary_table",
+           "OUTPUT_FILES"]
