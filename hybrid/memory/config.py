@@ -1,4 +1,8 @@
-"""The `memory` section: which external-memory store backs the model. (Issues 4 and 6.)"""
+"""The `memory` section: which external-memory store backs the model. (Issues 4 and 6.)
+
+The model's own memory sizes (capacity, retrieval_k, chunk_size, use_gpu_to_search) live in the `model` section;
+this section picks and tunes the store that holds the external memory.
+"""
 
 from typing import Literal
 
@@ -8,4 +12,17 @@ from hybrid.schema import Section
 
 
 class MemoryConfig(Section):
-    backend: Literal["torch", "faiss", "ray"] = Field("torch", description="external memory store")
+    backend: Literal["torch", "faiss", "ray"] = Field(
+        "torch", description="external memory store: torch (exact, on the model's device), faiss (in-process), "
+                             "ray (sharded FAISS actors, issue 6)")
+    faiss_index: Literal["auto", "flat", "ivf"] = Field(
+        "auto", description="FAISS index kind; auto = flat below ivf_min_chunks, IVF from there")
+    ivf_min_chunks: int = Field(
+        65536, ge=1, description="auto: a namespace whose capacity reaches this many chunks uses IVF")
+    ivf_nlist: int = Field(0, ge=0, description="IVF lists; 0 = about 4*sqrt(capacity)")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF lists searched per query")
+    search_threads: int = Field(0, ge=0, description="FAISS OpenMP threads; 0 = FAISS's default")
+    shared_namespace: str | None = Field(
+        None, description="an explicit namespace shared by every row (e.g. one repository's code); "
+                          "null = a fresh private namespace per row and call")
+    num_shards: int = Field(2, ge=1, description="ray: FAISS actors the namespaces are hash-partitioned over")

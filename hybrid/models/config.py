@@ -1,12 +1,110 @@
-"""The `model` section: base family, sizes and memory settings. (Owned by the model work; issue 4.)"""
+"""The `model` section: base family, sizes and memory settings. (Owned by the model work; issue 4.)
+
+One schema serves the YAML presets in `configs/model/`, the `key=value` overrides and the model classes
+(`HybridLlamaConfig` / `HybridGPT2Config` are this class with the family fixed). Sizes use HuggingFace names.
+"""
+
+from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hybrid.schema import Section
 
 
 class ModelConfig(Section):
+    # --- base ---------------------------------------------------------------------------------------------
     family: Literal["llama", "gpt2"] = Field("llama", description="base architecture")
     pretrained: str | None = Field(None, description="local HuggingFace-format checkpoint folder to start from")
+    vocab_size: int = Field(32000, ge=2, description="token vocabulary size (replaced by the tokenizer's)")
+    hidden_size: int = Field(512, ge=8, description="model width d")
+    intermediate_size: int = Field(1376, ge=1, description="FFN inner width (GPT-2: usually 4*hidden_size)")
+    num_hidden_layers: int = Field(8, ge=1, description="number of decoder blocks")
+    num_attention_heads: int = Field(8, ge=1, description="query heads")
+    num_key_value_heads: int | None = Field(
+        None, ge=1, description="key/value heads (grouped-query attention); null = num_attention_heads")
+    head_dim: int | None = Field(None, ge=1, description="per-head width; null = hidden_size / num_attention_heads")
+    max_position_embeddings: int = Field(
+        2048, ge=1, description="longest position (GPT-2's learned table size); positions restart each segment")
+    rms_norm_eps: float = Field(1e-5, gt=0, description="epsilon of RMSNorm (Llama) / LayerNorm (GPT-2)")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base (Llama)")
+    attention_bias: bool = Field(False, description="biases on q/k/v/o projections (Llama; GPT-2 always has them)")
+    tie_word_embeddings: bool = Field(False, description="share the input embedding with the LM head")
+    hidden_act: Literal["silu", "gelu_new", "gelu"] | None = Field(
+        None, description="FFN activation; null = the family's (silu for Llama, gelu_new for GPT-2)")
+    initializer_range: float = Field(0.02, gt=0, description="std of the normal init of random weights")
+    # --- segments and memory --------------------------------------------------------------------------------
+    segment_length: int = Field(
+        512, ge=1, description="tokens per segment; attention sees only the current segment, memory carries the rest")
+    use_internal_memory: bool = Field(True, description="LM2-style gated memory slots in every block")
+    use_external_memory: bool = Field(True, description="LongMem-style retrieval of past keys/values")
+    memory_slots: int = Field(16, ge=1, description="internal memory slots N per sequence and layer")
+    num_mem_heads: int = Field(4, ge=1, description="heads of the internal memory read/write cross-attention")
+    forget_bias: float = Field(1.0, description="initial forget-gate bias of the internal memory (LM2, as in LSTMs)")
+    external_memory_size: int = Field(
+        8192, ge=1, description="external memory capacity in tokens per sequence and retrieval layer (oldest evicted)")
+    retrieval_k: int = Field(4, ge=1, description="chunks retrieved per query token")
+    chunk_size: int = Field(4, ge=1, description="tokens per stored chunk (chunk key = mean of its keys); 1 = exact")
+    retrieval_layers: list[int] | None = Field(
+        None, description="0-based layers that retrieve from external memory; null = the middle layer")
+    use_gpu_to_search: bool = Field(False, description="FAISS store: search on the GPU when one is present")
+    # --- training -------------------------------------------------------------------------------------------
+    freeze_base: bool = Field(False, description="train only the memory parameters (LongMem's recipe)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention probabilities and residual branches")
+    gradient_checkpointing: bool = Field(False, description="recompute block activations in backward")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        kv = self.num_key_value_heads or self.num_attention_heads
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                             f"{self.num_attention_heads}")
+        if self.num_attention_heads % kv:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads {kv}")
+        if self.hidden_size % self.num_mem_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_mem_heads {self.num_mem_heads}")
+        if self.segment_length % self.chunk_size:
+            raise ValueError(f"segment_length {self.segment_length} is not a multiple of chunk_size {self.chunk_size}")
+        if self.external_memory_size < self.chunk_size:
+            raise ValueError(f"external_memory_size {self.external_memory_size} is smaller than chunk_size "
+                             f"{self.chunk_size}")
+        if self.family == "gpt2" and self.segment_length > self.max_position_embeddings:
+            raise ValueError(f"segment_length {self.segment_length} exceeds GPT-2's max_position_embeddings "
+                             f"{self.max_position_embeddings}")
+        for layer in self.retrieval_layers or []:
+            if not 0 <= layer < self.num_hidden_layers:
+                raise ValueError(f"retrieval_layers: {layer} is not a layer of 0..{self.num_hidden_layers - 1}")
+        return self
+
+    # Derived values (not settable).
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def activation(self) -> str:
+        return self.hidden_act or ("silu" if self.family == "llama" else "gelu_new")
+
+    @property
+    def retrieval_layer_ids(self) -> list[int]:
+        """Layers that retrieve (empty when the external memory is off)."""
+        if not self.use_external_memory:
+            return []
+        if self.retrieval_layers is None:
+            return [self.num_hidden_layers // 2]
+        return sorted(set(self.retrieval_layers))
+
+    @property
+    def chunks_capacity(self) -> int:
+        """External memory capacity in chunks per (sequence, layer, kv head)."""
+        return max(1, self.external_memory_size // self.chunk_size)
+
+    @property
+    def has_memory(self) -> bool:
+        return self.use_internal_memory or bool(self.retrieval_layer_ids)

@@ -1,0 +1,192 @@
+"""`TorchStore`: the in-process external memory, exact inner-product top-k with torch on the tensors' device.
+
+Namespaces first added together (the B rows of one model call) share one *slab* — a (R, H, capacity, ...) tensor
+block — so a search over the same namespaces in the same order is one batched matmul + top-k with no copying.
+Any other combination of namespaces still works (rows are gathered). Each namespace is a FIFO ring of chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from hybrid.memory.store import SearchResult, check_add, check_search, empty_result
+
+# Bound on the (B, H, Q, capacity) score tensor of one search step; larger searches are split over queries.
+_MAX_SCORE_ELEMENTS = 1 << 26
+
+
+@dataclass
+class _Slab:
+    keys: torch.Tensor  # (R, H, cap, D) chunk search keys
+    chunk_keys: torch.Tensor  # (R, H, cap, c, D)
+    chunk_values: torch.Tensor  # (R, H, cap, c, D)
+    ids: torch.Tensor  # (R, cap) insertion number of the chunk in each slot, -1 = empty
+    next_id: list[int] = field(default_factory=list)  # per row: chunks ever added
+    namespaces: list[str | None] = field(default_factory=list)  # row -> namespace (None once reset)
+
+
+class TorchStore:
+    """Exact search with torch. `capacity` is in chunks per (namespace, head)."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"TorchStore: capacity must be >= 1 chunk, got {capacity}")
+        self.capacity = capacity
+        self._where: dict[str, tuple[_Slab, int]] = {}
+        self._slabs: list[_Slab] = []
+        self.adds = 0
+        self.searches = 0
+
+    # -- writing --------------------------------------------------------------------------------------------
+    def _allocate(self, namespaces: Sequence[str], H: int, c: int, D: int, device: torch.device) -> None:
+        R, cap = len(namespaces), self.capacity
+        slab = _Slab(
+            keys=torch.zeros(R, H, cap, D, device=device),
+            chunk_keys=torch.zeros(R, H, cap, c, D, device=device),
+            chunk_values=torch.zeros(R, H, cap, c, D, device=device),
+            ids=torch.full((R, cap), -1, dtype=torch.long, device=device),
+            next_id=[0] * R, namespaces=list(namespaces))
+        self._slabs.append(slab)
+        for row, ns in enumerate(namespaces):
+            self._where[ns] = (slab, row)
+
+    def add(self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor,
+            chunk_values: torch.Tensor) -> None:
+        check_add(namespaces, keys, chunk_keys, chunk_values)
+        if len(set(namespaces)) != len(namespaces):
+            raise ValueError("add: a namespace appears twice in one call")
+        B, H, C, D = keys.shape
+        c = chunk_keys.shape[3]
+        new = [ns for ns in namespaces if ns not in self._where]
+        if new:
+            self._allocate(new, H, c, D, keys.device)
+        keys, chunk_keys, chunk_values = (t.detach().float() for t in (keys, chunk_keys, chunk_values))
+        if C > self.capacity:  # only the newest `capacity` chunks survive anyway
+            keys, chunk_keys, chunk_values = keys[:, :, -self.capacity:], chunk_keys[:, :, -self.capacity:], \
+                chunk_values[:, :, -self.capacity:]
+            skipped, C = C - self.capacity, self.capacity
+        else:
+            skipped = 0
+        slab0, _ = self._where[namespaces[0]]
+        rows = [self._where[ns] for ns in namespaces]
+        if all(s is slab0 for s, _ in rows) and [r for _, r in rows] == list(range(len(slab0.next_id))) \
+                and len(set(slab0.next_id)) == 1:
+            self._check_shape(slab0, H, c, D, namespaces[0])
+            start = slab0.next_id[0] + skipped  # all rows in lockstep: one vectorised write
+            slots = (start + torch.arange(C, device=slab0.ids.device)) % self.capacity
+            slab0.keys[:, :, slots] = keys.to(slab0.keys.device)
+            slab0.chunk_keys[:, :, slots] = chunk_keys.to(slab0.keys.device)
+            slab0.chunk_values[:, :, slots] = chunk_values.to(slab0.keys.device)
+            slab0.ids[:, slots] = (start + torch.arange(C, device=slab0.ids.device)).expand(len(rows), C)
+            slab0.next_id = [start + C] * len(rows)
+        else:
+            for b, (slab, row) in enumerate(rows):
+                self._check_shape(slab, H, c, D, namespaces[b])
+                start = slab.next_id[row] + skipped
+                slots = (start + torch.arange(C, device=slab.ids.device)) % self.capacity
+                slab.keys[row, :, slots] = keys[b].to(slab.keys.device)
+                slab.chunk_keys[row, :, slots] = chunk_keys[b].to(slab.keys.device)
+                slab.chunk_values[row, :, slots] = chunk_values[b].to(slab.keys.device)
+                slab.ids[row, slots] = start + torch.arange(C, device=slab.ids.device)
+                slab.next_id[row] = start + C
+        self.adds += 1
+
+    @staticmethod
+    def _check_shape(slab: _Slab, H: int, c: int, D: int, ns: str) -> None:
+        want = (slab.keys.shape[1], slab.chunk_keys.shape[3], slab.keys.shape[3])
+        if (H, c, D) != want:
+            raise ValueError(f"add: namespace {ns!r} holds (heads, chunk_size, head_dim)={want}, got {(H, c, D)}")
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def _gather(self, namespaces: Sequence[str]):
+        """The banks of these namespaces as (B, ...) tensors, without a copy when they are one whole slab."""
+        rows = [self._where[ns] for ns in namespaces]
+        slab0 = rows[0][0]
+        if all(s is slab0 for s, _ in rows) and [r for _, r in rows] == list(range(len(slab0.next_id))):
+            return slab0.keys, slab0.chunk_keys, slab0.chunk_values, slab0.ids
+        parts = [(s.keys[r], s.chunk_keys[r], s.chunk_values[r], s.ids[r]) for s, r in rows]
+        return tuple(torch.stack(p) for p in zip(*parts))
+
+    def search(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult:
+        check_search(namespaces, queries, k)
+        self.searches += 1
+        B, H, Q, D = queries.shape
+        known = [ns in self._where for ns in namespaces]
+        if not any(known):
+            return empty_result(B, H, Q, k, 1, D, queries.device)
+        if not all(known):  # mix of known and never-added namespaces: search the known ones, mask the rest
+            some = next(ns for ns in namespaces if ns in self._where)
+            slab, _ = self._where[some]
+            c = slab.chunk_keys.shape[3]
+            out = empty_result(B, H, Q, k, c, D, queries.device)
+            idx = [b for b, ok in enumerate(known) if ok]
+            part = self.search([namespaces[b] for b in idx], queries[idx], k)
+            for name in ("keys", "values", "mask", "scores"):
+                getattr(out, name)[idx] = getattr(part, name)
+            return out
+        keys, chunk_keys, chunk_values, ids = self._gather(namespaces)
+        if keys.shape[1] != H or keys.shape[3] != D:
+            raise ValueError(f"search: queries have (heads, dim)=({H}, {D}), memory holds "
+                             f"({keys.shape[1]}, {keys.shape[3]})")
+        device = keys.device
+        q = queries.detach().float().to(device)
+        cap, c = keys.shape[2], chunk_keys.shape[3]
+        kk = min(k, cap)
+        valid = (ids >= 0)[:, None, None, :]  # (B, 1, 1, cap)
+        step = max(1, _MAX_SCORE_ELEMENTS // max(1, B * H * cap))
+        top_scores, top_idx = [], []
+        for q0 in range(0, Q, step):
+            scores = torch.matmul(q[:, :, q0:q0 + step], keys.transpose(-1, -2))  # (B, H, q, cap)
+            scores = scores.masked_fill(~valid, float("-inf"))
+            s, i = scores.topk(kk, dim=-1)  # (B, H, q, kk)
+            top_scores.append(s)
+            top_idx.append(i)
+        s, i = torch.cat(top_scores, 2), torch.cat(top_idx, 2)  # (B, H, Q, kk)
+        mask = torch.isfinite(s)
+        s = s.masked_fill(~mask, 0.0)
+        flat = (torch.arange(B * H, device=device).view(B, H, 1, 1) * cap + i).reshape(-1)
+        rk = chunk_keys.reshape(B * H * cap, c, D)[flat].view(B, H, Q, kk, c, D)
+        rv = chunk_values.reshape(B * H * cap, c, D)[flat].view(B, H, Q, kk, c, D)
+        if kk < k:  # fewer slots than k: pad with masked entries
+            pad = k - kk
+            rk = torch.cat([rk, rk.new_zeros(B, H, Q, pad, c, D)], 3)
+            rv = torch.cat([rv, rv.new_zeros(B, H, Q, pad, c, D)], 3)
+            mask = torch.cat([mask, mask.new_zeros(B, H, Q, pad)], 3)
+            s = torch.cat([s, s.new_zeros(B, H, Q, pad)], 3)
+        out_device = queries.device
+        return SearchResult(keys=rk.to(out_device), values=rv.to(out_device), mask=mask.to(out_device),
+                            scores=s.to(out_device))
+
+    def search_async(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult:
+        return self.search(namespaces, queries, k)
+
+    # -- housekeeping ---------------------------------------------------------------------------------------
+    def reset(self, namespaces: Sequence[str] | None = None) -> None:
+        if namespaces is None:
+            self._where.clear()
+            self._slabs.clear()
+            return
+        for ns in namespaces:
+            if ns in self._where:
+                slab, row = self._where.pop(ns)
+                slab.ids[row] = -1
+                slab.next_id[row] = 0
+                slab.namespaces[row] = None
+        self._slabs = [s for s in self._slabs if any(n is not None for n in s.namespaces)]
+
+    def stored_chunks(self, namespace: str) -> int:
+        if namespace not in self._where:
+            return 0
+        slab, row = self._where[namespace]
+        return min(slab.next_id[row], self.capacity)
+
+    def stats(self) -> dict[str, Any]:
+        chunks = sum(self.stored_chunks(ns) for ns in self._where)
+        nbytes = sum(t.numel() * t.element_size() for s in self._slabs
+                     for t in (s.keys, s.chunk_keys, s.chunk_values, s.ids))
+        dtypes = sorted({str(s.keys.dtype) for s in self._slabs})
+        return {"backend": "torch", "namespaces": len(self._where), "chunks": chunks, "bytes": nbytes,
+                "capacity_chunks": self.capacity, "adds": self.adds, "searches": self.searches, "dtypes": dtypes}

@@ -1,0 +1,184 @@
+"""Base building blocks: norms, rotary embeddings, feed-forward networks, and the joint attention.
+
+Names follow HuggingFace Llama (`q_proj`, `gate_proj`, `input_layernorm` …) so a Llama checkpoint loads with an
+identity key map; GPT-2 keys are mapped by the table in `hybrid/models/checkpoint.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrid.models.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Llama's RMSNorm, computed in float32 like the reference (so parity holds at 1e-5)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or config.hidden_size
+    if config.family == "llama":
+        return RMSNorm(dim, config.rms_norm_eps)
+    return nn.LayerNorm(dim, eps=config.rms_norm_eps)
+
+
+class RotaryEmbedding(nn.Module):
+    """Default RoPE (rotate-half convention of HF Llama). Positions restart at 0 in every segment."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, T: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(T, device=device, dtype=torch.float32)
+        freqs = torch.outer(pos, self.inv_freq.to(device))  # (T, D/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (T, D)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin  # x (B, H, T, D), cos/sin (T, D)
+
+
+class MLP(nn.Module):
+    """SwiGLU (Llama: down(silu(gate(x)) * up(x))) or GELU MLP (GPT-2: down(gelu(up(x))))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, f = config.hidden_size, config.intermediate_size
+        self.gated = config.family == "llama"
+        bias = config.family == "gpt2"
+        if self.gated:
+            self.gate_proj = nn.Linear(d, f, bias=False)
+        self.up_proj = nn.Linear(d, f, bias=bias)
+        self.down_proj = nn.Linear(f, d, bias=bias)
+        self.act = config.activation
+
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act == "silu":
+            return F.silu(x)
+        return F.gelu(x, approximate="tanh" if self.act == "gelu_new" else "none")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down_proj(self._act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self._act(self.up_proj(x)))
+
+
+@dataclass
+class ExternalContext:
+    """What a retrieval layer needs for one segment: the store, each row's namespace, and whether to write."""
+
+    store: object  # a hybrid.memory.store.MemoryStore
+    namespaces: Sequence[str]  # one per batch row, for this layer
+    write: bool
+
+
+class JointAttention(nn.Module):
+    """Causal self-attention over the current segment; at retrieval layers fused with external memory.
+
+    Retrieval (LongMem, arXiv 2306.07174 §3, our own code): the segment's *pre-RoPE* keys are stored per kv head
+    in chunks of `chunk_size` tokens (search key = mean of the chunk's keys; payload = its keys and values).
+    Each query (the same q projection as local attention, before RoPE) retrieves the top `retrieval_k` chunks of
+    its own row's memory. Local and memory attention have separate softmaxes; per head h
+        out_h = local_h + tanh(β_h) · (memory_h − local_h)        (β = 0 at init: a no-op with ∂/∂β ≠ 0)
+    Retrieved keys/values carry no gradient. Read before write: a segment never retrieves itself.
+    """
+
+    def __init__(self, config: ModelConfig, retrieval: bool = False):
+        super().__init__()
+        self.H, self.Hkv, self.D = config.num_attention_heads, config.kv_heads, config.head_size
+        d = config.hidden_size
+        bias = config.attention_bias or config.family == "gpt2"
+        self.q_proj = nn.Linear(d, self.H * self.D, bias=bias)
+        self.k_proj = nn.Linear(d, self.Hkv * self.D, bias=bias)
+        self.v_proj = nn.Linear(d, self.Hkv * self.D, bias=bias)
+        self.o_proj = nn.Linear(self.H * self.D, d, bias=bias)
+        self.dropout = config.dropout
+        self.retrieval = retrieval
+        if retrieval:
+            self.memory_gate = nn.Parameter(torch.zeros(self.H))  # tanh(β_h), per head
+            self.retrieval_k = config.retrieval_k
+            self.chunk_size = config.chunk_size
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                attn_mask: torch.Tensor | None = None, external: ExternalContext | None = None) -> torch.Tensor:
+        # B batch, T tokens of the segment, H heads, Hkv kv heads, G = H/Hkv, D head dim, K retrieved tokens
+        B, T, _ = x.shape
+        H, Hkv, D = self.H, self.Hkv, self.D
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        handle = None
+        if external is not None:
+            G = H // Hkv
+            queries = q.detach().reshape(B, Hkv, G * T, D)  # (B, Hkv, G*T, D) grouped by kv head (pre-RoPE)
+            handle = external.store.search_async(external.namespaces, queries.float(), self.retrieval_k)
+        q_raw, k_raw = q, k
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        drop = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            local = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop, enable_gqa=Hkv != H)
+        else:
+            local = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop,
+                                                   enable_gqa=Hkv != H)  # (B, H, T, D)
+        if external is not None:
+            res = handle.result()
+            local = self._fuse(local, q_raw, res)
+            if external.write:
+                self._write(external, k_raw, v)
+        out = local.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
+        return self.o_proj(out)
+
+    def _fuse(self, local: torch.Tensor, q_raw: torch.Tensor, res) -> torch.Tensor:
+        B, H, T, D = local.shape
+        Hkv = self.Hkv
+        G = H // Hkv
+        kr = res.keys  # (B, Hkv, G*T, k, c, D)
+        k, c = kr.shape[3], kr.shape[4]
+        dtype = local.dtype
+        mem_k = kr.view(B, Hkv, G, T, k * c, D).reshape(B, H, T, k * c, D).to(dtype)  # (B, H, T, K, D)
+        mem_v = res.values.view(B, Hkv, G, T, k * c, D).reshape(B, H, T, k * c, D).to(dtype)  # (B, H, T, K, D)
+        valid = res.mask.view(B, Hkv, G, T, k, 1).expand(B, Hkv, G, T, k, c).reshape(B, H, T, k * c)  # (B,H,T,K)
+        scores = torch.einsum("bhtd,bhtkd->bhtk", q_raw.to(dtype), mem_k) / math.sqrt(D)  # (B, H, T, K)
+        scores = scores.float().masked_fill(~valid, float("-inf"))
+        has_any = valid.any(-1, keepdim=True)  # (B, H, T, 1) rows with nothing retrieved keep the local output
+        probs = torch.softmax(scores.masked_fill(~has_any, 0.0), dim=-1).to(dtype)
+        memory = torch.einsum("bhtk,bhtkd->bhtd", probs, mem_v)  # (B, H, T, D)
+        gate = torch.tanh(self.memory_gate).to(dtype).view(1, H, 1, 1)
+        return local + gate * torch.where(has_any, memory - local, torch.zeros_like(local))
+
+    def _write(self, external: ExternalContext, k_raw: torch.Tensor, v: torch.Tensor) -> None:
+        B, Hkv, T, D = k_raw.shape
+        c = self.chunk_size
+        n = T // c  # only whole chunks are stored (every segment but a call's last is whole)
+        if n == 0:
+            return
+        ck = k_raw[:, :, : n * c].detach().float().reshape(B, Hkv, n, c, D)  # (B, Hkv, C, c, D)
+        cv = v[:, :, : n * c].detach().float().reshape(B, Hkv, n, c, D)  # (B, Hkv, C, c, D)
+        external.store.add(external.namespaces, ck.mean(3), ck, cv)  # chunk key = mean of its keys

@@ -1,0 +1,306 @@
+"""The hybrid decoder: a Llama or GPT-2 base, LM2 internal memory in every block, LongMem retrieval at chosen
+layers, processed segment by segment.
+
+    h = h + JointAttention(norm(h))     causal over the current segment; + external memory at retrieval layers
+    h = h + InternalMemory(norm(h), M)  read gated memory slots M_{s-1}; write M_s after the segment
+    h = h + FFN(norm(h))
+
+Positions restart in every segment (the attention window is the segment). Both memories are fresh for every
+call and every batch row unless the caller passes its own store and namespaces.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrid.models.config import ModelConfig
+from hybrid.models.internal_memory import InternalMemory
+from hybrid.models.layers import MLP, ExternalContext, JointAttention, RotaryEmbedding, make_norm
+
+# Parameter-name fragments that belong to the memory (trained under freeze_base, absent from base checkpoints).
+MEMORY_PARAM_MARKERS = (".internal_memory.", ".memory_layernorm.", ".memory_gate")
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor  # (B, T, V)
+    loss: torch.Tensor | None = None  # mean cross-entropy over labels != -100 (labels shifted inside)
+    internal_memory: list[torch.Tensor] | None = None  # final M per layer, (B, N, d) float32, when used
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.input_layernorm = make_norm(config)
+        self.self_attn = JointAttention(config, retrieval=layer_idx in config.retrieval_layer_ids)
+        if config.use_internal_memory:
+            self.memory_layernorm = make_norm(config)
+            self.internal_memory = InternalMemory(config)
+        else:
+            self.memory_layernorm = self.internal_memory = None
+        self.post_attention_layernorm = make_norm(config)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, h: torch.Tensor, rope, attn_mask: torch.Tensor | None, memory: torch.Tensor | None,
+                external: ExternalContext | None, write_memory: bool, key_mask: torch.Tensor | None):
+        h = h + self.dropout(self.self_attn(self.input_layernorm(h), rope, attn_mask, external))
+        if self.internal_memory is not None:
+            x = self.memory_layernorm(h)
+            h = h + self.dropout(self.internal_memory.read(x, memory))
+            if write_memory:
+                memory = self.internal_memory.write(x, memory, key_mask)
+        h = h + self.dropout(self.mlp(self.post_attention_layernorm(h)))
+        return h, memory
+
+
+class HybridDecoder(nn.Module):
+    """The `model.` part of the checkpoint: embeddings, blocks, final norm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.family == "gpt2":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            self.rotary = None
+        else:
+            self.embed_positions = None
+            self.rotary = RotaryEmbedding(config.head_size, config.rope_theta)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = make_norm(config)
+
+
+class HybridForCausalLM(nn.Module):
+    """Shared by both families; use `HybridLlamaForCausalLM` / `HybridGPT2ForCausalLM`."""
+
+    family: str | None = None
+    config_class: type[ModelConfig] = ModelConfig
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if self.family is not None and config.family != self.family:
+            raise ValueError(f"{type(self).__name__} needs family={self.family!r}, got {config.family!r}")
+        self.config = config
+        self.model = HybridDecoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._init_base_weights()
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # Creates the external store of a call when the caller passes none; set by build_model from the
+        # `memory` config section (torch / faiss / ray). Default: an in-process TorchStore on the input's device.
+        self.store_factory: Callable[[], Any] | None = None
+
+    # -- init -----------------------------------------------------------------------------------------------
+    def _init_base_weights(self) -> None:
+        std = self.config.initializer_range
+        for name, module in self.named_modules():
+            if ".internal_memory" in f".{name}":
+                continue  # the memory initialises itself
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+
+    # -- parameters -----------------------------------------------------------------------------------------
+    def memory_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if is_memory_param(n)]
+
+    def freeze_base(self) -> None:
+        """Train only the memory parameters (LongMem's recipe)."""
+        if not self.memory_parameters():
+            from hybrid.errors import ConfigError
+
+            raise ConfigError("model.freeze_base: the model has no memory parameters to train "
+                              "(enable use_internal_memory or use_external_memory)")
+        for name, p in self.named_parameters():
+            p.requires_grad_(is_memory_param(name))
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # -- forward --------------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, memory_store: Any = None,
+                namespaces: Sequence[str] | None = None) -> CausalLMOutput:
+        """input_ids (B, T) of any length; labels (B, T) HuggingFace-style (shifted here, -100 ignored);
+        attention_mask (B, T) 1 = token, 0 = padding (right padding needs no mask: it is causally invisible).
+
+        `memory_store` + `namespaces` (one per row): use that external store and keep what is written
+        (e.g. a shared namespace); otherwise a fresh store per call whose namespaces are dropped at the end."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, T), got {tuple(input_ids.shape)}")
+        cfg = self.config
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("input_ids has no tokens")
+        key_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
+            key_mask = attention_mask.bool()
+        if cfg.has_memory:
+            logits, memory = self._forward_segments(input_ids, key_mask, memory_store, namespaces)
+        else:
+            logits, memory = self._forward_independent(input_ids, key_mask), None
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels {tuple(labels.shape)} != input_ids {tuple(input_ids.shape)}")
+            loss = causal_lm_loss(logits, labels)
+        return CausalLMOutput(logits=logits, loss=loss, internal_memory=memory)
+
+    def _embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        T = ids.shape[1]
+        h = self.model.embed_tokens(ids)  # (B, T, d)
+        rope = None
+        if self.model.embed_positions is not None:
+            if T > self.config.max_position_embeddings:
+                raise ValueError(f"segment of {T} tokens exceeds max_position_embeddings")
+            h = h + self.model.embed_positions(torch.arange(T, device=ids.device))
+        else:
+            rope = self.model.rotary(T, ids.device, h.dtype)
+        return self.model.dropout(h), rope
+
+    @staticmethod
+    def _attn_mask(key_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, 1, T, T) bool causal mask without padded keys (the diagonal stays on so no row is empty)."""
+        if key_mask is None or bool(key_mask.all()):
+            return None
+        T = key_mask.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=key_mask.device).tril()
+        eye = torch.eye(T, dtype=torch.bool, device=key_mask.device)
+        return (causal & key_mask[:, None, None, :]) | eye
+
+    def _run_block(self, layer: DecoderBlock, *args):
+        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled() \
+                and not layer.self_attn.retrieval:  # a retrieval layer talks to the store: never re-run it
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+    def _forward_independent(self, input_ids: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """No memory: segments are independent, so all whole segments run as one batch."""
+        B, T = input_ids.shape
+        S = self.config.segment_length
+        n, rest = divmod(T, S)
+        pieces = []
+        if n:
+            ids = input_ids[:, : n * S].reshape(B * n, S)
+            km = None if key_mask is None else key_mask[:, : n * S].reshape(B * n, S)
+            pieces.append(self._run_segment(ids, km, None, None, False)[0].view(B, n * S, -1))
+        if rest:
+            km = None if key_mask is None else key_mask[:, n * S:]
+            pieces.append(self._run_segment(input_ids[:, n * S:], km, None, None, False)[0])
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
+
+    def _run_segment(self, ids, key_mask, memory, externals, write):
+        h, rope = self._embed(ids)
+        attn_mask = self._attn_mask(key_mask)
+        new_memory = []
+        for i, layer in enumerate(self.model.layers):
+            m = None if memory is None else memory[i]
+            ext = None if externals is None else externals.get(i)
+            h, m = self._run_block(layer, h, rope, attn_mask, m, ext, write, key_mask)
+            new_memory.append(m)
+        return self.lm_head(self.model.norm(h)), new_memory
+
+    def _forward_segments(self, input_ids, key_mask, memory_store, namespaces):
+        cfg = self.config
+        B, T = input_ids.shape
+        S = cfg.segment_length
+        n_seg = -(-T // S)
+        layers = cfg.retrieval_layer_ids
+        persistent = memory_store is not None
+        store, row_ns = None, None
+        if layers:
+            if persistent:
+                if namespaces is None or len(namespaces) != B:
+                    raise ValueError(f"memory_store needs namespaces, one per row ({B})")
+                store, row_ns = memory_store, list(namespaces)
+            else:
+                store = self.store_factory() if self.store_factory is not None else self._default_store()
+                call = uuid.uuid4().hex[:12]
+                row_ns = [f"{call}/row{b}" for b in range(B)]
+        layer_ns = {i: [f"{ns}/layer{i}" for ns in row_ns] for i in layers} if layers else {}
+        memory = None
+        if cfg.use_internal_memory:
+            memory = [layer.internal_memory.initial_state(B) for layer in self.model.layers]
+        logits = []
+        try:
+            for s in range(n_seg):
+                last = s == n_seg - 1
+                ids = input_ids[:, s * S:(s + 1) * S]
+                km = None if key_mask is None else key_mask[:, s * S:(s + 1) * S]
+                externals = {i: ExternalContext(store, layer_ns[i], write=persistent or not last) for i in layers}
+                out, memory = self._run_segment(ids, km, memory, externals, write=not last)
+                logits.append(out)
+        finally:
+            if layers and not persistent:
+                store.reset([ns for i in layers for ns in layer_ns[i]])
+        return (logits[0] if n_seg == 1 else torch.cat(logits, 1)), memory
+
+    def _default_store(self):
+        from hybrid.memory.torch_store import TorchStore
+
+        return TorchStore(self.config.chunks_capacity)
+
+    # -- generation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:
+        """Greedy decoding: (B, T) -> (B, T + new). Rows that produced `eos_token_id` continue with it.
+
+        Each step re-runs the whole sequence (simple and exactly consistent with `forward`)."""
+        was_training = self.training
+        self.eval()
+        try:
+            ids = input_ids
+            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+            for _ in range(max_new_tokens):
+                nxt = self(ids).logits[:, -1].argmax(-1)  # (B,)
+                if eos_token_id is not None:
+                    nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+                    done |= nxt == eos_token_id
+                ids = torch.cat([ids, nxt[:, None]], 1)
+                if eos_token_id is not None and bool(done.all()):
+                    break
+            return ids
+        finally:
+            self.train(was_training)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        from hybrid.models.checkpoint import save_checkpoint
+
+        save_checkpoint(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> "HybridForCausalLM":
+        """Load our checkpoint or a HuggingFace Llama / GPT-2 folder; `overrides` set config fields
+        (memory settings, segment_length, …)."""
+        from hybrid.models.checkpoint import load_checkpoint
+
+        return load_checkpoint(cls, directory, **overrides)
+
+
+def is_memory_param(name: str) -> bool:
+    return any(marker in f".{name}" for marker in MEMORY_PARAM_MARKERS)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """HuggingFace convention: predict labels[:, t+1] from position t; -100 is ignored; float32 loss."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
