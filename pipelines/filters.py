@@ -7,7 +7,7 @@ Reasons, in the order they are checked:
     not_source   not one of the eight languages by extension
     too_large    over `pipeline.max_file_bytes`
     non_utf8     not valid UTF-8
-    generated    a "generated" / "do not edit" marker in the first lines
+    generated    a "generated" / "do not edit" marker in a comment in the first lines
     minified     a line over `pipeline.max_line_chars` or a mean line length over `pipeline.max_mean_line_chars`
     parse_error  tree-sitter found syntax errors (checked by the stages after parsing)
 """
@@ -21,6 +21,9 @@ from pipelines.languages import language_of
 
 DROP_REASONS = ("lock_file", "vendored", "binary", "not_source", "too_large", "non_utf8", "generated", "minified",
                 "parse_error")
+# Only comment lines (or a docstring's first line) of the header count: code that merely mentions
+# "generated" (like this module) is not generated.
+COMMENT_PREFIXES = ("#", "//", "/*", "*", "--", ";", "<!--", '"""', "'''")
 BINARY_SNIFF_BYTES = 8000  # what git checks for a NUL byte (xdiff's buffer_is_binary)
 
 
@@ -50,8 +53,9 @@ def content_drop_reason(path: str, data: bytes, cfg: PipelineConfig) -> str | No
     except UnicodeDecodeError:
         return "non_utf8"
     if cfg.generated_header_lines:
-        head = "\n".join(text.split("\n", cfg.generated_header_lines)[: cfg.generated_header_lines]).lower()
-        if any(marker.lower() in head for marker in cfg.generated_markers):
+        head = [ln.strip().lower() for ln in text.split("\n", cfg.generated_header_lines)[: cfg.generated_header_lines]]
+        comments = "\n".join(ln for ln in head if ln.startswith(COMMENT_PREFIXES))
+        if any(marker.lower() in comments for marker in cfg.generated_markers):
             return "generated"
     lines = text.split("\n")
     if lines and (max(map(len, lines)) > cfg.max_line_chars or len(text) / len(lines) > cfg.max_mean_line_chars):

@@ -1,0 +1,103 @@
+"""`cleanup-dataset` and `check-ast-coverage`: housekeeping over data/ast_dataset (never outside it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+from hybrid.errors import HybridError
+
+# flag -> file name in each commit_<N>/ folder
+CLEANABLE = {
+    "ast": "ast.jsonl",
+    "commit_data": "commit_data.json",
+    "diffs": "diff_ast.jsonl",
+    "tasks": "task.json",
+    "reasoning": "reasoning.json",
+    "fim": "fim_dataset.json",
+}
+_COMMIT_DIR = re.compile(r"^commit_\d+$")
+_TEMP_FILE = re.compile(r"^\..+\.tmp$")  # left by a run killed between write and rename (hybrid.utils.io)
+
+
+def dataset_root(cfg) -> Path:
+    return Path(cfg.pipeline.data_dir) / "ast_dataset"
+
+
+def _repo_dirs(cfg, repos: list[str] | None) -> list[Path]:
+    from pipelines.repos import validate_name
+
+    root = dataset_root(cfg)
+    if repos:
+        dirs = [root / validate_name(r) for r in repos]
+        missing = [d for d in dirs if not d.is_dir()]
+        if missing:
+            raise HybridError(f"{missing[0]}: no dataset for this repo")
+        return dirs
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()) if root.is_dir() else []
+
+
+def _commit_dirs(repo_dir: Path):
+    for entry in sorted(os.scandir(repo_dir), key=lambda e: e.name):
+        if _COMMIT_DIR.match(entry.name) and entry.is_dir(follow_symlinks=False):
+            yield Path(entry.path)
+
+
+def cleanup_dataset(cfg, kinds: list[str], repos: list[str] | None = None, temp: bool = False,
+                    dry_run: bool = False) -> dict[str, int]:
+    """Remove the chosen generated files (and, with `temp`, leftover temp files) from commit folders.
+    Returns {file name: count}. Only regular files inside data/ast_dataset/<repo>/commit_<N>/ are touched."""
+    unknown = [k for k in kinds if k not in CLEANABLE]
+    if unknown:
+        raise HybridError(f"cleanup-dataset: unknown kind {unknown[0]!r} (choose from {', '.join(CLEANABLE)})")
+    if not kinds and not temp:
+        raise HybridError("cleanup-dataset: say what to remove (e.g. --tasks --reasoning, or --all)")
+    names = {CLEANABLE[k] for k in kinds}
+    root = dataset_root(cfg).resolve()
+    removed: Counter = Counter()
+    for repo_dir in _repo_dirs(cfg, repos):
+        for cdir in _commit_dirs(repo_dir):
+            for entry in os.scandir(cdir):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if entry.name in names or (temp and _TEMP_FILE.match(entry.name)):
+                    path = Path(entry.path)
+                    if not path.resolve().is_relative_to(root):
+                        continue
+                    removed["temp files" if _TEMP_FILE.match(entry.name) else entry.name] += 1
+                    if not dry_run:
+                        path.unlink()
+    return dict(removed)
+
+
+def ast_coverage(cfg, repos: list[str] | None = None) -> dict[str, dict[str, dict[str, int]]]:
+    """Per repo and language: files parsed cleanly, with parse errors, skipped by reason, declarations found.
+    Read from commit_data.json (each file version a commit touched counts once)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for repo_dir in _repo_dirs(cfg, repos):
+        per_lang: dict[str, Counter] = {}
+        for cdir in _commit_dirs(repo_dir):
+            path = cdir / "commit_data.json"
+            if not path.exists():
+                continue
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise HybridError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+            for f in data.get("files", []):
+                if f.get("status") == "deleted":
+                    continue
+                c = per_lang.setdefault(f.get("language") or "other", Counter())
+                skipped = f.get("skipped")
+                if skipped is None:
+                    c["parsed"] += 1
+                    c["declarations"] += int(f.get("declarations", 0))
+                elif skipped == "parse_error":
+                    c["parse_error"] += 1
+                else:
+                    c[f"skipped:{skipped}"] += 1
+        out[repo_dir.name] = {lang: dict(c) for lang, c in sorted(per_lang.items())}
+    return out
