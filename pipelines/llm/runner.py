@@ -1,0 +1,218 @@
+"""Running an LLM stage over many commits: on a Ray Data actor pool (default) or in this process.
+
+Each actor of the pool (`StageWorker`) holds one async OpenAI client with `concurrency_per_actor` requests in
+flight; every request of every actor first asks the run's one `RateLimiterActor`. The driver streams the result
+rows back, shows progress (requests/s, tokens/s, retries, failures), then writes each repo's
+`llm_failures.jsonl` and the stage's entry in `stats.json` and prints a summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hybrid.errors import HybridError
+from pipelines.llm.config import LLMConfig
+from pipelines.llm.settings import LLMSettings
+
+
+class StageWorker:
+    """One commit per call; the same class is the Ray Data actor and the local worker."""
+
+    def __init__(self, stage: str, settings: LLMSettings, cfg: dict, limiter, cache_dir: str | None,
+                 force: bool = False):
+        from pipelines.llm.cache import AnswerCache
+        from pipelines.llm.client import LLMClient
+        from pipelines.llm.ratelimit import ActorLimiter
+
+        self.stage = stage
+        self.cfg = LLMConfig.model_validate(cfg)
+        self.force = force
+        if hasattr(getattr(limiter, "acquire", None), "remote"):
+            limiter = ActorLimiter(limiter)
+        self.client = LLMClient(settings, self.cfg, limiter, AnswerCache(cache_dir))
+        self.worker_id = uuid.uuid4().hex[:12]
+        self.fatal: str | None = None
+
+    async def __call__(self, row: dict) -> dict:
+        from pipelines.llm.client import LLMFatal
+        from pipelines.llm.stages import reasoning_for_commit, tasks_for_commit
+
+        commit_dir = Path(row["commit_dir"])
+        out = {"repo": row["repo"], "commit_dir": row["commit_dir"], "status": "failed", "written": 0,
+               "failures": "[]", "drops": "{}", "error": "", "worker": self.worker_id, "stats": "{}"}
+        if self.fatal is None:
+            try:
+                if self.stage == "generate-tasks":
+                    result = await tasks_for_commit(commit_dir, self.client, self.cfg)
+                else:
+                    result = await reasoning_for_commit(commit_dir, self.client, self.cfg, self.force)
+                out.update(status=result["status"], written=result["written"],
+                           failures=json.dumps(result["failures"]), drops=json.dumps(result["drops"]))
+            except LLMFatal as e:
+                self.fatal = str(e)
+            except HybridError as e:  # a bad input file: this commit fails with its reason, the run goes on
+                out.update(failures=json.dumps([{"stage": self.stage, "commit_number": _num(commit_dir),
+                                                 "function_id": None, "reason": "bad_input", "detail": str(e),
+                                                 "attempts": 0}]))
+        if self.fatal is not None:
+            out.update(status="fatal", error=self.fatal)
+        out["stats"] = json.dumps(self.client.stats.snapshot())
+        return out
+
+
+def _num(commit_dir: Path) -> int:
+    return int(commit_dir.name.split("_", 1)[1])
+
+
+@dataclass
+class RunTotals:
+    stage: str
+    items: int = 0
+    done_before: int = 0
+    ok: int = 0
+    partial: int = 0
+    failed: int = 0
+    written: int = 0
+    drops: Counter = field(default_factory=Counter)
+    failure_reasons: Counter = field(default_factory=Counter)
+    worker_stats: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    elapsed_s: float = 0.0
+
+    def client_totals(self) -> dict:
+        total: Counter = Counter()
+        for s in self.worker_stats.values():
+            for k, v in s.items():
+                if isinstance(v, (int, float)):
+                    total[k] += v
+        return dict(total)
+
+    def as_dict(self) -> dict:
+        c = self.client_totals()
+        elapsed = self.elapsed_s or (time.monotonic() - self.started)
+        return {
+            "commits": self.items, "already_done": self.done_before, "ok": self.ok, "partial": self.partial,
+            "failed": self.failed, "written": self.written, "requests": int(c.get("requests", 0)),
+            "cached_answers": int(c.get("cached", 0)), "retries": int(c.get("retries", 0)),
+            "rate_limited": int(c.get("rate_limited", 0)), "server_errors": int(c.get("server_errors", 0)),
+            "timeouts": int(c.get("timeouts", 0)), "invalid_answers": int(c.get("invalid_answers", 0)),
+            "prompt_tokens": int(c.get("prompt_tokens", 0)), "completion_tokens": int(c.get("completion_tokens", 0)),
+            "elapsed_s": round(elapsed, 2), "requests_per_s": round(c.get("requests", 0) / elapsed, 3) if elapsed else 0,
+            "drops": dict(self.drops), "failures_by_reason": dict(self.failure_reasons),
+        }
+
+
+def _progress(console, total: int, stage: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[info]}"), console=console, transient=False,
+                    disable=total == 0 or not console.is_terminal and os.environ.get("HYBRID_PROGRESS") != "1")
+
+
+def _info(totals: RunTotals) -> str:
+    c = totals.client_totals()
+    dt = max(time.monotonic() - totals.started, 1e-6)
+    return (f"{c.get('requests', 0) / dt:.1f} req/s  {(c.get('prompt_tokens', 0) + c.get('completion_tokens', 0)) / dt:.0f} tok/s  "
+            f"retries {int(c.get('retries', 0))}  failed {totals.failed + totals.partial}")
+
+
+def run_llm_stage(stage: str, cfg: LLMConfig, settings: LLMSettings, data_dir: str | Path, repos: list[str],
+                  force: bool = False, console=None, runner: str | None = None) -> RunTotals:
+    """Plan, run and record one LLM stage; returns the totals (also written to each repo's stats.json)."""
+    from rich.console import Console
+
+    from pipelines.llm import stages as st
+
+    console = console or Console(stderr=True)
+    runner = runner or cfg.runner
+    repo_paths = st.repo_dirs(data_dir, repos)
+    items: list[dict] = []
+    totals = RunTotals(stage)
+    per_repo: dict[str, list[Path]] = {}
+    for repo in repo_paths:
+        commits = st.commit_dirs(repo)
+        todo, done = (st.plan_tasks(commits, force, llm=True) if stage == "generate-tasks"
+                      else st.plan_reasoning(commits, force))
+        totals.done_before += done
+        per_repo[repo.name] = todo
+        items += [{"repo": repo.name, "commit_dir": str(c.resolve())} for c in todo]
+    totals.items = len(items)
+    failures: dict[str, list[dict]] = {r.name: [] for r in repo_paths}
+    cache_dir = str(Path(data_dir) / "llm_cache")
+    fatal: str | None = None
+
+    def consume(row: dict, progress, task_id) -> None:
+        nonlocal fatal
+        status = row["status"]
+        if status == "fatal":
+            fatal = fatal or row["error"]
+        else:
+            setattr(totals, status, getattr(totals, status) + 1)
+        totals.written += int(row["written"])
+        for f in json.loads(row["failures"]):
+            failures[row["repo"]].append(f)
+            totals.failure_reasons[f["reason"]] += 1
+        totals.drops.update(json.loads(row["drops"]))
+        totals.worker_stats[row["worker"]] = json.loads(row["stats"])
+        progress.update(task_id, advance=1, info=_info(totals))
+
+    with _progress(console, len(items), stage) as progress:
+        task_id = progress.add_task(stage, total=len(items), info="")
+        if items and runner == "local":
+            asyncio.run(_run_local(stage, cfg, settings, items, cache_dir, force, lambda r: consume(r, progress, task_id)))
+        elif items:
+            _run_ray(stage, cfg, settings, items, cache_dir, force, lambda r: consume(r, progress, task_id))
+    totals.elapsed_s = time.monotonic() - totals.started
+    if fatal:
+        raise HybridError(f"{stage}: {fatal}")
+    summary = totals.as_dict()
+    for repo in repo_paths:
+        st.write_failures(repo, stage, failures[repo.name])
+        st.update_stats(repo, stage, {**summary, "failures": len(failures[repo.name])})
+    return totals
+
+
+async def _run_local(stage, cfg, settings, items, cache_dir, force, consume) -> None:
+    from pipelines.llm.ratelimit import LocalLimiter, RateLimiter
+
+    limiter = LocalLimiter(RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute, cfg.burst_seconds))
+    worker = StageWorker(stage, settings, cfg.model_dump(), limiter, cache_dir, force)
+    gate = asyncio.Semaphore(max(16, cfg.concurrency_per_actor * 2))  # rows at once, like one Ray Data actor
+
+    async def one(row):
+        async with gate:
+            return await worker(row)
+
+    try:
+        for fut in asyncio.as_completed([one(r) for r in items]):
+            consume(await fut)
+    finally:
+        await worker.client.close()
+
+
+def _run_ray(stage, cfg, settings, items, cache_dir, force, consume) -> None:
+    import ray
+
+    from hybrid.utils.ray_utils import init_ray
+    from pipelines.llm.ratelimit import create_limiter_actor
+
+    init_ray()
+    limiter = create_limiter_actor(cfg.requests_per_minute, cfg.tokens_per_minute, cfg.burst_seconds)
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), cfg.num_actors * 4)))
+        ds = ds.map(StageWorker,
+                    fn_constructor_kwargs={"stage": stage, "settings": settings, "cfg": cfg.model_dump(),
+                                           "limiter": limiter, "cache_dir": os.path.abspath(cache_dir), "force": force},
+                    compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_cpus=cfg.actor_num_cpus)
+        for row in ds.iter_rows():
+            consume(dict(row))
+    finally:
+        ray.kill(limiter)

@@ -1,0 +1,51 @@
+"""The LLM endpoint from `.env` / the environment (the seed's names). The key is a SecretStr: its repr and str
+are masked, and nothing here ever formats its value into a message."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LLMSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      case_sensitive=True)
+
+    OPENAI_API_KEY: Optional[SecretStr] = None
+    LLM_BASE_URL: Optional[str] = None
+    LLM_MODEL_NAME: Optional[str] = None
+
+    @field_validator("OPENAI_API_KEY", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, v):
+        return None if v is None or (isinstance(v, str) and not v.strip()) else v
+
+    @field_validator("LLM_BASE_URL", "LLM_MODEL_NAME", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v):
+        return None if v is None or (isinstance(v, str) and not v.strip()) else v.strip()
+
+    @property
+    def configured(self) -> bool:
+        """An LLM is configured when there is a key (api.openai.com) or a base URL (a local server may need no key)."""
+        return self.OPENAI_API_KEY is not None or self.LLM_BASE_URL is not None
+
+    def model_name(self, default: str) -> str:
+        return self.LLM_MODEL_NAME or default
+
+    def api_key_value(self) -> str:
+        # Local OpenAI-compatible servers (vLLM, Ollama, llama.cpp) accept any key; the client insists on one.
+        return self.OPENAI_API_KEY.get_secret_value() if self.OPENAI_API_KEY is not None else "not-needed"
+
+    def endpoint_text(self) -> str:
+        return self.LLM_BASE_URL or "https://api.openai.com/v1"
+
+
+NO_LLM_MESSAGE = ("no LLM configured: set OPENAI_API_KEY (and LLM_BASE_URL for a local OpenAI-compatible server) "
+                  "in .env or the environment; see docs/llm.md")
+
+
+def load_settings() -> LLMSettings:
+    return LLMSettings()

@@ -1,0 +1,271 @@
+"""What each LLM stage does for one commit: plan the work, ask, validate, merge, write atomically.
+
+`TaskWork` writes `task.json` (one or more requests per commit: large diffs are chunked and the task lists
+merged without duplicates); `ReasoningWork` writes `reasoning.json` (one request per changed function, given
+only the tasks relevant to it). Both return a result row: what was written and, per item that could not be
+answered, a failure record. Formats: docs/data-format.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+from hybrid.errors import HybridError
+from hybrid.utils.io import atomic_write_json, read_json, read_jsonl
+from pipelines.llm.client import LLMClient, LLMFailure
+from pipelines.llm.commit_messages import tasks_from_message
+from pipelines.llm.config import LLMConfig
+from pipelines.llm.prompts import chunk_diff, reasoning_messages, tasks_diff_budget, tasks_messages
+
+OPERATION = {"added": "ADD", "modified": "UPDATE", "deleted": "DELETE"}
+STAGES = ("generate-tasks", "generate-reasoning")
+
+
+# ------------------------------------------------------------------------------------------------- planning
+def dataset_root(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "ast_dataset"
+
+
+def repo_dirs(data_dir: str | Path, repos: list[str]) -> list[Path]:
+    root = dataset_root(data_dir)
+    if repos:
+        out = []
+        for name in repos:
+            path = root / name
+            if not path.is_dir():
+                raise HybridError(f"{path}: no such repository in the dataset (run generate-ast first, or check the name)")
+            out.append(path)
+        return out
+    if not root.is_dir():
+        raise HybridError(f"{root}: no dataset yet (run `hybrid pipeline generate-ast` first)")
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def commit_dirs(repo_dir: Path) -> list[Path]:
+    found = []
+    for p in repo_dir.glob("commit_*"):
+        m = re.fullmatch(r"commit_(\d+)", p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def commit_number(commit_dir: Path) -> int:
+    return int(commit_dir.name.split("_", 1)[1])
+
+
+def changed_functions(commit_dir: Path) -> tuple[list[dict], int]:
+    """The diff records that get reasoning (unique ids, whitespace-only changes skipped) and how many were skipped."""
+    path = commit_dir / "diff_ast.jsonl"
+    if not path.exists():
+        return [], 0
+    seen, out, skipped = set(), [], 0
+    for record in read_jsonl(path):
+        if not isinstance(record, dict) or "id" not in record or record.get("status") not in OPERATION:
+            raise HybridError(f"{path}: record without a valid id/status (got keys {sorted(record)[:6]})")
+        if record.get("whitespace_only"):
+            skipped += 1
+            continue
+        if record["id"] in seen:
+            continue
+        seen.add(record["id"])
+        out.append(record)
+    return out, skipped
+
+
+def plan_tasks(commits: list[Path], force: bool, llm: bool) -> tuple[list[Path], int]:
+    """Commits needing task.json; a commit-message task.json is redone once an LLM is configured."""
+    todo, done = [], 0
+    for c in commits:
+        if not (c / "commit_data.json").exists():
+            continue
+        out = c / "task.json"
+        if out.exists() and not force:
+            try:
+                source = read_json(out).get("source")
+            except (HybridError, AttributeError):
+                source = None  # unreadable: redo
+            if source is not None and not (llm and source == "commit_message"):
+                done += 1
+                continue
+        todo.append(c)
+    return todo, done
+
+
+def existing_reasoning(commit_dir: Path) -> dict[str, dict]:
+    path = commit_dir / "reasoning.json"
+    if not path.exists():
+        return {}
+    try:
+        entries = read_json(path)
+    except HybridError:
+        return {}
+    return {e["function_id"]: e for e in entries if isinstance(e, dict) and "function_id" in e} if isinstance(entries, list) else {}
+
+
+def plan_reasoning(commits: list[Path], force: bool) -> tuple[list[Path], int]:
+    todo, done = [], 0
+    for c in commits:
+        functions, _ = changed_functions(c)
+        if not functions:
+            continue
+        have = {} if force else existing_reasoning(c)
+        if all(f["id"] in have for f in functions):
+            done += 1
+        else:
+            todo.append(c)
+    return todo, done
+
+
+# ------------------------------------------------------------------------------------------------- work
+def _norm(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+def merge_tasks(answers: list, known_ids: set[str], max_tasks: int) -> tuple[list[dict], int]:
+    """Merge the task lists of a commit's chunks: same description (normalised) = one task with the union of
+    function ids; ids the model invented are dropped (returned as a count)."""
+    merged: dict[str, dict] = {}
+    unknown = 0
+    for answer in answers:
+        for item in answer.tasks:
+            description = " ".join(item.description.split())
+            ids = []
+            for fid in item.function_ids:
+                if fid in known_ids:
+                    ids.append(fid)
+                else:
+                    unknown += 1
+            key = _norm(description)
+            if not key:
+                continue
+            if key in merged:
+                merged[key]["function_ids"] = list(dict.fromkeys(merged[key]["function_ids"] + ids))
+            else:
+                merged[key] = {"description": description, "function_ids": list(dict.fromkeys(ids))}
+    tasks = list(merged.values())[:max_tasks]
+    return [{"id": f"task_{i}", **t} for i, t in enumerate(tasks, 1)], unknown
+
+
+def _failure(stage: str, commit_dir: Path, err: LLMFailure, function_id: str | None = None) -> dict:
+    return {"stage": stage, "commit_number": commit_number(commit_dir), "function_id": function_id,
+            "reason": err.reason, "detail": err.detail, "attempts": err.attempts}
+
+
+async def tasks_for_commit(commit_dir: Path, client: LLMClient, cfg: LLMConfig) -> dict:
+    commit = read_json(commit_dir / "commit_data.json")
+    functions, _ = changed_functions(commit_dir)
+    chunks, truncated = chunk_diff(commit.get("diff") or "", tasks_diff_budget(cfg), cfg.max_chunks_per_commit)
+    prompts = [tasks_messages(commit, functions, chunk, i, len(chunks), cfg) for i, chunk in enumerate(chunks, 1)]
+    results = await asyncio.gather(*(client.ask(m, "tasks") for m in prompts), return_exceptions=True)
+    drops: dict[str, int] = {"diff_truncated": int(truncated)} if truncated else {}
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, LLMFailure):
+            raise r
+    failed = [r for r in results if isinstance(r, LLMFailure)]
+    if failed:  # answered chunks are cached: the retry only asks the failed ones
+        return {"status": "failed", "written": 0, "failures": [_failure("generate-tasks", commit_dir, failed[0])],
+                "drops": drops}
+    tasks, unknown = merge_tasks([r[0] for r in results], {f["id"] for f in functions}, cfg.max_tasks_per_commit)
+    if unknown:
+        drops["unknown_function_id"] = unknown
+    atomic_write_json(commit_dir / "task.json", {"commit_number": commit.get("commit_number", commit_number(commit_dir)),
+                                                "commit_hash": commit.get("commit_hash"), "source": "llm",
+                                                "tasks": tasks})
+    return {"status": "ok", "written": len(tasks), "failures": [], "drops": drops, "chunks": len(chunks)}
+
+
+def tasks_from_commit_message(commit_dir: Path, max_tasks: int) -> tuple[int, str | None]:
+    """No LLM: task.json from the cleaned commit message. Returns (tasks written, drop reason)."""
+    commit = read_json(commit_dir / "commit_data.json")
+    tasks, reason = tasks_from_message(commit.get("message") or "", commit.get("author") or "",
+                                       len(commit.get("parents") or []), max_tasks)
+    atomic_write_json(commit_dir / "task.json", {"commit_number": commit.get("commit_number", commit_number(commit_dir)),
+                                                "commit_hash": commit.get("commit_hash"), "source": "commit_message",
+                                                "tasks": tasks})
+    return len(tasks), reason
+
+
+def commit_tasks(commit_dir: Path, max_tasks: int) -> list[dict]:
+    """The commit's tasks: task.json if there is one, else the cleaned commit message (not written)."""
+    path = commit_dir / "task.json"
+    if path.exists():
+        data = read_json(path)
+        if isinstance(data, dict) and isinstance(data.get("tasks"), list):
+            return data["tasks"]
+    commit = read_json(commit_dir / "commit_data.json") if (commit_dir / "commit_data.json").exists() else {}
+    return tasks_from_message(commit.get("message") or "", commit.get("author") or "",
+                              len(commit.get("parents") or []), max_tasks)[0]
+
+
+def relevant_tasks(function_id: str, tasks: list[dict]) -> list[dict]:
+    """Tasks that name this function, plus tasks about the whole commit (no function ids)."""
+    return [t for t in tasks if function_id in (t.get("function_ids") or []) or not t.get("function_ids")]
+
+
+async def reasoning_for_commit(commit_dir: Path, client: LLMClient, cfg: LLMConfig, force: bool = False) -> dict:
+    functions, skipped = changed_functions(commit_dir)
+    tasks = commit_tasks(commit_dir, cfg.max_tasks_per_commit)
+    have = {} if force else existing_reasoning(commit_dir)
+    todo = [f for f in functions if f["id"] not in have]
+
+    async def one(record: dict):
+        op = OPERATION[record["status"]]
+        answer, _ = await client.ask(reasoning_messages(record, op, relevant_tasks(record["id"], tasks), cfg), "reasoning")
+        return {"function_id": record["id"], "operation_type": op, "reasoning": answer.reasoning.strip()}
+
+    results = await asyncio.gather(*(one(f) for f in todo), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, LLMFailure):
+            raise r
+    new = {r["function_id"]: r for r in results if isinstance(r, dict)}
+    failures = [_failure("generate-reasoning", commit_dir, r, f["id"])
+                for f, r in zip(todo, results) if isinstance(r, LLMFailure)]
+    entries = [new.get(f["id"]) or have.get(f["id"]) for f in functions]
+    entries = [e for e in entries if e is not None]
+    if new:  # successes are kept even when others failed; the next run asks only for the missing ones
+        atomic_write_json(commit_dir / "reasoning.json", entries)
+    status = "ok" if not failures else ("partial" if new or have else "failed")
+    return {"status": status, "written": len(new), "failures": failures,
+            "drops": {"whitespace_only": skipped} if skipped else {}}
+
+
+def read_failures(repo_dir: Path) -> list[dict]:
+    path = repo_dir / "llm_failures.jsonl"
+    if not path.exists():
+        return []
+    try:
+        return [r for r in read_jsonl(path) if isinstance(r, dict)]
+    except HybridError:
+        return []
+
+
+def write_failures(repo_dir: Path, stage: str, failures: list[dict]) -> None:
+    """Replace this stage's entries in `<repo>/llm_failures.jsonl` with this run's failures."""
+    from hybrid.utils.io import atomic_write_jsonl
+
+    kept = [r for r in read_failures(repo_dir) if r.get("stage") != stage]
+    rows = kept + sorted(failures, key=lambda r: (r["commit_number"], r.get("function_id") or ""))
+    path = repo_dir / "llm_failures.jsonl"
+    if rows:
+        atomic_write_jsonl(path, rows)
+    elif path.exists():
+        path.unlink()
+
+
+def update_stats(repo_dir: Path, stage: str, stats: dict) -> None:
+    """Set this stage's entry in `<repo>/stats.json` (other stages' entries are kept)."""
+    path = repo_dir / "stats.json"
+    current: dict = {}
+    if path.exists():
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            current = {}
+    if not isinstance(current, dict):
+        return  # not ours to rewrite
+    current[stage] = stats
+    atomic_write_json(path, current)
