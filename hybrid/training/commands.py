@@ -1,10 +1,117 @@
-"""`hybrid train`, `hybrid eval`, `hybrid generate`. Issue 5 fills these in."""
+"""`hybrid train`, `hybrid eval`, `hybrid generate` (light module: torch and ray are imported inside)."""
 
-from hybrid.commands_util import not_implemented
+from __future__ import annotations
+
+import argparse
+import json
 
 
 def register(sub) -> None:
-    for name, text in (("train", "train a hybrid model with Ray Train"), ("eval", "evaluate a checkpoint"),
-                       ("generate", "generate from a checkpoint")):
-        p = sub.add_parser(name, help=text)
-        p.set_defaults(func=not_implemented(f"hybrid {name}", 5))
+    p = sub.add_parser("train", help="train a hybrid model with Ray Train",
+                       description="Train on IO pairs: hybrid train model=llama_hybrid data.train=PATH "
+                                   "data.validation=PATH train.batch_size=4 train.max_iters=200 train.num_workers=2")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (group=name picks a preset)")
+    p.add_argument("--json", metavar="FILE", help="also write the final metrics and paths as JSON")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: loss, perplexity, exact match")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or a training output folder → its best)")
+    p.add_argument("--test-data", "--test_data", dest="test_data", required=True,
+                   help="IO pairs: JSONL/Parquet file or folder")
+    p.add_argument("--json", metavar="FILE", help="write the metrics as JSON here")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass for the loss")
+    p.add_argument("--max-generate", type=int, default=64,
+                   help="examples whose greedy generation is checked for exact match (0 = none, -1 = all)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation budget (default: reference length + 8)")
+    p.add_argument("--show", type=int, default=3, help="examples to print")
+    p.set_defaults(func=run_eval)
+
+    p = sub.add_parser("generate", help="generate from a checkpoint (a prompt or a file of inputs)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or a training output folder → its best)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the input text")
+    src.add_argument("--input-file", "--input_file", dest="input_file",
+                     help="JSONL/Parquet IO pairs (their `input`s) or a .txt file (one input per line)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    p.add_argument("--output", help="write {input, generated} JSONL here instead of printing")
+    p.set_defaults(func=run_generate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from hybrid.config import load_config
+    from hybrid.training.train import describe, train
+    from hybrid.utils.io import atomic_write_json
+
+    cfg = load_config(args.overrides)
+    result = train(cfg)
+    print(describe(result))
+    if args.json:
+        atomic_write_json(args.json, {"output_dir": str(result.output_dir), "checkpoint": str(result.checkpoint),
+                                      "best_checkpoint": str(result.best_checkpoint), "metrics": result.metrics,
+                                      "data": result.data_counts, "wall_s": result.wall_s})
+    return 0
+
+
+def print_eval(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"eval of {metrics['checkpoint']}", show_header=False)
+    em = metrics["exact_match"]
+    for key, value in (("examples", metrics["examples"]), ("output tokens", metrics["output_tokens"]),
+                       ("loss", f"{metrics['loss']:.4f}"), ("perplexity", f"{metrics['perplexity']:.2f}"),
+                       ("exact match", "n/a" if em is None else
+                        f"{em:.1%} ({metrics['exact_match_count']}/{metrics['generated']})"),
+                       ("inputs truncated on the left", metrics["input_truncated_left"])):
+        table.add_row(key, str(value))
+    console.print(table)
+    for i, s in enumerate(metrics["samples"], 1):
+        console.print(f"[bold]example {i}[/bold] ({'match' if s['match'] else 'no match'})", highlight=False)
+        console.print(f"  input     …{s['input'][-160:]!r}", highlight=False, markup=False)
+        console.print(f"  expected  {s['output'][:200]!r}", highlight=False, markup=False)
+        console.print(f"  generated {s['generated'][:200]!r}", highlight=False, markup=False)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from hybrid.training.evaluate import evaluate
+    from hybrid.utils.io import atomic_write_json
+
+    max_generate = None if args.max_generate < 0 else args.max_generate
+    metrics = evaluate(args.checkpoint, args.test_data, batch_size=args.batch_size, max_generate=max_generate,
+                       max_new_tokens=args.max_new_tokens, num_examples=args.show)
+    print_eval(metrics)
+    if args.json:
+        atomic_write_json(args.json, metrics)
+        print(f"metrics → {args.json}")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hybrid.errors import HybridError
+    from hybrid.training.evaluate import generate_texts, load
+    from hybrid.utils.io import atomic_write_jsonl
+
+    if args.prompt is not None:
+        inputs = [args.prompt]
+    elif args.input_file.endswith(".txt"):
+        path = Path(args.input_file)
+        if not path.is_file():
+            raise HybridError(f"{path}: no such file")
+        inputs = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from hybrid.data.io_pairs import read_io_pairs
+
+        inputs = [r["input"] for r in read_io_pairs(args.input_file).records]
+    ck = load(args.checkpoint)
+    outputs = generate_texts(ck, inputs, args.max_new_tokens)
+    if args.output:
+        atomic_write_jsonl(args.output, [{"input": i, "generated": o} for i, o in zip(inputs, outputs)])
+        print(f"{len(outputs)} generations → {args.output}")
+    else:
+        for o in outputs:
+            print(o if len(inputs) == 1 else json.dumps(o, ensure_ascii=False))
+    return 0

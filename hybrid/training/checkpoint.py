@@ -1,0 +1,176 @@
+"""Checkpoint directories: written atomically, never pickled, validated on load.
+
+    <output_dir>/checkpoint_step_000050/
+        config.json, *.safetensors   the model (`save_pretrained`; loads with `from_pretrained`)
+        optimizer.pt, scheduler.pt   state dicts of tensors and numbers (torch.load(weights_only=True))
+        trainer_state.json           step, epoch position, best validation loss, metrics
+        config.yaml                  the resolved run configuration
+        tokenizer.json, tokenizer_config.json
+    <output_dir>/best -> checkpoint_step_…   (symlink, swapped atomically) the lowest validation loss so far
+
+A checkpoint is written into a hidden temp folder beside its final name and renamed into place, so a folder named
+`checkpoint_step_*` is always complete; a run killed mid-write leaves only a `.tmp-…` folder, removed next time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hybrid.errors import HybridError
+
+PREFIX = "checkpoint_step_"
+BEST = "best"
+TRAINER_STATE = "trainer_state.json"
+REQUIRED_FILES = ("config.json", "config.yaml", "tokenizer.json", TRAINER_STATE)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:06d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir()
+             if p.is_dir() and not p.is_symlink() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a training output folder (→ its `best`, else its latest checkpoint); validated."""
+    path = Path(path)
+    if not path.exists():
+        raise HybridError(f"{path}: no such checkpoint folder")
+    if path.is_dir() and not (path / TRAINER_STATE).exists() and not (path / "config.json").exists():
+        if (path / BEST).exists():
+            path = path / BEST
+        elif latest_checkpoint(path):
+            path = latest_checkpoint(path)
+    validate_checkpoint(path)
+    return path
+
+
+def validate_checkpoint(path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_dir():
+        raise HybridError(f"{path}: not a checkpoint folder")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if not any(path.glob("*.safetensors")):
+        missing.append("*.safetensors")
+    if missing:
+        raise HybridError(f"{path}: not a complete checkpoint (missing {', '.join(missing)})")
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / TRAINER_STATE
+    try:
+        state = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise HybridError(f"{file}: corrupt checkpoint state ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise HybridError(f"{file}: corrupt checkpoint state (no integer 'step')")
+    return state
+
+
+def load_state_file(path: Path) -> Any:
+    """A torch.save'd state dict, read without unpickling arbitrary objects."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise HybridError(f"{path}: no such file (incomplete checkpoint)") from None
+    except Exception as e:
+        raise HybridError(f"{path}: corrupt checkpoint file ({str(e).splitlines()[0][:200]})") from None
+
+
+def load_model(path: str | Path, **overrides):
+    """The model saved in a checkpoint; any damage is a HybridError naming the folder."""
+    from hybrid.models.modeling import HybridForCausalLM
+
+    path = Path(path)
+    validate_checkpoint(path)
+    try:
+        return HybridForCausalLM.from_pretrained(path, **overrides)
+    except HybridError:
+        raise
+    except Exception as e:
+        raise HybridError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, trainer_state: dict[str, Any],
+                    config_yaml: str, tokenizer_json: str) -> Path:
+    """Write a checkpoint atomically (temp folder + rename) and return its folder."""
+    import torch
+
+    output_dir = Path(output_dir)
+    final = output_dir / checkpoint_name(step)
+    tmp = output_dir / f".tmp-{final.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "tokenizer.json").write_text(tokenizer_json)
+        from hybrid.data.tokenizer import EOS, SEP, SPECIAL_TOKENS
+
+        (tmp / "tokenizer_config.json").write_text(json.dumps(
+            {"eos_token": EOS, "pad_token": EOS, "sep_token": SEP, "additional_special_tokens": list(SPECIAL_TOKENS)},
+            indent=2) + "\n")
+        _fsync_tree(tmp)
+        if final.exists():  # a rerun of the same step (e.g. after a crash between rename and report)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def set_best(output_dir: str | Path, checkpoint: Path) -> None:
+    """Point `best` at `checkpoint` (relative symlink, replaced atomically)."""
+    output_dir = Path(output_dir)
+    tmp = output_dir / f".tmp-{BEST}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(checkpoint.name, tmp)
+    os.replace(tmp, output_dir / BEST)
+
+
+def best_checkpoint(output_dir: str | Path) -> Path | None:
+    best = Path(output_dir) / BEST
+    return best.resolve() if best.exists() else None
+
+
+def prune(output_dir: str | Path, keep_last: int) -> None:
+    """Keep the last `keep_last` checkpoints and the best; remove older ones and stale temp folders."""
+    output_dir = Path(output_dir)
+    found = list_checkpoints(output_dir)
+    best = best_checkpoint(output_dir)
+    for ckpt in found[:-keep_last]:
+        if best is None or ckpt.resolve() != best:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    for stale in output_dir.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)

@@ -1,0 +1,197 @@
+"""`train(cfg)`: read and check the data, get a tokenizer, tokenize, and run the loop on Ray Train's TorchTrainer.
+
+Everything that can be wrong with the data or the checkpoint to resume from is found here, on the driver, with a
+one-line error naming the file — before a worker starts."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hybrid.config import Config, config_to_yaml
+from hybrid.errors import ConfigError, HybridError
+from hybrid.training import checkpoint as ckpt_io
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    checkpoint: Path | None  # the latest checkpoint
+    best_checkpoint: Path | None
+    metrics: dict[str, Any]
+    data_counts: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def resolve_resume(resume: str, output_dir: Path) -> Path | None:
+    value = (resume or "").strip()
+    if value.lower() in ("none", "no", "false", ""):
+        if ckpt_io.list_checkpoints(output_dir):
+            raise ConfigError(f"train.resume=none: {output_dir} already holds checkpoints; pick a new "
+                              f"train.output_dir or use train.resume=auto to continue")
+        return None
+    if value.lower() == "auto":
+        return ckpt_io.latest_checkpoint(output_dir)
+    return ckpt_io.resolve_checkpoint(value)
+
+
+def get_tokenizer(cfg: Config, resume_from: Path | None, train_records: list[dict[str, Any]]):
+    from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe
+
+    if resume_from is not None:
+        return TextTokenizer.load(resume_from)
+    if cfg.model.pretrained:
+        return pretrained_tokenizer(cfg.model.pretrained)
+    texts = (t for r in train_records for t in (r["input"], r["output"]))
+    return train_bpe(texts, cfg.train.tokenizer_vocab_size)
+
+
+def _use_gpu(cfg: Config) -> bool:
+    if cfg.train.use_gpu == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return bool(cfg.train.use_gpu)
+
+
+def train(cfg: Config, quiet: bool = False) -> TrainResult:
+    """Train per `cfg` (data.train / data.validation, model, train sections) and return where it went."""
+    from hybrid.data.encode import encode_pairs
+    from hybrid.data.io_pairs import read_io_pairs
+    from hybrid.training.loop import train_loop_per_worker
+
+    t0 = time.time()
+    if not cfg.data.train:
+        raise ConfigError("data.train: no training data given (data.train=PATH to a JSONL/Parquet file or folder)")
+    output_dir = Path(cfg.train.output_dir).resolve()
+    train_pairs = read_io_pairs(cfg.data.train, cfg.data.on_bad_record)
+    val_pairs = read_io_pairs(cfg.data.validation, cfg.data.on_bad_record) if cfg.data.validation else None
+    resume_from = resolve_resume(cfg.train.resume, output_dir)
+    tokenizer = get_tokenizer(cfg, resume_from, train_pairs.records)
+
+    model_cfg = cfg.model.model_copy(update={
+        "vocab_size": tokenizer.vocab_size,
+        "gradient_checkpointing": cfg.model.gradient_checkpointing or cfg.train.activation_checkpointing})
+    cfg = cfg.model_copy(update={"model": model_cfg})
+    train_enc = encode_pairs(tokenizer, train_pairs.records, cfg.data.max_length)
+    val_enc = encode_pairs(tokenizer, val_pairs.records, cfg.data.max_length) if val_pairs else None
+    counts = {
+        "train": {**train_enc.counts, "output_tokens": train_enc.output_tokens(),
+                  "skipped": dict(train_pairs.skipped)},
+        "validation": ({**val_enc.counts, "output_tokens": val_enc.output_tokens(),
+                        "skipped": dict(val_pairs.skipped)} if val_enc else None),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = config_to_yaml(cfg)
+    (output_dir / "config.yaml").write_text(config_yaml)
+    (output_dir / "data_stats.json").write_text(json.dumps(counts, indent=2) + "\n")
+    tokenizer.save(output_dir)
+    if not quiet:
+        t = counts["train"]
+        print(f"train: {t['examples']} IO pairs, {t['output_tokens']} output tokens, "
+              f"{t.get('input_truncated_left', 0)} inputs truncated on the left, "
+              f"{t.get('output_truncated', 0)} outputs truncated; vocabulary {tokenizer.vocab_size}"
+              + (f"; validation: {counts['validation']['examples']} IO pairs" if val_enc else ""), flush=True)
+        if resume_from:
+            print(f"resuming from {resume_from}", flush=True)
+
+    use_gpu = _use_gpu(cfg)
+    n_workers = cfg.train.num_workers
+    loop_config: dict[str, Any] = {
+        "cfg": cfg.model_dump(mode="json"), "output_dir": str(output_dir), "config_yaml": config_yaml,
+        "tokenizer_json": tokenizer.tokenizer.to_str(), "vocab_size": tokenizer.vocab_size,
+        "pad_id": tokenizer.pad_id, "use_gpu": use_gpu,
+        "resume_from": str(resume_from) if resume_from else None, "examples": None}
+    datasets = None
+    if n_workers == 0:  # in-process: hand the examples over directly, no Ray cluster needed
+        loop_config["examples"] = {
+            "train": list(zip(train_enc.input_ids, train_enc.prompt_lengths)),
+            "validation": list(zip(val_enc.input_ids, val_enc.prompt_lengths)) if val_enc else []}
+    else:
+        import ray.data
+
+        from hybrid.utils.ray_utils import init_ray
+
+        init_ray()
+
+        def as_dataset(enc):
+            return ray.data.from_items([{"idx": i, "input_ids": ids, "prompt_length": p}
+                                        for i, (ids, p) in enumerate(zip(enc.input_ids, enc.prompt_lengths))])
+
+        datasets = {"train": as_dataset(train_enc)}
+        if val_enc:
+            datasets["validation"] = as_dataset(val_enc)
+
+    result = _fit(train_loop_per_worker, loop_config, cfg, output_dir, n_workers, use_gpu, datasets)
+    latest = ckpt_io.latest_checkpoint(output_dir)
+    metrics = dict(result.metrics or {}) if result is not None else {}
+    if not metrics and latest is not None:
+        metrics = ckpt_io.read_trainer_state(latest).get("metrics", {})
+    return TrainResult(output_dir=output_dir, checkpoint=latest, best_checkpoint=ckpt_io.best_checkpoint(output_dir),
+                       metrics=metrics, data_counts=counts, wall_s=time.time() - t0)
+
+
+def _fit(loop, loop_config, cfg: Config, output_dir: Path, n_workers: int, use_gpu: bool, datasets):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig as RayDataConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from hybrid.training.loop import CRASH_ENV
+
+    scaling = ScalingConfig(num_workers=n_workers, use_gpu=use_gpu and n_workers > 0,
+                            resources_per_worker={"CPU": cfg.train.cpus_per_worker} if n_workers else None)
+    run_config = RunConfig(
+        name=output_dir.name, storage_path=str(output_dir.parent),
+        # retention (the last few + `best`) is ours: Ray's policy keeps either the latest or the top-scored
+        checkpoint_config=CheckpointConfig(num_to_keep=None),
+        failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=0),
+        worker_runtime_env={"env_vars": {k: v for k, v in __import__("os").environ.items()
+                                         if k in (CRASH_ENV, "OMP_NUM_THREADS")}} if n_workers else None)
+    trainer = TorchTrainer(
+        loop, train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=scaling, run_config=run_config, datasets=datasets,
+        # every worker gets the whole dataset; the loop takes its slice of each global batch (see loop.py)
+        dataset_config=RayDataConfig(datasets_to_split=[]) if datasets else None)
+    try:
+        return trainer.fit()
+    except HybridError:
+        raise
+    except Exception as e:
+        cause = _root_cause(e)
+        if isinstance(cause, HybridError):
+            raise HybridError(str(cause)) from None
+        raise
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        failures = getattr(e, "worker_failures", None)
+        if failures:
+            e = next(iter(failures.values()))
+            continue
+        nxt = getattr(e, "cause", None) or e.__cause__
+        if nxt is None:
+            break
+        e = nxt
+    return e
+
+
+def describe(result: TrainResult) -> str:
+    m = result.metrics
+    parts = [f"checkpoints in {result.output_dir}"]
+    if result.best_checkpoint:
+        parts.append(f"best: {result.best_checkpoint.name}")
+    if m.get("val_loss") is not None:
+        parts.append(f"validation loss {m['val_loss']:.4f}")
+    if m.get("train_loss") is not None:
+        parts.append(f"train loss {m['train_loss']:.4f}")
+    parts.append(f"{result.wall_s:.0f} s")
+    return " | ".join(parts)
+
