@@ -93,6 +93,10 @@ class FimBuilder:
         if not changed:
             return None, "no_added_lines"
         start, end = changed[0], changed[-1]
+        while start < end and not fc.lines[start - 1].strip():
+            start += 1  # an added blank line before/after the change is not part of the middle
+        while end > start and not fc.lines[end - 1].strip():
+            end -= 1
         s, e = self._widen(fc, start, end, decl_start, decl_end)
         if not self._fits(fc.lines, s, e):
             return None, "middle_too_large"
