@@ -181,11 +181,11 @@ def load_checkpoint(cls, directory, **overrides):
     state = read_safetensors(directory)
     if not ours:
         state = map_hf_state_dict(config.family, state)
-    _load_state(model, state, directory, base_only=not ours)
+    _load_state(model, state, directory)
     return model
 
 
-def _load_state(model, state: dict[str, torch.Tensor], directory: Path, base_only: bool) -> None:
+def _load_state(model, state: dict[str, torch.Tensor], directory: Path) -> None:
     from hybrid.models.modeling import is_memory_param
 
     own = model.state_dict()
@@ -195,8 +195,11 @@ def _load_state(model, state: dict[str, torch.Tensor], directory: Path, base_onl
         raise HybridError(f"{directory}: unexpected parameter {unexpected[0]!r}"
                           + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
                           + " — does the config match the weights?")
+    # A memory module absent from the checkpoint altogether (a base model, or ours saved with that memory off)
+    # keeps its no-op initialisation; one present only in part is an error.
+    saved_modules = {_memory_module(k) for k in state if is_memory_param(k)}
     missing = [k for k in own if k not in state and not (tied and k == "lm_head.weight")
-               and not (base_only and is_memory_param(k))]
+               and not (is_memory_param(k) and _memory_module(k) not in saved_modules)]
     if missing:
         raise HybridError(f"{directory}: missing parameter {missing[0]!r}"
                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -212,6 +215,12 @@ def _load_state(model, state: dict[str, torch.Tensor], directory: Path, base_onl
                 continue  # the embedding is the head
             target = params.get(k, buffers.get(k))
             target.copy_(t.to(target.dtype))
+
+
+def _memory_module(name: str) -> str:
+    """'model.layers.0.internal_memory.read_q.weight' -> 'model.layers.0.internal_memory'."""
+    m = re.match(r"^(.*?\.(?:internal_memory|memory_layernorm|self_attn\.memory_gate))(?:\.|$)", name)
+    return m.group(1) if m else name
 
 
 def save_checkpoint(model, directory) -> None:
