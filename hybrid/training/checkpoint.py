@@ -54,7 +54,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise HybridError(f"{path}: no such checkpoint folder")
     if path.is_dir() and not (path / TRAINER_STATE).exists() and not (path / "config.json").exists():
         if (path / BEST).exists():
-            path = path / BEST
+            path = (path / BEST).resolve()
         elif latest_checkpoint(path):
             path = latest_checkpoint(path)
     validate_checkpoint(path)

@@ -1,0 +1,151 @@
+"""Training in-process (num_workers=0: the same loop, no worker group), evaluation, generation, resume after a
+real SIGKILL, and what happens with bad data and damaged checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hybrid.cli import run_command
+from hybrid.config import load_config
+from hybrid.errors import HybridError
+from hybrid.training import checkpoint as ckpt_io
+from hybrid.training.commands import register
+from hybrid.training.evaluate import evaluate
+from hybrid.training.loop import CRASH_ENV
+from hybrid.training.train import train
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def cli(argv):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return run_command(args.func, args)
+
+
+@pytest.fixture(scope="module")
+def trained(io_data, tmp_path_factory, tiny_overrides):
+    out = tmp_path_factory.mktemp("run") / "train"
+    cfg = load_config(tiny_overrides(io_data, out, "train.max_iters=6", "train.eval_every=2", "train.keep_last=1"))
+    return train(cfg, quiet=True)
+
+
+def test_train_writes_checkpoints_best_and_metrics(trained):
+    out = trained.output_dir
+    names = [p.name for p in ckpt_io.list_checkpoints(out)]
+    best = trained.best_checkpoint
+    assert names[-1] == "checkpoint_step_000006" and trained.checkpoint.name == names[-1]
+    assert best is not None and set(names) == {best.name, names[-1]}  # keep_last=1, plus the best
+    state = ckpt_io.read_trainer_state(best)
+    assert state["best_val_loss"] == min(json.loads(l)["val_loss"] for l in open(out / "metrics.jsonl") if "val_loss" in l)
+    for f in ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "config.yaml", "tokenizer.json"):
+        assert (trained.checkpoint / f).is_file(), f
+    assert not list(out.glob(".tmp-*"))
+    losses = [json.loads(l)["loss"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
+    assert losses and all(map(torch.isfinite, torch.tensor(losses)))
+    assert trained.metrics["step"] == 6 and trained.data_counts["train"]["examples"] == 48
+
+
+def test_eval_and_generate_commands(trained, io_data, tmp_path, capsys):
+    report = tmp_path / "eval.json"
+    assert cli(["eval", "--checkpoint", str(trained.output_dir), "--test_data", str(io_data["validation"]),
+                "--json", str(report), "--max-generate", "2"]) == 0
+    metrics = json.loads(report.read_text())
+    assert metrics["examples"] == 8 and metrics["generated"] == 2
+    assert metrics["checkpoint"] == str(trained.best_checkpoint)
+    assert abs(metrics["loss"] - ckpt_io.read_trainer_state(trained.best_checkpoint)["best_val_loss"]) < 1e-4
+    assert metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["loss"], rel=1e-6)
+    assert "exact match" in capsys.readouterr().out
+    assert cli(["generate", "--checkpoint", str(trained.checkpoint), "--prompt", "alpha beta", "--max-new-tokens",
+                "3"]) == 0
+    out = tmp_path / "gen.jsonl"
+    assert cli(["generate", "--checkpoint", str(trained.checkpoint), "--input-file", str(io_data["validation"]),
+                "--max-new-tokens", "2", "--output", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 8
+
+
+def test_kill_and_resume_matches_uninterrupted(io_data, tmp_path, tiny_overrides):
+    """A run SIGKILLed right after its step-4 checkpoint, then resumed, ends with the same weights as a run that
+    was never interrupted (same seed)."""
+    whole = train(load_config(tiny_overrides(io_data, tmp_path / "whole", "train.max_iters=8", "train.eval_every=4")),
+                  quiet=True)
+    args = [sys.executable, "-m", "hybrid", "train",
+            *tiny_overrides(io_data, tmp_path / "killed", "train.max_iters=8", "train.eval_every=4")]
+    env = {**os.environ, CRASH_ENV: "4"}
+    first = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert first.returncode == -9, first.stderr[-2000:]  # really killed
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "killed")] == ["checkpoint_step_000004"]
+    env.pop(CRASH_ENV)
+    second = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming from" in second.stdout
+    a = load_file(whole.checkpoint / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "checkpoint_step_000008" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    # and without the resume the weights would differ (the check has teeth)
+    c = load_file(tmp_path / "killed" / "checkpoint_step_000004" / "model.safetensors")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_bad_data_fails_before_training(io_data, tmp_path, tiny_overrides):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "a", "output": "b"}\n{"input": "a"}\n')
+    cfg = load_config(tiny_overrides(io_data, tmp_path / "out", f"data.train={bad}"))
+    with pytest.raises(HybridError, match=r"bad\.jsonl:2: record has no 'output'"):
+        train(cfg)
+    cfg = load_config(tiny_overrides(io_data, tmp_path / "out", f"data.validation={tmp_path / 'missing'}"))
+    with pytest.raises(HybridError, match="missing: no such file"):
+        train(cfg)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    rc = cli(["train", *tiny_overrides(io_data, tmp_path / "out", "train.resume=/nowhere")])
+    assert rc == 2
+
+
+def test_corrupt_checkpoints_are_clear_errors(trained, io_data, tmp_path, tiny_overrides):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(trained.checkpoint, ck)
+    data = (ck / "model.safetensors").read_bytes()
+    (ck / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(HybridError, match=r"ck: corrupt checkpoint"):
+        evaluate(ck, io_data["validation"])
+    (ck / "trainer_state.json").unlink()
+    with pytest.raises(HybridError, match=r"not a complete checkpoint \(missing trainer_state\.json\)"):
+        evaluate(ck, io_data["validation"])
+    shutil.rmtree(ck)
+    shutil.copytree(trained.checkpoint, ck)
+    (ck / "optimizer.pt").write_bytes(b"garbage")
+    with pytest.raises(HybridError, match=r"optimizer\.pt: corrupt checkpoint file"):
+        ckpt_io.load_state_file(ck / "optimizer.pt")
+    # resuming from it fails with that message, not a traceback
+    cfg = load_config(tiny_overrides(io_data, tmp_path / "resumed", f"train.resume={ck}", "train.max_iters=7"))
+    with pytest.raises(HybridError, match=r"optimizer\.pt: corrupt checkpoint file"):
+        train(cfg, quiet=True)
+
+
+def test_retention_keeps_best_and_last(tmp_path):
+    for step in (2, 4, 6, 8):
+        (tmp_path / ckpt_io.checkpoint_name(step)).mkdir()
+    (tmp_path / ".tmp-checkpoint_step_000010").mkdir()  # left by a crash mid-write
+    ckpt_io.set_best(tmp_path, tmp_path / ckpt_io.checkpoint_name(4))
+    ckpt_io.prune(tmp_path, keep_last=2)
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path)] == [
+        "checkpoint_step_000004", "checkpoint_step_000006", "checkpoint_step_000008"]
+    assert ckpt_io.best_checkpoint(tmp_path).name == "checkpoint_step_000004"
+    assert not (tmp_path / ".tmp-checkpoint_step_000010").exists()
+    ckpt_io.set_best(tmp_path, tmp_path / ckpt_io.checkpoint_name(8))  # swapped atomically (rename of a symlink)
+    ckpt_io.prune(tmp_path, keep_last=2)
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path)] == ["checkpoint_step_000006", "checkpoint_step_000008"]
