@@ -40,6 +40,8 @@ class RecordedRequest:
     model: str | None = None
     messages: list = field(default_factory=list)
     auth_ok: bool = True
+    answered: bool = False  # the whole response was written
+
 
     def prompt_text(self) -> str:
         return "\n".join(str(m.get("content") or "") for m in self.messages)
@@ -74,6 +76,8 @@ class ChatServer:
         self.hang_s = hang_s
         self.supports_json_schema = supports_json_schema
         self.answer: Callable[[dict, str | None], Any] = default_answer
+        # Optional: a fault chosen by the request's content (e.g. always 500 for one function), checked first.
+        self.fault_rule: Callable[[dict], str | None] | None = None
         self.requests: list[RecordedRequest] = []
         self._script: deque[str] = deque()
         self._rng = random.Random(seed)
@@ -105,7 +109,11 @@ class ChatServer:
             best = max(best, hi - lo + 1)
         return best
 
-    def _next_fault(self) -> str:
+    def _next_fault(self, body: dict) -> str:
+        if self.fault_rule is not None:
+            fault = self.fault_rule(body)
+            if fault:
+                return fault
         with self._lock:
             if self._script:
                 return self._script.popleft()
@@ -128,6 +136,8 @@ class ChatServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real servers
 
+            _record: RecordedRequest | None = None
+
             def log_message(self, format, *args):  # quiet; and never echo headers
                 pass
 
@@ -139,6 +149,9 @@ class ChatServer:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(payload)
+                self.wfile.flush()
+                if self._record is not None:
+                    self._record.answered = True
 
             def _auth_ok(self) -> bool:
                 if server.api_key is None:
@@ -147,6 +160,7 @@ class ChatServer:
 
             def do_GET(self):
                 t = time.monotonic()
+                self._record = None
                 ok = self._auth_ok()
                 status = 200 if ok else 401
                 with server._lock:
@@ -161,6 +175,7 @@ class ChatServer:
 
             def do_POST(self):
                 t = time.monotonic()
+                self._record = None
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 try:
@@ -171,9 +186,10 @@ class ChatServer:
                 fmt = body.get("response_format") or {}
                 schema_name = (fmt.get("json_schema") or {}).get("name") if fmt.get("type") == "json_schema" else None
                 is_chat = self.path.rstrip("/").endswith("/chat/completions")
-                fault = server._next_fault() if (is_chat and ok) else "ok"
+                fault = server._next_fault(body) if (is_chat and ok) else "ok"
                 record = RecordedRequest(t, "POST", self.path, fault, 200, schema_name, body.get("model"),
                                          list(body.get("messages") or []), ok)
+                self._record = record
                 with server._lock:
                     server.requests.append(record)
                 if not is_chat:
