@@ -74,6 +74,7 @@ def test_eval_and_generate_commands(trained, io_data, tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 8
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(io_data, tmp_path, tiny_overrides):
     """A run SIGKILLed right after its step-4 checkpoint, then resumed, ends with the same weights as a run that
     was never interrupted (same seed)."""

@@ -1,0 +1,43 @@
+"""The main job's command end to end (`hybrid demo --quick`) on a small real git history."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from hybrid.cli import run_command
+from hybrid.demo import project_checkout, register
+from tests.repo_builder import build_sample_repo
+
+
+@pytest.mark.slow
+def test_demo_quick_on_a_tiny_repo(tmp_path, capsys):
+    build_sample_repo(tmp_path / "src")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["demo", "--quick", "--repo", str(tmp_path / "src"), "--workdir", str(tmp_path / "w")])
+    assert run_command(args.func, args) == 0
+    out = capsys.readouterr().out
+    io = tmp_path / "w" / "datasets" / "io_pairs"
+    sizes = json.loads((io / "stats.json").read_text())["sizes"]
+    assert sizes["train"] > 0 and sum(sizes.values()) == sum(1 for s in sizes for _ in open(io / f"{s}.jsonl"))
+    (run,) = (tmp_path / "w" / "outputs" / "demo").iterdir()
+    metrics = json.loads((run / "eval.json").read_text())
+    assert metrics["examples"] > 0 and metrics["loss"] > 0 and metrics["generated"] == 2
+    assert (run / "best").exists() and "demo finished" in out and f"evaluation: {run / 'eval.json'}" in out
+    assert (tmp_path / "w" / "data" / "ast_dataset").is_dir()
+
+
+def test_default_repository_is_this_checkout():
+    root = project_checkout()
+    assert (root / "hybrid" / "demo.py").is_file() and (root / ".git").exists()
+
+
+def test_demo_rejects_bad_flags(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["demo", "--minutes", "0", "--workdir", str(tmp_path)])
+    assert run_command(args.func, args) == 2 and "--minutes: must be positive" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
