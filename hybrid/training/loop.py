@@ -97,6 +97,15 @@ class Dist:
         self.dist.all_reduce(t)
         return t.tolist()
 
+    def max(self, values: list[float], device) -> list[float]:
+        if not self.on or self.world == 1:
+            return values
+        import torch
+
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return t.tolist()
+
     def sum_grads(self, params) -> None:
         if not self.on or self.world == 1:
             return
@@ -124,8 +133,11 @@ def _rows(name: str, config: dict[str, Any]) -> list[tuple[list[int], int]]:
     """This worker's copy of a tokenized dataset: from Ray Data (workers) or the config (in-process)."""
     if config.get("examples") is not None:
         return [tuple(e) for e in config["examples"].get(name) or []]
+    import ray.data
     import ray.train
 
+    # the shard is read once, whole: its progress bar would only garble the step lines that follow
+    ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         shard = ray.train.get_dataset_shard(name)
     except (KeyError, ValueError):
@@ -134,6 +146,15 @@ def _rows(name: str, config: dict[str, Any]) -> list[tuple[list[int], int]]:
         return []
     rows = sorted(shard.iter_rows(), key=lambda r: int(r["idx"]))
     return [([int(t) for t in r["input_ids"]], int(r["prompt_length"])) for r in rows]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB, macOS in bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -300,8 +321,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             eta = (tcfg.max_iters - step) * per_step
             if budget_s is not None:
                 eta = min(eta, budget_s - elapsed)
+            rss_mb, cuda_mb = dist.max([peak_rss_mb(), torch.cuda.max_memory_allocated(device) / 2**20
+                                        if use_gpu else 0.0], device)
             record = {"step": step, "loss": loss, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
-                      "output_tokens": int(global_out), "elapsed_s": elapsed}
+                      "tokens": int(global_all), "output_tokens": int(global_out), "elapsed_s": elapsed,
+                      "peak_rss_mb": rss_mb, "peak_cuda_mb": cuda_mb}
             log(record)
             if dist.rank == 0:
                 print(f"step {step:>5}/{tcfg.max_iters} | loss {loss:.4f} | lr {lr:.2e} | "
