@@ -17,7 +17,7 @@ class LLMConfig(Section):
     requests_per_minute: float = Field(60, gt=0, description="request rate limit across the whole actor pool")
     tokens_per_minute: float = Field(200_000, gt=0, description="token rate limit (prompt + completion) across the pool")
     burst_seconds: float = Field(
-        0.5, ge=0, le=10,
+        0.3, ge=0, le=10,
         description="how far ahead of the steady rate the limiter may run (catches up after a short pause); "
         "any 10-s window sees at most (10 + burst_seconds) seconds' worth of requests",
     )
