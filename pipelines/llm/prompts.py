@@ -57,7 +57,10 @@ def _split_keep(text: str, sep: str) -> list[str]:
 
 def chunk_diff(diff: str, budget: int, max_chunks: int) -> tuple[list[str], bool]:
     """Split a unified diff into chunks of at most `budget` chars at file, then hunk, then line boundaries.
-    Returns (chunks, truncated): past `max_chunks` the rest is dropped and `truncated` is True."""
+    A file too large for one chunk is split by hunks (then lines), each piece led by the file's header so the
+    model knows which file it reads. Returns (chunks, truncated): past `max_chunks` the rest is dropped."""
+    import re
+
     budget = max(budget, 200)
     pieces: list[str] = []
     for section in _split_keep(diff or "", "\ndiff --git "):
@@ -66,19 +69,27 @@ def chunk_diff(diff: str, budget: int, max_chunks: int) -> tuple[list[str], bool
         if len(section) <= budget:
             pieces.append(section)
             continue
-        for hunk in _split_keep(section, "\n@@ "):
-            if len(hunk) <= budget:
-                pieces.append(hunk)
+        m = re.search(r"(?m)^@@ ", section)
+        header = section[: m.start()] if m else ""
+        if len(header) > budget // 4:
+            header = header[: budget // 4] + "\n"
+        inner = budget - len(header)
+        for hunk in re.split(r"(?m)^(?=@@ )", section[m.start():] if m else section):
+            if not hunk:
+                continue
+            if len(hunk) <= inner:
+                pieces.append(header + hunk)
                 continue
             buf = ""
             for line in hunk.splitlines(keepends=True):
-                line = line if len(line) <= budget else line[: budget - 20] + " [line cut]\n"
-                if len(buf) + len(line) > budget:
-                    pieces.append(buf)
+                if len(line) > inner // 2:  # e.g. minified code
+                    line = line[: inner // 2] + " [line cut]\n"
+                if len(buf) + len(line) > inner:
+                    pieces.append(header + buf)
                     buf = ""
                 buf += line
             if buf:
-                pieces.append(buf)
+                pieces.append(header + buf)
     chunks: list[str] = []
     buf = ""
     for piece in pieces:
