@@ -206,6 +206,7 @@ class LLMClient:
                                        f"LLM_BASE_URL ({self.redact(e.message)})") from None
                     if status >= 500 or status in (408, 409):
                         self.stats.server_errors += 1
+                        await self.limiter.settle(estimate, 0)  # nothing was generated: give the tokens back
                         reason, detail = "server_error", f"HTTP {status}: {self.redact(e.message)}"
                         delay = self._backoff(attempt)
                     else:

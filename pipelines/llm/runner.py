@@ -161,7 +161,10 @@ def run_llm_stage(stage: str, cfg: LLMConfig, settings: LLMSettings, data_dir: s
             failures[row["repo"]].append(f)
             totals.failure_reasons[f["reason"]] += 1
         totals.drops.update(json.loads(row["drops"]))
-        totals.worker_stats[row["worker"]] = json.loads(row["stats"])
+        # cumulative per actor, but rows come back in block order, not finish order: keep the largest counts
+        snapshot, seen = json.loads(row["stats"]), totals.worker_stats.get(row["worker"], {})
+        totals.worker_stats[row["worker"]] = {k: max(v, seen.get(k, v)) if isinstance(v, (int, float)) else v
+                                              for k, v in snapshot.items()}
         progress.update(task_id, advance=1, info=_info(totals))
 
     with _progress(console, len(items), stage) as progress:
