@@ -26,3 +26,12 @@ class MemoryConfig(Section):
         None, description="an explicit namespace shared by every row (e.g. one repository's code); "
                           "null = a fresh private namespace per row and call")
     num_shards: int = Field(2, ge=1, description="ray: FAISS actors the namespaces are hash-partitioned over")
+    service: str = Field("hybrid-memory", description="ray: service name; shard i is the named actor "
+                                                      "'<service>-shard<i>' in Ray namespace 'hybrid-memory'")
+    shard_bytes: int = Field(1 << 30, ge=1 << 16, description="ray: most bytes one shard holds (oldest "
+                                                              "namespaces evicted first; bigger ones split)")
+    shard_cpus: float = Field(1.0, ge=0, description="ray: CPUs reserved per shard actor (FAISS threads)")
+    call_timeout_s: float = Field(60.0, gt=0, description="ray: seconds to wait for a shard before giving up")
+    on_shard_failure: Literal["empty", "error"] = Field(
+        "empty", description="ray: a dead or restarted shard gives an empty (masked) result, counted and "
+                             "logged, or an error")
