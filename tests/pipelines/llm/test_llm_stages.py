@@ -21,7 +21,7 @@ from pipelines.llm.config import LLMConfig
 from pipelines.llm.runner import run_llm_stage
 from pipelines.llm.settings import LLMSettings
 
-FAST = ["llm.runner=local", "llm.requests_per_minute=6000", "llm.backoff_base_s=0.01", "llm.timeout_s=2"]
+FAST = ["llm.runner=local", "llm.requests_per_minute=6000", "llm.tokens_per_minute=100000000", "llm.backoff_base_s=0.01", "llm.timeout_s=2"]
 
 
 def cli(*args: str, data_dir: Path) -> int:
