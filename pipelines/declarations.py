@@ -13,7 +13,7 @@ Repeated names in one file (overloads, redefinitions) get `#2`, `#3` in source o
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipelines.languages import get_language, get_parser
 
@@ -51,6 +51,7 @@ class ParsedFile:
 
     has_error: bool
     declarations: list[dict]
+    raw_names: list[str] = field(default_factory=list)  # names before `#n` numbering (for update_declarations)
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,16 +168,100 @@ def _end_line(node) -> int:
     return row if col == 0 and row > node.start_point[0] else row + 1
 
 
-def parse_declarations(source: bytes, key: str) -> ParsedFile:
-    """Parse `source` with grammar `key` (see languages.grammar_key) and list its declarations."""
-    tree = get_parser(key).parse(source)
-    root = tree.root_node
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the common prefix, by binary search over slice equality (memcmp), not a Python loop."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid:] == b[len(b) - mid:]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _point(data: bytes, offset: int) -> tuple[int, int]:
+    row = data.count(b"\n", 0, offset)
+    return row, offset - (data.rfind(b"\n", 0, offset) + 1)
+
+
+def _hunk_edits(old: bytes, new: bytes, hunks) -> list[tuple[int, int, int, int]]:
+    """Byte spans (old_start, old_end, new_start, new_end) of git hunks (old_start, old_lines, new_start,
+    new_lines; 1-based lines; a hunk of 0 lines sits after the line it names)."""
+    import numpy as np
+
+    old_nl = np.flatnonzero(np.frombuffer(old, np.uint8) == 10)
+    new_nl = np.flatnonzero(np.frombuffer(new, np.uint8) == 10)
+
+    def at(nl, size, line):  # byte offset where 1-based `line` begins
+        if line <= 1:
+            return 0
+        return int(nl[line - 2]) + 1 if line - 2 < len(nl) else size
+
+    spans = []
+    for o_start, o_lines, n_start, n_lines in hunks:
+        os_ = at(old_nl, len(old), o_start if o_lines else o_start + 1)
+        ns_ = at(new_nl, len(new), n_start if n_lines else n_start + 1)
+        spans.append((os_, at(old_nl, len(old), o_start + o_lines) if o_lines else os_,
+                      ns_, at(new_nl, len(new), n_start + n_lines) if n_lines else ns_))
+    return spans
+
+
+def edit_tree(tree, old: bytes, new: bytes, hunks=None):
+    """A copy of `tree` (parsed from `old`) edited to match `new`, so tree-sitter re-parses only what changed:
+    one edit per git hunk when `hunks` are given, else one edit from the first to the last changed byte.
+    Returns (tree, (start, old_end, new_end)) with the span of all the edits."""
+    tree = tree.copy()
+    spans = _hunk_edits(old, new, hunks) if hunks else []
+    if spans and spans[0][0] == spans[0][2]:  # (else the hunks do not fit these bytes: fall back)
+        # last hunk first: the bytes before a hunk are still the old ones when it is applied
+        for os_, oe, ns_, ne in reversed(spans):
+            seg = new[ns_:ne]
+            srow, scol = _point(old, os_)
+            rows = seg.count(b"\n")
+            end_point = (srow + rows, len(seg) - (seg.rfind(b"\n") + 1) if rows else scol + len(seg))
+            tree.edit(start_byte=os_, old_end_byte=oe, new_end_byte=os_ + (ne - ns_), start_point=(srow, scol),
+                      old_end_point=_point(old, oe), new_end_point=end_point)
+        return tree, (spans[0][0], spans[-1][1], spans[-1][3])
+    start = _common_prefix(old, new)
+    suffix = _common_suffix(old, new, min(len(old), len(new)) - start)
+    old_end, new_end = len(old) - suffix, len(new) - suffix
+    tree.edit(start_byte=start, old_end_byte=old_end, new_end_byte=new_end, start_point=_point(old, start),
+              old_end_point=_point(old, old_end), new_end_point=_point(new, new_end))
+    return tree, (start, old_end, new_end)
+
+
+def parse_tree(source: bytes, key: str, old_tree=None, old_source: bytes | None = None, hunks=None):
+    """(tree of `source`, edit span or None); incremental when the tree of an earlier version is given."""
+    parser = get_parser(key)
+    if old_tree is not None and old_source is not None:
+        edited, edit = edit_tree(old_tree, old_source, source, hunks)
+        return parser.parse(source, edited), edit
+    return parser.parse(source), None
+
+
+def _extract(root, key: str, source: bytes, byte_range: tuple[int, int] | None = None) -> list[dict]:
+    """Declarations with their qualified names (not yet numbered) from the captures of `root`, all of them or
+    those of the nodes that intersect `byte_range` (which include every scope around the range)."""
     import tree_sitter
 
-    captures = tree_sitter.QueryCursor(_query(key)).captures(root).get("d", [])
+    cursor = tree_sitter.QueryCursor(_query(key))
+    if byte_range is not None:
+        cursor.set_byte_range(*byte_range)
+    captures = cursor.captures(root).get("d", [])
     captures.sort(key=lambda n: (n.start_byte, -n.end_byte))
     stack: list[tuple[int, str, str]] = []  # (end_byte, qualified name, kind) of the enclosing scopes
-    seen: dict[tuple[str, str], int] = {}
     out: list[dict] = []
     for node in captures:
         while stack and stack[-1][0] <= node.start_byte:
@@ -185,10 +270,7 @@ def parse_declarations(source: bytes, key: str) -> ParsedFile:
         if described is None:
             continue
         kind, name, code_node = described
-        if kind == "" and node.type == "impl_item":
-            scope_kind = "impl"
-        else:
-            scope_kind = kind or "module"
+        scope_kind = "impl" if node.type == "impl_item" else (kind or "module")
         enclosing_kind = stack[-1][2] if stack else None
         qualified = f"{stack[-1][1]}.{name}" if stack else name
         stack.append((node.end_byte, qualified, scope_kind))
@@ -196,13 +278,69 @@ def parse_declarations(source: bytes, key: str) -> ParsedFile:
             continue  # impl blocks, modules, namespaces only qualify what they contain
         if kind == "function" and enclosing_kind in CLASS_LIKE:
             kind = "method"
-        n = seen.get((kind, qualified), 0) + 1
-        seen[(kind, qualified)] = n
-        record_name = qualified if n == 1 else f"{qualified}#{n}"
         out.append({
-            "kind": kind, "name": record_name,
+            "kind": kind, "name": qualified,
             "start_byte": code_node.start_byte, "end_byte": code_node.end_byte,
             "start_line": code_node.start_point[0] + 1, "end_line": _end_line(code_node),
             "code": source[code_node.start_byte:code_node.end_byte].decode("utf-8", "replace"),
         })
-    return ParsedFile(has_error=root.has_error, declarations=out)
+    return out
+
+
+def _finalize(records: list[dict], has_error: bool) -> ParsedFile:
+    """Source order; repeated (kind, name) pairs numbered `#2`, `#3` (the raw names are kept for reuse)."""
+    records.sort(key=lambda d: (d["start_byte"], -d["end_byte"]))
+    raw = [d["name"] for d in records]
+    seen: dict[tuple[str, str], int] = {}
+    for d in records:
+        n = seen[(d["kind"], d["name"])] = seen.get((d["kind"], d["name"]), 0) + 1
+        if n > 1:
+            d["name"] = f"{d['name']}#{n}"
+    return ParsedFile(has_error=has_error, declarations=records, raw_names=raw)
+
+
+def parse_declarations(source: bytes, key: str, tree=None) -> ParsedFile:
+    """List the declarations of `source` (grammar `key`, see languages.grammar_key), parsing it unless its
+    `tree` is given."""
+    if tree is None:
+        tree = get_parser(key).parse(source)
+    return _finalize(_extract(tree.root_node, key, source), tree.root_node.has_error)
+
+
+def _touched_span(root, a: int, b: int) -> tuple[int, int]:
+    """The span of the children of the smallest node around [a, b] that [a, b] touches (or [a, b])."""
+    container = root.descendant_for_byte_range(a, b) or root
+    while container.parent is not None and not (container.start_byte <= a and container.end_byte >= b
+                                                 and container.child_count):
+        container = container.parent
+    lo, hi = a, b
+    for child in container.children:
+        if child.end_byte >= a and child.start_byte <= b:
+            lo, hi = min(lo, child.start_byte), max(hi, child.end_byte)
+    return lo, hi
+
+
+def update_declarations(source: bytes, key: str, tree, old: ParsedFile, old_tree, old_source: bytes,
+                        edit: tuple[int, int, int]) -> ParsedFile:
+    """The declarations of `source` given those of an earlier version: the query runs only over the nodes
+    around the edited bytes; declarations wholly before them are kept, those after are shifted.
+    (tests/pipelines check this against a fresh parse over whole histories.)"""
+    start, old_end, new_end = edit
+    delta = new_end - old_end
+    n = len(source)
+    lo_new, hi_new = _touched_span(tree.root_node, max(start - 1, 0), min(new_end + 1, n))
+    lo_old, hi_old = _touched_span(old_tree.root_node, max(start - 1, 0), min(old_end + 1, len(old_source)))
+    lo = min(lo_new, lo_old)
+    hi = max(hi_new, hi_old + delta)  # in the new file's bytes
+    line_delta = source.count(b"\n", 0, new_end) - old_source.count(b"\n", 0, old_end)
+    merged: list[dict] = []
+    for d, raw in zip(old.declarations, old.raw_names):
+        if d["end_byte"] <= lo:
+            merged.append({**d, "name": raw})
+        elif d["start_byte"] >= hi - delta:
+            merged.append({**d, "name": raw, "start_byte": d["start_byte"] + delta, "end_byte": d["end_byte"] + delta,
+                           "start_line": d["start_line"] + line_delta, "end_line": d["end_line"] + line_delta})
+    for d in _extract(tree.root_node, key, source, (lo, hi)):
+        if d["end_byte"] > lo and d["start_byte"] < hi or d["start_byte"] <= lo and d["end_byte"] >= hi:
+            merged.append(d)
+    return _finalize(merged, tree.root_node.has_error)

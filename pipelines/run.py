@@ -20,7 +20,7 @@ from typing import Callable
 
 from hybrid.errors import HybridError
 from pipelines.repos import RepoEntry, first_parent_hashes, get_repo, list_repos
-from pipelines.structural import OUTPUT_FILES, StageStats, commit_dir, is_done, process_range
+from pipelines.structural import WORKER_KEY, OUTPUT_FILES, StageStats, commit_dir, is_done, process_range
 
 
 @dataclass
@@ -66,9 +66,11 @@ class Summary:
     stages: dict[str, dict] = field(default_factory=dict)  # stage name -> {"counts", "drops", "by_language"}
     per_repo: dict[str, dict[str, dict]] = field(default_factory=dict)
     seconds: float = 0.0
+    worker: dict[str, float] = field(default_factory=dict)  # CPU seconds in process_range, parse-cache numbers
 
     def to_dict(self) -> dict:
-        return {"repos": self.repos, "stages": self.stages, "per_repo": self.per_repo, "seconds": self.seconds}
+        return {"repos": self.repos, "stages": self.stages, "per_repo": self.per_repo, "seconds": self.seconds,
+                "worker": self.worker}
 
 
 def select_repos(repo_names: list[str] | None, cfg) -> list[RepoEntry]:
@@ -128,6 +130,9 @@ def run_range_stages(repos: list[RepoEntry], cfg, range_stages: list[str], force
         with _progress(progress, label or " + ".join(range_stages), total) as advance:
             for out in _map_rows(rows, cfg, local):
                 stats = json.loads(out["stats"])
+                work = per_repo[out["repo"]].setdefault(WORKER_KEY, {})
+                for k, v in stats.pop(WORKER_KEY, {}).items():
+                    work[k] = work.get(k, 0) + v
                 for s, st in stats.items():
                     per_repo[out["repo"]][s] = StageStats.merge(per_repo[out["repo"]][s], st)
                 advance(out["n"])
@@ -210,6 +215,8 @@ def run_pipeline(repo_names: list[str] | None, cfg, force: bool = False, stages:
             per_repo = run_range_stages(repos, cfg, [s.range_stage for s in group], force, local, progress,
                                         label=" + ".join(s.name for s in group))
             for repo, st in per_repo.items():
+                for k, v in st.pop(WORKER_KEY, {}).items():
+                    summary.worker[k] = summary.worker.get(k, 0) + v
                 renamed = {by_name[k]: v for k, v in st.items()}
                 summary.per_repo.setdefault(repo, {}).update(renamed)
             i += len(group)

@@ -1,0 +1,151 @@
+"""`hybrid bench datagen [REPO_PATH…] [--synthetic-rust N] [--json FILE]`
+
+Times the AST + diff stages (generate-ast and generate-ast-diffs in one Ray Data pass, `--force`, outputs in a
+temp folder) over each repository's first-parent history and, in the same run, `git log -p --first-parent`
+over the same history; reports commits/s and the ratio (issue #2's target: within 10x on a ~2,000-commit Rust
+repository). Ray's start-up is timed apart and not in the ratio; Ray Data's per-run overhead is.
+`--synthetic-rust N` first builds a realistic N-commit Rust repository locally (pipelines/synthetic.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo_paths", nargs="*", metavar="REPO_PATH",
+                   help="git repositories to time (default: the current one unless --synthetic-rust is given)")
+    p.add_argument("--synthetic-rust", type=int, metavar="N", help="also build and time an N-commit Rust repo")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic repository")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--workers", type=int, default=2, help="Ray Data tasks at once (pipeline.num_workers)")
+    p.add_argument("--commits-per-task", type=int, default=None, help="pipeline.commits_per_task")
+    p.add_argument("--single-process", action="store_true", help="also time the same stages in one process")
+    p.add_argument("--repeat", type=int, default=3, help="git log runs (the best is kept)")
+
+
+def _git_log_seconds(path: Path, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        subprocess.run(["git", "-C", str(path), "log", "-p", "--first-parent", "HEAD"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _time_stages(path: Path, name: str, overrides: list[str], local: bool) -> tuple[float, dict]:
+    """Run generate-ast + generate-ast-diffs over `path` into a temp data dir; (seconds, stage stats)."""
+    import pygit2
+
+    from hybrid.config import load_config
+    from pipelines.run import run_pipeline
+
+    work = Path(tempfile.mkdtemp(prefix="bench-datagen-", dir=os.environ.get("HYBRID_BENCH_TMP")))
+    try:
+        repo = pygit2.Repository(str(path))
+        (work / "repos").mkdir()
+        (work / "repos" / name).symlink_to(Path(repo.path).resolve(), target_is_directory=True)
+        (work / "repos" / "registry.json").write_text(json.dumps([{
+            "name": name, "source": str(path), "default_branch": repo.head.shorthand, "added_at": ""}]))
+        cfg = load_config([f"pipeline.data_dir={work}", *overrides])
+        t0 = time.perf_counter()
+        summary = run_pipeline([name], cfg, force=True, stages=["generate-ast", "generate-ast-diffs"], local=local,
+                               progress=False)
+        return time.perf_counter() - t0, summary.stages
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_repo(path: Path, name: str, args) -> dict:
+    import pygit2
+
+    from pipelines.repos import RepoEntry, first_parent_hashes
+
+    repo = pygit2.Repository(str(path))
+    entry = RepoEntry(name, str(path), repo.head.shorthand, "")
+
+    class _Cfg:  # first_parent_hashes only needs the repo's path
+        pipeline = None
+
+    commits = len(first_parent_hashes(entry, _Cfg, repo))
+    overrides = [f"pipeline.num_workers={args.workers}"]
+    if args.commits_per_task:
+        overrides.append(f"pipeline.commits_per_task={args.commits_per_task}")
+    git_s = _git_log_seconds(path, args.repeat)
+    ours_s, stats = _time_stages(path, name, overrides, local=False)
+    result = {"repo": str(path), "commits": commits, "git_log_p_s": round(git_s, 3),
+              "ast_diffs_s": round(ours_s, 3), "workers": args.workers,
+              "commits_per_s": round(commits / ours_s, 1), "git_commits_per_s": round(commits / git_s, 1),
+              "ratio": round(ours_s / git_s, 2),
+              "declarations": stats["generate-ast"]["counts"].get("declarations", 0),
+              "diff_records": stats["generate-ast-diffs"]["counts"].get("records", 0)}
+    if args.single_process:
+        single_s, _ = _time_stages(path, name, overrides, local=True)
+        result["single_process_s"] = round(single_s, 3)
+        result["single_process_ratio"] = round(single_s / git_s, 2)
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hybrid.errors import HybridError
+    from hybrid.utils.ray_utils import init_ray
+
+    targets: list[tuple[Path, str]] = []
+    tmp_repo = None
+    for p in args.repo_paths or ([] if args.synthetic_rust else ["."]):
+        path = Path(p).resolve()
+        if not path.exists():
+            raise HybridError(f"{p}: no such path")
+        targets.append((path, path.name or "repo"))
+    console = Console()
+    try:
+        if args.synthetic_rust:
+            from pipelines.synthetic import build_synthetic_rust_repo
+
+            tmp_repo = Path(tempfile.mkdtemp(prefix="synthetic-rust-"))
+            t0 = time.perf_counter()
+            build_synthetic_rust_repo(tmp_repo / "repo", args.synthetic_rust, seed=args.seed)
+            console.print(f"built a synthetic Rust repository of {args.synthetic_rust} commits in "
+                          f"{time.perf_counter() - t0:.1f} s")
+            targets.append((tmp_repo / "repo", f"synthetic-rust-{args.synthetic_rust}"))
+        import pygit2
+
+        for path, _ in targets:
+            try:
+                pygit2.Repository(str(path))
+            except pygit2.GitError:
+                raise HybridError(f"{path}: not a git repository") from None
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        t0 = time.perf_counter()
+        init_ray(num_cpus=max(args.workers, 1), log_to_driver=False)
+        ray_start = time.perf_counter() - t0
+        results = [bench_repo(path, name, args) for path, name in targets]
+    finally:
+        if tmp_repo is not None:
+            shutil.rmtree(tmp_repo, ignore_errors=True)
+    table = Table(title=f"AST + diffs vs git log -p --first-parent (Ray start-up {ray_start:.1f} s, not counted)")
+    for col in ("repo", "commits", "git log -p", "AST+diffs", "commits/s", "ratio", "declarations"):
+        table.add_column(col)
+    for r in results:
+        extra = f" (1 process: {r['single_process_ratio']}x)" if "single_process_ratio" in r else ""
+        table.add_row(Path(r["repo"]).name if "synthetic" not in r["repo"] else "synthetic-rust", str(r["commits"]),
+                      f"{r['git_log_p_s']:.2f} s", f"{r['ast_diffs_s']:.2f} s ({r['workers']} workers)",
+                      f"{r['commits_per_s']} (git {r['git_commits_per_s']})", f"{r['ratio']}x{extra}",
+                      str(r["declarations"]))
+    console.print(table)
+    if args.json:
+        from hybrid.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, {"ray_startup_s": round(ray_start, 2), "results": results})
+    return 0
