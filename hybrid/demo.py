@@ -126,8 +126,8 @@ def run_demo(args: argparse.Namespace) -> int:
     # 5. evaluation
     console.rule("[bold]5/5 evaluation")
     checkpoint = result.best_checkpoint or result.checkpoint
-    metrics = evaluate(checkpoint, test_path, max_generate=2 if args.quick else 16,
-                       max_new_tokens=8 if args.quick else 48)
+    metrics = evaluate(checkpoint, test_path, max_generate=2 if args.quick else 4,
+                       max_new_tokens=8 if args.quick else 24)
     print_eval(metrics)
     eval_json = run_dir / "eval.json"
     atomic_write_json(eval_json, metrics)

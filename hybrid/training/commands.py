@@ -103,9 +103,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise HybridError(f"{path}: no such file")
         inputs = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
-        from hybrid.data.io_pairs import read_io_pairs
-
-        inputs = [r["input"] for r in read_io_pairs(args.input_file).records]
+        inputs = read_inputs(args.input_file)
     ck = load(args.checkpoint)
     outputs = generate_texts(ck, inputs, args.max_new_tokens)
     if args.output:
@@ -115,3 +113,28 @@ def run_generate(args: argparse.Namespace) -> int:
         for o in outputs:
             print(o if len(inputs) == 1 else json.dumps(o, ensure_ascii=False))
     return 0
+
+
+def read_inputs(path_text: str) -> list[str]:
+    """The `input` of every record of a JSONL/Parquet file or folder (no `output` needed), file:line errors."""
+    from hybrid.data.io_pairs import PARQUET_SUFFIXES, data_files
+    from hybrid.errors import HybridError
+    from hybrid.utils.io import iter_jsonl
+
+    inputs: list[str] = []
+    for file in data_files(path_text):
+        if file.suffix in PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq
+
+            rows = list(enumerate(pq.read_table(file).to_pylist(), 1))
+            where = lambda i: f"{file}: row {i}"  # noqa: E731
+        else:
+            rows = list(iter_jsonl(file))
+            where = lambda i: f"{file}:{i}"  # noqa: E731
+        for i, record in rows:
+            if not isinstance(record, dict) or not isinstance(record.get("input"), str):
+                raise HybridError(f"{where(i)}: record has no string 'input'")
+            inputs.append(record["input"])
+    if not inputs:
+        raise HybridError(f"{path_text}: no inputs")
+    return inputs

@@ -142,6 +142,9 @@ def _fit(loop, loop_config, cfg: Config, output_dir: Path, n_workers: int, use_g
 
     from hybrid.training.loop import CRASH_ENV
 
+    # What to resume from is decided above (train.resume); Ray's bookkeeping of an earlier fit in this folder
+    # would reference checkpoints our retention removed (Ray then refuses to start), so it starts afresh.
+    (output_dir / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
     scaling = ScalingConfig(num_workers=n_workers, use_gpu=use_gpu and n_workers > 0,
                             resources_per_worker={"CPU": cfg.train.cpus_per_worker} if n_workers else None)
     run_config = RunConfig(

@@ -21,7 +21,7 @@ def losses(output_dir):
 
 @pytest.mark.slow
 def test_two_workers_match_one_worker(ray_session, io_data, tmp_path, tiny_overrides):
-    common = ["train.max_iters=4", "train.log_every=1", "train.eval_every=4", "train.warmup_iters=1",
+    common = ["train.max_iters=4", "train.log_every=1", "train.eval_every=2", "train.keep_last=1", "train.warmup_iters=1",
               "train.learning_rate=3e-3", "data.max_length=32"]
     one = train(load_config(tiny_overrides(io_data, tmp_path / "one", *common, "train.num_workers=1",
                                            "train.batch_size=4")), quiet=True)
@@ -34,3 +34,9 @@ def test_two_workers_match_one_worker(ray_session, io_data, tmp_path, tiny_overr
     assert a[-1][1] < a[0][1]  # it learns, so equal curves are not equal by standing still
     assert one.metrics["val_loss"] == pytest.approx(two.metrics["val_loss"], rel=1e-4)
     assert two.checkpoint.name == "checkpoint_step_000004" and two.best_checkpoint is not None
+    # rerun in the same folder with more steps: resumes from step 4 (after our retention removed a checkpoint
+    # Ray had been told about)
+    more = train(load_config(tiny_overrides(io_data, tmp_path / "two", *common, "train.num_workers=2",
+                                            "train.batch_size=2", "train.max_iters=6")), quiet=True)
+    assert more.checkpoint.name == "checkpoint_step_000006"
+    assert [s for s, _ in losses(more.output_dir)] == [1, 2, 3, 4, 5, 6]

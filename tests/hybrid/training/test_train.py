@@ -72,6 +72,10 @@ def test_eval_and_generate_commands(trained, io_data, tmp_path, capsys):
     assert cli(["generate", "--checkpoint", str(trained.checkpoint), "--input-file", str(io_data["validation"]),
                 "--max-new-tokens", "2", "--output", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 8
+    only_inputs = tmp_path / "inputs.jsonl"
+    only_inputs.write_text('{"input": "alpha"}\n{"text": "beta"}\n')
+    assert cli(["generate", "--checkpoint", str(trained.checkpoint), "--input-file", str(only_inputs)]) == 2
+    assert "inputs.jsonl:2: record has no string 'input'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
