@@ -3,6 +3,7 @@
 Per sequence and per layer a state M ∈ R^{N×d} (N = memory_slots) starts from a learned value.
 
     read  (segment s, from M_{s-1}):  E = MHA(q = x W_q, k = M W_k, v = M W_v) W_o            (B, T, d)
+                                      (computed in slot space: see `read`)
                                       out = tanh(α) ⊙ σ(E W_g + b_g) ⊙ E                   (added to the residual)
     write (after segment s):          C = MHA(q = M W_q', k = x W_k', v = x W_v')          (B, N, d)
                                       i = σ([M, C] W_i + b_i),  f = σ([M, C] W_f + b_f),  b_f = forget_bias
@@ -16,7 +17,6 @@ which leaks future tokens), and the state is per batch row (never shared across 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hybrid.models.config import ModelConfig
@@ -46,30 +46,48 @@ class InternalMemory(nn.Module):
         """A fresh state for `batch_size` sequences: (B, N, d) float32 on the parameters' device."""
         return self.initial_memory.float().unsqueeze(0).expand(batch_size, -1, -1)
 
-    def _mha(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None):
-        # q (B, Tq, d), k/v (B, Tk, d) -> (B, Tq, d); M heads of width d/M, no causal mask (slots are unordered)
-        B, Tq, d = q.shape
-        Tk = k.shape[1]
-        Hm, Dm = self.n_heads, d // self.n_heads
-        q = q.view(B, Tq, Hm, Dm).transpose(1, 2)  # (B, Hm, Tq, Dm)
-        k = k.view(B, Tk, Hm, Dm).transpose(1, 2)  # (B, Hm, Tk, Dm)
-        v = v.view(B, Tk, Hm, Dm).transpose(1, 2)  # (B, Hm, Tk, Dm)
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, Tk) True = attend
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, Hm, Tq, Dm)
-        return o.transpose(1, 2).reshape(B, Tq, d)
+    def _heads(self, linear: nn.Linear) -> torch.Tensor:
+        """A (d_out=M*Dm, d_in=d) weight as (M, Dm, d), one (Dm, d) block per head."""
+        return linear.weight.view(self.n_heads, -1, linear.weight.shape[1])
 
+    # Both directions are computed in *slot space*: the token-side projection of each head is folded into the
+    # N slot-side vectors (associativity: (x W_q^T)·(M W_k^T)^T = x·(M W_k^T W_q)^T), so the per-token cost is
+    # O(M·N·d) instead of O(d²) — the same function and parameters as plain multi-head attention, ~10x fewer
+    # FLOPs at N=16, M=4, d=512.
     def read(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """x (B, T, d) normed hidden states; memory (B, N, d) float32 = M_{s-1}. Returns (B, T, d)."""
+        # B batch, T tokens, N slots, M memory heads, Dm = d/M, d width
+        B, T, d = x.shape
+        M, N = self.n_heads, memory.shape[1]
         m = memory.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else memory
-        e = self.read_o(self._mha(self.read_q(x), self.read_k(m), self.read_v(m)))  # (B, T, d)
-        return torch.tanh(self.gate).to(e.dtype) * torch.sigmoid(self.out_gate(e)) * e
+        k = self.read_k(m).view(B, N, M, -1)  # (B, N, M, Dm)
+        v = self.read_v(m).view(B, N, M, -1)  # (B, N, M, Dm)
+        wq = self._heads(self.read_q).to(k.dtype)  # (M, Dm, d)
+        wo = self.read_o.weight.view(d, M, -1).to(v.dtype)  # (d, M, Dm)
+        k_x = torch.einsum("bnme,med->bmnd", k, wq).reshape(B, M * N, d)  # (B, M*N, d) keys in token space
+        v_o = torch.einsum("bnme,dme->bmnd", v, wo).reshape(B, M * N, d)  # (B, M*N, d) values after W_o
+        g_o = v_o @ self.out_gate.weight.t().to(v_o.dtype)  # (B, M*N, d) gate logits per slot (E W_g is linear)
+        scores = (x @ k_x.transpose(1, 2).to(x.dtype)) * (k.shape[-1] ** -0.5)  # (B, T, M*N)
+        probs = torch.softmax(scores.float().view(B, T, M, N), -1).to(x.dtype).view(B, T, M * N)
+        e_g = probs @ torch.cat([v_o, g_o], -1).to(x.dtype)  # (B, T, 2d)
+        e, g = e_g[..., :d], e_g[..., d:] + self.out_gate.bias.to(x.dtype)
+        return torch.tanh(self.gate).to(e.dtype) * torch.sigmoid(g) * e
 
     def write(self, x: torch.Tensor, memory: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """M_s from M_{s-1} (B, N, d) float32 and the segment's x (B, T, d). Returns float32 (B, N, d)."""
+        B, T, d = x.shape
+        M, N = self.n_heads, memory.shape[1]
         m = memory.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else memory
+        q = self.write_q(m).view(B, N, M, -1)  # (B, N, M, Dm)
+        wk = self._heads(self.write_k).to(q.dtype)  # (M, Dm, d)
+        wv = self._heads(self.write_v)  # (M, Dm, d)
+        q_x = torch.einsum("bnme,med->bmnd", q, wk).reshape(B, M * N, d)  # (B, M*N, d) queries in token space
+        scores = (q_x.to(x.dtype) @ x.transpose(1, 2)).float() * (q.shape[-1] ** -0.5)  # (B, M*N, T)
         if key_mask is not None:  # a row with no real token in the segment attends to all (its output is unused)
             key_mask = key_mask | ~key_mask.any(-1, keepdim=True)
-        cand = self._mha(self.write_q(m), self.write_k(x), self.write_v(x), key_mask)  # (B, N, d)
+            scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
+        agg = (torch.softmax(scores, -1).to(x.dtype) @ x).view(B, M, N, d)  # (B, M, N, d)
+        cand = torch.einsum("bmnd,med->bnme", agg, wv.to(agg.dtype)).reshape(B, N, d)  # (B, N, d) = C
         both = torch.cat([m.to(cand.dtype), cand], dim=-1)  # (B, N, 2d)
         i = self.input_gate(both)
         f = self.forget_gate(both)

@@ -1,0 +1,132 @@
+"""`hybrid bench model`: forward+backward tokens/s of the model variants, side by side, same dimensions.
+
+Rows: `transformers`' LlamaForCausalLM (the anchor) and our base on one segment (same work); then our base,
+internal memory only, external memory only, and both, on `--segments` segments (memory has something to carry).
+Ratios: our base / transformers (target >= 1.0) and each hybrid / our base (target >= 0.7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hidden-size", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--intermediate-size", type=int, default=688)
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--segment-length", type=int, default=512)
+    p.add_argument("--segments", type=int, default=4, help="segments per sequence for the memory variants")
+    p.add_argument("--retrieval-layers", type=int, nargs="+", default=None, help="default: the middle layer")
+    p.add_argument("--retrieval-k", type=int, default=4)
+    p.add_argument("--chunk-size", type=int, default=4)
+    p.add_argument("--memory-slots", type=int, default=16)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per variant (median reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda_if_available", help="cpu, cuda, or cuda_if_available")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
+    p.add_argument("--no-transformers", action="store_true", help="skip the transformers anchor")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def _step(model, ids, autocast_dtype, device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        out = model(ids, labels=ids)
+    out.loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hybrid.errors import HybridError
+    from hybrid.models.hybrid_llama import HybridLlamaConfig, HybridLlamaForCausalLM
+
+    dev_name = args.device
+    if dev_name == "cuda_if_available":
+        dev_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev_name == "cuda" and not torch.cuda.is_available():
+        raise HybridError("--device cuda: no CUDA GPU here")
+    device = torch.device(dev_name)
+    autocast_dtype = torch.bfloat16 if args.dtype == "bf16" else None
+    S, n_seg, B = args.segment_length, args.segments, args.batch_size
+    base = dict(vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+                num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                max_position_embeddings=max(S * n_seg, 2048), segment_length=S, retrieval_k=args.retrieval_k,
+                chunk_size=args.chunk_size, retrieval_layers=args.retrieval_layers, memory_slots=args.memory_slots,
+                external_memory_size=S * n_seg)
+    torch.manual_seed(0)
+    short = torch.randint(0, args.vocab_size, (B, S), device=device)
+    long = torch.randint(0, args.vocab_size, (B, S * n_seg), device=device)
+    entries: list[tuple[str, object, object]] = []
+
+    def measure(name: str, model, ids) -> None:
+        entries.append((name, model.to(device).train(), ids))
+
+    print(f"fwd+bwd on {device} ({args.dtype}), d={args.hidden_size} L={args.layers} H={args.heads}/"
+          f"{args.kv_heads} V={args.vocab_size} B={B} segment={S}, memory variants on {n_seg} segments, "
+          f"threads={torch.get_num_threads()}", flush=True)
+    if not args.no_transformers:
+        try:
+            import transformers
+        except ImportError:
+            raise HybridError("the transformers anchor needs `pip install transformers` (or --no-transformers)")
+        hf_cfg = transformers.LlamaConfig(
+            vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+            num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+            max_position_embeddings=max(S * n_seg, 2048), attn_implementation="sdpa")
+        torch.manual_seed(0)
+        measure("transformers LlamaForCausalLM, 1 segment", transformers.LlamaForCausalLM(hf_cfg), short)
+    cfg = lambda **kw: HybridLlamaConfig(**{**base, **kw})  # noqa: E731
+    measure("ours: base, 1 segment", HybridLlamaForCausalLM(cfg(use_internal_memory=False,
+                                                                use_external_memory=False)), short)
+    variants = [("ours: base (no memory)", False, False), ("ours: internal memory only", True, False),
+                ("ours: external memory only", False, True), ("ours: both memories (hybrid)", True, True)]
+    for name, internal, external in variants:
+        torch.manual_seed(0)
+        measure(f"{name}, {n_seg} segments", HybridLlamaForCausalLM(cfg(use_internal_memory=internal,
+                                                                        use_external_memory=external)), long)
+    # Round-robin: one step of every variant in turn, so load from other processes hits all variants alike.
+    times: dict[str, list[float]] = {name: [] for name, _, _ in entries}
+    for i in range(args.warmup + args.steps):
+        for name, model, ids in entries:
+            sec = _step(model, ids, autocast_dtype, device)
+            if i >= args.warmup:
+                times[name].append(sec)
+    rows = []
+    for name, _, ids in entries:
+        sec = statistics.median(times[name])
+        rows.append({"variant": name, "tokens": int(ids.numel()), "seconds": sec, "tokens_per_s": ids.numel() / sec})
+        print(f"  {name:<44} {ids.numel() / sec:>10.0f} tok/s  ({sec * 1000:.0f} ms/step)", flush=True)
+    by = {r["variant"]: r["tokens_per_s"] for r in rows}
+    ours_one = by["ours: base, 1 segment"]
+    ratios = {}
+    if not args.no_transformers:
+        ratios["ours base / transformers"] = ours_one / by["transformers LlamaForCausalLM, 1 segment"]
+    long_base = by[f"ours: base (no memory), {n_seg} segments"]
+    for name, _, _ in variants[1:]:
+        ratios[f"{name.split(': ')[1]} / ours base"] = by[f"{name}, {n_seg} segments"] / long_base
+    print("ratios:")
+    for k, v in ratios.items():
+        print(f"  {k:<44} {v:>6.2f}x")
+    if args.json:
+        from hybrid.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, {"device": str(device), "dtype": args.dtype, "args": vars(args) | {"func": None},
+                                      "rows": rows, "ratios": ratios})
+        print(f"wrote {args.json}")
+    return 0

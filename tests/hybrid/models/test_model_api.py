@@ -1,0 +1,118 @@
+"""The API others build on: labels, generation, gradient checkpointing, persistent stores, config validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tests.hybrid.models.model_helpers import open_gates, tiny_config, tiny_model
+
+
+def test_labels_follow_the_huggingface_convention():
+    model = tiny_model("llama")
+    ids = torch.randint(0, 97, (2, 40))
+    labels = ids.clone()
+    labels[:, :10] = -100  # e.g. the input part of an IO pair
+    out = model(ids, labels=labels)
+    manual = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1),
+                                               ignore_index=-100)
+    torch.testing.assert_close(out.loss, manual)
+    assert model(ids).loss is None
+
+
+def test_generate_is_greedy_and_stops_at_eos():
+    model = tiny_model("gpt2")
+    open_gates(model)
+    prompt = torch.randint(0, 97, (2, 20))  # the continuation crosses a segment boundary (16)
+    out = model.generate(prompt, max_new_tokens=5)
+    assert out.shape == (2, 25) and torch.equal(out[:, :20], prompt)
+    ids = prompt
+    for _ in range(5):
+        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)
+    eos = int(out[0, 20])
+    stopped = model.generate(prompt[:1], max_new_tokens=5, eos_token_id=eos)
+    assert stopped.shape == (1, 21)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = torch.randint(0, 97, (2, 40))
+    grads = []
+    for ckpt in (False, True):
+        model = tiny_model("llama", gradient_checkpointing=ckpt).train()
+        open_gates(model, 0.5)
+        model(ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_persistent_store_and_shared_namespace():
+    """A caller-owned store keeps what was written: a second call can retrieve the first call's segments."""
+    from hybrid.memory.torch_store import TorchStore
+
+    model = tiny_model("llama", use_internal_memory=False)
+    open_gates(model)
+    store = TorchStore(model.config.chunks_capacity)
+    first = torch.randint(0, 97, (1, 32))
+    second = torch.randint(0, 97, (1, 16))
+    fresh = model(second).logits
+    model(first, memory_store=store, namespaces=["repo"])
+    assert store.stored_chunks("repo/layer1") == 16  # 2 segments x 16 tokens / chunk_size 2
+    remembered = model(second, memory_store=store, namespaces=["repo"]).logits
+    assert not torch.allclose(remembered, fresh)
+    with pytest.raises(ValueError, match="namespaces"):
+        model(second, memory_store=store)
+
+
+def test_fresh_memories_per_call():
+    model = tiny_model("llama")
+    open_gates(model)
+    ids = torch.randint(0, 97, (2, 40))
+    a = model(ids).logits
+    model(torch.randint(0, 97, (2, 40)))  # nothing of this call may leak into the next
+    assert torch.equal(model(ids).logits, a)
+
+
+def test_right_padding_needs_no_mask_and_a_full_mask_is_a_noop():
+    model = tiny_model("llama")
+    open_gates(model)
+    ids = torch.randint(0, 97, (2, 40))
+    a = model(ids).logits
+    b = model(ids, attention_mask=torch.ones_like(ids)).logits
+    assert torch.equal(a, b)
+    mask = torch.ones_like(ids)
+    mask[:, :3] = 0  # left padding: masked keys change nothing for a row with everything else equal
+    padded = ids.clone()
+    padded[:, :3] = 5
+    c = model(padded, attention_mask=mask).logits
+    padded[:, :3] = 9
+    d = model(padded, attention_mask=mask).logits
+    torch.testing.assert_close(c[:, 3:16], d[:, 3:16])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(hidden_size=66), "divisible by num_attention_heads"),
+    (dict(num_key_value_heads=3), "multiple of num_key_value_heads"),
+    (dict(num_mem_heads=3), "num_mem_heads"),
+    (dict(chunk_size=3), "multiple of chunk_size"),
+    (dict(retrieval_layers=[2]), "retrieval_layers"),
+    (dict(external_memory_size=1), "smaller than chunk_size"),
+    (dict(bogus=1), "bogus"),
+])
+def test_config_validation(bad, message):
+    with pytest.raises(ValidationError, match=message):
+        tiny_config("llama", **bad)
+
+
+def test_config_load_errors_name_the_key():
+    from hybrid.config import load_config
+    from hybrid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.retrieval_k"):
+        load_config(["model=tiny_llama_hybrid", "model.retrieval_k=0"])
+    cfg = load_config(["model=tiny_llama_hybrid", "model.chunk_size=1", "memory=faiss"])
+    assert cfg.model.chunk_size == 1 and cfg.memory.backend == "faiss"
+    assert tiny_config("llama", retrieval_layers=None).retrieval_layer_ids == [1]
+    assert tiny_config("llama", use_external_memory=False).retrieval_layer_ids == []
