@@ -197,7 +197,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     resume_path = Path(resume.path) if resume is not None else (Path(config["resume_from"]) if config.get("resume_from") else None)
     if resume_path is not None:
         loaded = ckpt_io.load_model(resume_path)
-        model.load_state_dict(loaded.state_dict())
+        try:
+            model.load_state_dict(loaded.state_dict())
+        except RuntimeError as e:
+            from hybrid.errors import HybridError
+
+            raise HybridError(f"{resume_path}: does not fit this run's model "
+                              f"({str(e).splitlines()[-1].strip()[:200]})") from None
         del loaded
         state.update(ckpt_io.read_trainer_state(resume_path))
     model.to(device)
@@ -262,7 +268,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             path = ckpt_io.save_checkpoint(output_dir, step, model, optimizer, scheduler,
                                            {**state, "step": step, "metrics": metrics},
                                            config["config_yaml"], config["tokenizer_json"])
-            if improved or not (output_dir / ckpt_io.BEST).exists():
+            if improved or val is None:  # without validation data `best` follows the latest
                 ckpt_io.set_best(output_dir, path)
         elif metrics.get("val_loss") is not None and (
                 state["best_val_loss"] is None or metrics["val_loss"] < state["best_val_loss"]):

@@ -50,6 +50,24 @@ def get_tokenizer(cfg: Config, resume_from: Path | None, train_records: list[dic
     return train_bpe(texts, cfg.train.tokenizer_vocab_size)
 
 
+def check_resume_fits(resume_from: Path, cfg: Config) -> None:
+    """The checkpoint to resume from was trained with the same model (sizes, memory settings)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((resume_from / "config.yaml").read_text())["model"]
+    except Exception as e:
+        raise HybridError(f"{resume_from / 'config.yaml'}: unreadable ({e})") from None
+    now = cfg.model.model_dump(mode="json")
+    for key in sorted(set(saved) | set(now)):
+        if key in ("gradient_checkpointing", "use_gpu_to_search", "pretrained"):
+            continue  # how to run it, not what it is
+        if saved.get(key) != now.get(key):
+            raise ConfigError(f"model.{key}: {now.get(key)!r} here, but {resume_from} was trained with "
+                              f"{saved.get(key)!r} (use the same model settings, or train.resume=none with a "
+                              f"new train.output_dir)")
+
+
 def _use_gpu(cfg: Config) -> bool:
     if cfg.train.use_gpu == "auto":
         import torch
@@ -77,6 +95,8 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
         "vocab_size": tokenizer.vocab_size,
         "gradient_checkpointing": cfg.model.gradient_checkpointing or cfg.train.activation_checkpointing})
     cfg = cfg.model_copy(update={"model": model_cfg})
+    if resume_from is not None:
+        check_resume_fits(resume_from, cfg)
     train_enc = encode_pairs(tokenizer, train_pairs.records, cfg.data.max_length)
     val_enc = encode_pairs(tokenizer, val_pairs.records, cfg.data.max_length) if val_pairs else None
     counts = {

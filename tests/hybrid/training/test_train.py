@@ -118,6 +118,13 @@ def test_bad_data_fails_before_training(io_data, tmp_path, tiny_overrides):
     assert rc == 2
 
 
+def test_resume_with_another_model_is_a_config_error(trained, io_data, tmp_path, tiny_overrides):
+    cfg = load_config(tiny_overrides(io_data, tmp_path / "o", f"train.resume={trained.checkpoint}",
+                                     "model.hidden_size=32"))
+    with pytest.raises(HybridError, match=r"model\.hidden_size: 32 here, but .* was trained with 64"):
+        train(cfg, quiet=True)
+
+
 def test_corrupt_checkpoints_are_clear_errors(trained, io_data, tmp_path, tiny_overrides):
     import shutil
 
