@@ -57,10 +57,12 @@ class StageWorker:
                            failures=json.dumps(result["failures"]), drops=json.dumps(result["drops"]))
             except LLMFatal as e:
                 self.fatal = str(e)
-            except HybridError as e:  # a bad input file: this commit fails with its reason, the run goes on
+            except Exception as e:  # a bad input file (or a bug): this commit is recorded as failed, the run goes on
+                reason = "bad_input" if isinstance(e, HybridError) else "internal_error"
+                detail = str(e) if isinstance(e, HybridError) else f"{type(e).__name__}: {e}"
                 out.update(failures=json.dumps([{"stage": self.stage, "commit_number": _num(commit_dir),
-                                                 "function_id": None, "reason": "bad_input", "detail": str(e),
-                                                 "attempts": 0}]))
+                                                 "function_id": None, "reason": reason,
+                                                 "detail": self.client.redact(detail), "attempts": 0}]))
         if self.fatal is not None:
             out.update(status="fatal", error=self.fatal)
         out["stats"] = json.dumps(self.client.stats.snapshot())

@@ -190,6 +190,13 @@ def test_bad_input_names_the_file(llm_env, data_dir, capsys):
     assert "commit_3/diff_ast.jsonl:2: not valid JSON" in err and len(err.strip().splitlines()) == 1
     assert main(["pipeline", "generate-tasks", "nosuchrepo", f"pipeline.data_dir={data_dir}"]) == 2
     assert "nosuchrepo" in capsys.readouterr().err
+    # a broken commit_data.json fails that commit only; the others are done and the failure is recorded
+    (commit(data_dir, 0) / "commit_data.json").write_text('{"repo": ')
+    assert cli("generate-tasks", data_dir=data_dir) == 1
+    f0, f3 = [json.loads(line) for line in (data_dir / "ast_dataset/demo/llm_failures.jsonl").read_text().splitlines()]
+    assert f0["reason"] == "bad_input" and "commit_0/commit_data.json: line 1: not valid JSON" in f0["detail"]
+    assert f3["reason"] == "bad_input" and "commit_3/diff_ast.jsonl:2: not valid JSON" in f3["detail"]
+    assert all((commit(data_dir, n) / "task.json").exists() for n in (1, 2))
 
 
 def test_key_never_in_logs_output_or_files(llm_env, data_dir, capsys, caplog, tmp_path):
