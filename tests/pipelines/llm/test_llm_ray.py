@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from llm_helpers import API_KEY, MODEL, make_dataset
@@ -33,6 +34,10 @@ def test_stages_on_ray_share_one_rate_limit(ray_session, server, tmp_path):
                for n in range(14))
     stats = json.loads((data_dir / "ast_dataset/demo/stats.json").read_text())
     assert stats["generate-tasks"]["retries"] == 3 and stats["generate-tasks"]["ok"] == 14
+    # the key travelled to the actors as a SecretStr: it is in none of Ray's logs
+    logs = Path(ray_session._private.worker._global_node.get_logs_dir_path())
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if API_KEY.encode() in p.read_bytes()]
 
 @pytest.mark.slow
 def test_bench_llm_small(ray_session, tmp_path):
