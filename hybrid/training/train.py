@@ -126,7 +126,7 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
         "tokenizer_json": tokenizer.tokenizer.to_str(), "vocab_size": tokenizer.vocab_size,
         "pad_id": tokenizer.pad_id, "use_gpu": use_gpu,
         "resume_from": str(resume_from) if resume_from else None, "examples": None}
-    datasets = None
+    datasets, saved_bars = None, None
     if n_workers == 0:  # in-process: hand the examples over directly, no Ray cluster needed
         loop_config["examples"] = {
             "train": list(zip(train_enc.input_ids, train_enc.prompt_lengths)),
@@ -137,6 +137,10 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
         from hybrid.utils.ray_utils import init_ray
 
         init_ray()
+        # each worker reads its copy of the data once: a progress bar (the datasets capture the current
+        # context) would only garble the step lines that follow
+        ctx = ray.data.DataContext.get_current()
+        saved_bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
 
         def as_dataset(enc):
             return ray.data.from_items([{"idx": i, "input_ids": ids, "prompt_length": p}
@@ -146,7 +150,11 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
         if val_enc:
             datasets["validation"] = as_dataset(val_enc)
 
-    result = _fit(train_loop_per_worker, loop_config, cfg, output_dir, n_workers, use_gpu, datasets)
+    try:
+        result = _fit(train_loop_per_worker, loop_config, cfg, output_dir, n_workers, use_gpu, datasets)
+    finally:
+        if saved_bars is not None:
+            ray.data.DataContext.get_current().enable_progress_bars = saved_bars
     latest = ckpt_io.latest_checkpoint(output_dir)
     metrics = dict(result.metrics or {}) if result is not None else {}
     if not metrics and latest is not None:
