@@ -224,7 +224,7 @@ class LLMClient:
                     delay = self._backoff(attempt)
                 else:
                     self.stats.latency_s += time.monotonic() - t0
-                    usage = response.usage
+                    usage = getattr(response, "usage", None)
                     prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
                     completion_tokens = getattr(usage, "completion_tokens", 0) or 0
                     self.stats.prompt_tokens += prompt_tokens
@@ -236,9 +236,8 @@ class LLMClient:
                         reason, detail = "malformed_response", "no choices in the response"
                         delay = self._backoff(attempt)
                     else:
+                        # an answer cut short (finish_reason "length") fails validation and is asked again
                         content = choices[0].message.content or ""
-                        if choices[0].finish_reason == "length":
-                            content = content or ""  # cut short: fails validation and is asked again
                         return content, {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}, attempt + 1
             if delay > 0 and attempt < self.cfg.max_retries:
                 await asyncio.sleep(delay)
