@@ -41,7 +41,8 @@ class PipelineConfig(Section):
     max_diff_bytes: int = Field(
         1024 * 1024, gt=0, description="the unified diff in commit_data.json is cut after this many bytes")
     commits_per_task: int = Field(
-        200, gt=0, description="commits in one Ray task (a contiguous range; its worker caches parses by blob id)")
+        1000, gt=0, description="most commits in one Ray task (a contiguous range; its worker caches parses by blob "
+                                "id); pending commits are split evenly over at least num_workers ranges")
     num_workers: int = Field(2, ge=1, description="Ray Data tasks running at once")
     parse_cache_size: int = Field(4096, ge=0, description="parsed blobs kept per worker (by blob id)")
     fim_max_middle_lines: int = Field(40, ge=1, description="longest FIM middle, in lines (longer is dropped)")

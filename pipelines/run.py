@@ -83,24 +83,32 @@ def select_repos(repo_names: list[str] | None, cfg) -> list[RepoEntry]:
 
 
 def plan_ranges(entry: RepoEntry, cfg, range_stages: list[str], force: bool) -> tuple[list[RangeTask], int]:
-    """Contiguous ranges of the commits that still need a stage; also returns how many commits are done."""
+    """Contiguous ranges of the commits that still need a stage; also returns how many commits are done.
+
+    Ranges are as long as possible (a range's first commits parse without a warm cache): the pending
+    commits are split evenly into at least `num_workers` ranges, none longer than `commits_per_task`."""
     pcfg = cfg.pipeline
     hashes = first_parent_hashes(entry, cfg)
-    size = pcfg.commits_per_task
-    tasks: list[RangeTask] = []
-    current: RangeTask | None = None
+    runs: list[list[int]] = []  # contiguous runs of pending commit numbers
     done = 0
-    for n, h in enumerate(hashes):
+    for n in range(len(hashes)):
         out = commit_dir(pcfg.data_dir, entry.name, n)
         if not force and all(is_done(s, out) for s in range_stages):
             done += 1
-            current = None  # ranges stay contiguous
-            continue
-        if current is None or len(current.numbers) >= size:
-            current = RangeTask(entry.name, str(entry.path(cfg)), [], [])
-            tasks.append(current)
-        current.numbers.append(n)
-        current.hashes.append(h)
+        elif runs and runs[-1][-1] == n - 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    pending = sum(map(len, runs))
+    if not pending:
+        return [], done
+    n_ranges = max(min(pcfg.num_workers, pending), -(-pending // pcfg.commits_per_task))
+    size = -(-pending // n_ranges)
+    tasks = []
+    for run in runs:
+        for i in range(0, len(run), size):
+            numbers = run[i:i + size]
+            tasks.append(RangeTask(entry.name, str(entry.path(cfg)), numbers, [hashes[n] for n in numbers]))
     return tasks, done
 
 

@@ -57,12 +57,16 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_json(path: Path, obj: Any, indent: int | None = None) -> None:  # indent: json's slow pure-Python path
-    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+_encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder (json.dumps builds one per call); no indent:
+                                                        # indenting takes json's slow pure-Python path
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text_atomic(path, _encode(obj) + "\n")
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(path, "".join(_encode(r) + "\n" for r in records))
 
 
 class StageStats:
