@@ -17,6 +17,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="repositories to process (default: all in the dataset) and config overrides, "
                         "e.g. llm.requests_per_minute=120 llm.runner=local")
     p.add_argument("--force", action="store_true", help="redo commits whose output exists")
+    p.add_argument("--json", metavar="FILE", help="also write the run's summary as JSON")
 
 
 def register(sub) -> None:
@@ -49,7 +50,11 @@ def _settings():
         raise HybridError(f".env / environment: invalid value for {'.'.join(map(str, loc))}") from None
 
 
-def _print_summary(stage: str, summary: dict, console) -> None:
+def _print_summary(stage: str, summary: dict, console, json_path: str | None = None) -> None:
+    if json_path:
+        from hybrid.utils.io import atomic_write_json
+
+        atomic_write_json(json_path, {"stage": stage, **summary})
     parts = [f"{k}={v}" for k, v in summary.items() if v not in (0, {}, None) or k in ("ok", "failed")]
     console.print(f"{stage}: " + "  ".join(parts), highlight=False, soft_wrap=True)
 
@@ -64,12 +69,12 @@ def generate_tasks(args: argparse.Namespace) -> int:
         summary = tasks_from_messages(cfg.pipeline.data_dir, repos, args.force, cfg.llm.max_tasks_per_commit)
         console.print("generate-tasks: no LLM configured, tasks from cleaned commit messages "
                       "(source: commit_message)", highlight=False, soft_wrap=True)
-        _print_summary("generate-tasks", summary, console)
+        _print_summary("generate-tasks", summary, console, args.json)
         return 0
     from pipelines.llm.runner import run_llm_stage
 
     totals = run_llm_stage("generate-tasks", cfg.llm, settings, cfg.pipeline.data_dir, repos, args.force, console)
-    _print_summary("generate-tasks", totals.as_dict(), console)
+    _print_summary("generate-tasks", totals.as_dict(), console, args.json)
     return 1 if totals.failed or totals.partial else 0
 
 
@@ -113,7 +118,7 @@ def generate_reasoning(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     totals = run_llm_stage("generate-reasoning", cfg.llm, settings, cfg.pipeline.data_dir, repos, args.force, console)
-    _print_summary("generate-reasoning", totals.as_dict(), console)
+    _print_summary("generate-reasoning", totals.as_dict(), console, args.json)
     return 1 if totals.failed or totals.partial else 0
 
 

@@ -53,7 +53,9 @@ def test_generate_tasks_writes_task_json(llm_env, data_dir):
     stats = read(data_dir / "ast_dataset" / "demo" / "stats.json")["generate-tasks"]
     assert stats["ok"] == 4 and stats["requests"] == 4 and stats["failed"] == 0
     # a rerun has nothing to do
-    assert cli("generate-tasks", data_dir=data_dir) == 0 and len(llm_env.chat_requests()) == 4
+    assert cli("generate-tasks", "--json", str(data_dir / "s.json"), data_dir=data_dir) == 0
+    assert len(llm_env.chat_requests()) == 4
+    assert read(data_dir / "s.json")["already_done"] == 4 and read(data_dir / "s.json")["commits"] == 0
 
 
 def test_large_diff_is_chunked_and_tasks_merged_without_duplicates(llm_env, tmp_path):
