@@ -161,3 +161,18 @@ def test_retention_keeps_best_and_last(tmp_path):
     ckpt_io.set_best(tmp_path, tmp_path / ckpt_io.checkpoint_name(8))  # swapped atomically (rename of a symlink)
     ckpt_io.prune(tmp_path, keep_last=2)
     assert [p.name for p in ckpt_io.list_checkpoints(tmp_path)] == ["checkpoint_step_000006", "checkpoint_step_000008"]
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(io_data, tmp_path, tiny_overrides):
+    """2 micro-batches of 2 accumulated = one batch of 4: same examples per step, same normalisation."""
+    common = ["train.max_iters=3", "train.eval_every=3", "train.log_every=1", "data.max_length=32"]
+    big = train(load_config(tiny_overrides(io_data, tmp_path / "big", *common, "train.batch_size=4")), quiet=True)
+    acc = train(load_config(tiny_overrides(io_data, tmp_path / "acc", *common, "train.batch_size=2",
+                                           "train.gradient_accumulation_steps=2")), quiet=True)
+
+    def curve(out):
+        return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+
+    assert len(curve(big.output_dir)) == 3
+    for x, y in zip(curve(big.output_dir), curve(acc.output_dir)):
+        assert x == pytest.approx(y, rel=1e-5)
