@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+import warnings
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -67,9 +68,13 @@ class MemoryShard:
         try:
             import ray
 
-            self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+            with warnings.catch_warnings():  # Ray 2.60 warns about its own use of a deprecated property here
+                warnings.simplefilter("ignore")
+                self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
         except Exception:  # outside Ray (unit use)
             self.restarted = False
+        # Arrays from Ray's object store are read-only; FaissStore copies what it keeps and never writes to them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.started = time.time()
         self.stores: dict[Spec, Any] = {}
         self.spec_of: OrderedDict[str, Spec] = OrderedDict()  # namespace -> spec, oldest first

@@ -383,7 +383,7 @@ class RayShardedStore:
 
         per = ray.get([s.stats.remote(True) for s in self.shards], timeout=self.call_timeout_s)
         found = {name: info for st in per for name, info in st["namespace_list"].items()
-                 if name == namespace or name.startswith(namespace + "@part")}
+                 if name == namespace or name.startswith((namespace + "@part", namespace + "/"))}
         if not found:
             known = sorted({n.split("@part", 1)[0] for st in per for n in st["namespace_list"]})
             raise HybridError(f"memory service {self.service!r}: unknown namespace {namespace!r} "
@@ -431,3 +431,33 @@ class RayShardedStore:
 
         for s in self.shards:
             ray.kill(s, no_restart=True)
+
+
+class SharedMemoryView:
+    """Read-only view of one shared namespace (e.g. built by `hybrid memory build`) for every row: pass it as
+    `model(ids, memory_store=SharedMemoryView(store, "repo"), namespaces=["repo"] * B)`. Writes are dropped, so
+    evaluating never changes the shared memory; `strict` makes an unknown namespace an error up front."""
+
+    def __init__(self, store: RayShardedStore, namespace: str, strict: bool = True):
+        self.store, self.namespace = store, namespace
+        if strict:
+            store.namespace_info(namespace)
+
+    def add(self, namespaces, keys, chunk_keys, chunk_values) -> None:
+        return None
+
+    def search_async(self, namespaces, queries, k):
+        return self.store.search_async([self._shared(ns) for ns in namespaces], queries, k)
+
+    def search(self, namespaces, queries, k):
+        return self.search_async(namespaces, queries, k).result()
+
+    def _shared(self, ns: str) -> str:
+        # the model asks for "<row namespace>/layer<i>"; the built memory is "<namespace>/layer<i>"
+        return self.namespace + ns[ns.rindex("/layer"):] if "/layer" in ns else self.namespace
+
+    def reset(self, namespaces=None) -> None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return self.store.stats()
