@@ -135,7 +135,10 @@ def run_range_stages(repos: list[RepoEntry], cfg, range_stages: list[str], force
                          "cfg": cfg.pipeline.model_dump_json()})
     total = sum(len(r["numbers"]) for r in rows)
     if rows:
-        with _progress(progress, label or " + ".join(range_stages), total) as advance:
+        last = OUTPUT_FILES[[s for s in ("ast", "ast-diffs", "fim") if s in range_stages][-1]]
+        markers = [f"{cfg.pipeline.data_dir}/ast_dataset/{r['repo']}/commit_{n}/{last}" for r in rows
+                   for n in r["numbers"]]
+        with _progress(progress, label or " + ".join(range_stages), total, markers) as advance:
             for out in _map_rows(rows, cfg, local):
                 stats = json.loads(out["stats"])
                 work = per_repo[out["repo"]].setdefault(WORKER_KEY, {})
@@ -163,24 +166,55 @@ def _map_rows(rows: list[dict], cfg, local: bool):
 
 
 class _progress:
-    """A rich progress bar over commits (or nothing when `enabled` is false)."""
+    """A rich progress bar over commits (or nothing when `enabled` is false).
 
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self.enabled, self.label, self.total = enabled, label, total
+    Ranges are long, so besides the finished ranges a thread counts the commits whose last output file was
+    written since the start (a stat per pending commit each second; the data folder is shared with the workers
+    anyway)."""
+
+    def __init__(self, enabled: bool, label: str, total: int, markers: list[str] = ()) -> None:
+        self.enabled, self.label, self.total, self.markers = enabled, label, total, list(markers)
+        self.finished = 0
 
     def __enter__(self):
         if not self.enabled:
             return lambda n: None
+        import threading
+
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                            TextColumn("commits"), TimeElapsedColumn(), transient=False)
         self._p.__enter__()
-        task = self._p.add_task(self.label, total=self.total)
-        return lambda n: self._p.advance(task, n)
+        self._task = self._p.add_task(self.label, total=self.total)
+        self._stop = threading.Event()
+        self._t0 = time.time() - 1.0  # mtime resolution
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+        def advance(n: int) -> None:
+            self.finished += n
+            self._p.update(self._task, completed=max(self.finished, self._p.tasks[0].completed))
+
+        return advance
+
+    def _poll(self) -> None:
+        import os
+
+        while not self._stop.wait(1.0):
+            written = 0
+            for path in self.markers:
+                try:
+                    written += os.stat(path).st_mtime >= self._t0
+                except OSError:
+                    pass
+            self._p.update(self._task, completed=max(self.finished, written))
 
     def __exit__(self, *exc):
         if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            self._p.update(self._task, completed=self.finished)
             self._p.__exit__(*exc)
         return False
 
