@@ -117,8 +117,10 @@ def add_repo(source: str, name: str | None = None, cfg=None) -> RepoEntry:
     dest = repos_dir(cfg) / name
     if dest.exists():
         raise HybridError(f"{dest}: already exists and is not in the registry; move it away first")
+    created = [p for p in (Path(_pcfg(cfg).data_dir), repos_dir(cfg)) if not p.exists()]
     repos_dir(cfg).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repos_dir(cfg)))
+    ok = False
     try:
         try:
             repo = pygit2.clone_repository(source, str(tmp / "clone"), bare=True)
@@ -127,8 +129,15 @@ def add_repo(source: str, name: str | None = None, cfg=None) -> RepoEntry:
             raise HybridError(f"{source}: cannot clone ({msg})") from None
         branch = _head_branch(repo)
         (tmp / "clone").rename(dest)
+        ok = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not ok:  # leave no empty folders behind either
+            for p in reversed(created):
+                try:
+                    p.rmdir()
+                except OSError:
+                    pass
     entry = RepoEntry(name=name, source=source, default_branch=branch,
                       added_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     _save([*entries, entry], cfg)

@@ -90,15 +90,17 @@ def plan_ranges(entry: RepoEntry, cfg, range_stages: list[str], force: bool) -> 
     pcfg = cfg.pipeline
     hashes = first_parent_hashes(entry, cfg)
     runs: list[list[int]] = []  # contiguous runs of pending commit numbers
-    done = 0
+    done, last_done = 0, 0
     for n in range(len(hashes)):
         out = commit_dir(pcfg.data_dir, entry.name, n)
         if not force and all(is_done(s, out) for s in range_stages):
-            done += 1
+            done, last_done = done + 1, n
         elif runs and runs[-1][-1] == n - 1:
             runs[-1].append(n)
         else:
             runs.append([n])
+    if not force:
+        _check_history(entry, cfg, hashes, done_numbers=sorted({0, last_done}) if hashes else [])
     pending = sum(map(len, runs))
     if not pending:
         return [], done
@@ -110,6 +112,22 @@ def plan_ranges(entry: RepoEntry, cfg, range_stages: list[str], force: bool) -> 
             numbers = run[i:i + size]
             tasks.append(RangeTask(entry.name, str(entry.path(cfg)), numbers, [hashes[n] for n in numbers]))
     return tasks, done
+
+
+def _check_history(entry: RepoEntry, cfg, hashes: list[str], done_numbers: list[int]) -> None:
+    """Commit numbers are positions in the first-parent history: if the history was rewritten (force-push,
+    another branch), existing outputs belong to other commits. Checks commit 0 and the last finished one."""
+    for n in done_numbers:
+        path = commit_dir(cfg.pipeline.data_dir, entry.name, n) / "commit_data.json"
+        if not path.exists():
+            continue
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8")).get("commit_hash")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if recorded != hashes[n]:
+            raise HybridError(f"{path}: records commit {str(recorded)[:12]} but commit {n} of {entry.name} is now "
+                              f"{hashes[n][:12]} (history rewritten?): remove {path.parent.parent} or rerun with --force")
 
 
 def _process_row(row: dict) -> dict:

@@ -131,3 +131,30 @@ def test_pipeline_help_lists_every_stage(capsys):
     for stage in ("run", "generate-ast", "generate-ast-diffs", "generate-fim", "cleanup-dataset",
                   "check-ast-coverage", "generate-tasks", "generate-reasoning", "test-llm", "export"):
         assert stage in out
+
+
+def test_failed_add_leaves_no_folders(tmp_path, capsys):
+    data = tmp_path / "fresh-data"
+    (tmp_path / "plain").mkdir()
+    assert main(["repos", "add", f"http://127.0.0.1:{_closed_port()}/x.git", f"pipeline.data_dir={data}"]) == 2
+    assert not data.exists()
+
+
+def test_rewritten_history_is_an_error_not_silent_mixing(tmp_path, capsys):
+    rb = RepoBuilder(tmp_path / "src")
+    rb.write("a.py", "def f():\n    return 1\n")
+    rb.commit("one")
+    data = tmp_path / "data"
+    over = f"pipeline.data_dir={data}"
+    assert main(["repos", "add", str(tmp_path / "src"), "--name", "r", over]) == 0
+    assert main(["pipeline", "generate-ast", "--local", over]) == 0
+    # the registered clone's history is replaced by another one
+    assert main(["repos", "remove", "r", over]) == 0
+    rb2 = RepoBuilder(tmp_path / "other")
+    rb2.write("b.py", "def g():\n    return 2\n")
+    rb2.commit("another first commit")
+    assert main(["repos", "add", str(tmp_path / "other"), "--name", "r", over]) == 0
+    capsys.readouterr()
+    assert main(["pipeline", "generate-ast", "--local", over]) == 2
+    assert "history rewritten?" in capsys.readouterr().err
+    assert main(["pipeline", "generate-ast", "--local", "--force", over]) == 0
