@@ -111,8 +111,12 @@ class TorchStore:
         return tuple(torch.stack(p) for p in zip(*parts))
 
     def search(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult:
-        check_search(namespaces, queries, k)
         self.searches += 1
+        with torch.autocast(queries.device.type, enabled=False):  # exact float32 scores under bf16 autocast
+            return self._search(namespaces, queries, k)
+
+    def _search(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult:
+        check_search(namespaces, queries, k)
         B, H, Q, D = queries.shape
         known = [ns in self._where for ns in namespaces]
         if not any(known):
@@ -123,7 +127,7 @@ class TorchStore:
             c = slab.chunk_keys.shape[3]
             out = empty_result(B, H, Q, k, c, D, queries.device)
             idx = [b for b, ok in enumerate(known) if ok]
-            part = self.search([namespaces[b] for b in idx], queries[idx], k)
+            part = self._search([namespaces[b] for b in idx], queries[idx], k)
             for name in ("keys", "values", "mask", "scores"):
                 getattr(out, name)[idx] = getattr(part, name)
             return out

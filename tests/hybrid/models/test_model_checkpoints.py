@@ -94,6 +94,10 @@ def test_own_checkpoint_roundtrip(tmp_path, family):
     ids = torch.randint(0, 97, (2, 40))
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
+    from hybrid.models.modeling import HybridForCausalLM
+
+    generic = HybridForCausalLM.from_pretrained(tmp_path, retrieval_k=1)  # the family comes from the folder
+    assert type(generic) is type(model) and generic.config.retrieval_k == 1
 
 
 def test_build_model_from_config_sections(tmp_path):
