@@ -42,18 +42,20 @@ def is_done(stage: str, out_dir: Path) -> bool:
     return (out_dir / OUTPUT_FILES[stage]).exists()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Temp file beside `path` + rename: a killed process leaves the old file or the new one, never half of
     one (a stray `.NAME.PID.tmp` at worst, which `cleanup-dataset --temp` removes). No fsync and no mkdir per
     file: this runs three times per commit, and fsync costs more than the parsing on some disks."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    path = os.fspath(path)
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        if tmp.exists():
-            tmp.unlink()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
 
 
@@ -61,11 +63,11 @@ _encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder (json.dumps
                                                         # indenting takes json's slow pure-Python path
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, _encode(obj) + "\n")
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
+def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
     write_text_atomic(path, "".join(_encode(r) + "\n" for r in records))
 
 
@@ -230,8 +232,8 @@ class RangeWorker:
         commit_data = {"repo": self.repo_name, "commit_number": ctx.number, "commit_hash": str(c.id),
                        "parents": [str(p) for p in c.parent_ids], "author": c.author.name, "date": meta["date"],
                        "message": c.message, "files": files, "diff": diff_text, "diff_truncated": truncated}
-        write_jsonl(out_dir / "ast.jsonl", records)
-        write_json(out_dir / "commit_data.json", commit_data)  # last: marks the commit done
+        write_jsonl(f"{out_dir}/ast.jsonl", records)
+        write_json(f"{out_dir}/commit_data.json", commit_data)  # last: marks the commit done
 
     # -- generate-ast-diffs -------------------------------------------------------------------------------
     def do_ast_diffs(self, ctx: CommitContext, out_dir: Path, stats: StageStats) -> None:
@@ -270,7 +272,7 @@ class RangeWorker:
             stats.counts["whitespace_only"] += r["whitespace_only"]
         stats.counts["commits"] += 1
         stats.counts["records"] += len(records)
-        write_jsonl(out_dir / "diff_ast.jsonl", records)
+        write_jsonl(f"{out_dir}/diff_ast.jsonl", records)
 
     # -- generate-fim -------------------------------------------------------------------------------------
     def do_fim(self, ctx: CommitContext, out_dir: Path, stats: StageStats) -> None:

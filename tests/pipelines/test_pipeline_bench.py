@@ -1,0 +1,57 @@
+"""The synthetic Rust history and `hybrid bench datagen` (single-process path: no Ray start-up)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from hybrid.cli import main
+from hybrid.config import load_config
+from pipelines.dataset_tools import ast_coverage
+from pipelines.repos import add_repo
+from pipelines.run import run_pipeline
+from pipelines.synthetic import build_synthetic_rust_repo
+
+
+def test_synthetic_rust_repo_is_a_real_history_that_parses(tmp_path):
+    repo = build_synthetic_rust_repo(tmp_path / "syn", 120, seed=3)
+    log = subprocess.run(["git", "-C", str(repo), "log", "--first-parent", "--format=%H %P"], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert len(log) == 120
+    assert any(len(line.split()) == 3 for line in log), "expected a merge commit"
+    cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}"])
+    add_repo(str(repo), "syn", cfg)
+    s = run_pipeline(["syn"], cfg, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
+    cov = ast_coverage(cfg)["syn"]
+    assert cov["rust"]["parsed"] > 120 and cov["rust"].get("parse_error", 0) == 0
+    diffs = s.stages["generate-ast-diffs"]["counts"]
+    assert diffs["added"] > 0 and diffs["modified"] > 0 and diffs["deleted"] > 0
+    assert s.stages["generate-ast"]["drops"]["lock_file"] > 0  # Cargo.lock changes now and then
+    renamed = [f for p in (tmp_path / "data/ast_dataset/syn").glob("commit_*/commit_data.json")
+               for f in json.loads(p.read_text())["files"] if f["status"] == "renamed"]
+    assert renamed
+
+
+def test_incremental_parsing_matches_fresh_parsing(tmp_path):
+    from pipelines.structural import RangeWorker
+
+    repo = build_synthetic_rust_repo(tmp_path / "syn", 150, seed=5)
+    cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}"])
+    add_repo(str(repo), "syn", cfg)
+    RangeWorker.verify_incremental = True  # every incremental update is compared with a fresh parse
+    try:
+        s = run_pipeline(["syn"], cfg, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
+    finally:
+        RangeWorker.verify_incremental = False
+    assert s.worker["incremental_parses"] > 100
+
+
+def test_bench_datagen_reports_rates_and_ratio(tmp_path, capsys):
+    repo = build_synthetic_rust_repo(tmp_path / "syn", 60)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "datagen", str(repo), "--no-ray", "--repeat", "1", "--json", str(out)]) == 0
+    [r] = json.loads(out.read_text())["results"]
+    assert r["commits"] == 60 and r["declarations"] > 0 and r["diff_records"] > 0
+    assert r["ratio"] > 0 and r["commits_per_s"] > 0 and r["git_cpu_s"] > 0
+    assert "ratio" in capsys.readouterr().out
+    assert main(["bench", "datagen", str(tmp_path / "nope"), "--no-ray"]) == 2
