@@ -84,20 +84,20 @@ def run_stats(args: argparse.Namespace) -> int:
             rows.append(ray.get(h.stats.remote(args.namespaces), timeout=cfg.call_timeout_s))
         except Exception as e:
             rows.append({"shard": i, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
-    table = Table(title=f"memory service {cfg.service!r} (Ray namespace {RAY_NAMESPACE!r})")
-    for col in ("shard", "actor", "namespaces", "vectors", "bytes", "of", "searches/s", "p50 ms", "p99 ms",
+    table = Table(title=f"memory service {cfg.service!r}: actors {shard_name(cfg.service, 0)}.."
+                        f"{cfg.num_shards - 1} in Ray namespace {RAY_NAMESPACE!r}")
+    for col in ("shard", "namespaces", "vectors", "bytes", "of", "searches/s", "p50 ms", "p99 ms",
                 "restarted"):
-        table.add_column(col, justify="left" if col == "actor" else "right")
+        table.add_column(col, justify="right")
     for r in rows:
-        name = shard_name(cfg.service, r["shard"])
         if "error" in r:
-            table.add_row(str(r["shard"]), name, r["error"], *[""] * 7)
+            table.add_row(str(r["shard"]), r["error"], *[""] * 7)
             continue
-        table.add_row(str(r["shard"]), name, str(r["namespaces"]), f"{r['vectors']:,}", _fmt_bytes(r["bytes"]),
+        table.add_row(str(r["shard"]), str(r["namespaces"]), f"{r['vectors']:,}", _fmt_bytes(r["bytes"]),
                       _fmt_bytes(r["shard_bytes"]), f"{r['searches_per_s']:,.0f}",
                       "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}",
                       "-" if r["p99_ms"] is None else f"{r['p99_ms']:.2f}", "yes" if r["restarted"] else "no")
-    Console().print(table)
+    Console(width=max(100, Console().width)).print(table)
     if args.namespaces:
         for r in rows:
             for ns, info in sorted(r.get("namespace_list", {}).items()):

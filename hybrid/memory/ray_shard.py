@@ -195,8 +195,23 @@ class MemoryShard:
             for ns in namespaces:
                 if ns not in self.spec_of and ns in self.evicted:
                     self.counts["evicted_hits"] += 1
-            res = self._store(tuple(spec)).search(list(namespaces), torch.from_numpy(queries), k)
-            out.append((res.keys.numpy(), res.values.numpy(), res.mask.numpy(), res.scores.numpy()))
+            # each namespace is searched in the store it was created in (a reader may be configured with
+            # another capacity than the writer: `hybrid memory build --capacity-tokens`)
+            by_spec: dict[Spec, list[int]] = {}
+            for i, ns in enumerate(namespaces):
+                by_spec.setdefault(self.spec_of.get(ns, tuple(spec)), []).append(i)
+            arrays = None
+            for sp, rows in by_spec.items():
+                res = self._store(sp).search([namespaces[i] for i in rows], torch.from_numpy(queries[rows]), k)
+                got = (res.keys.numpy(), res.values.numpy(), res.mask.numpy(), res.scores.numpy())
+                if len(by_spec) == 1:
+                    arrays = got
+                    break
+                if arrays is None:
+                    arrays = tuple(np.zeros((len(namespaces), *a.shape[1:]), a.dtype) for a in got)
+                for dst, src in zip(arrays, got):
+                    dst[rows] = src
+            out.append(arrays)
             n_queries += int(np.prod(queries.shape[:3]))
         dt = time.perf_counter() - t0
         now = time.time()
