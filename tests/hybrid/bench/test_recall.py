@@ -1,0 +1,88 @@
+"""`hybrid bench recall`: the task generators and a smoke run of the whole benchmark (no accuracy target here:
+that is the benchmark's job; see docs/recall.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hybrid.bench import recall_tasks as rt
+from hybrid.cli import main
+
+L = 32
+
+
+@pytest.mark.parametrize("task", rt.TASKS + rt.TRAINING_AIDS)
+@pytest.mark.parametrize("n", [1, 4, 16])
+def test_examples_fill_exactly_n_segments(task, n):
+    for layout, length in ((rt.Layout(), L), (rt.Layout(prefix=1, suffix=2), 40)):
+        for ex in rt.generate(task, n, 50, length, seed=3, layout=layout):
+            assert rt.n_tokens(ex) + layout.prefix + layout.suffix == n * length
+            assert ex.output and set((ex.input + " " + ex.output).split()) <= set(rt.vocabulary())
+
+
+def test_generation_is_seeded_and_splits_differ():
+    a = [e.record() for e in rt.generate("kv", 4, 20, L, seed=1)]
+    b = [e.record() for e in rt.generate("kv", 4, 20, L, seed=1)]
+    c = [e.record() for e in rt.generate("kv", 4, 20, L, seed=1, split="test")]
+    assert a == b and a != c
+
+
+def _segment_of(words: list[str], index: int) -> int:
+    return index // L
+
+
+@pytest.mark.parametrize("n", [4, 16])
+def test_answer_lies_outside_the_last_segment(n):
+    """For n > 1 the evidence sits in segments 0..n-2: the question's window (the last segment) lacks it."""
+    for ex in rt.generate("kv", n, 50, L, seed=0):
+        words = ex.input.split()
+        key = words[-1]
+        pos = words.index(key)  # the pair (key first occurrence) precedes the question
+        assert words[pos + 1] == ex.output and _segment_of(words, pos) == _segment_of(words, pos + 1) < n - 1
+        assert ex.output not in words[(n - 1) * L:]
+    for ex in rt.generate("passkey", n, 50, L, seed=0):
+        words = ex.input.split()
+        digits = ex.output.split()
+        last = " ".join(words[(n - 1) * L:])
+        assert " ".join(digits) not in last
+    for ex in rt.generate("facts", n, 50, L, seed=0):
+        words = ex.input.split()
+        assert ex.output not in words[(n - 1) * L:]
+        assert ex.output in words[: (n - 1) * L]
+
+
+def test_chance_levels():
+    assert rt.CHANCE == {"kv": 1 / 16, "passkey": 1e-5, "facts": 1 / 8}
+
+
+def test_too_small_segment_is_a_clear_error():
+    from hybrid.errors import HybridError
+
+    with pytest.raises(HybridError, match="segment_length 8 too small"):
+        list(rt.generate("facts", 1, 1, 8, seed=0))
+
+
+def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
+    out, plot = tmp_path / "recall.json", tmp_path / "recall.png"
+    rc = main(["bench", "recall", "--quick", "--steps", "6", "--eval-examples", "4", "--json", str(out),
+               "--plot", str(plot), "bench.base_steps=6", "bench.batch_size=4"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    variants = ["none", "internal", "external", "both"]
+    assert list(result["accuracy"]) == variants
+    for v in variants:
+        assert list(result["accuracy"][v]) == ["kv", "passkey", "facts"]
+        for task in result["accuracy"][v].values():
+            assert list(task) == ["1", "4"]
+            assert all(0.0 <= a <= 1.0 for a in task.values())
+    assert result["settings"]["seed"] == 0 and result["chance"]["kv"] == pytest.approx(1 / 16)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "exact match" in printed and "external only" in printed and "two-hop facts" in printed
+
+
+def test_bad_variant_is_a_one_line_error(capsys):
+    assert main(["bench", "recall", "--quick", "--variants", "none,bogus"]) == 2
+    assert "unknown variant 'bogus'" in capsys.readouterr().err
