@@ -148,6 +148,15 @@ def _rows(name: str, config: dict[str, Any]) -> list[tuple[list[int], int]]:
     return [([int(t) for t in r["input_ids"]], int(r["prompt_length"])) for r in rows]
 
 
+def say(line: str) -> None:
+    """A progress line on stdout. Not `print`: Ray Train patches print in workers to both print and log,
+    which shows every line twice on the driver."""
+    import sys
+
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory (Linux reports ru_maxrss in KiB, macOS in bytes)."""
     import resource
@@ -290,7 +299,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     window_tokens, window_t = 0, time.time()
     last_metrics: dict[str, Any] = {}
     if dist.rank == 0 and step:
-        print(f"resuming from {resume_path} at step {step}", flush=True)
+        say(f"resuming from {resume_path} at step {step}")
     while step < tcfg.max_iters:
         torch.manual_seed(tcfg.seed * 7919 + step * 131 + dist.rank)  # dropout: a function of the step alone
         batches = [micro_batch(step, a) for a in range(accum)]
@@ -334,15 +343,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                       "peak_rss_mb": rss_mb, "peak_cuda_mb": cuda_mb}
             log(record)
             if dist.rank == 0:
-                print(f"step {step:>5}/{tcfg.max_iters} | loss {loss:.4f} | lr {lr:.2e} | "
-                      f"{tok_s:,.0f} tok/s | ETA {_fmt_eta(eta)}", flush=True)
+                say(f"step {step:>5}/{tcfg.max_iters} | loss {loss:.4f} | lr {lr:.2e} | "
+                    f"{tok_s:,.0f} tok/s | ETA {_fmt_eta(eta)}")
         if step % tcfg.eval_every == 0 or step == tcfg.max_iters or out_of_time:
             val = evaluate()
             last_metrics = {"step": step, "train_loss": loss, "val_loss": val, "lr": lr,
                             "tokens_seen": state["tokens_seen"]}
             log({"step": step, "val_loss": val})
             if dist.rank == 0 and val is not None:
-                print(f"step {step:>5} | validation loss {val:.4f} (ppl {math.exp(min(val, 50)):.2f})", flush=True)
+                say(f"step {step:>5} | validation loss {val:.4f} (ppl {math.exp(min(val, 50)):.2f})")
             save_and_report(step, last_metrics)
             if crash_at == step:
                 import signal
@@ -350,6 +359,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 os.kill(os.getpid(), signal.SIGKILL)
         if out_of_time:
             if dist.rank == 0:
-                print(f"time budget of {tcfg.max_minutes} min reached at step {step}", flush=True)
+                say(f"time budget of {tcfg.max_minutes} min reached at step {step}")
             break
     return last_metrics

@@ -176,3 +176,15 @@ def test_gradient_accumulation_equals_a_bigger_batch(io_data, tmp_path, tiny_ove
     assert len(curve(big.output_dir)) == 3
     for x, y in zip(curve(big.output_dir), curve(acc.output_dir)):
         assert x == pytest.approx(y, rel=1e-5)
+
+
+def test_bf16_autocast_and_activation_checkpointing_run(io_data, tmp_path, tiny_overrides):
+    res = train(load_config(tiny_overrides(io_data, tmp_path / "o", "train.max_iters=2", "train.eval_every=2",
+                                           "train.precision=bf16", "train.activation_checkpointing=true",
+                                           "data.max_length=32")), quiet=True)
+    assert res.checkpoint.name == "checkpoint_step_000002"
+    assert torch.isfinite(torch.tensor(res.metrics["train_loss"])) and res.metrics["val_loss"] > 0
+    import yaml
+
+    saved = yaml.safe_load((res.checkpoint / "config.yaml").read_text())
+    assert saved["model"]["gradient_checkpointing"] is True and saved["train"]["precision"] == "bf16"
