@@ -112,7 +112,7 @@ def bench_repo(path: Path, name: str, args) -> dict:
     ours_s, ours_cpu, stats = _time_stages(path, name, overrides, local=args.no_ray)
     workers = 1 if args.no_ray else args.workers
     git_cpu = max(git_cpu, 1e-3)
-    result = {"repo": str(path), "commits": commits, "git_log_p_s": round(git_s, 3),
+    result = {"repo": str(path), "name": name, "commits": commits, "git_log_p_s": round(git_s, 3),
               "git_cpu_s": round(git_cpu, 3), "ast_diffs_s": round(ours_s, 3), "ast_diffs_cpu_s": round(ours_cpu, 3),
               "workers": workers,
               "commits_per_s": round(commits / ours_s, 1), "git_commits_per_s": round(commits / git_s, 1),
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(col)
     for r in results:
         single = f"{r['single_process_ratio']}x / {r['single_process_cpu_ratio']}x" if "single_process_ratio" in r else "-"
-        table.add_row(Path(r["repo"]).name, str(r["commits"]), f"{r['git_log_p_s']:.2f} / {r['git_cpu_s']:.2f} s",
+        table.add_row(r["name"], str(r["commits"]), f"{r['git_log_p_s']:.2f} / {r['git_cpu_s']:.2f} s",
                       f"{r['ast_diffs_s']:.2f} / {r['ast_diffs_cpu_s']:.2f} s",
                       f"{r['commits_per_s']} ({r['git_commits_per_s']})", f"{r['ratio']}x",
                       f"{r['cpu_ratio_per_worker']}x", single, str(r["load_average"]))
