@@ -92,7 +92,8 @@ def _search_rows(args, log) -> dict:
     queries = torch.from_numpy(_data(args.batch, D, args.clusters, args.spread, 1)).view(1, 1, args.batch, D)
     chunk_keys = keys.view(1, 1, N, 1, D)
     payload = torch.arange(N, dtype=torch.float32).view(1, 1, N, 1, 1).expand(1, 1, N, 1, D).contiguous()
-    log(f"data: {N:,} x {D} in {args.clusters} clusters (spread {args.spread}), {args.batch} queries ({time.perf_counter() - t0:.1f} s)")
+    log(f"data: {N:,} x {D} in {args.clusters} clusters (spread {args.spread}), {args.batch} queries "
+        f"({time.perf_counter() - t0:.1f} s)")
     rows: dict[str, dict] = {}
 
     def add_timed(store, name):
@@ -141,21 +142,21 @@ def _search_rows(args, log) -> dict:
         nprobe = chosen or args.nprobe[-1]
         store = RayShardedStore(N, 1, num_shards=shards, service=f"bench-memory-{os.getpid()}-{shards}",
                                 shard_bytes=nb // shards + (1 << 20), shard_cpus=max(1, cpus // shards),
-                                threads=max(1, cpus // shards), index=index, ivf_nlist=nlist // shards or 1,
-                                ivf_nprobe=nprobe, call_timeout_s=600)
+                                threads=max(1, cpus // shards), index=index, ivf_nprobe=nprobe,
+                                call_timeout_s=600)  # IVF lists per part: 4*sqrt(part size), the store's default
         try:
             build = add_timed(store, f"ray{shards}")
             row, res = _time_search(lambda q, k: store.search(["bench"], q, k), queries, k, args.repeats)
             row.update(build_s=build, index=index, recall=_recall(res, exact, k),
                        parts=store.split_factor(1, D))
             if index == "ivf":
-                row.update(nprobe=nprobe, nlist_per_part=nlist // shards or 1)
+                row.update(nprobe=nprobe, nlist_per_part=max(1, int(4 * (N // shards) ** 0.5)))
             rows[f"ray_{shards}_shard{'s' if shards > 1 else ''}"] = row
             log(f"ray {shards} shard(s): {row}")
         finally:
             store.shutdown()
-    return {"vectors": N, "dim": D, "k": k, "clusters": args.clusters, "spread": args.spread, "batch": args.batch, "nlist": nlist, "ivf_nprobe_for_0.95": chosen,
-            "rows": rows}
+    return {"vectors": N, "dim": D, "k": k, "clusters": args.clusters, "spread": args.spread, "batch": args.batch,
+            "nlist": nlist, "ivf_nprobe_for_0.95": chosen, "rows": rows}
 
 
 class _TimedStore:
@@ -207,28 +208,29 @@ def _training_rows(args, log) -> dict:
         variants[f"ray_{shards}_shard{'s' if shards > 1 else ''}"] = [
             "memory.backend=ray", f"memory.num_shards={shards}", f"memory.service=bench-train-{os.getpid()}-{shards}",
             "memory.shard_cpus=0"]
-    out = {}
-    torch.manual_seed(0)
+    runs = {}
     for name, extra in variants.items():
         cfg = load_config([*base, *extra])
         torch.manual_seed(0)
         model = build_model(cfg.model, memory_cfg=cfg.memory)
-        inner = model.store_factory
         clock = {"memory_s": 0.0}
-        model.store_factory = lambda: _TimedStore(inner(), clock)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        ids = torch.randint(0, cfg.model.vocab_size, (batch, seq))
-        step_times, mem_times = [], []
-        for i in range(args.train_steps + 1):
+        inner = model.store_factory
+        model.store_factory = (lambda f, c: (lambda: _TimedStore(f(), c)))(inner, clock)
+        runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3), clock, inner, [], [])
+    ids = torch.randint(0, cfg.model.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    for i in range(args.train_steps + 1):  # round robin: load from other processes hits every backend alike
+        for name, (model, opt, clock, _, step_times, mem_times) in runs.items():
             clock["memory_s"] = 0.0
             t = time.perf_counter()
             loss = model(ids, labels=ids).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if i:  # the first step warms up (and creates the Ray shards)
+            if i:  # the first step warms up
                 step_times.append(time.perf_counter() - t)
                 mem_times.append(clock["memory_s"])
+    out = {}
+    for name, (_, _, _, inner, step_times, mem_times) in runs.items():
         step, mem = statistics.median(step_times), statistics.median(mem_times)
         out[name] = {"step_s": step, "memory_wait_s": mem, "memory_share": mem / step}
         log(f"train {name}: {out[name]}")
