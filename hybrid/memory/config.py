@@ -30,7 +30,8 @@ class MemoryConfig(Section):
                                                       "'<service>-shard<i>' in Ray namespace 'hybrid-memory'")
     shard_bytes: int = Field(1 << 30, ge=1 << 16, description="ray: most bytes one shard holds (oldest "
                                                               "namespaces evicted first; bigger ones split)")
-    shard_cpus: float = Field(1.0, ge=0, description="ray: CPUs reserved per shard actor (FAISS threads)")
+    shard_cpus: float = Field(0.0, ge=0, description="ray: CPUs reserved per shard actor, also its FAISS threads "
+                                                     "(0: reserve none, 1 thread; never starves Train workers)")
     call_timeout_s: float = Field(60.0, gt=0, description="ray: seconds to wait for a shard before giving up")
     on_shard_failure: Literal["empty", "error"] = Field(
         "empty", description="ray: a dead or restarted shard gives an empty (masked) result, counted and "

@@ -50,7 +50,7 @@ def home_shard(namespace: str, num_shards: int) -> int:
     return int.from_bytes(hashlib.blake2b(namespace.encode(), digest_size=8).digest(), "little") % num_shards
 
 
-def connect_shards(service: str, num_shards: int, shard_bytes: int = 1 << 30, shard_cpus: float = 1.0,
+def connect_shards(service: str, num_shards: int, shard_bytes: int = 1 << 30, shard_cpus: float = 0.0,
                    shard_gpus: float = 0.0, threads: int = 0, create: bool = True) -> list[Any]:
     """Handles to the service's shard actors, created when missing (`create`) or looked up by name."""
     import ray
@@ -58,6 +58,10 @@ def connect_shards(service: str, num_shards: int, shard_bytes: int = 1 << 30, sh
     from hybrid.utils.ray_utils import init_ray
 
     init_ray()
+    if shard_gpus and not ray.cluster_resources().get("GPU", 0):
+        log.info("memory service %r: use_gpu_to_search is set but the cluster has no GPU; shards search on CPU",
+                 service)
+        shard_gpus = 0.0  # asking for one would leave the actors unschedulable (a hang)
     handles = []
     for i in range(num_shards):
         name = shard_name(service, i)
@@ -102,7 +106,7 @@ class _SearchHandle:
 
 class RayShardedStore:
     def __init__(self, capacity: int, chunk_size: int, num_shards: int = 2, service: str = "hybrid-memory",
-                 shard_bytes: int = 1 << 30, shard_cpus: float = 1.0, shard_gpus: float = 0.0,
+                 shard_bytes: int = 1 << 30, shard_cpus: float = 0.0, shard_gpus: float = 0.0,
                  index: str = "auto", ivf_min_chunks: int = 65536, ivf_nlist: int = 0, ivf_nprobe: int = 16,
                  use_gpu: bool = False, threads: int = 0, call_timeout_s: float = 60.0,
                  on_shard_failure: str = "empty", shards: list[Any] | None = None):
@@ -162,8 +166,9 @@ class RayShardedStore:
             self._layouts[ns] = lay
             return lay
         if (lay.heads, lay.dim) != (heads, dim) or (chunk_size is not None and lay.chunk_size != chunk_size):
+            got = (heads, chunk_size or lay.chunk_size, dim)
             raise ValueError(f"namespace {ns!r} holds (heads, chunk_size, head_dim)="
-                             f"{(lay.heads, lay.chunk_size, lay.dim)}, got {(heads, chunk_size or lay.chunk_size, dim)}")
+                             f"{(lay.heads, lay.chunk_size, lay.dim)}, got {got}")
         return lay
 
     @staticmethod

@@ -197,7 +197,8 @@ def test_training_with_the_ray_backend_matches_faiss(ray_session, tmp_path):
 
     data = make_pairs(tmp_path / "train.jsonl", 24, 0)
     service = f"test-train-{uuid.uuid4().hex[:8]}"
-    common = [*TINY, f"data.train={data}", "train.max_iters=4", "train.eval_every=4", "train.learning_rate=0.05", "train.log_every=1",
+    common = [*TINY, f"data.train={data}", "train.max_iters=4", "train.eval_every=4", "train.learning_rate=0.05",
+              "train.log_every=1",
               "train.num_workers=0", "model.segment_length=8", "model.external_memory_size=16"]
     losses = {}
     for backend in ("faiss", "ray"):
