@@ -135,9 +135,12 @@ def _process_row(row: dict) -> dict:
     from pipelines.config import PipelineConfig
 
     cfg = PipelineConfig.model_validate_json(row["cfg"])
-    stats = process_range(row["repo"], row["repo_path"], [int(n) for n in row["numbers"]],
-                          [str(h) for h in row["hashes"]], json.loads(row["stages"]), cfg, bool(row["force"]))
-    return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats)}
+    try:
+        stats = process_range(row["repo"], row["repo_path"], [int(n) for n in row["numbers"]],
+                              [str(h) for h in row["hashes"]], json.loads(row["stages"]), cfg, bool(row["force"]))
+    except HybridError as e:  # bad input (e.g. a corrupt task.json): one line for the user, not a Ray traceback
+        return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e)}
+    return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats), "error": ""}
 
 
 def run_range_stages(repos: list[RepoEntry], cfg, range_stages: list[str], force: bool = False,
@@ -152,12 +155,15 @@ def run_range_stages(repos: list[RepoEntry], cfg, range_stages: list[str], force
                          "stages": json.dumps(range_stages), "force": force,
                          "cfg": cfg.pipeline.model_dump_json()})
     total = sum(len(r["numbers"]) for r in rows)
+    errors: list[str] = []
     if rows:
         last = OUTPUT_FILES[[s for s in ("ast", "ast-diffs", "fim") if s in range_stages][-1]]
         markers = [f"{cfg.pipeline.data_dir}/ast_dataset/{r['repo']}/commit_{n}/{last}" for r in rows
                    for n in r["numbers"]]
         with _progress(progress, label or " + ".join(range_stages), total, markers) as advance:
             for out in _map_rows(rows, cfg, local):
+                if out["error"]:
+                    errors.append(out["error"])
                 stats = json.loads(out["stats"])
                 work = per_repo[out["repo"]].setdefault(WORKER_KEY, {})
                 for k, v in stats.pop(WORKER_KEY, {}).items():
@@ -165,6 +171,9 @@ def run_range_stages(repos: list[RepoEntry], cfg, range_stages: list[str], force
                 for s, st in stats.items():
                     per_repo[out["repo"]][s] = StageStats.merge(per_repo[out["repo"]][s], st)
                 advance(out["n"])
+    if errors:  # the other ranges finished and their outputs stand; the failed ones stay to do
+        more = f" (and {len(errors) - 1} more ranges failed)" if len(errors) > 1 else ""
+        raise HybridError(errors[0] + more)
     return per_repo
 
 

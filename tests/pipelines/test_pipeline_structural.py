@@ -241,3 +241,16 @@ def test_size_bounds_are_configurable(tmp_path):
     for path in (tmp_path / "data/ast_dataset/sample").glob("commit_*/fim_dataset.json"):
         for sample in json.loads(path.read_text()):
             assert sample["fim_middle"].count("\n") <= 2
+
+
+def test_a_corrupt_task_file_is_one_clear_error_and_the_rest_is_done(tmp_path):
+    build_sample_repo(tmp_path / "src")
+    cfg = _cfg(tmp_path / "data", "pipeline.commits_per_task=4")
+    add_repo(str(tmp_path / "src"), "sample", cfg)
+    run_pipeline(["sample"], cfg, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
+    bad = tmp_path / "data/ast_dataset/sample/commit_2/task.json"
+    bad.write_text('{"tasks": [')
+    with pytest.raises(HybridError, match=r"commit_2/task\.json: line 1: not valid JSON"):
+        run_pipeline(["sample"], cfg, local=True, progress=False, stages=["generate-fim"])
+    done = sorted(p.parent.name for p in (tmp_path / "data/ast_dataset/sample").glob("commit_*/fim_dataset.json"))
+    assert done == ["commit_0", "commit_1", "commit_4", "commit_5", "commit_6", "commit_7"]
