@@ -104,7 +104,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.quick:
         from hybrid.utils.ray_utils import init_ray
 
-        init_ray()
+        init_ray(include_dashboard=True)  # inspect the run in the Ray dashboard (and its State API)
     summary = run_pipeline([entry.name], cfg, local=args.quick)
     console.print(summary_table(summary))
 

@@ -136,7 +136,7 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
 
         from hybrid.utils.ray_utils import init_ray
 
-        init_ray()
+        init_ray(include_dashboard=True)  # the dashboard shows the run; Ray Train's placement-group cleaner needs its State API
         # each worker reads its copy of the data once: a progress bar (the datasets capture the current
         # context) would only garble the step lines that follow
         ctx = ray.data.DataContext.get_current()
