@@ -147,13 +147,16 @@ def run_range_stages(repos: list[RepoEntry], cfg, range_stages: list[str], force
                      local: bool = False, progress: bool = True, label: str = "") -> dict[str, dict[str, dict]]:
     """Run per-commit stages over every repo's pending commit ranges. Returns {repo: {stage: stats}}."""
     rows, per_repo = [], {}
+    # absolute paths: Ray workers do not share the driver's working directory
+    worker_cfg = cfg.pipeline.model_copy(update={"data_dir": str(Path(cfg.pipeline.data_dir).resolve())}
+                                         ).model_dump_json()
     for entry in repos:
         tasks, done = plan_ranges(entry, cfg, range_stages, force)
         per_repo[entry.name] = {s: {"counts": {"skipped_done": done}, "drops": {}} for s in range_stages}
         for t in tasks:
-            rows.append({"repo": t.repo, "repo_path": t.repo_path, "numbers": t.numbers, "hashes": t.hashes,
-                         "stages": json.dumps(range_stages), "force": force,
-                         "cfg": cfg.pipeline.model_dump_json()})
+            rows.append({"repo": t.repo, "repo_path": str(Path(t.repo_path).resolve()), "numbers": t.numbers,
+                         "hashes": t.hashes, "stages": json.dumps(range_stages), "force": force,
+                         "cfg": worker_cfg})
     total = sum(len(r["numbers"]) for r in rows)
     errors: list[str] = []
     if rows:
