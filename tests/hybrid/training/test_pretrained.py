@@ -1,0 +1,49 @@
+"""Training from a local HuggingFace checkpoint folder: its own tokenizer.json is used and saved."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybrid.config import load_config
+from hybrid.data.io_pairs import read_io_pairs
+from hybrid.data.tokenizer import TextTokenizer, train_bpe
+from hybrid.errors import HybridError
+from hybrid.training.train import train
+
+transformers = pytest.importorskip("transformers")
+
+
+def hf_llama(folder, vocab_size):
+    import torch
+
+    cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+
+
+def test_train_from_a_pretrained_base_uses_its_tokenizer(io_data, tmp_path, tiny_overrides):
+    base = tmp_path / "base"
+    hf_llama(base, vocab_size=400)
+    records = read_io_pairs(io_data["train"]).records
+    tok = train_bpe((t for r in records for t in (r["input"], r["output"])), vocab_size=320)
+    tok.save(base)
+    res = train(load_config(tiny_overrides(io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=2",
+                                           "train.eval_every=2", "data.max_length=32")), quiet=True)
+    saved = TextTokenizer.load(res.checkpoint)
+    assert saved.tokenizer.to_str() == TextTokenizer.load(base).tokenizer.to_str()
+    import json
+
+    assert json.loads((res.checkpoint / "config.json").read_text())["vocab_size"] == 400
+
+
+def test_a_tokenizer_bigger_than_the_base_is_a_clear_error(io_data, tmp_path, tiny_overrides):
+    base = tmp_path / "base"
+    hf_llama(base, vocab_size=100)
+    records = read_io_pairs(io_data["train"]).records
+    train_bpe((t for r in records for t in (r["input"], r["output"])), vocab_size=400).save(base)
+    assert TextTokenizer.load(base).vocab_size > 100  # 256 bytes + special tokens at least
+    with pytest.raises(HybridError, match=r"tokenizer has \d+ tokens but .* has only 100 embeddings"):
+        train(load_config(tiny_overrides(io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=1")),
+              quiet=True)
+    assert not (tmp_path / "o").exists()  # found before anything was written
