@@ -186,6 +186,7 @@ def run_build(args: argparse.Namespace) -> int:
             raise HybridError(f"--capacity-tokens: {args.capacity_tokens} is smaller than the chunk size "
                               f"{mcfg.chunk_size}")
         mcfg.external_memory_size = args.capacity_tokens
+    _connect_cluster()  # the shards must live in the cluster, not in a Ray that ends with this command
     stream: list[int] = []
     for text in texts:
         stream.extend(tok.encode(text) + [tok.eos_id])

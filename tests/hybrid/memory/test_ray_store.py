@@ -71,6 +71,7 @@ def test_two_shards_equal_the_local_faiss_store_with_eviction(make_store):
     st = remote.stats()
     assert st["namespaces"] == 6 and st["chunks"] == 6 * cap and st["searches"] == 2
     assert sum(s["search_calls"] for s in st["shards"]) == 4  # one call per shard per search
+    assert sum(s["add_calls"] for s in st["shards"]) == 8  # and per add (4 adds of 6 namespaces)
     assert all(s["p50_ms"] is not None and s["p99_ms"] >= s["p50_ms"] for s in st["shards"])
     remote.reset(names[:3])
     after = remote.stats()
