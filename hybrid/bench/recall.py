@@ -45,7 +45,7 @@ class Settings:
     tasks: list[str] = field(default_factory=lambda: ["kv", "passkey", "facts"])
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     base_steps: int = 1500  # stage 1, shared: in-window only
-    steps: int = 1500  # stage 2, per variant: the length curriculum
+    steps: int = 1200  # stage 2, per variant: the length curriculum
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup: int = 100
@@ -65,15 +65,17 @@ class Settings:
         "retrieval_layers": [1], "external_memory_size": 1024, "max_position_embeddings": 64})
 
 
-QUICK = dict(steps=150, eval_examples=16, lengths=[1, 4], batch_size=16, warmup=10)
+QUICK = dict(base_steps=200, steps=100, eval_examples=16, lengths=[1, 4], batch_size=16, warmup=10)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run (minutes): few steps, 1x and 4x only")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw accuracy vs length, one line per variant")
-    p.add_argument("--out-dir", default="outputs/bench_recall", help="data, checkpoints and logs (default: %(default)s)")
-    p.add_argument("--steps", type=int, help="optimizer steps per variant (default 3000; --quick 150)")
+    p.add_argument("--base-steps", type=int,
+                   help="stage 1: in-window steps of the base the variants share (default 1500; --quick 200)")
+    p.add_argument("--steps", type=int,
+                   help="stage 2: length-curriculum steps per variant (default 1200; --quick 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the weights (default: %(default)s)")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--tasks", help="comma-separated subset of kv,passkey,facts")
@@ -108,6 +110,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     s.seed = args.seed
     if args.steps is not None:
         s.steps = args.steps
+    if args.base_steps is not None:
+        s.base_steps = args.base_steps
     if args.eval_examples is not None:
         s.eval_examples = args.eval_examples
     s.variants = _csv(args.variants) or s.variants
@@ -135,8 +139,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         else:
             raise HybridError(f"{key}: unknown key (use model.<key> or bench.<key>, bench keys: "
                               f"{', '.join(k for k in Settings.__dataclass_fields__ if k != 'model')})")
-    if s.steps < 0 or s.batch_size < 1 or s.eval_examples < 1:
-        raise HybridError("steps, batch_size and eval_examples must be positive")
+    if s.steps < 1 or s.base_steps < 0 or s.batch_size < 1 or s.eval_examples < 1:
+        raise HybridError("--steps, --eval-examples and bench.batch_size must be positive, --base-steps >= 0")
     return s
 
 
@@ -390,7 +394,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    console = Console(stderr=False)
+    # Wide enough for the whole table when the output is not a terminal (logs, CI, tests).
+    console = Console() if sys.stdout.isatty() else Console(width=140)
+
+    def log(message: str) -> None:
+        console.print(message, markup=False, highlight=False)
+
     s = settings_from_args(args)
     if args.threads < 1:
         raise HybridError(f"--threads: expected a positive number, got {args.threads}")
@@ -400,12 +409,12 @@ def run(args: argparse.Namespace) -> int:
     accuracy: dict[str, dict[str, dict[str, float]]] = {}
     seconds: dict[str, float] = {}
     console.print(f"[bold]base[/] (shared by the variants): {s.base_steps} in-window steps")
-    base_state = train_base(s, vocab, log=console.print)
+    base_state = train_base(s, vocab, log=log)
     seconds["base"] = round(time.time() - t0, 1)
     for variant in s.variants:
         t1 = time.time()
         console.print(f"[bold]{VARIANT_TITLES[variant]}[/]: {s.steps} steps of the length curriculum")
-        model = train_variant(s, variant, vocab, base_state, log=console.print)
+        model = train_variant(s, variant, vocab, base_state, log=log)
         acc = evaluate_variant(s, model, vocab)
         accuracy[variant] = {task: {str(n): a for n, a in by_n.items()} for task, by_n in acc.items()}
         seconds[variant] = round(time.time() - t1, 1)

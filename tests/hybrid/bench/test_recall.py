@@ -67,7 +67,7 @@ def test_too_small_segment_is_a_clear_error():
 def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     out, plot = tmp_path / "recall.json", tmp_path / "recall.png"
     rc = main(["bench", "recall", "--quick", "--steps", "6", "--eval-examples", "4", "--json", str(out),
-               "--plot", str(plot), "bench.base_steps=6", "bench.batch_size=4"])
+               "--plot", str(plot), "--base-steps", "6", "bench.batch_size=4"])
     assert rc == 0
     result = json.loads(out.read_text())
     variants = ["none", "internal", "external", "both"]
