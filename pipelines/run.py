@@ -5,9 +5,9 @@ The plan: for each repository, list its first-parent commits, keep the ones a st
 ranges with `ray.data.TaskPoolStrategy(size=pipeline.num_workers)`. Consecutive per-commit stages run in the
 same pass, so a range parses each blob once for generate-ast and generate-ast-diffs.
 
-Adding a stage (e.g. issue #3's LLM stages between generate-ast-diffs and generate-fim): put a `Stage` with a
-`run` callable into `STAGES` at its place — see `register_stage`. A callable stage receives the selected repos,
-the whole config and `force`, and returns {"counts": {...}, "drops": {...}} like the per-commit stages.
+Adding a stage (as issue #3's LLM stages sit between generate-ast-diffs and generate-fim): put a `Stage` with a
+`run` callable into `STAGES` at its place — or call `register_stage`. A callable stage receives the selected
+repos, the whole config and `force`, and returns {"counts": {...}, "drops": {...}} like the per-commit stages.
 """
 
 from __future__ import annotations
@@ -31,10 +31,24 @@ class Stage:
     help: str = ""
 
 
+def _llm_stage(name: str) -> Callable[[list[RepoEntry], object, bool], dict]:
+    """Issue #3's stages (pipelines/llm/pipeline_stages.py), imported when they run."""
+
+    def run(repos: list[RepoEntry], cfg, force: bool = False) -> dict:
+        from pipelines.llm import pipeline_stages
+
+        fn = {"generate-tasks": pipeline_stages.run_generate_tasks,
+              "generate-reasoning": pipeline_stages.run_generate_reasoning}[name]
+        return fn(repos, cfg, force)
+
+    return run
+
+
 STAGES: list[Stage] = [
     Stage("generate-ast", range_stage="ast", help="declarations of the files each commit touched"),
     Stage("generate-ast-diffs", range_stage="ast-diffs", help="added / modified / deleted declarations"),
-    # issue #3 inserts here: Stage("generate-tasks", run=…), Stage("generate-reasoning", run=…)
+    Stage("generate-tasks", run=_llm_stage("generate-tasks"), help="task.json (LLM, else commit messages)"),
+    Stage("generate-reasoning", run=_llm_stage("generate-reasoning"), help="reasoning.json (LLM)"),
     Stage("generate-fim", range_stage="fim", help="fill-in-the-middle samples of the changed declarations"),
 ]
 

@@ -16,6 +16,9 @@ from pipelines.structural import RangeWorker
 from tests.repo_builder import build_sample_repo
 
 
+STRUCTURAL = ["generate-ast", "generate-ast-diffs", "generate-fim"]  # (pipeline run also has the LLM stages)
+
+
 def _cfg(data_dir: Path, *more: str):
     return load_config([f"pipeline.data_dir={data_dir}", *more])
 
@@ -34,7 +37,7 @@ def sample(tmp_path_factory):
     hashes = build_sample_repo(root / "src")
     cfg = _cfg(root / "data")
     add_repo(str(root / "src"), "sample", cfg)
-    summary = run_pipeline(["sample"], cfg, local=True, progress=False)
+    summary = run_pipeline(["sample"], cfg, local=True, progress=False, stages=STRUCTURAL)
     return root / "data", hashes, summary
 
 
@@ -154,7 +157,7 @@ def test_rerun_skips_finished_commits_and_force_redoes_them(sample, tmp_path):
     data_dir, _, _ = sample
     cfg = _cfg(data_dir)
     before = _read(data_dir, 2, "diff_ast.jsonl")
-    again = run_pipeline(["sample"], cfg, local=True, progress=False)
+    again = run_pipeline(["sample"], cfg, local=True, progress=False, stages=STRUCTURAL)
     for name in ("generate-ast", "generate-ast-diffs", "generate-fim"):  # (other stages may be registered)
         st = again.stages[name]
         assert st["counts"].get("skipped_done") == 8 and st["counts"].get("commits", 0) == 0
@@ -189,7 +192,7 @@ def test_resume_after_an_interrupted_run(tmp_path, monkeypatch):
     assert resumed.stages["generate-ast"]["counts"]["skipped_done"] == 6  # commits 0-5 were finished
     assert resumed.stages["generate-ast-diffs"]["counts"]["commits"] == 3  # 5, 6, 7
     for n in range(len(hashes)):
-        for name in ("commit_data.json", "ast.jsonl", "diff_ast.jsonl", "fim_dataset.json"):
+        for name in ("commit_data.json", "ast.jsonl", "diff_ast.jsonl", "task.json", "fim_dataset.json"):
             assert (tmp_path / f"broken/ast_dataset/sample/commit_{n}/{name}").read_bytes() == \
                 (tmp_path / f"clean/ast_dataset/sample/commit_{n}/{name}").read_bytes(), (n, name)
     removed = cleanup_dataset(broken, [], temp=True)
