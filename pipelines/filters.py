@@ -10,6 +10,7 @@ Reasons, in the order they are checked:
     generated    a "generated" / "do not edit" marker in a comment in the first lines
     minified     a line over `pipeline.max_line_chars` or a mean line length over `pipeline.max_mean_line_chars`
     parse_error  tree-sitter found syntax errors (checked by the stages after parsing)
+and, from the git tree entry's mode, `submodule` (a gitlink) and `symlink`: there is no file content to parse.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import PurePosixPath
 from pipelines.config import PipelineConfig
 from pipelines.languages import language_of
 
-DROP_REASONS = ("lock_file", "vendored", "binary", "not_source", "too_large", "non_utf8", "generated", "minified",
-                "parse_error")
+DROP_REASONS = ("submodule", "symlink", "lock_file", "vendored", "binary", "not_source", "too_large", "non_utf8",
+                "generated", "minified", "parse_error")
 # Only comment lines (or a docstring's first line) of the header count: code that merely mentions
 # "generated" (like this module) is not generated.
 COMMENT_PREFIXES = ("#", "//", "/*", "*", "--", ";", "<!--", '"""', "'''")

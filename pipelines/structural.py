@@ -98,13 +98,17 @@ class StageStats:
                 "by_language": {k: dict(v) for k, v in sorted(out["by_language"].items())}}
 
 
-class FileChange:
-    __slots__ = ("path", "old_path", "status", "old_id", "new_id", "language")
+_SPECIAL_MODES = {0o160000: "submodule", 0o120000: "symlink"}  # gitlinks name a commit of another repo
 
-    def __init__(self, path, old_path, status, old_id, new_id):
+
+class FileChange:
+    __slots__ = ("path", "old_path", "status", "old_id", "new_id", "language", "special")
+
+    def __init__(self, path, old_path, status, old_id, new_id, special=None):
         self.path, self.old_path, self.status = path, old_path, status
         self.old_id, self.new_id = old_id, new_id
         self.language = language_of(path)
+        self.special = special  # "submodule" / "symlink": no blob to parse
 
 
 class CommitContext:
@@ -125,7 +129,8 @@ class CommitContext:
             path = d.old_file.path if status == "deleted" else d.new_file.path
             old_id = str(d.old_file.id) if status != "added" else None
             new_id = str(d.new_file.id) if status != "deleted" else None
-            self.changes.append(FileChange(path, old_path, status, old_id, new_id))
+            special = _SPECIAL_MODES.get(d.new_file.mode) or _SPECIAL_MODES.get(d.old_file.mode)
+            self.changes.append(FileChange(path, old_path, status, old_id, new_id, special))
 
     def metadata(self, repo_name: str) -> dict:
         c = self.commit
@@ -203,7 +208,12 @@ class RangeWorker:
             entry = {"path": ch.path, "old_path": ch.old_path, "status": ch.status, "language": ch.language,
                      "binary": False, "skipped": None, "declarations": 0}
             blob_id = ch.new_id if ch.status != "deleted" else None
-            if blob_id is not None:
+            if ch.special and blob_id is not None:
+                entry["skipped"] = ch.special
+                stats.counts["files"] += 1
+                stats.drops[ch.special] += 1
+                stats.lang(ch.language, ch.special)
+            elif blob_id is not None:
                 result = self.parse(blob_id, ch.path, ch.old_id)
                 entry["binary"] = result == "binary"
                 stats.counts["files"] += 1
@@ -240,7 +250,7 @@ class RangeWorker:
         records = []
         meta = ctx.metadata(self.repo_name)
         for ch in ctx.changes:
-            if ch.language is None and path_drop_reason(ch.path, self.cfg) is None:
+            if ch.special or (ch.language is None and path_drop_reason(ch.path, self.cfg) is None):
                 continue  # not source: nothing to diff (counted by generate-ast)
             old_path = ch.old_path or ch.path
             before = self.parse(ch.old_id, old_path) if ch.old_id else None
@@ -298,7 +308,7 @@ class RangeWorker:
                 stats.drops["whitespace_only"] += 1
                 continue
             ch = changes.get(r["file"])
-            if ch is None or ch.new_id is None:
+            if ch is None or ch.new_id is None or ch.special:
                 stats.drops["file_not_in_commit"] += 1
                 continue
             if ch.path not in per_file_cache:

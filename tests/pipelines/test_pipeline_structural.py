@@ -257,3 +257,22 @@ def test_a_corrupt_task_file_is_one_clear_error_and_the_rest_is_done(tmp_path):
         run_pipeline(["sample"], cfg, local=True, progress=False, stages=["generate-fim"])
     done = sorted(p.parent.name for p in (tmp_path / "data/ast_dataset/sample").glob("commit_*/fim_dataset.json"))
     assert done == ["commit_0", "commit_1", "commit_4", "commit_5", "commit_6", "commit_7"]
+
+
+def test_submodules_and_symlinks_are_counted_not_parsed(tmp_path):
+    from tests.repo_builder import RepoBuilder
+
+    rb = RepoBuilder(tmp_path / "src")
+    rb.write("a.py", "def f():\n    return 1\n")
+    rb.commit("one")
+    # a gitlink (submodule entry) naming a commit that is not in this repository, and a symlink to a .py file
+    rb.git("update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},third/lib.py")
+    (tmp_path / "src" / "link.py").symlink_to("a.py")
+    rb.git("add", "link.py")
+    rb.git("commit", "-q", "-m", "submodule and symlink")
+    cfg = _cfg(tmp_path / "data")
+    add_repo(str(tmp_path / "src"), "sub", cfg)
+    s = run_pipeline(["sub"], cfg, local=True, progress=False, stages=STRUCTURAL)
+    assert s.stages["generate-ast"]["drops"] == {"submodule": 1, "symlink": 1}
+    files = json.loads((tmp_path / "data/ast_dataset/sub/commit_1/commit_data.json").read_text())["files"]
+    assert {f["path"]: f["skipped"] for f in files} == {"link.py": "symlink", "third/lib.py": "submodule"}
