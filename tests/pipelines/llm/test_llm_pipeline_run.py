@@ -7,19 +7,20 @@ import json
 
 import pytest
 
+from hybrid.cli import main
 from hybrid.config import load_config
 from pipelines import run as pipeline_run
-from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
 from pipelines.repos import add_repo
 from tests.repo_builder import build_sample_repo
 
 
 @pytest.fixture
-def stages(monkeypatch):
-    """pipeline run's stage list with the LLM stages in place (a no-op once run.py lists them itself)."""
-    monkeypatch.setattr(pipeline_run, "STAGES", list(pipeline_run.STAGES))
-    pipeline_run.register_stage(pipeline_run.Stage("generate-tasks", run=run_generate_tasks))
-    pipeline_run.register_stage(pipeline_run.Stage("generate-reasoning", run=run_generate_reasoning))
+def stages():
+    """pipeline run's stage list, with the LLM stages at their place (pipelines/run.py STAGES)."""
+    names = pipeline_run.stage_names()
+    assert names.index("generate-ast-diffs") + 1 == names.index("generate-tasks")
+    assert names.index("generate-tasks") + 1 == names.index("generate-reasoning")
+    assert names.index("generate-reasoning") + 1 == names.index("generate-fim")
     return pipeline_run
 
 
@@ -58,9 +59,12 @@ def test_pipeline_run_with_an_llm(stages, llm_env, tmp_path):
 def test_pipeline_run_without_an_llm(stages, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cfg, repo = _setup(tmp_path)
-    summary = stages.run_pipeline(["sample"], cfg, local=True, progress=False)
-    assert summary.stages["generate-reasoning"]["counts"] == {"skipped_no_llm": 1}
-    assert summary.stages["generate-tasks"]["counts"]["from_commit_message"] >= 1
+    rc = main(["pipeline", "run", "sample", f"pipeline.data_dir={tmp_path / 'data'}", "--local", "--no-progress",
+               "--json", str(tmp_path / "summary.json")])
+    assert rc == 0
     assert "generate-reasoning: skipped, it needs an LLM" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stages"]["generate-reasoning"]["counts"] == {"skipped_no_llm": 1}
+    assert summary["stages"]["generate-tasks"]["counts"]["from_commit_message"] >= 1
     assert json.loads((repo / "commit_0" / "task.json").read_text())["source"] == "commit_message"
     assert not list(repo.glob("commit_*/reasoning.json"))
