@@ -82,10 +82,10 @@ def default_name(source: str) -> str:
     return base
 
 
-def _head_branch(repo) -> str:
+def _head_branch(repo, source: str) -> str:
     try:
         if repo.head_is_unborn:
-            raise HybridError(f"{repo.path}: the repository has no commits")
+            raise HybridError(f"{source}: the repository has no commits")
         return repo.head.shorthand
     except Exception as e:  # pygit2.GitError on a detached/odd HEAD
         if isinstance(e, HybridError):
@@ -127,7 +127,7 @@ def add_repo(source: str, name: str | None = None, cfg=None) -> RepoEntry:
         except (pygit2.GitError, ValueError, OSError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise HybridError(f"{source}: cannot clone ({msg})") from None
-        branch = _head_branch(repo)
+        branch = _head_branch(repo, source)
         (tmp / "clone").rename(dest)
         ok = True
     finally:

@@ -48,13 +48,15 @@ def _closed_port() -> int:
     return port
 
 
-@pytest.mark.parametrize("case", ["not_a_repo", "missing_path", "duplicate", "traversal", "slash", "unreachable"])
+@pytest.mark.parametrize("case", ["not_a_repo", "missing_path", "duplicate", "traversal", "slash", "unreachable",
+                                  "empty_repo"])
 def test_bad_adds_fail_with_one_line_and_change_nothing(case, tmp_path, src, capsys):
     data = tmp_path / "data"
     cfg = load_config([f"pipeline.data_dir={data}"])
     add_repo(str(src), "sample", cfg)
     before = _state(data)
     (tmp_path / "plain").mkdir()
+    RepoBuilder(tmp_path / "empty")
     args, message = {
         "not_a_repo": ([str(tmp_path / "plain")], "not a git repository"),
         "missing_path": ([str(tmp_path / "nope")], "no such path"),
@@ -62,6 +64,7 @@ def test_bad_adds_fail_with_one_line_and_change_nothing(case, tmp_path, src, cap
         "traversal": ([str(src), "--name", "../evil"], "repo name '../evil'"),
         "slash": ([str(src), "--name", "a/b"], "repo name 'a/b'"),
         "unreachable": ([f"http://127.0.0.1:{_closed_port()}/x.git", "--name", "remote"], "cannot clone"),
+        "empty_repo": ([str(tmp_path / "empty")], f"{tmp_path / 'empty'}: the repository has no commits"),
     }[case]
     assert main(["repos", "add", *args, f"pipeline.data_dir={data}"]) == 2
     err = capsys.readouterr().err
