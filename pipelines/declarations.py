@@ -24,11 +24,13 @@ NODE_KINDS: dict[str, dict[str, str]] = {
              "trait_item": "trait", "impl_item": "", "mod_item": ""},
     "go": {"function_declaration": "function", "method_declaration": "method", "type_spec": "type"},
     "javascript": {"function_declaration": "function", "generator_function_declaration": "function",
-                   "class_declaration": "class", "method_definition": "method", "variable_declarator": "function"},
+                   "class_declaration": "class", "method_definition": "method", "variable_declarator": "function",
+                   "field_definition": "method"},
     "typescript": {"function_declaration": "function", "generator_function_declaration": "function",
                    "class_declaration": "class", "abstract_class_declaration": "class",
                    "interface_declaration": "interface", "enum_declaration": "enum",
-                   "method_definition": "method", "variable_declarator": "function", "internal_module": ""},
+                   "method_definition": "method", "variable_declarator": "function", "internal_module": "",
+                   "public_field_definition": "method"},
     "java": {"class_declaration": "class", "record_declaration": "class", "interface_declaration": "interface",
              "annotation_type_declaration": "interface", "enum_declaration": "enum",
              "method_declaration": "method", "constructor_declaration": "method"},
@@ -63,9 +65,10 @@ def _query(key: str):
     for node_type in NODE_KINDS[key]:
         if language.id_for_node_kind(node_type, True) is None:
             continue  # this grammar version has no such node
-        if node_type == "variable_declarator":
+        if node_type in ("variable_declarator", "field_definition", "public_field_definition"):
+            # `const f = () => …` and class fields `handle = () => …` hold functions; other values do not count
             values = " ".join(f"({v})" for v in FUNCTION_VALUES if language.id_for_node_kind(v, True) is not None)
-            parts.append(f"(variable_declarator value: [{values}]) @d")
+            parts.append(f"({node_type} value: [{values}]) @d")
         elif node_type in ("struct_specifier", "union_specifier", "enum_specifier", "class_specifier"):
             parts.append(f"({node_type} body: (_)) @d")  # definitions only, not `struct foo *p`
         else:
@@ -144,6 +147,11 @@ def _describe(node, lang: str) -> tuple[str, str, object] | None:
         parent = node.parent
         if parent is not None and parent.type == "type_declaration" and parent.named_child_count == 1:
             code_node = parent
+    elif t == "field_definition":
+        prop = node.child_by_field_name("property")
+        if prop is None:
+            return None
+        name = _text(prop)
     elif t == "variable_declarator":
         name = _text(node.child_by_field_name("name"))
         parent = node.parent

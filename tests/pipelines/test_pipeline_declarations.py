@@ -54,13 +54,14 @@ def test_rust_impl_methods_trait_impls_and_modules():
     ("go", "package main\ntype S struct { a int }\ntype H interface { Serve() }\n"
            "func (s *S) Start() error { return nil }\nfunc main() {}\n",
      [("struct", "S"), ("interface", "H"), ("method", "S.Start"), ("function", "main")]),
-    ("javascript", "function a() {}\nclass B { constructor() {} m() { return 1; } }\n"
+    ("javascript", "function a() {}\nclass B { constructor() {} m() { return 1; } h = () => 2; n = 3; }\n"
                    "const f = () => 1;\nexport const g = function() {};\nlet x = 5;\n",
-     [("function", "a"), ("class", "B"), ("method", "B.constructor"), ("method", "B.m"), ("function", "f"),
-      ("function", "g")]),
-    ("typescript", "interface I { m(): void }\nenum Color { Red }\nexport class K { private p(): number { return 1 } }\n"
-                   "namespace NS { export function inns() {} }\n",
-     [("interface", "I"), ("enum", "Color"), ("class", "K"), ("method", "K.p"), ("function", "NS.inns")]),
+     [("function", "a"), ("class", "B"), ("method", "B.constructor"), ("method", "B.m"), ("method", "B.h"),
+      ("function", "f"), ("function", "g")]),
+    ("typescript", "interface I { m(): void }\nenum Color { Red }\nexport class K { private p(): number { return 1 }\n"
+                   "  private h = (x: number) => x; n = 1; }\nnamespace NS { export function inns() {} }\n",
+     [("interface", "I"), ("enum", "Color"), ("class", "K"), ("method", "K.p"), ("method", "K.h"),
+      ("function", "NS.inns")]),
     ("tsx", "const App = () => <div/>;\nfunction Comp() { return <span/>; }\n",
      [("function", "App"), ("function", "Comp")]),
     ("java", "class A { A() {} void m() {} void m(int x) {} interface I {} enum E { X } }\n",
