@@ -95,6 +95,7 @@ class ExternalContext:
     store: object  # a hybrid.memory.store.MemoryStore
     namespaces: Sequence[str]  # one per batch row, for this layer
     write: bool
+    read: bool = True  # False when the store is known to be empty (a fresh memory's first segment)
 
 
 class JointAttention(nn.Module):
@@ -133,7 +134,7 @@ class JointAttention(nn.Module):
         k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         handle = None
-        if external is not None:
+        if external is not None and external.read:
             G = H // Hkv
             queries = q.detach().reshape(B, Hkv, G * T, D)  # (B, Hkv, G*T, D) grouped by kv head (pre-RoPE)
             handle = external.store.search_async(external.namespaces, queries.float(), self.retrieval_k)
@@ -148,8 +149,8 @@ class JointAttention(nn.Module):
             local = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop,
                                                    enable_gqa=Hkv != H)  # (B, H, T, D)
         if external is not None:
-            res = handle.result()
-            local = self._fuse(local, q_raw, res)
+            if handle is not None:
+                local = self._fuse(local, q_raw, handle.result())
             if external.write:
                 self._write(external, k_raw, v)
         out = local.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)

@@ -244,7 +244,8 @@ class HybridForCausalLM(nn.Module):
                 last = s == n_seg - 1
                 ids = input_ids[:, s * S:(s + 1) * S]
                 km = None if key_mask is None else key_mask[:, s * S:(s + 1) * S]
-                externals = {i: ExternalContext(store, layer_ns[i], write=persistent or not last) for i in layers}
+                externals = {i: ExternalContext(store, layer_ns[i], write=persistent or not last,
+                                                read=persistent or s > 0) for i in layers}
                 out, memory = self._run_segment(ids, km, memory, externals, write=not last)
                 logits.append(out)
         finally:
