@@ -22,4 +22,5 @@ def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwa
         ray.init(address=address, **kwargs)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
+    # address="local": a new local Ray even when a stale /tmp/ray/ray_current_cluster names a stopped one
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
