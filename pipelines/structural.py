@@ -153,6 +153,8 @@ class RangeWorker:
         self.trees: OrderedDict[tuple[str, str], tuple[object, bytes]] = OrderedDict()
         self.path_info: dict[str, tuple[str | None, str | None]] = {}  # path -> (path drop reason, language)
         self.cache_hits = self.cache_misses = self.incremental = 0
+        self.warm_before = False  # set while generate-ast runs together with generate-ast-diffs
+        self._seen_before: set = set()
 
     # -- parsing ------------------------------------------------------------------------------------------
     def parse(self, blob_id: str, path: str, prev_id: str | None = None) -> ParsedFile | str:
@@ -214,6 +216,11 @@ class RangeWorker:
                 stats.drops[ch.special] += 1
                 stats.lang(ch.language, ch.special)
             elif blob_id is not None:
+                if self.warm_before and ch.old_id and (ch.old_id, ch.path) not in self._seen_before:
+                    # generate-ast-diffs needs the old version anyway: parsing it first lets the new one be
+                    # an incremental re-parse even at the start of a range (a cold cache)
+                    self._seen_before.add((ch.old_id, ch.path))
+                    self.parse(ch.old_id, ch.old_path or ch.path)
                 result = self.parse(blob_id, ch.path, ch.old_id)
                 entry["binary"] = result == "binary"
                 stats.counts["files"] += 1
@@ -395,6 +402,8 @@ def process_range(repo_name: str, repo_path: str, numbers: list[int], hashes: li
     ordered = [s for s in RANGE_STAGES if s in stages]
     cpu0 = time.process_time()
     worker = get_worker(repo_name, repo_path, cfg)
+    worker.warm_before = "ast" in ordered and "ast-diffs" in ordered
+    worker._seen_before.clear()
     counters0 = (worker.cache_hits, worker.cache_misses, worker.incremental)
     all_stats = {s: StageStats() for s in ordered}
     for number, commit_hash in zip(numbers, hashes):
