@@ -301,7 +301,7 @@ def is_memory_param(name: str) -> bool:
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """HuggingFace convention: predict labels[:, t+1] from position t; -100 is ignored; float32 loss."""
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+    """HuggingFace convention: predict labels[:, t+1] from position t; -100 is ignored; float32 loss.
+    The labels are shifted (padded with -100) rather than the logits sliced, which saves a (B, T, V) copy."""
+    shifted = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)  # (B, T)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=-100)
