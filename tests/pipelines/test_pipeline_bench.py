@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from hybrid.cli import main
 from hybrid.config import load_config
 from pipelines.dataset_tools import ast_coverage
@@ -55,3 +57,38 @@ def test_bench_datagen_reports_rates_and_ratio(tmp_path, capsys):
     assert r["ratio"] > 0 and r["commits_per_s"] > 0 and r["git_cpu_s"] > 0
     assert "ratio" in capsys.readouterr().out
     assert main(["bench", "datagen", str(tmp_path / "nope"), "--no-ray"]) == 2
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_gives_the_same_files(tmp_path):
+    """A real kill (SIGKILL of the CLI process part-way), then a second run: nothing duplicated or corrupt."""
+    import os
+    import signal
+    import sys
+    import time
+
+    repo = build_synthetic_rust_repo(tmp_path / "syn", 400, seed=1)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    for data in (killed, clean):
+        assert main(["repos", "add", str(repo), "--name", "syn", f"pipeline.data_dir={data}"]) == 0
+    cmd = [sys.executable, "-m", "hybrid.cli", "pipeline", "run", "--local", "--no-progress", "--stages",
+           "generate-ast,generate-ast-diffs", f"pipeline.data_dir={killed}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "ast_dataset/syn/commit_30/diff_ast.jsonl"
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    last = killed / "ast_dataset/syn/commit_399/diff_ast.jsonl"
+    assert not last.exists(), "the run finished before the kill: nothing was interrupted"
+    assert main(["pipeline", "run", "--local", "--no-progress", "--stages", "generate-ast,generate-ast-diffs",
+                 f"pipeline.data_dir={killed}"]) == 0
+    assert main(["pipeline", "run", "--local", "--no-progress", "--stages", "generate-ast,generate-ast-diffs",
+                 f"pipeline.data_dir={clean}"]) == 0
+    for n in range(400):
+        for name in ("commit_data.json", "ast.jsonl", "diff_ast.jsonl"):
+            a = (killed / f"ast_dataset/syn/commit_{n}/{name}").read_bytes()
+            assert a == (clean / f"ast_dataset/syn/commit_{n}/{name}").read_bytes(), (n, name)
+    leftovers = [p.name for p in (killed / "ast_dataset/syn").glob("commit_*/.*.tmp")]
+    assert len(leftovers) <= 1  # at most the one file being written at the kill
