@@ -190,7 +190,7 @@ def _wait_for_new_incarnation(store, shard, old, timeout_s=60):
 
 
 @pytest.mark.slow
-def test_training_with_the_ray_backend_matches_faiss(ray_session, tmp_path):
+def test_training_with_the_ray_backend_in_a_train_worker_matches_faiss(ray_session, tmp_path):
     from tests.hybrid.training.conftest import TINY, make_pairs
 
     from hybrid.config import load_config
@@ -200,13 +200,14 @@ def test_training_with_the_ray_backend_matches_faiss(ray_session, tmp_path):
     service = f"test-train-{uuid.uuid4().hex[:8]}"
     common = [*TINY, f"data.train={data}", "train.max_iters=4", "train.eval_every=4", "train.learning_rate=0.05",
               "train.log_every=1",
-              "train.num_workers=0", "model.segment_length=8", "model.external_memory_size=16"]
+              "model.segment_length=8", "model.external_memory_size=16"]
     losses = {}
     for backend in ("faiss", "ray"):
         out = tmp_path / backend
-        extra = [f"memory.backend={backend}"]
-        if backend == "ray":
-            extra += [f"memory.service={service}", "memory.shard_cpus=0", "memory.num_shards=2"]
+        extra = [f"memory.backend={backend}", "train.num_workers=0"]
+        if backend == "ray":  # in a Ray Train worker, which reaches the shards by name
+            extra = [f"memory.backend={backend}", "train.num_workers=1", f"memory.service={service}",
+                     "memory.shard_cpus=0", "memory.num_shards=2"]
         train(load_config([*common, *extra, f"train.output_dir={out}"]), quiet=True)
         import json
 
