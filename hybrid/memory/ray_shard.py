@@ -189,12 +189,14 @@ class MemoryShard:
 
         t0 = time.perf_counter()
         out = []
+        evicted_hits: list[str] = []
         n_queries = 0
         for spec, namespaces, queries in groups:
             _check_array(f"search {namespaces[:1]}: queries", queries, 4)
             for ns in namespaces:
                 if ns not in self.spec_of and ns in self.evicted:
                     self.counts["evicted_hits"] += 1
+                    evicted_hits.append(ns)
             # each namespace is searched in the store it was created in (a reader may be configured with
             # another capacity than the writer: `hybrid memory build --capacity-tokens`)
             by_spec: dict[Spec, list[int]] = {}
@@ -227,7 +229,7 @@ class MemoryShard:
                 self._metrics["latency"].observe(dt)
             except Exception:
                 pass
-        return {"incarnation": self.incarnation, "results": out}
+        return {"incarnation": self.incarnation, "results": out, "evicted": evicted_hits}
 
     def reset(self, namespaces: list[str] | None = None) -> str:
         for ns in list(self.spec_of) if namespaces is None else namespaces:

@@ -127,7 +127,7 @@ class RayShardedStore:
         self._pending: list[tuple[int, Any, list[str]]] = []  # unresolved add calls: (shard, ref, stored names)
         self.adds = 0
         self.searches = 0
-        self.failures = {"failed_calls": 0, "empty_rows": 0, "lost_namespaces": 0}
+        self.failures = {"failed_calls": 0, "empty_rows": 0, "lost_namespaces": 0, "evicted_rows": 0}
 
     @classmethod
     def from_config(cls, memory_cfg, model_cfg) -> "RayShardedStore":
@@ -325,6 +325,11 @@ class RayShardedStore:
             except Exception as e:
                 self._on_failure(shard, e, sum(len(rows) for _, rows, _ in groups), "search")
                 continue
+            if answer.get("evicted"):
+                self.failures["evicted_rows"] += len(answer["evicted"])
+                log.warning("memory service %r: shard %d evicted namespace(s) %s to stay within memory.shard_bytes=%d; "
+                            "they read as empty", self.service, shard, ", ".join(answer["evicted"][:5]),
+                            self.shard_bytes)
             for (names, rows, parts), arrays in zip(groups, answer["results"]):
                 self._note_incarnation(shard, names, answer["incarnation"])
                 keys, values, mask, scores = arrays  # read-only NumPy views of Ray's object store

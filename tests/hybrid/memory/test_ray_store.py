@@ -109,7 +109,7 @@ def test_shard_bytes_bound_evicts_oldest_namespaces(make_store):
     assert st["namespaces"] == 3 and st["bytes"] <= st["shard_bytes"] and st["evicted_namespaces"] == 2
     res = remote.search(["n0", "n4"], torch.randn(2, H, 2, D), k=2)  # n0 was evicted: empty, never a stranger's
     assert not res.mask[0].any() and res.mask[1].all()
-    assert remote.stats()["shards"][0]["evicted_hits"] == 1
+    assert remote.stats()["shards"][0]["evicted_hits"] == 1 and remote.failures["evicted_rows"] == 1
 
 
 def test_call_site_errors(make_store):
