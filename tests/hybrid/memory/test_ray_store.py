@@ -222,3 +222,17 @@ def test_training_with_the_ray_backend_in_a_train_worker_matches_faiss(ray_sessi
     assert st["namespaces"] == 0  # every call dropped its namespaces
     assert sum(s["search_calls"] for s in st["shards"]) > 0
     store.shutdown()
+
+
+def test_a_slow_shard_times_out_into_an_empty_counted_result(make_store):
+    cap, c, D, H = 4096, 1, 64, 2
+    remote = make_store(cap, c, num_shards=1)
+    remote.add(["slow"], *_chunks(1, H, cap, c, D))
+    remote.flush()
+    remote.call_timeout_s = 1e-4  # far less than any search of 4096 chunks x 2 heads takes
+    t0 = time.monotonic()
+    res = remote.search(["slow"], torch.randn(1, H, 256, D), k=4)
+    assert time.monotonic() - t0 < 5 and not res.mask.any()
+    assert remote.failures["failed_calls"] == 1 and remote.failures["empty_rows"] == 1
+    remote.call_timeout_s = 30
+    assert remote.search(["slow"], torch.randn(1, H, 2, D), k=4).mask.all()  # answers again once patient
