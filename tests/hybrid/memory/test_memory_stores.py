@@ -130,3 +130,23 @@ def test_model_with_faiss_store_matches_torch_store():
         out = model(ids).logits
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert not math.isnan(out.sum().item())
+
+
+def _faiss_gpus() -> int:
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+@pytest.mark.skipif(_faiss_gpus() == 0, reason="needs a FAISS GPU build and a GPU")
+def test_faiss_gpu_matches_torch():
+    torch.manual_seed(0)
+    t, g = TorchStore(16), FaissStore(16, use_gpu=True)
+    assert g.stats()["gpu"]
+    for step in range(3):
+        chunks = _chunks(2, 2, 7, 2, 16, start=7 * step)
+        t.add(["a", "b"], *chunks)
+        g.add(["a", "b"], *chunks)
+    q = torch.randn(2, 2, 5, 16)
+    rt, rg = t.search(["a", "b"], q, 3), g.search(["a", "b"], q, 3)
+    torch.testing.assert_close(rt.values, rg.values)
