@@ -8,7 +8,6 @@ Ratios: our base / transformers (target >= 1.0) and each hybrid / our base (targ
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
