@@ -263,14 +263,35 @@ class HybridForCausalLM(nn.Module):
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:
         """Greedy decoding: (B, T) -> (B, T + new). Rows that produced `eos_token_id` continue with it.
 
-        Each step re-runs the whole sequence (simple and exactly consistent with `forward`)."""
+        Exactly what `forward` computes for the last position, without re-running finished segments: their
+        memory writes are kept, and each step runs only the current (partial) segment — O(T·S), not O(T²)."""
         was_training = self.training
         self.eval()
+        cfg = self.config
+        S = cfg.segment_length
+        B = input_ids.shape[0]
+        layers = cfg.retrieval_layer_ids
+        store, layer_ns = None, {}
+        if layers:
+            store = self.store_factory() if self.store_factory is not None else self._default_store()
+            call = uuid.uuid4().hex[:12]
+            layer_ns = {i: [f"{call}/row{b}/layer{i}" for b in range(B)] for i in layers}
+        memory = [layer.internal_memory.initial_state(B) for layer in self.model.layers] \
+            if cfg.use_internal_memory else None
+        written = 0  # segments whose memory writes are done
         try:
             ids = input_ids
-            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+            done = torch.zeros(B, dtype=torch.bool, device=ids.device)
             for _ in range(max_new_tokens):
-                nxt = self(ids).logits[:, -1].argmax(-1)  # (B,)
+                current = (ids.shape[1] - 1) // S  # the segment of the last position
+                while cfg.has_memory and written < current:  # finished segments: run once, keep their writes
+                    seg = ids[:, written * S:(written + 1) * S]
+                    ext = {i: ExternalContext(store, layer_ns[i], write=True, read=written > 0) for i in layers}
+                    _, memory = self._run_segment(seg, None, memory, ext, write=True)
+                    written += 1
+                ext = {i: ExternalContext(store, layer_ns[i], write=False, read=current > 0) for i in layers}
+                logits, _ = self._run_segment(ids[:, current * S:], None, memory, ext if layers else None, False)
+                nxt = logits[:, -1].argmax(-1)  # (B,)
                 if eos_token_id is not None:
                     nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
                     done |= nxt == eos_token_id
@@ -279,6 +300,8 @@ class HybridForCausalLM(nn.Module):
                     break
             return ids
         finally:
+            if layers:
+                store.reset([ns for i in layers for ns in layer_ns[i]])
             self.train(was_training)
 
     # -- checkpoints ----------------------------------------------------------------------------------------

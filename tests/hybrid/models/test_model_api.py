@@ -21,19 +21,21 @@ def test_labels_follow_the_huggingface_convention():
     assert model(ids).loss is None
 
 
-def test_generate_is_greedy_and_stops_at_eos():
-    model = tiny_model("gpt2")
+@pytest.mark.parametrize("family, memory, prompt_len, new", [
+    ("gpt2", True, 20, 5), ("llama", True, 10, 25), ("llama", False, 10, 25)])
+def test_generate_is_greedy_and_stops_at_eos(family, memory, prompt_len, new):
+    model = tiny_model(family, use_internal_memory=memory, use_external_memory=memory)
     open_gates(model)
-    prompt = torch.randint(0, 97, (2, 20))  # the continuation crosses a segment boundary (16)
-    out = model.generate(prompt, max_new_tokens=5)
-    assert out.shape == (2, 25) and torch.equal(out[:, :20], prompt)
+    prompt = torch.randint(0, 97, (2, prompt_len))  # generation crosses segment boundaries (16, 32)
+    out = model.generate(prompt, max_new_tokens=new)
+    assert out.shape == (2, prompt_len + new) and torch.equal(out[:, :prompt_len], prompt)
     ids = prompt
-    for _ in range(5):
+    for _ in range(new):  # the reference: a full forward per step
         ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, ids)
-    eos = int(out[0, 20])
+    eos = int(out[0, prompt_len])
     stopped = model.generate(prompt[:1], max_new_tokens=5, eos_token_id=eos)
-    assert stopped.shape == (1, 21)
+    assert stopped.shape == (1, prompt_len + 1)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
