@@ -46,7 +46,8 @@ GPT2_IGNORED = (r"\.attn\.bias$", r"\.attn\.masked_bias$")
 # Config fields that describe the memory / segments / training rather than the base network: they come from the
 # caller (overrides, the `model` config section), never from a base checkpoint.
 MEMORY_FIELDS = (
-    "segment_length", "use_internal_memory", "use_external_memory", "memory_slots", "num_mem_heads", "forget_bias",
+    "segment_length", "use_internal_memory", "use_external_memory", "internal_memory_layers", "memory_slots",
+    "num_mem_heads", "forget_bias",
     "external_memory_size", "retrieval_k", "chunk_size", "retrieval_layers", "use_gpu_to_search", "freeze_base",
     "dropout", "gradient_checkpointing",
 )

@@ -39,6 +39,9 @@ class ModelConfig(Section):
         512, ge=1, description="tokens per segment; attention sees only the current segment, memory carries the rest")
     use_internal_memory: bool = Field(True, description="LM2-style gated memory slots in every block")
     use_external_memory: bool = Field(True, description="LongMem-style retrieval of past keys/values")
+    internal_memory_layers: list[int] | None = Field(
+        None, description="0-based layers with internal memory; null = every layer (LM2). Each costs ~12*d^2 "
+                          "parameters, so large bases may want only some")
     memory_slots: int = Field(16, ge=1, description="internal memory slots N per sequence and layer")
     num_mem_heads: int = Field(4, ge=1, description="heads of the internal memory read/write cross-attention")
     forget_bias: float = Field(1.0, description="initial forget-gate bias of the internal memory (LM2, as in LSTMs)")
@@ -73,9 +76,10 @@ class ModelConfig(Section):
         if self.family == "gpt2" and self.segment_length > self.max_position_embeddings:
             raise ValueError(f"segment_length {self.segment_length} exceeds GPT-2's max_position_embeddings "
                              f"{self.max_position_embeddings}")
-        for layer in self.retrieval_layers or []:
-            if not 0 <= layer < self.num_hidden_layers:
-                raise ValueError(f"retrieval_layers: {layer} is not a layer of 0..{self.num_hidden_layers - 1}")
+        for name in ("retrieval_layers", "internal_memory_layers"):
+            for layer in getattr(self, name) or []:
+                if not 0 <= layer < self.num_hidden_layers:
+                    raise ValueError(f"{name}: {layer} is not a layer of 0..{self.num_hidden_layers - 1}")
         return self
 
     # Derived values (not settable).
@@ -101,10 +105,19 @@ class ModelConfig(Section):
         return sorted(set(self.retrieval_layers))
 
     @property
+    def internal_memory_layer_ids(self) -> list[int]:
+        """Layers with internal memory (empty when it is off)."""
+        if not self.use_internal_memory:
+            return []
+        if self.internal_memory_layers is None:
+            return list(range(self.num_hidden_layers))
+        return sorted(set(self.internal_memory_layers))
+
+    @property
     def chunks_capacity(self) -> int:
         """External memory capacity in chunks per (sequence, layer, kv head)."""
         return max(1, self.external_memory_size // self.chunk_size)
 
     @property
     def has_memory(self) -> bool:
-        return self.use_internal_memory or bool(self.retrieval_layer_ids)
+        return bool(self.internal_memory_layer_ids) or bool(self.retrieval_layer_ids)

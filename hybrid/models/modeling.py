@@ -32,7 +32,7 @@ MEMORY_PARAM_MARKERS = (".internal_memory.", ".memory_layernorm.", ".memory_gate
 class CausalLMOutput:
     logits: torch.Tensor  # (B, T, V)
     loss: torch.Tensor | None = None  # mean cross-entropy over labels != -100 (labels shifted inside)
-    internal_memory: list[torch.Tensor] | None = None  # final M per layer, (B, N, d) float32, when used
+    internal_memory: list[torch.Tensor | None] | None = None  # last M per layer (B, N, d) float32; None: no memory
 
 
 class DecoderBlock(nn.Module):
@@ -41,7 +41,7 @@ class DecoderBlock(nn.Module):
         self.layer_idx = layer_idx
         self.input_layernorm = make_norm(config)
         self.self_attn = JointAttention(config, retrieval=layer_idx in config.retrieval_layer_ids)
-        if config.use_internal_memory:
+        if layer_idx in config.internal_memory_layer_ids:
             self.memory_layernorm = make_norm(config)
             self.internal_memory = InternalMemory(config)
         else:
@@ -235,9 +235,7 @@ class HybridForCausalLM(nn.Module):
                 call = uuid.uuid4().hex[:12]
                 row_ns = [f"{call}/row{b}" for b in range(B)]
         layer_ns = {i: [f"{ns}/layer{i}" for ns in row_ns] for i in layers} if layers else {}
-        memory = None
-        if cfg.use_internal_memory:
-            memory = [layer.internal_memory.initial_state(B) for layer in self.model.layers]
+        memory = self._initial_memory(B)
         logits = []
         try:
             for s in range(n_seg):
@@ -252,6 +250,13 @@ class HybridForCausalLM(nn.Module):
             if layers and not persistent:
                 store.reset([ns for i in layers for ns in layer_ns[i]])
         return (logits[0] if n_seg == 1 else torch.cat(logits, 1)), memory
+
+    def _initial_memory(self, batch_size: int) -> list[torch.Tensor | None] | None:
+        """Fresh internal-memory states, one per layer (None for layers without internal memory)."""
+        if not self.config.internal_memory_layer_ids:
+            return None
+        return [None if layer.internal_memory is None else layer.internal_memory.initial_state(batch_size)
+                for layer in self.model.layers]
 
     def _default_store(self):
         from hybrid.memory.torch_store import TorchStore
@@ -276,8 +281,7 @@ class HybridForCausalLM(nn.Module):
             store = self.store_factory() if self.store_factory is not None else self._default_store()
             call = uuid.uuid4().hex[:12]
             layer_ns = {i: [f"{call}/row{b}/layer{i}" for b in range(B)] for i in layers}
-        memory = [layer.internal_memory.initial_state(B) for layer in self.model.layers] \
-            if cfg.use_internal_memory else None
+        memory = self._initial_memory(B)
         written = 0  # segments whose memory writes are done
         try:
             ids = input_ids

@@ -118,3 +118,20 @@ def test_config_load_errors_name_the_key():
     assert cfg.model.chunk_size == 1 and cfg.memory.backend == "faiss"
     assert tiny_config("llama", retrieval_layers=None).retrieval_layer_ids == [1]
     assert tiny_config("llama", use_external_memory=False).retrieval_layer_ids == []
+
+
+def test_internal_memory_on_chosen_layers_only():
+    model = tiny_model("llama", internal_memory_layers=[1], use_external_memory=False)
+    full = tiny_model("llama", use_external_memory=False)
+    assert model.model.layers[0].internal_memory is None and model.model.layers[1].internal_memory is not None
+    assert model.num_parameters() < full.num_parameters()
+    open_gates(model)
+    ids = torch.randint(0, 97, (1, 64))
+    out = model(ids)
+    assert out.internal_memory[0] is None and out.internal_memory[1].dtype == torch.float32
+    changed = ids.clone()
+    changed[0, 20] = (changed[0, 20] + 1) % 97
+    assert (model(changed).logits[:, 48:] - out.logits[:, 48:]).abs().max() > 1e-4  # still carries information
+    assert tiny_config("llama", use_internal_memory=False, internal_memory_layers=[0]).internal_memory_layer_ids == []
+    with pytest.raises(ValidationError, match="internal_memory_layers"):
+        tiny_config("llama", internal_memory_layers=[5])
