@@ -65,8 +65,9 @@ def test_too_small_segment_is_a_clear_error():
 
 
 def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
-    out, plot = tmp_path / "recall.json", tmp_path / "recall.png"
+    out, plot, md = tmp_path / "recall.json", tmp_path / "recall.png", tmp_path / "recall.md"
     rc = main(["bench", "recall", "--quick", "--steps", "6", "--eval-examples", "4", "--json", str(out),
+               "--markdown", str(md),
                "--plot", str(plot), "--base-steps", "6", "bench.batch_size=4"])
     assert rc == 0
     result = json.loads(out.read_text())
@@ -79,6 +80,7 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
             assert all(0.0 <= a <= 1.0 for a in task.values())
     assert result["settings"]["seed"] == 0 and result["chance"]["kv"] == pytest.approx(1 / 16)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(md.read_text().splitlines()) == 2 + 3 * 2  # header, rule, one row per task and length
     printed = capsys.readouterr().out
     assert "exact match" in printed and "external only" in printed and "two-hop facts" in printed
 
