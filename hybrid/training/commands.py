@@ -62,7 +62,10 @@ def print_eval(metrics: dict) -> None:
     em = metrics["exact_match"]
     for key, value in (("examples", metrics["examples"]), ("output tokens", metrics["output_tokens"]),
                        ("loss", f"{metrics['loss']:.4f}"), ("perplexity", f"{metrics['perplexity']:.2f}"),
-                       ("exact match", "n/a" if em is None else
+                       ("exact match (teacher-forced, all)", "n/a" if metrics.get("teacher_forced_exact_match")
+                        is None else f"{metrics['teacher_forced_exact_match']:.1%} "
+                        f"({metrics['teacher_forced_exact_match_count']}/{metrics['examples']})"),
+                       ("exact match (greedy generation)", "n/a" if em is None else
                         f"{em:.1%} ({metrics['exact_match_count']}/{metrics['generated']})"),
                        ("inputs truncated on the left", metrics["input_truncated_left"])):
         table.add_row(key, str(value))

@@ -60,33 +60,54 @@ def generate_texts(ck: LoadedCheckpoint, inputs: Sequence[str], max_new_tokens: 
     return outs
 
 
+def teacher_forced(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int,
+                   batch_size: int = 8) -> tuple[float, int, list[bool]]:
+    """(loss sum, output-token count, per-row exact match) of `rows` = (ids, prompt length), in batches.
+
+    A row matches when the argmax at every output position equals the reference token. Given the same prompt
+    ids this is greedy exact match at the token level: greedy decoding feeds back its own argmax, which equals
+    the reference as long as every earlier argmax did, so it reproduces the reference (and its end-of-text) iff
+    every teacher-forced argmax is right. Rows are right-padded, which never changes a real token's logits."""
+    import torch
+
+    from hybrid.data.encode import collate
+    from hybrid.training.loop import output_argmax_matches, output_token_loss_sum
+
+    dev = next(model.parameters()).device
+    loss_sum, n_tokens, matches = 0.0, 0, []
+    with torch.no_grad():
+        for b in range(0, len(rows), batch_size):
+            ids, labels, mask = (t.to(dev) for t in collate(rows[b:b + batch_size], pad_id))
+            logits = model(ids, attention_mask=mask).logits
+            s, n = output_token_loss_sum(logits, labels)
+            loss_sum += float(s)
+            n_tokens += n
+            matches.extend(bool(m) for m in output_argmax_matches(logits, labels))
+    return loss_sum, n_tokens, matches
+
+
 def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 8, max_generate: int | None = 64,
              max_new_tokens: int | None = None, num_examples: int = 3, device: str | None = None,
              on_bad_record: str = "error") -> dict[str, Any]:
     """Metrics of `checkpoint` on the IO pairs at `data`.
 
     loss / perplexity: mean cross-entropy over output tokens (+ the closing end-of-text), all examples.
+    teacher_forced_exact_match: the argmax at every output position (+ the closing end-of-text) equals the
+    reference token, in the same batched forward as the loss, all examples — token for token what greedy decoding
+    from the same prompt would reproduce (see `teacher_forced`).
     exact_match: greedy generation equals the output (after stripping surrounding whitespace), on the first
     `max_generate` examples (None = all); generation stops at end-of-text or at the reference length + 8 tokens."""
     import torch
 
-    from hybrid.data.encode import collate, encode_pairs
+    from hybrid.data.encode import encode_pairs
     from hybrid.data.io_pairs import read_io_pairs
-    from hybrid.training.loop import output_token_loss_sum
 
     t0 = time.time()
     pairs = read_io_pairs(data, on_bad_record)
     ck = load(checkpoint, device)
     enc = encode_pairs(ck.tokenizer, pairs.records, ck.max_length)
-    dev = next(ck.model.parameters()).device
-    loss_sum, n_tokens = 0.0, 0
-    with torch.no_grad():
-        for b in range(0, len(enc), batch_size):
-            rows = list(zip(enc.input_ids[b:b + batch_size], enc.prompt_lengths[b:b + batch_size]))
-            ids, labels, mask = (t.to(dev) for t in collate(rows, ck.tokenizer.pad_id))
-            s, n = output_token_loss_sum(ck.model(ids, attention_mask=mask).logits, labels)
-            loss_sum += float(s)
-            n_tokens += n
+    loss_sum, n_tokens, tf_matches = teacher_forced(
+        ck.model, list(zip(enc.input_ids, enc.prompt_lengths)), ck.tokenizer.pad_id, batch_size)
     loss = loss_sum / max(1, n_tokens)
     n_gen = len(pairs) if max_generate is None else min(max_generate, len(pairs))
     matches, examples = 0, []
@@ -103,6 +124,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 8, max_
         "checkpoint": str(ck.path), "data": str(data), "examples": len(pairs), "output_tokens": n_tokens,
         "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
         "exact_match": matches / n_gen if n_gen else None, "exact_match_count": matches, "generated": n_gen,
+        "teacher_forced_exact_match": sum(tf_matches) / len(tf_matches) if tf_matches else None,
+        "teacher_forced_exact_match_count": sum(tf_matches),
         "input_truncated_left": enc.counts.get("input_truncated_left", 0),
         "skipped": dict(pairs.skipped), "samples": examples, "seconds": time.time() - t0,
     }

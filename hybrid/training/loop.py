@@ -77,6 +77,16 @@ def output_token_loss_sum(logits, labels):
     return loss, int((shift_labels != IGNORE_INDEX).sum())
 
 
+def output_argmax_matches(logits, labels):
+    """(B,) bool: the argmax at every output position (shifted label not -100) equals the label — teacher-forced
+    exact match. With the reference as prefix at each step this is exactly greedy decoding reproducing the
+    reference tokens (a first wrong argmax is where greedy would leave the reference). Rows without labels: False."""
+    shift_labels = labels[:, 1:]  # (B, T-1)
+    valid = shift_labels != IGNORE_INDEX
+    pred = logits[:, :-1].argmax(-1)  # (B, T-1)
+    return ((pred == shift_labels) | ~valid).all(1) & valid.any(1)
+
+
 class Dist:
     """The few collectives the loop needs; no-ops when there is a single process."""
 

@@ -188,3 +188,38 @@ def test_bf16_autocast_and_activation_checkpointing_run(io_data, tmp_path, tiny_
 
     saved = yaml.safe_load((res.checkpoint / "config.yaml").read_text())
     assert saved["model"]["gradient_checkpointing"] is True and saved["train"]["precision"] == "bf16"
+
+
+def test_teacher_forced_exact_match_is_greedy_exact_match(trained, io_data):
+    """Per example, the batched teacher-forced argmax check says 'match' exactly when greedy generation from the
+    same prompt reproduces the reference tokens: on the model's own greedy continuations (match), on those with
+    one token changed (no match), and on the real references; rows of different lengths, padded, across segment
+    boundaries, several per batch."""
+    from hybrid.data.encode import encode_pairs
+    from hybrid.data.io_pairs import read_io_pairs
+    from hybrid.training.evaluate import load, teacher_forced
+
+    ck = load(trained.checkpoint, "cpu")
+    enc = encode_pairs(ck.tokenizer, read_io_pairs(io_data["validation"]).records, ck.max_length)
+
+    def greedy(prompt, n):
+        return ck.model.generate(torch.tensor([prompt]), max_new_tokens=n)[0, len(prompt):].tolist()
+
+    rows, expected = [], []
+    for i in range(4):
+        prompt = enc.input_ids[i][:enc.prompt_lengths[i]]
+        ref = enc.input_ids[i][len(prompt):]
+        own = greedy(prompt, len(ref) + 2 * i + 3)
+        changed = list(own)
+        changed[i % len(own)] = (changed[i % len(own)] + 1) % ck.tokenizer.vocab_size
+        rows += [(prompt + own, len(prompt)), (prompt + changed, len(prompt)), (prompt + ref, len(prompt))]
+        expected += [True, False, greedy(prompt, len(ref)) == ref]
+    assert max(len(ids) for ids, _ in rows) > 2 * ck.model.config.segment_length  # crosses segments
+    _, _, got = teacher_forced(ck.model, rows, ck.tokenizer.pad_id, batch_size=5)
+    assert got == expected
+    # through evaluate(): every example gets the teacher-forced verdict, with no generation at all
+    metrics = evaluate(trained.checkpoint, io_data["validation"], max_generate=0)
+    _, _, all_rows = teacher_forced(ck.model, list(zip(enc.input_ids, enc.prompt_lengths)), ck.tokenizer.pad_id)
+    assert metrics["generated"] == 0 and metrics["exact_match"] is None
+    assert metrics["teacher_forced_exact_match_count"] == sum(all_rows)
+    assert metrics["teacher_forced_exact_match"] == sum(all_rows) / 8
