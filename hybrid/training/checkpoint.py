@@ -174,3 +174,82 @@ def prune(output_dir: str | Path, keep_last: int) -> None:
             shutil.rmtree(ckpt, ignore_errors=True)
     for stale in output_dir.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+# -- train.init_from: weights only ------------------------------------------------------------------------------
+def _safetensors_files(path: Path) -> list[Path]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise HybridError(f"{path}: not a complete checkpoint (missing *.safetensors)")
+    return files
+
+
+def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of a checkpoint's weights, read from the safetensors headers (no tensor loaded)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in _safetensors_files(Path(path)):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for k in f.keys():
+                    shapes[k] = tuple(f.get_slice(k).get_shape())
+        except Exception as e:
+            raise HybridError(f"{file}: corrupt checkpoint file ({str(e).splitlines()[0][:200]})") from None
+    return shapes
+
+
+def plan_init(own_shapes: dict[str, tuple[int, ...]], saved_shapes: dict[str, tuple[int, ...]], path: Path,
+              tied: bool) -> tuple[list[str], list[str], list[str]]:
+    """(loaded, fresh, unused) parameter names for initialising a model with `own_shapes` from `path`.
+
+    fresh: in the model, not in the checkpoint (they keep their initialisation, e.g. memory parameters when the
+    checkpoint was trained without memory); unused: in the checkpoint, not in the model. A name in both with
+    different shapes is an error naming it."""
+    skip = {"lm_head.weight"} if tied else set()  # tied: the embedding is the head
+    loaded, fresh = [], []
+    for k, shape in own_shapes.items():
+        if k in skip:
+            continue
+        if k not in saved_shapes:
+            fresh.append(k)
+        elif tuple(saved_shapes[k]) != tuple(shape):
+            raise HybridError(f"train.init_from: parameter {k!r} has shape {tuple(saved_shapes[k])} in {path}, "
+                              f"but this run's model expects {tuple(shape)}")
+        else:
+            loaded.append(k)
+    unused = [k for k in saved_shapes if k not in own_shapes and k not in skip]
+    return loaded, fresh, unused
+
+
+def init_weights_from(model, path: str | Path) -> tuple[list[str], list[str], list[str]]:
+    """Copy the weights of checkpoint `path` into `model` where names (and shapes) agree; the rest of `model`
+    keeps its initialisation. Returns (loaded, fresh, unused) as `plan_init`."""
+    import torch
+
+    from hybrid.models.checkpoint import read_safetensors
+
+    path = Path(path)
+    own = model.state_dict()
+    try:
+        state = read_safetensors(path)
+    except HybridError:
+        raise
+    except Exception as e:
+        raise HybridError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    loaded, fresh, unused = plan_init({k: tuple(v.shape) for k, v in own.items()},
+                                      {k: tuple(v.shape) for k, v in state.items()}, path,
+                                      bool(model.config.tie_word_embeddings))
+    with torch.no_grad():
+        for k in loaded:
+            own[k].copy_(state[k].to(own[k].dtype))
+    return loaded, fresh, unused
+
+
+def describe_init(path: Path, loaded: list[str], fresh: list[str], unused: list[str]) -> str:
+    """The one line a run prints about train.init_from."""
+    line = f"init from {path}: {len(loaded)} tensors loaded; fresh (not in the checkpoint): "
+    line += ", ".join(fresh) if fresh else "none"
+    if unused:
+        line += f"; unused (not in this model): {', '.join(unused)}"
+    return line

@@ -34,6 +34,11 @@ class TrainConfig(Section):
     resume: str = Field(
         "auto", description="auto = continue from the latest checkpoint in output_dir; none = start fresh "
                             "(output_dir must hold no checkpoints); or a checkpoint folder")
+    init_from: str | None = Field(
+        None, description="start from this checkpoint's weights (a checkpoint folder, or a training output folder → "
+                          "its best, else latest) and tokenizer, with a fresh optimizer, scheduler and step count; "
+                          "parameters it lacks (e.g. memory) keep their fresh init. A resumable checkpoint in "
+                          "output_dir (train.resume) takes precedence")
     eval_every: int = Field(50, ge=1, description="validate and checkpoint every this many steps")
     eval_batches: int | None = Field(None, ge=1, description="validation micro-batches per evaluation (None = all)")
     log_every: int = Field(10, ge=1, description="print a progress line every this many steps")

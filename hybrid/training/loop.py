@@ -225,6 +225,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                               f"({str(e).splitlines()[-1].strip()[:200]})") from None
         del loaded
         state.update(ckpt_io.read_trainer_state(resume_path))
+    elif config.get("init_from"):  # weights only: optimizer, scheduler and step start fresh
+        ckpt_io.init_weights_from(model, config["init_from"])
     model.to(device)
     dist.broadcast_params(model)
     optimizer, scheduler = build_optimizer(model, tcfg)

@@ -39,11 +39,14 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
     return ckpt_io.resolve_checkpoint(value)
 
 
-def get_tokenizer(cfg: Config, resume_from: Path | None, train_records: list[dict[str, Any]]):
+def get_tokenizer(cfg: Config, resume_from: Path | None, train_records: list[dict[str, Any]],
+                  init_from: Path | None = None):
     from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe
 
     if resume_from is not None:
         return TextTokenizer.load(resume_from)
+    if init_from is not None:
+        return TextTokenizer.load(init_from)
     if cfg.model.pretrained:
         return pretrained_tokenizer(cfg.model.pretrained)
     texts = (t for r in train_records for t in (r["input"], r["output"]))
@@ -66,6 +69,31 @@ def check_resume_fits(resume_from: Path, cfg: Config) -> None:
             raise ConfigError(f"model.{key}: {now.get(key)!r} here, but {resume_from} was trained with "
                               f"{saved.get(key)!r} (use the same model settings, or train.resume=none with a "
                               f"new train.output_dir)")
+
+
+def resolve_init_from(cfg: Config) -> Path | None:
+    """The checkpoint `train.init_from` names (validated), or None."""
+    value = (cfg.train.init_from or "").strip()
+    if value.lower() in ("", "none"):
+        return None
+    if cfg.model.pretrained:
+        raise ConfigError(f"train.init_from={value} and model.pretrained={cfg.model.pretrained}: set one of them")
+    return ckpt_io.resolve_checkpoint(value)
+
+
+def check_init_fits(init_from: Path, cfg: Config) -> str:
+    """Before any worker starts: every parameter shared by this run's model and the checkpoint has the same shape
+    (a one-line error naming the first that does not). Returns the line describing what will be loaded."""
+    import torch
+
+    from hybrid.models import build_model
+
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = build_model(cfg.model, vocab_size=cfg.model.vocab_size)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    plan = ckpt_io.plan_init(own, ckpt_io.checkpoint_shapes(init_from), init_from,
+                             bool(model.config.tie_word_embeddings))
+    return ckpt_io.describe_init(init_from, *plan)
 
 
 def check_base_vocabulary(base: Path, vocab_size: int) -> None:
@@ -100,7 +128,8 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
     train_pairs = read_io_pairs(cfg.data.train, cfg.data.on_bad_record)
     val_pairs = read_io_pairs(cfg.data.validation, cfg.data.on_bad_record) if cfg.data.validation else None
     resume_from = resolve_resume(cfg.train.resume, output_dir)
-    tokenizer = get_tokenizer(cfg, resume_from, train_pairs.records)
+    init_from = resolve_init_from(cfg) if resume_from is None else None  # a resumed run continues its own
+    tokenizer = get_tokenizer(cfg, resume_from, train_pairs.records, init_from)
 
     model_cfg = cfg.model.model_copy(update={
         "vocab_size": tokenizer.vocab_size,
@@ -110,6 +139,7 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
         check_resume_fits(resume_from, cfg)
     if cfg.model.pretrained:
         check_base_vocabulary(Path(cfg.model.pretrained), tokenizer.vocab_size)
+    init_line = check_init_fits(init_from, cfg) if init_from is not None else None
     train_enc = encode_pairs(tokenizer, train_pairs.records, cfg.data.max_length)
     val_enc = encode_pairs(tokenizer, val_pairs.records, cfg.data.max_length) if val_pairs else None
     counts = {
@@ -131,6 +161,8 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
               + (f"; validation: {counts['validation']['examples']} IO pairs" if val_enc else ""), flush=True)
         if resume_from:
             print(f"resuming from {resume_from}", flush=True)
+        if init_line:
+            print(init_line, flush=True)
 
     use_gpu = _use_gpu(cfg)
     n_workers = cfg.train.num_workers
@@ -138,7 +170,8 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
         "cfg": cfg.model_dump(mode="json"), "output_dir": str(output_dir), "config_yaml": config_yaml,
         "tokenizer_json": tokenizer.tokenizer.to_str(), "vocab_size": tokenizer.vocab_size,
         "pad_id": tokenizer.pad_id, "use_gpu": use_gpu,
-        "resume_from": str(resume_from) if resume_from else None, "examples": None}
+        "resume_from": str(resume_from) if resume_from else None,
+        "init_from": str(init_from) if init_from else None, "examples": None}
     datasets, saved_bars = None, None
     if n_workers == 0:  # in-process: hand the examples over directly, no Ray cluster needed
         loop_config["examples"] = {
