@@ -81,6 +81,33 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> TextTokenizer:
     return TextTokenizer(tokenizer)
 
 
+UNK = "<|unk|>"  # the word-level tokenizer's unknown word
+
+
+def train_word_level(texts: Iterable[str]) -> TextTokenizer:
+    """One token per whitespace-separated word: a `tokenizers` WordLevel model over every word of `texts` (no
+    frequency cut-off), the special tokens above and `<|unk|>` for words it has not seen. For synthetic tasks
+    where "n words = n tokens" must hold; decoding joins words with single spaces."""
+    from collections import Counter
+
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    split = pre_tokenizers.WhitespaceSplit()
+    specials = [*SPECIAL_TOKENS, UNK]
+    counts: Counter = Counter()
+    for text in texts:
+        for special in SPECIAL_TOKENS:  # they stay whole tokens, never words of the vocabulary
+            text = text.replace(special, " ")
+        counts.update(word for word, _ in split.pre_tokenize_str(text))
+    # ids: the special tokens first (as in the BPE), then the words, most frequent first (ties alphabetical)
+    words = sorted(counts, key=lambda w: (-counts[w], w))
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tokenizer.pre_tokenizer = split
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    return TextTokenizer(tokenizer)
+
+
 def pretrained_tokenizer(folder: str | Path) -> TextTokenizer:
     """The base checkpoint's tokenizer with our special tokens added (as new ids after its vocabulary)."""
     from tokenizers import AddedToken, Tokenizer

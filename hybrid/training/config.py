@@ -43,6 +43,10 @@ class TrainConfig(Section):
     eval_batches: int | None = Field(None, ge=1, description="validation micro-batches per evaluation (None = all)")
     log_every: int = Field(10, ge=1, description="print a progress line every this many steps")
     keep_last: int = Field(2, ge=1, description="checkpoints kept besides `best`")
+    tokenizer: Literal["bpe", "word"] = Field(
+        "bpe", description="tokenizer trained on the training data when no base/init checkpoint gives one: bpe = "
+                           "byte-level BPE of tokenizer_vocab_size tokens; word = one token per whitespace-separated "
+                           "word (WordLevel over every training word, plus <|unk|>)")
     tokenizer_vocab_size: int = Field(4096, ge=300, description="vocabulary of the BPE trained when no base is given")
     max_failures: int = Field(0, ge=-1, description="Ray Train worker-failure restarts (from the last checkpoint)")
 

@@ -41,15 +41,20 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
 
 def get_tokenizer(cfg: Config, resume_from: Path | None, train_records: list[dict[str, Any]],
                   init_from: Path | None = None):
-    from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe
+    from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe, train_word_level
 
     if resume_from is not None:
         return TextTokenizer.load(resume_from)
     if init_from is not None:
         return TextTokenizer.load(init_from)
     if cfg.model.pretrained:
+        if cfg.train.tokenizer != "bpe":
+            raise ConfigError(f"train.tokenizer={cfg.train.tokenizer}: model.pretrained brings its own tokenizer "
+                              f"(drop one of them)")
         return pretrained_tokenizer(cfg.model.pretrained)
     texts = (t for r in train_records for t in (r["input"], r["output"]))
+    if cfg.train.tokenizer == "word":
+        return train_word_level(texts)
     return train_bpe(texts, cfg.train.tokenizer_vocab_size)
 
 

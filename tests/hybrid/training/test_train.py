@@ -223,3 +223,19 @@ def test_teacher_forced_exact_match_is_greedy_exact_match(trained, io_data):
     assert metrics["generated"] == 0 and metrics["exact_match"] is None
     assert metrics["teacher_forced_exact_match_count"] == sum(all_rows)
     assert metrics["teacher_forced_exact_match"] == sum(all_rows) / 8
+
+
+def test_word_level_tokenizer_run(io_data, tmp_path, tiny_overrides):
+    from hybrid.data.tokenizer import TextTokenizer
+
+    res = train(load_config(tiny_overrides(io_data, tmp_path / "w", "train.tokenizer=word", "train.max_iters=2",
+                                           "train.eval_every=2")), quiet=True)
+    tok = TextTokenizer.load(res.checkpoint)
+    assert json.loads((res.checkpoint / "tokenizer.json").read_text())["model"]["type"] == "WordLevel"
+    assert tok.vocab_size == 7 + 8  # the special tokens, <|unk|>, the 8 words of the data
+    first = json.loads(open(io_data["train"]).readline())
+    assert len(tok.encode(first["input"])) == len(first["input"].split())
+    metrics = evaluate(res.checkpoint, io_data["validation"], max_generate=1)
+    assert metrics["examples"] == 8 and 0 <= metrics["teacher_forced_exact_match"] <= 1
+    with pytest.raises(Exception, match="train.tokenizer"):
+        load_config(tiny_overrides(io_data, tmp_path / "w", "train.tokenizer=chars"))
