@@ -55,5 +55,9 @@ class DataConfig(Section):
     train: str | None = Field(None, description="training IO pairs: JSONL/Parquet file or folder")
     validation: str | None = Field(None, description="validation IO pairs: JSONL/Parquet file or folder")
     max_length: int = Field(512, ge=8, description="tokens per IO pair; longer inputs lose tokens on the left")
+    bucket_by_length: bool = Field(
+        False, description="draw each global micro-batch from examples with the same number of segments "
+                           "(ceil(tokens / model.segment_length)), so short examples are not padded to long ones; "
+                           "the order stays a function of (train.seed, step)")
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="a bad line (not JSON, no string input/output): error naming file:line, or skip and count")

@@ -67,6 +67,48 @@ def stream_indices(n_examples: int, seed: int, start: int, count: int) -> list[i
     return out
 
 
+class LengthBuckets:
+    """Global micro-batches drawn from one length bucket each (data.bucket_by_length): a mix of short and long
+    examples is not padded to the longest in every batch.
+
+    Bucket = ceil(token length / width) (width = the model's segment length: a bucket's examples run the same
+    number of segments). Epoch e (seeded by seed and e alone): each bucket's examples in a seeded permutation,
+    cut into batches of `size` (the last one filled up from the start of the same permutation, so every batch is
+    full and single-bucket), then all batches in a seeded order. Every epoch has the same number of batches, so
+    global micro-batch g is a pure function of (seed, g) — what resume and the N-workers = 1-worker equality
+    rest on, as for the unbucketed stream: each worker takes its slice of the same global batch."""
+
+    def __init__(self, lengths: list[int], width: int, size: int, seed: int):
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            groups.setdefault(-(-n // width), []).append(i)
+        self.buckets = [groups[k] for k in sorted(groups)]
+        self.size, self.seed = size, seed
+        self.per_bucket = [-(-len(b) // size) for b in self.buckets]
+        self.per_epoch = sum(self.per_bucket)
+        self._epoch: tuple[int, list[list[int]]] | None = None
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        import torch
+
+        if self._epoch is not None and self._epoch[0] == epoch:
+            return self._epoch[1]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        batches = []
+        for bucket, n_batches in zip(self.buckets, self.per_bucket):
+            perm = [bucket[j] for j in torch.randperm(len(bucket), generator=g).tolist()]
+            filled = (perm * (-(-n_batches * self.size // len(perm))))[:n_batches * self.size]
+            batches += [filled[k * self.size:(k + 1) * self.size] for k in range(n_batches)]
+        order = torch.randperm(len(batches), generator=g).tolist()
+        self._epoch = (epoch, [batches[j] for j in order])
+        return self._epoch[1]
+
+    def batch(self, g: int) -> list[int]:
+        """The example indices of global micro-batch `g` (0, 1, …)."""
+        epoch, offset = divmod(g, self.per_epoch)
+        return self.epoch_batches(epoch)[offset]
+
+
 def output_token_loss_sum(logits, labels):
     """Sum of cross-entropies over positions whose (shifted) label is not -100, in float32, and their count."""
     import torch.nn.functional as F
@@ -243,9 +285,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
+    buckets = (LengthBuckets([len(ids) for ids, _ in train_rows], cfg.model.segment_length, global_micro, tcfg.seed)
+               if cfg.data.bucket_by_length else None)
+
     def micro_batch(step: int, a: int):
-        start = (step * accum + a) * global_micro + dist.rank * B
-        idx = stream_indices(len(train_rows), tcfg.seed, start, B)
+        if buckets is not None:
+            idx = buckets.batch(step * accum + a)[dist.rank * B:(dist.rank + 1) * B]
+        else:
+            start = (step * accum + a) * global_micro + dist.rank * B
+            idx = stream_indices(len(train_rows), tcfg.seed, start, B)
         ids, labels, mask = collate([train_rows[i] for i in idx], pad_id)
         return ids.to(device), labels.to(device), mask.to(device)
 
@@ -254,7 +302,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if not val_rows:
             return None
         model.eval()
-        mine = val_rows[dist.rank::dist.world]
+        rows_in_order = val_rows
+        if cfg.data.bucket_by_length and not tcfg.eval_batches:  # all rows either way: batch similar lengths
+            rows_in_order = sorted(val_rows, key=lambda r: len(r[0]))
+        mine = rows_in_order[dist.rank::dist.world]
         loss_sum, n_tokens = 0.0, 0
         n_batches = math.ceil(len(val_rows) / global_micro)
         if tcfg.eval_batches:
@@ -317,7 +368,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         batches = [micro_batch(step, a) for a in range(accum)]
         local_out = sum(int((lab[:, 1:] != IGNORE_INDEX).sum()) for _, lab, _ in batches)
         local_all = sum(int(m.sum()) for _, _, m in batches)
-        global_out, global_all = dist.sum([local_out, local_all], device)
+        local_padded = sum(int(m.numel()) for _, _, m in batches)  # tokens computed, padding included
+        global_out, global_all, global_padded = dist.sum([local_out, local_all, local_padded], device)
         loss_sum = 0.0
         for ids, labels, mask in batches:
             with autocast():
@@ -351,7 +403,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             rss_mb, cuda_mb = dist.max([peak_rss_mb(), torch.cuda.max_memory_allocated(device) / 2**20
                                         if use_gpu else 0.0], device)
             record = {"step": step, "loss": loss, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
-                      "tokens": int(global_all), "output_tokens": int(global_out), "elapsed_s": elapsed,
+                      "tokens": int(global_all), "padded_tokens": int(global_padded),
+                      "output_tokens": int(global_out), "elapsed_s": elapsed,
                       "peak_rss_mb": rss_mb, "peak_cuda_mb": cuda_mb}
             log(record)
             if dist.rank == 0:
