@@ -67,22 +67,26 @@ def teacher_forced(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int
     A row matches when the argmax at every output position equals the reference token. Given the same prompt
     ids this is greedy exact match at the token level: greedy decoding feeds back its own argmax, which equals
     the reference as long as every earlier argmax did, so it reproduces the reference (and its end-of-text) iff
-    every teacher-forced argmax is right. Rows are right-padded, which never changes a real token's logits."""
+    every teacher-forced argmax is right. Rows are batched by length (shortest first) and right-padded, which
+    never changes a real token's logits; the matches come back in the order of `rows`."""
     import torch
 
     from hybrid.data.encode import collate
     from hybrid.training.loop import output_argmax_matches, output_token_loss_sum
 
     dev = next(model.parameters()).device
-    loss_sum, n_tokens, matches = 0.0, 0, []
+    loss_sum, n_tokens, matches = 0.0, 0, [False] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # batch similar lengths: little padding
     with torch.no_grad():
         for b in range(0, len(rows), batch_size):
-            ids, labels, mask = (t.to(dev) for t in collate(rows[b:b + batch_size], pad_id))
+            chunk = order[b:b + batch_size]
+            ids, labels, mask = (t.to(dev) for t in collate([rows[i] for i in chunk], pad_id))
             logits = model(ids, attention_mask=mask).logits
             s, n = output_token_loss_sum(logits, labels)
             loss_sum += float(s)
             n_tokens += n
-            matches.extend(bool(m) for m in output_argmax_matches(logits, labels))
+            for i, m in zip(chunk, output_argmax_matches(logits, labels)):
+                matches[i] = bool(m)
     return loss_sum, n_tokens, matches
 
 

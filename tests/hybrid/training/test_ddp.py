@@ -40,3 +40,19 @@ def test_two_workers_match_one_worker(ray_session, io_data, tmp_path, tiny_overr
                                             "train.batch_size=2", "train.max_iters=6")), quiet=True)
     assert more.checkpoint.name == "checkpoint_step_000006"
     assert [s for s, _ in losses(more.output_dir)] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_worker_with_length_buckets(ray_session, io_data, tmp_path, tiny_overrides):
+    """data.bucket_by_length: both workers take their slices of the same single-bucket global batch."""
+    common = ["train.max_iters=3", "train.log_every=1", "train.eval_every=3", "train.keep_last=1",
+              "train.warmup_iters=1", "train.learning_rate=3e-3", "data.max_length=32", "data.bucket_by_length=true"]
+    one = train(load_config(tiny_overrides(io_data, tmp_path / "one", *common, "train.num_workers=1",
+                                           "train.batch_size=4")), quiet=True)
+    two = train(load_config(tiny_overrides(io_data, tmp_path / "two", *common, "train.num_workers=2",
+                                           "train.batch_size=2")), quiet=True)
+    a, b = losses(one.output_dir), losses(two.output_dir)
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3]
+    for (_, x), (_, y) in zip(a, b):
+        assert math.isclose(x, y, rel_tol=1e-4), (a, b)
+    assert one.metrics["val_loss"] == pytest.approx(two.metrics["val_loss"], rel=1e-4)
