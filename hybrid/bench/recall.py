@@ -57,6 +57,7 @@ class Settings:
     train_kv_pairs: list[int] = field(default_factory=lambda: [1, 8])
     # Training aids mixed into the training batches (not evaluated): see recall_tasks.chain_example.
     train_aids: list[str] = field(default_factory=lambda: ["chain"])
+    chain_separator: float = 1.0  # chance that a chain link ends with `,` (recall_tasks.chain_example)
     # Opening of the memory read gates at the start of stage 2 (tanh of the gate parameter). The model starts
     # them at 0 - a no-op, right for a pretrained base. The internal memory's gate then gets a gradient
     # proportional to a read that is itself ~0 (weights of std 0.02), and nothing else gets one until it opens:
@@ -259,6 +260,8 @@ def _train_loop(s: Settings, model, vocab: WordVocab, steps: int, curriculum, se
             task = rng.choice(s.tasks + s.train_aids)
             if (task, n) not in streams:
                 options = {"n_pairs": tuple(s.train_kv_pairs)} if task == "kv" else {}
+                if task == "chain" and s.chain_separator != 1.0:
+                    options = {"separator": s.chain_separator}
                 streams[(task, n)] = rt.generate(task, n, 10**9, s.segment_length, seed, "train", **options)
             examples.append(next(streams[(task, n)]))
         ids, labels = encode_batch(vocab, examples)

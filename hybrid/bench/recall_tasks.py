@@ -166,14 +166,15 @@ def facts_example(rng: random.Random, n: int, segment_length: int, layout: Layou
 
 
 def chain_example(rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(),
-                  links: tuple[int, int] = (1, 6)) -> Example:
+                  links: tuple[int, int] = (1, 6), separator: float = 1.0) -> Example:
     """A training aid, not a benchmark task: links `x y ,` scattered in filler in random order, then `? x0` ->
     the chain `x1 x2 ... xm` that following the links from x0 gives. Every output token is one key-value lookup
     (the token after the earlier occurrence of the current one) at a random place, so, unlike the benchmark
     tasks, each example supervises the lookup circuit m times; with m = 1 it is the key-value task itself."""
     m = rng.randint(*links)
     chain = rng.sample(KEYS + VALUES, m + 1)
-    facts = [[a, b, ","] for a, b in zip(chain, chain[1:])]
+    # `separator`: the chance that a link ends with `,`; without it links can sit side by side as key-value pairs do.
+    facts = [[a, b, ","] if rng.random() < separator else [a, b] for a, b in zip(chain, chain[1:])]
     rng.shuffle(facts)
     question = ["?", chain[0]]
     words = _place(rng, facts, n, segment_length, tail=len(question) + m, layout=layout)
