@@ -57,7 +57,10 @@ class Settings:
     train_kv_pairs: list[int] = field(default_factory=lambda: [1, 8])
     # Training aids mixed into the training batches (not evaluated): see recall_tasks.chain_example.
     train_aids: list[str] = field(default_factory=lambda: ["chain"])
-    chain_separator: float = 1.0  # chance that a chain link ends with `,` (recall_tasks.chain_example)
+    # Stage 2: the chance that a chain link ends with `,` (recall_tasks.chain_example). Stage 1 always separates
+    # links (unambiguous while the circuit forms); in stage 2 half the links sit side by side, as key-value pairs
+    # do - measured: external-only key-value at 4x 0.86 -> 0.92 (docs/recall.md).
+    chain_separator: float = 0.5
     # Opening of the memory read gates at the start of stage 2 (tanh of the gate parameter). The model starts
     # them at 0 - a no-op, right for a pretrained base. The internal memory's gate then gets a gradient
     # proportional to a read that is itself ~0 (weights of std 0.02), and nothing else gets one until it opens:
@@ -235,7 +238,7 @@ def _lr(s: Settings, step: int, steps: int) -> float:
 
 
 def _train_loop(s: Settings, model, vocab: WordVocab, steps: int, curriculum, seed: int, tag: str, log=print,
-                on_log=None):
+                on_log=None, chain_separator: float = 1.0):
     """AdamW with warmup + cosine; each step draws one length from the curriculum and a batch of fresh examples
     (tasks and training aids mixed) of that length from seeded streams."""
     import torch
@@ -260,8 +263,8 @@ def _train_loop(s: Settings, model, vocab: WordVocab, steps: int, curriculum, se
             task = rng.choice(s.tasks + s.train_aids)
             if (task, n) not in streams:
                 options = {"n_pairs": tuple(s.train_kv_pairs)} if task == "kv" else {}
-                if task == "chain" and s.chain_separator != 1.0:
-                    options = {"separator": s.chain_separator}
+                if task == "chain" and chain_separator != 1.0:
+                    options = {"separator": chain_separator}
                 streams[(task, n)] = rt.generate(task, n, 10**9, s.segment_length, seed, "train", **options)
             examples.append(next(streams[(task, n)]))
         ids, labels = encode_batch(vocab, examples)
@@ -325,7 +328,8 @@ def train_variant(s: Settings, variant: str, vocab: WordVocab, base_state: dict 
                 p.fill_(math.atanh(s.internal_gate_init))
             elif name.endswith(".self_attn.memory_gate") and s.external_gate_init:
                 p.fill_(math.atanh(s.external_gate_init))
-    return _train_loop(s, model, vocab, s.steps, s.curriculum, s.seed * 7919 + 2, variant, log, on_log)
+    return _train_loop(s, model, vocab, s.steps, s.curriculum, s.seed * 7919 + 2, variant, log, on_log,
+                       chain_separator=s.chain_separator)
 
 
 def evaluate_variant(s: Settings, model, vocab: WordVocab) -> dict[str, dict[int, float]]:

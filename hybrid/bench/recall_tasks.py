@@ -174,7 +174,10 @@ def chain_example(rng: random.Random, n: int, segment_length: int, layout: Layou
     m = rng.randint(*links)
     chain = rng.sample(KEYS + VALUES, m + 1)
     # `separator`: the chance that a link ends with `,`; without it links can sit side by side as key-value pairs do.
-    facts = [[a, b, ","] if rng.random() < separator else [a, b] for a, b in zip(chain, chain[1:])]
+    if separator >= 1.0:  # no draw: the stream of a separated chain does not depend on this option
+        facts = [[a, b, ","] for a, b in zip(chain, chain[1:])]
+    else:
+        facts = [[a, b, ","] if rng.random() < separator else [a, b] for a, b in zip(chain, chain[1:])]
     rng.shuffle(facts)
     question = ["?", chain[0]]
     words = _place(rng, facts, n, segment_length, tail=len(question) + m, layout=layout)

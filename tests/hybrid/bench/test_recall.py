@@ -53,6 +53,18 @@ def test_answer_lies_outside_the_last_segment(n):
         assert ex.output in words[: (n - 1) * L]
 
 
+def test_chain_aid_follows_its_links():
+    for separator in (1.0, 0.0):
+        for ex in rt.generate("chain", 4, 30, L, seed=2, separator=separator):
+            words = ex.input.split()
+            current = words[-1]
+            for nxt in ex.output.split():
+                links = {(a, b) for a, b in zip(words[:-2], words[1:-2])}
+                assert (current, nxt) in links  # each output token follows the previous one in some link
+                current = nxt
+            assert ("," in words) == (separator == 1.0)
+
+
 def test_chance_levels():
     assert rt.CHANCE == {"kv": 1 / 16, "passkey": 1e-5, "facts": 1 / 8}
 
