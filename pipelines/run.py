@@ -204,6 +204,9 @@ def _map_rows(rows: list[dict], cfg, local: bool):
     from hybrid.utils.ray_utils import init_ray
 
     init_ray()
+    # One map operator and nothing downstream: Ray Data's per-operator reservation would hold back half the
+    # cluster's CPUs (on 2 CPUs: one range at a time), so let the task pool use them all.
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map(_process_row, compute=ray.data.TaskPoolStrategy(size=cfg.pipeline.num_workers))
     yield from ds.iter_rows()
