@@ -34,9 +34,8 @@ def model_class(family: str):
 def build_model(model_cfg: "ModelConfig", vocab_size: int | None = None,
                 memory_cfg: "MemoryConfig | None" = None) -> "HybridForCausalLM":
     """The model `model_cfg` describes. With `pretrained`, sizes come from the checkpoint and the memory,
-    segment and training fields from `model_cfg`; `vocab_size` (the tokenizer's) must then fit the checkpoint's
-    vocabulary. Without, a random init with `vocab_size` replacing `model_cfg.vocab_size`."""
-    from hybrid.errors import ConfigError
+    segment and training fields from `model_cfg`; a `vocab_size` (the tokenizer's) larger than the checkpoint's
+    grows its embeddings. Without, a random init with `vocab_size` replacing `model_cfg.vocab_size`."""
     from hybrid.models.checkpoint import MEMORY_FIELDS
 
     cls = model_class(model_cfg.family)
@@ -44,8 +43,7 @@ def build_model(model_cfg: "ModelConfig", vocab_size: int | None = None,
         overrides = {k: getattr(model_cfg, k) for k in MEMORY_FIELDS}
         model = cls.from_pretrained(model_cfg.pretrained, **overrides)
         if vocab_size is not None and vocab_size > model.config.vocab_size:
-            raise ConfigError(f"model.pretrained: the tokenizer has {vocab_size} tokens but "
-                              f"{model_cfg.pretrained} has only {model.config.vocab_size} embeddings")
+            model.resize_token_embeddings(vocab_size)  # the special tokens our tokenizer adds to the base's
     else:
         fields = model_cfg.model_dump()
         if vocab_size is not None:

@@ -117,6 +117,30 @@ class HybridForCausalLM(nn.Module):
     def memory_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if is_memory_param(n)]
 
+    def resize_token_embeddings(self, vocab_size: int) -> None:
+        """Grow the vocabulary (e.g. for the special tokens our tokenizer adds to a pretrained base's).
+        New rows start at the mean of the existing embeddings (and output rows), a common choice that keeps
+        their logits near the average instead of random."""
+        old = self.model.embed_tokens.weight
+        n_old = old.shape[0]
+        if vocab_size <= n_old:
+            return
+        tied = self.lm_head.weight is old
+        with torch.no_grad():
+            emb = nn.Embedding(vocab_size, old.shape[1], device=old.device, dtype=old.dtype)
+            emb.weight[:n_old] = old
+            emb.weight[n_old:] = old.mean(0, keepdim=True)
+            self.model.embed_tokens = emb
+            if tied:
+                self.lm_head.weight = emb.weight
+            else:
+                head_old = self.lm_head.weight
+                head = nn.Linear(head_old.shape[1], vocab_size, bias=False, device=old.device, dtype=old.dtype)
+                head.weight[:n_old] = head_old
+                head.weight[n_old:] = head_old.mean(0, keepdim=True)
+                self.lm_head = head
+        self.config.vocab_size = vocab_size
+
     def freeze_base(self) -> None:
         """Train only the memory parameters (LongMem's recipe)."""
         if not self.memory_parameters():

@@ -101,17 +101,6 @@ def check_init_fits(init_from: Path, cfg: Config) -> str:
     return ckpt_io.describe_init(init_from, *plan)
 
 
-def check_base_vocabulary(base: Path, vocab_size: int) -> None:
-    """Before any worker starts: the tokenizer's ids must all have an embedding in the base checkpoint."""
-    try:
-        base_vocab = json.loads((base / "config.json").read_text()).get("vocab_size")
-    except (OSError, json.JSONDecodeError) as e:
-        raise HybridError(f"{base / 'config.json'}: unreadable ({e})") from None
-    if isinstance(base_vocab, int) and vocab_size > base_vocab:
-        raise ConfigError(f"model.pretrained: the tokenizer has {vocab_size} tokens but {base} has only "
-                          f"{base_vocab} embeddings")
-
-
 def _use_gpu(cfg: Config) -> bool:
     if cfg.train.use_gpu == "auto":
         import torch
@@ -142,8 +131,6 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
     cfg = cfg.model_copy(update={"model": model_cfg})
     if resume_from is not None:
         check_resume_fits(resume_from, cfg)
-    if cfg.model.pretrained:
-        check_base_vocabulary(Path(cfg.model.pretrained), tokenizer.vocab_size)
     init_line = check_init_fits(init_from, cfg) if init_from is not None else None
     train_enc = encode_pairs(tokenizer, train_pairs.records, cfg.data.max_length)
     val_enc = encode_pairs(tokenizer, val_pairs.records, cfg.data.max_length) if val_pairs else None

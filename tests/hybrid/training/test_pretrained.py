@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hybrid.config import load_config
@@ -32,18 +34,26 @@ def test_train_from_a_pretrained_base_uses_its_tokenizer(io_data, tmp_path, tiny
                                            "train.eval_every=2", "data.max_length=32")), quiet=True)
     saved = TextTokenizer.load(res.checkpoint)
     assert saved.tokenizer.to_str() == TextTokenizer.load(base).tokenizer.to_str()
-    import json
 
     assert json.loads((res.checkpoint / "config.json").read_text())["vocab_size"] == 400
 
 
-def test_a_tokenizer_bigger_than_the_base_is_a_clear_error(io_data, tmp_path, tiny_overrides):
+def test_a_tokenizer_bigger_than_the_base_grows_its_embeddings(io_data, tmp_path, tiny_overrides):
+    """A real base (GPT-2: 50257 ids, Llama: 32000) has no room for our special tokens: the embeddings grow,
+    the base's rows are kept and the new rows start at the mean embedding."""
+    from safetensors.torch import load_file
+
     base = tmp_path / "base"
     hf_llama(base, vocab_size=100)
     records = read_io_pairs(io_data["train"]).records
     train_bpe((t for r in records for t in (r["input"], r["output"])), vocab_size=400).save(base)
-    assert TextTokenizer.load(base).vocab_size > 100  # 256 bytes + special tokens at least
-    with pytest.raises(HybridError, match=r"tokenizer has \d+ tokens but .* has only 100 embeddings"):
-        train(load_config(tiny_overrides(io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=1")),
-              quiet=True)
-    assert not (tmp_path / "o").exists()  # found before anything was written
+    n_tokens = TextTokenizer.load(base).vocab_size
+    assert n_tokens > 100
+    res = train(load_config(tiny_overrides(io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=1",
+                                           "train.learning_rate=1e-30")), quiet=True)
+    assert json.loads((res.checkpoint / "config.json").read_text())["vocab_size"] == n_tokens
+    emb = load_file(str(res.checkpoint / "model.safetensors"))["model.embed_tokens.weight"]
+    base_emb = load_file(str(base / "model.safetensors"))["model.embed_tokens.weight"]
+    assert emb.shape[0] == n_tokens
+    assert (emb[:100] - base_emb).abs().max() < 1e-6
+    assert (emb[100:] - base_emb.mean(0)).abs().max() < 1e-6
