@@ -113,8 +113,11 @@ def test_build_model_from_config_sections(tmp_path):
     counts = count_parameters(model)
     names = [n for n, _ in trainable_parameters(model)]
     assert counts["trainable"] == counts["memory"] > 0 and all("memory" in n for n in names)
-    with pytest.raises(ConfigError, match="tokenizer has 500 tokens"):
-        build_model(cfg.model, vocab_size=500)
+    grown = build_model(cfg.model, vocab_size=500)  # our tokenizer's special tokens on top of the base's ids
+    assert grown.config.vocab_size == 500 and grown.lm_head.weight.shape[0] == 500
+    assert torch.equal(grown.model.embed_tokens.weight[:97], model.model.embed_tokens.weight)
+    assert torch.allclose(grown.model.embed_tokens.weight[97:], model.model.embed_tokens.weight.mean(0).expand(403, -1))
+    assert grown(torch.tensor([[1, 499]])).logits.shape == (1, 2, 500)
     fresh = build_model(load_config(["model=tiny_gpt2_hybrid"]).model, vocab_size=50)
     assert fresh.lm_head.weight.shape[0] == 50 and fresh.lm_head.weight is fresh.model.embed_tokens.weight
 
