@@ -6,14 +6,6 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from hybrid.errors import HybridError
-
-
-def not_implemented(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise HybridError(f"{what} is not implemented yet (issue #{issue})")
-
-    return run
 
 
 def console_main(register: Callable[[argparse._SubParsersAction], None], name: str,

@@ -32,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--repo", help="git repository to learn from (default: this project's own checkout)")
     p.add_argument("--workdir", default=".", help="where data/, datasets/ and outputs/ go (default: .)")
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget in minutes (default 5)")
+    p.add_argument("--force", action="store_true",
+                   help="redo the pipeline's finished commits (e.g. after the history was amended or rebased)")
     p.add_argument("--quick", action="store_true",
                    help="seconds, not minutes: tiny model, 4 steps in-process, no Ray for the pipeline")
     p.set_defaults(func=run_demo)
@@ -105,7 +107,7 @@ def run_demo(args: argparse.Namespace) -> int:
         from hybrid.utils.ray_utils import init_ray
 
         init_ray(include_dashboard=True)  # inspect the run in the Ray dashboard (and its State API)
-    summary = run_pipeline([entry.name], cfg, local=args.quick)
+    summary = run_pipeline([entry.name], cfg, force=args.force, local=args.quick)
     console.print(summary_table(summary))
 
     # 3. IO pairs

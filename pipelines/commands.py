@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from hybrid.utils.redact import redact_url
+
 STAGE_COMMANDS = {
     "generate-ast": ("ast", "parse the files each commit touched: ast.jsonl + commit_data.json"),
     "generate-ast-diffs": ("ast-diffs", "added / modified / deleted declarations per commit: diff_ast.jsonl"),
@@ -63,7 +65,7 @@ def _repos_add(args) -> int:
 
         raise HybridError(f"unexpected argument {rest[0]!r} (overrides look like pipeline.data_dir=DIR)")
     entry = add_repo(args.source, args.name, cfg)
-    print(f"added {entry.name}: {entry.source} (branch {entry.default_branch}) -> {entry.path(cfg)}")
+    print(f"added {entry.name}: {redact_url(entry.source)} (branch {entry.default_branch}) -> {entry.path(cfg)}")
     return 0
 
 
@@ -83,7 +85,7 @@ def _repos_list(args) -> int:
 
     table = Table("name", "source", "branch", "added")
     for e in entries:
-        table.add_row(e.name, e.source, e.default_branch, e.added_at)
+        table.add_row(e.name, redact_url(e.source), e.default_branch, e.added_at)
     Console().print(table)
     return 0
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hybrid.errors import HybridError
 from hybrid.utils.io import atomic_write_json
+from hybrid.utils.redact import redact_url
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 URL_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.I)
@@ -126,7 +127,7 @@ def add_repo(source: str, name: str | None = None, cfg=None) -> RepoEntry:
             repo = pygit2.clone_repository(source, str(tmp / "clone"), bare=True)
         except (pygit2.GitError, ValueError, OSError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise HybridError(f"{source}: cannot clone ({msg})") from None
+            raise HybridError(f"{redact_url(source)}: cannot clone ({msg})") from None
         branch = _head_branch(repo, source)
         (tmp / "clone").rename(dest)
         ok = True
@@ -152,9 +153,9 @@ def update_repo(name: str, cfg) -> int:
     repo = pygit2.Repository(str(entry.path(cfg)))
     before = first_parent_hashes(entry, cfg, repo)
     try:
-        repo.remotes["origin"].fetch([f"+refs/heads/*:refs/heads/*"])
+        repo.remotes["origin"].fetch(["+refs/heads/*:refs/heads/*"])
     except (pygit2.GitError, KeyError) as e:
-        raise HybridError(f"repo {name!r}: cannot fetch from {entry.source} ({e})") from None
+        raise HybridError(f"repo {name!r}: cannot fetch from {redact_url(entry.source)} ({e})") from None
     return len(first_parent_hashes(entry, cfg, repo)) - len(before)
 
 

@@ -53,3 +53,12 @@ def test_cli_help_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_redact_url_hides_credentials_and_query():
+    from hybrid.utils.redact import redact_url
+
+    assert redact_url("https://user:tok3n@git.example.com/x.git") == "https://***@git.example.com/x.git"
+    assert redact_url("http://127.0.0.1:8000/v1?api-key=s3cret") == "http://127.0.0.1:8000/v1?***"
+    assert redact_url("https://github.com/a/b.git") == "https://github.com/a/b.git"
+    assert redact_url("../some/checkout") == "../some/checkout"

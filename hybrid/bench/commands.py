@@ -7,12 +7,12 @@ from __future__ import annotations
 import importlib
 
 BENCHES = {
-    "datagen": "AST + diff stages vs `git log -p --first-parent` (issue #2)",
-    "llm": "LLM stages against a local chat-completions server under a rate limit (issue #3)",
-    "model": "forward+backward tokens/s of the model variants vs transformers (issue #4)",
-    "train": "training tokens/s with 1 and 2 Ray Train workers, peak memory (issue #5)",
-    "memory": "external memory stores: searches/s, latency, recall (issue #6)",
-    "recall": "long-context recall across four memory variants (issue #7)",
+    "datagen": "AST + diff stages vs `git log -p --first-parent`",
+    "llm": "LLM stages against a local chat-completions server under a rate limit",
+    "model": "forward+backward tokens/s of the model variants vs transformers",
+    "train": "training tokens/s with 1 and 2 Ray Train workers, peak memory",
+    "memory": "external memory stores: searches/s, latency, recall",
+    "recall": "long-context recall across four memory variants",
 }
 
 
@@ -21,14 +21,6 @@ def register(sub) -> None:
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for name, text in BENCHES.items():
         bp = bench_sub.add_parser(name, help=text)
-        try:
-            module = importlib.import_module(f"hybrid.bench.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"hybrid.bench.{name}":
-                raise
-            from hybrid.commands_util import not_implemented
-
-            bp.set_defaults(func=not_implemented(f"hybrid bench {name}", int(text.rsplit("#", 1)[1].rstrip(")"))))
-            continue
+        module = importlib.import_module(f"hybrid.bench.{name}")
         module.add_arguments(bp)
         bp.set_defaults(func=module.run)

@@ -34,7 +34,8 @@ def data_files(path: str | Path) -> list[Path]:
     if not path.exists():
         raise HybridError(f"{path}: no such file or folder")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES
+        # in a folder only .jsonl / .parquet count: `hybrid pipeline export` writes stats.json beside the splits
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".jsonl", *PARQUET_SUFFIXES)
                        and not p.name.startswith("."))
         if not files:
             raise HybridError(f"{path}: folder holds no .jsonl or .parquet files")
@@ -60,8 +61,15 @@ def _check_record(record: Any) -> str | None:
 
 def _read_jsonl(path: Path, on_bad: str, skipped: Counter) -> list[dict[str, Any]]:
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                if on_bad == "skip":
+                    skipped["not_utf8"] += 1
+                    continue
+                raise HybridError(f"{path}:{lineno}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:

@@ -23,14 +23,8 @@ def make_store(memory_cfg: "MemoryConfig", model_cfg: "ModelConfig") -> Any:
         return FaissStore(capacity, index=memory_cfg.faiss_index, ivf_min_chunks=memory_cfg.ivf_min_chunks,
                           ivf_nlist=memory_cfg.ivf_nlist, ivf_nprobe=memory_cfg.ivf_nprobe,
                           use_gpu=model_cfg.use_gpu_to_search, threads=memory_cfg.search_threads)
-    try:
-        from hybrid.memory.ray_store import RayShardedStore  # issue 6
-    except ModuleNotFoundError as e:
-        if e.name != "hybrid.memory.ray_store":
-            raise
-        from hybrid.errors import ConfigError
+    from hybrid.memory.ray_store import RayShardedStore
 
-        raise ConfigError("memory.backend: 'ray' is not available yet (issue #6)") from None
     return RayShardedStore.from_config(memory_cfg, model_cfg)
 
 

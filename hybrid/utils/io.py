@@ -56,6 +56,8 @@ def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise HybridError(f"{path}: not UTF-8 text") from None
     except FileNotFoundError:
         raise HybridError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
@@ -66,11 +68,15 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield (line number, record) for each non-blank line; a bad line is an error naming file and line."""
     path = Path(path)
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except FileNotFoundError:
         raise HybridError(f"{path}: no such file") from None
     with f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise HybridError(f"{path}:{lineno}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:

@@ -40,7 +40,9 @@ class LLMSettings(BaseSettings):
         return self.OPENAI_API_KEY.get_secret_value() if self.OPENAI_API_KEY is not None else "not-needed"
 
     def endpoint_text(self) -> str:
-        return self.LLM_BASE_URL or "https://api.openai.com/v1"
+        from hybrid.utils.redact import redact_url
+
+        return redact_url(self.LLM_BASE_URL) if self.LLM_BASE_URL else "https://api.openai.com/v1"
 
 
 NO_LLM_MESSAGE = ("no LLM configured: set OPENAI_API_KEY (and LLM_BASE_URL for a local OpenAI-compatible server) "
