@@ -1,9 +1,11 @@
 """`hybrid bench recall`: does the memory help? Long-context recall across four model variants (issue #7).
 
 Four variants of one tiny model - no memory, internal memory only, external memory only, both - are trained for
-the same number of steps on the same synthetic IO pairs (hybrid/bench/recall_tasks.py: key-value recall, passkey,
+the same number of steps through `hybrid train`'s `train(cfg)` (in-process, train.num_workers=0) on the same
+synthetic IO pairs written as JSONL (hybrid/bench/recall_tasks.py: key-value recall, passkey,
 two-hop facts) and evaluated by exact match at 1x, 4x and 16x `segment_length`. The attention window is one
-segment, so at 4x and 16x the answer lies outside every window the question can see.
+segment, so at 4x and 16x the answer lies outside every window the question can see. Evaluation is `hybrid eval`'s
+`evaluate()` (teacher-forced exact match: greedy exact match token for token, in batched forwards).
 
 The recipe (docs/recall.md says why): a word-level vocabulary (one token per word), external memory with
 chunk_size 1 at the last layer, and a curriculum over lengths - in-window examples first so that the induction
@@ -20,6 +22,7 @@ import json
 import math
 import random
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,9 +52,10 @@ class Settings:
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup: int = 100
-    # Stage-2 curriculum: (fraction of the steps, {segments: weight}); in-window examples stay in the mix.
-    curriculum: list[tuple[float, dict[int, float]]] = field(
-        default_factory=lambda: [(1.0, {1: 1.0, 2: 1.0, 4: 2.0})])
+    # Stage-2 length mix {segments: weight} of the training file (the curriculum as data: `hybrid train` shuffles
+    # one file, so phases cannot be expressed); in-window examples stay in the mix. data.bucket_by_length=true
+    # draws every batch from one length.
+    length_mix: dict[int, float] = field(default_factory=lambda: {1: 1.0, 2: 1.0, 4: 2.0})
     # Training draws each key-value example's number of pairs from this range (evaluation always uses 8):
     # with one or two pairs the lookup is easy and its gradient strong, which starts the induction circuit.
     train_kv_pairs: list[int] = field(default_factory=lambda: [1, 8])
@@ -154,203 +158,195 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for name in ("internal_gate_init", "external_gate_init"):
         if not -1 < getattr(s, name) < 1:
             raise HybridError(f"bench.{name}: must lie in (-1, 1) (it is tanh of the gate), got {getattr(s, name)}")
-    if s.steps < 1 or s.base_steps < 0 or s.batch_size < 1 or s.eval_examples < 1:
-        raise HybridError("--steps, --eval-examples and bench.batch_size must be positive, --base-steps >= 0")
+    if not isinstance(s.length_mix, dict) or not s.length_mix or not all(
+            isinstance(n, int) and n >= 1 and isinstance(w, (int, float)) and w > 0 for n, w in s.length_mix.items()):
+        raise HybridError(f"bench.length_mix: expected {{segments: weight}} with positive integers and weights, "
+                          f"got {s.length_mix!r}")
+    if s.steps < 1 or s.base_steps < 1 or s.batch_size < 1 or s.eval_examples < 1:
+        raise HybridError("--steps, --base-steps, --eval-examples and bench.batch_size must be positive")
     return s
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Vocabulary and batches
+# Data files, configs, and the two stages through `hybrid train` / `hybrid eval`
+
+# The IO-pair template of `hybrid train`: input <|sep|> output <|endoftext|> - two tokens the generators leave room
+# for, so that an example of n segments is exactly n * segment_length tokens (no BOS is added).
+TEMPLATE_SUFFIX = 2
 
 
-class WordVocab:
-    """The benchmark's fixed word-level vocabulary: one token per word, 0 = padding (never used: all examples
-    of one length have the same number of tokens)."""
+def _layout():
+    from hybrid.bench.recall_tasks import Layout
 
-    def __init__(self, words: list[str]):
-        self.words = ["<pad>"] + list(words)
-        self.index = {w: i for i, w in enumerate(self.words)}
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self.index[w] for w in text.split()]
-        except KeyError as e:
-            raise HybridError(f"recall: word {e.args[0]!r} is not in the benchmark vocabulary") from None
+    return Layout(prefix=0, suffix=TEMPLATE_SUFFIX, echo_key=True)
 
 
-def encode_batch(vocab: WordVocab, examples: list, device: str = "cpu"):
-    """(input_ids, labels) with labels = ids on output tokens and -100 on input tokens (HF convention)."""
-    import torch
+def write_jsonl(path: Path, records) -> int:
+    """Write IO-pair records (one JSON object a line) atomically; returns the count."""
+    from hybrid.utils.io import atomic_write_text
 
-    ids, labels = [], []
-    for ex in examples:
-        a, b = vocab.encode(ex.input), vocab.encode(ex.output)
-        ids.append(a + b)
-        labels.append([-100] * len(a) + b)
-    if len({len(x) for x in ids}) != 1:
-        raise HybridError("recall: a batch mixes lengths (examples of one length must have one token count)")
-    return torch.tensor(ids, device=device), torch.tensor(labels, device=device)
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return len(lines)
 
 
-def exact_match(logits, labels) -> "torch.Tensor":  # noqa: F821
-    """Per row: every output token is the argmax of the logits one position earlier (so greedy decoding would
-    produce exactly the output)."""
-    pred = logits[:, :-1].argmax(-1)  # (B, T-1)
-    target = labels[:, 1:]
-    mask = target != -100
-    return ((pred == target) | ~mask).all(dim=1).float()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Training and evaluation of one variant
-
-
-def _model_config(s: Settings, variant: str, vocab_size: int):
-    from hybrid.models.config import ModelConfig
-
-    values = dict(s.model)
-    values.update(VARIANTS[variant])
-    values["segment_length"] = s.segment_length
-    values["vocab_size"] = vocab_size
-    try:
-        return ModelConfig(**values)
-    except Exception as e:  # pydantic ValidationError: name the key
-        raise HybridError(f"recall: model settings: {str(e).splitlines()[-2:]}") from None
-
-
-def _length_schedule(curriculum, steps: int, step: int) -> dict[int, float]:
-    done = 0.0
-    for fraction, weights in curriculum:
-        done += fraction
-        if step < done * steps:
-            return weights
-    return curriculum[-1][1]
-
-
-def _lr(s: Settings, step: int, steps: int) -> float:
-    if step < s.warmup:
-        return s.learning_rate * (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(1, steps - s.warmup)
-    return s.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _train_loop(s: Settings, model, vocab: WordVocab, steps: int, curriculum, seed: int, tag: str, log=print,
-                on_log=None, chain_separator: float = 1.0):
-    """AdamW with warmup + cosine; each step draws one length from the curriculum and a batch of fresh examples
-    (tasks and training aids mixed) of that length from seeded streams."""
-    import torch
-
+def training_examples(s: Settings, steps: int, lengths: dict[int, float], seed: int,
+                      chain_separator: float = 1.0) -> list:
+    """steps x batch_size fresh examples (benchmark tasks and training aids mixed) from seeded streams, each
+    example's length drawn from `lengths` ({segments: weight}): the curriculum as a data mix. With
+    data.bucket_by_length every batch then holds one length, as the old per-step length draw did."""
     from hybrid.bench import recall_tasks as rt
 
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=s.learning_rate, betas=(0.9, 0.98))
     rng = random.Random(seed)
-    streams = {}
-    t0 = time.time()
-    running = []
-    for step in range(steps):
-        weights = _length_schedule(curriculum, steps, step)
-        n = rng.choices(list(weights), weights=list(weights.values()))[0]
-        examples = []
-        for _ in range(s.batch_size):
-            task = rng.choice(s.tasks + s.train_aids)
-            if (task, n) not in streams:
-                options = {"n_pairs": tuple(s.train_kv_pairs)} if task == "kv" else {}
-                if task == "chain" and chain_separator != 1.0:
-                    options = {"separator": chain_separator}
-                streams[(task, n)] = rt.generate(task, n, 10**9, s.segment_length, seed, "train", **options)
-            examples.append(next(streams[(task, n)]))
-        ids, labels = encode_batch(vocab, examples)
-        for group in opt.param_groups:
-            group["lr"] = _lr(s, step, steps)
-        out = model(ids, labels=labels)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            running.append((n, exact_match(out.logits, labels).mean().item(), out.loss.item()))
-        if (step + 1) % max(1, steps // 8) == 0 or step + 1 == steps:
-            by_n: dict[int, list[float]] = {}
-            for m, acc, _ in running:
-                by_n.setdefault(m, []).append(acc)
-            accs = " ".join(f"{m}x={sum(v) / len(v):.2f}" for m, v in sorted(by_n.items()))
-            loss = sum(r[2] for r in running) / len(running)
-            log(f"  [{tag}] step {step + 1}/{steps} loss {loss:.3f} train exact match {accs} "
-                f"({time.time() - t0:.0f}s)")
-            running = []
-            if on_log is not None:
-                on_log(model, step + 1)
-                model.train()
-    model.eval()
-    return model
+    streams: dict = {}
+    out = []
+    for _ in range(steps * s.batch_size):
+        n = rng.choices(list(lengths), weights=list(lengths.values()))[0]
+        task = rng.choice(s.tasks + s.train_aids)
+        if (task, n) not in streams:
+            options = {"n_pairs": tuple(s.train_kv_pairs)} if task == "kv" else {}
+            if task == "chain" and chain_separator != 1.0:
+                options = {"separator": chain_separator}
+            streams[(task, n)] = rt.generate(task, n, 10**9, s.segment_length, seed, "train", _layout(), **options)
+        out.append(next(streams[(task, n)]))
+    return out
 
 
-def train_base(s: Settings, vocab: WordVocab, log=print, on_log=None) -> dict:
-    """Stage 1, shared by the four variants: the memory-free model trained in-window (1x) so that the lookup
-    (induction) circuit forms where the answer is visible. Returns its weights."""
+def vocabulary_records(examples: list, segment_length: int, seed: int) -> list[dict]:
+    """`train.tokenizer=word` builds its vocabulary from the training words. A short run (--quick, tests) may not
+    see every word of the benchmark's vocabulary, and a word it lacks would be <|unk|> at test time: the missing
+    words get a few 1x examples of their own (filler to fill the segment, `.` as output). The default run sees
+    every word, so this adds nothing there."""
+    from hybrid.bench.recall_tasks import _filler, vocabulary
+
+    seen = {w for ex in examples for w in (ex.input + " " + ex.output).split()}
+    missing = [w for w in vocabulary() if w not in seen]
+    rng = random.Random(seed)
+    room = segment_length - TEMPLATE_SUFFIX - 1  # input words of one 1x example
+    records = []
+    for i in range(0, len(missing), room):
+        words = missing[i:i + room]
+        words += _filler(rng, room - len(words))
+        records.append({"input": " ".join(words), "output": ".", "task": "vocabulary", "segments": 1})
+    return records
+
+
+def train_overrides(s: Settings, variant: str, output_dir: Path, data: Path, steps: int, seed: int,
+                    init_from: Path | None = None) -> list[str]:
+    """The `hybrid train` overrides of one stage: the model of `variant`, the recipe's optimizer settings."""
+    model = dict(s.model)
+    model.update(VARIANTS[variant])
+    model["segment_length"] = s.segment_length
+    model.setdefault("num_key_value_heads", model.get("num_attention_heads", 4))
+    over = [f"model.{k}={json.dumps(v)}" for k, v in model.items()]
+    over += [
+        f"data.train={data}", "data.bucket_by_length=true",
+        f"data.max_length={max(s.lengths + list(s.length_mix)) * s.segment_length}",
+        "train.tokenizer=word", "train.num_workers=0", "train.precision=fp32", "train.resume=none",
+        f"train.output_dir={output_dir}", f"train.max_iters={steps}", f"train.batch_size={s.batch_size}",
+        f"train.learning_rate={s.learning_rate}", f"train.warmup_iters={s.warmup}", "train.min_lr_ratio=0.1",
+        "train.weight_decay=0.01", "train.beta1=0.9", "train.beta2=0.98", "train.grad_clip=1.0",
+        f"train.seed={seed}", f"train.eval_every={steps}", f"train.log_every={max(1, steps // 8)}",
+        "train.keep_last=1"]
+    if init_from is not None:
+        over.append(f"train.init_from={init_from}")
+    return over
+
+
+def _train(overrides: list[str], log=print):
+    from hybrid.config import load_config
+    from hybrid.training.train import train
+
+    result = train(load_config(overrides))
+    if result.checkpoint is None:
+        raise HybridError(f"recall: training wrote no checkpoint in {result.output_dir}")
+    return result
+
+
+def train_base(s: Settings, work: Path, log=print) -> Path:
+    """Stage 1, shared by the four variants: the memory-free model trained in-window (1x) through
+    `hybrid.training.train.train` so that the lookup (induction) circuit forms where the answer is visible.
+    Returns its checkpoint (weights + the word-level tokenizer the variants inherit)."""
+    examples = training_examples(s, s.base_steps, {1: 1.0}, s.seed * 7919 + 1)
+    data = work / "base_train.jsonl"
+    write_jsonl(data, [e.record() for e in examples] + vocabulary_records(examples, s.segment_length, s.seed))
+    return _train(train_overrides(s, "none", work / "base", data, s.base_steps, s.seed), log).checkpoint
+
+
+def gated_init(s: Settings, variant: str, base: Path, dest: Path) -> Path:
+    """The checkpoint stage 2 starts from: a copy of the base with the variant's memory read gates added at
+    tanh(gate) = bench.internal_gate_init / bench.external_gate_init. `train.init_from` loads every parameter the
+    checkpoint has and leaves the others (the memory) at their fresh init, where both gates are 0; training has no
+    knob for the gates' initial value, so the bench writes them into the init checkpoint, by parameter name
+    (`*.internal_memory.gate`, `*.self_attn.memory_gate`). The other memory parameters stay fresh."""
+    import shutil
+
     import torch
+    from safetensors.torch import load_file, save_file
 
+    from hybrid.config import load_config
     from hybrid.models import build_model
 
-    torch.manual_seed(s.seed)
-    model = build_model(_model_config(s, "none", len(vocab)), len(vocab), None)
-    _train_loop(s, model, vocab, s.base_steps, [(1.0, {1: 1.0})], s.seed * 7919 + 1, "base", log, on_log)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gates = {".internal_memory.gate": s.internal_gate_init, ".self_attn.memory_gate": s.external_gate_init}
+    if not any(gates.values()):
+        return base
+    vocab = json.loads((base / "config.json").read_text())["vocab_size"]
+    cfg = load_config(train_overrides(s, variant, dest, dest, 1, 0))
+    with torch.device("meta"):
+        model = build_model(cfg.model, vocab_size=vocab)
+    extra = {}
+    for name, p in model.named_parameters():
+        for suffix, value in gates.items():
+            if name.endswith(suffix) and value:
+                extra[name] = torch.full(tuple(p.shape), math.atanh(value), dtype=torch.float32)
+    if not extra:
+        return base
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(base, dest)
+    files = sorted(dest.glob("*.safetensors"))
+    if len(files) != 1:
+        raise HybridError(f"recall: expected one .safetensors file in {base}, found {len(files)}")
+    weights = load_file(str(files[0]))
+    weights.update(extra)
+    save_file(weights, str(files[0]), metadata={"format": "pt"})
+    return dest
 
 
-def train_variant(s: Settings, variant: str, vocab: WordVocab, base_state: dict | None = None, log=print,
-                  on_log=None):
-    """Stage 2: the variant starts from the shared base (its memory parameters from their no-op init) and trains
-    `steps` steps with the length curriculum, where the answer is out of the window for n > 1."""
-    import torch
-
-    from hybrid.models import build_model
-    from hybrid.models.modeling import is_memory_param
-
-    torch.manual_seed(s.seed + 1)
-    model = build_model(_model_config(s, variant, len(vocab)), len(vocab), None)
-    if base_state is not None:
-        missing, unexpected = model.load_state_dict(base_state, strict=False)
-        bad = [k for k in missing if not is_memory_param(k)] + list(unexpected)
-        if bad:
-            raise HybridError(f"recall: the base weights do not fit variant {variant}: {bad[:3]}")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".internal_memory.gate") and s.internal_gate_init:
-                p.fill_(math.atanh(s.internal_gate_init))
-            elif name.endswith(".self_attn.memory_gate") and s.external_gate_init:
-                p.fill_(math.atanh(s.external_gate_init))
-    return _train_loop(s, model, vocab, s.steps, s.curriculum, s.seed * 7919 + 2, variant, log, on_log,
-                       chain_separator=s.chain_separator)
+def train_variant(s: Settings, variant: str, base: Path, work: Path, data: Path, log=print) -> Path:
+    """Stage 2: `train.init_from=<base>` (memory parameters fresh, read gates opened per the recipe), `steps`
+    steps on the length mix, where the answer is out of the window for n > 1. Returns the final checkpoint."""
+    init = gated_init(s, variant, base, work / f"init_{variant}")
+    over = train_overrides(s, variant, work / variant, data, s.steps, s.seed + 1, init_from=init)
+    return _train(over, log).checkpoint
 
 
-def evaluate_variant(s: Settings, model, vocab: WordVocab) -> dict[str, dict[int, float]]:
-    import torch
-
+def test_files(s: Settings, work: Path) -> dict[tuple[str, int], Path]:
     from hybrid.bench import recall_tasks as rt
 
-    model.eval()
+    files = {}
+    for task in s.tasks:
+        for n in s.lengths:
+            path = work / "test" / f"{task}_{n}x.jsonl"
+            write_jsonl(path, [e.record() for e in rt.generate(task, n, s.eval_examples, s.segment_length, s.seed,
+                                                              "test", _layout())])
+            files[(task, n)] = path
+    return files
+
+
+def evaluate_variant(s: Settings, checkpoint: Path, tests: dict[tuple[str, int], Path]) -> dict[str, dict[int, float]]:
+    """Exact match per task and length through `hybrid eval`'s `evaluate()`: teacher-forced (batched), which is
+    greedy exact match token for token, output and closing end-of-text."""
+    from hybrid.training.evaluate import evaluate
+
     results: dict[str, dict[int, float]] = {}
-    batch = 32
-    with torch.no_grad():
-        for task in s.tasks:
-            results[task] = {}
-            for n in s.lengths:
-                examples = list(rt.generate(task, n, s.eval_examples, s.segment_length, s.seed, "test"))
-                hits = 0.0
-                for i in range(0, len(examples), batch):
-                    ids, labels = encode_batch(vocab, examples[i:i + batch])
-                    out = model(ids, labels=labels)
-                    hits += exact_match(out.logits, labels).sum().item()
-                results[task][n] = hits / len(examples)
+    for task in s.tasks:
+        results[task] = {}
+        for n in s.lengths:
+            m = evaluate(checkpoint, tests[(task, n)], batch_size=32, max_generate=0)
+            if m.get("input_truncated_left"):
+                raise HybridError(f"recall: {m['input_truncated_left']} test inputs truncated ({task}, {n}x)")
+            results[task][n] = float(m["teacher_forced_exact_match"])
     return results
 
 
@@ -428,7 +424,7 @@ def draw_plot(result: dict, path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from hybrid.bench.recall_tasks import CHANCE, vocabulary
+    from hybrid.bench.recall_tasks import CHANCE
     from hybrid.utils.io import atomic_write_json
 
     import torch
@@ -443,20 +439,29 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise HybridError(f"--threads: expected a positive number, got {args.threads}")
     torch.set_num_threads(args.threads)
-    vocab = WordVocab(vocabulary())
     t0 = time.time()
     accuracy: dict[str, dict[str, dict[str, float]]] = {}
     seconds: dict[str, float] = {}
-    console.print(f"[bold]base[/] (shared by the variants): {s.base_steps} in-window steps")
-    base_state = train_base(s, vocab, log=log)
-    seconds["base"] = round(time.time() - t0, 1)
-    for variant in s.variants:
-        t1 = time.time()
-        console.print(f"[bold]{VARIANT_TITLES[variant]}[/]: {s.steps} steps of the length curriculum")
-        model = train_variant(s, variant, vocab, base_state, log=log)
-        acc = evaluate_variant(s, model, vocab)
-        accuracy[variant] = {task: {str(n): a for n, a in by_n.items()} for task, by_n in acc.items()}
-        seconds[variant] = round(time.time() - t1, 1)
+    with tempfile.TemporaryDirectory(prefix="hybrid-recall-") as tmp:
+        work = Path(tmp)
+        console.print(f"[bold]base[/] (shared by the variants): {s.base_steps} in-window steps (hybrid train)")
+        base = train_base(s, work, log=log)
+        seconds["base"] = round(time.time() - t0, 1)
+        mix = s.length_mix
+        data = work / "stage2_train.jsonl"
+        write_jsonl(data, [e.record() for e in training_examples(
+            s, s.steps, mix, s.seed * 7919 + 2, chain_separator=s.chain_separator)])
+        tests = test_files(s, work)
+        for variant in s.variants:
+            t1 = time.time()
+            console.print(f"[bold]{VARIANT_TITLES[variant]}[/]: {s.steps} steps on the length mix "
+                          f"{ {f'{n}x': w for n, w in mix.items()} } (hybrid train, init from the base)")
+            checkpoint = train_variant(s, variant, base, work, data, log=log)
+            acc = evaluate_variant(s, checkpoint, tests)
+            accuracy[variant] = {task: {str(n): a for n, a in by_n.items()} for task, by_n in acc.items()}
+            seconds[variant] = round(time.time() - t1, 1)
+            log(f"  [{variant}] exact match " + ", ".join(f"{task} {n}x {a:.2f}" for task, by_n in acc.items()
+                                                      for n, a in by_n.items()) + f" ({seconds[variant]:.0f}s)")
     result = {"bench": "recall", "settings": asdict(s), "chance": {t: CHANCE[t] for t in s.tasks},
               "accuracy": accuracy, "seconds": seconds, "total_seconds": round(time.time() - t0, 1)}
     console.print(render_table(result))

@@ -12,7 +12,7 @@ Tasks
 - `passkey`: `the pass key is 6 8 4 3 2 .` hidden at a random depth of filler, then
   `what is the pass key ? the pass key is` -> `6 8 4 3 2`: chance 10**-5.
 - `facts`: a two-hop fact chain in the style of BABILong qa2: `mary went to kitchen .`,
-  `mary took the apple .` (and distractor facts) scattered in filler, then `where is the apple ?` -> `kitchen`:
+  `mary took the apple .` (and distractor facts) scattered in filler, then `where is the apple` -> `kitchen`:
   chance 1/8 (one of the places).
 
 A fact never straddles two segments (the window is one segment, so a split fact could not be read whole in
@@ -127,6 +127,11 @@ class Layout:
 
     prefix: int = 0
     suffix: int = 0
+    # Key-value and the chain aid: the output starts by repeating the question's key (`? b` -> `b X`). With the
+    # IO-pair template the first output token is predicted at `<|sep|>`, not at the key, so without the echo the
+    # lookup needs "the token before me" on the query side too - a 2-layer model stayed at "one of the values"
+    # (0.20-0.24 in-window). With the echo the value is predicted at the key, as an induction head does.
+    echo_key: bool = False
 
 
 def kv_example(rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(),
@@ -137,8 +142,10 @@ def kv_example(rng: random.Random, n: int, segment_length: int, layout: Layout =
     values = [rng.choice(VALUES) for _ in keys]
     asked = rng.randrange(n_pairs)
     question = ["?", keys[asked]]
-    words = _place(rng, [[k, v] for k, v in zip(keys, values)], n, segment_length, tail=len(question) + 1, layout=layout)
-    return Example(" ".join(words + question), values[asked], "kv", n)
+    answer = [keys[asked]] * layout.echo_key + [values[asked]]
+    words = _place(rng, [[k, v] for k, v in zip(keys, values)], n, segment_length, tail=len(question) + len(answer),
+                   layout=layout)
+    return Example(" ".join(words + question), " ".join(answer), "kv", n)
 
 
 def passkey_example(rng: random.Random, n: int, segment_length: int, layout: Layout = Layout()) -> Example:
@@ -159,7 +166,9 @@ def facts_example(rng: random.Random, n: int, segment_length: int, layout: Layou
     facts += [[h, "took", "the", o, "."] for h, o in zip(holders, objects)]
     rng.shuffle(facts)
     asked = rng.randrange(n_objects)
-    question = ["where", "is", "the", objects[asked], "?"]
+    # No trailing `?`: with the training template's 2 added tokens (`<|sep|>`, `<|endoftext|>`) the 1x example
+    # (5 facts of 5 words, question, answer) then still fits one 32-token segment.
+    question = ["where", "is", "the", objects[asked]]
     answer = places[people.index(holders[asked])]
     words = _place(rng, facts, n, segment_length, tail=len(question) + 1, layout=layout)
     return Example(" ".join(words + question), answer, "facts", n)
@@ -180,8 +189,9 @@ def chain_example(rng: random.Random, n: int, segment_length: int, layout: Layou
         facts = [[a, b, ","] if rng.random() < separator else [a, b] for a, b in zip(chain, chain[1:])]
     rng.shuffle(facts)
     question = ["?", chain[0]]
-    words = _place(rng, facts, n, segment_length, tail=len(question) + m, layout=layout)
-    return Example(" ".join(words + question), " ".join(chain[1:]), "chain", n)
+    answer = chain[0:] if layout.echo_key else chain[1:]
+    words = _place(rng, facts, n, segment_length, tail=len(question) + len(answer), layout=layout)
+    return Example(" ".join(words + question), " ".join(answer), "chain", n)
 
 
 GENERATORS: dict[str, Callable[..., Example]] = {"kv": kv_example, "passkey": passkey_example,
