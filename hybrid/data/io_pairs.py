@@ -59,6 +59,13 @@ def _check_record(record: Any) -> str | None:
     return None
 
 
+def _bad(on_bad: str, skipped: Counter, reason: str, message: str) -> None:
+    """A bad line: counted under `reason` when the user asked to skip, else the one-line error `message`."""
+    if on_bad != "skip":
+        raise HybridError(message)
+    skipped[reason] += 1
+
+
 def _read_jsonl(path: Path, on_bad: str, skipped: Counter) -> list[dict[str, Any]]:
     records = []
     with open(path, "rb") as f:
@@ -66,25 +73,19 @@ def _read_jsonl(path: Path, on_bad: str, skipped: Counter) -> list[dict[str, Any
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                if on_bad == "skip":
-                    skipped["not_utf8"] += 1
-                    continue
-                raise HybridError(f"{path}:{lineno}: not UTF-8 text") from None
+                _bad(on_bad, skipped, "not_utf8", f"{path}:{lineno}: not UTF-8 text")
+                continue
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                if on_bad == "skip":
-                    skipped["not_json"] += 1
-                    continue
-                raise HybridError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                _bad(on_bad, skipped, "not_json", f"{path}:{lineno}: not valid JSON ({e.msg})")
+                continue
             problem = _check_record(record)
             if problem:
-                if on_bad == "skip":
-                    skipped["bad_record"] += 1
-                    continue
-                raise HybridError(f"{path}:{lineno}: {problem}")
+                _bad(on_bad, skipped, "bad_record", f"{path}:{lineno}: {problem}")
+                continue
             records.append(record)
     return records
 
@@ -103,10 +104,8 @@ def _read_parquet(path: Path, on_bad: str, skipped: Counter) -> list[dict[str, A
     for row, record in enumerate(table.to_pylist(), 1):
         problem = _check_record(record)
         if problem:
-            if on_bad == "skip":
-                skipped["bad_record"] += 1
-                continue
-            raise HybridError(f"{path}: row {row}: {problem}")
+            _bad(on_bad, skipped, "bad_record", f"{path}: row {row}: {problem}")
+            continue
         records.append(record)
     return records
 

@@ -20,6 +20,13 @@ SPECIAL_TOKENS = (EOS, SEP, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, TASK)
 TOKENIZER_FILE = "tokenizer.json"
 
 
+def write_tokenizer_config(folder: Path) -> None:
+    """The HuggingFace-style tokenizer_config.json naming our special tokens (beside tokenizer.json)."""
+    (Path(folder) / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": EOS, "pad_token": EOS, "sep_token": SEP, "additional_special_tokens": list(SPECIAL_TOKENS)},
+        indent=2) + "\n")
+
+
 class TextTokenizer:
     """A `tokenizers.Tokenizer` plus the ids of the special tokens the training code needs."""
 
@@ -49,9 +56,7 @@ class TextTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(str(folder / TOKENIZER_FILE))
-        (folder / "tokenizer_config.json").write_text(json.dumps(
-            {"eos_token": EOS, "pad_token": EOS, "sep_token": SEP, "additional_special_tokens": list(SPECIAL_TOKENS)},
-            indent=2) + "\n")
+        write_tokenizer_config(folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> "TextTokenizer":

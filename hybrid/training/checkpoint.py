@@ -134,11 +134,9 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "tokenizer.json").write_text(tokenizer_json)
-        from hybrid.data.tokenizer import EOS, SEP, SPECIAL_TOKENS
+        from hybrid.data.tokenizer import write_tokenizer_config
 
-        (tmp / "tokenizer_config.json").write_text(json.dumps(
-            {"eos_token": EOS, "pad_token": EOS, "sep_token": SEP, "additional_special_tokens": list(SPECIAL_TOKENS)},
-            indent=2) + "\n")
+        write_tokenizer_config(tmp)
         _fsync_tree(tmp)
         if final.exists():  # a rerun of the same step (e.g. after a crash between rename and report)
             shutil.rmtree(final)
