@@ -1,5 +1,5 @@
 import sys
 
-from hybrid.cli import main
+from hybrid.main import main
 
 sys.exit(main())

@@ -13,15 +13,8 @@ import argparse
 
 DEMO_REPO_NAME = "hybrid-llm-trainer"
 
-# A small hybrid that learns something in minutes on a laptop CPU: 4 layers, 128 wide, both memories on,
-# 128-token segments so a 512-token IO pair crosses 4 segments (the memories carry the input into the output).
-DEMO_MODEL = [
-    "model=tiny_llama_hybrid", "model.hidden_size=128", "model.intermediate_size=344", "model.num_hidden_layers=4",
-    "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.max_position_embeddings=512",
-    "model.segment_length=128", "model.memory_slots=8", "model.num_mem_heads=4", "model.external_memory_size=1024",
-    "model.chunk_size=4", "model.retrieval_k=4", "model.retrieval_layers=[2]",
-]
-DEMO_TRAIN = ["train=demo", "data.max_length=512"]
+# configs/model/demo_hybrid.yaml: a small hybrid that learns something in minutes on a laptop CPU
+DEMO = ["model=demo_hybrid", "train=demo", "data.max_length=512"]
 QUICK = ["model=tiny_llama_hybrid", "train=tiny", "train.max_iters=4", "train.eval_every=4", "data.max_length=64"]
 
 
@@ -43,10 +36,9 @@ def project_checkout():
     """The git checkout holding the installed `hybrid` package (always there: no network needed)."""
     from pathlib import Path
 
-    import hybrid
-    from hybrid.errors import HybridError
+    from hybrid.core.errors import HybridError
 
-    root = Path(hybrid.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         raise HybridError(f"{root}: the installed package is not in a git checkout; pass --repo PATH")
     return root
@@ -58,15 +50,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from hybrid.config import load_config, split_overrides
+    from hybrid.cli.config import load_config, split_overrides
+    from hybrid.cli.train import print_eval
+    from hybrid.core.errors import HybridError
+    from hybrid.core.io import atomic_write_json
     from hybrid.data.export import describe as describe_export
     from hybrid.data.export import export_io_pairs
-    from hybrid.errors import HybridError
-    from hybrid.training.commands import print_eval
     from hybrid.training.evaluate import evaluate
     from hybrid.training.train import describe as describe_train
     from hybrid.training.train import train
-    from hybrid.utils.io import atomic_write_json
 
     console = Console()
     t0 = time.time()
@@ -79,7 +71,7 @@ def run_demo(args: argparse.Namespace) -> int:
     data_dir = workdir / "data"
     io_dir = workdir / "datasets" / "io_pairs"
     run_dir = workdir / "outputs" / "demo" / time.strftime("run-%Y%m%d-%H%M%S")
-    base = QUICK if args.quick else [*DEMO_MODEL, *DEMO_TRAIN, f"train.max_minutes={args.minutes}"]
+    base = QUICK if args.quick else [*DEMO, f"train.max_minutes={args.minutes}"]
     cfg = load_config([*base, f"pipeline.data_dir={data_dir}", f"train.output_dir={run_dir}",
                        f"data.train={io_dir / 'train.jsonl'}", f"data.validation={io_dir / 'validation.jsonl'}",
                        *overrides])
@@ -89,25 +81,26 @@ def run_demo(args: argparse.Namespace) -> int:
 
     source = Path(args.repo).resolve() if args.repo else project_checkout()
     name = DEMO_REPO_NAME if not args.repo else None
-    known = {e.name: e for e in list_repos(cfg)}
+    known = {e.name: e for e in list_repos(cfg.pipeline)}
     console.rule("[bold]1/5 repository")
     entry = next((e for e in known.values() if e.source == str(source)), None)
     if entry is None:
-        entry = add_repo(str(source), name=name, cfg=cfg)
+        entry = add_repo(str(source), name, cfg.pipeline)
         console.print(f"added {entry.name} ← {source}")
     else:
-        gained = update_repo(entry.name, cfg)
+        gained = update_repo(entry.name, cfg.pipeline)
         console.print(f"{entry.name} already registered ({gained} new commits fetched)")
 
     # 2. the pipeline
-    from pipelines.run import run_pipeline, summary_table
+    from hybrid.cli.pipeline import summary_table
+    from pipelines.run import run_pipeline
 
     console.rule("[bold]2/5 pipeline")
     if not args.quick:
-        from hybrid.utils.ray_utils import init_ray
+        from hybrid.core.ray_utils import init_ray
 
         init_ray(include_dashboard=True)  # inspect the run in the Ray dashboard (and its State API)
-    summary = run_pipeline([entry.name], cfg, force=args.force, local=args.quick)
+    summary = run_pipeline([entry.name], cfg.pipeline, cfg.llm, force=args.force, local=args.quick)
     console.print(summary_table(summary))
 
     # 3. IO pairs
@@ -122,7 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     # 4. training
     console.rule("[bold]4/5 training" + ("" if args.quick else f" (budget {args.minutes:g} min)"))
-    result = train(cfg)
+    result = train(cfg.recipe())
     console.print(describe_train(result), highlight=False)
 
     # 5. evaluation

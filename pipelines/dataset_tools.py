@@ -8,7 +8,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from hybrid.errors import HybridError
+from hybrid.config.pipeline import PipelineConfig
+from hybrid.core.errors import HybridError
+from pipelines.repos import validate_name
 
 # flag -> file name in each commit_<N>/ folder
 CLEANABLE = {
@@ -20,16 +22,14 @@ CLEANABLE = {
     "fim": "fim_dataset.json",
 }
 _COMMIT_DIR = re.compile(r"^commit_\d+$")
-_TEMP_FILE = re.compile(r"^\..+\.tmp$")  # left by a run killed between write and rename (hybrid.utils.io)
+_TEMP_FILE = re.compile(r"^\..+\.tmp$")  # left by a run killed between write and rename (hybrid.core.io)
 
 
-def dataset_root(cfg) -> Path:
-    return Path(cfg.pipeline.data_dir) / "ast_dataset"
+def dataset_root(cfg: PipelineConfig) -> Path:
+    return Path(cfg.data_dir) / "ast_dataset"
 
 
-def _repo_dirs(cfg, repos: list[str] | None) -> list[Path]:
-    from pipelines.repos import validate_name
-
+def _repo_dirs(cfg: PipelineConfig, repos: list[str] | None) -> list[Path]:
     root = dataset_root(cfg)
     if repos:
         dirs = [root / validate_name(r) for r in repos]
@@ -46,7 +46,7 @@ def _commit_dirs(repo_dir: Path):
             yield Path(entry.path)
 
 
-def cleanup_dataset(cfg, kinds: list[str], repos: list[str] | None = None, temp: bool = False,
+def cleanup_dataset(cfg: PipelineConfig, kinds: list[str], repos: list[str] | None = None, temp: bool = False,
                     dry_run: bool = False) -> dict[str, int]:
     """Remove the chosen generated files (and, with `temp`, leftover temp files) from commit folders.
     Returns {file name: count}. Only regular files inside data/ast_dataset/<repo>/commit_<N>/ are touched."""
@@ -73,7 +73,7 @@ def cleanup_dataset(cfg, kinds: list[str], repos: list[str] | None = None, temp:
     return dict(removed)
 
 
-def ast_coverage(cfg, repos: list[str] | None = None) -> dict[str, dict[str, dict[str, int]]]:
+def ast_coverage(cfg: PipelineConfig, repos: list[str] | None = None) -> dict[str, dict[str, dict[str, int]]]:
     """Per repo and language: files parsed cleanly, with parse errors, skipped by reason, declarations found.
     Read from commit_data.json (each file version a commit touched counts once)."""
     out: dict[str, dict[str, dict[str, int]]] = {}

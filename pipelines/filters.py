@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from pipelines.config import PipelineConfig
+from hybrid.config.pipeline import PipelineConfig
 from pipelines.languages import language_of
 
 DROP_REASONS = ("submodule", "symlink", "lock_file", "vendored", "binary", "not_source", "too_large", "non_utf8",

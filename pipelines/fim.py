@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.config import PipelineConfig
-from pipelines.languages import grammar_key, language_of
+from hybrid.config.pipeline import PipelineConfig
+from pipelines.languages import get_parser, grammar_key, language_of
 
 
 def split_lines(text: str) -> list[str]:
@@ -36,7 +36,6 @@ class FileContext:
 
     def tree(self):
         if self._tree is None and self.grammar:
-            from pipelines.languages import get_parser
 
             self._tree = get_parser(self.grammar).parse(self.source)
         return self._tree

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hybrid.errors import HybridError
-from hybrid.utils.io import atomic_write_json
-from hybrid.utils.redact import redact_url
+from hybrid.config.pipeline import PipelineConfig
+from hybrid.core.errors import HybridError
+from hybrid.core.io import atomic_write_json
+from hybrid.core.redact import redact_url
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 URL_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.I)
@@ -30,23 +31,19 @@ class RepoEntry:
     default_branch: str
     added_at: str
 
-    def path(self, cfg) -> Path:
+    def path(self, cfg: PipelineConfig) -> Path:
         return repos_dir(cfg) / self.name
 
 
-def _pcfg(cfg):
-    return getattr(cfg, "pipeline", cfg)  # a whole Config or just its pipeline section
+def repos_dir(cfg: PipelineConfig) -> Path:
+    return Path(cfg.data_dir) / "repos"
 
 
-def repos_dir(cfg) -> Path:
-    return Path(_pcfg(cfg).data_dir) / "repos"
-
-
-def registry_path(cfg) -> Path:
+def registry_path(cfg: PipelineConfig) -> Path:
     return repos_dir(cfg) / "registry.json"
 
 
-def list_repos(cfg) -> list[RepoEntry]:
+def list_repos(cfg: PipelineConfig) -> list[RepoEntry]:
     path = registry_path(cfg)
     if not path.exists():
         return []
@@ -58,7 +55,7 @@ def list_repos(cfg) -> list[RepoEntry]:
         raise HybridError(f"{path}: not a valid registry ({e})") from None
 
 
-def get_repo(name: str, cfg) -> RepoEntry:
+def get_repo(name: str, cfg: PipelineConfig) -> RepoEntry:
     for entry in list_repos(cfg):
         if entry.name == name:
             return entry
@@ -66,7 +63,7 @@ def get_repo(name: str, cfg) -> RepoEntry:
     raise HybridError(f"repo {name!r}: not registered (known: {known})")
 
 
-def _save(entries: list[RepoEntry], cfg) -> None:
+def _save(entries: list[RepoEntry], cfg: PipelineConfig) -> None:
     atomic_write_json(registry_path(cfg), [asdict(e) for e in entries])
 
 
@@ -94,14 +91,10 @@ def _head_branch(repo, source: str) -> str:
         return "HEAD"
 
 
-def add_repo(source: str, name: str | None = None, cfg=None) -> RepoEntry:
+def add_repo(source: str, name: str | None, cfg: PipelineConfig) -> RepoEntry:
     """Clone `source` (a URL or a local path to a git repository) bare into data/repos/<name> and register it."""
     import pygit2
 
-    if cfg is None:
-        from hybrid.config import load_config
-
-        cfg = load_config()
     is_url = bool(URL_RE.match(source)) and not Path(source).exists()
     if not is_url:
         local = Path(source).expanduser()
@@ -118,7 +111,7 @@ def add_repo(source: str, name: str | None = None, cfg=None) -> RepoEntry:
     dest = repos_dir(cfg) / name
     if dest.exists():
         raise HybridError(f"{dest}: already exists and is not in the registry; move it away first")
-    created = [p for p in (Path(_pcfg(cfg).data_dir), repos_dir(cfg)) if not p.exists()]
+    created = [p for p in (Path(cfg.data_dir), repos_dir(cfg)) if not p.exists()]
     repos_dir(cfg).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repos_dir(cfg)))
     ok = False
@@ -145,7 +138,7 @@ def add_repo(source: str, name: str | None = None, cfg=None) -> RepoEntry:
     return entry
 
 
-def update_repo(name: str, cfg) -> int:
+def update_repo(name: str, cfg: PipelineConfig) -> int:
     """Fetch new commits from the source into the bare clone; returns how many commits the branch gained."""
     import pygit2
 
@@ -159,7 +152,7 @@ def update_repo(name: str, cfg) -> int:
     return len(first_parent_hashes(entry, cfg, repo)) - len(before)
 
 
-def remove_repo(name: str, cfg, keep_dataset: bool = True) -> RepoEntry:
+def remove_repo(name: str, cfg: PipelineConfig, keep_dataset: bool = True) -> RepoEntry:
     validate_name(name)
     entries = list_repos(cfg)
     entry = next((e for e in entries if e.name == name), None)
@@ -168,12 +161,13 @@ def remove_repo(name: str, cfg, keep_dataset: bool = True) -> RepoEntry:
     _save([e for e in entries if e.name != name], cfg)
     shutil.rmtree(repos_dir(cfg) / name, ignore_errors=True)
     if not keep_dataset:
-        shutil.rmtree(Path(_pcfg(cfg).data_dir) / "ast_dataset" / name, ignore_errors=True)
+        shutil.rmtree(Path(cfg.data_dir) / "ast_dataset" / name, ignore_errors=True)
     return entry
 
 
-def first_parent_hashes(entry: RepoEntry, cfg, repo=None) -> list[str]:
-    """Commit hashes of the default branch in first-parent order, oldest first (index = commit number)."""
+def first_parent_hashes(entry: RepoEntry, cfg: PipelineConfig | None, repo=None) -> list[str]:
+    """Commit hashes of the default branch in first-parent order, oldest first (index = commit number).
+    `cfg` locates the clone; it is not needed when the open `repo` is given."""
     import pygit2
     from pygit2.enums import SortMode
 

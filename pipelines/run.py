@@ -5,9 +5,10 @@ The plan: for each repository, list its first-parent commits, keep the ones a st
 ranges with `ray.data.TaskPoolStrategy(size=pipeline.num_workers)`. Consecutive per-commit stages run in the
 same pass, so a range parses each blob once for generate-ast and generate-ast-diffs.
 
-Adding a stage (as issue #3's LLM stages sit between generate-ast-diffs and generate-fim): put a `Stage` with a
-`run` callable into `STAGES` at its place — or call `register_stage`. A callable stage receives the selected
-repos, the whole config and `force`, and returns {"counts": {...}, "drops": {...}} like the per-commit stages.
+Two shapes of stage: a per-commit step (pipelines/steps.py: `RangeStep` subclasses, run by a `RangeWorker` over
+commit ranges) and a repository stage that runs itself (the LLM stages, pipelines/llm/pipeline_stages.py, which
+sit between generate-ast-diffs and generate-fim): `run(repo names, data_dir, llm_cfg, force)`. Both return
+{"counts": {...}, "drops": {...}}. Add one by putting a `Stage` into `STAGES` at its place, or `register_stage`.
 """
 
 from __future__ import annotations
@@ -18,38 +19,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hybrid.errors import HybridError
+from hybrid.config.llm import LLMConfig
+from hybrid.config.pipeline import PipelineConfig
+from hybrid.core.errors import HybridError
+from hybrid.core.io import atomic_write_json
+from hybrid.core.ray_utils import init_ray
+from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
+from pipelines.range_worker import WORKER_KEY, commit_dir, is_done, process_range
 from pipelines.repos import RepoEntry, first_parent_hashes, get_repo, list_repos
-from pipelines.structural import WORKER_KEY, OUTPUT_FILES, StageStats, commit_dir, is_done, process_range
+from pipelines.steps import OUTPUT_FILES, STEP_KEYS, AstExtractor, DeclarationDiffer, FimSampler, StageStats
+
+# A repository stage runs itself over whole repositories: run(repo names, data_dir, llm_cfg, force) -> stats.
+RepoStageFn = Callable[[list[str], str, LLMConfig, bool], dict]
 
 
 @dataclass
 class Stage:
     name: str  # the command name: `hybrid pipeline <name>`
-    range_stage: str | None = None  # a per-commit stage of pipelines.structural, run over commit ranges
-    run: Callable[[list[RepoEntry], object, bool], dict] | None = None  # or a stage that runs itself
+    range_stage: str | None = None  # the key of a per-commit step (pipelines/steps.py), run over commit ranges
+    run: RepoStageFn | None = None  # or a stage that runs itself over whole repositories
     help: str = ""
 
 
-def _llm_stage(name: str) -> Callable[[list[RepoEntry], object, bool], dict]:
-    """Issue #3's stages (pipelines/llm/pipeline_stages.py), imported when they run."""
-
-    def run(repos: list[RepoEntry], cfg, force: bool = False) -> dict:
-        from pipelines.llm import pipeline_stages
-
-        fn = {"generate-tasks": pipeline_stages.run_generate_tasks,
-              "generate-reasoning": pipeline_stages.run_generate_reasoning}[name]
-        return fn(repos, cfg, force)
-
-    return run
-
-
 STAGES: list[Stage] = [
-    Stage("generate-ast", range_stage="ast", help="declarations of the files each commit touched"),
-    Stage("generate-ast-diffs", range_stage="ast-diffs", help="added / modified / deleted declarations"),
-    Stage("generate-tasks", run=_llm_stage("generate-tasks"), help="task.json (LLM, else commit messages)"),
-    Stage("generate-reasoning", run=_llm_stage("generate-reasoning"), help="reasoning.json (LLM)"),
-    Stage("generate-fim", range_stage="fim", help="fill-in-the-middle samples of the changed declarations"),
+    Stage(AstExtractor.name, range_stage=AstExtractor.key, help="declarations of the files each commit touched"),
+    Stage(DeclarationDiffer.name, range_stage=DeclarationDiffer.key, help="added / modified / deleted declarations"),
+    Stage("generate-tasks", run=run_generate_tasks, help="task.json (LLM, else commit messages)"),
+    Stage("generate-reasoning", run=run_generate_reasoning, help="reasoning.json (LLM)"),
+    Stage(FimSampler.name, range_stage=FimSampler.key, help="fill-in-the-middle samples of the changed declarations"),
 ]
 
 
@@ -87,7 +84,7 @@ class Summary:
                 "worker": self.worker}
 
 
-def select_repos(repo_names: list[str] | None, cfg) -> list[RepoEntry]:
+def select_repos(repo_names: list[str] | None, cfg: PipelineConfig) -> list[RepoEntry]:
     if repo_names:
         return [get_repo(n, cfg) for n in repo_names]
     repos = list_repos(cfg)
@@ -96,12 +93,13 @@ def select_repos(repo_names: list[str] | None, cfg) -> list[RepoEntry]:
     return repos
 
 
-def plan_ranges(entry: RepoEntry, cfg, range_stages: list[str], force: bool) -> tuple[list[RangeTask], int]:
+def plan_ranges(entry: RepoEntry, cfg: PipelineConfig, range_stages: list[str],
+                force: bool) -> tuple[list[RangeTask], int]:
     """Contiguous ranges of the commits that still need a stage; also returns how many commits are done.
 
     Ranges are as long as possible (a range's first commits parse without a warm cache): the pending
     commits are split evenly into at least `num_workers` ranges, none longer than `commits_per_task`."""
-    pcfg = cfg.pipeline
+    pcfg = cfg
     hashes = first_parent_hashes(entry, cfg)
     runs: list[list[int]] = []  # contiguous runs of pending commit numbers
     done, last_done = 0, 0
@@ -128,11 +126,11 @@ def plan_ranges(entry: RepoEntry, cfg, range_stages: list[str], force: bool) -> 
     return tasks, done
 
 
-def _check_history(entry: RepoEntry, cfg, hashes: list[str], done_numbers: list[int]) -> None:
+def _check_history(entry: RepoEntry, cfg: PipelineConfig, hashes: list[str], done_numbers: list[int]) -> None:
     """Commit numbers are positions in the first-parent history: if the history was rewritten (force-push,
     another branch), existing outputs belong to other commits. Checks commit 0 and the last finished one."""
     for n in done_numbers:
-        path = commit_dir(cfg.pipeline.data_dir, entry.name, n) / "commit_data.json"
+        path = commit_dir(cfg.data_dir, entry.name, n) / "commit_data.json"
         if not path.exists():
             continue
         try:
@@ -146,8 +144,6 @@ def _check_history(entry: RepoEntry, cfg, hashes: list[str], done_numbers: list[
 
 def _process_row(row: dict) -> dict:
     """The Ray Data map function: one range in, its stats out (as JSON, so the schema is fixed)."""
-    from pipelines.config import PipelineConfig
-
     cfg = PipelineConfig.model_validate_json(row["cfg"])
     try:
         stats = process_range(row["repo"], row["repo_path"], [int(n) for n in row["numbers"]],
@@ -157,13 +153,12 @@ def _process_row(row: dict) -> dict:
     return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats), "error": ""}
 
 
-def run_range_stages(repos: list[RepoEntry], cfg, range_stages: list[str], force: bool = False,
+def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[str], force: bool = False,
                      local: bool = False, progress: bool = True, label: str = "") -> dict[str, dict[str, dict]]:
     """Run per-commit stages over every repo's pending commit ranges. Returns {repo: {stage: stats}}."""
     rows, per_repo = [], {}
     # absolute paths: Ray workers do not share the driver's working directory
-    worker_cfg = cfg.pipeline.model_copy(update={"data_dir": str(Path(cfg.pipeline.data_dir).resolve())}
-                                         ).model_dump_json()
+    worker_cfg = cfg.model_copy(update={"data_dir": str(Path(cfg.data_dir).resolve())}).model_dump_json()
     for entry in repos:
         tasks, done = plan_ranges(entry, cfg, range_stages, force)
         per_repo[entry.name] = {s: {"counts": {"skipped_done": done}, "drops": {}} for s in range_stages}
@@ -174,8 +169,8 @@ def run_range_stages(repos: list[RepoEntry], cfg, range_stages: list[str], force
     total = sum(len(r["numbers"]) for r in rows)
     errors: list[str] = []
     if rows:
-        last = OUTPUT_FILES[[s for s in ("ast", "ast-diffs", "fim") if s in range_stages][-1]]
-        markers = [f"{cfg.pipeline.data_dir}/ast_dataset/{r['repo']}/commit_{n}/{last}" for r in rows
+        last = OUTPUT_FILES[[s for s in STEP_KEYS if s in range_stages][-1]]
+        markers = [f"{cfg.data_dir}/ast_dataset/{r['repo']}/commit_{n}/{last}" for r in rows
                    for n in r["numbers"]]
         with _progress(progress, label or " + ".join(range_stages), total, markers) as advance:
             for out in _map_rows(rows, cfg, local):
@@ -194,21 +189,19 @@ def run_range_stages(repos: list[RepoEntry], cfg, range_stages: list[str], force
     return per_repo
 
 
-def _map_rows(rows: list[dict], cfg, local: bool):
+def _map_rows(rows: list[dict], cfg: PipelineConfig, local: bool):
     if local:
         for row in rows:
             yield _process_row(row)
         return
     import ray
 
-    from hybrid.utils.ray_utils import init_ray
-
     init_ray()
     # One map operator and nothing downstream: Ray Data's per-operator reservation would hold back half the
     # cluster's CPUs (on 2 CPUs: one range at a time), so let the task pool use them all.
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map(_process_row, compute=ray.data.TaskPoolStrategy(size=cfg.pipeline.num_workers))
+    ds = ds.map(_process_row, compute=ray.data.TaskPoolStrategy(size=cfg.num_workers))
     yield from ds.iter_rows()
 
 
@@ -266,11 +259,9 @@ class _progress:
         return False
 
 
-def write_stats(entry: RepoEntry, cfg, stage_stats: dict[str, dict]) -> None:
+def write_stats(entry: RepoEntry, cfg: PipelineConfig, stage_stats: dict[str, dict]) -> None:
     """Merge this run's stats into data/ast_dataset/<repo>/stats.json (the last run of each stage)."""
-    from hybrid.utils.io import atomic_write_json
-
-    path = Path(cfg.pipeline.data_dir) / "ast_dataset" / entry.name / "stats.json"
+    path = Path(cfg.data_dir) / "ast_dataset" / entry.name / "stats.json"
     old = {}
     if path.exists():
         try:
@@ -282,8 +273,9 @@ def write_stats(entry: RepoEntry, cfg, stage_stats: dict[str, dict]) -> None:
     atomic_write_json(path, old)
 
 
-def run_pipeline(repo_names: list[str] | None, cfg, force: bool = False, stages: list[str] | None = None,
-                 local: bool = False, progress: bool = True) -> Summary:
+def run_pipeline(repo_names: list[str] | None, cfg: PipelineConfig, llm_cfg: LLMConfig | None = None,
+                 force: bool = False, stages: list[str] | None = None, local: bool = False,
+                 progress: bool = True) -> Summary:
     """Run `stages` (default: all of STAGES, in order) over the named repos (default: all registered)."""
     known = stage_names()
     if stages:
@@ -310,7 +302,7 @@ def run_pipeline(repo_names: list[str] | None, cfg, force: bool = False, stages:
                 summary.per_repo.setdefault(repo, {}).update(renamed)
             i += len(group)
         else:
-            st = chosen[i].run(repos, cfg, force) or {}
+            st = chosen[i].run([r.name for r in repos], cfg.data_dir, llm_cfg or LLMConfig(), force) or {}
             summary.per_repo.setdefault("*", {})[chosen[i].name] = st
             i += 1
     for entry in repos:
@@ -323,20 +315,4 @@ def run_pipeline(repo_names: list[str] | None, cfg, force: bool = False, stages:
     return summary
 
 
-def summary_table(summary: Summary):
-    """A rich table: one row per stage with its counts and every drop by reason."""
-    from rich.table import Table
-
-    table = Table(title=f"pipeline: {', '.join(summary.repos)} ({summary.seconds:.1f} s)")
-    table.add_column("stage")
-    table.add_column("counts")
-    table.add_column("dropped (by reason)")
-    for stage, st in summary.stages.items():
-        counts = ", ".join(f"{k}={v}" for k, v in st.get("counts", {}).items() if v)
-        drops = ", ".join(f"{k}={v}" for k, v in sorted(st.get("drops", {}).items()) if v) or "-"
-        table.add_row(stage, counts or "-", drops)
-    return table
-
-
-__all__ = ["STAGES", "Stage", "Summary", "register_stage", "run_pipeline", "run_range_stages", "summary_table",
-           "OUTPUT_FILES"]
+__all__ = ["STAGES", "Stage", "Summary", "register_stage", "run_pipeline", "run_range_stages", "OUTPUT_FILES"]

@@ -20,7 +20,7 @@ def ray_session():
     """A local Ray with 2 CPUs for the whole test session (started on first use)."""
     import ray
 
-    from hybrid.utils.ray_utils import init_ray
+    from hybrid.core.ray_utils import init_ray
 
     if not ray.is_initialized():
         init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)

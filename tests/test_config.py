@@ -1,9 +1,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from hybrid.config import CONFIG_DIR, GROUPS, load_config, split_overrides
-from hybrid.errors import ConfigError
+from hybrid.cli.config import CONFIG_DIR, GROUPS, load_config, split_overrides
+from hybrid.core.errors import ConfigError
 
 
 def test_defaults_and_overrides():
@@ -30,9 +31,12 @@ def test_bad_overrides_name_the_key(override, message):
 
 
 def test_every_shipped_yaml_validates():
-    for group in GROUPS:
-        for path in sorted((CONFIG_DIR / group).glob("*.yaml")):
-            load_config([f"{group}={path.stem}"])
+    shipped = sorted(CONFIG_DIR.glob("*/*.yaml"))
+    assert {p.parent.name for p in shipped} == set(GROUPS)  # every group has presets, and no folder is unknown
+    for path in shipped:
+        cfg = load_config([f"{path.parent.name}={path.stem}"])
+        for key in yaml.safe_load(path.read_text()) or {}:  # each key of the file reached its section
+            assert hasattr(getattr(cfg, path.parent.name), key), (path, key)
 
 
 def test_split_overrides():
@@ -42,13 +46,15 @@ def test_split_overrides():
 
 
 def test_cli_help_is_light():
-    """`hybrid --help` must not import torch, ray or faiss (STYLE: heavy imports where used)."""
+    """`hybrid --help` must not import torch, ray, faiss or the pydantic config schemas (STYLE: heavy imports
+    where used)."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from hybrid.cli import build_parser; build_parser(); "
-        "heavy = [m for m in ('torch', 'ray', 'faiss', 'transformers', 'pygit2', 'openai') if m in sys.modules]; "
+        "import sys; from hybrid.main import build_parser; build_parser(); "
+        "heavy = [m for m in ('torch', 'ray', 'faiss', 'transformers', 'pygit2', 'openai', 'pydantic', 'numpy', "
+        "'rich', 'hybrid.cli.config') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
@@ -56,7 +62,7 @@ def test_cli_help_is_light():
 
 
 def test_redact_url_hides_credentials_and_query():
-    from hybrid.utils.redact import redact_url
+    from hybrid.core.redact import redact_url
 
     assert redact_url("https://user:tok3n@git.example.com/x.git") == "https://***@git.example.com/x.git"
     assert redact_url("http://127.0.0.1:8000/v1?api-key=s3cret") == "http://127.0.0.1:8000/v1?***"

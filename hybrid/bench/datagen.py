@@ -56,7 +56,7 @@ def _time_stages(path: Path, name: str, overrides: list[str], local: bool) -> tu
     the ranges plus the driver, stage stats)."""
     import pygit2
 
-    from hybrid.config import load_config
+    from hybrid.cli.config import load_config
     from pipelines.run import run_pipeline
 
     work = Path(tempfile.mkdtemp(prefix="bench-datagen-", dir=os.environ.get("HYBRID_BENCH_TMP")))
@@ -68,7 +68,7 @@ def _time_stages(path: Path, name: str, overrides: list[str], local: bool) -> tu
             "name": name, "source": str(path), "default_branch": repo.head.shorthand, "added_at": ""}]))
         cfg = load_config([f"pipeline.data_dir={work}", *overrides])
         t0, c0 = time.perf_counter(), time.process_time()
-        summary = run_pipeline([name], cfg, force=True, stages=["generate-ast", "generate-ast-diffs"], local=local,
+        summary = run_pipeline([name], cfg.pipeline, cfg.llm, force=True, stages=["generate-ast", "generate-ast-diffs"], local=local,
                                progress=False)
         wall, driver_cpu = time.perf_counter() - t0, time.process_time() - c0
         cpu = driver_cpu if local else driver_cpu + summary.worker.get("cpu_s", 0.0)
@@ -78,7 +78,7 @@ def _time_stages(path: Path, name: str, overrides: list[str], local: bool) -> tu
 
 
 def _import_stages(row: dict) -> dict:
-    import pipelines.structural  # noqa: F401  (tree-sitter, pygit2 and the grammars load with it)
+    import pipelines.range_worker  # noqa: F401  (tree-sitter, pygit2 and the grammars load with it)
     from pipelines.languages import get_parser
 
     get_parser("rust")
@@ -101,10 +101,7 @@ def bench_repo(path: Path, name: str, args) -> dict:
     repo = pygit2.Repository(str(path))
     entry = RepoEntry(name, str(path), repo.head.shorthand, "")
 
-    class _Cfg:  # first_parent_hashes only needs the repo's path
-        pipeline = None
-
-    commits = len(first_parent_hashes(entry, _Cfg, repo))
+    commits = len(first_parent_hashes(entry, None, repo))  # with the repository given, no config is needed
     overrides = [f"pipeline.num_workers={args.workers}"]
     if args.commits_per_task:
         overrides.append(f"pipeline.commits_per_task={args.commits_per_task}")
@@ -146,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from hybrid.errors import HybridError
-    from hybrid.utils.ray_utils import init_ray
+    from hybrid.core.errors import HybridError
+    from hybrid.core.ray_utils import init_ray
 
     targets: list[tuple[Path, str]] = []
     tmp_repo = None
@@ -197,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{r['cpu_ratio_per_worker']}x", single, str(r["load_average"]))
     console.print(table)
     if args.json:
-        from hybrid.utils.io import atomic_write_json
+        from hybrid.core.io import atomic_write_json
 
         atomic_write_json(args.json, {"ray_startup_s": None if args.no_ray else round(ray_start, 2),
                                       "command": "hybrid bench datagen " + " ".join(_argv(args)),

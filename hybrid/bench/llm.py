@@ -1,6 +1,6 @@
 """`hybrid bench llm`: the LLM stages against the local chat-completions server under a rate limit.
 
-The server (pipelines/llm/testserver.py) answers after `--latency` seconds and injects faults: `--p429` of the
+The server (hybrid/bench/chat_server.py) answers after `--latency` seconds and injects faults: `--p429` of the
 requests get 429 with `retry-after-ms` (and `retry-after`, as OpenAI sends both), `--p500` get 500. The bench
 builds a synthetic dataset (`--commits` commits × `--functions` changed functions), runs generate-tasks and then
 generate-reasoning on the Ray Data actor pool at `--rpm` requests per minute, and reports, per stage and overall:
@@ -81,7 +81,6 @@ def _lost(root, stage: str, commits: int, functions: int) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import tempfile
     import time
     from pathlib import Path
@@ -90,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from hybrid.config import load_config
-    from hybrid.utils.io import atomic_write_json
+    from hybrid.bench.chat_server import ChatServer
+    from hybrid.cli.config import load_config
+    from hybrid.core.io import atomic_write_json
     from pipelines.llm.runner import run_llm_stage
     from pipelines.llm.settings import LLMSettings
-    from pipelines.llm.testserver import ChatServer
 
     console = Console(stderr=True)
     rate = args.rpm / 60.0
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             settings = LLMSettings(OPENAI_API_KEY=SecretStr("sk-bench-not-a-secret"), LLM_BASE_URL=server.base_url,
                                    LLM_MODEL_NAME="bench-model")
             if args.runner == "ray":
-                from hybrid.utils.ray_utils import init_ray
+                from hybrid.core.ray_utils import init_ray
 
                 init_ray()  # started before the clock: Ray's start-up is not the stage's throughput
             for stage, items in (("generate-tasks", args.commits), ("generate-reasoning", args.commits * args.functions)):

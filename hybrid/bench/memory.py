@@ -80,11 +80,11 @@ def _recall(approx, exact, k: int) -> float:
 def _search_rows(args, log) -> dict:
     import torch
 
+    from hybrid.core.ray_utils import init_ray
     from hybrid.memory.faiss_store import FaissStore
     from hybrid.memory.ray_shard import namespace_bytes
     from hybrid.memory.ray_store import RayShardedStore
     from hybrid.memory.torch_store import TorchStore
-    from hybrid.utils.ray_utils import init_ray
 
     N, D, k = args.vectors, args.dim, args.k
     t0 = time.perf_counter()
@@ -198,7 +198,7 @@ class _TimedStore:
 def _training_rows(args, log) -> dict:
     import torch
 
-    from hybrid.config import load_config
+    from hybrid.cli.config import load_config
     from hybrid.models import build_model
 
     seq, batch = 256, 4
@@ -242,8 +242,8 @@ def _training_rows(args, log) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybrid.errors import HybridError
-    from hybrid.utils.io import atomic_write_json
+    from hybrid.core.errors import HybridError
+    from hybrid.core.io import atomic_write_json
 
     if args.vectors < args.k or args.batch < 1:
         raise HybridError(f"--vectors ({args.vectors}) must be >= --k ({args.k}) and --batch >= 1")

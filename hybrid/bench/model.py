@@ -54,7 +54,7 @@ def _step(model, ids, autocast_dtype, device) -> float:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from hybrid.errors import HybridError
+    from hybrid.core.errors import HybridError
     from hybrid.models.hybrid_llama import HybridLlamaConfig, HybridLlamaForCausalLM
 
     if args.threads:
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     for k, v in ratios.items():
         print(f"  {k:<44} {v:>6.2f}x  [{best_ratios[k]:.2f}x]")
     if args.json:
-        from hybrid.utils.io import atomic_write_json
+        from hybrid.core.io import atomic_write_json
 
         atomic_write_json(args.json, {"device": str(device), "dtype": args.dtype, "args": vars(args) | {"func": None},
                                       "rows": rows, "ratios": ratios, "ratios_best": best_ratios})

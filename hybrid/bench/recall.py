@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybrid.errors import HybridError
+from hybrid.core.errors import HybridError
 
 VARIANTS = {
     "none": {"use_internal_memory": False, "use_external_memory": False},
@@ -183,7 +183,7 @@ def _layout():
 
 def write_jsonl(path: Path, records) -> int:
     """Write IO-pair records (one JSON object a line) atomically; returns the count."""
-    from hybrid.utils.io import atomic_write_text
+    from hybrid.core.io import atomic_write_text
 
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -254,10 +254,10 @@ def train_overrides(s: Settings, variant: str, output_dir: Path, data: Path, ste
 
 
 def _train(overrides: list[str], log=print):
-    from hybrid.config import load_config
+    from hybrid.cli.config import load_config
     from hybrid.training.train import train
 
-    result = train(load_config(overrides))
+    result = train(load_config(overrides).recipe())
     if result.checkpoint is None:
         raise HybridError(f"recall: training wrote no checkpoint in {result.output_dir}")
     return result
@@ -284,7 +284,7 @@ def gated_init(s: Settings, variant: str, base: Path, dest: Path) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from hybrid.config import load_config
+    from hybrid.cli.config import load_config
     from hybrid.models import build_model
 
     gates = {".internal_memory.gate": s.internal_gate_init, ".self_attn.memory_gate": s.external_gate_init}
@@ -422,12 +422,11 @@ def draw_plot(result: dict, path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from rich.console import Console
 
     from hybrid.bench.recall_tasks import CHANCE
-    from hybrid.utils.io import atomic_write_json
-
-    import torch
+    from hybrid.core.io import atomic_write_json
 
     # Wide enough for the whole table when the output is not a terminal (logs, CI, tests).
     console = Console() if sys.stdout.isatty() else Console(width=140)
@@ -470,7 +469,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(args.json, result)
         console.print(f"wrote {args.json}")
     if args.markdown:
-        from hybrid.utils.io import atomic_write_text
+        from hybrid.core.io import atomic_write_text
 
         atomic_write_text(args.markdown, markdown_table(result))
         console.print(f"wrote {args.markdown}")

@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from hybrid.errors import HybridError
+from hybrid.core.errors import HybridError
 
 KEYS = list("abcdefghijklmnopqrstuvwxyz")
 VALUES = list("ABCDEFGHIJKLMNOP")  # 16 values: chance 1/16

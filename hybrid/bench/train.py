@@ -43,11 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from hybrid.config import load_config
-    from hybrid.demo import DEMO_MODEL
-    from hybrid.errors import HybridError
+    from hybrid.cli.config import load_config
+    from hybrid.core.errors import HybridError
+    from hybrid.core.io import atomic_write_json
     from hybrid.training.train import train
-    from hybrid.utils.io import atomic_write_json
 
     try:
         workers = [int(w) for w in args.workers.split(",") if w.strip()]
@@ -60,13 +59,13 @@ def run(args: argparse.Namespace) -> int:
         tmp = Path(tmp)
         _synthetic_pairs(tmp / "train.jsonl", 256, args.seq_len)
         for n in workers:
-            cfg = load_config([*DEMO_MODEL, "train=demo", *args.overrides,
+            cfg = load_config(["model=demo_hybrid", "train=demo", *args.overrides,
                                f"data.train={tmp / 'train.jsonl'}", f"data.max_length={args.seq_len + 8}",
                                f"train.output_dir={tmp / f'w{n}'}", f"train.num_workers={n}",
                                f"train.batch_size={args.batch_size}", f"train.max_iters={args.steps}",
                                f"train.eval_every={args.steps}", "train.log_every=1", "train.tokenizer_vocab_size=512"])
             t0 = time.time()
-            result = train(cfg, quiet=True)
+            result = train(cfg.recipe(), quiet=True)
             wall = time.time() - t0
             records = [r for r in map(json.loads, open(result.output_dir / "metrics.jsonl")) if "loss" in r]
             first, last = records[0], records[-1]

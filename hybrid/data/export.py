@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from hybrid.core.errors import HybridError
+from hybrid.core.io import atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
 from hybrid.data.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, TASK
-from hybrid.errors import HybridError
-from hybrid.utils.io import atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
 
 SPLITS = ("train", "validation", "test")
 KINDS = ("fim", "reasoning")

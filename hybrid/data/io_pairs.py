@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hybrid.errors import HybridError
+from hybrid.core.errors import HybridError
+from hybrid.core.io import iter_jsonl
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -125,3 +126,24 @@ def read_io_pairs(path: str | Path, on_bad: Literal["error", "skip"] = "error") 
         what = f" ({sum(skipped.values())} bad records skipped)" if skipped else ""
         raise HybridError(f"{path}: no IO pairs{what}")
     return IOPairs(records=records, files=files, skipped=skipped)
+
+
+def read_inputs(path_text: str) -> list[str]:
+    """The `input` of every record of a JSONL/Parquet file or folder (no `output` needed), file:line errors."""
+    inputs: list[str] = []
+    for file in data_files(path_text):
+        if file.suffix in PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq
+
+            rows = list(enumerate(pq.read_table(file).to_pylist(), 1))
+            where = lambda i: f"{file}: row {i}"  # noqa: E731
+        else:
+            rows = list(iter_jsonl(file))
+            where = lambda i: f"{file}:{i}"  # noqa: E731
+        for i, record in rows:
+            if not isinstance(record, dict) or not isinstance(record.get("input"), str):
+                raise HybridError(f"{where(i)}: record has no string 'input'")
+            inputs.append(record["input"])
+    if not inputs:
+        raise HybridError(f"{path_text}: no inputs")
+    return inputs

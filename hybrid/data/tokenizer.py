@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from hybrid.errors import HybridError
+from hybrid.core.errors import HybridError
 
 EOS = "<|endoftext|>"  # end of an output; also the padding token
 SEP = "<|sep|>"  # ends the input: the output starts after it

@@ -1,37 +1,37 @@
-"""External-memory stores behind one protocol (`hybrid.memory.store`). Light to import: the backends
-(`torch_store.TorchStore`, `faiss_store.FaissStore`, issue 6's Ray service) are imported where used."""
+"""External-memory stores behind one protocol (`hybrid.memory.store`): `torch_store.TorchStore` (exact, on the
+model's device), `faiss_store.FaissStore` (flat / IVF, in process) and `ray_store.RayShardedStore` (FAISS in named
+Ray actors). Stores take plain sizes, never the model's config: the model passes its capacity and chunk size.
+Light to import: the backends load where used."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:  # pragma: no cover
-    from hybrid.memory.config import MemoryConfig
-    from hybrid.models.config import ModelConfig
+from hybrid.config.memory import MemoryConfig
+from hybrid.memory.faiss_store import FaissStore
+from hybrid.memory.ray_store import RayShardedStore
+from hybrid.memory.torch_store import TorchStore
 
 
-def make_store(memory_cfg: "MemoryConfig", model_cfg: "ModelConfig") -> Any:
-    """A store for one model call (or a long-lived one), sized by the model config."""
-    capacity = model_cfg.chunks_capacity
+def make_store(memory_cfg: MemoryConfig, capacity: int, chunk_size: int, use_gpu: bool = False) -> Any:
+    """A store of `capacity` chunks (of `chunk_size` tokens) per namespace and head, per `memory_cfg.backend`."""
     if memory_cfg.backend == "torch":
-        from hybrid.memory.torch_store import TorchStore
 
         return TorchStore(capacity)
     if memory_cfg.backend == "faiss":
-        from hybrid.memory.faiss_store import FaissStore
 
         return FaissStore(capacity, index=memory_cfg.faiss_index, ivf_min_chunks=memory_cfg.ivf_min_chunks,
                           ivf_nlist=memory_cfg.ivf_nlist, ivf_nprobe=memory_cfg.ivf_nprobe,
-                          use_gpu=model_cfg.use_gpu_to_search, threads=memory_cfg.search_threads)
-    from hybrid.memory.ray_store import RayShardedStore
+                          use_gpu=use_gpu, threads=memory_cfg.search_threads)
 
-    return RayShardedStore.from_config(memory_cfg, model_cfg)
+    return RayShardedStore.from_config(memory_cfg, capacity, chunk_size, use_gpu)
 
 
-def store_factory(memory_cfg: "MemoryConfig", model_cfg: "ModelConfig") -> Callable[[], Any]:
+def store_factory(memory_cfg: MemoryConfig, capacity: int, chunk_size: int,
+                  use_gpu: bool = False) -> Callable[[], Any]:
     """What `model.store_factory` calls once per forward. In-process stores are fresh per call; the Ray store
     is created once and shared (each call uses its own namespaces and drops them at the end)."""
     if memory_cfg.backend == "ray":
-        shared = make_store(memory_cfg, model_cfg)
+        shared = make_store(memory_cfg, capacity, chunk_size, use_gpu)
         return lambda: shared
-    return lambda: make_store(memory_cfg, model_cfg)
+    return lambda: make_store(memory_cfg, capacity, chunk_size, use_gpu)

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from hybrid.memory.faiss_store import FaissStore
+
 # (capacity in chunks, index kind, ivf_min_chunks, ivf_nlist, ivf_nprobe, use_gpu)
 Spec = tuple[int, str, int, int, int, bool]
 
@@ -120,7 +122,6 @@ class MemoryShard:
     def _store(self, spec: Spec):
         store = self.stores.get(spec)
         if store is None:
-            from hybrid.memory.faiss_store import FaissStore
 
             capacity, index, ivf_min_chunks, ivf_nlist, ivf_nprobe, use_gpu = spec
             store = self.stores[spec] = FaissStore(capacity, index=index, ivf_min_chunks=ivf_min_chunks,

@@ -32,7 +32,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from hybrid.errors import HybridError
+from hybrid.core.errors import HybridError
+from hybrid.core.ray_utils import init_ray
 from hybrid.memory.ray_shard import MemoryShard, namespace_bytes
 from hybrid.memory.store import SearchResult, check_add, check_search, empty_result
 
@@ -54,8 +55,6 @@ def connect_shards(service: str, num_shards: int, shard_bytes: int = 1 << 30, sh
                    shard_gpus: float = 0.0, threads: int = 0, create: bool = True) -> list[Any]:
     """Handles to the service's shard actors, created when missing (`create`) or looked up by name."""
     import ray
-
-    from hybrid.utils.ray_utils import init_ray
 
     init_ray()
     if shard_gpus and not ray.cluster_resources().get("GPU", 0):
@@ -130,12 +129,13 @@ class RayShardedStore:
         self.failures = {"failed_calls": 0, "empty_rows": 0, "lost_namespaces": 0, "evicted_rows": 0}
 
     @classmethod
-    def from_config(cls, memory_cfg, model_cfg) -> "RayShardedStore":
-        return cls(model_cfg.chunks_capacity, model_cfg.chunk_size, num_shards=memory_cfg.num_shards,
+    def from_config(cls, memory_cfg, capacity: int, chunk_size: int, use_gpu: bool = False) -> "RayShardedStore":
+        """The store the `memory` config section describes, for namespaces of `capacity` chunks."""
+        return cls(capacity, chunk_size, num_shards=memory_cfg.num_shards,
                    service=memory_cfg.service, shard_bytes=memory_cfg.shard_bytes, shard_cpus=memory_cfg.shard_cpus,
-                   shard_gpus=1.0 if model_cfg.use_gpu_to_search else 0.0, index=memory_cfg.faiss_index,
+                   shard_gpus=1.0 if use_gpu else 0.0, index=memory_cfg.faiss_index,
                    ivf_min_chunks=memory_cfg.ivf_min_chunks, ivf_nlist=memory_cfg.ivf_nlist,
-                   ivf_nprobe=memory_cfg.ivf_nprobe, use_gpu=model_cfg.use_gpu_to_search,
+                   ivf_nprobe=memory_cfg.ivf_nprobe, use_gpu=use_gpu,
                    threads=memory_cfg.search_threads, call_timeout_s=memory_cfg.call_timeout_s,
                    on_shard_failure=memory_cfg.on_shard_failure)
 

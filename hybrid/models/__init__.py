@@ -1,6 +1,14 @@
-"""The hybrid model (issue 4). This module stays light to import (torch is imported inside the functions);
-the model code lives in `hybrid.models.modeling`, `hybrid_llama`, `hybrid_gpt2`.
+"""The hybrid model: a Llama or GPT-2 base with LM2 internal memory and LongMem external memory.
 
+    modeling.py      the decoder (blocks, segments, generation) shared by both families
+    layers.py        norms, RoPE, MLP, the joint (local + retrieved) attention
+    internal_memory.py  LM2's memory slots
+    params.py        which parameters are the memory's
+    pretrained.py    model folders: our safetensors format and HuggingFace Llama / GPT-2 (key-mapping tables)
+    hybrid_llama.py, hybrid_gpt2.py   the family classes (`HybridLlamaConfig`, `HybridLlamaForCausalLM`, …)
+
+and here:
+    model_class(family)                                         the family's class
     build_model(model_cfg, vocab_size=None, memory_cfg=None)   the model a config describes (from `pretrained`
                                                                when set; freeze_base applied; store backend set)
     trainable_parameters(model)                                 [(name, param)] that the optimizer should get
@@ -9,35 +17,26 @@ the model code lives in `hybrid.models.modeling`, `hybrid_llama`, `hybrid_gpt2`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from hybrid.memory.config import MemoryConfig
-    from hybrid.models.config import ModelConfig
-    from hybrid.models.modeling import HybridForCausalLM
-
-
-def model_class(family: str):
-    if family == "llama":
-        from hybrid.models.hybrid_llama import HybridLlamaForCausalLM
-
-        return HybridLlamaForCausalLM
-    if family == "gpt2":
-        from hybrid.models.hybrid_gpt2 import HybridGPT2ForCausalLM
-
-        return HybridGPT2ForCausalLM
-    from hybrid.errors import ConfigError
-
-    raise ConfigError(f"model.family: unknown family {family!r} (llama or gpt2)")
+from hybrid.config.memory import MemoryConfig
+from hybrid.config.model import MEMORY_FIELDS, ModelConfig
+from hybrid.memory import store_factory
+from hybrid.models.hybrid_gpt2 import HybridGPT2ForCausalLM  # noqa: F401 (defines the family)
+from hybrid.models.hybrid_llama import HybridLlamaForCausalLM  # noqa: F401 (defines the family)
+from hybrid.models.modeling import HybridForCausalLM
+from hybrid.models.params import is_memory_param
 
 
-def build_model(model_cfg: "ModelConfig", vocab_size: int | None = None,
-                memory_cfg: "MemoryConfig | None" = None) -> "HybridForCausalLM":
+def model_class(family: str) -> type[HybridForCausalLM]:
+    return HybridForCausalLM.for_family(family)
+
+
+def build_model(model_cfg: ModelConfig, vocab_size: int | None = None,
+                memory_cfg: MemoryConfig | None = None) -> HybridForCausalLM:
     """The model `model_cfg` describes. With `pretrained`, sizes come from the checkpoint and the memory,
     segment and training fields from `model_cfg`; a `vocab_size` (the tokenizer's) larger than the checkpoint's
     grows its embeddings. Without, a random init with `vocab_size` replacing `model_cfg.vocab_size`."""
-    from hybrid.models.checkpoint import MEMORY_FIELDS
-
     cls = model_class(model_cfg.family)
     if model_cfg.pretrained:
         overrides = {k: getattr(model_cfg, k) for k in MEMORY_FIELDS}
@@ -48,13 +47,12 @@ def build_model(model_cfg: "ModelConfig", vocab_size: int | None = None,
         fields = model_cfg.model_dump()
         if vocab_size is not None:
             fields["vocab_size"] = vocab_size
-        model = cls(cls.config_class(**{k: v for k, v in fields.items()}))
+        model = cls(cls.config_class(**fields))
     if model_cfg.freeze_base:
         model.freeze_base()
     if memory_cfg is not None:
-        from hybrid.memory import store_factory
-
-        model.store_factory = store_factory(memory_cfg, model.config)
+        c = model.config
+        model.store_factory = store_factory(memory_cfg, c.chunks_capacity, c.chunk_size, c.use_gpu_to_search)
     return model
 
 
@@ -63,8 +61,6 @@ def trainable_parameters(model: Any) -> list[tuple[str, Any]]:
 
 
 def count_parameters(model: Any) -> dict[str, int]:
-    from hybrid.models.modeling import is_memory_param
-
     params = list(model.named_parameters())
     return {"total": sum(p.numel() for _, p in params),
             "trainable": sum(p.numel() for _, p in params if p.requires_grad),

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hybrid.models.config import ModelConfig
+from hybrid.config.model import ModelConfig
 from hybrid.models.modeling import CausalLMOutput, HybridForCausalLM
 
 

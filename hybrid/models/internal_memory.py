@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hybrid.models.config import ModelConfig
+from hybrid.config.model import ModelConfig
 
 
 class InternalMemory(nn.Module):

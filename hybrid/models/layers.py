@@ -1,7 +1,7 @@
 """Base building blocks: norms, rotary embeddings, feed-forward networks, and the joint attention.
 
 Names follow HuggingFace Llama (`q_proj`, `gate_proj`, `input_layernorm` …) so a Llama checkpoint loads with an
-identity key map; GPT-2 keys are mapped by the table in `hybrid/models/checkpoint.py`.
+identity key map; GPT-2 keys are mapped by the table in `hybrid/models/pretrained.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrid.models.config import ModelConfig
+from hybrid.config.model import ModelConfig
 
 
 class RMSNorm(nn.Module):

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrid.models.config import ModelConfig
+from hybrid.config.model import ModelConfig
+from hybrid.core.errors import ConfigError
+from hybrid.memory.torch_store import TorchStore
 from hybrid.models.internal_memory import InternalMemory
 from hybrid.models.layers import MLP, ExternalContext, JointAttention, RotaryEmbedding, make_norm
-
-# Parameter-name fragments that belong to the memory (trained under freeze_base, absent from base checkpoints).
-MEMORY_PARAM_MARKERS = (".internal_memory.", ".memory_layernorm.", ".memory_gate")
+from hybrid.models.params import is_memory_param
+from hybrid.models.pretrained import load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -85,6 +86,21 @@ class HybridForCausalLM(nn.Module):
 
     family: str | None = None
     config_class: type[ModelConfig] = ModelConfig
+    _by_family: dict[str, type["HybridForCausalLM"]] = {}  # filled as the family classes are defined
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.family is not None:
+            HybridForCausalLM._by_family[cls.family] = cls
+
+    @classmethod
+    def for_family(cls, family: str) -> type["HybridForCausalLM"]:
+        """The class of a family ('llama', 'gpt2'); `hybrid.models` defines both when it is imported."""
+        try:
+            return HybridForCausalLM._by_family[family]
+        except KeyError:
+            raise ConfigError(f"model.family: unknown family {family!r} "
+                              f"({' or '.join(sorted(HybridForCausalLM._by_family))})") from None
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -144,8 +160,6 @@ class HybridForCausalLM(nn.Module):
     def freeze_base(self) -> None:
         """Train only the memory parameters (LongMem's recipe)."""
         if not self.memory_parameters():
-            from hybrid.errors import ConfigError
-
             raise ConfigError("model.freeze_base: the model has no memory parameters to train "
                               "(enable use_internal_memory or use_external_memory)")
         for name, p in self.named_parameters():
@@ -283,8 +297,6 @@ class HybridForCausalLM(nn.Module):
                 for layer in self.model.layers]
 
     def _default_store(self):
-        from hybrid.memory.torch_store import TorchStore
-
         return TorchStore(self.config.chunks_capacity)
 
     # -- generation -----------------------------------------------------------------------------------------
@@ -334,21 +346,13 @@ class HybridForCausalLM(nn.Module):
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
-        from hybrid.models.checkpoint import save_checkpoint
-
         save_checkpoint(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> "HybridForCausalLM":
         """Load our checkpoint or a HuggingFace Llama / GPT-2 folder; `overrides` set config fields
         (memory settings, segment_length, …)."""
-        from hybrid.models.checkpoint import load_checkpoint
-
         return load_checkpoint(cls, directory, **overrides)
-
-
-def is_memory_param(name: str) -> bool:
-    return any(marker in f".{name}" for marker in MEMORY_PARAM_MARKERS)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

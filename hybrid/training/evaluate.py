@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from hybrid.errors import HybridError
+from hybrid.core.errors import HybridError
+from hybrid.data.encode import collate, encode_pairs, encode_prompt
+from hybrid.data.io_pairs import read_io_pairs
+from hybrid.data.tokenizer import TextTokenizer
+from hybrid.training import checkpoints as ckpt_io
+from hybrid.training.loop import output_argmax_matches, output_token_loss_sum
 
 
 @dataclass
@@ -23,9 +28,6 @@ class LoadedCheckpoint:
 def load(checkpoint: str | Path, device: str | None = None) -> LoadedCheckpoint:
     import torch
     import yaml
-
-    from hybrid.data.tokenizer import TextTokenizer
-    from hybrid.training import checkpoint as ckpt_io
 
     path = ckpt_io.resolve_checkpoint(checkpoint)
     tokenizer = TextTokenizer.load(path)
@@ -44,8 +46,6 @@ def load(checkpoint: str | Path, device: str | None = None) -> LoadedCheckpoint:
 def generate_texts(ck: LoadedCheckpoint, inputs: Sequence[str], max_new_tokens: int = 64) -> list[str]:
     """Greedy continuation of each input (one at a time: prompts differ in length), decoded to text."""
     import torch
-
-    from hybrid.data.encode import encode_prompt
 
     device = next(ck.model.parameters()).device
     outs = []
@@ -70,9 +70,6 @@ def teacher_forced(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int
     every teacher-forced argmax is right. Rows are batched by length (shortest first) and right-padded, which
     never changes a real token's logits; the matches come back in the order of `rows`."""
     import torch
-
-    from hybrid.data.encode import collate
-    from hybrid.training.loop import output_argmax_matches, output_token_loss_sum
 
     dev = next(model.parameters()).device
     loss_sum, n_tokens, matches = 0.0, 0, [False] * len(rows)
@@ -101,10 +98,6 @@ def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 8, max_
     from the same prompt would reproduce (see `teacher_forced`).
     exact_match: greedy generation equals the output (after stripping surrounding whitespace), on the first
     `max_generate` examples (None = all); generation stops at end-of-text or at the reference length + 8 tokens."""
-    import torch
-
-    from hybrid.data.encode import encode_pairs
-    from hybrid.data.io_pairs import read_io_pairs
 
     t0 = time.time()
     pairs = read_io_pairs(data, on_bad_record)

@@ -18,7 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hybrid.config.recipe import RecipeConfig
+from hybrid.core.errors import HybridError
 from hybrid.data.encode import IGNORE_INDEX, collate
+from hybrid.models import build_model
+from hybrid.training import checkpoints as ckpt_io
 
 CRASH_ENV = "HYBRID_TRAIN_CRASH_AT_STEP"  # tests: SIGKILL this process after that optimizer step's checkpoint
 
@@ -229,12 +233,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import torch
     from ray.train import Checkpoint
 
-    from hybrid.config import Config
-    from hybrid.models import build_model
-    from hybrid.training import checkpoint as ckpt_io
-
     # --- setup
-    cfg = Config.model_validate(config["cfg"])
+    cfg = RecipeConfig.model_validate(config["cfg"])
     tcfg = cfg.train
     dist = Dist()
     output_dir = Path(config["output_dir"])
@@ -261,7 +261,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         try:
             model.load_state_dict(loaded.state_dict())
         except RuntimeError as e:
-            from hybrid.errors import HybridError
 
             raise HybridError(f"{resume_path}: does not fit this run's model "
                               f"({str(e).splitlines()[-1].strip()[:200]})") from None

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybrid.config import Config, config_to_yaml
-from hybrid.errors import ConfigError, HybridError
-from hybrid.training import checkpoint as ckpt_io
+from hybrid.config.recipe import RecipeConfig
+from hybrid.core.errors import ConfigError, HybridError
+from hybrid.core.ray_utils import init_ray
+from hybrid.data.encode import encode_pairs
+from hybrid.data.io_pairs import read_io_pairs
+from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe, train_word_level
+from hybrid.models import build_model
+from hybrid.training import checkpoints as ckpt_io
+from hybrid.training.loop import CRASH_ENV, train_loop_per_worker
 
 
 @dataclass
@@ -39,9 +44,8 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
     return ckpt_io.resolve_checkpoint(value)
 
 
-def get_tokenizer(cfg: Config, resume_from: Path | None, train_records: list[dict[str, Any]],
+def get_tokenizer(cfg: RecipeConfig, resume_from: Path | None, train_records: list[dict[str, Any]],
                   init_from: Path | None = None):
-    from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe, train_word_level
 
     if resume_from is not None:
         return TextTokenizer.load(resume_from)
@@ -58,7 +62,7 @@ def get_tokenizer(cfg: Config, resume_from: Path | None, train_records: list[dic
     return train_bpe(texts, cfg.train.tokenizer_vocab_size)
 
 
-def check_resume_fits(resume_from: Path, cfg: Config) -> None:
+def check_resume_fits(resume_from: Path, cfg: RecipeConfig) -> None:
     """The checkpoint to resume from was trained with the same model (sizes, memory settings)."""
     import yaml
 
@@ -76,7 +80,7 @@ def check_resume_fits(resume_from: Path, cfg: Config) -> None:
                               f"new train.output_dir)")
 
 
-def resolve_init_from(cfg: Config) -> Path | None:
+def resolve_init_from(cfg: RecipeConfig) -> Path | None:
     """The checkpoint `train.init_from` names (validated), or None."""
     value = (cfg.train.init_from or "").strip()
     if value.lower() in ("", "none"):
@@ -86,12 +90,10 @@ def resolve_init_from(cfg: Config) -> Path | None:
     return ckpt_io.resolve_checkpoint(value)
 
 
-def check_init_fits(init_from: Path, cfg: Config) -> str:
+def check_init_fits(init_from: Path, cfg: RecipeConfig) -> str:
     """Before any worker starts: every parameter shared by this run's model and the checkpoint has the same shape
     (a one-line error naming the first that does not). Returns the line describing what will be loaded."""
     import torch
-
-    from hybrid.models import build_model
 
     with torch.device("meta"):  # shapes only: no memory, no init cost
         model = build_model(cfg.model, vocab_size=cfg.model.vocab_size)
@@ -101,7 +103,7 @@ def check_init_fits(init_from: Path, cfg: Config) -> str:
     return ckpt_io.describe_init(init_from, *plan)
 
 
-def _use_gpu(cfg: Config) -> bool:
+def _use_gpu(cfg: RecipeConfig) -> bool:
     if cfg.train.use_gpu == "auto":
         import torch
 
@@ -109,11 +111,8 @@ def _use_gpu(cfg: Config) -> bool:
     return bool(cfg.train.use_gpu)
 
 
-def train(cfg: Config, quiet: bool = False) -> TrainResult:
+def train(cfg: RecipeConfig, quiet: bool = False) -> TrainResult:
     """Train per `cfg` (data.train / data.validation, model, train sections) and return where it went."""
-    from hybrid.data.encode import encode_pairs
-    from hybrid.data.io_pairs import read_io_pairs
-    from hybrid.training.loop import train_loop_per_worker
 
     t0 = time.time()
     if not cfg.data.train:
@@ -141,7 +140,7 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
                         "skipped": dict(val_pairs.skipped)} if val_enc else None),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    config_yaml = config_to_yaml(cfg)
+    config_yaml = cfg.to_yaml()
     (output_dir / "config.yaml").write_text(config_yaml)
     (output_dir / "data_stats.json").write_text(json.dumps(counts, indent=2) + "\n")
     tokenizer.save(output_dir)
@@ -172,8 +171,6 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
     else:
         import ray.data
 
-        from hybrid.utils.ray_utils import init_ray
-
         init_ray(include_dashboard=True)  # the dashboard shows the run; Ray Train's placement-group cleaner needs its State API
         # each worker reads its copy of the data once: a progress bar (the datasets capture the current
         # context) would only garble the step lines that follow
@@ -201,12 +198,10 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
                        metrics=metrics, data_counts=counts, wall_s=time.time() - t0)
 
 
-def _fit(loop, loop_config, cfg: Config, output_dir: Path, n_workers: int, use_gpu: bool, datasets):
+def _fit(loop, loop_config, cfg: RecipeConfig, output_dir: Path, n_workers: int, use_gpu: bool, datasets):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train import DataConfig as RayDataConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from hybrid.training.loop import CRASH_ENV
 
     # What to resume from is decided above (train.resume); Ray's bookkeeping of an earlier fit in this folder
     # would reference checkpoints our retention removed (Ray then refuses to start), so it starts afresh.

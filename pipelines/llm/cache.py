@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hybrid.utils.io import atomic_write_json
+from hybrid.core.io import atomic_write_json
 
 
 def cache_key(model: str, messages: list[dict], schema: dict | None, temperature: float, max_tokens: int) -> str:

@@ -8,8 +8,8 @@ import json
 import statistics
 import time
 
+from hybrid.config.llm import LLMConfig
 from pipelines.llm.client import Redactor
-from pipelines.llm.config import LLMConfig
 from pipelines.llm.schemas import PING_SCHEMA, PingAnswer
 from pipelines.llm.settings import LLMSettings
 

@@ -15,12 +15,13 @@ import email.utils
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from pydantic import BaseModel, ValidationError
 
+from hybrid.config.llm import LLMConfig
 from pipelines.llm.cache import AnswerCache, cache_key
-from pipelines.llm.config import LLMConfig
+from pipelines.llm.ratelimit import call
 from pipelines.llm.schemas import SCHEMAS
 from pipelines.llm.settings import LLMSettings
 
@@ -42,7 +43,7 @@ class LLMFatal(Exception):
 class ClientStats:
     requests: int = 0  # HTTP attempts sent
     answered: int = 0  # validated answers (from the endpoint)
-    cached: int = 0  # answers served from the cache
+    cached_answers: int = 0  # answers served from the cache
     retries: int = 0
     rate_limited: int = 0
     server_errors: int = 0
@@ -57,6 +58,11 @@ class ClientStats:
 
     def snapshot(self) -> dict:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def counter_names(cls) -> list[str]:
+        """The numeric counters (what a run's summary adds up over the actors)."""
+        return [f.name for f in fields(cls) if f.type in ("int", "float", int, float)]
 
 
 def parse_retry_after(headers, cap: float) -> float | None:
@@ -119,7 +125,7 @@ class LLMClient:
         if cached is not None:
             try:
                 answer = model_cls.model_validate(cached)
-                self.stats.cached += 1
+                self.stats.cached_answers += 1
                 return answer, True
             except ValidationError:
                 pass  # stale or foreign entry: ask again
@@ -174,7 +180,7 @@ class LLMClient:
             delay = 0.0
             estimate = self._estimate_tokens(messages)
             async with self._sem:
-                await self.limiter.acquire(estimate)
+                await call(self.limiter, "acquire", estimate)
                 self.stats.requests += 1
                 t0 = time.monotonic()
                 try:
@@ -186,8 +192,8 @@ class LLMClient:
                     reason, detail = "rate_limited", f"HTTP 429: {self.redact(e.message)}"
                     retry_after = parse_retry_after(e.response.headers, self.cfg.max_retry_after_s)
                     delay = retry_after if retry_after is not None else self._backoff(attempt)
-                    await self.limiter.pause(delay)  # the whole pool holds back, not only this request
-                    await self.limiter.settle(estimate, 0)
+                    await call(self.limiter, "pause", delay)  # the whole pool holds back, not only this request
+                    await call(self.limiter, "settle", estimate, 0)
                     continue
                 except openai.APITimeoutError:
                     self.stats.timeouts += 1
@@ -206,7 +212,7 @@ class LLMClient:
                                        f"LLM_BASE_URL ({self.redact(e.message)})") from None
                     if status >= 500 or status in (408, 409):
                         self.stats.server_errors += 1
-                        await self.limiter.settle(estimate, 0)  # nothing was generated: give the tokens back
+                        await call(self.limiter, "settle", estimate, 0)  # nothing was generated: give the tokens back
                         reason, detail = "server_error", f"HTTP {status}: {self.redact(e.message)}"
                         delay = self._backoff(attempt)
                     else:
@@ -230,7 +236,7 @@ class LLMClient:
                     self.stats.prompt_tokens += prompt_tokens
                     self.stats.completion_tokens += completion_tokens
                     if usage is not None:
-                        await self.limiter.settle(estimate, prompt_tokens + completion_tokens)
+                        await call(self.limiter, "settle", estimate, prompt_tokens + completion_tokens)
                     choices = getattr(response, "choices", None)
                     if isinstance(response, str) or not choices or choices[0].message is None:
                         reason, detail = "malformed_response", "no choices in the response"

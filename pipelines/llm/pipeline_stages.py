@@ -1,65 +1,85 @@
-"""generate-tasks and generate-reasoning as stages of `hybrid pipeline run` (pipelines/run.py `STAGES`).
+"""generate-tasks and generate-reasoning as stages of `hybrid pipeline run` (pipelines/run.py `STAGES`) and of
+their own commands.
 
-A stage there is `run(repos, cfg, force) -> {"counts": {...}, "drops": {...}}`. Light on import: run.py imports
-this module; openai and ray load only when a stage runs. Without an LLM, generate-tasks uses the cleaned commit
-messages and generate-reasoning is skipped with a one-line message (not an error)."""
+A repository stage is `run(repo_names, data_dir, llm_cfg, force) -> {"counts": {...}, "drops": {...}}`. Light on
+import: run.py imports this module; openai and ray load only when a stage runs. Without an LLM, generate-tasks
+uses the cleaned commit messages and generate-reasoning is skipped with a one-line message (not an error)."""
 
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
-_COUNT_KEYS = ("commits", "already_done", "ok", "partial", "failed", "written", "requests", "cached_answers",
-               "retries", "rate_limited", "server_errors", "timeouts", "invalid_answers")
+from hybrid.config.llm import LLMConfig
+from pipelines.llm import stages as st
+from pipelines.llm.runner import run_llm_stage
+from pipelines.llm.settings import NO_LLM_MESSAGE, load_settings
 
 
-def _present(repos, cfg) -> list[str]:
-    root = Path(cfg.pipeline.data_dir) / "ast_dataset"
-    return [r.name for r in repos if (root / r.name).is_dir()]
-
-
-def _settings():
-    from pipelines.llm.commands import _settings as load
-
-    return load()
+def _present(repo_names: list[str], data_dir: str | Path) -> list[str]:
+    root = Path(data_dir) / "ast_dataset"
+    return [name for name in repo_names if (root / name).is_dir()]
 
 
 def _counts(summary: dict) -> dict:
-    return {k: int(summary[k]) for k in _COUNT_KEYS if summary.get(k)}
+    """The non-zero whole-number counts of a stage summary (not its rates, times or per-reason tables)."""
+    return {k: v for k, v in summary.items() if isinstance(v, int) and not isinstance(v, bool) and v}
 
 
-def run_generate_tasks(repos, cfg, force: bool = False) -> dict:
-    names = _present(repos, cfg)
+def tasks_from_messages(data_dir: str | Path, repos: list[str], force: bool, max_tasks: int) -> dict:
+    """generate-tasks without an LLM: every commit gets task.json from its cleaned message (fast, in-process)."""
+    summary: dict = {"commits": 0, "already_done": 0, "ok": 0, "failed": 0, "written": 0}
+    all_drops: Counter = Counter()
+    repo_dirs = st.repo_dirs(data_dir, repos)
+    for repo in repo_dirs:
+        todo, done = st.plan_tasks(st.commit_dirs(repo), force, llm=False)
+        drops: Counter = Counter()
+        written = 0
+        for commit_dir in todo:
+            n, reason = st.tasks_from_commit_message(commit_dir, max_tasks)
+            written += n
+            if reason:
+                drops[reason] += 1
+        repo_summary = {"commits": len(todo), "already_done": done, "ok": len(todo), "failed": 0,
+                        "written": written, "source": "commit_message", "drops": dict(drops)}
+        st.update_stats(repo, "generate-tasks", repo_summary)
+        for k in ("commits", "already_done", "ok", "written"):
+            summary[k] += repo_summary[k]
+        all_drops.update(drops)
+    if repo_dirs:
+        summary["drops"] = dict(all_drops)
+    return summary
+
+
+def _llm_summary(summary: dict) -> dict:
+    return {"counts": _counts(summary),
+            "drops": {**summary["drops"], **{f"failed:{k}": v for k, v in summary["failures_by_reason"].items()}}}
+
+
+def run_generate_tasks(repo_names: list[str], data_dir: str | Path, llm_cfg: LLMConfig, force: bool = False) -> dict:
+    names = _present(repo_names, data_dir)
     if not names:
         return {"counts": {}, "drops": {}}
-    settings = _settings()
+    settings = load_settings()
     if not settings.configured:
-        from pipelines.llm.commands import tasks_from_messages
-
-        summary = tasks_from_messages(cfg.pipeline.data_dir, names, force, cfg.llm.max_tasks_per_commit)
+        summary = tasks_from_messages(data_dir, names, force, llm_cfg.max_tasks_per_commit)
         print("generate-tasks: no LLM configured, tasks from cleaned commit messages (source: commit_message)",
               file=sys.stderr)
         return {"counts": {**_counts(summary), "from_commit_message": int(summary["commits"])},
                 "drops": dict(summary.get("drops", {}))}
-    from pipelines.llm.runner import run_llm_stage
 
-    summary = run_llm_stage("generate-tasks", cfg.llm, settings, cfg.pipeline.data_dir, names, force).as_dict()
-    return {"counts": _counts(summary),
-            "drops": {**summary["drops"], **{f"failed:{k}": v for k, v in summary["failures_by_reason"].items()}}}
+    return _llm_summary(run_llm_stage("generate-tasks", llm_cfg, settings, data_dir, names, force).as_dict())
 
 
-def run_generate_reasoning(repos, cfg, force: bool = False) -> dict:
-    from pipelines.llm.settings import NO_LLM_MESSAGE
-
-    names = _present(repos, cfg)
+def run_generate_reasoning(repo_names: list[str], data_dir: str | Path, llm_cfg: LLMConfig,
+                           force: bool = False) -> dict:
+    names = _present(repo_names, data_dir)
     if not names:
         return {"counts": {}, "drops": {}}
-    settings = _settings()
+    settings = load_settings()
     if not settings.configured:
         print(f"generate-reasoning: skipped, it needs an LLM: {NO_LLM_MESSAGE}", file=sys.stderr)
         return {"counts": {"skipped_no_llm": 1}, "drops": {}}
-    from pipelines.llm.runner import run_llm_stage
 
-    summary = run_llm_stage("generate-reasoning", cfg.llm, settings, cfg.pipeline.data_dir, names, force).as_dict()
-    return {"counts": _counts(summary),
-            "drops": {**summary["drops"], **{f"failed:{k}": v for k, v in summary["failures_by_reason"].items()}}}
+    return _llm_summary(run_llm_stage("generate-reasoning", llm_cfg, settings, data_dir, names, force).as_dict())

@@ -8,13 +8,14 @@ back every request not yet granted. Because `tat` runs up to `burst` ahead of th
 a pause shorter than `burst` costs no throughput, and any window of W seconds sees at most (W + burst) seconds'
 worth of requests.
 
-`RateLimiterActor` is the same object as an async Ray actor: the driver creates one per run and hands it to
-every actor of the pool (on a cluster, too). `LocalLimiter` wraps it for one process.
+One class serves a single process (`RateLimiter(...)`) and a whole Ray actor pool (`start_limiter_actor`: the same
+class as an async actor, whose handle the driver hands to every actor of the pool); `call` awaits either alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from dataclasses import dataclass
 
@@ -82,63 +83,20 @@ class RateLimiter:
         return dict(self.stats.__dict__)
 
 
-class LocalLimiter:
-    """The limiter in this process, with the same awaitable interface as the actor handle wrapper."""
-
-    def __init__(self, limiter: RateLimiter):
-        self.limiter = limiter
-
-    async def acquire(self, tokens: float) -> float:
-        return await self.limiter.acquire(tokens)
-
-    async def settle(self, reserved_tokens: float, used_tokens: float) -> None:
-        self.limiter.settle(reserved_tokens, used_tokens)
-
-    async def pause(self, seconds: float) -> None:
-        self.limiter.pause(seconds)
-
-    async def stats(self) -> dict:
-        return self.limiter.get_stats()
+async def call(limiter, method: str, *args):
+    """Call a `RateLimiter` method alike on the object in this process or on the handle of its Ray actor
+    (`start_limiter_actor`)."""
+    fn = getattr(limiter, method)
+    if hasattr(fn, "remote"):
+        return await fn.remote(*args)
+    out = fn(*args)
+    return await out if inspect.isawaitable(out) else out
 
 
-class ActorLimiter:
-    """Awaitable wrapper around a `RateLimiterActor` handle (used inside async Ray actors)."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    async def acquire(self, tokens: float) -> float:
-        return await self.handle.acquire.remote(tokens)
-
-    async def settle(self, reserved_tokens: float, used_tokens: float) -> None:
-        await self.handle.settle.remote(reserved_tokens, used_tokens)
-
-    async def pause(self, seconds: float) -> None:
-        await self.handle.pause.remote(seconds)
-
-    async def stats(self) -> dict:
-        return await self.handle.get_stats.remote()
-
-
-def create_limiter_actor(requests_per_minute: float, tokens_per_minute: float, burst_seconds: float):
-    """Start the run's limiter as an async Ray actor (call after Ray is initialised)."""
+def start_limiter_actor(requests_per_minute: float, tokens_per_minute: float, burst_seconds: float):
+    """The run's one limiter as an async Ray actor (the same class; call after Ray is initialised). Every actor of
+    the pool holds its handle, on a cluster too."""
     import ray
 
-    @ray.remote(num_cpus=0, max_concurrency=10_000, max_restarts=-1)
-    class RateLimiterActor:
-        def __init__(self, rpm, tpm, burst):
-            self.limiter = RateLimiter(rpm, tpm, burst)
-
-        async def acquire(self, tokens: float) -> float:
-            return await self.limiter.acquire(tokens)
-
-        async def settle(self, reserved_tokens: float, used_tokens: float) -> None:
-            self.limiter.settle(reserved_tokens, used_tokens)
-
-        async def pause(self, seconds: float) -> None:
-            self.limiter.pause(seconds)
-
-        async def get_stats(self) -> dict:
-            return self.limiter.get_stats()
-
-    return RateLimiterActor.remote(requests_per_minute, tokens_per_minute, burst_seconds)
+    actor = ray.remote(num_cpus=0, max_concurrency=10_000, max_restarts=-1)(RateLimiter)
+    return actor.remote(requests_per_minute, tokens_per_minute, burst_seconds)

@@ -17,9 +17,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybrid.errors import HybridError
-from pipelines.llm.config import LLMConfig
+from hybrid.config.llm import LLMConfig
+from hybrid.core.errors import HybridError
+from hybrid.core.ray_utils import init_ray
+from pipelines.llm import stages as st
+from pipelines.llm.cache import AnswerCache
+from pipelines.llm.client import ClientStats, LLMClient, LLMFatal
+from pipelines.llm.ratelimit import RateLimiter, start_limiter_actor
 from pipelines.llm.settings import LLMSettings
+from pipelines.llm.stages import reasoning_for_commit, tasks_for_commit
 
 
 class StageWorker:
@@ -27,22 +33,15 @@ class StageWorker:
 
     def __init__(self, stage: str, settings: LLMSettings, cfg: dict, limiter, cache_dir: str | None,
                  force: bool = False):
-        from pipelines.llm.cache import AnswerCache
-        from pipelines.llm.client import LLMClient
-        from pipelines.llm.ratelimit import ActorLimiter
 
         self.stage = stage
         self.cfg = LLMConfig.model_validate(cfg)
         self.force = force
-        if hasattr(getattr(limiter, "acquire", None), "remote"):
-            limiter = ActorLimiter(limiter)
         self.client = LLMClient(settings, self.cfg, limiter, AnswerCache(cache_dir))
         self.worker_id = uuid.uuid4().hex[:12]
         self.fatal: str | None = None
 
     async def __call__(self, row: dict) -> dict:
-        from pipelines.llm.client import LLMFatal
-        from pipelines.llm.stages import reasoning_for_commit, tasks_for_commit
 
         commit_dir = Path(row["commit_dir"])
         out = {"repo": row["repo"], "commit_dir": row["commit_dir"], "status": "failed", "written": 0,
@@ -97,15 +96,14 @@ class RunTotals:
         return dict(total)
 
     def as_dict(self) -> dict:
+        """The run's counts, then every client counter (`ClientStats`) summed over the actors."""
         c = self.client_totals()
         elapsed = self.elapsed_s or (time.monotonic() - self.started)
+        client = {name: c.get(name, 0) for name in ClientStats.counter_names()}
+        client = {k: (round(v, 3) if isinstance(v, float) else int(v)) for k, v in client.items()}
         return {
             "commits": self.items, "already_done": self.done_before, "ok": self.ok, "partial": self.partial,
-            "failed": self.failed, "written": self.written, "requests": int(c.get("requests", 0)),
-            "cached_answers": int(c.get("cached", 0)), "retries": int(c.get("retries", 0)),
-            "rate_limited": int(c.get("rate_limited", 0)), "server_errors": int(c.get("server_errors", 0)),
-            "timeouts": int(c.get("timeouts", 0)), "invalid_answers": int(c.get("invalid_answers", 0)),
-            "prompt_tokens": int(c.get("prompt_tokens", 0)), "completion_tokens": int(c.get("completion_tokens", 0)),
+            "failed": self.failed, "written": self.written, **client,
             "elapsed_s": round(elapsed, 2), "requests_per_s": round(c.get("requests", 0) / elapsed, 3) if elapsed else 0,
             "drops": dict(self.drops), "failures_by_reason": dict(self.failure_reasons),
         }
@@ -130,8 +128,6 @@ def run_llm_stage(stage: str, cfg: LLMConfig, settings: LLMSettings, data_dir: s
                   force: bool = False, console=None, runner: str | None = None) -> RunTotals:
     """Plan, run and record one LLM stage; returns the totals (also written to each repo's stats.json)."""
     from rich.console import Console
-
-    from pipelines.llm import stages as st
 
     console = console or Console(stderr=True)
     runner = runner or cfg.runner
@@ -186,9 +182,8 @@ def run_llm_stage(stage: str, cfg: LLMConfig, settings: LLMSettings, data_dir: s
 
 
 async def _run_local(stage, cfg, settings, items, cache_dir, force, consume) -> None:
-    from pipelines.llm.ratelimit import LocalLimiter, RateLimiter
 
-    limiter = LocalLimiter(RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute, cfg.burst_seconds))
+    limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute, cfg.burst_seconds)
     worker = StageWorker(stage, settings, cfg.model_dump(), limiter, cache_dir, force)
     gate = asyncio.Semaphore(max(16, cfg.concurrency_per_actor * 2))  # rows at once, like one Ray Data actor
 
@@ -206,11 +201,8 @@ async def _run_local(stage, cfg, settings, items, cache_dir, force, consume) -> 
 def _run_ray(stage, cfg, settings, items, cache_dir, force, consume) -> None:
     import ray
 
-    from hybrid.utils.ray_utils import init_ray
-    from pipelines.llm.ratelimit import create_limiter_actor
-
     init_ray()
-    limiter = create_limiter_actor(cfg.requests_per_minute, cfg.tokens_per_minute, cfg.burst_seconds)
+    limiter = start_limiter_actor(cfg.requests_per_minute, cfg.tokens_per_minute, cfg.burst_seconds)
     try:
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), cfg.num_actors * 4)))
         ds = ds.map(StageWorker,

@@ -8,6 +8,9 @@ from typing import Optional
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hybrid.core.errors import HybridError
+from hybrid.core.redact import redact_url
+
 
 class LLMSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
@@ -40,8 +43,6 @@ class LLMSettings(BaseSettings):
         return self.OPENAI_API_KEY.get_secret_value() if self.OPENAI_API_KEY is not None else "not-needed"
 
     def endpoint_text(self) -> str:
-        from hybrid.utils.redact import redact_url
-
         return redact_url(self.LLM_BASE_URL) if self.LLM_BASE_URL else "https://api.openai.com/v1"
 
 
@@ -50,4 +51,10 @@ NO_LLM_MESSAGE = ("no LLM configured: set OPENAI_API_KEY (and LLM_BASE_URL for a
 
 
 def load_settings() -> LLMSettings:
-    return LLMSettings()
+    """The endpoint settings from `.env` / the environment; a bad value is one line naming the variable only
+    (pydantic's message could carry the value, and the value may be the key)."""
+    try:
+        return LLMSettings()
+    except Exception as e:
+        loc = e.errors()[0].get("loc", ("?",)) if hasattr(e, "errors") else ("?",)
+        raise HybridError(f".env / environment: invalid value for {'.'.join(map(str, loc))}") from None

@@ -13,11 +13,11 @@ import json
 import re
 from pathlib import Path
 
-from hybrid.errors import HybridError
-from hybrid.utils.io import atomic_write_json, read_json, read_jsonl
+from hybrid.config.llm import LLMConfig
+from hybrid.core.errors import HybridError
+from hybrid.core.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from pipelines.llm.client import LLMClient, LLMFailure
 from pipelines.llm.commit_messages import tasks_from_message
-from pipelines.llm.config import LLMConfig
 from pipelines.llm.prompts import chunk_diff, reasoning_messages, tasks_diff_budget, tasks_messages
 
 OPERATION = {"added": "ADD", "modified": "UPDATE", "deleted": "DELETE"}
@@ -245,7 +245,6 @@ def read_failures(repo_dir: Path) -> list[dict]:
 
 def write_failures(repo_dir: Path, stage: str, failures: list[dict]) -> None:
     """Replace this stage's entries in `<repo>/llm_failures.jsonl` with this run's failures."""
-    from hybrid.utils.io import atomic_write_jsonl
 
     kept = [r for r in read_failures(repo_dir) if r.get("stage") != stage]
     rows = kept + sorted(failures, key=lambda r: (r["commit_number"], r.get("function_id") or ""))

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from hybrid.cli import main
-from hybrid.config import load_config
+from hybrid.main import main
+from hybrid.cli.config import load_config
 from pipelines.dataset_tools import ast_coverage
 from pipelines.repos import add_repo
 from pipelines.run import run_pipeline
@@ -22,9 +22,9 @@ def test_synthetic_rust_repo_is_a_real_history_that_parses(tmp_path):
     assert len(log) == 120
     assert any(len(line.split()) == 3 for line in log), "expected a merge commit"
     cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}"])
-    add_repo(str(repo), "syn", cfg)
-    s = run_pipeline(["syn"], cfg, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
-    cov = ast_coverage(cfg)["syn"]
+    add_repo(str(repo), "syn", cfg.pipeline)
+    s = run_pipeline(["syn"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
+    cov = ast_coverage(cfg.pipeline)["syn"]
     assert cov["rust"]["parsed"] > 120 and cov["rust"].get("parse_error", 0) == 0
     diffs = s.stages["generate-ast-diffs"]["counts"]
     assert diffs["added"] > 0 and diffs["modified"] > 0 and diffs["deleted"] > 0
@@ -35,17 +35,41 @@ def test_synthetic_rust_repo_is_a_real_history_that_parses(tmp_path):
 
 
 def test_incremental_parsing_matches_fresh_parsing(tmp_path):
-    from pipelines.structural import RangeWorker
+    from pipelines.range_worker import RangeWorker
 
     repo = build_synthetic_rust_repo(tmp_path / "syn", 150, seed=5)
     cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}"])
-    add_repo(str(repo), "syn", cfg)
-    RangeWorker.verify_incremental = True  # every incremental update is compared with a fresh parse
+    add_repo(str(repo), "syn", cfg.pipeline)
+    # every incremental update is compared with a fresh parse; a difference raises IncrementalMismatch
+    RangeWorker.verify_incremental = True
     try:
-        s = run_pipeline(["syn"], cfg, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
+        s = run_pipeline(["syn"], cfg.pipeline, cfg.llm, local=True, progress=False,
+                         stages=["generate-ast", "generate-ast-diffs"])
     finally:
         RangeWorker.verify_incremental = False
     assert s.worker["incremental_parses"] > 100
+
+
+def test_the_incremental_check_can_fail(tmp_path, monkeypatch):
+    """The check above is real: an incremental update that drops a declaration is caught (under -O too)."""
+    import pipelines.range_worker as rw
+
+    real = rw.update_declarations
+
+    def lossy(*args, **kwargs):
+        parsed = real(*args, **kwargs)
+        parsed.declarations = parsed.declarations[1:]
+        return parsed
+
+    repo = build_synthetic_rust_repo(tmp_path / "syn", 20, seed=5)
+    cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}"])
+    add_repo(str(repo), "syn", cfg.pipeline)
+    monkeypatch.setattr(rw, "update_declarations", lossy)
+    monkeypatch.setattr(rw.RangeWorker, "verify_incremental", True)
+    rw._WORKERS.clear()  # no worker (and parse cache) left from an earlier test
+    with pytest.raises(rw.IncrementalMismatch):
+        run_pipeline(["syn"], cfg.pipeline, cfg.llm, local=True, progress=False,
+                     stages=["generate-ast", "generate-ast-diffs"])
 
 
 def test_bench_datagen_reports_rates_and_ratio(tmp_path, capsys):
@@ -71,7 +95,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_files(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     for data in (killed, clean):
         assert main(["repos", "add", str(repo), "--name", "syn", f"pipeline.data_dir={data}"]) == 0
-    cmd = [sys.executable, "-m", "hybrid.cli", "pipeline", "run", "--local", "--no-progress", "--stages",
+    cmd = [sys.executable, "-m", "hybrid", "pipeline", "run", "--local", "--no-progress", "--stages",
            "generate-ast,generate-ast-diffs", f"pipeline.data_dir={killed}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = killed / "ast_dataset/syn/commit_30/diff_ast.jsonl"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hybrid.cli import main
-from hybrid.config import load_config
-from hybrid.errors import ConfigError, HybridError
+from hybrid.main import main
+from hybrid.cli.config import load_config
+from hybrid.core.errors import ConfigError, HybridError
 from pipelines.repos import add_repo, first_parent_hashes, list_repos, remove_repo, update_repo
 from tests.repo_builder import RepoBuilder, build_sample_repo
 
@@ -30,14 +30,14 @@ def test_add_list_remove(tmp_path, src, capsys):
     assert main(["repos", "add", str(src), "--name", "sample", f"pipeline.data_dir={data}"]) == 0
     assert "added sample" in capsys.readouterr().out
     cfg = load_config([f"pipeline.data_dir={data}"])
-    [entry] = list_repos(cfg)
+    [entry] = list_repos(cfg.pipeline)
     assert (entry.name, entry.source, entry.default_branch) == ("sample", str(src.resolve()), "main")
     assert (data / "repos" / "sample" / "HEAD").exists() and not (data / "repos" / "sample" / ".git").exists()
-    assert len(first_parent_hashes(entry, cfg)) == 8
+    assert len(first_parent_hashes(entry, cfg.pipeline)) == 8
     assert main(["repos", "list", "--json", f"pipeline.data_dir={data}"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == "sample"
     assert main(["repos", "remove", "sample", f"pipeline.data_dir={data}"]) == 0
-    assert list_repos(cfg) == [] and not (data / "repos" / "sample").exists()
+    assert list_repos(cfg.pipeline) == [] and not (data / "repos" / "sample").exists()
 
 
 def _closed_port() -> int:
@@ -53,7 +53,7 @@ def _closed_port() -> int:
 def test_bad_adds_fail_with_one_line_and_change_nothing(case, tmp_path, src, capsys):
     data = tmp_path / "data"
     cfg = load_config([f"pipeline.data_dir={data}"])
-    add_repo(str(src), "sample", cfg)
+    add_repo(str(src), "sample", cfg.pipeline)
     before = _state(data)
     (tmp_path / "plain").mkdir()
     RepoBuilder(tmp_path / "empty")
@@ -76,7 +76,7 @@ def test_bad_adds_fail_with_one_line_and_change_nothing(case, tmp_path, src, cap
 def test_subfolder_of_a_repo_is_not_a_repo(tmp_path, src):
     cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}"])
     with pytest.raises(HybridError, match="not a git repository"):
-        add_repo(str(src / "web"), None, cfg)
+        add_repo(str(src / "web"), None, cfg.pipeline)
 
 
 def test_update_fetches_new_commits(tmp_path):
@@ -84,16 +84,16 @@ def test_update_fetches_new_commits(tmp_path):
     rb.write("a.py", "def f():\n    return 1\n")
     rb.commit("one")
     cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}"])
-    entry = add_repo(str(tmp_path / "src"), "grow", cfg)
+    entry = add_repo(str(tmp_path / "src"), "grow", cfg.pipeline)
     rb.write("a.py", "def f():\n    return 2\n")
     rb.commit("two")
-    assert update_repo("grow", cfg) == 1
-    assert len(first_parent_hashes(entry, cfg)) == 2
-    remove_repo("grow", cfg)
+    assert update_repo("grow", cfg.pipeline) == 1
+    assert len(first_parent_hashes(entry, cfg.pipeline)) == 2
+    remove_repo("grow", cfg.pipeline)
 
 
 def test_stage_commands_and_console_scripts(tmp_path, src, capsys):
-    from pipelines.commands import check_ast_coverage_main, cleanup_dataset_main, generate_ast_main
+    from hybrid.cli.pipeline import check_ast_coverage_main, cleanup_dataset_main, generate_ast_main
 
     data = tmp_path / "data"
     over = f"pipeline.data_dir={data}"

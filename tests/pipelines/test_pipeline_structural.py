@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from hybrid.config import load_config
-from hybrid.errors import HybridError
+from hybrid.cli.config import load_config
+from hybrid.core.errors import HybridError
 from pipelines.dataset_tools import ast_coverage, cleanup_dataset
 from pipelines.repos import add_repo
 from pipelines.run import run_pipeline
-from pipelines.structural import RangeWorker
+from pipelines.steps import DeclarationDiffer
 from tests.repo_builder import build_sample_repo
 
 
@@ -36,8 +36,8 @@ def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("structural")
     hashes = build_sample_repo(root / "src")
     cfg = _cfg(root / "data")
-    add_repo(str(root / "src"), "sample", cfg)
-    summary = run_pipeline(["sample"], cfg, local=True, progress=False, stages=STRUCTURAL)
+    add_repo(str(root / "src"), "sample", cfg.pipeline)
+    summary = run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=STRUCTURAL)
     return root / "data", hashes, summary
 
 
@@ -145,7 +145,7 @@ def test_drop_counts(sample):
 
 def test_coverage_per_language(sample):
     data_dir, _, _ = sample
-    cov = ast_coverage(_cfg(data_dir))["sample"]
+    cov = ast_coverage(_cfg(data_dir).pipeline)["sample"]
     assert cov["python"] == {"parsed": 3, "declarations": 10, "skipped:too_large": 1, "parse_error": 1,
                              "skipped:generated": 1, "skipped:non_utf8": 1}
     assert cov["javascript"] == {"parsed": 1, "declarations": 4, "skipped:vendored": 1, "skipped:minified": 1}
@@ -157,11 +157,11 @@ def test_rerun_skips_finished_commits_and_force_redoes_them(sample, tmp_path):
     data_dir, _, _ = sample
     cfg = _cfg(data_dir)
     before = _read(data_dir, 2, "diff_ast.jsonl")
-    again = run_pipeline(["sample"], cfg, local=True, progress=False, stages=STRUCTURAL)
+    again = run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=STRUCTURAL)
     for name in ("generate-ast", "generate-ast-diffs", "generate-fim"):  # (other stages may be registered)
         st = again.stages[name]
         assert st["counts"].get("skipped_done") == 8 and st["counts"].get("commits", 0) == 0
-    forced = run_pipeline(["sample"], cfg, local=True, progress=False, force=True,
+    forced = run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, force=True,
                           stages=["generate-ast-diffs"])
     assert list(forced.stages) == ["generate-ast-diffs"] and forced.stages["generate-ast-diffs"]["counts"]["commits"] == 8
     assert _read(data_dir, 2, "diff_ast.jsonl") == before
@@ -171,65 +171,65 @@ def test_resume_after_an_interrupted_run(tmp_path, monkeypatch):
     hashes = build_sample_repo(tmp_path / "src")
     clean, broken = _cfg(tmp_path / "clean"), _cfg(tmp_path / "broken", "pipeline.commits_per_task=3")
     for cfg in (clean, broken):
-        add_repo(str(tmp_path / "src"), "sample", cfg)
-    run_pipeline(["sample"], clean, local=True, progress=False)
+        add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
+    run_pipeline(["sample"], clean.pipeline, clean.llm, local=True, progress=False)
 
-    real = RangeWorker.do_ast_diffs
-    def killed_at_commit_5(self, ctx, out_dir, stats):
+    real = DeclarationDiffer.run
+    def killed_at_commit_5(self, ctx, out_dir):
         if ctx.number == 5:
             # what a kill leaves behind: a temp file that never got renamed
             (out_dir / ".diff_ast.jsonl.x1y2.tmp").write_text('{"half": ')
             raise KeyboardInterrupt
-        return real(self, ctx, out_dir, stats)
-    monkeypatch.setattr(RangeWorker, "do_ast_diffs", killed_at_commit_5)
+        return real(self, ctx, out_dir)
+    monkeypatch.setattr(DeclarationDiffer, "run", killed_at_commit_5)
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(["sample"], broken, local=True, progress=False)
+        run_pipeline(["sample"], broken.pipeline, broken.llm, local=True, progress=False)
     assert (tmp_path / "broken/ast_dataset/sample/commit_5/commit_data.json").exists()
     assert not (tmp_path / "broken/ast_dataset/sample/commit_5/diff_ast.jsonl").exists()
-    monkeypatch.setattr(RangeWorker, "do_ast_diffs", real)
+    monkeypatch.setattr(DeclarationDiffer, "run", real)
 
-    resumed = run_pipeline(["sample"], broken, local=True, progress=False)
+    resumed = run_pipeline(["sample"], broken.pipeline, broken.llm, local=True, progress=False)
     assert resumed.stages["generate-ast"]["counts"]["skipped_done"] == 6  # commits 0-5 were finished
     assert resumed.stages["generate-ast-diffs"]["counts"]["commits"] == 3  # 5, 6, 7
     for n in range(len(hashes)):
         for name in ("commit_data.json", "ast.jsonl", "diff_ast.jsonl", "task.json", "fim_dataset.json"):
             assert (tmp_path / f"broken/ast_dataset/sample/commit_{n}/{name}").read_bytes() == \
                 (tmp_path / f"clean/ast_dataset/sample/commit_{n}/{name}").read_bytes(), (n, name)
-    removed = cleanup_dataset(broken, [], temp=True)
+    removed = cleanup_dataset(broken.pipeline, [], temp=True)
     assert removed == {"temp files": 1}
 
 
 def test_fim_attaches_tasks_and_reasoning(tmp_path):
     build_sample_repo(tmp_path / "src")
     cfg = _cfg(tmp_path / "data")
-    add_repo(str(tmp_path / "src"), "sample", cfg)
-    run_pipeline(["sample"], cfg, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
+    add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
+    run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
     c2 = tmp_path / "data/ast_dataset/sample/commit_2"
     (c2 / "task.json").write_text(json.dumps({"commit_number": 2, "commit_hash": "x", "source": "llm", "tasks": [
         {"id": "task_1", "description": "Split on commas.", "function_ids": ["app.py::method::Parser.parse"]},
         {"id": "task_2", "description": "Tidy up.", "function_ids": []}]}))
     (c2 / "reasoning.json").write_text(json.dumps([{"function_id": "app.py::function::helper",
                                                     "operation_type": "ADD", "reasoning": "I added a helper."}]))
-    run_pipeline(["sample"], cfg, local=True, progress=False, stages=["generate-fim"])
+    run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-fim"])
     fim = {s["function_id"]: s for s in json.loads((c2 / "fim_dataset.json").read_text())}
     assert fim["app.py::method::Parser.parse"]["task"] == "Split on commas.\nTidy up."
     assert fim["app.py::function::helper"]["task"] == "Tidy up."
     assert fim["app.py::function::helper"]["reasoning"] == "I added a helper."
     assert fim["app.py::method::Parser.parse"]["reasoning"] is None
     # cleanup-dataset touches only what it is asked to, and --dry-run nothing
-    assert cleanup_dataset(cfg, ["tasks", "reasoning"], dry_run=True) == {"task.json": 1, "reasoning.json": 1}
+    assert cleanup_dataset(cfg.pipeline, ["tasks", "reasoning"], dry_run=True) == {"task.json": 1, "reasoning.json": 1}
     assert (c2 / "task.json").exists()
-    assert cleanup_dataset(cfg, ["tasks", "reasoning"]) == {"task.json": 1, "reasoning.json": 1}
+    assert cleanup_dataset(cfg.pipeline, ["tasks", "reasoning"]) == {"task.json": 1, "reasoning.json": 1}
     assert not (c2 / "task.json").exists() and (c2 / "fim_dataset.json").exists()
     with pytest.raises(HybridError, match="say what to remove"):
-        cleanup_dataset(cfg, [])
+        cleanup_dataset(cfg.pipeline, [])
 
 
 def test_fim_without_diffs_leaves_the_commit_to_do(tmp_path):
     build_sample_repo(tmp_path / "src")
     cfg = _cfg(tmp_path / "data")
-    add_repo(str(tmp_path / "src"), "sample", cfg)
-    s = run_pipeline(["sample"], cfg, local=True, progress=False, stages=["generate-fim"])
+    add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
+    s = run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-fim"])
     assert s.stages["generate-fim"]["drops"] == {"no_diff_ast": 8}
     assert not list((tmp_path / "data/ast_dataset/sample").glob("commit_*/fim_dataset.json"))
 
@@ -237,8 +237,8 @@ def test_fim_without_diffs_leaves_the_commit_to_do(tmp_path):
 def test_size_bounds_are_configurable(tmp_path):
     build_sample_repo(tmp_path / "src")
     cfg = _cfg(tmp_path / "data", "pipeline.max_file_bytes=300", "pipeline.fim_max_middle_lines=2")
-    add_repo(str(tmp_path / "src"), "sample", cfg)
-    s = run_pipeline(["sample"], cfg, local=True, progress=False)
+    add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
+    s = run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False)
     assert s.stages["generate-ast"]["drops"]["too_large"] > 1
     assert s.stages["generate-fim"]["drops"]["middle_too_large"] > 0
     for path in (tmp_path / "data/ast_dataset/sample").glob("commit_*/fim_dataset.json"):
@@ -249,12 +249,12 @@ def test_size_bounds_are_configurable(tmp_path):
 def test_a_corrupt_task_file_is_one_clear_error_and_the_rest_is_done(tmp_path):
     build_sample_repo(tmp_path / "src")
     cfg = _cfg(tmp_path / "data", "pipeline.commits_per_task=4")
-    add_repo(str(tmp_path / "src"), "sample", cfg)
-    run_pipeline(["sample"], cfg, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
+    add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
+    run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
     bad = tmp_path / "data/ast_dataset/sample/commit_2/task.json"
     bad.write_text('{"tasks": [')
     with pytest.raises(HybridError, match=r"commit_2/task\.json: line 1: not valid JSON"):
-        run_pipeline(["sample"], cfg, local=True, progress=False, stages=["generate-fim"])
+        run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-fim"])
     done = sorted(p.parent.name for p in (tmp_path / "data/ast_dataset/sample").glob("commit_*/fim_dataset.json"))
     assert done == ["commit_0", "commit_1", "commit_4", "commit_5", "commit_6", "commit_7"]
 
@@ -271,8 +271,8 @@ def test_submodules_and_symlinks_are_counted_not_parsed(tmp_path):
     rb.git("add", "link.py")
     rb.git("commit", "-q", "-m", "submodule and symlink")
     cfg = _cfg(tmp_path / "data")
-    add_repo(str(tmp_path / "src"), "sub", cfg)
-    s = run_pipeline(["sub"], cfg, local=True, progress=False, stages=STRUCTURAL)
+    add_repo(str(tmp_path / "src"), "sub", cfg.pipeline)
+    s = run_pipeline(["sub"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=STRUCTURAL)
     assert s.stages["generate-ast"]["drops"] == {"submodule": 1, "symlink": 1}
     files = json.loads((tmp_path / "data/ast_dataset/sub/commit_1/commit_data.json").read_text())["files"]
     assert {f["path"]: f["skipped"] for f in files} == {"link.py": "symlink", "third/lib.py": "submodule"}

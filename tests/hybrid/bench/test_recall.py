@@ -8,7 +8,7 @@ import json
 import pytest
 
 from hybrid.bench import recall_tasks as rt
-from hybrid.cli import main
+from hybrid.main import main
 
 L = 32
 
@@ -70,7 +70,7 @@ def test_chance_levels():
 
 
 def test_too_small_segment_is_a_clear_error():
-    from hybrid.errors import HybridError
+    from hybrid.core.errors import HybridError
 
     with pytest.raises(HybridError, match="segment_length 8 too small"):
         list(rt.generate("facts", 1, 1, 8, seed=0))
@@ -127,14 +127,14 @@ def test_gated_init_opens_the_internal_gate(tmp_path):
     from safetensors.torch import load_file
 
     from hybrid.bench import recall as r
-    from hybrid.config import load_config
+    from hybrid.cli.config import load_config
     from hybrid.training.train import train
 
     s = r.Settings(base_steps=2, steps=2, batch_size=2, lengths=[1], eval_examples=2)
     data = tmp_path / "base.jsonl"
     examples = r.training_examples(s, 2, {1: 1.0}, 0)
     r.write_jsonl(data, [e.record() for e in examples] + r.vocabulary_records(examples, L, 0))
-    base = train(load_config(r.train_overrides(s, "none", tmp_path / "base", data, 2, 0)), quiet=True).checkpoint
+    base = train(load_config(r.train_overrides(s, "none", tmp_path / "base", data, 2, 0)).recipe(), quiet=True).checkpoint
     init = r.gated_init(s, "both", base, tmp_path / "init")
     weights = load_file(str(next(init.glob("*.safetensors"))))
     gates = {k: v for k, v in weights.items() if k.endswith(".internal_memory.gate")}

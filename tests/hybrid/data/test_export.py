@@ -3,8 +3,8 @@ import pytest
 
 from hybrid.data.export import export_io_pairs, fim_input
 from hybrid.data.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, TASK
-from hybrid.errors import HybridError
-from hybrid.utils.io import read_jsonl
+from hybrid.core.errors import HybridError
+from hybrid.core.io import read_jsonl
 
 
 def fim(repo, n, fid, middle, task=None):
@@ -72,7 +72,7 @@ def test_export_command(tmp_path, capsys):
     import argparse
 
     from hybrid.cli import run_command
-    from hybrid.data.commands import register_export
+    from hybrid.cli.pipeline import add_export_parser as register_export
 
     make_dataset(tmp_path / "data", {"r": [[fim("r", n, f"f{n}", "pass")] for n in range(5)]})
     parser = argparse.ArgumentParser()

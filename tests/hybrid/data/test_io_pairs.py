@@ -5,7 +5,7 @@ import pytest
 from hybrid.data.encode import IGNORE_INDEX, collate, encode_pairs, fit_to_length
 from hybrid.data.io_pairs import read_io_pairs
 from hybrid.data.tokenizer import EOS, FIM_MIDDLE, SEP, TextTokenizer, train_bpe
-from hybrid.errors import HybridError
+from hybrid.core.errors import HybridError
 
 
 def write(path, lines):

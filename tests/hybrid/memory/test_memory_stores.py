@@ -118,7 +118,7 @@ def test_faiss_ivf_finds_what_flat_finds():
 
 def test_model_with_faiss_store_matches_torch_store():
     from hybrid.memory import store_factory
-    from hybrid.memory.config import MemoryConfig
+    from hybrid.config.memory import MemoryConfig
     from tests.hybrid.models.model_helpers import open_gates, tiny_model
 
     model = tiny_model("llama")
@@ -126,7 +126,7 @@ def test_model_with_faiss_store_matches_torch_store():
     ids = torch.randint(0, 97, (2, 56))
     with torch.no_grad():
         ref = model(ids).logits
-        model.store_factory = store_factory(MemoryConfig(backend="faiss"), model.config)
+        model.store_factory = store_factory(MemoryConfig(backend="faiss"), model.config.chunks_capacity, model.config.chunk_size)
         out = model(ids).logits
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert not math.isnan(out.sum().item())

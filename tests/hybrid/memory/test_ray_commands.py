@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from hybrid.cli import run_command
-from hybrid.errors import HybridError
-from hybrid.memory.commands import register
+from hybrid.core.errors import HybridError
+from hybrid.cli.memory import register
 
 
 def cli(argv):
@@ -42,14 +42,14 @@ def _git_repo(path):
 def test_build_stats_and_read_only_evaluation(ray_session, tmp_path, capsys):
     from tests.hybrid.training.conftest import TINY, make_pairs
 
-    from hybrid.config import load_config
+    from hybrid.cli.config import load_config
     from hybrid.memory.ray_store import RayShardedStore, SharedMemoryView
     from hybrid.training.evaluate import load
     from hybrid.training.train import train
 
     data = make_pairs(tmp_path / "train.jsonl", 8, 0)
     run = train(load_config([*TINY, f"data.train={data}", "train.max_iters=1", "train.eval_every=1",
-                             "train.num_workers=0", f"train.output_dir={tmp_path / 'run'}"]), quiet=True)
+                             "train.num_workers=0", f"train.output_dir={tmp_path / 'run'}"]).recipe(), quiet=True)
     repo = _git_repo(tmp_path / "repo")
     service = f"test-build-{uuid.uuid4().hex[:8]}"
     conf = [f"memory.service={service}", "memory.num_shards=2", "memory.shard_cpus=0"]

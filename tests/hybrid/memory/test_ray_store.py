@@ -11,7 +11,7 @@ import uuid
 import pytest
 import torch
 
-from hybrid.errors import HybridError
+from hybrid.core.errors import HybridError
 from hybrid.memory.faiss_store import FaissStore
 from hybrid.memory.ray_shard import namespace_bytes
 from hybrid.memory.ray_store import RayShardedStore, home_shard
@@ -193,7 +193,7 @@ def _wait_for_new_incarnation(store, shard, old, timeout_s=60):
 def test_training_with_the_ray_backend_in_a_train_worker_matches_faiss(ray_session, tmp_path):
     from tests.hybrid.training.conftest import TINY, make_pairs
 
-    from hybrid.config import load_config
+    from hybrid.cli.config import load_config
     from hybrid.training.train import train
 
     data = make_pairs(tmp_path / "train.jsonl", 24, 0)
@@ -208,7 +208,7 @@ def test_training_with_the_ray_backend_in_a_train_worker_matches_faiss(ray_sessi
         if backend == "ray":  # in a Ray Train worker, which reaches the shards by name
             extra = [f"memory.backend={backend}", "train.num_workers=1", f"memory.service={service}",
                      "memory.shard_cpus=0", "memory.num_shards=2"]
-        train(load_config([*common, *extra, f"train.output_dir={out}"]), quiet=True)
+        train(load_config([*common, *extra, f"train.output_dir={out}"]).recipe(), quiet=True)
         import json
 
         losses[backend] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()

@@ -109,8 +109,8 @@ def test_config_validation(bad, message):
 
 
 def test_config_load_errors_name_the_key():
-    from hybrid.config import load_config
-    from hybrid.errors import ConfigError
+    from hybrid.cli.config import load_config
+    from hybrid.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"model\.retrieval_k"):
         load_config(["model=tiny_llama_hybrid", "model.retrieval_k=0"])

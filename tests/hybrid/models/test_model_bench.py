@@ -9,7 +9,7 @@ import pytest
 
 def test_bench_model_tiny(tmp_path, capsys):
     pytest.importorskip("transformers")
-    from hybrid.cli import main
+    from hybrid.main import main
 
     out = tmp_path / "bench.json"
     rc = main(["bench", "model", "--hidden-size", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1",
@@ -17,9 +17,20 @@ def test_bench_model_tiny(tmp_path, capsys):
                "--steps", "1", "--warmup", "0", "--device", "cpu", "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
-    names = [r["variant"] for r in data["rows"]]
-    assert names[0].startswith("transformers") and len(names) == 6
-    assert all(r["tokens_per_s"] > 0 and r["tokens_per_s_best"] >= r["tokens_per_s"] for r in data["rows"])
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert list(rows)[0].startswith("transformers") and len(rows) == 6
+    # every variant ran the tokens it was given: a batch of 1 segment of 16 for the anchors, of 2 for the memory
+    # variants, at the rate its timings give
+    batch = data["args"]["batch_size"]
+    for name, r in rows.items():
+        assert r["tokens"] == batch * (16 if "1 segment" in name else 32), name
+        assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds_median"])
+    # the ratios are those of the rows they name
+    assert data["ratios"]["ours base / transformers"] == pytest.approx(
+        rows["ours: base, 1 segment"]["tokens_per_s"] / rows["transformers LlamaForCausalLM, 1 segment"]["tokens_per_s"])
+    assert data["ratios"]["both memories (hybrid) / ours base"] == pytest.approx(
+        rows["ours: both memories (hybrid), 2 segments"]["tokens_per_s"]
+        / rows["ours: base (no memory), 2 segments"]["tokens_per_s"])
     assert set(data["ratios"]) == {"ours base / transformers", "internal memory only / ours base",
                                    "external memory only / ours base", "both memories (hybrid) / ours base"}
     assert "ratios (median" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from hybrid.errors import ConfigError, HybridError
+from hybrid.core.errors import ConfigError, HybridError
 from tests.hybrid.models.model_helpers import FAMILIES, open_gates, tiny_model
 
 transformers = pytest.importorskip("transformers")
@@ -101,7 +101,7 @@ def test_own_checkpoint_roundtrip(tmp_path, family):
 
 
 def test_build_model_from_config_sections(tmp_path):
-    from hybrid.config import load_config
+    from hybrid.cli.config import load_config
     from hybrid.models import build_model, count_parameters, trainable_parameters
 
     base = tiny_model("llama", use_internal_memory=False, use_external_memory=False)
@@ -164,7 +164,7 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
 
 
 def test_gpt2_key_map_covers_every_hf_key(tmp_path):
-    from hybrid.models.checkpoint import map_hf_state_dict, read_safetensors
+    from hybrid.models.pretrained import map_hf_state_dict, read_safetensors
 
     hf = _hf_gpt2(tmp_path)
     mapped = map_hf_state_dict("gpt2", read_safetensors(tmp_path))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hybrid.config import load_config
+from hybrid.cli.config import load_config
 from hybrid.training.loop import LengthBuckets
 from hybrid.training.train import train
 
@@ -59,16 +59,16 @@ def test_bucketed_training_pads_little_and_resumes_exactly(mixed_data, tmp_path,
     common = ["train.tokenizer=word", "data.max_length=64", "train.batch_size=4", "train.max_iters=6",
               "train.eval_every=3", "train.log_every=1", "train.keep_last=2"]
     S = 16  # tiny_llama_hybrid's segment_length
-    whole = train(load_config(tiny_overrides(mixed_data, tmp_path / "whole", *common, "data.bucket_by_length=true")),
+    whole = train(load_config(tiny_overrides(mixed_data, tmp_path / "whole", *common, "data.bucket_by_length=true")).recipe(),
                   quiet=True)
     for r in steps(whole.output_dir):  # every row is padded by less than one segment
         assert r["padded_tokens"] - r["tokens"] < 4 * S, r
-    plain = train(load_config(tiny_overrides(mixed_data, tmp_path / "plain", *common)), quiet=True)
+    plain = train(load_config(tiny_overrides(mixed_data, tmp_path / "plain", *common)).recipe(), quiet=True)
     assert any(r["padded_tokens"] - r["tokens"] >= 4 * S for r in steps(plain.output_dir))  # the check has teeth
 
     resumed = train(load_config(tiny_overrides(
         mixed_data, tmp_path / "resumed", *common, "data.bucket_by_length=true",
-        f"train.resume={whole.output_dir / 'checkpoint_step_000003'}")), quiet=True)
+        f"train.resume={whole.output_dir / 'checkpoint_step_000003'}")).recipe(), quiet=True)
     assert [r["step"] for r in steps(resumed.output_dir)] == [4, 5, 6]
     for a, b in zip(steps(whole.output_dir)[3:], steps(resumed.output_dir)):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["padded_tokens"] == b["padded_tokens"]

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from hybrid.config import load_config
+from hybrid.cli.config import load_config
 from hybrid.training.train import train
 
 
@@ -24,9 +24,9 @@ def test_two_workers_match_one_worker(ray_session, io_data, tmp_path, tiny_overr
     common = ["train.max_iters=4", "train.log_every=1", "train.eval_every=2", "train.keep_last=1", "train.warmup_iters=1",
               "train.learning_rate=3e-3", "data.max_length=32"]
     one = train(load_config(tiny_overrides(io_data, tmp_path / "one", *common, "train.num_workers=1",
-                                           "train.batch_size=4")), quiet=True)
+                                           "train.batch_size=4")).recipe(), quiet=True)
     two = train(load_config(tiny_overrides(io_data, tmp_path / "two", *common, "train.num_workers=2",
-                                           "train.batch_size=2")), quiet=True)
+                                           "train.batch_size=2")).recipe(), quiet=True)
     a, b = losses(one.output_dir), losses(two.output_dir)
     assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
     for (_, x), (_, y) in zip(a, b):
@@ -37,7 +37,7 @@ def test_two_workers_match_one_worker(ray_session, io_data, tmp_path, tiny_overr
     # rerun in the same folder with more steps: resumes from step 4 (after our retention removed a checkpoint
     # Ray had been told about)
     more = train(load_config(tiny_overrides(io_data, tmp_path / "two", *common, "train.num_workers=2",
-                                            "train.batch_size=2", "train.max_iters=6")), quiet=True)
+                                            "train.batch_size=2", "train.max_iters=6")).recipe(), quiet=True)
     assert more.checkpoint.name == "checkpoint_step_000006"
     assert [s for s, _ in losses(more.output_dir)] == [1, 2, 3, 4, 5, 6]
 
@@ -48,9 +48,9 @@ def test_two_workers_match_one_worker_with_length_buckets(ray_session, io_data, 
     common = ["train.max_iters=3", "train.log_every=1", "train.eval_every=3", "train.keep_last=1",
               "train.warmup_iters=1", "train.learning_rate=3e-3", "data.max_length=32", "data.bucket_by_length=true"]
     one = train(load_config(tiny_overrides(io_data, tmp_path / "one", *common, "train.num_workers=1",
-                                           "train.batch_size=4")), quiet=True)
+                                           "train.batch_size=4")).recipe(), quiet=True)
     two = train(load_config(tiny_overrides(io_data, tmp_path / "two", *common, "train.num_workers=2",
-                                           "train.batch_size=2")), quiet=True)
+                                           "train.batch_size=2")).recipe(), quiet=True)
     a, b = losses(one.output_dir), losses(two.output_dir)
     assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3]
     for (_, x), (_, y) in zip(a, b):

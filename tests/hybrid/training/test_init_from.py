@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hybrid.config import load_config
-from hybrid.errors import HybridError
+from hybrid.cli.config import load_config
+from hybrid.core.errors import HybridError
 from hybrid.models import build_model
 from hybrid.models.modeling import is_memory_param
-from hybrid.training import checkpoint as ckpt_io
+from hybrid.training import checkpoints as ckpt_io
 from hybrid.training.train import check_init_fits, train
 
 NO_MEMORY = ["model.use_internal_memory=false", "model.use_external_memory=false"]
@@ -20,7 +20,7 @@ NO_MEMORY = ["model.use_internal_memory=false", "model.use_external_memory=false
 @pytest.fixture(scope="module")
 def base(io_data, tmp_path_factory, tiny_overrides):
     out = tmp_path_factory.mktemp("base") / "train"
-    return train(load_config(tiny_overrides(io_data, out, *NO_MEMORY, "train.max_iters=2", "train.eval_every=2")),
+    return train(load_config(tiny_overrides(io_data, out, *NO_MEMORY, "train.max_iters=2", "train.eval_every=2")).recipe(),
                  quiet=True)
 
 
@@ -29,7 +29,7 @@ def test_init_from_a_no_memory_checkpoint(base, io_data, tmp_path, tiny_override
     cfg = load_config(tiny_overrides(io_data, tmp_path / "both", f"train.init_from={base.output_dir}",
                                      "train.max_iters=1", "train.eval_every=1", "train.learning_rate=1e-30",
                                      "train.warmup_iters=0"))
-    res = train(cfg)
+    res = train(cfg.recipe())
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("init from "))
     assert str(base.best_checkpoint) in line and ".internal_memory." in line and "unused" not in line
     assert res.checkpoint.name == "checkpoint_step_000001"  # a fresh step counter (the base was at step 2)
@@ -51,7 +51,7 @@ def test_init_from_a_no_memory_checkpoint(base, io_data, tmp_path, tiny_override
 
     # and it trains: a real learning rate moves the weights, the loss is finite
     more = train(load_config(tiny_overrides(io_data, tmp_path / "trained", f"train.init_from={base.best_checkpoint}",
-                                            "train.max_iters=2", "train.eval_every=2")), quiet=True)
+                                            "train.max_iters=2", "train.eval_every=2")).recipe(), quiet=True)
     assert torch.isfinite(torch.tensor(more.metrics["train_loss"]))
     moved = load_file(more.checkpoint / "model.safetensors")
     assert any(not torch.equal(moved[k], old[k]) for k in old)
@@ -62,10 +62,10 @@ def test_init_from_checks_shapes_before_anything_is_written(base, io_data, tmp_p
                                      "model.intermediate_size=96"))
     with pytest.raises(HybridError, match=r"train\.init_from: parameter 'model\.layers\.0\.mlp\.\w+_proj\.weight' "
                                           r"has shape \(\d+, \d+\) in .*, but this run's model expects"):
-        train(cfg, quiet=True)
+        train(cfg.recipe(), quiet=True)
     assert not (tmp_path / "o").exists()
     with pytest.raises(HybridError, match="nowhere: no such checkpoint folder"):
-        train(load_config(tiny_overrides(io_data, tmp_path / "o", "train.init_from=/nowhere")), quiet=True)
+        train(load_config(tiny_overrides(io_data, tmp_path / "o", "train.init_from=/nowhere")).recipe(), quiet=True)
     # the other way round: a memory model's checkpoint into a no-memory model lists what it does not use
     cfg = load_config(tiny_overrides(io_data, tmp_path / "o", *NO_MEMORY))
     both = load_config(tiny_overrides(io_data, tmp_path / "o"))

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from hybrid.config import load_config
+from hybrid.cli.config import load_config
 from hybrid.data.encode import collate, encode_pairs
 from hybrid.data.tokenizer import train_bpe
 from hybrid.models import build_model
@@ -34,10 +34,15 @@ def test_loss_counts_output_tokens_only():
         assert math.isclose(float(loss_sum) / n, total / count, rel_tol=1e-5)
         # the model's own HF-style mean loss agrees
         assert math.isclose(float(model(ids, labels=labels, attention_mask=mask).loss), total / count, rel_tol=1e-5)
-        # changing an input token changes nothing in what is averaged, only the values
+        # the input is read, not scored: another input token changes the loss but not the tokens averaged ...
+        ids2 = ids.clone()  # row 1's input shares the segment of its output (at init the memories pass nothing)
+        ids2[1, 0] = (ids2[1, 0] + 1) % tok.vocab_size
+        loss2, n2 = output_token_loss_sum(model(ids2, attention_mask=mask).logits, labels)
+        assert n2 == n and not math.isclose(float(loss2), float(loss_sum), rel_tol=1e-9)
+        # ... while labels on the input positions would add them to the average
         labels2 = labels.clone()
         labels2[0, : enc.prompt_lengths[0]] = ids[0, : enc.prompt_lengths[0]]
-        assert output_token_loss_sum(logits, labels2)[1] > n
+        assert output_token_loss_sum(logits, labels2)[1] == n + enc.prompt_lengths[0] - 1
 
 
 def test_schedule_and_data_order():

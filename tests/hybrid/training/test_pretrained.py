@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from hybrid.config import load_config
+from hybrid.cli.config import load_config
 from hybrid.data.io_pairs import read_io_pairs
 from hybrid.data.tokenizer import TextTokenizer, train_bpe
-from hybrid.errors import HybridError
 from hybrid.training.train import train
 
 transformers = pytest.importorskip("transformers")
@@ -31,7 +30,7 @@ def test_train_from_a_pretrained_base_uses_its_tokenizer(io_data, tmp_path, tiny
     tok = train_bpe((t for r in records for t in (r["input"], r["output"])), vocab_size=320)
     tok.save(base)
     res = train(load_config(tiny_overrides(io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=2",
-                                           "train.eval_every=2", "data.max_length=32")), quiet=True)
+                                           "train.eval_every=2", "data.max_length=32")).recipe(), quiet=True)
     saved = TextTokenizer.load(res.checkpoint)
     assert saved.tokenizer.to_str() == TextTokenizer.load(base).tokenizer.to_str()
 
@@ -50,7 +49,7 @@ def test_a_tokenizer_bigger_than_the_base_grows_its_embeddings(io_data, tmp_path
     n_tokens = TextTokenizer.load(base).vocab_size
     assert n_tokens > 100
     res = train(load_config(tiny_overrides(io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=1",
-                                           "train.learning_rate=1e-30")), quiet=True)
+                                           "train.learning_rate=1e-30")).recipe(), quiet=True)
     assert json.loads((res.checkpoint / "config.json").read_text())["vocab_size"] == n_tokens
     emb = load_file(str(res.checkpoint / "model.safetensors"))["model.embed_tokens.weight"]
     base_emb = load_file(str(base / "model.safetensors"))["model.embed_tokens.weight"]

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from hybrid.cli import run_command
-from hybrid.config import load_config
-from hybrid.errors import HybridError
-from hybrid.training import checkpoint as ckpt_io
-from hybrid.training.commands import register
+from hybrid.cli.config import load_config
+from hybrid.core.errors import HybridError
+from hybrid.training import checkpoints as ckpt_io
+from hybrid.cli.train import register
 from hybrid.training.evaluate import evaluate
 from hybrid.training.loop import CRASH_ENV
 from hybrid.training.train import train
@@ -37,7 +37,7 @@ def cli(argv):
 def trained(io_data, tmp_path_factory, tiny_overrides):
     out = tmp_path_factory.mktemp("run") / "train"
     cfg = load_config(tiny_overrides(io_data, out, "train.max_iters=6", "train.eval_every=2", "train.keep_last=1"))
-    return train(cfg, quiet=True)
+    return train(cfg.recipe(), quiet=True)
 
 
 def test_train_writes_checkpoints_best_and_metrics(trained):
@@ -82,7 +82,7 @@ def test_eval_and_generate_commands(trained, io_data, tmp_path, capsys):
 def test_kill_and_resume_matches_uninterrupted(io_data, tmp_path, tiny_overrides):
     """A run SIGKILLed right after its step-4 checkpoint, then resumed, ends with the same weights as a run that
     was never interrupted (same seed)."""
-    whole = train(load_config(tiny_overrides(io_data, tmp_path / "whole", "train.max_iters=8", "train.eval_every=4")),
+    whole = train(load_config(tiny_overrides(io_data, tmp_path / "whole", "train.max_iters=8", "train.eval_every=4")).recipe(),
                   quiet=True)
     args = [sys.executable, "-m", "hybrid", "train",
             *tiny_overrides(io_data, tmp_path / "killed", "train.max_iters=8", "train.eval_every=4")]
@@ -109,10 +109,10 @@ def test_bad_data_fails_before_training(io_data, tmp_path, tiny_overrides):
     bad.write_text('{"input": "a", "output": "b"}\n{"input": "a"}\n')
     cfg = load_config(tiny_overrides(io_data, tmp_path / "out", f"data.train={bad}"))
     with pytest.raises(HybridError, match=r"bad\.jsonl:2: record has no 'output'"):
-        train(cfg)
+        train(cfg.recipe())
     cfg = load_config(tiny_overrides(io_data, tmp_path / "out", f"data.validation={tmp_path / 'missing'}"))
     with pytest.raises(HybridError, match="missing: no such file"):
-        train(cfg)
+        train(cfg.recipe())
     assert not (tmp_path / "out").exists()  # nothing half-written
     rc = cli(["train", *tiny_overrides(io_data, tmp_path / "out", "train.resume=/nowhere")])
     assert rc == 2
@@ -122,7 +122,7 @@ def test_resume_with_another_model_is_a_config_error(trained, io_data, tmp_path,
     cfg = load_config(tiny_overrides(io_data, tmp_path / "o", f"train.resume={trained.checkpoint}",
                                      "model.hidden_size=32"))
     with pytest.raises(HybridError, match=r"model\.hidden_size: 32 here, but .* was trained with 64"):
-        train(cfg, quiet=True)
+        train(cfg.recipe(), quiet=True)
 
 
 def test_corrupt_checkpoints_are_clear_errors(trained, io_data, tmp_path, tiny_overrides):
@@ -145,7 +145,7 @@ def test_corrupt_checkpoints_are_clear_errors(trained, io_data, tmp_path, tiny_o
     # resuming from it fails with that message, not a traceback
     cfg = load_config(tiny_overrides(io_data, tmp_path / "resumed", f"train.resume={ck}", "train.max_iters=7"))
     with pytest.raises(HybridError, match=r"optimizer\.pt: corrupt checkpoint file"):
-        train(cfg, quiet=True)
+        train(cfg.recipe(), quiet=True)
 
 
 def test_retention_keeps_best_and_last(tmp_path):
@@ -166,9 +166,9 @@ def test_retention_keeps_best_and_last(tmp_path):
 def test_gradient_accumulation_equals_a_bigger_batch(io_data, tmp_path, tiny_overrides):
     """2 micro-batches of 2 accumulated = one batch of 4: same examples per step, same normalisation."""
     common = ["train.max_iters=3", "train.eval_every=3", "train.log_every=1", "data.max_length=32"]
-    big = train(load_config(tiny_overrides(io_data, tmp_path / "big", *common, "train.batch_size=4")), quiet=True)
+    big = train(load_config(tiny_overrides(io_data, tmp_path / "big", *common, "train.batch_size=4")).recipe(), quiet=True)
     acc = train(load_config(tiny_overrides(io_data, tmp_path / "acc", *common, "train.batch_size=2",
-                                           "train.gradient_accumulation_steps=2")), quiet=True)
+                                           "train.gradient_accumulation_steps=2")).recipe(), quiet=True)
 
     def curve(out):
         return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
@@ -181,7 +181,7 @@ def test_gradient_accumulation_equals_a_bigger_batch(io_data, tmp_path, tiny_ove
 def test_bf16_autocast_and_activation_checkpointing_run(io_data, tmp_path, tiny_overrides):
     res = train(load_config(tiny_overrides(io_data, tmp_path / "o", "train.max_iters=2", "train.eval_every=2",
                                            "train.precision=bf16", "train.activation_checkpointing=true",
-                                           "data.max_length=32")), quiet=True)
+                                           "data.max_length=32")).recipe(), quiet=True)
     assert res.checkpoint.name == "checkpoint_step_000002"
     assert torch.isfinite(torch.tensor(res.metrics["train_loss"])) and res.metrics["val_loss"] > 0
     import yaml
@@ -229,7 +229,7 @@ def test_word_level_tokenizer_run(io_data, tmp_path, tiny_overrides):
     from hybrid.data.tokenizer import TextTokenizer
 
     res = train(load_config(tiny_overrides(io_data, tmp_path / "w", "train.tokenizer=word", "train.max_iters=2",
-                                           "train.eval_every=2")), quiet=True)
+                                           "train.eval_every=2")).recipe(), quiet=True)
     tok = TextTokenizer.load(res.checkpoint)
     assert json.loads((res.checkpoint / "tokenizer.json").read_text())["model"]["type"] == "WordLevel"
     assert tok.vocab_size == 7 + 8  # the special tokens, <|unk|>, the 8 words of the data

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from llm_helpers import API_KEY, MODEL, make_dataset
 
-from pipelines.llm.testserver import ChatServer
+from hybrid.bench.chat_server import ChatServer
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pydantic import SecretStr
 
 from pipelines.llm.cache import AnswerCache
 from pipelines.llm.client import LLMClient, LLMFailure, LLMFatal, parse_retry_after
-from pipelines.llm.config import LLMConfig
-from pipelines.llm.ratelimit import LocalLimiter, RateLimiter
+from hybrid.config.llm import LLMConfig
+from pipelines.llm.ratelimit import RateLimiter
 from pipelines.llm.settings import LLMSettings
 
 from llm_helpers import API_KEY, MODEL
@@ -24,7 +24,7 @@ MSG = [{"role": "user", "content": "Write tasks for `src/a.py::function::f`"}]
 def make_client(server, tmp_path=None, key=API_KEY, rpm=6000, **cfg):
     settings = LLMSettings(OPENAI_API_KEY=SecretStr(key), LLM_BASE_URL=server.base_url, LLM_MODEL_NAME=MODEL)
     cfg = LLMConfig(**{"timeout_s": 2, "backoff_base_s": 0.01, "max_retries": 4, **cfg})
-    limiter = LocalLimiter(RateLimiter(rpm, 1e9, cfg.burst_seconds))
+    limiter = RateLimiter(rpm, 1e9, cfg.burst_seconds)
     return LLMClient(settings, cfg, limiter, AnswerCache(tmp_path / "cache" if tmp_path else None), seed=0)
 
 
@@ -110,7 +110,7 @@ def test_wrong_key_or_model_is_fatal_without_the_key(server):
         run(_ask(client))
     assert "401" in str(e.value) and "sk-wrong" not in str(e.value)
     settings = LLMSettings(OPENAI_API_KEY=SecretStr(API_KEY), LLM_BASE_URL=server.base_url, LLM_MODEL_NAME="nope")
-    client = LLMClient(settings, LLMConfig(), LocalLimiter(RateLimiter(6000, 1e9)), AnswerCache(None))
+    client = LLMClient(settings, LLMConfig(), RateLimiter(6000, 1e9), AnswerCache(None))
     with pytest.raises(LLMFatal, match="404.*'nope'"):
         run(_ask(client))
 
@@ -119,7 +119,7 @@ def test_cache_answers_without_a_request(server, tmp_path):
     run(_ask(make_client(server, tmp_path)))
     client = make_client(server, tmp_path)
     answer, cached = run(_ask(client))
-    assert cached and answer.tasks and len(server.chat_requests()) == 1 and client.stats.cached == 1
+    assert cached and answer.tasks and len(server.chat_requests()) == 1 and client.stats.cached_answers == 1
     # another model or another prompt is another key
     run(_ask(make_client(server, tmp_path), [{"role": "user", "content": "other"}]))
     assert len(server.chat_requests()) == 2

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from hybrid.cli import main
-from hybrid.config import load_config
+from hybrid.main import main
+from hybrid.cli.config import load_config
 from pipelines import run as pipeline_run
 from pipelines.repos import add_repo
 from tests.repo_builder import build_sample_repo
@@ -28,13 +28,13 @@ def _setup(tmp_path):
     build_sample_repo(tmp_path / "src")
     cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}", "llm.runner=local", "llm.requests_per_minute=6000",
                        "llm.tokens_per_minute=100000000"])
-    add_repo(str(tmp_path / "src"), "sample", cfg)
+    add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
     return cfg, tmp_path / "data" / "ast_dataset" / "sample"
 
 
 def test_pipeline_run_with_an_llm(stages, llm_env, tmp_path):
     cfg, repo = _setup(tmp_path)
-    summary = stages.run_pipeline(["sample"], cfg, local=True, progress=False)
+    summary = stages.run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False)
     names = list(summary.stages)
     assert names.index("generate-ast-diffs") < names.index("generate-tasks") < names.index("generate-reasoning") \
         < names.index("generate-fim")

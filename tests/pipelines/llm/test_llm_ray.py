@@ -9,7 +9,7 @@ import pytest
 from llm_helpers import API_KEY, MODEL, make_dataset
 from pydantic import SecretStr
 
-from pipelines.llm.config import LLMConfig
+from hybrid.config.llm import LLMConfig
 from pipelines.llm.runner import run_llm_stage
 from pipelines.llm.settings import LLMSettings
 
@@ -41,7 +41,7 @@ def test_stages_on_ray_share_one_rate_limit(ray_session, server, tmp_path):
 
 @pytest.mark.slow
 def test_bench_llm_small(ray_session, tmp_path):
-    from hybrid.cli import main
+    from hybrid.main import main
 
     out = tmp_path / "bench.json"
     rc = main(["bench", "llm", "--commits", "12", "--functions", "2", "--rpm", "1200", "--json", str(out)])

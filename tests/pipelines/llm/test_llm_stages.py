@@ -13,11 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from llm_helpers import API_KEY, make_dataset
 
-from hybrid.cli import main
-from pipelines.llm.config import LLMConfig
+from hybrid.config.llm import LLMConfig
+from hybrid.main import main
 from pipelines.llm.runner import run_llm_stage
 from pipelines.llm.settings import LLMSettings
 
@@ -152,7 +151,7 @@ def test_killed_run_resumes_without_a_second_call(server, tmp_path):
     # exactly the prompts without a cached answer are asked again; none of the cached ones
     assert len(second) == 16 - cached_before
     assert len([r for r in second if r.prompt_text() in answered]) <= len(answered) - cached_before
-    assert totals.ok == 16 - done_before and totals.client_totals()["cached"] == cached_before - done_before
+    assert totals.ok == 16 - done_before and totals.client_totals()["cached_answers"] == cached_before - done_before
     assert all((commit(data_dir, n) / "task.json").exists() for n in range(16))
 
 

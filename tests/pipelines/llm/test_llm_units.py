@@ -9,9 +9,9 @@ import sys
 import pytest
 from llm_helpers import API_KEY, MODEL
 
-from hybrid.cli import main
+from hybrid.main import main
 from pipelines.llm.commit_messages import tasks_from_message
-from pipelines.llm.config import LLMConfig
+from hybrid.config.llm import LLMConfig
 from pipelines.llm.prompts import chunk_diff, clip, fence, reasoning_messages, tasks_diff_budget, tasks_messages
 from pipelines.llm.schemas import TaskAnswer
 from pipelines.llm.settings import LLMSettings
@@ -120,13 +120,13 @@ def test_test_llm_verdicts(server, monkeypatch, tmp_path, capsys):
 
 
 def test_console_scripts_and_light_import():
-    out = subprocess.run([sys.executable, "-c", "from pipelines.llm.commands import generate_tasks_main, "
+    out = subprocess.run([sys.executable, "-c", "from hybrid.cli.llm import generate_tasks_main, "
                           "generate_reasoning_main, test_llm_main; import sys; "
                           "heavy=[m for m in ('openai','ray','pydantic_settings') if m in sys.modules]; print(heavy)"],
                          capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
     for script in ("generate-tasks", "generate-reasoning", "test-llm"):
-        r = subprocess.run([sys.executable, "-c", f"import sys; from pipelines.llm.commands import "
+        r = subprocess.run([sys.executable, "-c", f"import sys; from hybrid.cli.llm import "
                             f"{script.replace('-', '_')}_main as m; sys.argv=['{script}', '--help']; m()"],
                            capture_output=True, text=True)
         assert r.returncode == 0 and f"usage: {script}" in r.stdout, r.stderr

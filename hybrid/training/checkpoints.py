@@ -20,7 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hybrid.errors import HybridError
+from hybrid.core.errors import HybridError
+from hybrid.data.tokenizer import write_tokenizer_config
+from hybrid.models.modeling import HybridForCausalLM
+from hybrid.models.pretrained import read_safetensors
 
 PREFIX = "checkpoint_step_"
 BEST = "best"
@@ -97,7 +100,6 @@ def load_state_file(path: Path) -> Any:
 
 def load_model(path: str | Path, **overrides):
     """The model saved in a checkpoint; any damage is a HybridError naming the folder."""
-    from hybrid.models.modeling import HybridForCausalLM
 
     path = Path(path)
     validate_checkpoint(path)
@@ -134,7 +136,6 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "tokenizer.json").write_text(tokenizer_json)
-        from hybrid.data.tokenizer import write_tokenizer_config
 
         write_tokenizer_config(tmp)
         _fsync_tree(tmp)
@@ -224,8 +225,6 @@ def init_weights_from(model, path: str | Path) -> tuple[list[str], list[str], li
     """Copy the weights of checkpoint `path` into `model` where names (and shapes) agree; the rest of `model`
     keeps its initialisation. Returns (loaded, fresh, unused) as `plan_init`."""
     import torch
-
-    from hybrid.models.checkpoint import read_safetensors
 
     path = Path(path)
     own = model.state_dict()

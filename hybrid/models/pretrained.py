@@ -1,5 +1,7 @@
-"""Checkpoints: our own (safetensors + config.json) and HuggingFace Llama / GPT-2 folders, without importing
-`transformers`. HF parameter names map to ours through the small tables below (tested against `transformers`).
+"""Model folders (`from_pretrained` / `save_pretrained`): our own (safetensors + config.json) and HuggingFace
+Llama / GPT-2 folders, without importing `transformers`. HF parameter names map to ours through the small tables
+below (tested against `transformers`). Training checkpoints (optimizer, scheduler, step) are
+`hybrid.training.checkpoints`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from hybrid.errors import ConfigError, HybridError
-from hybrid.models.config import ModelConfig
+from hybrid.config.model import ModelConfig
+from hybrid.core.errors import ConfigError, HybridError
+from hybrid.core.io import atomic_path, atomic_write_json
+from hybrid.models.params import is_memory_param, memory_module
 
 FORMAT_KEY = "hybrid_model_format"
 FORMAT_VERSION = 1
@@ -42,16 +47,6 @@ GPT2_KEY_MAP: list[tuple[str, str, str | None]] = [
     (r"^lm_head\.weight$", "lm_head.weight", None),
 ]
 GPT2_IGNORED = (r"\.attn\.bias$", r"\.attn\.masked_bias$")
-
-# Config fields that describe the memory / segments / training rather than the base network: they come from the
-# caller (overrides, the `model` config section), never from a base checkpoint.
-MEMORY_FIELDS = (
-    "segment_length", "use_internal_memory", "use_external_memory", "internal_memory_layers", "memory_slots",
-    "num_mem_heads", "forget_bias",
-    "external_memory_size", "retrieval_k", "chunk_size", "retrieval_layers", "use_gpu_to_search", "freeze_base",
-    "dropout", "gradient_checkpointing",
-)
-
 
 def map_hf_state_dict(family: str, state: dict[str, torch.Tensor], n_heads: int | None = None) -> dict:
     """HF parameter names and layouts -> ours. Unknown keys are an error (nothing is guessed)."""
@@ -168,16 +163,12 @@ def load_checkpoint(cls, directory, **overrides):
     try:
         config = cls.config_class(**fields)
     except Exception as e:  # pydantic ValidationError -> one line naming the key
-        from pydantic import ValidationError
-
         if isinstance(e, ValidationError):
             err = e.errors()[0]
             raise ConfigError(f"model.{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}") from None
         raise
     if family is None:
-        from hybrid.models import model_class
-
-        cls = model_class(config.family)
+        cls = cls.for_family(config.family)
     model = cls(config)
     state = read_safetensors(directory)
     if not ours:
@@ -187,8 +178,6 @@ def load_checkpoint(cls, directory, **overrides):
 
 
 def _load_state(model, state: dict[str, torch.Tensor], directory: Path) -> None:
-    from hybrid.models.modeling import is_memory_param
-
     own = model.state_dict()
     tied = model.config.tie_word_embeddings
     unexpected = [k for k in state if k not in own]
@@ -198,9 +187,9 @@ def _load_state(model, state: dict[str, torch.Tensor], directory: Path) -> None:
                           + " — does the config match the weights?")
     # A memory module absent from the checkpoint altogether (a base model, or ours saved with that memory off)
     # keeps its no-op initialisation; one present only in part is an error.
-    saved_modules = {_memory_module(k) for k in state if is_memory_param(k)}
+    saved_modules = {memory_module(k) for k in state} - {None}
     missing = [k for k in own if k not in state and not (tied and k == "lm_head.weight")
-               and not (is_memory_param(k) and _memory_module(k) not in saved_modules)]
+               and not (is_memory_param(k) and memory_module(k) not in saved_modules)]
     if missing:
         raise HybridError(f"{directory}: missing parameter {missing[0]!r}"
                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -218,17 +207,9 @@ def _load_state(model, state: dict[str, torch.Tensor], directory: Path) -> None:
             target.copy_(t.to(target.dtype))
 
 
-def _memory_module(name: str) -> str:
-    """'model.layers.0.internal_memory.read_q.weight' -> 'model.layers.0.internal_memory'."""
-    m = re.match(r"^(.*?\.(?:internal_memory|memory_layernorm|self_attn\.memory_gate))(?:\.|$)", name)
-    return m.group(1) if m else name
-
-
 def save_checkpoint(model, directory) -> None:
     """config.json (our format marker + every config field) and model.safetensors, each written atomically."""
     from safetensors.torch import save_file
-
-    from hybrid.utils.io import atomic_path, atomic_write_json
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,74 +1,41 @@
-"""The structural stages over one contiguous range of commits of one repository.
+"""The per-commit stages of the structural pipeline, as steps of one shape (datatrove's `PipelineStep` is the model).
 
-`process_range` is the unit of work — a Ray Data task in `pipeline run`, a plain call with `--local` and in
-tests. A `RangeWorker` stays alive in its worker process between ranges and keeps an LRU parse cache keyed by
-blob id, so a file is parsed once per version however many commits touch or follow it.
+A `RangeStep` has a name (its command, `hybrid pipeline <name>`), a short key used in plans and stats, the output
+file whose presence marks a commit done, its own `StageStats` (counts and drops by reason), and
+`run(commit, out_dir)`. A `RangeWorker` (range_worker.py) holds the open repository and the parse cache and runs
+the steps in order over the commits of a range. The steps, in order:
 
-Per commit N (first-parent order, oldest first), in data/ast_dataset/<repo>/commit_<N>/:
-    generate-ast        ast.jsonl, then commit_data.json (its presence marks the commit done)
-    generate-ast-diffs  diff_ast.jsonl
-    generate-fim        fim_dataset.json (from diff_ast.jsonl; attaches task.json / reasoning.json text)
-Every file is written atomically, so a killed run leaves either the old state or the new one.
+    AstExtractor       generate-ast        ast.jsonl, then commit_data.json (its presence marks the commit done)
+    DeclarationDiffer  generate-ast-diffs  diff_ast.jsonl
+    FimSampler         generate-fim        fim_dataset.json (from diff_ast.jsonl; attaches task.json / reasoning.json)
+
+Every file is written atomically (no fsync: three files per commit, and fsync costs more than the parsing on some
+disks), so a killed run leaves either the old state or the new one.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from pipelines.config import PipelineConfig
-from pipelines.declarations import ParsedFile, parse_declarations, parse_tree, update_declarations
-from pipelines.filters import content_drop_reason, path_drop_reason
-from pipelines.languages import grammar_key, language_of
-
-RANGE_STAGES = ("ast", "ast-diffs", "fim")
-WORKER_KEY = "_worker"  # process_range's own numbers: CPU seconds, parse-cache hits, incremental parses  # per-commit stages this module runs, in order
-OUTPUT_FILES = {"ast": "commit_data.json", "ast-diffs": "diff_ast.jsonl", "fim": "fim_dataset.json"}
+from hybrid.config.pipeline import PipelineConfig
+from hybrid.core.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from pipelines.declarations import ParsedFile
+from pipelines.filters import path_drop_reason
+from pipelines.fim import FimBuilder
+from pipelines.languages import language_of
 
 _STATUS = {1: "added", 2: "deleted", 3: "modified", 4: "renamed", 5: "added", 8: "modified"}  # DeltaStatus
-TREE_CACHE_SIZE = 256  # syntax trees kept per worker for incremental re-parsing (a tree is ~10x its source)
 
 
-def commit_dir(data_dir: str | os.PathLike, repo: str, number: int) -> Path:
-    return Path(data_dir) / "ast_dataset" / repo / f"commit_{number}"
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_json(path, obj, indent=None, fsync=False, mkdir=False)
 
 
-def is_done(stage: str, out_dir: Path) -> bool:
-    return (out_dir / OUTPUT_FILES[stage]).exists()
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Temp file beside `path` + rename: a killed process leaves the old file or the new one, never half of
-    one (a stray `.NAME.PID.tmp` at worst, which `cleanup-dataset --temp` removes). No fsync and no mkdir per
-    file: this runs three times per commit, and fsync costs more than the parsing on some disks."""
-    path = os.fspath(path)
-    head, name = os.path.split(path)
-    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-_encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder (json.dumps builds one per call); no indent:
-                                                        # indenting takes json's slow pure-Python path
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(path, _encode(obj) + "\n")
-
-
-def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
-    write_text_atomic(path, "".join(_encode(r) + "\n" for r in records))
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    atomic_write_jsonl(path, records, fsync=False, mkdir=False)
 
 
 class StageStats:
@@ -139,72 +106,45 @@ class CommitContext:
                 "date": datetime.fromtimestamp(c.commit_time, tz).isoformat(), "message": c.message}
 
 
-class RangeWorker:
-    """Holds an open repository and the parse cache of one worker process."""
+class Worker(Protocol):
+    """What a step gets from the range worker that runs it (pipelines/range_worker.py)."""
 
-    verify_incremental = False  # tests: check every incremental update against a fresh parse
+    repo: Any  # the open pygit2.Repository
+    repo_name: str
+    cfg: PipelineConfig
+    prefetch_old: bool  # generate-ast parses each old version first (see RangeWorker)
+    prefetched: set[tuple[str, str]]
 
-    def __init__(self, repo_name: str, repo_path: str, cfg: PipelineConfig) -> None:
-        import pygit2
+    def parse(self, blob_id: str, path: str, prev_id: str | None = None) -> ParsedFile | str: ...
 
-        self.repo_name, self.repo_path, self.cfg = repo_name, repo_path, cfg
-        self.repo = pygit2.Repository(repo_path)
-        self.cache: OrderedDict[tuple[str, str], ParsedFile | str] = OrderedDict()
-        self.trees: OrderedDict[tuple[str, str], tuple[object, bytes]] = OrderedDict()
-        self.path_info: dict[str, tuple[str | None, str | None]] = {}  # path -> (path drop reason, language)
-        self.cache_hits = self.cache_misses = self.incremental = 0
-        self.warm_before = False  # set while generate-ast runs together with generate-ast-diffs
-        self._seen_before: set = set()
 
-    # -- parsing ------------------------------------------------------------------------------------------
-    def parse(self, blob_id: str, path: str, prev_id: str | None = None) -> ParsedFile | str:
-        """The declarations of a blob at `path`, or the reason it is not parsed (parse_error included).
-        `prev_id`: the blob this one replaced; when its tree is cached the parse is incremental."""
-        by_path = self.path_info.get(path)
-        if by_path is None:
-            by_path = self.path_info[path] = (path_drop_reason(path, self.cfg), language_of(path))
-        reason, language = by_path
-        if reason:
-            return reason
-        key = (blob_id, grammar_key(path, language) if language else "")
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.cache.move_to_end(key)
-            self.cache_hits += 1
-            return hit
-        self.cache_misses += 1
-        data = self.repo[blob_id].data
-        result: ParsedFile | str | None = content_drop_reason(path, data, self.cfg)
-        if result is None:
-            old = self.trees.get((prev_id, key[1])) if prev_id else None
-            hunks = None
-            if old is not None:
-                import pygit2
+class RangeStep:
+    """One per-commit stage: `run(commit, out_dir)` writes `output` (and anything before it) for one commit and
+    counts what it did and dropped in `self.stats`."""
 
-                patch = pygit2.Patch.create_from(old[1], data, context_lines=0)
-                hunks = [(h.old_start, h.old_lines, h.new_start, h.new_lines) for h in patch.hunks]
-            tree, edit = parse_tree(data, key[1], *(old or (None, None)), hunks=hunks)
-            old_parsed = self.cache.get((prev_id, key[1])) if edit else None
-            if isinstance(old_parsed, ParsedFile):
-                self.incremental += 1
-                parsed = update_declarations(data, key[1], tree, old_parsed, old[0], old[1], edit)
-                if self.verify_incremental:
-                    fresh = parse_declarations(data, key[1])
-                    assert fresh == parsed, f"incremental declarations differ for {path} {blob_id}"
-            else:
-                parsed = parse_declarations(data, key[1], tree)
-            result = "parse_error" if parsed.has_error else parsed
-            self.trees[key] = (tree, data)
-            if len(self.trees) > TREE_CACHE_SIZE:
-                self.trees.popitem(last=False)
-        if self.cfg.parse_cache_size:
-            self.cache[key] = result
-            if len(self.cache) > self.cfg.parse_cache_size:
-                self.cache.popitem(last=False)
-        return result
+    name = ""  # the command: `hybrid pipeline <name>`
+    key = ""  # short name in plans and per-range stats
+    output = ""  # the file whose presence marks a commit done
 
-    # -- generate-ast -------------------------------------------------------------------------------------
-    def do_ast(self, ctx: CommitContext, out_dir: Path, stats: StageStats) -> None:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.cfg = worker.cfg
+        self.stats = StageStats()
+
+    def is_done(self, out_dir: Path) -> bool:
+        return (out_dir / self.output).exists()
+
+    def run(self, commit: CommitContext, out_dir: Path) -> None:
+        raise NotImplementedError
+
+
+class AstExtractor(RangeStep):
+    """Declarations of every file version the commit touched (ast.jsonl) and the commit itself (commit_data.json)."""
+
+    name, key, output = "generate-ast", "ast", "commit_data.json"
+
+    def run(self, ctx: CommitContext, out_dir: Path) -> None:
+        stats, worker = self.stats, self.worker
         records, files = [], []
         for ch in ctx.changes:
             entry = {"path": ch.path, "old_path": ch.old_path, "status": ch.status, "language": ch.language,
@@ -216,12 +156,12 @@ class RangeWorker:
                 stats.drops[ch.special] += 1
                 stats.lang(ch.language, ch.special)
             elif blob_id is not None:
-                if self.warm_before and ch.old_id and (ch.old_id, ch.path) not in self._seen_before:
+                if worker.prefetch_old and ch.old_id and (ch.old_id, ch.path) not in worker.prefetched:
                     # generate-ast-diffs needs the old version anyway: parsing it first lets the new one be
                     # an incremental re-parse even at the start of a range (a cold cache)
-                    self._seen_before.add((ch.old_id, ch.path))
-                    self.parse(ch.old_id, ch.old_path or ch.path)
-                result = self.parse(blob_id, ch.path, ch.old_id)
+                    worker.prefetched.add((ch.old_id, ch.path))
+                    worker.parse(ch.old_id, ch.old_path or ch.path)
+                result = worker.parse(blob_id, ch.path, ch.old_id)
                 entry["binary"] = result == "binary"
                 stats.counts["files"] += 1
                 if isinstance(result, str):
@@ -245,23 +185,29 @@ class RangeWorker:
             diff_text = diff_text.encode("utf-8", "replace")[: self.cfg.max_diff_bytes].decode("utf-8", "ignore")
             stats.counts["diffs_truncated"] += 1
         c = ctx.commit
-        meta = ctx.metadata(self.repo_name)
-        commit_data = {"repo": self.repo_name, "commit_number": ctx.number, "commit_hash": str(c.id),
+        meta = ctx.metadata(worker.repo_name)
+        commit_data = {"repo": worker.repo_name, "commit_number": ctx.number, "commit_hash": str(c.id),
                        "parents": [str(p) for p in c.parent_ids], "author": c.author.name, "date": meta["date"],
                        "message": c.message, "files": files, "diff": diff_text, "diff_truncated": truncated}
         write_jsonl(f"{out_dir}/ast.jsonl", records)
         write_json(f"{out_dir}/commit_data.json", commit_data)  # last: marks the commit done
 
-    # -- generate-ast-diffs -------------------------------------------------------------------------------
-    def do_ast_diffs(self, ctx: CommitContext, out_dir: Path, stats: StageStats) -> None:
+
+class DeclarationDiffer(RangeStep):
+    """Added / modified / deleted declarations of the commit (diff_ast.jsonl)."""
+
+    name, key, output = "generate-ast-diffs", "ast-diffs", "diff_ast.jsonl"
+
+    def run(self, ctx: CommitContext, out_dir: Path) -> None:
+        stats, worker = self.stats, self.worker
         records = []
-        meta = ctx.metadata(self.repo_name)
+        meta = ctx.metadata(worker.repo_name)
         for ch in ctx.changes:
             if ch.special or (ch.language is None and path_drop_reason(ch.path, self.cfg) is None):
                 continue  # not source: nothing to diff (counted by generate-ast)
             old_path = ch.old_path or ch.path
-            before = self.parse(ch.old_id, old_path) if ch.old_id else None
-            after = self.parse(ch.new_id, ch.path, ch.old_id) if ch.new_id else None
+            before = worker.parse(ch.old_id, old_path) if ch.old_id else None
+            after = worker.parse(ch.new_id, ch.path, ch.old_id) if ch.new_id else None
             reason = next((r for r in (before, after) if isinstance(r, str)), None)
             stats.counts["files"] += 1
             if reason:
@@ -291,11 +237,14 @@ class RangeWorker:
         stats.counts["records"] += len(records)
         write_jsonl(f"{out_dir}/diff_ast.jsonl", records)
 
-    # -- generate-fim -------------------------------------------------------------------------------------
-    def do_fim(self, ctx: CommitContext, out_dir: Path, stats: StageStats) -> None:
-        from hybrid.utils.io import read_json, read_jsonl
-        from pipelines.fim import FimBuilder
 
+class FimSampler(RangeStep):
+    """Fill-in-the-middle samples of the commit's added and modified declarations (fim_dataset.json)."""
+
+    name, key, output = "generate-fim", "fim", "fim_dataset.json"
+
+    def run(self, ctx: CommitContext, out_dir: Path) -> None:
+        stats, worker = self.stats, self.worker
         diff_path = out_dir / "diff_ast.jsonl"
         if not diff_path.exists():
             stats.drops["no_diff_ast"] += 1  # run generate-ast-diffs first; this commit stays to do
@@ -319,12 +268,12 @@ class RangeWorker:
                 stats.drops["file_not_in_commit"] += 1
                 continue
             if ch.path not in per_file_cache:
-                per_file_cache[ch.path] = builder.file_context(self.repo, ch.old_id, ch.new_id, ch.path)
+                per_file_cache[ch.path] = builder.file_context(worker.repo, ch.old_id, ch.new_id, ch.path)
             sample, reason = builder.build(per_file_cache[ch.path], r)
             if reason:
                 stats.drops[reason] += 1
                 continue
-            sample.update({"id": f"{r['id']}#0", "function_id": r["id"], "repo": self.repo_name,
+            sample.update({"id": f"{r['id']}#0", "function_id": r["id"], "repo": worker.repo_name,
                            "commit_number": ctx.number, "commit_hash": str(ctx.commit.id), "file": r["file"],
                            "language": r["language"], "kind": r["kind"],
                            "operation_type": "ADD" if r["status"] == "added" else "UPDATE",
@@ -335,6 +284,11 @@ class RangeWorker:
         stats.counts["with_task"] += sum(s["task"] is not None for s in samples)
         stats.counts["with_reasoning"] += sum(s["reasoning"] is not None for s in samples)
         write_json(out_dir / "fim_dataset.json", samples)
+
+
+STEPS: tuple[type[RangeStep], ...] = (AstExtractor, DeclarationDiffer, FimSampler)  # in the order they run
+STEP_KEYS = tuple(s.key for s in STEPS)
+OUTPUT_FILES = {s.key: s.output for s in STEPS}
 
 
 _FIM_KEYS = ("id", "function_id", "repo", "commit_number", "commit_hash", "file", "language", "kind",
@@ -375,57 +329,3 @@ def _reasoning_text(reasoning: Any, function_id: str) -> str | None:
     return "\n".join(texts) if texts else None
 
 
-_WORKERS: dict[tuple[str, str], RangeWorker] = {}
-
-
-def get_worker(repo_name: str, repo_path: str, cfg: PipelineConfig) -> RangeWorker:
-    """The worker of this process for a repo (kept between ranges so its parse cache stays warm)."""
-    key = (repo_path, cfg.model_dump_json())
-    worker = _WORKERS.get(key)
-    if worker is None:
-        if len(_WORKERS) > 8:
-            _WORKERS.clear()
-        worker = _WORKERS[key] = RangeWorker(repo_name, repo_path, cfg)
-    return worker
-
-
-def process_range(repo_name: str, repo_path: str, numbers: list[int], hashes: list[str], stages: list[str],
-                  cfg: PipelineConfig, force: bool = False) -> dict:
-    """Run `stages` (a subset of RANGE_STAGES, run in that order) on commits `numbers` (contiguous, oldest
-    first) with the given hashes. Returns {stage: StageStats dict} with `skipped_done` counts, and under
-    WORKER_KEY the range's CPU seconds and parse-cache numbers."""
-    import pygit2
-
-    unknown = [s for s in stages if s not in RANGE_STAGES]
-    if unknown:
-        raise ValueError(f"unknown range stages {unknown}")
-    ordered = [s for s in RANGE_STAGES if s in stages]
-    cpu0 = time.process_time()
-    worker = get_worker(repo_name, repo_path, cfg)
-    worker.warm_before = "ast" in ordered and "ast-diffs" in ordered
-    worker._seen_before.clear()
-    counters0 = (worker.cache_hits, worker.cache_misses, worker.incremental)
-    all_stats = {s: StageStats() for s in ordered}
-    for number, commit_hash in zip(numbers, hashes):
-        out_str = f"{cfg.data_dir}/ast_dataset/{repo_name}/commit_{int(number)}"
-        todo = [s for s in ordered if force or not os.path.exists(f"{out_str}/{OUTPUT_FILES[s]}")]
-        for s in ordered:
-            if s not in todo:
-                all_stats[s].counts["skipped_done"] += 1
-        if not todo:
-            continue
-        commit = worker.repo.get(commit_hash)
-        if commit is None or not isinstance(commit, pygit2.Commit):
-            raise ValueError(f"{repo_path}: no commit {commit_hash}")
-        ctx = CommitContext(worker.repo, int(number), commit)
-        out_dir = Path(out_str)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for s in todo:
-            {"ast": worker.do_ast, "ast-diffs": worker.do_ast_diffs, "fim": worker.do_fim}[s](ctx, out_dir,
-                                                                                            all_stats[s])
-    result = {s: st.to_dict() for s, st in all_stats.items()}
-    hits, misses, incremental = (now - before for now, before in
-                                 zip((worker.cache_hits, worker.cache_misses, worker.incremental), counters0))
-    result[WORKER_KEY] = {"cpu_s": time.process_time() - cpu0, "cache_hits": hits, "cache_misses": misses,
-                          "incremental_parses": incremental}
-    return result

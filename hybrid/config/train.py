@@ -1,4 +1,4 @@
-"""The `train` and `data` sections. (Owned by the training work; issue 5.)"""
+"""The `train` and `data` sections: optimisation, workers and checkpoints; where the IO pairs are."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hybrid.schema import Section
+from hybrid.config.section import Section
 
 
 class TrainConfig(Section):

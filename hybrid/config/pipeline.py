@@ -1,10 +1,10 @@
-"""The `pipeline` section: where data lives and what the structural stages keep. (Issue 2.)"""
+"""The `pipeline` section: where data lives and what the structural stages keep."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from hybrid.schema import Section
+from hybrid.config.section import Section
 
 DEFAULT_VENDORED_DIRS = [
     "vendor", "vendors", "third_party", "third-party", "thirdparty", "node_modules", "bower_components",

@@ -1,4 +1,4 @@
-"""The `model` section: base family, sizes and memory settings. (Owned by the model work; issue 4.)
+"""The `model` section: base family, sizes and memory settings. 
 
 One schema serves the YAML presets in `configs/model/`, the `key=value` overrides and the model classes
 (`HybridLlamaConfig` / `HybridGPT2Config` are this class with the family fixed). Sizes use HuggingFace names.
@@ -10,7 +10,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hybrid.schema import Section
+from hybrid.config.section import Section
+
+# Config fields that describe the memory / segments / training rather than the base network: they come from the
+# caller (overrides, the `model` config section), never from a base checkpoint.
+MEMORY_FIELDS = (
+    "segment_length", "use_internal_memory", "use_external_memory", "internal_memory_layers", "memory_slots",
+    "num_mem_heads", "forget_bias",
+    "external_memory_size", "retrieval_k", "chunk_size", "retrieval_layers", "use_gpu_to_search", "freeze_base",
+    "dropout", "gradient_checkpointing",
+)
 
 
 class ModelConfig(Section):

@@ -1,4 +1,4 @@
-"""Configuration: YAML files in `configs/`, composed and overridden with `key=value` on the command line.
+"""The whole configuration of a command: YAML files in `configs/`, composed and overridden with `key=value`.
 
     configs/config.yaml         `defaults:` names one file per group (model: llama_hybrid, train: default, ...)
     configs/<group>/<name>.yaml  the group's values
@@ -7,7 +7,8 @@ On the command line `model=gpt2_hybrid` picks another file for a group and `trai
 value (parsed as YAML, so `4` is an int and `null` is None). Every section is a pydantic model that rejects
 unknown keys and wrong types; the error names the key (`train.batch_size`).
 
-Each section's schema lives with the code that uses it; this module only composes them.
+Each section's schema is a leaf in `hybrid.config`; this module (the command layer's) only composes them, and
+hands each library the sections it reads — never the whole `Config`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hybrid.errors import ConfigError
-from hybrid.memory.config import MemoryConfig
-from hybrid.models.config import ModelConfig
-from hybrid.training.config import DataConfig, TrainConfig
-from pipelines.config import PipelineConfig
-from pipelines.llm.config import LLMConfig
+from hybrid.config.llm import LLMConfig
+from hybrid.config.memory import MemoryConfig
+from hybrid.config.model import ModelConfig
+from hybrid.config.pipeline import PipelineConfig
+from hybrid.config.recipe import RecipeConfig
+from hybrid.config.train import DataConfig, TrainConfig
+from hybrid.core.errors import ConfigError
 
-CONFIG_DIR = Path(os.environ.get("HYBRID_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+CONFIG_DIR = Path(os.environ.get("HYBRID_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 GROUPS = ("model", "train", "data", "memory", "pipeline", "llm")
 
 
@@ -41,6 +43,10 @@ class Config(BaseModel):
     memory: MemoryConfig = Field(default_factory=MemoryConfig, description="external memory store backend")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="data-generation pipeline")
     llm: LLMConfig = Field(default_factory=LLMConfig, description="LLM endpoint limits for the LLM stages")
+
+    def recipe(self) -> RecipeConfig:
+        """The sections a training run reads."""
+        return RecipeConfig(model=self.model, train=self.train, data=self.data, memory=self.memory)
 
 
 def split_overrides(items: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -128,7 +134,3 @@ def load_config(overrides: Iterable[str] = (), config_dir: Path | None = None) -
         return Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e)) from None
-
-
-def config_to_yaml(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,4 +1,4 @@
-"""The `memory` section: which external-memory store backs the model. (Issues 4 and 6.)
+"""The `memory` section: which external-memory store backs the model.
 
 The model's own memory sizes (capacity, retrieval_k, chunk_size, use_gpu_to_search) live in the `model` section;
 this section picks and tunes the store that holds the external memory.
@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hybrid.schema import Section
+from hybrid.config.section import Section
 
 
 class MemoryConfig(Section):

@@ -1,9 +1,13 @@
-"""`hybrid train`, `hybrid eval`, `hybrid generate` (light module: torch and ray are imported inside)."""
+"""`hybrid train`, `hybrid eval`, `hybrid generate`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from hybrid.cli import config_and_words
+from hybrid.core.errors import HybridError
+from hybrid.core.io import atomic_write_json, atomic_write_jsonl
 
 
 def register(sub) -> None:
@@ -39,12 +43,12 @@ def register(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from hybrid.config import load_config
     from hybrid.training.train import describe, train
-    from hybrid.utils.io import atomic_write_json
 
-    cfg = load_config(args.overrides)
-    result = train(cfg)
+    cfg, rest = config_and_words(args.overrides)
+    if rest:
+        raise HybridError(f"unexpected argument {rest[0]!r} (overrides look like train.batch_size=4)")
+    result = train(cfg.recipe())
     print(describe(result))
     if args.json:
         atomic_write_json(args.json, {"output_dir": str(result.output_dir), "checkpoint": str(result.checkpoint),
@@ -79,7 +83,6 @@ def print_eval(metrics: dict) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from hybrid.training.evaluate import evaluate
-    from hybrid.utils.io import atomic_write_json
 
     max_generate = None if args.max_generate < 0 else args.max_generate
     metrics = evaluate(args.checkpoint, args.test_data, batch_size=args.batch_size, max_generate=max_generate,
@@ -94,9 +97,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hybrid.errors import HybridError
+    from hybrid.data.io_pairs import read_inputs
     from hybrid.training.evaluate import generate_texts, load
-    from hybrid.utils.io import atomic_write_jsonl
 
     if args.prompt is not None:
         inputs = [args.prompt]
@@ -116,28 +118,3 @@ def run_generate(args: argparse.Namespace) -> int:
         for o in outputs:
             print(o if len(inputs) == 1 else json.dumps(o, ensure_ascii=False))
     return 0
-
-
-def read_inputs(path_text: str) -> list[str]:
-    """The `input` of every record of a JSONL/Parquet file or folder (no `output` needed), file:line errors."""
-    from hybrid.data.io_pairs import PARQUET_SUFFIXES, data_files
-    from hybrid.errors import HybridError
-    from hybrid.utils.io import iter_jsonl
-
-    inputs: list[str] = []
-    for file in data_files(path_text):
-        if file.suffix in PARQUET_SUFFIXES:
-            import pyarrow.parquet as pq
-
-            rows = list(enumerate(pq.read_table(file).to_pylist(), 1))
-            where = lambda i: f"{file}: row {i}"  # noqa: E731
-        else:
-            rows = list(iter_jsonl(file))
-            where = lambda i: f"{file}:{i}"  # noqa: E731
-        for i, record in rows:
-            if not isinstance(record, dict) or not isinstance(record.get("input"), str):
-                raise HybridError(f"{where(i)}: record has no string 'input'")
-            inputs.append(record["input"])
-    if not inputs:
-        raise HybridError(f"{path_text}: no inputs")
-    return inputs

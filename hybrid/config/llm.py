@@ -1,15 +1,14 @@
 """The `llm` section: endpoint limits, concurrency, timeouts and retries for the LLM stages. (Issue 3.)
 
 Secrets and the endpoint itself (`OPENAI_API_KEY`, `LLM_BASE_URL`, `LLM_MODEL_NAME`) come from the environment
-or `.env` (pipelines/llm/settings.py), never from these files. This module stays light: `hybrid.config`
-imports it for every command.
+or `.env` (pipelines/llm/settings.py), never from these files.
 """
 
 from typing import Literal
 
 from pydantic import Field
 
-from hybrid.schema import Section
+from hybrid.config.section import Section
 
 
 class LLMConfig(Section):

@@ -1,0 +1,64 @@
+"""The command layer: argument parsing, printing and exit codes for every `hybrid` command (and the seed's
+console scripts). One module per command group — repos, pipeline (+ the LLM stages and export), train (train,
+eval, generate), memory — each with `register(subparsers)`; `hybrid.main` assembles them with the benchmarks
+and the demo. Light to import: heavy libraries (torch, ray, faiss, pygit2, openai, rich — and pydantic, which
+the config schemas load) are imported inside the commands, so `hybrid --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from hybrid.core.errors import HybridError
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Lets options and positionals mix (`generate-ast self --force pipeline.num_workers=1`); plain argparse
+    stops collecting `nargs='*'` positionals at the first option."""
+
+    _busy = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        simple = self._busy or any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions)
+        if simple:
+            return super().parse_known_args(args, namespace)
+        self._busy = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._busy = False
+
+
+def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a command; a HybridError is one line on stderr and exit code 2, never a traceback."""
+    try:
+        return int(func(args) or 0)
+    except HybridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def config_and_words(words: Sequence[str]):
+    """(the whole `Config` after the `key=value` overrides among `words`, the other words). The config schemas
+    are pydantic models whose import costs ~0.4 s, so they load when a command runs, not for `--help`."""
+    from hybrid.cli.config import load_config, split_overrides
+
+    overrides, rest = split_overrides(words)
+    return load_config(overrides), rest
+
+
+def console_main(add_parser: Callable[[argparse._SubParsersAction, str], None], name: str,
+                 argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand as its own console script (`generate-ast` = `hybrid pipeline generate-ast`).
+    `add_parser(subparsers, name)` adds the command's parser under `name`."""
+    parser = argparse.ArgumentParser(prog=name)
+    sub = parser.add_subparsers(dest="command", parser_class=IntermixedParser)
+    add_parser(sub, name)
+    sub.choices[name].prog = name
+    args = parser.parse_args([name, *(sys.argv[1:] if argv is None else argv)])
+    return run_command(args.func, args)

@@ -1,0 +1,185 @@
+"""`hybrid pipeline …`: `run`, the structural stages, the LLM stages (`hybrid.cli.llm`), `export`,
+`cleanup-dataset`, `check-ast-coverage`; and the seed's console scripts for them (generate-ast, …).
+
+Stage commands take repo names mixed with `key=value` config overrides: `generate-ast self pipeline.num_workers=1`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from hybrid.cli import IntermixedParser, config_and_words, console_main, llm
+from hybrid.core.errors import HybridError
+from hybrid.core.io import atomic_write_json
+
+STAGE_COMMANDS = {
+    "generate-ast": "parse the files each commit touched: ast.jsonl + commit_data.json",
+    "generate-ast-diffs": "added / modified / deleted declarations per commit: diff_ast.jsonl",
+    "generate-fim": "fill-in-the-middle samples per commit: fim_dataset.json",
+}
+
+
+def summary_table(summary):
+    """A rich table: one row per stage with its counts and every drop by reason."""
+    from rich.table import Table
+
+    table = Table(title=f"pipeline: {', '.join(summary.repos)} ({summary.seconds:.1f} s)")
+    table.add_column("stage")
+    table.add_column("counts")
+    table.add_column("dropped (by reason)")
+    for stage, st in summary.stages.items():
+        counts = ", ".join(f"{k}={v}" for k, v in st.get("counts", {}).items() if v)
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(st.get("drops", {}).items()) if v) or "-"
+        table.add_row(stage, counts or "-", drops)
+    return table
+
+
+# -- run and the structural stages ------------------------------------------------------------------------------
+def _add_common(p) -> None:
+    p.add_argument("words", nargs="*", metavar="[REPO…] [key=value…]",
+                   help="repository names (default: all registered) and config overrides")
+    p.add_argument("--force", action="store_true", help="redo commits whose output already exists")
+    p.add_argument("--local", action="store_true", help="run in this process instead of on Ray Data")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_stages(args, stages: list[str] | None) -> int:
+    from rich.console import Console
+
+    from pipelines.run import run_pipeline
+
+    cfg, names = config_and_words(args.words)
+    summary = run_pipeline(names or None, cfg.pipeline, cfg.llm, force=args.force, stages=stages,
+                           local=args.local, progress=not args.no_progress and sys.stderr.isatty())
+    Console().print(summary_table(summary))
+    if args.json:
+        atomic_write_json(args.json, summary.to_dict())
+    return 0
+
+
+def _pipeline_run(args) -> int:
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    return _run_stages(args, stages)
+
+
+def add_stage_parser(sub, name: str) -> None:
+    p = sub.add_parser(name, help=STAGE_COMMANDS[name])
+    _add_common(p)
+    p.set_defaults(func=lambda args: _run_stages(args, [name]))
+
+
+# -- housekeeping ---------------------------------------------------------------------------------------------------
+def _cleanup(args) -> int:
+    from pipelines.dataset_tools import CLEANABLE, cleanup_dataset
+
+    cfg, names = config_and_words(args.words)
+    kinds = list(CLEANABLE) if args.all else [k for k in CLEANABLE if getattr(args, k)]
+    removed = cleanup_dataset(cfg.pipeline, kinds, names or None, temp=args.temp or args.all, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb}: " + (", ".join(f"{n} {name}" for name, n in sorted(removed.items())) or "nothing"))
+    return 0
+
+
+def add_cleanup_parser(sub, name: str) -> None:
+    p = sub.add_parser(name, help="remove generated files from DATA_DIR/ast_dataset (only there)")
+    p.add_argument("words", nargs="*", metavar="[REPO…] [key=value…]")
+    for flag, text in (("tasks", "task.json"), ("reasoning", "reasoning.json"), ("fim", "fim_dataset.json"),
+                       ("diffs", "diff_ast.jsonl"), ("ast", "ast.jsonl"), ("commit-data", "commit_data.json")):
+        p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action="store_true", help=f"remove {text}")
+    p.add_argument("--temp", action="store_true", help="remove temp files left by killed runs")
+    p.add_argument("--all", action="store_true", help="remove every generated file")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be removed")
+    p.set_defaults(func=_cleanup)
+
+
+def _coverage(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.dataset_tools import ast_coverage
+
+    cfg, names = config_and_words(args.words)
+    cov = ast_coverage(cfg.pipeline, names or None)
+    if args.json:
+        atomic_write_json(args.json, cov)
+    table = Table("repo", "language", "parsed", "parse errors", "skipped (by reason)", "declarations",
+                  title="AST coverage (file versions touched by commits)")
+    for repo, langs in cov.items():
+        for lang, c in langs.items():
+            skipped = ", ".join(f"{k.split(':', 1)[1]}={v}" for k, v in sorted(c.items()) if k.startswith("skipped:"))
+            table.add_row(repo, lang, str(c.get("parsed", 0)), str(c.get("parse_error", 0)), skipped or "-",
+                          str(c.get("declarations", 0)))
+    Console().print(table)
+    return 0
+
+
+def add_coverage_parser(sub, name: str) -> None:
+    p = sub.add_parser(name, help="per repo and language: files parsed, parse errors, skipped by reason")
+    p.add_argument("words", nargs="*", metavar="[REPO…] [key=value…]")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    p.set_defaults(func=_coverage)
+
+
+# -- export ---------------------------------------------------------------------------------------------------------
+def _export(args) -> int:
+    from hybrid.data.export import describe, export_io_pairs
+
+    cfg, repos = config_and_words(args.repos)
+    for name in ("validation_fraction", "test_fraction"):
+        value = getattr(args, name)
+        if not 0 <= value < 1:
+            raise HybridError(f"--{name.replace('_', '-')}: must be in [0, 1), got {value}")
+    result = export_io_pairs(cfg.pipeline.data_dir, args.output_dir,
+                             kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
+                             validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
+                             repos=repos or None)
+    print(describe(result))
+    return 0
+
+
+def add_export_parser(sub, name: str = "export") -> None:
+    p = sub.add_parser(name, help="turn data/ast_dataset into datasets/io_pairs/{train,validation,test}.jsonl")
+    p.add_argument("repos", nargs="*", help="repositories to export (default: all) and key=value config overrides")
+    p.add_argument("--output-dir", "--output_dir", default="datasets/io_pairs", help="where the JSONL files go")
+    p.add_argument("--kinds", default="fim,reasoning", help="comma-separated: fim, reasoning")
+    p.add_argument("--validation-fraction", type=float, default=0.1, help="share of records for validation")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="share of records for test")
+    p.set_defaults(func=_export)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pipeline", help="data-generation stages and `pipeline run`")
+    pipeline_sub = p.add_subparsers(dest="pipeline_command", required=True, metavar="STAGE",
+                                    parser_class=IntermixedParser)
+    run = pipeline_sub.add_parser("run", help="run the stages in order on Ray Data and print a summary")
+    _add_common(run)
+    run.add_argument("--stages", help="comma-separated subset of the stages (default: all, in order)")
+    run.set_defaults(func=_pipeline_run)
+    for name in STAGE_COMMANDS:
+        add_stage_parser(pipeline_sub, name)
+    add_cleanup_parser(pipeline_sub, "cleanup-dataset")
+    add_coverage_parser(pipeline_sub, "check-ast-coverage")
+    llm.register(pipeline_sub)
+    add_export_parser(pipeline_sub)
+
+
+# -- the seed's console scripts ----------------------------------------------------------------------------------
+def generate_ast_main(argv=None) -> int:
+    return console_main(add_stage_parser, "generate-ast", argv)
+
+
+def generate_ast_diffs_main(argv=None) -> int:
+    return console_main(add_stage_parser, "generate-ast-diffs", argv)
+
+
+def generate_fim_main(argv=None) -> int:
+    return console_main(add_stage_parser, "generate-fim", argv)
+
+
+def cleanup_dataset_main(argv=None) -> int:
+    return console_main(add_cleanup_parser, "cleanup-dataset", argv)
+
+
+def check_ast_coverage_main(argv=None) -> int:
+    return console_main(add_coverage_parser, "check-ast-coverage", argv)

@@ -1,0 +1,111 @@
+"""Files written atomically (a unique temp file in the same folder, then a rename) and JSON/JSONL read with
+clear errors. Every writer in the project goes through `atomic_write`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from hybrid.core.errors import HybridError
+
+_encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps builds one per call
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, mkdir: bool = True) -> Iterator[Path]:
+    """Yield a unique temp path beside `path`; on success it is renamed over `path`, on failure removed.
+    A killed process leaves `path` as it was (and at worst a `.NAME.*.tmp` that `cleanup-dataset --temp`
+    removes); two processes writing the same file never share a temp file."""
+    path = Path(path)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes | Iterable[str], fsync: bool = True,
+                 mkdir: bool = True) -> None:
+    """Write `data` (text, bytes, or an iterable of text pieces) to `path` atomically.
+
+    fsync=False skips forcing the bytes to disk before the rename — for many small files on a hot path (the
+    pipeline's per-commit files, where fsync costs more than the parsing on some disks): a crash of the
+    machine (not of the process) may then leave an empty file, which the next run redoes."""
+    with atomic_path(path, mkdir=mkdir) as tmp:
+        if isinstance(data, bytes):
+            f = open(tmp, "wb")
+        else:
+            f = open(tmp, "w", encoding="utf-8")
+        with f:
+            if isinstance(data, (str, bytes)):
+                f.write(data)
+            else:
+                f.writelines(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> None:
+    atomic_write(path, text, fsync=fsync)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, fsync: bool = True,
+                      mkdir: bool = True) -> None:
+    text = (_encode(obj) if indent is None else json.dumps(obj, indent=indent, ensure_ascii=False)) + "\n"
+    atomic_write(path, text, fsync=fsync, mkdir=mkdir)
+
+
+def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[Any], fsync: bool = True,
+                       mkdir: bool = True) -> int:
+    """Write one JSON document per line; returns the number of records."""
+    lines = [_encode(r) + "\n" for r in records]
+    atomic_write(path, lines, fsync=fsync, mkdir=mkdir)
+    return len(lines)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise HybridError(f"{path}: not UTF-8 text") from None
+    except FileNotFoundError:
+        raise HybridError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise HybridError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, record) for each non-blank line; a bad line is an error naming file and line."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise HybridError(f"{path}: no such file") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise HybridError(f"{path}:{lineno}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise HybridError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    return [record for _, record in iter_jsonl(path)]

@@ -1,0 +1,158 @@
+"""The unit of work of the structural pipeline: one contiguous range of commits of one repository.
+
+`process_range` is a Ray Data task in `pipeline run`, a plain call with `--local` and in tests. A `RangeWorker`
+stays alive in its worker process between ranges: it holds the open repository and an LRU parse cache keyed by
+blob id (plus the syntax trees for incremental re-parsing), so a file is parsed once per version however many
+commits touch or follow it; and it runs the steps (pipelines/steps.py) over each commit in order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from hybrid.config.pipeline import PipelineConfig
+from pipelines.declarations import ParsedFile, parse_declarations, parse_tree, update_declarations
+from pipelines.filters import content_drop_reason, path_drop_reason
+from pipelines.languages import grammar_key, language_of
+from pipelines.steps import OUTPUT_FILES, STEP_KEYS, STEPS, CommitContext
+
+WORKER_KEY = "_worker"  # process_range's own numbers: CPU seconds, parse-cache hits, incremental parses
+TREE_CACHE_SIZE = 256  # syntax trees kept per worker for incremental re-parsing (a tree is ~10x its source)
+
+
+class IncrementalMismatch(RuntimeError):
+    """An incremental re-parse gave other declarations than a fresh parse (checked when `verify_incremental`)."""
+
+
+def commit_dir(data_dir: str | os.PathLike, repo: str, number: int) -> Path:
+    return Path(data_dir) / "ast_dataset" / repo / f"commit_{number}"
+
+
+def is_done(step_key: str, out_dir: Path) -> bool:
+    return (out_dir / OUTPUT_FILES[step_key]).exists()
+
+
+class RangeWorker:
+    """Holds an open repository and the parse cache of one worker process, and runs the steps over ranges."""
+
+    verify_incremental = False  # tests: check every incremental update against a fresh parse
+
+    def __init__(self, repo_name: str, repo_path: str, cfg: PipelineConfig) -> None:
+        import pygit2
+
+        self.repo_name, self.repo_path, self.cfg = repo_name, repo_path, cfg
+        self.repo = pygit2.Repository(repo_path)
+        self.cache: OrderedDict[tuple[str, str], ParsedFile | str] = OrderedDict()
+        self.trees: OrderedDict[tuple[str, str], tuple[object, bytes]] = OrderedDict()
+        self.path_info: dict[str, tuple[str | None, str | None]] = {}  # path -> (path drop reason, language)
+        self.cache_hits = self.cache_misses = self.incremental = 0
+        # generate-ast running together with generate-ast-diffs parses each file's old version first, so the
+        # new one is an incremental re-parse even at the start of a range (a cold cache)
+        self.prefetch_old = False
+        self.prefetched: set[tuple[str, str]] = set()
+
+    # -- parsing ------------------------------------------------------------------------------------------
+    def parse(self, blob_id: str, path: str, prev_id: str | None = None) -> ParsedFile | str:
+        """The declarations of a blob at `path`, or the reason it is not parsed (parse_error included).
+        `prev_id`: the blob this one replaced; when its tree is cached the parse is incremental."""
+        by_path = self.path_info.get(path)
+        if by_path is None:
+            by_path = self.path_info[path] = (path_drop_reason(path, self.cfg), language_of(path))
+        reason, language = by_path
+        if reason:
+            return reason
+        key = (blob_id, grammar_key(path, language) if language else "")
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.cache.move_to_end(key)
+            self.cache_hits += 1
+            return hit
+        self.cache_misses += 1
+        data = self.repo[blob_id].data
+        result: ParsedFile | str | None = content_drop_reason(path, data, self.cfg)
+        if result is None:
+            old = self.trees.get((prev_id, key[1])) if prev_id else None
+            hunks = None
+            if old is not None:
+                import pygit2
+
+                patch = pygit2.Patch.create_from(old[1], data, context_lines=0)
+                hunks = [(h.old_start, h.old_lines, h.new_start, h.new_lines) for h in patch.hunks]
+            tree, edit = parse_tree(data, key[1], *(old or (None, None)), hunks=hunks)
+            old_parsed = self.cache.get((prev_id, key[1])) if edit else None
+            if isinstance(old_parsed, ParsedFile):
+                self.incremental += 1
+                parsed = update_declarations(data, key[1], tree, old_parsed, old[0], old[1], edit)
+                if self.verify_incremental and parse_declarations(data, key[1]) != parsed:
+                    raise IncrementalMismatch(f"incremental declarations differ for {path} {blob_id}")
+            else:
+                parsed = parse_declarations(data, key[1], tree)
+            result = "parse_error" if parsed.has_error else parsed
+            self.trees[key] = (tree, data)
+            if len(self.trees) > TREE_CACHE_SIZE:
+                self.trees.popitem(last=False)
+        if self.cfg.parse_cache_size:
+            self.cache[key] = result
+            if len(self.cache) > self.cfg.parse_cache_size:
+                self.cache.popitem(last=False)
+        return result
+
+    def run_range(self, numbers: list[int], hashes: list[str], step_keys: list[str], force: bool = False) -> dict:
+        """Run the steps named by `step_keys` (in STEPS order) on commits `numbers` (contiguous, oldest first)
+        with the given hashes. Returns {step key: StageStats dict} with `skipped_done` counts."""
+        import pygit2
+
+        unknown = [k for k in step_keys if k not in STEP_KEYS]
+        if unknown:
+            raise ValueError(f"unknown range stages {unknown}")
+        steps = [s(self) for s in STEPS if s.key in step_keys]
+        self.prefetch_old = "ast" in step_keys and "ast-diffs" in step_keys
+        self.prefetched.clear()
+        for number, commit_hash in zip(numbers, hashes):
+            out_dir = commit_dir(self.cfg.data_dir, self.repo_name, int(number))
+            todo = [s for s in steps if force or not s.is_done(out_dir)]
+            for s in steps:
+                if s not in todo:
+                    s.stats.counts["skipped_done"] += 1
+            if not todo:
+                continue
+            commit = self.repo.get(commit_hash)
+            if commit is None or not isinstance(commit, pygit2.Commit):
+                raise ValueError(f"{self.repo_path}: no commit {commit_hash}")
+            ctx = CommitContext(self.repo, int(number), commit)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for s in todo:
+                s.run(ctx, out_dir)
+        return {s.key: s.stats.to_dict() for s in steps}
+
+
+_WORKERS: dict[tuple[str, str], RangeWorker] = {}
+
+
+def get_worker(repo_name: str, repo_path: str, cfg: PipelineConfig) -> RangeWorker:
+    """The worker of this process for a repo (kept between ranges so its parse cache stays warm)."""
+    key = (repo_path, cfg.model_dump_json())
+    worker = _WORKERS.get(key)
+    if worker is None:
+        if len(_WORKERS) > 8:
+            _WORKERS.clear()
+        worker = _WORKERS[key] = RangeWorker(repo_name, repo_path, cfg)
+    return worker
+
+
+def process_range(repo_name: str, repo_path: str, numbers: list[int], hashes: list[str], step_keys: list[str],
+                  cfg: PipelineConfig, force: bool = False) -> dict:
+    """One range through this process's worker: {step key: StageStats dict}, and under WORKER_KEY the range's CPU
+    seconds and parse-cache numbers."""
+    cpu0 = time.process_time()
+    worker = get_worker(repo_name, repo_path, cfg)
+    counters0 = (worker.cache_hits, worker.cache_misses, worker.incremental)
+    result = worker.run_range(numbers, hashes, step_keys, force)
+    hits, misses, incremental = (now - before for now, before in
+                                 zip((worker.cache_hits, worker.cache_misses, worker.incremental), counters0))
+    result[WORKER_KEY] = {"cpu_s": time.process_time() - cpu0, "cache_hits": hits, "cache_misses": misses,
+                          "incremental_parses": incremental}
+    return result
