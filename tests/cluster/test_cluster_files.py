@@ -307,8 +307,8 @@ def _subcommands(parser) -> set[str]:
 def test_rayjob_entrypoints_parse_with_the_real_cli_and_config():
     """Each `hybrid …` in the entrypoints is accepted by the CLI's parser and its key=value overrides by the config
     (nothing runs). `hybrid tune` is skipped while this checkout has no tune command."""
-    from hybrid.cli import build_parser
-    from hybrid.config import load_config, split_overrides
+    from hybrid.main import build_parser
+    from hybrid.cli.config import load_config, split_overrides
 
     parser = build_parser()
     known = _subcommands(parser)
@@ -432,11 +432,11 @@ def test_readme_ray_commands_exist_in_the_installed_ray_cli():
 
 
 def test_readme_hybrid_commands_parse():
-    from hybrid.cli import build_parser
+    from hybrid.main import build_parser
 
     parser = build_parser()
     known = _subcommands(parser)
-    from hybrid.config import load_config, split_overrides
+    from hybrid.cli.config import load_config, split_overrides
 
     commands = [c for c in _readme_commands("hybrid") if c[1] in known]
     assert len(commands) >= 5
