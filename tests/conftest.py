@@ -26,3 +26,95 @@ def ray_session():
         init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class RayHead:
+    """A Ray head of the tests' own: `address` (for RAY_ADDRESS), `dashboard` (http://127.0.0.1:PORT), `env` (the
+    environment a command joining it runs with)."""
+
+    def __init__(self, address: str, dashboard: str, temp_dir: str):
+        self.address, self.dashboard, self.temp_dir = address, dashboard, temp_dir
+        self.env = {**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled",
+                    "RAY_API_SERVER_ADDRESS": dashboard, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+    def get(self, path: str):
+        """GET a dashboard REST path (the State and Jobs APIs) as JSON."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.dashboard + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def placement_group_states(self) -> list[str]:
+        data = self.get("/api/v0/placement_groups?limit=10000")
+        return [pg["state"] for pg in data["data"]["result"]["result"]]
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A real Ray head started with `ray start --head --block`: every port set to a free one, the dashboard on
+    127.0.0.1, a private temp dir, token auth off (RAY_AUTH_MODE set, so a token left in ~/.ray changes nothing). It is
+    stopped through its process group at the end — never `ray stop`, which stops every Ray on the machine."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    gcs, dash, agent_http, agent_grpc, metrics, node_mgr, obj_mgr, runtime_env, client = free_ports(9)
+    worker_low = 30000 + (os.getpid() % 300) * 100
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: socket paths have a length limit
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           # Train V2's placement-group cleaner finds its controller through the State API; with two Rays on the
+           # machine it cannot guess which dashboard is its own
+           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}"}
+    env.pop("RAY_ADDRESS", None)
+    log = open(Path(temp_dir) / "head.log", "w")
+    proc = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--num-cpus=2", f"--port={gcs}", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+         f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
+         f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
+         f"--min-worker-port={worker_low}", f"--max-worker-port={worker_low + 99}", f"--temp-dir={temp_dir}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir)
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{head.dashboard}/api/version", timeout=5)
+            head.get("/api/jobs/")  # the job agent is up too
+            break
+        except Exception:
+            if proc.poll() is not None or time.time() > deadline:
+                log.close()
+                raise RuntimeError(f"the test's Ray head did not start: {(Path(temp_dir) / 'head.log').read_text()[-2000:]}")
+            time.sleep(1)
+    yield head
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+            break
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+    log.close()
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -68,3 +68,19 @@ def test_redact_url_hides_credentials_and_query():
     assert redact_url("http://127.0.0.1:8000/v1?api-key=s3cret") == "http://127.0.0.1:8000/v1?***"
     assert redact_url("https://github.com/a/b.git") == "https://github.com/a/b.git"
     assert redact_url("../some/checkout") == "../some/checkout"
+
+
+def test_a_whole_config_file_is_the_base_and_overrides_apply_on_top(tmp_path):
+    saved = load_config(["model=tiny_gpt2_hybrid", "train.batch_size=3", "data.max_length=77"])
+    path = tmp_path / "config.yaml"
+    path.write_text(saved.recipe().to_yaml())  # what a checkpoint saves: model, train, data, memory
+    cfg = load_config(["train.learning_rate=0.5"], base=path)
+    assert cfg.model == saved.model and cfg.data == saved.data and cfg.train.batch_size == 3
+    assert cfg.train.learning_rate == 0.5
+    assert cfg.pipeline == load_config().pipeline  # a section the file lacks takes the defaults
+    assert load_config(["model=tiny_llama_hybrid"], base=path).model.family == "llama"  # a group choice replaces it
+    path.write_text("bogus: {}\n")
+    with pytest.raises(ConfigError, match="bogus: unknown config group"):
+        load_config([], base=path)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config([], base=tmp_path / "missing.yaml")

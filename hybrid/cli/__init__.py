@@ -43,13 +43,14 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
         return 130
 
 
-def config_and_words(words: Sequence[str]):
-    """(the whole `Config` after the `key=value` overrides among `words`, the other words). The config schemas
-    are pydantic models whose import costs ~0.4 s, so they load when a command runs, not for `--help`."""
+def config_and_words(words: Sequence[str], base: str | None = None):
+    """(the whole `Config` after the `key=value` overrides among `words` — on top of the config file `base` when
+    given — and the other words). The config schemas are pydantic models whose import costs ~0.4 s, so they load
+    when a command runs, not for `--help`."""
     from hybrid.cli.config import load_config, split_overrides
 
     overrides, rest = split_overrides(words)
-    return load_config(overrides), rest
+    return load_config(overrides, base=base), rest
 
 
 def console_main(add_parser: Callable[[argparse._SubParsersAction, str], None], name: str,

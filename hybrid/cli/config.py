@@ -25,11 +25,13 @@ from hybrid.config.memory import MemoryConfig
 from hybrid.config.model import ModelConfig
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.config.recipe import RecipeConfig
+from hybrid.config.section import describe_error
 from hybrid.config.train import DataConfig, TrainConfig
+from hybrid.config.tune import TuneConfig
 from hybrid.core.errors import ConfigError
 
 CONFIG_DIR = Path(os.environ.get("HYBRID_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
-GROUPS = ("model", "train", "data", "memory", "pipeline", "llm")
+GROUPS = ("model", "train", "data", "memory", "pipeline", "llm", "tune")
 
 
 class Config(BaseModel):
@@ -43,6 +45,7 @@ class Config(BaseModel):
     memory: MemoryConfig = Field(default_factory=MemoryConfig, description="external memory store backend")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="data-generation pipeline")
     llm: LLMConfig = Field(default_factory=LLMConfig, description="LLM endpoint limits for the LLM stages")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="Ray Tune sweeps (hybrid tune)")
 
     def recipe(self) -> RecipeConfig:
         """The sections a training run reads."""
@@ -60,7 +63,13 @@ def split_overrides(items: Iterable[str]) -> tuple[list[str], list[str]]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -79,22 +88,20 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
-        return f"{key}: unknown key"
-    got = first.get("input")
-    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    more = f" [and {err.error_count() - 1} more]" if err.error_count() > 1 else ""
-    return f"{key}: {first['msg']}{got_text}{more}"
-
-
-def load_config(overrides: Iterable[str] = (), config_dir: Path | None = None) -> Config:
-    """Compose configs/config.yaml's defaults, apply group choices and dotted overrides, validate."""
+def load_config(overrides: Iterable[str] = (), config_dir: Path | None = None, base: str | Path | None = None) -> Config:
+    """Compose configs/config.yaml's defaults — or start from the whole config in the YAML file `base` (a checkpoint's
+    config.yaml, a sweep's best.yaml; sections it lacks take the defaults) — then apply group choices
+    (`model=gpt2_hybrid` replaces that section with the preset) and dotted overrides, and validate."""
     config_dir = Path(config_dir or CONFIG_DIR)
     root = _read_yaml(config_dir / "config.yaml")
     choices: dict[str, str] = dict(root.pop("defaults", {}) or {})
+    if base is not None:
+        tree_from_file = _read_yaml(Path(base))
+        unknown = [k for k in tree_from_file if k not in GROUPS]
+        if unknown:
+            raise ConfigError(f"{base}: {unknown[0]}: unknown config group (choose from {', '.join(GROUPS)})")
+        root = {}  # the file's sections stand as they are; only what it lacks comes from the defaults
+        choices = {g: n for g, n in choices.items() if g not in tree_from_file}
     dotted: list[tuple[str, Any]] = []
     for item in overrides:
         if "=" not in item:
@@ -114,7 +121,7 @@ def load_config(overrides: Iterable[str] = (), config_dir: Path | None = None) -
             value = raw
         dotted.append((key, value))
 
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = dict(tree_from_file) if base is not None else {}
     for group, name in choices.items():
         if group not in GROUPS:
             raise ConfigError(f"{config_dir / 'config.yaml'}: defaults.{group}: unknown config group")
@@ -133,4 +140,4 @@ def load_config(overrides: Iterable[str] = (), config_dir: Path | None = None) -
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e)) from None
+        raise ConfigError(describe_error(e)) from None

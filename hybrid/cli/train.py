@@ -15,6 +15,9 @@ def register(sub) -> None:
                        description="Train on IO pairs: hybrid train model=llama_hybrid data.train=PATH "
                                    "data.validation=PATH train.batch_size=4 train.max_iters=200 train.num_workers=2")
     p.add_argument("overrides", nargs="*", help="key=value config overrides (group=name picks a preset)")
+    p.add_argument("--config", metavar="FILE",
+                   help="start from this whole config (a checkpoint's config.yaml, a sweep's best.yaml) instead of "
+                        "configs/'s defaults; the overrides apply on top")
     p.add_argument("--json", metavar="FILE", help="also write the final metrics and paths as JSON")
     p.set_defaults(func=run_train)
 
@@ -43,9 +46,10 @@ def register(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from hybrid.training.recipe import peak_rss_mb
     from hybrid.training.train import describe, train
 
-    cfg, rest = config_and_words(args.overrides)
+    cfg, rest = config_and_words(args.overrides, base=args.config)
     if rest:
         raise HybridError(f"unexpected argument {rest[0]!r} (overrides look like train.batch_size=4)")
     result = train(cfg.recipe())
@@ -53,7 +57,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, {"output_dir": str(result.output_dir), "checkpoint": str(result.checkpoint),
                                       "best_checkpoint": str(result.best_checkpoint), "metrics": result.metrics,
-                                      "data": result.data_counts, "wall_s": result.wall_s})
+                                      "data": result.data_counts, "wall_s": result.wall_s,
+                                      "driver_peak_rss_mb": peak_rss_mb()})
     return 0
 
 

@@ -23,7 +23,13 @@ class TrainConfig(Section):
     max_minutes: float | None = Field(
         None, gt=0, description="stop (and checkpoint) after this many minutes of training, whatever max_iters says")
     num_workers: int = Field(
-        1, ge=0, description="Ray Train workers (DDP); 0 runs the loop in this process without a worker group")
+        1, ge=0, description="Ray Train workers; 0 runs the loop in this process without a worker group (and without "
+                             "Ray Data: the same stream is read in this process)")
+    strategy: Literal["auto", "ddp", "fsdp", "allreduce"] = Field(
+        "auto", description="data parallelism over the workers: ddp (DistributedDataParallel; auto picks it for more "
+                            "than one worker), fsdp (FSDP2: parameters, gradients and optimizer state sharded — for "
+                            "models that do not fit one device), allreduce (full replicas and one flat all-reduce "
+                            "after backward: the first scheme, kept for `hybrid bench train`)")
     use_gpu: bool | Literal["auto"] = Field("auto", description="train on GPUs (NCCL); auto = when CUDA is there")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker")
     precision: Literal["auto", "bf16", "fp32"] = Field(
@@ -43,21 +49,41 @@ class TrainConfig(Section):
     eval_batches: int | None = Field(None, ge=1, description="validation micro-batches per evaluation (None = all)")
     log_every: int = Field(10, ge=1, description="print a progress line every this many steps")
     keep_last: int = Field(2, ge=1, description="checkpoints kept besides `best`")
+    best_by: Literal["val_loss", "val_exact_match"] = Field(
+        "val_loss", description="what `best` follows: the lowest validation loss or the highest validation "
+                                "(teacher-forced) exact match")
     tokenizer: Literal["bpe", "word"] = Field(
         "bpe", description="tokenizer trained on the training data when no base/init checkpoint gives one: bpe = "
                            "byte-level BPE of tokenizer_vocab_size tokens; word = one token per whitespace-separated "
                            "word (WordLevel over every training word, plus <|unk|>)")
     tokenizer_vocab_size: int = Field(4096, ge=300, description="vocabulary of the BPE trained when no base is given")
+    tokenizer_sample: int = Field(
+        20_000, ge=1, description="IO pairs the tokenizer is trained on: a uniform sample over the training files "
+                                   "(the driver holds only these)")
+    tensorboard: bool = Field(True, description="TensorBoard event files in <output_dir>/tensorboard")
+    mlflow_uri: str | None = Field(
+        None, description="also log to MLflow: a tracking server URI or a local store (file:///path/mlruns)")
+    mlflow_experiment: str = Field("hybrid", min_length=1, description="the MLflow experiment of the run")
     max_failures: int = Field(0, ge=-1, description="Ray Train worker-failure restarts (from the last checkpoint)")
 
 
 class DataConfig(Section):
-    train: str | None = Field(None, description="training IO pairs: JSONL/Parquet file or folder")
-    validation: str | None = Field(None, description="validation IO pairs: JSONL/Parquet file or folder")
+    train: str | None = Field(
+        None, description="training IO pairs: a JSONL/Parquet file, a folder of them, a glob, or a URI (s3://…)")
+    validation: str | None = Field(
+        None, description="validation IO pairs: a JSONL/Parquet file, a folder of them, a glob, or a URI")
     max_length: int = Field(512, ge=8, description="tokens per IO pair; longer inputs lose tokens on the left")
     bucket_by_length: bool = Field(
         False, description="draw each global micro-batch from examples with the same number of segments "
-                           "(ceil(tokens / model.segment_length)), so short examples are not padded to long ones; "
-                           "the order stays a function of (train.seed, step)")
+                           "(ceil(tokens / model.segment_length)) within a shuffle window, so short examples are not "
+                           "padded to long ones; the order stays a function of (train.seed, step)")
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="a bad line (not JSON, no string input/output): error naming file:line, or skip and count")
+    shuffle_window: int = Field(
+        2_048, ge=1, description="rows shuffled together (a seeded permutation per window and epoch; with "
+                                  "bucket_by_length, the rows batched by length together); bounds what a data task holds")
+    read_tasks: int = Field(
+        0, ge=0, description="Ray Data tasks reading and tokenizing at once (0 = one per free CPU of the cluster)")
+    cpus_per_task: float | None = Field(
+        None, ge=0, description="CPUs each reading/tokenizing task reserves (null = 1, or 0 when the training "
+                                "workers hold every CPU, as on a laptop)")

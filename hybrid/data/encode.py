@@ -49,6 +49,12 @@ def fit_to_length(input_ids: list[int], output_ids: list[int], sep_id: int, eos_
     return prompt + output, len(prompt), truncated
 
 
+def encode_record(tokenizer: TextTokenizer, record: dict[str, Any], max_length: int) -> tuple[list[int], int, str | None]:
+    """(ids, prompt length, what was truncated or None) of one IO pair: `input <|sep|> output <|endoftext|>`."""
+    inp, out = tokenizer.encode_batch([record["input"], record["output"]])
+    return fit_to_length(inp, out, tokenizer.sep_id, tokenizer.eos_id, max_length)
+
+
 def encode_pairs(tokenizer: TextTokenizer, records: Sequence[dict[str, Any]], max_length: int) -> Encoded:
     inputs = tokenizer.encode_batch([r["input"] for r in records])
     outputs = tokenizer.encode_batch([r["output"] for r in records])
@@ -70,14 +76,14 @@ def encode_prompt(tokenizer: TextTokenizer, text: str, max_length: int, room: in
     return ids[-keep:] + [tokenizer.sep_id]
 
 
-def collate(examples: Sequence[tuple[Sequence[int], int]], pad_id: int):
-    """Right-padded (input_ids, labels, attention_mask) tensors of shape (B, T).
+def collate(examples: Sequence[tuple[Sequence[int], int]], pad_id: int, length: int | None = None):
+    """Right-padded (input_ids, labels, attention_mask) tensors of shape (B, T); T = the longest row, or `length`.
 
     Padding goes on the right: in a causal model with memory written only from earlier segments, trailing pads
     never influence a real token, so a row's loss does not depend on what it is batched with."""
     import torch
 
-    T = max(len(ids) for ids, _ in examples)
+    T = max(max(len(ids) for ids, _ in examples), length or 0)
     B = len(examples)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)

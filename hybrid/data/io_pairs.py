@@ -1,53 +1,144 @@
-"""Reading input/output pairs: `{"input": str, "output": str, ...}` records in JSONL or Parquet files, or a
-folder of them. Bad data is an error naming the file and line (or a counted skip when asked), found on the
-driver before any worker starts."""
+"""Reading input/output pairs: `{"input": str, "output": str, ...}` records in JSONL or Parquet files — a file, a
+folder of them, a glob, or a URI of a pyarrow file system (`s3://bucket/prefix/`, `gs://…`).
+
+Records stream: `iter_pairs` reads one file line by line (JSONL) or row group by row group (Parquet), so nothing
+here holds a whole data set. A bad record is an error naming the file and line (or row), or a skip counted by
+reason when the caller asks for `on_bad="skip"`.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Iterator, Literal
 
 from hybrid.core.errors import HybridError
-from hybrid.core.io import iter_jsonl
+from hybrid.core.redact import redact_url
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
+FOLDER_SUFFIXES = (".jsonl", ".parquet")  # in a folder only these count: export writes stats.json beside the splits
+OnBad = Literal["error", "skip"]
 
 
-@dataclass
-class IOPairs:
-    """The records read, where they came from, and what was skipped (by reason)."""
-
-    records: list[dict[str, Any]]
-    files: list[Path]
-    skipped: Counter = field(default_factory=Counter)
-
-    def __len__(self) -> int:
-        return len(self.records)
+def is_uri(path: str) -> bool:
+    """`s3://…`, `gs://…`, `file://…` — anything a pyarrow file system opens, as opposed to a local path."""
+    head, sep, _ = str(path).partition("://")
+    return bool(sep) and head.isalnum() and len(head) > 1
 
 
-def data_files(path: str | Path) -> list[Path]:
-    """The JSONL/Parquet files that `path` names: itself, or those in the folder (sorted, recursive)."""
-    path = Path(path)
+def _filesystem(uri: str):
+    """(pyarrow file system, path inside it) for a URI; a one-line error when pyarrow cannot open it."""
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as e:  # ArrowInvalid, OSError: an unknown scheme, bad credentials syntax, …
+        raise HybridError(f"{shown(uri)}: cannot open ({str(e).splitlines()[0][:200]})") from None
+
+
+def _suffix(path: str) -> str:
+    return "." + path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ""
+
+
+def _check_suffix(path: str) -> None:
+    if _suffix(path) not in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+        raise HybridError(f"{path}: expected a .jsonl or .parquet file (or a folder of them)")
+
+
+def data_files(spec: str | Path) -> list[str]:
+    """The JSONL/Parquet files `spec` names — itself, the files of a folder (recursive; .jsonl and .parquet only,
+    hidden files left out), the matches of a glob — sorted, as strings (URIs keep their scheme)."""
+    spec = str(spec)
+    has_glob = any(c in spec for c in "*?[")
+    if is_uri(spec):
+        return _uri_files(spec, has_glob)
+    if has_glob:
+        files = sorted(p for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not files:
+            raise HybridError(f"{spec}: no file matches")
+        for f in files:
+            _check_suffix(f)
+        return files
+    path = Path(spec)
     if not path.exists():
         raise HybridError(f"{path}: no such file or folder")
     if path.is_dir():
-        # in a folder only .jsonl / .parquet count: `hybrid pipeline export` writes stats.json beside the splits
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".jsonl", *PARQUET_SUFFIXES)
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix in FOLDER_SUFFIXES
                        and not p.name.startswith("."))
         if not files:
             raise HybridError(f"{path}: folder holds no .jsonl or .parquet files")
         return files
-    if path.suffix not in JSONL_SUFFIXES + PARQUET_SUFFIXES:
-        raise HybridError(f"{path}: expected a .jsonl or .parquet file (or a folder of them)")
-    return [path]
+    _check_suffix(str(path))
+    return [str(path)]
 
 
-def _check_record(record: Any) -> str | None:
-    """Why a record is unusable, or None."""
+def _uri_files(uri: str, has_glob: bool) -> list[str]:
+    """The data files under a URI (a file, a prefix, or a glob), as URIs that keep the original's credentials and
+    query (an S3 `endpoint_override`, say), so each opens on its own — in a Ray task, too."""
+    from urllib.parse import urlsplit
+
+    import pyarrow.fs as pafs
+
+    fs, inner = _filesystem(uri)
+    if has_glob:
+        cut = min(i for i in (inner.find(c) for c in "*?[") if i >= 0)
+        root = inner[:cut].rsplit("/", 1)[0]
+    else:
+        root = inner
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.File and not has_glob:
+            _check_suffix(root)
+            return [uri]
+        if info.type == pafs.FileType.NotFound:
+            raise HybridError(f"{shown(uri)}: no such file or folder")
+        found = fs.get_file_info(pafs.FileSelector(root.rstrip("/"), recursive=True))
+    except HybridError:
+        raise
+    except Exception as e:
+        raise HybridError(f"{shown(uri)}: cannot list ({str(e).splitlines()[0][:200]})") from None
+    files = sorted(f.path for f in found if f.type == pafs.FileType.File and not f.base_name.startswith(".")
+                   and (fnmatch.fnmatch(f.path, inner) if has_glob else _suffix(f.path) in FOLDER_SUFFIXES))
+    if not files:
+        raise HybridError(f"{shown(uri)}: " + ("no file matches" if has_glob else "holds no .jsonl or .parquet files"))
+    for f in files:
+        _check_suffix(f)
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    # s3/gs paths start with the bucket (the URI's host); others (hdfs) with the path alone
+    return [parts._replace(path=f[len(host):] if host and f.startswith(host + "/") else f).geturl() for f in files]
+
+
+def shown(path: str) -> str:
+    """A data path as messages show it: URIs without credentials or query."""
+    return redact_url(path) if is_uri(path) else path
+
+
+def open_file(path: str) -> IO[bytes]:
+    """A binary stream of a data file (local or URI)."""
+    if is_uri(path):
+        fs, inner = _filesystem(path)
+        try:
+            return fs.open_input_stream(inner)
+        except FileNotFoundError:
+            raise HybridError(f"{shown(path)}: no such file") from None
+        except Exception as e:
+            raise HybridError(f"{shown(path)}: cannot read ({str(e).splitlines()[0][:200]})") from None
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise HybridError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise HybridError(f"{path}: is a folder, not a data file") from None
+
+
+def check_record(record: Any) -> str | None:
+    """Why a record is unusable as an IO pair, or None."""
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
     for key in ("input", "output"):
@@ -60,90 +151,106 @@ def _check_record(record: Any) -> str | None:
     return None
 
 
-def _bad(on_bad: str, skipped: Counter, reason: str, message: str) -> None:
+def _bad(on_bad: OnBad, skipped: Counter, reason: str, message: str) -> None:
     """A bad line: counted under `reason` when the user asked to skip, else the one-line error `message`."""
     if on_bad != "skip":
         raise HybridError(message)
     skipped[reason] += 1
 
 
-def _read_jsonl(path: Path, on_bad: str, skipped: Counter) -> list[dict[str, Any]]:
-    records = []
-    with open(path, "rb") as f:
+def iter_pairs(path: str, on_bad: OnBad = "error", skipped: Counter | None = None,
+               check=check_record) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, or row number for Parquet, counted from 1; record) for each usable record of one file.
+    `check(record)` says why a record is unusable (default: not an IO pair)."""
+    skipped = Counter() if skipped is None else skipped
+    name = shown(path)
+    if _suffix(path) in PARQUET_SUFFIXES:
+        yield from _iter_parquet(path, on_bad, skipped, check)
+        return
+    with open_file(path) as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                _bad(on_bad, skipped, "not_utf8", f"{path}:{lineno}: not UTF-8 text")
+                _bad(on_bad, skipped, "not_utf8", f"{name}:{lineno}: not UTF-8 text")
                 continue
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                _bad(on_bad, skipped, "not_json", f"{path}:{lineno}: not valid JSON ({e.msg})")
+                _bad(on_bad, skipped, "not_json", f"{name}:{lineno}: not valid JSON ({e.msg})")
                 continue
-            problem = _check_record(record)
+            problem = check(record)
             if problem:
-                _bad(on_bad, skipped, "bad_record", f"{path}:{lineno}: {problem}")
+                _bad(on_bad, skipped, "bad_record", f"{name}:{lineno}: {problem}")
                 continue
-            records.append(record)
-    return records
+            yield lineno, record
 
 
-def _read_parquet(path: Path, on_bad: str, skipped: Counter) -> list[dict[str, Any]]:
+def _iter_parquet(path: str, on_bad: OnBad, skipped: Counter, check) -> Iterator[tuple[int, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise HybridError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    for key in ("input", "output"):
-        if key not in table.column_names:
-            raise HybridError(f"{path}: Parquet file has no {key!r} column (columns: {', '.join(table.column_names)})")
-    records = []
-    for row, record in enumerate(table.to_pylist(), 1):
-        problem = _check_record(record)
-        if problem:
-            _bad(on_bad, skipped, "bad_record", f"{path}: row {row}: {problem}")
-            continue
-        records.append(record)
-    return records
+    name = shown(path)
+    with open_file(path) as f:
+        try:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise HybridError(f"{name}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        if check is check_record:
+            for key in ("input", "output"):
+                if key not in names:
+                    raise HybridError(f"{name}: Parquet file has no {key!r} column (columns: {', '.join(names)})")
+        row = 0
+        for batch in pf.iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                row += 1
+                problem = check(record)
+                if problem:
+                    _bad(on_bad, skipped, "bad_record", f"{name}: row {row}: {problem}")
+                    continue
+                yield row, record
 
 
-def read_io_pairs(path: str | Path, on_bad: Literal["error", "skip"] = "error") -> IOPairs:
-    """Read every IO pair under `path`. An empty result is an error naming the path."""
+@dataclass
+class IOPairs:
+    """The records of a (small) data set read whole, where they came from, and what was skipped (by reason)."""
+
+    records: list[dict[str, Any]]
+    files: list[str]
+    skipped: Counter = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def read_io_pairs(path: str | Path, on_bad: OnBad = "error") -> IOPairs:
+    """Every IO pair under `path`, in memory — for evaluation sets and corpora of `hybrid memory build`; training
+    streams instead (hybrid/training/datastream.py). An empty result is an error naming the path."""
     files = data_files(path)
     skipped: Counter = Counter()
     records: list[dict[str, Any]] = []
     for file in files:
-        reader = _read_parquet if file.suffix in PARQUET_SUFFIXES else _read_jsonl
-        got = reader(file, on_bad, skipped)
+        got = [record for _, record in iter_pairs(file, on_bad, skipped)]
         if not got and len(files) == 1 and not skipped:
-            raise HybridError(f"{file}: empty file (no IO pairs)")
+            raise HybridError(f"{shown(file)}: empty file (no IO pairs)")
         records.extend(got)
     if not records:
         what = f" ({sum(skipped.values())} bad records skipped)" if skipped else ""
-        raise HybridError(f"{path}: no IO pairs{what}")
+        raise HybridError(f"{shown(str(path))}: no IO pairs{what}")
     return IOPairs(records=records, files=files, skipped=skipped)
 
 
-def read_inputs(path_text: str) -> list[str]:
-    """The `input` of every record of a JSONL/Parquet file or folder (no `output` needed), file:line errors."""
-    inputs: list[str] = []
-    for file in data_files(path_text):
-        if file.suffix in PARQUET_SUFFIXES:
-            import pyarrow.parquet as pq
+def _check_input(record: Any) -> str | None:
+    if not isinstance(record, dict) or not isinstance(record.get("input"), str):
+        return "record has no string 'input'"
+    return None
 
-            rows = list(enumerate(pq.read_table(file).to_pylist(), 1))
-            where = lambda i: f"{file}: row {i}"  # noqa: E731
-        else:
-            rows = list(iter_jsonl(file))
-            where = lambda i: f"{file}:{i}"  # noqa: E731
-        for i, record in rows:
-            if not isinstance(record, dict) or not isinstance(record.get("input"), str):
-                raise HybridError(f"{where(i)}: record has no string 'input'")
-            inputs.append(record["input"])
+
+def read_inputs(path: str | Path) -> list[str]:
+    """The `input` of every record of a JSONL/Parquet file or folder (no `output` needed), file:line errors."""
+    inputs = [record["input"] for file in data_files(path) for _, record in iter_pairs(file, check=_check_input)]
     if not inputs:
-        raise HybridError(f"{path_text}: no inputs")
+        raise HybridError(f"{shown(str(path))}: no inputs")
     return inputs

@@ -59,6 +59,16 @@ class TextTokenizer:
         write_tokenizer_config(folder)
 
     @classmethod
+    def from_json(cls, text: str) -> "TextTokenizer":
+        """The tokenizer a `tokenizer.json` text describes (what a run hands its workers)."""
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_str(text))
+
+    def to_json(self) -> str:
+        return self.tokenizer.to_str()
+
+    @classmethod
     def load(cls, folder: str | Path) -> "TextTokenizer":
         from tokenizers import Tokenizer
 

@@ -33,6 +33,8 @@ from hybrid.models.pretrained import load_checkpoint, save_checkpoint
 class CausalLMOutput:
     logits: torch.Tensor  # (B, T, V)
     loss: torch.Tensor | None = None  # mean cross-entropy over labels != -100 (labels shifted inside)
+    loss_sum: torch.Tensor | None = None  # the same cross-entropies summed (float32): what training scales
+    num_tokens: int = 0  # how many labels were scored
     internal_memory: list[torch.Tensor | None] | None = None  # last M per layer (B, N, d) float32; None: no memory
 
 
@@ -55,6 +57,8 @@ class DecoderBlock(nn.Module):
                 external: ExternalContext | None, write_memory: bool, key_mask: torch.Tensor | None):
         h = h + self.dropout(self.self_attn(self.input_layernorm(h), rope, attn_mask, external))
         if self.internal_memory is not None:
+            if memory is None:  # a sequence's first segment; made here, where the block's (maybe sharded) weights are whole
+                memory = self.internal_memory.initial_state(h.shape[0])
             x = self.memory_layernorm(h)
             h = h + self.dropout(self.internal_memory.read(x, memory))
             if write_memory:
@@ -192,12 +196,13 @@ class HybridForCausalLM(nn.Module):
             logits, memory = self._forward_segments(input_ids, key_mask, memory_store, namespaces)
         else:
             logits, memory = self._forward_independent(input_ids, key_mask), None
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels {tuple(labels.shape)} != input_ids {tuple(input_ids.shape)}")
-            loss = causal_lm_loss(logits, labels)
-        return CausalLMOutput(logits=logits, loss=loss, internal_memory=memory)
+        if labels is None:
+            return CausalLMOutput(logits=logits, internal_memory=memory)
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} != input_ids {tuple(input_ids.shape)}")
+        loss_sum, n = causal_lm_loss_sum(logits, labels)
+        return CausalLMOutput(logits=logits, loss=loss_sum / max(n, 1), loss_sum=loss_sum, num_tokens=n,
+                              internal_memory=memory)
 
     def _embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
         T = ids.shape[1]
@@ -273,7 +278,7 @@ class HybridForCausalLM(nn.Module):
                 call = uuid.uuid4().hex[:12]
                 row_ns = [f"{call}/row{b}" for b in range(B)]
         layer_ns = {i: [f"{ns}/layer{i}" for ns in row_ns] for i in layers} if layers else {}
-        memory = self._initial_memory(B)
+        memory = None  # each block starts its own internal memory
         logits = []
         try:
             for s in range(n_seg):
@@ -288,13 +293,6 @@ class HybridForCausalLM(nn.Module):
             if layers and not persistent:
                 store.reset([ns for i in layers for ns in layer_ns[i]])
         return (logits[0] if n_seg == 1 else torch.cat(logits, 1)), memory
-
-    def _initial_memory(self, batch_size: int) -> list[torch.Tensor | None] | None:
-        """Fresh internal-memory states, one per layer (None for layers without internal memory)."""
-        if not self.config.internal_memory_layer_ids:
-            return None
-        return [None if layer.internal_memory is None else layer.internal_memory.initial_state(batch_size)
-                for layer in self.model.layers]
 
     def _default_store(self):
         return TorchStore(self.config.chunks_capacity)
@@ -317,7 +315,7 @@ class HybridForCausalLM(nn.Module):
             store = self.store_factory() if self.store_factory is not None else self._default_store()
             call = uuid.uuid4().hex[:12]
             layer_ns = {i: [f"{call}/row{b}/layer{i}" for b in range(B)] for i in layers}
-        memory = self._initial_memory(B)
+        memory = None  # each block starts its own internal memory
         written = 0  # segments whose memory writes are done
         try:
             ids = input_ids
@@ -355,8 +353,31 @@ class HybridForCausalLM(nn.Module):
         return load_checkpoint(cls, directory, **overrides)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """HuggingFace convention: predict labels[:, t+1] from position t; -100 is ignored; float32 loss.
-    The labels are shifted (padded with -100) rather than the logits sliced, which saves a (B, T, V) copy."""
-    shifted = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)  # (B, T)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=-100)
+def scored_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The labels each position predicts (HuggingFace convention: position t predicts labels[:, t+1]; the last
+    position predicts nothing): (B, T), -100 where nothing is scored."""
+    return F.pad(labels, (0, 1), value=-100)[:, 1:]
+
+
+def count_scored(labels: torch.Tensor) -> int:
+    """How many tokens a batch's loss sums over — known before the forward pass (training normalises by it)."""
+    return int((labels[:, 1:] != -100).sum())
+
+
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(sum of float32 cross-entropies over the scored labels, their count): the one loss of the project — training,
+    validation and `hybrid eval` all use it. Labels are shifted (padded with -100) rather than the logits sliced,
+    which saves a (B, T, V) copy."""
+    shifted = scored_labels(labels).to(logits.device)  # (B, T)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+    return loss, int((shifted != -100).sum())
+
+
+def argmax_matches(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the argmax at every scored position equals its label — teacher-forced exact match. With the
+    reference as prefix at each step this is exactly greedy decoding reproducing the reference tokens (a first wrong
+    argmax is where greedy would leave the reference). Rows without scored labels: False."""
+    target = scored_labels(labels).to(logits.device)  # (B, T)
+    valid = target != -100
+    return ((logits.argmax(-1) == target) | ~valid).all(1) & valid.any(1)

@@ -209,14 +209,19 @@ def _load_state(model, state: dict[str, torch.Tensor], directory: Path) -> None:
 
 def save_checkpoint(model, directory) -> None:
     """config.json (our format marker + every config field) and model.safetensors, each written atomically."""
+    save_weights(model.state_dict(), model.config, type(model).__name__, directory)
+
+
+def save_weights(state: dict[str, torch.Tensor], config: ModelConfig, class_name: str, directory) -> None:
+    """A model folder from a state dict (e.g. gathered from FSDP shards), loadable by `from_pretrained`."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-             if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()
+             if not (config.tie_word_embeddings and k == "lm_head.weight")}
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", FORMAT_KEY: str(FORMAT_VERSION)})
-    cfg = model.config.model_dump(mode="json")
-    cfg.update({FORMAT_KEY: FORMAT_VERSION, "architectures": [type(model).__name__], "model_type": cfg["family"]})
+    cfg = config.model_dump(mode="json")
+    cfg.update({FORMAT_KEY: FORMAT_VERSION, "architectures": [class_name], "model_type": cfg["family"]})
     atomic_write_json(directory / "config.json", cfg)

@@ -2,7 +2,8 @@
 
     <output_dir>/checkpoint_step_000050/
         config.json, *.safetensors   the model (`save_pretrained`; loads with `from_pretrained`)
-        optimizer.pt, scheduler.pt   state dicts of tensors and numbers (torch.load(weights_only=True))
+        optimizer.pt, scheduler.pt   state dicts of tensors and numbers (torch.load(weights_only=True));
+        optimizer/                   instead of optimizer.pt under FSDP: each rank's shard (torch.distributed.checkpoint)
         trainer_state.json           step, epoch position, best validation loss, metrics
         config.yaml                  the resolved run configuration
         tokenizer.json, tokenizer_config.json
@@ -23,7 +24,7 @@ from typing import Any
 from hybrid.core.errors import HybridError
 from hybrid.data.tokenizer import write_tokenizer_config
 from hybrid.models.modeling import HybridForCausalLM
-from hybrid.models.pretrained import read_safetensors
+from hybrid.models.pretrained import read_safetensors, save_weights
 
 PREFIX = "checkpoint_step_"
 BEST = "best"
@@ -118,34 +119,54 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, trainer_state: dict[str, Any],
-                    config_yaml: str, tokenizer_json: str) -> Path:
-    """Write a checkpoint atomically (temp folder + rename) and return its folder."""
+def temp_checkpoint_dir(output_dir: str | Path, step: int, run_id: str) -> Path:
+    """The hidden folder a checkpoint is written into before it is renamed into place (unique to the run, so two
+    runs never write into each other's)."""
+    return Path(output_dir) / f".tmp-{run_id}-{checkpoint_name(step)}"
+
+
+def write_checkpoint(tmp: Path, model_state: dict[str, Any], model_config, class_name: str,
+                     optimizer_state: dict[str, Any] | None, scheduler_state: dict[str, Any],
+                     trainer_state: dict[str, Any], config_yaml: str, tokenizer_json: str) -> None:
+    """Everything but sharded optimizer state into `tmp` (created here): the model folder (`from_pretrained` loads
+    it), optimizer.pt (unless the optimizer is sharded: each rank then writes optimizer/ with DCP), scheduler.pt,
+    trainer_state.json, config.yaml, the tokenizer."""
     import torch
 
-    output_dir = Path(output_dir)
-    final = output_dir / checkpoint_name(step)
-    tmp = output_dir / f".tmp-{final.name}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_weights(model_state, model_config, class_name, tmp)
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(scheduler_state, tmp / "scheduler.pt")
+    (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+    (tmp / "config.yaml").write_text(config_yaml)
+    (tmp / "tokenizer.json").write_text(tokenizer_json)
+    write_tokenizer_config(tmp)
+
+
+def commit_checkpoint(tmp: Path, step: int) -> Path:
+    """Flush `tmp` to disk and rename it to its final name: a folder named `checkpoint_step_*` is always whole."""
+    final = tmp.parent / checkpoint_name(step)
+    _fsync_tree(tmp)
+    if final.exists():  # a rerun of the same step (e.g. after a crash between rename and report)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, trainer_state: dict[str, Any],
+                    config_yaml: str, tokenizer_json: str, run_id: str = "single") -> Path:
+    """Write a single process's checkpoint atomically (temp folder + rename) and return its folder."""
+    tmp = temp_checkpoint_dir(output_dir, step, run_id)
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     try:
-        model.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
-        (tmp / "config.yaml").write_text(config_yaml)
-        (tmp / "tokenizer.json").write_text(tokenizer_json)
-
-        write_tokenizer_config(tmp)
-        _fsync_tree(tmp)
-        if final.exists():  # a rerun of the same step (e.g. after a crash between rename and report)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        write_checkpoint(tmp, model.state_dict(), model.config, type(model).__name__, optimizer.state_dict(),
+                         scheduler.state_dict(), trainer_state, config_yaml, tokenizer_json)
+        return commit_checkpoint(tmp, step)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def set_best(output_dir: str | Path, checkpoint: Path) -> None:
@@ -171,7 +192,7 @@ def prune(output_dir: str | Path, keep_last: int) -> None:
     for ckpt in found[:-keep_last]:
         if best is None or ckpt.resolve() != best:
             shutil.rmtree(ckpt, ignore_errors=True)
-    for stale in output_dir.glob(f".tmp-{PREFIX}*"):
+    for stale in output_dir.glob(f".tmp-*{PREFIX}*"):  # left by a run killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -1,20 +1,22 @@
 """Evaluate a checkpoint on IO pairs: loss and perplexity on output tokens (teacher forcing), exact match of greedy
-generations, a few examples; and plain generation from inputs."""
+generations, a few examples; and plain generation from inputs. `score_batches` is the one evaluation loop: training's
+validation runs it too."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from hybrid.core.errors import HybridError
 from hybrid.data.encode import collate, encode_pairs, encode_prompt
 from hybrid.data.io_pairs import read_io_pairs
 from hybrid.data.tokenizer import TextTokenizer
+from hybrid.models.modeling import argmax_matches
 from hybrid.training import checkpoints as ckpt_io
-from hybrid.training.loop import output_argmax_matches, output_token_loss_sum
 
 
 @dataclass
@@ -60,6 +62,29 @@ def generate_texts(ck: LoadedCheckpoint, inputs: Sequence[str], max_new_tokens: 
     return outs
 
 
+def score_batches(model, batches: Iterable[Sequence[tuple[Sequence[int], int]]], pad_id: int, device,
+                  autocast=contextlib.nullcontext, matches: bool = False,
+                  pad_length=lambda longest: longest) -> tuple[float, int, list[bool]]:
+    """The evaluation loop — training's validation and `hybrid eval` both run it. For batches of rows (ids, prompt
+    length): (sum of the model's loss over the output tokens, their count, per row whether every output token is the
+    argmax — only when `matches`). Right padding never changes a real token's logits; `pad_length(longest)` says how
+    long a batch is padded (FSDP: as long as every rank's, so all run the same segments)."""
+    import torch
+
+    loss_sum, n_tokens, found = 0.0, 0, []
+    with torch.no_grad():
+        for rows in batches:
+            longest = pad_length(max(len(ids) for ids, _ in rows))
+            ids, labels, mask = (t.to(device) for t in collate(list(rows), pad_id, longest))
+            with autocast():
+                out = model(ids, labels=labels, attention_mask=mask)
+            loss_sum += float(out.loss_sum)
+            n_tokens += out.num_tokens
+            if matches:
+                found += [bool(m) for m in argmax_matches(out.logits, labels)]
+    return loss_sum, n_tokens, found
+
+
 def teacher_forced(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int,
                    batch_size: int = 8) -> tuple[float, int, list[bool]]:
     """(loss sum, output-token count, per-row exact match) of `rows` = (ids, prompt length), in batches.
@@ -67,24 +92,16 @@ def teacher_forced(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int
     A row matches when the argmax at every output position equals the reference token. Given the same prompt
     ids this is greedy exact match at the token level: greedy decoding feeds back its own argmax, which equals
     the reference as long as every earlier argmax did, so it reproduces the reference (and its end-of-text) iff
-    every teacher-forced argmax is right. Rows are batched by length (shortest first) and right-padded, which
-    never changes a real token's logits; the matches come back in the order of `rows`."""
-    import torch
-
-    dev = next(model.parameters()).device
-    loss_sum, n_tokens, matches = 0.0, 0, [False] * len(rows)
+    every teacher-forced argmax is right. Rows are batched by length (shortest first); the matches come back in the
+    order of `rows`."""
+    device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # batch similar lengths: little padding
-    with torch.no_grad():
-        for b in range(0, len(rows), batch_size):
-            chunk = order[b:b + batch_size]
-            ids, labels, mask = (t.to(dev) for t in collate([rows[i] for i in chunk], pad_id))
-            logits = model(ids, attention_mask=mask).logits
-            s, n = output_token_loss_sum(logits, labels)
-            loss_sum += float(s)
-            n_tokens += n
-            for i, m in zip(chunk, output_argmax_matches(logits, labels)):
-                matches[i] = bool(m)
-    return loss_sum, n_tokens, matches
+    batches = ([rows[i] for i in order[b:b + batch_size]] for b in range(0, len(rows), batch_size))
+    loss_sum, n_tokens, found = score_batches(model, batches, pad_id, device, matches=True)
+    matched = [False] * len(rows)
+    for i, m in zip(order, found):
+        matched[i] = m
+    return loss_sum, n_tokens, matched
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 8, max_generate: int | None = 64,

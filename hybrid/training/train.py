@@ -1,25 +1,37 @@
-"""`train(cfg)`: read and check the data, get a tokenizer, tokenize, and run the loop on Ray Train's TorchTrainer.
+"""`train(cfg)`, the driver of a training run: everything that can be wrong is found here with a one-line error before
+a worker starts, then the recipe (hybrid/training/recipe.py) runs — in this process (train.num_workers=0) or on Ray
+Train workers that stream their data through Ray Data (hybrid/training/datastream.py).
 
-Everything that can be wrong with the data or the checkpoint to resume from is found here, on the driver, with a
-one-line error naming the file — before a worker starts."""
+    files       data.train / data.validation resolved to files (a file, folder, glob or URI)
+    scan        every file read once (Ray tasks on the cluster's CPUs): usable records, bad ones (the first is a
+                file:line error, or counted with data.on_bad_record=skip), the tokenizer's sample
+    tokenizer   the checkpoint's, the base's, or trained on that sample (train.tokenizer_sample records)
+    plan        the stream's order and its length (enough epochs for train.max_iters)
+    fit         the recipe on 1..N workers; the driver holds the file list and the sample, never the data set
+"""
 
 from __future__ import annotations
 
-import json
+import os
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hybrid.config.recipe import RecipeConfig
 from hybrid.core.errors import ConfigError, HybridError
+from hybrid.core.io import atomic_write_json, atomic_write_text
 from hybrid.core.ray_utils import init_ray
-from hybrid.data.encode import encode_pairs
-from hybrid.data.io_pairs import read_io_pairs
+from hybrid.data.io_pairs import data_files
 from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe, train_word_level
 from hybrid.models import build_model
 from hybrid.training import checkpoints as ckpt_io
-from hybrid.training.loop import CRASH_ENV, train_loop_per_worker
+from hybrid.training.datastream import StreamPlan, ray_eval_dataset, ray_train_dataset, scan
+from hybrid.training.recipe import CRASH_ENV, run
+
+
+BLOCK_BYTES = 4 << 20  # Ray Data blocks of the training stream
 
 
 @dataclass
@@ -44,9 +56,14 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
     return ckpt_io.resolve_checkpoint(value)
 
 
-def get_tokenizer(cfg: RecipeConfig, resume_from: Path | None, train_records: list[dict[str, Any]],
-                  init_from: Path | None = None):
+def needs_tokenizer_training(cfg: RecipeConfig, resume_from: Path | None, init_from: Path | None) -> bool:
+    return resume_from is None and init_from is None and not cfg.model.pretrained
 
+
+def get_tokenizer(cfg: RecipeConfig, resume_from: Path | None, sample_texts: list[str],
+                  init_from: Path | None = None) -> TextTokenizer:
+    """The run's tokenizer: the checkpoint's (resume, init_from), the base's (model.pretrained), else one trained on
+    the sample of training texts."""
     if resume_from is not None:
         return TextTokenizer.load(resume_from)
     if init_from is not None:
@@ -56,10 +73,9 @@ def get_tokenizer(cfg: RecipeConfig, resume_from: Path | None, train_records: li
             raise ConfigError(f"train.tokenizer={cfg.train.tokenizer}: model.pretrained brings its own tokenizer "
                               f"(drop one of them)")
         return pretrained_tokenizer(cfg.model.pretrained)
-    texts = (t for r in train_records for t in (r["input"], r["output"]))
     if cfg.train.tokenizer == "word":
-        return train_word_level(texts)
-    return train_bpe(texts, cfg.train.tokenizer_vocab_size)
+        return train_word_level(sample_texts)
+    return train_bpe(sample_texts, cfg.train.tokenizer_vocab_size)
 
 
 def check_resume_fits(resume_from: Path, cfg: RecipeConfig) -> None:
@@ -104,125 +120,172 @@ def check_init_fits(init_from: Path, cfg: RecipeConfig) -> str:
 
 
 def _use_gpu(cfg: RecipeConfig) -> bool:
-    if cfg.train.use_gpu == "auto":
-        import torch
+    """train.use_gpu=auto: GPUs when the cluster has them (the driver may run on a CPU-only head), else when this
+    machine has CUDA."""
+    if cfg.train.use_gpu != "auto":
+        return bool(cfg.train.use_gpu)
+    if cfg.train.num_workers > 0:
+        import ray
 
-        return torch.cuda.is_available()
-    return bool(cfg.train.use_gpu)
+        return ray.cluster_resources().get("GPU", 0) > 0
+    import torch
+
+    return torch.cuda.is_available()
 
 
-def train(cfg: RecipeConfig, quiet: bool = False) -> TrainResult:
-    """Train per `cfg` (data.train / data.validation, model, train sections) and return where it went."""
+def strategy_of(cfg: RecipeConfig) -> str:
+    return "ddp" if cfg.train.strategy == "auto" else cfg.train.strategy
 
+
+def data_resources(cfg: RecipeConfig) -> tuple[float, int]:
+    """(CPUs each reading/tokenizing task reserves, how many run at once) beside the training workers: a whole CPU
+    when one is left over, half of one when only that is (a Tune trial holds a sliver), none when the workers take
+    them all (two workers on a 2-core laptop: the tasks then share the workers' CPUs); `data.cpus_per_task` and
+    `data.read_tasks` say otherwise."""
+    import ray
+
+    free = ray.available_resources().get("CPU", 0.0) - cfg.train.num_workers * cfg.train.cpus_per_worker
+    if cfg.data.cpus_per_task is not None:
+        cpus = cfg.data.cpus_per_task
+    else:
+        cpus = 1.0 if free >= 1 else 0.5 if free >= 0.5 else 0.0
+    tasks = cfg.data.read_tasks or (max(1, int(free // cpus)) if cpus else 1)
+    return cpus, tasks
+
+
+def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False) -> dict[str, Any]:
+    """Everything before the loop, on the driver (or torchrun's rank 0): resolve, scan, tokenizer, checks, the
+    run folder's config.yaml / data_stats.json / tokenizer, the plan. Returns the spec every process of the run gets."""
     t0 = time.time()
     if not cfg.data.train:
         raise ConfigError("data.train: no training data given (data.train=PATH to a JSONL/Parquet file or folder)")
-    output_dir = Path(cfg.train.output_dir).resolve()
-    train_pairs = read_io_pairs(cfg.data.train, cfg.data.on_bad_record)
-    val_pairs = read_io_pairs(cfg.data.validation, cfg.data.on_bad_record) if cfg.data.validation else None
-    resume_from = resolve_resume(cfg.train.resume, output_dir)
+    tcfg = cfg.train
+    output_dir = Path(tcfg.output_dir).resolve()
+    train_files = data_files(cfg.data.train)
+    val_files = data_files(cfg.data.validation) if cfg.data.validation else []
+    resume_from = resolve_resume(tcfg.resume, output_dir)
     init_from = resolve_init_from(cfg) if resume_from is None else None  # a resumed run continues its own
-    tokenizer = get_tokenizer(cfg, resume_from, train_pairs.records, init_from)
+    sample = tcfg.tokenizer_sample if needs_tokenizer_training(cfg, resume_from, init_from) else 0
+    on_bad = cfg.data.on_bad_record
+    train_scan = scan(train_files, on_bad, sample, tcfg.seed, use_ray=use_ray)
+    val_scan = scan(val_files, on_bad, 0, tcfg.seed, use_ray=use_ray) if val_files else None
+    tokenizer = get_tokenizer(cfg, resume_from, train_scan.sample, init_from)
+    train_scan.sample = []  # trained on: the driver keeps no texts
 
     model_cfg = cfg.model.model_copy(update={
         "vocab_size": tokenizer.vocab_size,
-        "gradient_checkpointing": cfg.model.gradient_checkpointing or cfg.train.activation_checkpointing})
+        "gradient_checkpointing": cfg.model.gradient_checkpointing or tcfg.activation_checkpointing})
     cfg = cfg.model_copy(update={"model": model_cfg})
     if resume_from is not None:
         check_resume_fits(resume_from, cfg)
     init_line = check_init_fits(init_from, cfg) if init_from is not None else None
-    train_enc = encode_pairs(tokenizer, train_pairs.records, cfg.data.max_length)
-    val_enc = encode_pairs(tokenizer, val_pairs.records, cfg.data.max_length) if val_pairs else None
+    strategy = strategy_of(cfg)
     counts = {
-        "train": {**train_enc.counts, "output_tokens": train_enc.output_tokens(),
-                  "skipped": dict(train_pairs.skipped)},
-        "validation": ({**val_enc.counts, "output_tokens": val_enc.output_tokens(),
-                        "skipped": dict(val_pairs.skipped)} if val_enc else None),
+        "train": {"files": len(train_files), "examples": train_scan.rows, "skipped": train_scan.skipped,
+                  "tokenizer_sample": sample and min(sample, train_scan.rows)},
+        "validation": ({"files": len(val_files), "examples": val_scan.rows, "skipped": val_scan.skipped}
+                       if val_scan else None),
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = cfg.to_yaml()
-    (output_dir / "config.yaml").write_text(config_yaml)
-    (output_dir / "data_stats.json").write_text(json.dumps(counts, indent=2) + "\n")
+    atomic_write_text(output_dir / "config.yaml", config_yaml)
+    atomic_write_json(output_dir / "data_stats.json", counts)
     tokenizer.save(output_dir)
     if not quiet:
         t = counts["train"]
-        print(f"train: {t['examples']} IO pairs, {t['output_tokens']} output tokens, "
-              f"{t.get('input_truncated_left', 0)} inputs truncated on the left, "
-              f"{t.get('output_truncated', 0)} outputs truncated; vocabulary {tokenizer.vocab_size}"
-              + (f"; validation: {counts['validation']['examples']} IO pairs" if val_enc else ""), flush=True)
+        origin = (f"trained on a sample of {t['tokenizer_sample']:,} pairs" if sample else "from the checkpoint"
+                  if resume_from or init_from else "the base model's")
+        skipped = f" ({sum(t['skipped'].values())} bad records skipped)" if t["skipped"] else ""
+        print(f"train: {t['examples']:,} IO pairs in {t['files']} file(s){skipped}; tokenizer {origin}, "
+              f"vocabulary {tokenizer.vocab_size:,}"
+              + (f"; validation: {counts['validation']['examples']:,} IO pairs" if val_scan else "")
+              + (f"; {workers} workers ({strategy})" if workers > 1 else ""), flush=True)
         if resume_from:
             print(f"resuming from {resume_from}", flush=True)
         if init_line:
             print(init_line, flush=True)
+    plan = StreamPlan.for_run(
+        train_files, train_scan.rows, tcfg.max_iters * tcfg.gradient_accumulation_steps, tcfg.seed,
+        cfg.data.shuffle_window, tcfg.batch_size, max(1, workers),
+        cfg.model.segment_length if cfg.data.bucket_by_length else None, cfg.data.max_length, on_bad)
+    return {"cfg": cfg.model_dump(mode="json"), "output_dir": str(output_dir), "config_yaml": config_yaml,
+            "tokenizer_json": tokenizer.to_json(), "vocab_size": tokenizer.vocab_size, "use_gpu": _use_gpu(cfg),
+            "resume_from": str(resume_from) if resume_from else None,
+            "init_from": str(init_from) if init_from else None, "plan": asdict(plan), "val_files": val_files,
+            "val_rows": val_scan.rows if val_scan else 0, "strategy": strategy, "run_id": uuid.uuid4().hex[:12],
+            "t0": t0, "counts": counts}
 
-    use_gpu = _use_gpu(cfg)
+
+def train(cfg: RecipeConfig, quiet: bool = False) -> TrainResult:
+    """Train per `cfg` (data.train / data.validation, model, train sections) and return where it went."""
+    t0 = time.time()
     n_workers = cfg.train.num_workers
-    loop_config: dict[str, Any] = {
-        "cfg": cfg.model_dump(mode="json"), "output_dir": str(output_dir), "config_yaml": config_yaml,
-        "tokenizer_json": tokenizer.tokenizer.to_str(), "vocab_size": tokenizer.vocab_size,
-        "pad_id": tokenizer.pad_id, "use_gpu": use_gpu,
-        "resume_from": str(resume_from) if resume_from else None,
-        "init_from": str(init_from) if init_from else None, "examples": None}
-    datasets, saved_bars = None, None
-    if n_workers == 0:  # in-process: hand the examples over directly, no Ray cluster needed
-        loop_config["examples"] = {
-            "train": list(zip(train_enc.input_ids, train_enc.prompt_lengths)),
-            "validation": list(zip(val_enc.input_ids, val_enc.prompt_lengths)) if val_enc else []}
+    if n_workers:
+        init_ray(include_dashboard=True)  # the dashboard shows the run; Ray Train's placement-group cleaner needs it
+    spec = prepare(cfg, n_workers, use_ray=n_workers > 0, quiet=quiet)
+    if n_workers == 0:  # in this process: the same recipe reads the same stream itself
+        metrics = run(spec)
     else:
-        import ray.data
+        metrics = fit_on_ray(spec)
+    return result_of(spec, metrics, t0)
 
-        init_ray(include_dashboard=True)  # the dashboard shows the run; Ray Train's placement-group cleaner needs its State API
-        # each worker reads its copy of the data once: a progress bar (the datasets capture the current
-        # context) would only garble the step lines that follow
-        ctx = ray.data.DataContext.get_current()
-        saved_bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
 
-        def as_dataset(enc):
-            return ray.data.from_items([{"idx": i, "input_ids": ids, "prompt_length": p}
-                                        for i, (ids, p) in enumerate(zip(enc.input_ids, enc.prompt_lengths))])
-
-        datasets = {"train": as_dataset(train_enc)}
-        if val_enc:
-            datasets["validation"] = as_dataset(val_enc)
-
-    try:
-        result = _fit(train_loop_per_worker, loop_config, cfg, output_dir, n_workers, use_gpu, datasets)
-    finally:
-        if saved_bars is not None:
-            ray.data.DataContext.get_current().enable_progress_bars = saved_bars
+def result_of(spec: dict[str, Any], metrics: dict[str, Any], t0: float) -> TrainResult:
+    output_dir = Path(spec["output_dir"])
+    counts = spec["counts"]
     latest = ckpt_io.latest_checkpoint(output_dir)
-    metrics = dict(result.metrics or {}) if result is not None else {}
-    if not metrics and latest is not None:
-        metrics = ckpt_io.read_trainer_state(latest).get("metrics", {})
+    if latest is not None:
+        state = ckpt_io.read_trainer_state(latest)
+        metrics = metrics or state.get("metrics", {})
+        counts["train"]["truncated"] = state.get("truncated", {})
     return TrainResult(output_dir=output_dir, checkpoint=latest, best_checkpoint=ckpt_io.best_checkpoint(output_dir),
                        metrics=metrics, data_counts=counts, wall_s=time.time() - t0)
 
 
-def _fit(loop, loop_config, cfg: RecipeConfig, output_dir: Path, n_workers: int, use_gpu: bool, datasets):
+def fit_on_ray(spec: dict[str, Any], callbacks: tuple = ()) -> dict[str, Any]:
+    """The recipe on Ray Train workers (`callbacks`: Ray Train's, e.g. Tune's report callback); the training stream
+    split over them in order, validation read by each."""
+    import ray.data
+    from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train import DataConfig as RayDataConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = RecipeConfig.model_validate(spec["cfg"])
+    plan, output_dir, use_gpu = StreamPlan(**spec["plan"]), Path(spec["output_dir"]), spec["use_gpu"]
+    tokenizer_json, val_files = spec["tokenizer_json"], spec["val_files"]
+    n_workers = cfg.train.num_workers
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order, ctx.target_max_block_size)
+    # the trainer captures the context when it is built: order preserved (the stream's order is the plan's), no
+    # progress bars (they would garble the step lines), and blocks of at most 4 MiB, so a task reading a large file
+    # hands over its first rows long before it has tokenized the whole file (the first step waits for them)
+    ctx.enable_progress_bars, ctx.execution_options.preserve_order = False, True
+    ctx.target_max_block_size = min(ctx.target_max_block_size or BLOCK_BYTES, BLOCK_BYTES)
+    cpus, tasks = data_resources(cfg)
+    datasets = {"train": ray_train_dataset(plan, tokenizer_json, cpus, tasks)}
+    if val_files:
+        datasets["validation"] = ray_eval_dataset(val_files, tokenizer_json, cfg.data.max_length,
+                                                  cfg.data.on_bad_record, cpus, tasks)
     # What to resume from is decided above (train.resume); Ray's bookkeeping of an earlier fit in this folder
     # would reference checkpoints our retention removed (Ray then refuses to start), so it starts afresh.
     (output_dir / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
-    scaling = ScalingConfig(num_workers=n_workers, use_gpu=use_gpu and n_workers > 0,
-                            resources_per_worker={"CPU": cfg.train.cpus_per_worker} if n_workers else None)
     run_config = RunConfig(
         name=output_dir.name, storage_path=str(output_dir.parent),
         # retention (the last few + `best`) is ours: Ray's policy keeps either the latest or the top-scored
         checkpoint_config=CheckpointConfig(num_to_keep=None),
         failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=0),
-        worker_runtime_env={"env_vars": {k: v for k, v in __import__("os").environ.items()
-                                         if k in (CRASH_ENV, "OMP_NUM_THREADS")}} if n_workers else None)
+        callbacks=list(callbacks),
+        worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                         if k in (CRASH_ENV, "OMP_NUM_THREADS")}})
     trainer = TorchTrainer(
-        loop, train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=scaling, run_config=run_config, datasets=datasets,
-        # every worker gets the whole dataset; the loop takes its slice of each global batch (see loop.py)
-        dataset_config=RayDataConfig(datasets_to_split=[]) if datasets else None)
+        run, train_loop_config=spec, torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=n_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=run_config, datasets=datasets,
+        dataset_config=RayDataConfig(datasets_to_split=["train"],
+                                     execution_options=ExecutionOptions(preserve_order=True)))
     try:
-        return trainer.fit()
+        result = trainer.fit()
     except HybridError:
         raise
     except Exception as e:
@@ -230,6 +293,9 @@ def _fit(loop, loop_config, cfg: RecipeConfig, output_dir: Path, n_workers: int,
         if isinstance(cause, HybridError):
             raise HybridError(str(cause)) from None
         raise
+    finally:
+        ctx.enable_progress_bars, ctx.execution_options.preserve_order, ctx.target_max_block_size = saved
+    return dict(result.metrics or {})
 
 
 def _root_cause(e: BaseException) -> BaseException:

@@ -18,4 +18,4 @@ def test_non_utf8_line_is_a_clear_error_or_a_counted_skip(tmp_path):
 def test_a_folder_reads_only_jsonl_and_parquet(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"input": "a", "output": "b"}\n')
     (tmp_path / "stats.json").write_text('{"sizes": {}}\n')  # what `hybrid pipeline export` writes beside the splits
-    assert data_files(tmp_path) == [tmp_path / "train.jsonl"]
+    assert data_files(tmp_path) == [str(tmp_path / "train.jsonl")]

@@ -1,38 +1,34 @@
-"""data.bucket_by_length: every global micro-batch comes from one length bucket, the order is a function of
-(seed, step) alone, and a resumed run still ends with the weights of an uninterrupted one."""
+"""data.bucket_by_length: every global micro-batch comes from one length bucket of its shuffle window, the order is a
+function of (seed, step) alone, and a resumed run still ends with the weights of an uninterrupted one."""
 
 from __future__ import annotations
 
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from hybrid.cli.config import load_config
-from hybrid.training.loop import LengthBuckets
+from hybrid.training.datastream import window_order
 from hybrid.training.train import train
 
 
-def test_batches_are_single_bucket_full_and_a_function_of_the_index():
+def test_window_batches_are_single_bucket_full_and_seeded():
     rng = random.Random(0)
-    lengths = [rng.choice([rng.randint(5, 16), rng.randint(60, 64), rng.randint(250, 256)]) for _ in range(37)]
-    b = LengthBuckets(lengths, width=16, size=4, seed=3)
-    assert b.per_epoch == sum(-(-len(x) // 4) for x in b.buckets) and len(b.buckets) == 3
-    seen = []
-    for g in range(3 * b.per_epoch):
-        batch = b.batch(g)
-        assert len(batch) == 4 and len({-(-lengths[i] // 16) for i in batch}) == 1, (g, batch)
-        seen.append(batch)
-    for e in range(3):  # each epoch shows every example
-        assert {i for batch in seen[e * b.per_epoch:(e + 1) * b.per_epoch] for i in batch} == set(range(37))
-    assert seen[:b.per_epoch] != seen[b.per_epoch:2 * b.per_epoch]  # epochs are reshuffled
-    fresh = LengthBuckets(lengths, width=16, size=4, seed=3)  # random access = sequential (resume)
-    for g in (2 * b.per_epoch + 1, 5, 0, b.per_epoch):
-        assert fresh.batch(g) == seen[g]
-    assert LengthBuckets(lengths, width=16, size=4, seed=4).batch(0) != seen[0] or \
-        LengthBuckets(lengths, width=16, size=4, seed=4).batch(1) != seen[1]
+    lengths = np.array([rng.choice([rng.randint(5, 16), rng.randint(60, 64), rng.randint(250, 256)])
+                        for _ in range(37)])
+    order = window_order(lengths, (0, 123), seed=3, global_batch=4, bucket_width=16)
+    batches = order.reshape(-1, 4)
+    buckets = -(-lengths // 16)
+    assert all(len(set(buckets[b])) == 1 for b in batches)  # every global batch is one bucket ...
+    assert set(order.tolist()) == set(range(37))  # ... every example is in one, and only fill-ups repeat
+    assert len(order) == sum(-(-int((buckets == k).sum()) // 4) * 4 for k in set(buckets.tolist()))
+    assert np.array_equal(order, window_order(lengths, (0, 123), 3, 4, 16))  # a function of its arguments
+    assert not np.array_equal(order, window_order(lengths, (1, 123), 3, 4, 16))  # epochs differ
+    assert not np.array_equal(order, window_order(lengths, (0, 123), 4, 4, 16))  # seeds differ
 
 
 @pytest.fixture(scope="module")

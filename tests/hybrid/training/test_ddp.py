@@ -1,58 +1,98 @@
-"""Ray Train with real workers (gloo): two workers × batch 2 follow the same loss curve as one worker × batch 4.
+"""Ray Train with real workers (gloo), data streamed through Ray Data: the same global batch gives the same losses
+in this process, on one worker, and on two workers with DDP or FSDP — and a resumed streamed run ends where an
+uninterrupted one does.
 
-The loss of a step is the global sum of output-token cross-entropies over the global token count, and gradients
-are summed with all-reduce, so the two runs compute the same quantities; what differs is float summation order
-(per-worker partial sums, batch shapes in the matmuls). Tolerance: 1e-4 relative on every logged loss."""
+The loss of a step is the global sum of output-token cross-entropies over the global token count (each rank scales
+its summed loss; DDP and FSDP average the gradients), and global micro-batch g is the same examples for any number
+of workers, so the runs compute the same quantities; what differs is float summation order (per-worker partial
+sums, batch shapes in the matmuls). Tolerance: 1e-4 relative on every logged loss."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from hybrid.cli.config import load_config
 from hybrid.training.train import train
+
+COMMON = ["train.max_iters=4", "train.log_every=1", "train.eval_every=2", "train.keep_last=1", "train.warmup_iters=1",
+          "train.learning_rate=3e-3", "data.max_length=32"]
 
 
 def losses(output_dir):
     return [(r["step"], r["loss"]) for r in map(json.loads, open(output_dir / "metrics.jsonl")) if "loss" in r]
 
 
-@pytest.mark.slow
-def test_two_workers_match_one_worker(ray_session, io_data, tmp_path, tiny_overrides):
-    common = ["train.max_iters=4", "train.log_every=1", "train.eval_every=2", "train.keep_last=1", "train.warmup_iters=1",
-              "train.learning_rate=3e-3", "data.max_length=32"]
-    one = train(load_config(tiny_overrides(io_data, tmp_path / "one", *common, "train.num_workers=1",
-                                           "train.batch_size=4")).recipe(), quiet=True)
-    two = train(load_config(tiny_overrides(io_data, tmp_path / "two", *common, "train.num_workers=2",
-                                           "train.batch_size=2")).recipe(), quiet=True)
-    a, b = losses(one.output_dir), losses(two.output_dir)
-    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
-    for (_, x), (_, y) in zip(a, b):
-        assert math.isclose(x, y, rel_tol=1e-4), (a, b)
-    assert a[-1][1] < a[0][1]  # it learns, so equal curves are not equal by standing still
-    assert one.metrics["val_loss"] == pytest.approx(two.metrics["val_loss"], rel=1e-4)
-    assert two.checkpoint.name == "checkpoint_step_000004" and two.best_checkpoint is not None
-    # rerun in the same folder with more steps: resumes from step 4 (after our retention removed a checkpoint
-    # Ray had been told about)
-    more = train(load_config(tiny_overrides(io_data, tmp_path / "two", *common, "train.num_workers=2",
-                                            "train.batch_size=2", "train.max_iters=6")).recipe(), quiet=True)
-    assert more.checkpoint.name == "checkpoint_step_000006"
-    assert [s for s, _ in losses(more.output_dir)] == [1, 2, 3, 4, 5, 6]
+@pytest.fixture(scope="module")
+def mixed_folder(io_data, tmp_path_factory):
+    """The training pairs as a folder of one JSONL and one Parquet file."""
+    d = tmp_path_factory.mktemp("mixed")
+    rows = [json.loads(line) for line in open(io_data["train"])]
+    (d / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
+    pq.write_table(pa.Table.from_pylist(rows[30:]), d / "part-1.parquet")
+    return {"train": d, "validation": io_data["validation"]}
+
+
+def run(data, out, tiny_overrides, *extra):
+    return train(load_config(tiny_overrides(data, out, *COMMON, *extra)).recipe(), quiet=True)
 
 
 @pytest.mark.slow
-def test_two_workers_match_one_worker_with_length_buckets(ray_session, io_data, tmp_path, tiny_overrides):
-    """data.bucket_by_length: both workers take their slices of the same single-bucket global batch."""
-    common = ["train.max_iters=3", "train.log_every=1", "train.eval_every=3", "train.keep_last=1",
-              "train.warmup_iters=1", "train.learning_rate=3e-3", "data.max_length=32", "data.bucket_by_length=true"]
-    one = train(load_config(tiny_overrides(io_data, tmp_path / "one", *common, "train.num_workers=1",
-                                           "train.batch_size=4")).recipe(), quiet=True)
-    two = train(load_config(tiny_overrides(io_data, tmp_path / "two", *common, "train.num_workers=2",
-                                           "train.batch_size=2")).recipe(), quiet=True)
-    a, b = losses(one.output_dir), losses(two.output_dir)
-    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3]
-    for (_, x), (_, y) in zip(a, b):
-        assert math.isclose(x, y, rel_tol=1e-4), (a, b)
-    assert one.metrics["val_loss"] == pytest.approx(two.metrics["val_loss"], rel=1e-4)
+def test_in_process_and_two_workers_ddp_and_fsdp_match(ray_session, mixed_folder, tmp_path,
+                                                                     tiny_overrides):
+    runs = {"in process": run(mixed_folder, tmp_path / "local", tiny_overrides, "train.batch_size=4"),
+            "2 workers ddp": run(mixed_folder, tmp_path / "ddp", tiny_overrides, "train.num_workers=2",
+                                 "train.batch_size=2", "train.strategy=ddp"),
+            "2 workers fsdp": run(mixed_folder, tmp_path / "fsdp", tiny_overrides, "train.num_workers=2",
+                                  "train.batch_size=2", "train.strategy=fsdp")}
+    curves = {name: losses(r.output_dir) for name, r in runs.items()}
+    reference = curves["in process"]
+    assert [s for s, _ in reference] == [1, 2, 3, 4] and reference[-1][1] < reference[0][1]  # it learns
+    for name, curve in curves.items():
+        assert [s for s, _ in curve] == [1, 2, 3, 4], name
+        for (_, x), (_, y) in zip(reference, curve):
+            assert math.isclose(x, y, rel_tol=1e-4), (name, reference, curve)
+        assert runs[name].metrics["val_loss"] == pytest.approx(runs["in process"].metrics["val_loss"], rel=1e-4)
+    # the FSDP checkpoint: whole weights for eval / from_pretrained, the optimizer sharded per rank
+    fsdp = runs["2 workers fsdp"].checkpoint
+    assert (fsdp / "model.safetensors").exists() and not (fsdp / "optimizer.pt").exists()
+    assert sorted(p.name for p in (fsdp / "optimizer").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    a, b = load_file(fsdp / "model.safetensors"), load_file(runs["2 workers ddp"].checkpoint / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    # and FSDP resumes from its own sharded checkpoint
+    more = run(mixed_folder, tmp_path / "fsdp", tiny_overrides, "train.num_workers=2", "train.batch_size=2",
+               "train.strategy=fsdp", "train.max_iters=5", "train.eval_every=5")
+    assert more.checkpoint.name == "checkpoint_step_000005"
+
+
+@pytest.mark.slow
+def test_bucketed_streamed_runs_match_and_resume_exactly_on_two_workers(ray_session, io_data, tmp_path,
+                                                                         tiny_overrides):
+    """data.bucket_by_length on two workers: both take their slices of the same single-bucket global batch (the
+    in-process run is the reference), and a run resumed from its step-3 checkpoint ends with the same weights."""
+    common = ["train.max_iters=6", "train.eval_every=3", "train.keep_last=2", "data.bucket_by_length=true"]
+    two = [*common, "train.num_workers=2", "train.batch_size=2"]
+    local = run(io_data, tmp_path / "local", tiny_overrides, *common, "train.batch_size=4")
+    whole = run(io_data, tmp_path / "whole", tiny_overrides, *two)
+    for (s, x), (t, y) in zip(losses(local.output_dir), losses(whole.output_dir), strict=True):
+        assert s == t and math.isclose(x, y, rel_tol=1e-4), (s, x, y)
+    resumed = run(io_data, tmp_path / "resumed", tiny_overrides, *two,
+                  f"train.resume={whole.output_dir / 'checkpoint_step_000003'}")
+    assert [s for s, _ in losses(resumed.output_dir)] == [4, 5, 6]
+    for (_, x), (_, y) in zip(losses(whole.output_dir)[3:], losses(resumed.output_dir)):
+        assert x == pytest.approx(y, rel=1e-6)
+    a, b = load_file(whole.checkpoint / "model.safetensors"), load_file(resumed.checkpoint / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    # rerun in the same folder with more steps: resumes from step 6 (after our retention removed a checkpoint Ray had
+    # been told about)
+    more = run(io_data, tmp_path / "whole", tiny_overrides, *two, "train.max_iters=8", "train.eval_every=4")
+    assert more.checkpoint.name == "checkpoint_step_000008"
+    assert [s for s, _ in losses(more.output_dir)] == [1, 2, 3, 4, 5, 6, 7, 8]

@@ -6,7 +6,8 @@ from hybrid.cli.config import load_config
 from hybrid.data.encode import collate, encode_pairs
 from hybrid.data.tokenizer import train_bpe
 from hybrid.models import build_model
-from hybrid.training.loop import lr_lambda, output_token_loss_sum, stream_indices
+from hybrid.models.modeling import causal_lm_loss_sum
+from hybrid.training.recipe import lr_lambda
 
 
 def test_loss_counts_output_tokens_only():
@@ -22,7 +23,7 @@ def test_loss_counts_output_tokens_only():
     assert ids.shape[1] > cfg.model.segment_length  # the input spans several segments (memories in use)
     with torch.no_grad():
         logits = model(ids, attention_mask=mask).logits
-        loss_sum, n = output_token_loss_sum(logits, labels)
+        loss_sum, n = causal_lm_loss_sum(logits, labels)
         # independently: walk each row, score the output tokens and the closing end-of-text
         total, count = 0.0, 0
         for row, (seq, p) in enumerate(zip(enc.input_ids, enc.prompt_lengths)):
@@ -37,19 +38,16 @@ def test_loss_counts_output_tokens_only():
         # the input is read, not scored: another input token changes the loss but not the tokens averaged ...
         ids2 = ids.clone()  # row 1's input shares the segment of its output (at init the memories pass nothing)
         ids2[1, 0] = (ids2[1, 0] + 1) % tok.vocab_size
-        loss2, n2 = output_token_loss_sum(model(ids2, attention_mask=mask).logits, labels)
+        loss2, n2 = causal_lm_loss_sum(model(ids2, attention_mask=mask).logits, labels)
         assert n2 == n and not math.isclose(float(loss2), float(loss_sum), rel_tol=1e-9)
         # ... while labels on the input positions would add them to the average
         labels2 = labels.clone()
         labels2[0, : enc.prompt_lengths[0]] = ids[0, : enc.prompt_lengths[0]]
-        assert output_token_loss_sum(logits, labels2)[1] == n + enc.prompt_lengths[0] - 1
+        assert causal_lm_loss_sum(logits, labels2)[1] == n + enc.prompt_lengths[0] - 1
 
 
-def test_schedule_and_data_order():
+def test_schedule():
     f = lr_lambda(warmup=4, max_iters=20, min_ratio=0.1)
     assert [round(f(s), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert math.isclose(f(20), 0.1) and f(12) < f(8) < 1.0
-    # the stream is a function of the position only; one epoch is a permutation
-    assert stream_indices(10, 3, 0, 10) == stream_indices(10, 3, 0, 25)[:10]
-    assert sorted(stream_indices(10, 3, 10, 10)) == list(range(10))
-    assert stream_indices(10, 3, 7, 6) == stream_indices(10, 3, 0, 13)[7:]
+

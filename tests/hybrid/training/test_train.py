@@ -20,7 +20,7 @@ from hybrid.core.errors import HybridError
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.cli.train import register
 from hybrid.training.evaluate import evaluate
-from hybrid.training.loop import CRASH_ENV
+from hybrid.training.recipe import CRASH_ENV
 from hybrid.training.train import train
 
 ROOT = Path(__file__).resolve().parents[3]
