@@ -9,7 +9,7 @@ from typing import Sequence
 
 from hybrid import demo
 from hybrid.bench import commands as bench
-from hybrid.cli import memory, pipeline, repos, run_command, train
+from hybrid.cli import memory, pipeline, repos, run_command, train, tune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mine git history into training data and train memory-augmented language models on Ray.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (repos, pipeline, train, memory, bench, demo):
+    for group in (repos, pipeline, train, tune, memory, bench, demo):
         group.register(sub)
     return parser
 

@@ -1,0 +1,145 @@
+"""`hybrid tune` against a real Ray head (dashboard on: Train V2 cleans up the placement groups of trials that ASHA
+stops through it): a 2×2 grid with ASHA, the results a person uses, the best checkpoint and config reproduced,
+resume; and the space checked before any trial starts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hybrid.cli.config import load_config
+from hybrid.core.errors import ConfigError, HybridError
+from hybrid.tuning.sweep import check_space, param_space, run_sweep, with_values
+
+ROOT = Path(__file__).resolve().parents[3]
+TINY = ["model=tiny_llama_hybrid", "train=tiny", "train.eval_every=2", "train.log_every=1", "data.max_length=32"]
+SMALL = ["tune=small", "tune.max_iters=4", "tune.grace_steps=2", "tune.reduction_factor=2", "train.warmup_iters=0"]
+# the second learning rate barely moves the weights, so ASHA's decision at the first rung does not depend on luck
+SPACE = "tune.space={model.memory_slots: [2, 4], train.learning_rate: [0.01, 1.0e-6]}"
+
+
+def make_pairs(path, n, seed):
+    import random
+
+    rng = random.Random(seed)
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    with open(path, "w") as f:
+        for _ in range(n):
+            a = [rng.choice(words) for _ in range(rng.randint(3, 24))]
+            f.write(json.dumps({"input": " ".join(a), "output": " ".join(reversed(a[:3]))}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def io_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tune_io")
+    return {"train": make_pairs(d / "train.jsonl", 48, 0), "validation": make_pairs(d / "validation.jsonl", 8, 1)}
+
+
+def tune_cmd(io_data, out, *extra):
+    return [sys.executable, "-m", "hybrid", "tune", *TINY, *SMALL, f"data.train={io_data['train']}",
+            f"data.validation={io_data['validation']}", f"tune.output_dir={out}", *extra]
+
+
+@pytest.mark.slow
+def test_a_grid_with_asha_killed_resumed_its_results_and_its_best(ray_head, io_data, tmp_path):
+    """A 2×2 grid, one trial at a time (so ASHA's decisions do not depend on timing), killed once two trials have
+    ended and resumed: no ended trial reruns, every point runs once, ASHA stops the weak ones at the first rung
+    (Tune does not save the scheduler: after the resume its rungs start empty, so trial 3 is judged by trial 2)."""
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(tune_cmd(io_data, out, SPACE, "tune.max_concurrent_trials=1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=ray_head.env, start_new_session=True)
+    seen = []
+    for line in proc.stdout:  # kill the whole sweep (driver, trials) once two trials are done
+        seen.append(line)
+        if line.startswith("trial_00001 ") and (" done at " in line or " stopped early at " in line):
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert any("trial_00000 done" in line for line in seen), "".join(seen[-30:])
+    assert "running 1, done 1" in "".join(seen)  # progress while it runs
+    finished = {p: (p.read_text(), p.stat().st_mtime) for p in (out / "trials").glob("trial_0000[01]/metrics.jsonl")}
+    assert len(finished) == 2
+
+    summary = tmp_path / "sweep.json"
+    resumed = subprocess.run([sys.executable, "-m", "hybrid", "tune", f"tune.output_dir={out}", "--resume",
+                              "--json", str(summary)], capture_output=True, text=True, cwd=ROOT, env=ray_head.env,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert finished == {p: (p.read_text(), p.stat().st_mtime) for p in finished}  # not rerun
+    assert "trial_00000 step" not in resumed.stdout and "★" in resumed.stdout  # the table at the end
+    result = json.loads(summary.read_text())
+    trials = result["trials"]
+    grid = sorted((t["config"]["model.memory_slots"], t["config"]["train.learning_rate"]) for t in trials)
+    assert grid == [(2, 1e-6), (2, 0.01), (4, 1e-6), (4, 0.01)]  # every point once
+    status = {(t["config"]["model.memory_slots"], t["config"]["train.learning_rate"]): (t["status"], t["steps"])
+              for t in trials}
+    assert status == {(2, 0.01): ("done", 4), (2, 1e-6): ("stopped early", 2),  # before the kill
+                      (4, 0.01): ("done", 4), (4, 1e-6): ("stopped early", 2)}  # after the resume
+    best = min(trials, key=lambda t: t["val_loss"])  # best = the argmin of what the trials reported
+    assert result["best"]["trial_id"] == best["trial_id"] and result["best"]["val_loss"] == best["val_loss"]
+
+    # the best checkpoint reproduces the reported metric through `hybrid eval`'s evaluation
+    from hybrid.training.evaluate import evaluate
+
+    metrics = evaluate(result["best"]["checkpoint"], io_data["validation"], max_generate=0)
+    assert metrics["loss"] == pytest.approx(result["best"]["val_loss"], rel=1e-4)
+
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["trial_id"] for r in rows] == sorted(t["trial_id"] for t in trials)
+    assert {"status", "steps", "model.memory_slots", "train.learning_rate", "val_loss", "checkpoint"} <= set(rows[0])
+    assert (out / "sweep.png").stat().st_size > 10_000
+    # best.yaml trains through `hybrid train --config` (here in-process, one step)
+    again = subprocess.run([sys.executable, "-m", "hybrid", "train", "--config", str(out / "best.yaml"),
+                            f"train.output_dir={tmp_path / 'again'}", "train.num_workers=0", "train.max_iters=1"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    best_cfg = load_config(base=out / "best.yaml")
+    assert best_cfg.train.learning_rate == best["config"]["train.learning_rate"]
+    assert best_cfg.model.memory_slots == best["config"]["model.memory_slots"]
+
+    # no placement group is left behind, not even those of the killed sweep or of the trial ASHA stopped
+    assert set(ray_head.placement_group_states()) <= {"REMOVED"}
+    # --resume on a finished sweep only collects and prints the results again
+    t0 = time.time()
+    again = subprocess.run([sys.executable, "-m", "hybrid", "tune", f"tune.output_dir={out}", "--resume"],
+                           capture_output=True, text=True, cwd=ROOT, env=ray_head.env, timeout=300)
+    assert again.returncode == 0 and result["best"]["trial_id"] in again.stdout and time.time() - t0 < 120
+
+
+def test_the_space_is_checked_before_any_trial(tmp_path):
+    base = load_config(TINY).recipe()
+    tune = load_config(["tune.space={model.retrieval_k: [1, 4], train.learning_rate: {loguniform: [1e-4, 1e-2]}}"]).tune
+    check_space(base, tune)
+    space = param_space(tune)
+    assert space["model.retrieval_k"] == {"grid_search": [1, 4]}
+    assert with_values(base, {"model.retrieval_k": 4}).model.retrieval_k == 4
+    for space_text, message in [
+        ("{model.bogus: [1]}", r"tune\.space: model\.bogus: unknown key"),
+        ("{pipeline.num_workers: [1]}", r"tune\.space: pipeline\.num_workers: not a key of the training config"),
+        ("{model.retrieval_k: [0, 2]}", r"tune\.space: model\.retrieval_k: Input should be greater than or equal to 1"),
+        ("{model.memory_slots: {uniform: [2, 8]}}", r"model\.memory_slots is an integer"),
+        ("{train.learning_rate: {loguniform: [0, 1]}}", r"tune\.space: train\.learning_rate: loguniform needs a positive"),
+        ("{model.retrieval_k: {normal: [1, 2]}}", r"tune\.space: model\.retrieval_k: expected a list"),
+        ("{retrieval_k: [1]}", r"tune\.space: retrieval_k: expected a dotted key"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            check_space(base, load_config([f"tune.space={space_text}"]).tune)
+    with pytest.raises(HybridError, match="no sweep to resume"):
+        run_sweep(base, load_config([f"tune.output_dir={tmp_path}"]).tune, resume=True)
+    (tmp_path / "sweep.yaml").write_text("{}")
+    with pytest.raises(HybridError, match="holds a sweep already"):
+        run_sweep(base.model_copy(update={"data": base.data.model_copy(update={"train": "x"})}),
+                  load_config([f"tune.output_dir={tmp_path}"]).tune)
+    main = subprocess.run([sys.executable, "-m", "hybrid", "tune", "tune.space={model.bogus: [1]}", "data.train=x",
+                           "data.validation=y"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert main.returncode == 2 and main.stderr.strip() == "error: tune.space: model.bogus: unknown key"
