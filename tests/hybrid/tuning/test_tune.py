@@ -139,6 +139,8 @@ def test_the_space_is_checked_before_any_trial(tmp_path):
     with pytest.raises(HybridError, match="holds a sweep already"):
         run_sweep(base.model_copy(update={"data": base.data.model_copy(update={"train": "x"})}),
                   load_config([f"tune.output_dir={tmp_path}"]).tune)
+    with pytest.raises(HybridError, match="tune.objective=recall is not implemented yet"):
+        run_sweep(base, load_config(["tune.objective=recall", f"tune.output_dir={tmp_path / 'r'}"]).tune)
     main = subprocess.run([sys.executable, "-m", "hybrid", "tune", "tune.space={model.bogus: [1]}", "data.train=x",
                            "data.validation=y"],
                           capture_output=True, text=True, cwd=ROOT)
