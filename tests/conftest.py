@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,62 @@ def ray_head():
             continue
     log.close()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+class S3Server:
+    """moto's standalone S3 server on 127.0.0.1 (a real HTTP server speaking the S3 protocol; pyarrow and boto3
+    talk to it as to AWS): `env` points a process at it, `bucket()` makes a fresh bucket."""
+
+    def __init__(self, tmp: Path):
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.port = free_ports(1)[0]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
+        self.log = open(tmp / "moto.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=2)
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"moto server did not start: {(tmp / 'moto.log').read_text()[-2000:]}")
+                time.sleep(0.3)
+        self._n = 0
+
+    def bucket(self) -> str:
+        import boto3
+
+        self._n += 1
+        name = f"bucket-{self._n}"
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                     aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A local S3 server for the session, its credentials in this process's environment while it runs."""
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()

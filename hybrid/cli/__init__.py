@@ -43,14 +43,20 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
         return 130
 
 
-def config_and_words(words: Sequence[str], base: str | None = None):
+def config_and_words(words: Sequence[str], base: str | None = None, outputs: Sequence[str] = ()):
     """(the whole `Config` after the `key=value` overrides among `words` — on top of the config file `base` when
     given — and the other words). The config schemas are pydantic models whose import costs ~0.4 s, so they load
-    when a command runs, not for `--help`."""
+    when a command runs, not for `--help`. `outputs`: the dotted keys of the folders the command writes, which
+    inside a Ray job must be absolute or URIs (hybrid.core.storage.require_lasting)."""
     from hybrid.cli.config import load_config, split_overrides
+    from hybrid.core.storage import require_lasting
 
     overrides, rest = split_overrides(words)
-    return load_config(overrides, base=base), rest
+    cfg = load_config(overrides, base=base)
+    for key in outputs:
+        section, name = key.split(".")
+        require_lasting(key, getattr(getattr(cfg, section), name))
+    return cfg, rest
 
 
 def console_main(add_parser: Callable[[argparse._SubParsersAction, str], None], name: str,

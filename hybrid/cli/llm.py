@@ -50,7 +50,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> int:
     from pipelines.llm.pipeline_stages import tasks_from_messages
     from pipelines.llm.settings import NO_LLM_MESSAGE, load_settings
 
-    cfg, repos = config_and_words(args.items)
+    cfg, repos = config_and_words(args.items, outputs=("pipeline.data_dir",))
     settings = load_settings()
     console = Console(stderr=True)
     if not settings.configured:
@@ -74,7 +74,7 @@ def test_llm(args: argparse.Namespace) -> int:
     from pipelines.llm.check import check_endpoint
     from pipelines.llm.settings import NO_LLM_MESSAGE, load_settings
 
-    cfg, rest = config_and_words(args.items)
+    cfg, rest = config_and_words(args.items, outputs=("pipeline.data_dir",))
     if rest:
         raise HybridError(f"test-llm: unexpected argument {rest[0]!r} (only key=value overrides)")
     settings = load_settings()

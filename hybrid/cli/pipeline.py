@@ -49,7 +49,7 @@ def _run_stages(args, stages: list[str] | None) -> int:
 
     from pipelines.run import run_pipeline
 
-    cfg, names = config_and_words(args.words)
+    cfg, names = config_and_words(args.words, outputs=("pipeline.data_dir",))
     summary = run_pipeline(names or None, cfg.pipeline, cfg.llm, force=args.force, stages=stages,
                            local=args.local, progress=not args.no_progress and sys.stderr.isatty())
     Console().print(summary_table(summary))
@@ -73,7 +73,7 @@ def add_stage_parser(sub, name: str) -> None:
 def _cleanup(args) -> int:
     from pipelines.dataset_tools import CLEANABLE, cleanup_dataset
 
-    cfg, names = config_and_words(args.words)
+    cfg, names = config_and_words(args.words, outputs=("pipeline.data_dir",))
     kinds = list(CLEANABLE) if args.all else [k for k in CLEANABLE if getattr(args, k)]
     removed = cleanup_dataset(cfg.pipeline, kinds, names or None, temp=args.temp or args.all, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -99,7 +99,7 @@ def _coverage(args) -> int:
 
     from pipelines.dataset_tools import ast_coverage
 
-    cfg, names = config_and_words(args.words)
+    cfg, names = config_and_words(args.words, outputs=("pipeline.data_dir",))
     cov = ast_coverage(cfg.pipeline, names or None)
     if args.json:
         atomic_write_json(args.json, cov)
@@ -125,7 +125,7 @@ def add_coverage_parser(sub, name: str) -> None:
 def _export(args) -> int:
     from hybrid.data.export import describe, export_io_pairs
 
-    cfg, repos = config_and_words(args.repos)
+    cfg, repos = config_and_words(args.repos, outputs=("pipeline.data_dir",))
     for name in ("validation_fraction", "test_fraction"):
         value = getattr(args, name)
         if not 0 <= value < 1:

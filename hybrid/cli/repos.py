@@ -11,7 +11,7 @@ from hybrid.core.redact import redact_url
 
 def _pipeline_cfg(words: list[str]):
     """The `pipeline` section after `key=value` overrides, and the other words."""
-    cfg, rest = config_and_words(words)
+    cfg, rest = config_and_words(words, outputs=("pipeline.data_dir",))
     return cfg.pipeline, rest
 
 

@@ -49,7 +49,7 @@ def run_train(args: argparse.Namespace) -> int:
     from hybrid.training.recipe import peak_rss_mb
     from hybrid.training.train import describe, train
 
-    cfg, rest = config_and_words(args.overrides, base=args.config)
+    cfg, rest = config_and_words(args.overrides, base=args.config, outputs=("train.output_dir",))
     if rest:
         raise HybridError(f"unexpected argument {rest[0]!r} (overrides look like train.batch_size=4)")
     result = train(cfg.recipe())

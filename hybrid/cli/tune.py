@@ -46,7 +46,7 @@ def print_sweep(sweep) -> None:
 def run_tune(args: argparse.Namespace) -> int:
     from hybrid.tuning.sweep import run_sweep
 
-    cfg, rest = config_and_words(args.overrides)
+    cfg, rest = config_and_words(args.overrides, outputs=("tune.output_dir",))
     if rest:
         raise HybridError(f"unexpected argument {rest[0]!r} (overrides look like tune.max_iters=50)")
     if args.resume and [o for o in args.overrides if not o.startswith("tune.output_dir=")]:

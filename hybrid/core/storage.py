@@ -34,6 +34,27 @@ def shown(path: str | os.PathLike) -> str:
     return redact_url(str(path)) if is_uri(path) else str(path)
 
 
+def in_ray_job() -> bool:
+    """This process is the entrypoint of a Ray job (`ray job submit`): Ray's job supervisor sets this variable."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def require_lasting(where: str, value: str | os.PathLike) -> None:
+    """Inside a Ray job the working directory is a temporary copy that goes away with the job: an output folder
+    given as a relative path would vanish with it. A one-line error naming the setting, before anything runs."""
+    if in_ray_job() and not is_uri(value) and not Path(value).is_absolute():
+        raise HybridError(f"{where}={value}: a relative folder inside a Ray job lands in the job's temporary working "
+                          f"dir and is lost when the job ends; give an absolute folder every node sees "
+                          f"(e.g. {where}=/shared/…) or a URI (s3://…)")
+
+
+def base_name(path: str | os.PathLike) -> str:
+    """The last part of a path or URI (without a URI's query)."""
+    if not is_uri(path):
+        return Path(path).name
+    return urlsplit(str(path)).path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def join(base: str | os.PathLike, *parts: str) -> str:
     """`base/part/…` for paths and URIs alike (a URI's query stays at its end)."""
     if not is_uri(base):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,28 +18,13 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Literal
 
 from hybrid.core.errors import HybridError
-from hybrid.core.redact import redact_url
+from hybrid.core.storage import filesystem as _filesystem
+from hybrid.core.storage import is_uri, shown
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 FOLDER_SUFFIXES = (".jsonl", ".parquet")  # in a folder only these count: export writes stats.json beside the splits
 OnBad = Literal["error", "skip"]
-
-
-def is_uri(path: str) -> bool:
-    """`s3://…`, `gs://…`, `file://…` — anything a pyarrow file system opens, as opposed to a local path."""
-    head, sep, _ = str(path).partition("://")
-    return bool(sep) and head.isalnum() and len(head) > 1
-
-
-def _filesystem(uri: str):
-    """(pyarrow file system, path inside it) for a URI; a one-line error when pyarrow cannot open it."""
-    import pyarrow.fs as pafs
-
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except Exception as e:  # ArrowInvalid, OSError: an unknown scheme, bad credentials syntax, …
-        raise HybridError(f"{shown(uri)}: cannot open ({str(e).splitlines()[0][:200]})") from None
 
 
 def _suffix(path: str) -> str:
@@ -114,17 +100,12 @@ def _uri_files(uri: str, has_glob: bool) -> list[str]:
     return [parts._replace(path=f[len(host):] if host and f.startswith(host + "/") else f).geturl() for f in files]
 
 
-def shown(path: str) -> str:
-    """A data path as messages show it: URIs without credentials or query."""
-    return redact_url(path) if is_uri(path) else path
-
-
 def open_file(path: str) -> IO[bytes]:
     """A binary stream of a data file (local or URI)."""
     if is_uri(path):
         fs, inner = _filesystem(path)
-        try:
-            return fs.open_input_stream(inner)
+        try:  # buffered: pyarrow's streams cannot iterate lines themselves
+            return io.BufferedReader(fs.open_input_stream(inner), 1 << 20)
         except FileNotFoundError:
             raise HybridError(f"{shown(path)}: no such file") from None
         except Exception as e:

@@ -11,17 +11,27 @@
 
 A checkpoint is written into a hidden temp folder beside its final name and renamed into place, so a folder named
 `checkpoint_step_*` is always complete; a run killed mid-write leaves only a `.tmp-…` folder, removed next time.
+
+`train.output_dir` may also be a URI (`s3://bucket/runs/x`, any pyarrow file system). The run then writes into a
+local staging folder (`staging_dir`) as above and publishes each checkpoint to the URI file by file with
+`trainer_state.json` last — object stores have no rename, so a remote checkpoint counts only once that file is
+there — then the run's files (metrics.jsonl, TensorBoard events) and `best`, which on a URI is a small text file
+holding the checkpoint's name. Resume and `hybrid eval` download the checkpoint they need into a local cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
+from hybrid.core.io import atomic_write
 from hybrid.data.tokenizer import write_tokenizer_config
 from hybrid.models.modeling import HybridForCausalLM
 from hybrid.models.pretrained import read_safetensors, save_weights
@@ -52,7 +62,10 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a training output folder (→ its `best`, else its latest checkpoint); validated."""
+    """A checkpoint folder, or a training output folder (→ its `best`, else its latest checkpoint); validated.
+    On a URI: the same, downloaded into a local cache (once)."""
+    if storage.is_uri(path):
+        return fetch_checkpoint(resolve_remote(str(path)))
     path = Path(path)
     if not path.exists():
         raise HybridError(f"{path}: no such checkpoint folder")
@@ -271,3 +284,101 @@ def describe_init(path: Path, loaded: list[str], fresh: list[str], unused: list[
     if unused:
         line += f"; unused (not in this model): {', '.join(unused)}"
     return line
+
+
+# -- output folders on a URI ------------------------------------------------------------------------------------
+def _cache_root() -> Path:
+    return Path(os.environ.get("HYBRID_CACHE_DIR") or Path(tempfile.gettempdir()) / "hybrid-cache")
+
+
+def staging_dir(output: str) -> Path:
+    """Where a run whose train.output_dir is the URI `output` writes before publishing (one per URI, per machine)."""
+    key = hashlib.blake2b(output.rstrip("/").encode(), digest_size=8).hexdigest()
+    return _cache_root() / "runs" / key
+
+
+def remote_checkpoints(uri: str) -> list[str]:
+    """Names of the complete checkpoints under the URI (those whose trainer_state.json is there), oldest first."""
+    names = [n for n, is_dir in storage.list_dir(uri)
+             if is_dir and n.startswith(PREFIX) and n[len(PREFIX):].isdigit()]
+    names.sort(key=lambda n: int(n[len(PREFIX):]))
+    return [n for n in names if storage.exists(storage.join(uri, n, TRAINER_STATE))]
+
+
+def remote_best(uri: str) -> str | None:
+    """The checkpoint name `best` holds on a URI, if any."""
+    best = storage.join(uri, BEST)
+    if not storage.exists(best):
+        return None
+    name = storage.read_text(best).strip()
+    if not (name.startswith(PREFIX) and name[len(PREFIX):].isdigit()):
+        raise HybridError(f"{storage.shown(best)}: not a checkpoint name ({name[:60]!r})")
+    return name
+
+
+def resolve_remote(uri: str) -> str:
+    """A checkpoint URI, or a training output URI (→ its `best`, else its latest complete checkpoint)."""
+    uri = uri.rstrip("/")
+    if storage.exists(storage.join(uri, TRAINER_STATE)):
+        return uri
+    name = remote_best(uri) or (remote_checkpoints(uri) or [None])[-1]
+    if name is None:
+        raise HybridError(f"{storage.shown(uri)}: no checkpoint there (nor a training output folder with one)")
+    return storage.join(uri, name)
+
+
+def fetch_checkpoint(uri: str, dest: Path | None = None) -> Path:
+    """A local, validated copy of the checkpoint at `uri` (downloaded once; a partial download is redone)."""
+    dest = dest or _cache_root() / "checkpoints" / hashlib.blake2b(uri.encode(), digest_size=8).hexdigest()
+    if dest.is_dir():
+        try:
+            validate_checkpoint(dest)
+            return dest
+        except HybridError:
+            shutil.rmtree(dest, ignore_errors=True)
+    tmp = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    storage.download_dir(uri, tmp)
+    validate_checkpoint(tmp)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def publish_checkpoint(local: Path, uri: str) -> str:
+    """Upload a committed local checkpoint to <uri>/<its name>, trainer_state.json last; returns its URI."""
+    dest = storage.join(uri, local.name)
+    storage.upload_dir(local, dest, last=TRAINER_STATE)
+    return dest
+
+
+def publish_files(local_dir: Path, uri: str, names: tuple[str, ...] = ("metrics.jsonl",),
+                  folders: tuple[str, ...] = ("tensorboard",)) -> None:
+    """The run's own files (each one whole PUT) and folders next to the checkpoints on the URI."""
+    for name in names:
+        if (local_dir / name).is_file():
+            storage.write_text(storage.join(uri, name), (local_dir / name).read_text(encoding="utf-8"))
+    for name in folders:
+        if (local_dir / name).is_dir():
+            storage.upload_dir(local_dir / name, storage.join(uri, name))
+
+
+def fetch_run_files(uri: str, local_dir: Path, names: tuple[str, ...] = ("metrics.jsonl",)) -> None:
+    """The run's files from the URI into a fresh staging folder (a resumed run appends to its metrics.jsonl)."""
+    for name in names:
+        if not (local_dir / name).exists() and storage.exists(storage.join(uri, name)):
+            atomic_write(local_dir / name, storage.read_text(storage.join(uri, name)))
+
+
+def set_remote_best(uri: str, name: str) -> None:
+    storage.write_text(storage.join(uri, BEST), name + "\n")
+
+
+def prune_remote(uri: str, keep_last: int) -> None:
+    """Keep the last `keep_last` complete checkpoints and `best` on the URI; remove older ones."""
+    best = remote_best(uri)
+    for name in remote_checkpoints(uri)[:-keep_last]:
+        if name != best:
+            storage.remove_dir(storage.join(uri, name))

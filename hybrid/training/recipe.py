@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import torch
 
 from hybrid.config.recipe import RecipeConfig
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_jsonl, iter_jsonl
 from hybrid.data.encode import collate
@@ -83,7 +84,8 @@ class TrainingRecipe:
         data plan, what to resume from."""
         self.spec = spec
         self.cfg = RecipeConfig.model_validate(spec["cfg"])
-        self.output_dir = Path(spec["output_dir"])
+        self.output_dir = Path(spec["output_dir"])  # on a URI output: the local staging folder
+        self.output_uri: str | None = spec.get("output_uri")
         self.strategy = spec["strategy"]
         self.plan = StreamPlan(**spec["plan"]) if spec.get("plan") else None
         self.state: dict[str, Any] = {"step": 0, "best_val_loss": None, "best": None, "tokens_seen": 0,
@@ -110,8 +112,17 @@ class TrainingRecipe:
 
             ck = ray.train.get_checkpoint()  # a restarted worker group: Ray's latest
             if ck is not None:
-                return Path(ck.path)
-        return Path(self.spec["resume_from"]) if self.spec.get("resume_from") else None
+                return self._local(Path(ck.path))
+        return self._local(Path(self.spec["resume_from"])) if self.spec.get("resume_from") else None
+
+    def _local(self, path: Path) -> Path:
+        """A checkpoint staged on the driver's machine is fetched from the URI when this rank runs elsewhere."""
+        if self.output_uri and not path.is_dir() and path.parent == self.output_dir:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ckpt_io.fetch_checkpoint(storage.join(self.output_uri, path.name), dest=path)
+            if self.is_main:
+                ckpt_io.fetch_run_files(self.output_uri, self.output_dir)
+        return path
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.cfg.train.seed)  # same initial weights on every rank (FSDP does not broadcast)
@@ -401,8 +412,14 @@ class TrainingRecipe:
             ctx.barrier()
         if self.is_main:
             path = ckpt_io.commit_checkpoint(tmp, step)
-            if improved or metrics.get(self.cfg.train.best_by) is None:  # without validation: the latest
+            best = improved or metrics.get(self.cfg.train.best_by) is None  # without validation: the latest
+            if best:
                 ckpt_io.set_best(self.output_dir, path)
+            if self.output_uri:  # the checkpoint (trainer_state.json last), the run's files, then `best`
+                ckpt_io.publish_checkpoint(path, self.output_uri)
+                ckpt_io.publish_files(self.output_dir, self.output_uri)
+                if best:
+                    ckpt_io.set_remote_best(self.output_uri, path.name)
         if ctx.launcher == "ray":
             import ray.train
             from ray.train import Checkpoint, CheckpointUploadMode
@@ -414,6 +431,8 @@ class TrainingRecipe:
         ctx.barrier()
         if self.is_main:
             ckpt_io.prune(self.output_dir, self.cfg.train.keep_last)
+            if self.output_uri:
+                ckpt_io.prune_remote(self.output_uri, self.cfg.train.keep_last)
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:

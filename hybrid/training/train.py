@@ -12,7 +12,9 @@ Train workers that stream their data through Ray Data (hybrid/training/datastrea
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.config.recipe import RecipeConfig
+from hybrid.core import storage
 from hybrid.core.errors import ConfigError, HybridError
 from hybrid.core.io import atomic_write_json, atomic_write_text
 from hybrid.core.ray_utils import init_ray
@@ -36,24 +39,47 @@ BLOCK_BYTES = 4 << 20  # Ray Data blocks of the training stream
 
 @dataclass
 class TrainResult:
-    output_dir: Path
-    checkpoint: Path | None  # the latest checkpoint
-    best_checkpoint: Path | None
+    output_dir: Path | str  # a URI when train.output_dir is one (and then the checkpoints too)
+    checkpoint: Path | str | None  # the latest checkpoint
+    best_checkpoint: Path | str | None
     metrics: dict[str, Any]
     data_counts: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
 
 
-def resolve_resume(resume: str, output_dir: Path) -> Path | None:
+def resolve_resume(resume: str, output_dir: Path, output_uri: str | None = None) -> Path | None:
+    """The checkpoint to continue from (a local folder: on a URI output the latest one is downloaded into the
+    staging folder `output_dir`), or None."""
     value = (resume or "").strip()
     if value.lower() in ("none", "no", "false", ""):
-        if ckpt_io.list_checkpoints(output_dir):
-            raise ConfigError(f"train.resume=none: {output_dir} already holds checkpoints; pick a new "
-                              f"train.output_dir or use train.resume=auto to continue")
+        held = ckpt_io.remote_checkpoints(output_uri) if output_uri else ckpt_io.list_checkpoints(output_dir)
+        if held:
+            raise ConfigError(f"train.resume=none: {storage.shown(output_uri or output_dir)} already holds "
+                              f"checkpoints; pick a new train.output_dir or use train.resume=auto to continue")
         return None
     if value.lower() == "auto":
+        if output_uri:
+            names = ckpt_io.remote_checkpoints(output_uri)
+            return (ckpt_io.fetch_checkpoint(storage.join(output_uri, names[-1]), dest=output_dir / names[-1])
+                    if names else None)
         return ckpt_io.latest_checkpoint(output_dir)
     return ckpt_io.resolve_checkpoint(value)
+
+
+def output_location(cfg: RecipeConfig) -> tuple[Path, str | None]:
+    """(the local folder the run writes, the URI it publishes to or None). A URI output gets a fresh staging folder:
+    what counts is what reached the URI."""
+    out = cfg.train.output_dir
+    if not storage.is_uri(out):
+        return Path(out).resolve(), None
+    uri = out.rstrip("/")
+    if strategy_of(cfg) == "fsdp":
+        raise ConfigError(f"train.output_dir={storage.shown(uri)}: train.strategy=fsdp writes each rank's optimizer "
+                          f"shard into one folder, which needs a folder every node sees; use a shared path")
+    staging = ckpt_io.staging_dir(uri)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging, uri
 
 
 def needs_tokenizer_training(cfg: RecipeConfig, resume_from: Path | None, init_from: Path | None) -> bool:
@@ -160,10 +186,10 @@ def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False)
     if not cfg.data.train:
         raise ConfigError("data.train: no training data given (data.train=PATH to a JSONL/Parquet file or folder)")
     tcfg = cfg.train
-    output_dir = Path(tcfg.output_dir).resolve()
+    output_dir, output_uri = output_location(cfg)
     train_files = data_files(cfg.data.train)
     val_files = data_files(cfg.data.validation) if cfg.data.validation else []
-    resume_from = resolve_resume(tcfg.resume, output_dir)
+    resume_from = resolve_resume(tcfg.resume, output_dir, output_uri)
     init_from = resolve_init_from(cfg) if resume_from is None else None  # a resumed run continues its own
     sample = tcfg.tokenizer_sample if needs_tokenizer_training(cfg, resume_from, init_from) else 0
     on_bad = cfg.data.on_bad_record
@@ -190,6 +216,11 @@ def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False)
     atomic_write_text(output_dir / "config.yaml", config_yaml)
     atomic_write_json(output_dir / "data_stats.json", counts)
     tokenizer.save(output_dir)
+    if output_uri:
+        ckpt_io.publish_files(output_dir, output_uri, names=("config.yaml", "data_stats.json", "tokenizer.json",
+                                                              "tokenizer_config.json"), folders=())
+        if resume_from is not None:
+            ckpt_io.fetch_run_files(output_uri, output_dir)
     if not quiet:
         t = counts["train"]
         origin = (f"trained on a sample of {t['tokenizer_sample']:,} pairs" if sample else "from the checkpoint"
@@ -207,7 +238,8 @@ def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False)
         train_files, train_scan.rows, tcfg.max_iters * tcfg.gradient_accumulation_steps, tcfg.seed,
         cfg.data.shuffle_window, tcfg.batch_size, max(1, workers),
         cfg.model.segment_length if cfg.data.bucket_by_length else None, cfg.data.max_length, on_bad)
-    return {"cfg": cfg.model_dump(mode="json"), "output_dir": str(output_dir), "config_yaml": config_yaml,
+    return {"cfg": cfg.model_dump(mode="json"), "output_dir": str(output_dir), "output_uri": output_uri,
+            "config_yaml": config_yaml,
             "tokenizer_json": tokenizer.to_json(), "vocab_size": tokenizer.vocab_size, "use_gpu": _use_gpu(cfg),
             "resume_from": str(resume_from) if resume_from else None,
             "init_from": str(init_from) if init_from else None, "plan": asdict(plan), "val_files": val_files,
@@ -230,8 +262,19 @@ def train(cfg: RecipeConfig, quiet: bool = False) -> TrainResult:
 
 
 def result_of(spec: dict[str, Any], metrics: dict[str, Any], t0: float) -> TrainResult:
-    output_dir = Path(spec["output_dir"])
+    output_dir, uri = Path(spec["output_dir"]), spec.get("output_uri")
     counts = spec["counts"]
+    if uri:  # what reached the URI is the result (rank 0 may have staged on another node)
+        names = ckpt_io.remote_checkpoints(uri)
+        latest_uri = storage.join(uri, names[-1]) if names else None
+        best = ckpt_io.remote_best(uri)
+        if latest_uri and not metrics:
+            state = json.loads(storage.read_text(storage.join(latest_uri, ckpt_io.TRAINER_STATE)))
+            metrics = state.get("metrics", {})
+            counts["train"]["truncated"] = state.get("truncated", {})
+        return TrainResult(output_dir=uri, checkpoint=latest_uri,
+                           best_checkpoint=storage.join(uri, best) if best else None, metrics=metrics,
+                           data_counts=counts, wall_s=time.time() - t0)
     latest = ckpt_io.latest_checkpoint(output_dir)
     if latest is not None:
         state = ckpt_io.read_trainer_state(latest)
@@ -315,9 +358,9 @@ def _root_cause(e: BaseException) -> BaseException:
 
 def describe(result: TrainResult) -> str:
     m = result.metrics
-    parts = [f"checkpoints in {result.output_dir}"]
+    parts = [f"checkpoints in {storage.shown(result.output_dir)}"]
     if result.best_checkpoint:
-        parts.append(f"best: {result.best_checkpoint.name}")
+        parts.append(f"best: {storage.base_name(result.best_checkpoint)}")
     if m.get("val_loss") is not None:
         parts.append(f"validation loss {m['val_loss']:.4f}")
     if m.get("train_loss") is not None:
