@@ -47,8 +47,8 @@ class RayHead:
     """A Ray head of the tests' own: `address` (for RAY_ADDRESS), `dashboard` (http://127.0.0.1:PORT), `env` (the
     environment a command joining it runs with)."""
 
-    def __init__(self, address: str, dashboard: str, temp_dir: str):
-        self.address, self.dashboard, self.temp_dir = address, dashboard, temp_dir
+    def __init__(self, address: str, dashboard: str, temp_dir: str, metrics_port: int = 0):
+        self.address, self.dashboard, self.temp_dir, self.metrics_port = address, dashboard, temp_dir, metrics_port
         self.env = {**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled",
                     "RAY_API_SERVER_ADDRESS": dashboard, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
@@ -86,7 +86,9 @@ def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            # Train V2's placement-group cleaner finds its controller through the State API; with two Rays on the
            # machine it cannot guess which dashboard is its own
-           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}"}
+           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
+           # jobs run `python` / `hybrid` from the PATH the head was started with: this venv's
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     log = open(Path(temp_dir) / "head.log", "w")
     proc = subprocess.Popen(
@@ -97,7 +99,7 @@ def ray_head():
          f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
          f"--min-worker-port={worker_low}", f"--max-worker-port={worker_low + 99}", f"--temp-dir={temp_dir}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    head = RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir)
+    head = RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, metrics)
     deadline = time.time() + 120
     while True:
         try:

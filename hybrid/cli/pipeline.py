@@ -123,9 +123,11 @@ def add_coverage_parser(sub, name: str) -> None:
 
 # -- export ---------------------------------------------------------------------------------------------------------
 def _export(args) -> int:
+    from hybrid.core.storage import require_lasting
     from hybrid.data.export import describe, export_io_pairs
 
     cfg, repos = config_and_words(args.repos, outputs=("pipeline.data_dir",))
+    require_lasting("--output-dir", args.output_dir)
     for name in ("validation_fraction", "test_fraction"):
         value = getattr(args, name)
         if not 0 <= value < 1:
