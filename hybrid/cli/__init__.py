@@ -8,11 +8,10 @@ the config schemas load) are imported inside the commands, so `hybrid --help` st
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from typing import Callable, Sequence
 
-from hybrid.core.errors import HybridError
+from hybrid.core.errors import HybridError, describe_os_error
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -80,20 +79,6 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
         return 2
 
 
-_OS_HINTS = {errno.ENOSPC: "the disk is full; free some space and rerun (finished outputs are kept)",
-             errno.EFBIG: "the file is too large for this file system or ulimit -f; free space or raise the limit",
-             errno.EDQUOT: "the disk quota is exhausted; free some space and rerun",
-             errno.EROFS: "the file system is read-only; pick a writable folder",
-             errno.EACCES: "permission denied; pick a folder you can write",
-             errno.ENOTDIR: "a path component is a file, not a folder",
-             errno.EISDIR: "is a folder, not a file"}
-
-
-def describe_os_error(e: OSError) -> str:
-    """One line for an `OSError`: the path, what went wrong and what to do."""
-    where = f"{e.filename}: " if e.filename else ""
-    what = _OS_HINTS.get(e.errno) or e.strerror or str(e) or type(e).__name__
-    return f"{where}{what}"
 
 
 def config_and_words(words: Sequence[str], base: str | None = None):
