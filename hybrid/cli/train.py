@@ -111,7 +111,12 @@ def run_generate(args: argparse.Namespace) -> int:
         path = Path(args.input_file)
         if not path.is_file():
             raise HybridError(f"{path}: no such file")
-        inputs = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[:e.start].count(b"\n") + 1
+            raise HybridError(f"{path}:{line}: not UTF-8 text") from None
+        inputs = [line.rstrip("\n") for line in text.splitlines() if line.strip()]
     else:
         inputs = read_inputs(args.input_file)
     ck = load(args.checkpoint)
