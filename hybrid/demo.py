@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from hybrid.cli import positive_float
+
 DEMO_REPO_NAME = "hybrid-llm-trainer"
 
 # configs/model/demo_hybrid.yaml: a small hybrid that learns something in minutes on a laptop CPU
@@ -24,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. train.num_workers=2)")
     p.add_argument("--repo", help="git repository to learn from (default: this project's own checkout)")
     p.add_argument("--workdir", default=".", help="where data/, datasets/ and outputs/ go (default: .)")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time budget in minutes (default 5)")
+    p.add_argument("--minutes", type=positive_float, default=5.0, help="training time budget in minutes (default 5)")
     p.add_argument("--force", action="store_true",
                    help="redo the pipeline's finished commits (e.g. after the history was amended or rebased)")
     p.add_argument("--quick", action="store_true",

@@ -17,7 +17,7 @@ from hybrid.config.pipeline import PipelineConfig
 from pipelines.declarations import ParsedFile, parse_declarations, parse_tree, update_declarations
 from pipelines.filters import content_drop_reason, path_drop_reason
 from pipelines.languages import grammar_key, language_of
-from pipelines.steps import OUTPUT_FILES, STEP_KEYS, STEPS, CommitContext
+from pipelines.steps import DONE_FILES, STEP_KEYS, STEPS, CommitContext
 
 WORKER_KEY = "_worker"  # process_range's own numbers: CPU seconds, parse-cache hits, incremental parses
 TREE_CACHE_SIZE = 256  # syntax trees kept per worker for incremental re-parsing (a tree is ~10x its source)
@@ -32,7 +32,7 @@ def commit_dir(data_dir: str | os.PathLike, repo: str, number: int) -> Path:
 
 
 def is_done(step_key: str, out_dir: Path) -> bool:
-    return (out_dir / OUTPUT_FILES[step_key]).exists()
+    return all((out_dir / f).exists() for f in DONE_FILES[step_key])
 
 
 class RangeWorker:

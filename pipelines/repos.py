@@ -3,6 +3,11 @@
 Repositories are bare clones (pygit2) in data/repos/<name>; data/repos/registry.json lists
 {"name", "source", "default_branch", "added_at"}. `add` clones into a temp folder and renames it into place
 only when everything worked, so a failure changes nothing.
+
+Every read-modify-write of the registry holds `data/repos/.registry.lock` (flock), so commands run at once never
+lose an entry. Names are checked wherever the registry is read (a hand-edited `../x` is an error, never a path).
+A URL's userinfo (`https://user:token@host/...`) is used for the clone only: the registry and the clone's
+`origin` keep the URL without it; `update` takes the credentials from HYBRID_GIT_USERNAME / HYBRID_GIT_TOKEN.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from pathlib import Path
 
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core.errors import HybridError
-from hybrid.core.io import atomic_write_json
-from hybrid.core.redact import redact_url
+from hybrid.core.io import atomic_write_json, exclusive_lock
+from hybrid.core.redact import redact_url, split_userinfo
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 URL_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.I)
@@ -43,16 +48,28 @@ def registry_path(cfg: PipelineConfig) -> Path:
     return repos_dir(cfg) / "registry.json"
 
 
+def registry_lock(cfg: PipelineConfig):
+    """Held around every read-modify-write of the registry (a context manager)."""
+    return exclusive_lock(repos_dir(cfg) / ".registry.lock", f"{registry_path(cfg)}")
+
+
 def list_repos(cfg: PipelineConfig) -> list[RepoEntry]:
     path = registry_path(cfg)
     if not path.exists():
         return []
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
-        return [RepoEntry(**{k: item[k] for k in ("name", "source", "default_branch", "added_at")})
-                for item in items]
+        entries = [RepoEntry(**{k: item[k] for k in ("name", "source", "default_branch", "added_at")})
+                   for item in items]
+    except UnicodeDecodeError:
+        raise HybridError(f"{path}: not UTF-8 text") from None
     except (json.JSONDecodeError, TypeError, KeyError) as e:
-        raise HybridError(f"{path}: not a valid registry ({e})") from None
+        raise HybridError(f"{path}: not a valid registry ({type(e).__name__}: {e})") from None
+    for i, e in enumerate(entries):
+        if not isinstance(e.name, str) or not _valid_name(e.name):
+            raise HybridError(f"{path}: entry {i}: name {e.name!r} is not a valid repo name (letters, digits, '.', "
+                              f"'_', '-'; no '/' or '..'); fix or remove that entry")
+    return entries
 
 
 def get_repo(name: str, cfg: PipelineConfig) -> RepoEntry:
@@ -67,8 +84,12 @@ def _save(entries: list[RepoEntry], cfg: PipelineConfig) -> None:
     atomic_write_json(registry_path(cfg), [asdict(e) for e in entries])
 
 
+def _valid_name(name: str) -> bool:
+    return bool(NAME_RE.match(name)) and ".." not in name and name not in ("registry.json", ".registry.lock")
+
+
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name) or name in (".", "..") or ".." in name or name == "registry.json":
+    if not _valid_name(name):
         raise HybridError(f"repo name {name!r}: use letters, digits, '.', '_', '-' (no '/', no '..', at most 100)")
     return name
 
@@ -96,7 +117,10 @@ def add_repo(source: str, name: str | None, cfg: PipelineConfig) -> RepoEntry:
     import pygit2
 
     is_url = bool(URL_RE.match(source)) and not Path(source).exists()
-    if not is_url:
+    user = password = None
+    if is_url:
+        source, user, password = split_userinfo(source)  # the secret is used for this clone, never stored
+    else:
         local = Path(source).expanduser()
         if not local.exists():
             raise HybridError(f"{source}: no such path (give a git URL or the path of a git repository)")
@@ -105,33 +129,57 @@ def add_repo(source: str, name: str | None, cfg: PipelineConfig) -> RepoEntry:
             raise HybridError(f"{source}: not a git repository")
         source = str(local.resolve())
     name = validate_name(name or default_name(source))
+    created = [p for p in (Path(cfg.data_dir), repos_dir(cfg)) if not p.exists()]
+    repos_dir(cfg).mkdir(parents=True, exist_ok=True)
+    try:
+        with registry_lock(cfg):
+            return _add_locked(source, name, user, password, cfg)
+    finally:
+        if created and not registry_path(cfg).exists():  # a failed first add leaves no empty folders behind
+            (repos_dir(cfg) / ".registry.lock").unlink(missing_ok=True)
+            for p in reversed(created):
+                try:
+                    p.rmdir()
+                except OSError:
+                    pass
+
+
+def _credentials(user: str | None, password: str | None):
+    """pygit2 callbacks that answer an authentication request with (user, password), else with
+    HYBRID_GIT_USERNAME / HYBRID_GIT_TOKEN from the environment; None when there is nothing to offer."""
+    import os
+
+    import pygit2
+
+    user = user or os.environ.get("HYBRID_GIT_USERNAME")
+    password = password or os.environ.get("HYBRID_GIT_TOKEN")
+    if not user and not password:
+        return None
+    return pygit2.RemoteCallbacks(credentials=pygit2.UserPass(user or "git", password or ""))
+
+
+def _add_locked(source: str, name: str, user: str | None, password: str | None,
+                cfg: PipelineConfig) -> RepoEntry:
+    import pygit2
+
     entries = list_repos(cfg)
     if any(e.name == name for e in entries):
         raise HybridError(f"repo {name!r}: already registered (remove it first or pick another --name)")
     dest = repos_dir(cfg) / name
     if dest.exists():
         raise HybridError(f"{dest}: already exists and is not in the registry; move it away first")
-    created = [p for p in (Path(cfg.data_dir), repos_dir(cfg)) if not p.exists()]
-    repos_dir(cfg).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repos_dir(cfg)))
-    ok = False
     try:
         try:
-            repo = pygit2.clone_repository(source, str(tmp / "clone"), bare=True)
+            repo = pygit2.clone_repository(source, str(tmp / "clone"), bare=True,
+                                           callbacks=_credentials(user, password))
         except (pygit2.GitError, ValueError, OSError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise HybridError(f"{redact_url(source)}: cannot clone ({msg})") from None
+            raise HybridError(f"{redact_url(source)}: cannot clone ({redact_url(msg)})") from None
         branch = _head_branch(repo, source)
         (tmp / "clone").rename(dest)
-        ok = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not ok:  # leave no empty folders behind either
-            for p in reversed(created):
-                try:
-                    p.rmdir()
-                except OSError:
-                    pass
     entry = RepoEntry(name=name, source=source, default_branch=branch,
                       added_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     _save([*entries, entry], cfg)
@@ -146,7 +194,7 @@ def update_repo(name: str, cfg: PipelineConfig) -> int:
     repo = pygit2.Repository(str(entry.path(cfg)))
     before = first_parent_hashes(entry, cfg, repo)
     try:
-        repo.remotes["origin"].fetch(["+refs/heads/*:refs/heads/*"])
+        repo.remotes["origin"].fetch(["+refs/heads/*:refs/heads/*"], callbacks=_credentials(None, None))
     except (pygit2.GitError, KeyError) as e:
         raise HybridError(f"repo {name!r}: cannot fetch from {redact_url(entry.source)} ({e})") from None
     return len(first_parent_hashes(entry, cfg, repo)) - len(before)
@@ -154,11 +202,12 @@ def update_repo(name: str, cfg: PipelineConfig) -> int:
 
 def remove_repo(name: str, cfg: PipelineConfig, keep_dataset: bool = True) -> RepoEntry:
     validate_name(name)
-    entries = list_repos(cfg)
-    entry = next((e for e in entries if e.name == name), None)
-    if entry is None:
-        get_repo(name, cfg)  # raises the "not registered" error
-    _save([e for e in entries if e.name != name], cfg)
+    with registry_lock(cfg):
+        entries = list_repos(cfg)
+        entry = next((e for e in entries if e.name == name), None)
+        if entry is None:
+            get_repo(name, cfg)  # raises the "not registered" error
+        _save([e for e in entries if e.name != name], cfg)
     shutil.rmtree(repos_dir(cfg) / name, ignore_errors=True)
     if not keep_dataset:
         shutil.rmtree(Path(cfg.data_dir) / "ast_dataset" / name, ignore_errors=True)

@@ -21,7 +21,7 @@ from typing import Callable
 
 from hybrid.config.llm import LLMConfig
 from hybrid.config.pipeline import PipelineConfig
-from hybrid.core.errors import HybridError
+from hybrid.core.errors import HybridError, describe_os_error
 from hybrid.core.io import atomic_write_json
 from hybrid.core.ray_utils import init_ray
 from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
@@ -150,6 +150,8 @@ def _process_row(row: dict) -> dict:
                               [str(h) for h in row["hashes"]], json.loads(row["stages"]), cfg, bool(row["force"]))
     except HybridError as e:  # bad input (e.g. a corrupt task.json): one line for the user, not a Ray traceback
         return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e)}
+    except OSError as e:  # the disk: full, read-only, an output folder that is a file — the machine, not a bug
+        return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": describe_os_error(e)}
     return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats), "error": ""}
 
 

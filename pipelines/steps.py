@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hybrid.config.pipeline import PipelineConfig
-from hybrid.core.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from hybrid.core.errors import HybridError
+from hybrid.core.io import atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
 from pipelines.declarations import ParsedFile
 from pipelines.filters import path_drop_reason
 from pipelines.fim import FimBuilder
@@ -132,7 +133,7 @@ class RangeStep:
         self.stats = StageStats()
 
     def is_done(self, out_dir: Path) -> bool:
-        return (out_dir / self.output).exists()
+        return all((out_dir / f).exists() for f in DONE_FILES[self.key])
 
     def run(self, commit: CommitContext, out_dir: Path) -> None:
         raise NotImplementedError
@@ -249,7 +250,13 @@ class FimSampler(RangeStep):
         if not diff_path.exists():
             stats.drops["no_diff_ast"] += 1  # run generate-ast-diffs first; this commit stays to do
             return
-        records = read_jsonl(diff_path)
+        records = []
+        for lineno, r in iter_jsonl(diff_path):
+            missing = [k for k in _DIFF_KEYS if not isinstance(r, dict) or k not in r]
+            if missing:
+                raise HybridError(f"{diff_path}:{lineno}: record lacks {', '.join(missing)}; rerun "
+                                  f"`hybrid pipeline generate-ast-diffs --force` to rewrite it")
+            records.append(r)
         tasks = read_json(out_dir / "task.json") if (out_dir / "task.json").exists() else None
         reasoning = read_json(out_dir / "reasoning.json") if (out_dir / "reasoning.json").exists() else None
         builder = FimBuilder(self.cfg)
@@ -289,6 +296,10 @@ class FimSampler(RangeStep):
 STEPS: tuple[type[RangeStep], ...] = (AstExtractor, DeclarationDiffer, FimSampler)  # in the order they run
 STEP_KEYS = tuple(s.key for s in STEPS)
 OUTPUT_FILES = {s.key: s.output for s in STEPS}
+# Every file whose presence a finished commit needs: a deleted ast.jsonl is redone although commit_data.json
+# (written last, the marker) is still there.
+DONE_FILES = {s.key: (s.output,) for s in STEPS} | {AstExtractor.key: ("ast.jsonl", AstExtractor.output)}
+_DIFF_KEYS = ("id", "file", "status", "whitespace_only", "language", "kind")
 
 
 _FIM_KEYS = ("id", "function_id", "repo", "commit_number", "commit_hash", "file", "language", "kind",

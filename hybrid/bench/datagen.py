@@ -21,17 +21,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from hybrid.cli import non_negative_int, positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo_paths", nargs="*", metavar="REPO_PATH",
                    help="git repositories to time (default: the current one unless --synthetic-rust is given)")
-    p.add_argument("--synthetic-rust", type=int, metavar="N", help="also build and time an N-commit Rust repo")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic repository")
+    p.add_argument("--synthetic-rust", type=positive_int, metavar="N", help="also build and time an N-commit Rust repo")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the synthetic repository")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    p.add_argument("--workers", type=int, default=2, help="Ray Data tasks at once (pipeline.num_workers)")
-    p.add_argument("--commits-per-task", type=int, default=None, help="pipeline.commits_per_task")
+    p.add_argument("--workers", type=positive_int, default=2, help="Ray Data tasks at once (pipeline.num_workers)")
+    p.add_argument("--commits-per-task", type=positive_int, default=None, help="pipeline.commits_per_task")
     p.add_argument("--single-process", action="store_true", help="also time the same stages in one process")
-    p.add_argument("--repeat", type=int, default=3, help="git log runs (the best is kept)")
+    p.add_argument("--repeat", type=positive_int, default=3, help="git log runs (the best is kept)")
     p.add_argument("--no-ray", action="store_true", help="time only the single-process path (no Ray at all)")
 
 

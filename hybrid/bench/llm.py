@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import argparse
 
+from hybrid.cli import non_negative_float, non_negative_int, positive_float, positive_int, probability
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
-    p.add_argument("--rpm", type=float, default=600, help="configured requests per minute (default 600 = 10/s)")
-    p.add_argument("--commits", type=int, default=120, help="synthetic commits (one tasks request each)")
-    p.add_argument("--functions", type=int, default=5, help="changed functions per commit (one reasoning request each)")
-    p.add_argument("--latency", type=float, default=0.2, help="server latency per request, seconds")
-    p.add_argument("--p429", type=float, default=0.10, help="fraction of requests answered 429")
-    p.add_argument("--p500", type=float, default=0.05, help="fraction of requests answered 500")
-    p.add_argument("--retry-after-ms", type=float, default=200, help="retry-after-ms sent with each 429")
-    p.add_argument("--actors", type=int, default=2, help="actors in the Ray Data pool")
+    p.add_argument("--rpm", type=positive_float, default=600, help="configured requests per minute (default 600 = 10/s)")
+    p.add_argument("--commits", type=positive_int, default=120, help="synthetic commits (one tasks request each)")
+    p.add_argument("--functions", type=positive_int, default=5, help="changed functions per commit (one reasoning request each)")
+    p.add_argument("--latency", type=non_negative_float, default=0.2, help="server latency per request, seconds")
+    p.add_argument("--p429", type=probability, default=0.10, help="fraction of requests answered 429")
+    p.add_argument("--p500", type=probability, default=0.05, help="fraction of requests answered 500")
+    p.add_argument("--retry-after-ms", type=non_negative_float, default=200, help="retry-after-ms sent with each 429")
+    p.add_argument("--actors", type=positive_int, default=2, help="actors in the Ray Data pool")
     p.add_argument("--runner", choices=("ray", "local"), default="ray", help="Ray Data actor pool or one process")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
 
 
 def _dataset(root, commits: int, functions: int) -> None:

@@ -20,25 +20,27 @@ import os
 import statistics
 import time
 
+from hybrid.cli import non_negative_int, positive_float, positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vectors", type=int, default=200_000, help="chunk keys in the namespace (the issue asks 1M; "
+    p.add_argument("--vectors", type=positive_int, default=200_000, help="chunk keys in the namespace (the issue asks 1M; "
                                                                 "200k fits a shared 2-core machine)")
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--k", type=int, default=8)
-    p.add_argument("--batch", type=int, default=1024, help="queries per search call")
-    p.add_argument("--repeats", type=int, default=8, help="timed search calls per row")
-    p.add_argument("--clusters", type=int, default=1024, help="Gaussian clusters the data is drawn from")
-    p.add_argument("--spread", type=float, default=0.15,
+    p.add_argument("--dim", type=positive_int, default=64)
+    p.add_argument("--k", type=positive_int, default=8)
+    p.add_argument("--batch", type=positive_int, default=1024, help="queries per search call")
+    p.add_argument("--repeats", type=positive_int, default=8, help="timed search calls per row")
+    p.add_argument("--clusters", type=positive_int, default=1024, help="Gaussian clusters the data is drawn from")
+    p.add_argument("--spread", type=positive_float, default=0.15,
                    help="noise per dimension around the unit-norm cluster centers (0.1: IVF is exact; 0.2: the "
                         "data is nearly isotropic and IVF recall drops below 0.6)")
-    p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64], help="IVF nprobe values to sweep")
-    p.add_argument("--nlist", type=int, default=0, help="IVF lists (0 = 4*sqrt(vectors), as the store does)")
-    p.add_argument("--shards", type=int, nargs="+", default=[1, 2], help="Ray service shard counts")
+    p.add_argument("--nprobe", type=positive_int, nargs="+", default=[8, 16, 32, 64], help="IVF nprobe values to sweep")
+    p.add_argument("--nlist", type=non_negative_int, default=0, help="IVF lists (0 = 4*sqrt(vectors), as the store does)")
+    p.add_argument("--shards", type=positive_int, nargs="+", default=[1, 2], help="Ray service shard counts")
     p.add_argument("--ray-index", choices=["flat", "ivf"], default="ivf",
                    help="index of the Ray rows (ivf uses the smallest swept nprobe reaching recall >= 0.95)")
     p.add_argument("--skip-torch", action="store_true", help="skip the in-process torch row")
-    p.add_argument("--train-steps", type=int, default=6, help="timed training steps per backend (0 = skip)")
+    p.add_argument("--train-steps", type=non_negative_int, default=6, help="timed training steps per backend (0 = skip)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 

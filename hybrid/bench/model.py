@@ -11,26 +11,28 @@ import argparse
 import statistics
 import time
 
+from hybrid.cli import non_negative_int, positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hidden-size", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--intermediate-size", type=int, default=688)
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--segment-length", type=int, default=512)
-    p.add_argument("--segments", type=int, default=4, help="segments per sequence for the memory variants")
-    p.add_argument("--retrieval-layers", type=int, nargs="+", default=None, help="default: the middle layer")
-    p.add_argument("--retrieval-k", type=int, default=4)
-    p.add_argument("--chunk-size", type=int, default=4)
-    p.add_argument("--memory-slots", type=int, default=16)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per variant (median reported)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--hidden-size", type=positive_int, default=256)
+    p.add_argument("--layers", type=positive_int, default=4)
+    p.add_argument("--heads", type=positive_int, default=8)
+    p.add_argument("--kv-heads", type=positive_int, default=4)
+    p.add_argument("--intermediate-size", type=positive_int, default=688)
+    p.add_argument("--vocab-size", type=positive_int, default=8192)
+    p.add_argument("--batch-size", type=positive_int, default=2)
+    p.add_argument("--segment-length", type=positive_int, default=512)
+    p.add_argument("--segments", type=positive_int, default=4, help="segments per sequence for the memory variants")
+    p.add_argument("--retrieval-layers", type=positive_int, nargs="+", default=None, help="default: the middle layer")
+    p.add_argument("--retrieval-k", type=positive_int, default=4)
+    p.add_argument("--chunk-size", type=positive_int, default=4)
+    p.add_argument("--memory-slots", type=positive_int, default=16)
+    p.add_argument("--steps", type=positive_int, default=5, help="timed steps per variant (median reported)")
+    p.add_argument("--warmup", type=non_negative_int, default=2)
     p.add_argument("--device", default="cuda_if_available", help="cpu, cuda, or cuda_if_available")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=non_negative_int, default=0,
                    help="CPU threads for torch (0 = torch's default); 1 gives steadier numbers on a busy machine")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers anchor")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")

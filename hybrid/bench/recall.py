@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybrid.cli import non_negative_int, positive_int
 from hybrid.core.errors import HybridError
 
 VARIANTS = {
@@ -88,16 +89,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw accuracy vs length, one line per variant")
     p.add_argument("--markdown", metavar="FILE.md", help="write the table as markdown")
-    p.add_argument("--base-steps", type=int,
+    p.add_argument("--base-steps", type=positive_int,
                    help="stage 1: in-window steps of the base the variants share (default 1500; --quick 200)")
-    p.add_argument("--steps", type=int,
+    p.add_argument("--steps", type=positive_int,
                    help="stage 2: length-curriculum steps per variant (default 1500; --quick 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and the weights (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data and the weights (default: %(default)s)")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--tasks", help="comma-separated subset of kv,passkey,facts")
     p.add_argument("--lengths", help="comma-separated lengths in segments (default 1,4,16)")
-    p.add_argument("--eval-examples", type=int, help="test examples per task and length (default 100)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--eval-examples", type=positive_int, help="test examples per task and length (default 100)")
+    p.add_argument("--threads", type=non_negative_int, default=1,
                    help="torch CPU threads (default %(default)s: the tiny model gains nothing from more, and on a "
                         "busy machine extra threads make each step many times slower)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

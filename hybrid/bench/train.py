@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import argparse
 
+from hybrid.cli import positive_int
+
 RUNS = (("1 worker", 1, "ddp", 1), ("2 workers, ddp", 2, "ddp", 1), ("2 workers, allreduce", 2, "allreduce", 1),
         ("1 worker, 10·N pairs", 1, "ddp", 10))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value config overrides (default model: the demo's)")
-    p.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per worker per step")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (about half of them output)")
-    p.add_argument("--pairs", type=int, default=2000, help="N: IO pairs in the data set (the last run uses 10·N)")
+    p.add_argument("--steps", type=positive_int, default=12, help="optimizer steps per run")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per worker per step")
+    p.add_argument("--seq-len", type=positive_int, default=256, help="tokens per sequence (about half of them output)")
+    p.add_argument("--pairs", type=positive_int, default=2000, help="N: IO pairs in the data set (the last run uses 10·N)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
 
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from hybrid.core.errors import HybridError
+from hybrid.core.errors import HybridError, describe_os_error
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -31,6 +31,39 @@ class IntermixedParser(argparse.ArgumentParser):
             self._busy = False
 
 
+def _number(kind: type, low: float | None, high: float | None, what: str, low_open: bool = False,
+            high_open: bool = False) -> Callable[[str], int | float]:
+    """An argparse `type` that parses a number and checks its range, so `--batch-size 0` is a one-line usage
+    error instead of a wrong result or a traceback later."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):  # nan, inf
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low) or \
+                high is not None and (value >= high if high_open else value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, 1, None, "an integer >= 1")
+non_negative_int = _number(int, 0, None, "an integer >= 0")
+positive_float = _number(float, 0, None, "a number > 0", low_open=True)
+non_negative_float = _number(float, 0, None, "a number >= 0")
+fraction = _number(float, 0, 1, "a fraction in [0, 1)", high_open=True)
+probability = _number(float, 0, 1, "a probability in [0, 1]")
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    return _number(int, low, None, f"an integer >= {low}")
+
+
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run a command; a HybridError is one line on stderr and exit code 2, never a traceback."""
     try:
@@ -41,6 +74,11 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine's fault, not a bug: a full disk, a read-only or missing folder
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+
+
 
 
 def config_and_words(words: Sequence[str], base: str | None = None, outputs: Sequence[str] = ()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hybrid.cli import config_and_words, console_main
+from hybrid.cli import positive_int, config_and_words, console_main
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json
 
@@ -21,7 +21,7 @@ def add_parser(sub, name: str) -> None:
     if name == "test-llm":
         p = sub.add_parser("test-llm", help="check the configured LLM endpoint: model, structured output, latency")
         p.add_argument("items", nargs="*", metavar="key=value", help="config overrides, e.g. llm.timeout_s=20")
-        p.add_argument("--requests", type=int, default=3, help="completions to time for the latency figure")
+        p.add_argument("--requests", type=positive_int, default=3, help="completions to time for the latency figure")
         p.set_defaults(func=test_llm)
         return
     helps = {"generate-tasks": "task.json per commit: tasks by an LLM, else from commit messages",

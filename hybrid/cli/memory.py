@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hybrid.cli import config_and_words
+from hybrid.cli import positive_int, config_and_words
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json
 
@@ -36,10 +36,10 @@ def register(sub) -> None:
     src.add_argument("--repo", help="a git repository: its files at --commit")
     src.add_argument("--demonstrations", help="JSONL/Parquet IO pairs, or a .txt file with one text per line")
     b.add_argument("--commit", default="HEAD", help="with --repo: the commit (any revision) to read")
-    b.add_argument("--max-file-bytes", type=int, default=200_000, help="with --repo: skip larger files")
-    b.add_argument("--capacity-tokens", type=int, default=None,
+    b.add_argument("--max-file-bytes", type=positive_int, default=200_000, help="with --repo: skip larger files")
+    b.add_argument("--capacity-tokens", type=positive_int, default=None,
                    help="tokens the namespace keeps (oldest evicted); default: the checkpoint's external_memory_size")
-    b.add_argument("--batch-segments", type=int, default=4, help="segments per forward pass")
+    b.add_argument("--batch-segments", type=positive_int, default=4, help="segments per forward pass")
     b.add_argument("--json", metavar="FILE", help="also write what was built as JSON")
     b.set_defaults(func=run_build)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from hybrid.cli import IntermixedParser, config_and_words, console_main, llm
+from hybrid.cli import fraction, IntermixedParser, config_and_words, console_main, llm
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json
 
@@ -145,8 +145,8 @@ def add_export_parser(sub, name: str = "export") -> None:
     p.add_argument("repos", nargs="*", help="repositories to export (default: all) and key=value config overrides")
     p.add_argument("--output-dir", "--output_dir", default="datasets/io_pairs", help="where the JSONL files go")
     p.add_argument("--kinds", default="fim,reasoning", help="comma-separated: fim, reasoning")
-    p.add_argument("--validation-fraction", type=float, default=0.1, help="share of records for validation")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="share of records for test")
+    p.add_argument("--validation-fraction", type=fraction, default=0.1, help="share of records for validation")
+    p.add_argument("--test-fraction", type=fraction, default=0.1, help="share of records for test")
     p.set_defaults(func=_export)
 
 

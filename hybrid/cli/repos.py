@@ -32,7 +32,7 @@ def _list(args) -> int:
     pcfg, _ = _pipeline_cfg(args.overrides)
     entries = list_repos(pcfg)
     if args.json:
-        print(json.dumps([e.__dict__ for e in entries], indent=2))
+        print(json.dumps([{**e.__dict__, "source": redact_url(e.source)} for e in entries], indent=2))
         return 0
     if not entries:
         print("no repositories (add one with `hybrid repos add PATH_OR_URL`)")

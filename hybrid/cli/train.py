@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hybrid.cli import config_and_words
+from hybrid.cli import at_least, non_negative_int, positive_int, config_and_words
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json, atomic_write_jsonl
 
@@ -26,12 +26,12 @@ def register(sub) -> None:
     p.add_argument("--test-data", "--test_data", dest="test_data", required=True,
                    help="IO pairs: JSONL/Parquet file or folder")
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON here")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass for the loss")
-    p.add_argument("--max-generate", type=int, default=64,
+    p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass for the loss")
+    p.add_argument("--max-generate", type=at_least(-1), default=64,
                    help="examples whose greedy generation is checked for exact match (0 = none, -1 = all)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="generation budget (default: reference length + 8)")
-    p.add_argument("--show", type=int, default=3, help="examples to print")
+    p.add_argument("--show", type=non_negative_int, default=3, help="examples to print")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("generate", help="generate from a checkpoint (a prompt or a file of inputs)")
@@ -40,7 +40,7 @@ def register(sub) -> None:
     src.add_argument("--prompt", help="the input text")
     src.add_argument("--input-file", "--input_file", dest="input_file",
                      help="JSONL/Parquet IO pairs (their `input`s) or a .txt file (one input per line)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most")
     p.add_argument("--output", help="write {input, generated} JSONL here instead of printing")
     p.set_defaults(func=run_generate)
 
@@ -111,7 +111,12 @@ def run_generate(args: argparse.Namespace) -> int:
         path = Path(args.input_file)
         if not path.is_file():
             raise HybridError(f"{path}: no such file")
-        inputs = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[:e.start].count(b"\n") + 1
+            raise HybridError(f"{path}:{line}: not UTF-8 text") from None
+        inputs = [line.rstrip("\n") for line in text.splitlines() if line.strip()]
     else:
         inputs = read_inputs(args.input_file)
     ck = load(args.checkpoint)

@@ -25,6 +25,9 @@ class LLMConfig(Section):
     concurrency_per_actor: int = Field(8, ge=1, le=1024, description="requests in flight per actor")
     timeout_s: float = Field(60, gt=0, description="per-request timeout in seconds")
     max_retries: int = Field(6, ge=0, le=50, description="retries per request on 429, 5xx, timeouts, connection errors")
+    circuit_breaker_failures: int = Field(
+        8, ge=1, le=1000, description="stop the stage after this many connection failures in a row (the endpoint is "
+                                      "down: failing fast beats retrying every item)")
     backoff_base_s: float = Field(0.25, gt=0, description="first backoff on 5xx/timeouts; doubles, with full jitter")
     backoff_max_s: float = Field(16, gt=0, description="largest backoff between retries")
     max_retry_after_s: float = Field(120, gt=0, description="cap on a server's retry-after")

@@ -1,5 +1,7 @@
 """Errors users see as one clear line (the CLI prints them without a traceback)."""
 
+import errno
+
 
 class HybridError(Exception):
     """A user-facing error: bad input, bad configuration, a missing file. Printed as one line."""
@@ -7,3 +9,20 @@ class HybridError(Exception):
 
 class ConfigError(HybridError):
     """A configuration key is unknown, mistyped or out of range. The message names the key."""
+
+
+_OS_HINTS = {errno.ENOSPC: "the disk is full; free some space and rerun (finished outputs are kept)",
+             errno.EFBIG: "the file is too large for this file system or ulimit -f; free space or raise the limit",
+             errno.EDQUOT: "the disk quota is exhausted; free some space and rerun",
+             errno.EROFS: "the file system is read-only; pick a writable folder",
+             errno.EACCES: "permission denied; pick a folder you can write",
+             errno.ENOTDIR: "a path component is a file, not a folder",
+             errno.EISDIR: "is a folder, not a file",
+             errno.EEXIST: "already exists and is not a folder (a file where a folder is needed); move it away"}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an `OSError`: the path, what went wrong and what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    what = _OS_HINTS.get(e.errno) or e.strerror or str(e) or type(e).__name__
+    return f"{where}{what}"

@@ -56,6 +56,31 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | Iterable[str], fsy
                 os.fsync(f.fileno())
 
 
+@contextmanager
+def exclusive_lock(lock_path: str | os.PathLike, what: str, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive advisory lock (`flock`) on `lock_path` for the block: the way two processes that share a
+    file (the repository registry, a training output folder) take turns. The kernel drops the lock when the
+    process dies, so a killed run never leaves a stale lock. `wait=False`: a `HybridError` naming `what` when
+    another process holds it."""
+    import fcntl
+
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("utf-8", "replace").strip() or "?"
+            raise HybridError(f"{what} is in use by another process (pid {holder}); wait for it to finish or "
+                              f"use another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> None:
     atomic_write(path, text, fsync=fsync)
 

@@ -3,8 +3,31 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 
 from hybrid.core.errors import HybridError
+from hybrid.core.redact import redact_url
+
+CONNECT_TIMEOUT_S = float(os.environ.get("HYBRID_RAY_CONNECT_TIMEOUT_S", "10"))
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A `host:port` (or `ray://host:port`) address must accept a TCP connection within `timeout_s`: `ray.init`
+    itself waits a long time for a cluster that is not there. A one-line error naming the address otherwise."""
+    m = re.match(r"^(?:[a-z]+://)?(?:[^@/]*@)?(\[[^\]]+\]|[^:/]+):(\d+)/?$", address.strip(), re.I)
+    if not m:
+        return  # "auto", "local", or a form Ray resolves itself
+    host, port = m.group(1).strip("[]"), int(m.group(2))
+    # what answers may still not be Ray: bound Ray's own wait for its GCS (about one try a second)
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(max(1, int(timeout_s))))
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise HybridError(f"RAY_ADDRESS={redact_url(address)}: no Ray cluster answers there ({why} within "
+                          f"{timeout_s:g} s); start one with `ray start --head` or fix RAY_ADDRESS") from None
 
 
 def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwargs) -> None:
@@ -21,6 +44,7 @@ def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwa
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS") or None
     if address:
+        check_reachable(address)
         ray.init(address=address, **kwargs)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -36,8 +60,11 @@ def connect_cluster() -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS") or "auto"
+    check_reachable(address)
     try:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
     except ConnectionError:
-        raise HybridError("no Ray cluster to read the memory service from: start one with `ray start --head` "
-                          "(the service lives in its detached actors) or set RAY_ADDRESS") from None
+        where = f"at RAY_ADDRESS={redact_url(address)}" if address != "auto" else "on this machine"
+        raise HybridError(f"no Ray cluster {where} to read the memory service from: start one with `ray start "
+                          f"--head` (the service lives in its detached actors) or set RAY_ADDRESS") from None

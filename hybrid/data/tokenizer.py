@@ -43,6 +43,17 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token of the vocabulary covers (computed once): `encode.py` clips a text to
+        what can still matter before tokenizing it."""
+        cached = getattr(self, "_max_token_chars", None)
+        if cached is None:
+            vocab = self.tokenizer.get_vocab(with_added_tokens=False)
+            cached = max([len(self.tokenizer.decode([i], skip_special_tokens=False)) for i in vocab.values()] or [1])
+            self._max_token_chars = cached = max(1, cached)
+        return cached
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 

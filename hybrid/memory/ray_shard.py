@@ -60,12 +60,15 @@ def _check_array(name: str, a: Any, ndim: int) -> np.ndarray:
 
 
 class MemoryShard:
-    def __init__(self, shard: int, service: str, shard_bytes: int, threads: int = 0):
+    def __init__(self, shard: int, service: str, shard_bytes: int, threads: int = 0, num_shards: int = 0):
         import faiss
 
         if threads > 0:  # Ray sets OMP_NUM_THREADS=1 in actors with num_cpus <= 1 (RAY-NOTES)
             faiss.omp_set_num_threads(threads)
         self.shard, self.service, self.shard_bytes = shard, service, int(shard_bytes)
+        # The service's shard count, recorded by the shard itself: a client that routes namespaces with another
+        # count would look in the wrong shards (a stale or empty answer), so it checks this first.
+        self.num_shards = int(num_shards)
         self.incarnation = uuid.uuid4().hex[:12]
         try:
             import ray
@@ -253,6 +256,10 @@ class MemoryShard:
     def ping(self) -> str:
         return self.incarnation
 
+    def layout(self) -> dict[str, Any]:
+        """Who this shard is in its service (checked by every client that connects)."""
+        return {"shard": self.shard, "service": self.service, "num_shards": self.num_shards}
+
     def _chunks(self) -> int:
         return sum(self.stores[spec].stored_chunks(ns) for ns, spec in self.spec_of.items())
 
@@ -261,7 +268,8 @@ class MemoryShard:
         recent = [(t, q) for t, q in self.search_times if t >= now - _RATE_WINDOW_S]
         span = min(_RATE_WINDOW_S, max(1e-3, now - self.started))
         lat = np.array(self.latencies) if self.latencies else None
-        out = {"shard": self.shard, "service": self.service, "incarnation": self.incarnation,
+        out = {"shard": self.shard, "service": self.service, "num_shards": self.num_shards,
+               "incarnation": self.incarnation,
                "restarted": self.restarted, "namespaces": len(self.spec_of), "vectors": self._chunks(),
                "bytes": self.total_reserved, "shard_bytes": self.shard_bytes, **self.counts,
                "searches_per_s": sum(q for _, q in recent) / span, "search_calls_per_s": len(recent) / span,

@@ -76,8 +76,27 @@ def connect_shards(service: str, num_shards: int, shard_bytes: int = 1 << 30, sh
         handles.append(cls.options(
             name=name, namespace=RAY_NAMESPACE, get_if_exists=True, lifetime="detached",
             max_restarts=-1, max_task_retries=0, num_cpus=shard_cpus, num_gpus=shard_gpus,
-        ).remote(i, service, shard_bytes, threads or max(1, int(shard_cpus))))
+        ).remote(i, service, shard_bytes, threads or max(1, int(shard_cpus)), num_shards))
+    check_layout(service, num_shards, handles)
     return handles
+
+
+def check_layout(service: str, num_shards: int, handles: list[Any], timeout_s: float = 60.0) -> None:
+    """Every shard must have been made for `num_shards` shards: a namespace is routed by the count, so a client
+    with another count reads the wrong shard (a stale copy or nothing) — a clear error instead."""
+    import ray
+
+    try:
+        layouts = ray.get([h.layout.remote() for h in handles], timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise HybridError(f"memory service {service!r}: its shards did not answer within {timeout_s:g} s "
+                          f"(is the cluster overloaded, or the actors unschedulable?)") from None
+    for i, lay in enumerate(layouts):
+        recorded = int(lay.get("num_shards") or 0)
+        if recorded and recorded != num_shards:
+            raise HybridError(f"memory service {service!r} was built with memory.num_shards={recorded}, but this "
+                              f"run asks for {num_shards} (shard {i} says so): set memory.num_shards={recorded}, "
+                              f"or use another memory.service name")
 
 
 @dataclass

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -185,9 +186,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
 def set_best(output_dir: str | Path, checkpoint: Path) -> None:
     """Point `best` at `checkpoint` (relative symlink, replaced atomically)."""
     output_dir = Path(output_dir)
-    tmp = output_dir / f".tmp-{BEST}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
+    tmp = output_dir / f".tmp-{BEST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # unique: never another run's
     os.symlink(checkpoint.name, tmp)
     os.replace(tmp, output_dir / BEST)
 
@@ -207,6 +206,8 @@ def prune(output_dir: str | Path, keep_last: int) -> None:
             shutil.rmtree(ckpt, ignore_errors=True)
     for stale in output_dir.glob(f".tmp-*{PREFIX}*"):  # left by a run killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in output_dir.glob(f".tmp-{BEST}-*"):  # a `best` link a killed run had not swapped in yet
+        stale.unlink(missing_ok=True)
 
 
 # -- train.init_from: weights only ------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ def generate_texts(ck: LoadedCheckpoint, inputs: Sequence[str], max_new_tokens: 
     """Greedy continuation of each input (one at a time: prompts differ in length), decoded to text."""
     import torch
 
+    if max_new_tokens < 1 or max_new_tokens > ck.max_length - 2:
+        raise HybridError(f"max_new_tokens={max_new_tokens}: must be 1..{ck.max_length - 2} — the model reads at "
+                          f"most {ck.max_length} tokens (its data.max_length), and the prompt needs at least one "
+                          f"token and the separator")
     device = next(ck.model.parameters()).device
     outs = []
     for text in inputs:
@@ -117,18 +121,22 @@ def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 8, max_
     `max_generate` examples (None = all); generation stops at end-of-text or at the reference length + 8 tokens."""
 
     t0 = time.time()
+    if batch_size < 1:
+        raise HybridError(f"batch_size={batch_size}: must be >= 1")
     pairs = read_io_pairs(data, on_bad_record)
     ck = load(checkpoint, device)
     enc = encode_pairs(ck.tokenizer, pairs.records, ck.max_length)
     loss_sum, n_tokens, tf_matches = teacher_forced(
         ck.model, list(zip(enc.input_ids, enc.prompt_lengths)), ck.tokenizer.pad_id, batch_size)
-    loss = loss_sum / max(1, n_tokens)
+    if n_tokens == 0:  # a loss over nothing is not 0.0
+        raise HybridError(f"{data}: no output tokens to score")
+    loss = loss_sum / n_tokens
     n_gen = len(pairs) if max_generate is None else min(max_generate, len(pairs))
     matches, examples = 0, []
     for i in range(n_gen):
         rec = pairs.records[i]
         ref_len = len(enc.input_ids[i]) - enc.prompt_lengths[i]
-        budget = max_new_tokens or ref_len + 8
+        budget = max_new_tokens or min(ref_len + 8, ck.max_length - 2)
         (pred,) = generate_texts(ck, [rec["input"]], budget)
         ok = pred.strip() == rec["output"].strip()
         matches += ok

@@ -230,6 +230,10 @@ class TrainingRecipe:
                         say(f"the data stream ended at step {step} (before train.max_iters={tcfg.max_iters})")
                     break
                 loss, info = self._step(rows)
+                if not math.isfinite(loss):  # diverged: stop before anything of it is saved (or becomes `best`)
+                    raise HybridError(f"step {step + 1}: the training loss is {loss} — training diverged; lower "
+                                      f"train.learning_rate (now {tcfg.learning_rate:g}) or check the data; the "
+                                      f"checkpoints written before stay as they were")
                 step += 1
                 self.state["step"] = step
                 self.state["tokens_seen"] += info["tokens"]
@@ -365,6 +369,9 @@ class TrainingRecipe:
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def _evaluate_and_save(self, step: int, loss: float, lr: float) -> dict[str, Any]:
         val = self.validate()
+        if val["val_loss"] is not None and not math.isfinite(val["val_loss"]):
+            raise HybridError(f"step {step}: the validation loss is {val['val_loss']} — training diverged; lower "
+                              f"train.learning_rate (now {self.cfg.train.learning_rate:g}); nothing saved for this step")
         metrics = {"step": step, "train_loss": loss, **val, "lr": lr, "tokens_seen": self.state["tokens_seen"]}
         self.tracker.log({"step": step, **val})
         if self.is_main and val["val_loss"] is not None:
@@ -377,7 +384,7 @@ class TrainingRecipe:
         """Whether this evaluation beats the best so far by `train.best_by` (lower loss, higher exact match)."""
         key = self.cfg.train.best_by
         value, best = metrics.get(key), self.state.get("best")
-        if value is None:
+        if value is None or not math.isfinite(value):
             return False
         return best is None or (value < best if key == "val_loss" else value > best)
 

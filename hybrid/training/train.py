@@ -24,7 +24,7 @@ from typing import Any
 from hybrid.config.recipe import RecipeConfig
 from hybrid.core import storage
 from hybrid.core.errors import ConfigError, HybridError
-from hybrid.core.io import atomic_write_json, atomic_write_text
+from hybrid.core.io import atomic_write_json, atomic_write_text, exclusive_lock
 from hybrid.core.ray_utils import init_ray
 from hybrid.data.io_pairs import data_files
 from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe, train_word_level
@@ -251,14 +251,29 @@ def train(cfg: RecipeConfig, quiet: bool = False) -> TrainResult:
     """Train per `cfg` (data.train / data.validation, model, train sections) and return where it went."""
     t0 = time.time()
     n_workers = cfg.train.num_workers
-    if n_workers:
-        init_ray(include_dashboard=True)  # the dashboard shows the run; Ray Train's placement-group cleaner needs it
-    spec = prepare(cfg, n_workers, use_ray=n_workers > 0, quiet=quiet)
-    if n_workers == 0:  # in this process: the same recipe reads the same stream itself
-        metrics = run(spec)
-    else:
-        metrics = fit_on_ray(spec)
-    return result_of(spec, metrics, t0)
+    with output_dir_lock(cfg.train.output_dir):
+        if n_workers:
+            init_ray(include_dashboard=True)  # the dashboard shows the run; Ray Train's placement-group cleaner needs it
+        spec = prepare(cfg, n_workers, use_ray=n_workers > 0, quiet=quiet)
+        if n_workers == 0:  # in this process: the same recipe reads the same stream itself
+            metrics = run(spec)
+        else:
+            metrics = fit_on_ray(spec)
+        return result_of(spec, metrics, t0)
+
+
+def output_dir_lock(output_dir: str | Path):
+    """One training at a time per output folder: a second run into the same `train.output_dir` would interleave
+    its checkpoints, `best` and retention with the first one's. A one-line error, not a wait; the lock goes with
+    the process that holds it (a killed run leaves none)."""
+    import contextlib
+
+    if "://" in str(output_dir):  # a storage URI: its own backend decides
+        return contextlib.nullcontext()
+    folder = Path(output_dir).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"train.output_dir: {folder} is a file, not a folder")
+    return exclusive_lock(folder / ".train.lock", f"train.output_dir {folder}", wait=False)
 
 
 def result_of(spec: dict[str, Any], metrics: dict[str, Any], t0: float) -> TrainResult:

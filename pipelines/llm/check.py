@@ -27,7 +27,9 @@ async def check_endpoint(settings: LLMSettings, cfg: LLMConfig, n_requests: int 
 
     def err(e: Exception) -> str:
         status = getattr(e, "status_code", None)
-        return redact(f"{type(e).__name__}{f' (HTTP {status})' if status else ''}: {getattr(e, 'message', None) or e}")
+        if status:  # the body is the server's text: never printed (it may echo the key); the status says enough
+            return f"{type(e).__name__} (HTTP {status})"
+        return redact(f"{type(e).__name__}: {getattr(e, 'message', None) or e}")  # the client's own words
 
     try:
         try:
@@ -54,7 +56,9 @@ async def check_endpoint(settings: LLMSettings, cfg: LLMConfig, n_requests: int 
                     max_tokens=16, temperature=0)
                 latencies.append(time.monotonic() - t0)
             text = (r.choices[0].message.content or "").strip() if r.choices else ""
-            lines.append(f"[ok]   model answers a chat ({text[:40]!r})")
+            # what the server said is never printed: it may echo the key or anything else
+            lines.append(f"[ok]   model answers a chat ({len(text)} characters"
+                         f"{', pong' if text.lower().strip('.! ') == 'pong' else ''})")
         except openai.APIError as e:
             lines.append(f"[FAIL] chat completion: {err(e)}")
             return False, lines + ["verdict: NOT READY - the model does not answer"]
@@ -71,7 +75,16 @@ async def check_endpoint(settings: LLMSettings, cfg: LLMConfig, n_requests: int 
             lines.append("[ok]   structured output (response_format json_schema) returns valid JSON")
         except (openai.APIError, json.JSONDecodeError, ValidationError, IndexError) as e:
             ok = False
-            lines.append(f"[FAIL] structured output (json_schema): {err(e) if isinstance(e, openai.APIError) else redact(str(e).splitlines()[0])}")
+            if isinstance(e, openai.APIError):
+                why = err(e)
+            elif isinstance(e, json.JSONDecodeError):
+                why = f"the answer is not JSON ({e.msg} at char {e.pos})"
+            elif isinstance(e, ValidationError):
+                first = e.errors()[0]
+                why = f"the answer does not match the schema at {'.'.join(map(str, first['loc'])) or '<root>'}: {first['msg']}"
+            else:
+                why = "no choices in the answer"
+            lines.append(f"[FAIL] structured output (json_schema): {redact(why)}")
 
         if latencies:
             lines.append(f"[ok]   latency p50 {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms "

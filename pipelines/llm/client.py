@@ -112,6 +112,19 @@ class LLMClient:
                                    max_retries=0, timeout=cfg.timeout_s)
         self._sem = asyncio.Semaphore(cfg.concurrency_per_actor)
         self._rng = random.Random(seed)
+        self.endpoint = settings.endpoint_text()  # redacted
+        self._unreachable_in_a_row = 0  # the circuit breaker: connection failures since the last answer
+
+    def _unreachable(self) -> None:
+        """A request could not reach the endpoint. After `circuit_breaker_failures` in a row (no answer of any
+        kind between them) the endpoint is down: stop the run instead of retrying every item."""
+        self._unreachable_in_a_row += 1
+        self._check_breaker()
+
+    def _check_breaker(self) -> None:
+        if self._unreachable_in_a_row >= self.cfg.circuit_breaker_failures:
+            raise LLMFatal(f"{self.endpoint}: unreachable ({self._unreachable_in_a_row} connection failures in a row); "
+                           f"check LLM_BASE_URL and that the server runs (`hybrid pipeline test-llm`)")
 
     async def close(self) -> None:
         await self._client.close()
@@ -175,6 +188,7 @@ class LLMClient:
         response_format = {"type": "json_schema", "json_schema": {"name": schema_name, "schema": schema, "strict": True}}
         reason, detail = "", ""
         for attempt in range(self.cfg.max_retries + 1):
+            self._check_breaker()  # tripped by another request while this one waited
             if attempt:
                 self.stats.retries += 1
             delay = 0.0
@@ -188,6 +202,7 @@ class LLMClient:
                         model=self.model, messages=messages, response_format=response_format,
                         temperature=self.cfg.temperature, max_tokens=self.cfg.max_output_tokens)
                 except openai.RateLimitError as e:
+                    self._unreachable_in_a_row = 0
                     self.stats.rate_limited += 1
                     reason, detail = "rate_limited", f"HTTP 429: {self.redact(e.message)}"
                     retry_after = parse_retry_after(e.response.headers, self.cfg.max_retry_after_s)
@@ -203,7 +218,9 @@ class LLMClient:
                     self.stats.connection_errors += 1
                     reason, detail = "connection_error", self.redact(str(e.__cause__ or e))
                     delay = self._backoff(attempt)
+                    self._unreachable()
                 except openai.APIStatusError as e:
+                    self._unreachable_in_a_row = 0
                     status = e.status_code
                     if status in (401, 403):
                         raise LLMFatal(f"the endpoint refused the API key (HTTP {status}); check OPENAI_API_KEY") from None
@@ -229,6 +246,7 @@ class LLMClient:
                     reason, detail = "transport_error", self.redact(f"{type(e).__name__}: {e}")
                     delay = self._backoff(attempt)
                 else:
+                    self._unreachable_in_a_row = 0
                     self.stats.latency_s += time.monotonic() - t0
                     usage = getattr(response, "usage", None)
                     prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0

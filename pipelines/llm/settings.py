@@ -30,6 +30,22 @@ class LLMSettings(BaseSettings):
     def _empty_is_none(cls, v):
         return None if v is None or (isinstance(v, str) and not v.strip()) else v.strip()
 
+    @field_validator("LLM_BASE_URL")
+    @classmethod
+    def _a_url(cls, v):
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0..65535
+        except ValueError:
+            raise ValueError("not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http(s) URL")
+        return v
+
     @property
     def configured(self) -> bool:
         """An LLM is configured when there is a key (api.openai.com) or a base URL (a local server may need no key)."""
@@ -56,5 +72,12 @@ def load_settings() -> LLMSettings:
     try:
         return LLMSettings()
     except Exception as e:
-        loc = e.errors()[0].get("loc", ("?",)) if hasattr(e, "errors") else ("?",)
-        raise HybridError(f".env / environment: invalid value for {'.'.join(map(str, loc))}") from None
+        first = e.errors()[0] if hasattr(e, "errors") else {}
+        loc = ".".join(map(str, first.get("loc", ("?",))))
+        why = ""
+        if loc == "LLM_BASE_URL":  # not the secret: safe to say why, and to show the URL redacted
+            import os
+
+            why = f" ({redact_url(os.environ.get('LLM_BASE_URL', ''))!s}: {first.get('msg', '').removeprefix('Value error, ')}; " \
+                  f"expected like http://127.0.0.1:8000/v1)"
+        raise HybridError(f".env / environment: invalid value for {loc}{why}") from None
