@@ -12,6 +12,7 @@ Train workers that stream their data through Ray Data (hybrid/training/datastrea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -66,9 +67,9 @@ def resolve_resume(resume: str, output_dir: Path, output_uri: str | None = None)
     return ckpt_io.resolve_checkpoint(value)
 
 
-def output_location(cfg: RecipeConfig) -> tuple[Path, str | None]:
-    """(the local folder the run writes, the URI it publishes to or None). A URI output gets a fresh staging folder:
-    what counts is what reached the URI."""
+def output_location(cfg: RecipeConfig, hold: contextlib.ExitStack | None = None) -> tuple[Path, str | None]:
+    """(the local folder the run writes, the URI it publishes to or None). A URI output gets a fresh staging folder
+    (locked first, when `hold` is given: one run per URI on a machine): what counts is what reached the URI."""
     out = cfg.train.output_dir
     if not storage.is_uri(out):
         return Path(out).resolve(), None
@@ -77,6 +78,9 @@ def output_location(cfg: RecipeConfig) -> tuple[Path, str | None]:
         raise ConfigError(f"train.output_dir={storage.shown(uri)}: train.strategy=fsdp writes each rank's optimizer "
                           f"shard into one folder, which needs a folder every node sees; use a shared path")
     staging = ckpt_io.staging_dir(uri)
+    if hold is not None:
+        hold.enter_context(exclusive_lock(staging.with_name(staging.name + ".lock"),
+                                          f"train.output_dir {storage.shown(uri)}", wait=False))
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return staging, uri
@@ -179,14 +183,19 @@ def data_resources(cfg: RecipeConfig) -> tuple[float, int]:
     return cpus, tasks
 
 
-def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False) -> dict[str, Any]:
+def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False,
+            hold: contextlib.ExitStack | None = None) -> dict[str, Any]:
     """Everything before the loop, on the driver (or torchrun's rank 0): resolve, scan, tokenizer, checks, the
-    run folder's config.yaml / data_stats.json / tokenizer, the plan. Returns the spec every process of the run gets."""
+    run folder's config.yaml / data_stats.json / tokenizer, the plan. Returns the spec every process of the run gets.
+    `hold`: the output folder's lock goes on this stack, taken once the checks have passed (a run refused by a
+    check creates nothing), before the first write."""
     t0 = time.time()
     if not cfg.data.train:
         raise ConfigError("data.train: no training data given (data.train=PATH to a JSONL/Parquet file or folder)")
     tcfg = cfg.train
-    output_dir, output_uri = output_location(cfg)
+    if not storage.is_uri(tcfg.output_dir) and Path(tcfg.output_dir).exists() and not Path(tcfg.output_dir).is_dir():
+        raise ConfigError(f"train.output_dir: {Path(tcfg.output_dir).resolve()} is a file, not a folder")
+    output_dir, output_uri = output_location(cfg, hold)
     train_files = data_files(cfg.data.train)
     val_files = data_files(cfg.data.validation) if cfg.data.validation else []
     resume_from = resolve_resume(tcfg.resume, output_dir, output_uri)
@@ -213,6 +222,8 @@ def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False)
                        if val_scan else None),
     }
     config_yaml = cfg.to_yaml()
+    if hold is not None and output_uri is None:
+        hold.enter_context(output_dir_lock(output_dir))
     atomic_write_text(output_dir / "config.yaml", config_yaml)
     atomic_write_json(output_dir / "data_stats.json", counts)
     tokenizer.save(output_dir)
@@ -251,10 +262,10 @@ def train(cfg: RecipeConfig, quiet: bool = False) -> TrainResult:
     """Train per `cfg` (data.train / data.validation, model, train sections) and return where it went."""
     t0 = time.time()
     n_workers = cfg.train.num_workers
-    with output_dir_lock(cfg.train.output_dir):
+    with contextlib.ExitStack() as hold:
         if n_workers:
             init_ray(include_dashboard=True)  # the dashboard shows the run; Ray Train's placement-group cleaner needs it
-        spec = prepare(cfg, n_workers, use_ray=n_workers > 0, quiet=quiet)
+        spec = prepare(cfg, n_workers, use_ray=n_workers > 0, quiet=quiet, hold=hold)
         if n_workers == 0:  # in this process: the same recipe reads the same stream itself
             metrics = run(spec)
         else:
@@ -265,14 +276,8 @@ def train(cfg: RecipeConfig, quiet: bool = False) -> TrainResult:
 def output_dir_lock(output_dir: str | Path):
     """One training at a time per output folder: a second run into the same `train.output_dir` would interleave
     its checkpoints, `best` and retention with the first one's. A one-line error, not a wait; the lock goes with
-    the process that holds it (a killed run leaves none)."""
-    import contextlib
-
-    if "://" in str(output_dir):  # a storage URI: its own backend decides
-        return contextlib.nullcontext()
+    the process that holds it (a killed run leaves none). (A URI output locks its staging folder instead.)"""
     folder = Path(output_dir).resolve()
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"train.output_dir: {folder} is a file, not a folder")
     return exclusive_lock(folder / ".train.lock", f"train.output_dir {folder}", wait=False)
 
 

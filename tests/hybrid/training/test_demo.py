@@ -38,6 +38,7 @@ def test_default_repository_is_this_checkout():
 def test_demo_rejects_bad_flags(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["demo", "--minutes", "0", "--workdir", str(tmp_path)])
-    assert run_command(args.func, args) == 2 and "--minutes: must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused while the arguments are parsed
+        parser.parse_args(["demo", "--minutes", "0", "--workdir", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--minutes: expected a number > 0, got '0'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
