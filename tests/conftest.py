@@ -66,10 +66,12 @@ class RayHead:
 
 
 @pytest.fixture(scope="session")
-def ray_head():
+def ray_head(s3_server):
     """A real Ray head started with `ray start --head --block`: every port set to a free one, the dashboard on
     127.0.0.1, a private temp dir, token auth off (RAY_AUTH_MODE set, so a token left in ~/.ray changes nothing). It is
-    stopped through its process group at the end — never `ray stop`, which stops every Ray on the machine."""
+    stopped through its process group at the end — never `ray stop`, which stops every Ray on the machine. Its nodes
+    hold the credentials of the tests' S3 server (as a cloud cluster's nodes hold theirs), so jobs and trials can
+    use s3:// outputs."""
     import shutil
     import signal
     import subprocess
@@ -83,7 +85,7 @@ def ray_head():
     worker_low = 30000 + (os.getpid() % 300) * 100
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: socket paths have a length limit
     ray_bin = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+    env = {**os.environ, **s3_server.env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            # Train V2's placement-group cleaner finds its controller through the State API; with two Rays on the
            # machine it cannot guess which dashboard is its own
            "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",

@@ -11,13 +11,14 @@ BENCHES = {
     "llm": "LLM stages against a local chat-completions server under a rate limit",
     "model": "forward+backward tokens/s of the model variants vs transformers",
     "train": "training tokens/s with 1 and 2 Ray Train workers, peak memory",
+    "tune": "a sweep's overhead per trial over plain training runs, and its speed-up with 2 concurrent trials",
     "memory": "external memory stores: searches/s, latency, recall",
     "recall": "long-context recall across four memory variants",
 }
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (datagen, llm, model, train, memory, recall)")
+    p = sub.add_parser("bench", help="benchmarks (datagen, llm, model, train, tune, memory, recall)")
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for name, text in BENCHES.items():
         bp = bench_sub.add_parser(name, help=text)

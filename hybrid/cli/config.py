@@ -61,9 +61,13 @@ def split_overrides(items: Iterable[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path | str) -> dict[str, Any]:
+    """A YAML mapping from a file (or a URI: `--config s3://…/best.yaml`)."""
+    from hybrid.core import storage
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = storage.read_text(path) if storage.is_uri(path) else Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -96,7 +100,7 @@ def load_config(overrides: Iterable[str] = (), config_dir: Path | None = None, b
     root = _read_yaml(config_dir / "config.yaml")
     choices: dict[str, str] = dict(root.pop("defaults", {}) or {})
     if base is not None:
-        tree_from_file = _read_yaml(Path(base))
+        tree_from_file = _read_yaml(base)
         unknown = [k for k in tree_from_file if k not in GROUPS]
         if unknown:
             raise ConfigError(f"{base}: {unknown[0]}: unknown config group (choose from {', '.join(GROUPS)})")

@@ -26,10 +26,12 @@ def register(sub) -> None:
 
 def print_sweep(sweep) -> None:
     from rich.console import Console
+
+    from hybrid.core import storage
     from rich.table import Table
 
     table = Table(title=f"hybrid tune: {len(sweep.trials)} trials, {sweep.metric} ({sweep.mode}), "
-                        f"{sweep.seconds:.0f} s → {sweep.output_dir}")
+                        f"{sweep.seconds:.0f} s → {storage.shown(sweep.output_dir)}")
     for col in ("trial", "status", "steps", *sweep.keys, sweep.metric):
         table.add_column(col, justify="right")
     for t in sweep.trials:
@@ -40,7 +42,8 @@ def print_sweep(sweep) -> None:
     if sweep.best is not None:
         print(f"best: {sweep.best.trial_id} {sweep.metric} {sweep.best.value:.4f} "
               f"({', '.join(f'{k}={v}' for k, v in sweep.best.config.items())}) checkpoint {sweep.best.checkpoint}")
-        print(f"reproduce it: hybrid train --config {sweep.output_dir / 'best.yaml'} train.output_dir=…")
+        print(f"reproduce it: hybrid train --config {storage.shown(storage.join(sweep.output_dir, 'best.yaml'))} "
+              f"train.output_dir=…")
 
 
 def run_tune(args: argparse.Namespace) -> int:

@@ -19,8 +19,9 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     if not m:
         return  # "auto", "local", or a form Ray resolves itself
     host, port = m.group(1).strip("[]"), int(m.group(2))
-    # what answers may still not be Ray: bound Ray's own wait for its GCS (about one try a second)
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(max(1, int(timeout_s))))
+    # what answers may still not be Ray: bound Ray's own wait for its GCS (about one try a second) — generously, as
+    # a real cluster on a busy machine can take tens of seconds to answer (10 s failed runs at load average 7)
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(max(60, int(timeout_s))))
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             pass

@@ -134,14 +134,19 @@ def read_text(path: str | os.PathLike) -> str:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """A whole text file: atomic locally (temp + rename), one PUT on an object store."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """A whole file: atomic locally (temp + rename), one PUT on an object store."""
     if not is_uri(path):
-        atomic_write(path, text)
+        atomic_write(path, data)
         return
     fs, inner = filesystem(str(path))
 
     def write():
         with fs.open_output_stream(inner) as f:
-            f.write(text.encode("utf-8"))
+            f.write(data)
 
     _fs_call(str(path), "write", write)
 

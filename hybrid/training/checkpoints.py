@@ -373,6 +373,20 @@ def fetch_run_files(uri: str, local_dir: Path, names: tuple[str, ...] = ("metric
             atomic_write(local_dir / name, storage.read_text(storage.join(uri, name)))
 
 
+def latest_state(output: str | Path) -> dict[str, Any] | None:
+    """The trainer state of the latest complete checkpoint in a training output folder or URI, or None."""
+    if storage.is_uri(output):
+        names = remote_checkpoints(str(output))
+        if not names:
+            return None
+        try:
+            return json.loads(storage.read_text(storage.join(str(output), names[-1], TRAINER_STATE)))
+        except json.JSONDecodeError as e:
+            raise HybridError(f"{storage.shown(output)}/{names[-1]}/{TRAINER_STATE}: corrupt ({e})") from None
+    latest = latest_checkpoint(output)
+    return read_trainer_state(latest) if latest is not None else None
+
+
 def set_remote_best(uri: str, name: str) -> None:
     storage.write_text(storage.join(uri, BEST), name + "\n")
 

@@ -15,7 +15,9 @@
                 continue from their checkpoints; on a finished sweep it only collects the results again
 
 Tune keeps its state in <output_dir>/tune; the sweep's own config (the base and the `tune` section) in
-<output_dir>/sweep.yaml, which a resume uses.
+<output_dir>/sweep.yaml, which a resume uses. `tune.output_dir` may be a URI (s3://…): Tune keeps its state there
+itself, the trials publish their checkpoints there (hybrid/training/checkpoints.py), the results are written there
+as whole files.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import hashlib
 import io
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,8 @@ from pydantic import ValidationError
 from hybrid.config.recipe import RecipeConfig
 from hybrid.config.section import describe_error
 from hybrid.config.tune import TuneConfig
+from hybrid.core import storage
 from hybrid.core.errors import ConfigError, HybridError
-from hybrid.core.io import atomic_write, atomic_write_text
 from hybrid.core.ray_utils import init_ray
 from hybrid.memory.ray_store import RAY_NAMESPACE, shard_name
 from hybrid.training import checkpoints as ckpt_io
@@ -102,15 +103,15 @@ def trial_name(trial) -> str:
     return f"trial_{trial.trial_id.rsplit('_', 1)[-1]}"
 
 
-def service_name(base: str, output_dir: Path, trial: str) -> str:
+def service_name(base: str, output_dir: str, trial: str) -> str:
     """A memory service of the trial's own: concurrent trials (and sweeps) never share or reset shards."""
     return f"{base}-{hashlib.blake2b(str(output_dir).encode(), digest_size=4).hexdigest()}-{trial}"
 
 
 def trial_config(base: RecipeConfig, tcfg: TuneConfig, values: dict[str, Any], name: str,
-                 output_dir: Path) -> RecipeConfig:
+                 output_dir: str) -> RecipeConfig:
     cfg = with_values(base, values)
-    train_update = {"max_iters": tcfg.max_iters, "output_dir": str(output_dir / "trials" / name), "resume": "auto",
+    train_update = {"max_iters": tcfg.max_iters, "output_dir": storage.join(output_dir, "trials", name), "resume": "auto",
                     "num_workers": max(1, cfg.train.num_workers)}
     if tcfg.metric in ("val_loss", "val_exact_match"):
         train_update["best_by"] = tcfg.metric  # the checkpoint kept as `best` is the one at the trial's best metric
@@ -129,10 +130,9 @@ def run_trial(config: dict[str, Any], base_json: str, tune_json: str, output_dir
 
     name = tune.get_context().get_trial_name()
     cfg = trial_config(RecipeConfig.model_validate_json(base_json), TuneConfig.model_validate_json(tune_json),
-                       config, name, Path(output_dir))
-    latest = ckpt_io.latest_checkpoint(cfg.train.output_dir)
-    if latest is not None:
-        state = ckpt_io.read_trainer_state(latest)
+                       config, name, output_dir)
+    state = ckpt_io.latest_state(cfg.train.output_dir)
+    if state is not None:
         if state["step"] >= cfg.train.max_iters and state.get("metrics"):
             # finished before a kill reached Tune's state: nothing to train, report where it ended so Tune can
             # close the trial (a trial that reports nothing is an error to Tune)
@@ -158,12 +158,12 @@ def stop_memory_service(service: str, num_shards: int) -> None:
 
 
 # -- early stopping that survives a resume -------------------------------------------------------------------------
-def reported(trial_dir: Path, time_attr: str, metric: str) -> list[tuple[float, float]]:
+def reported(trial_dir: str, time_attr: str, metric: str) -> list[tuple[float, float]]:
     """(time, value) of every result a trial reported, from Tune's own record of it (result.json)."""
     out = []
     try:
-        lines = (trial_dir / "result.json").read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = storage.read_text(storage.join(trial_dir, "result.json")).splitlines()
+    except (OSError, HybridError):
         return out
     for line in lines:
         try:
@@ -176,7 +176,7 @@ def reported(trial_dir: Path, time_attr: str, metric: str) -> list[tuple[float, 
     return out
 
 
-def _resumable_asha(state_dir: Path, **kwargs):
+def _resumable_asha(state_dir: str, **kwargs):
     from ray.tune.schedulers import ASHAScheduler
 
     class ResumableASHA(ASHAScheduler):
@@ -187,7 +187,7 @@ def _resumable_asha(state_dir: Path, **kwargs):
         def on_trial_add(self, tune_controller, trial):
             super().on_trial_add(tune_controller, trial)
             bracket = self._trial_info[trial.trial_id]
-            for t, value in reported(state_dir / trial_name(trial), self._time_attr, self._metric):
+            for t, value in reported(storage.join(state_dir, trial_name(trial)), self._time_attr, self._metric):
                 bracket.on_result(trial, t, self._metric_op * value)  # records; the decision was made back then
 
     return ResumableASHA(**kwargs)
@@ -253,7 +253,7 @@ class TrialRow:
 class Sweep:
     metric: str
     mode: str
-    output_dir: Path
+    output_dir: str  # a folder or a URI
     trials: list[TrialRow]
     best: TrialRow | None
     seconds: float
@@ -295,35 +295,36 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
     if tcfg.objective == "recall":
         raise HybridError("tune.objective=recall is not implemented yet (the recall task still lives in "
                           "`hybrid bench recall`); sweep on your data with tune.objective=train")
-    output_dir = Path(tcfg.output_dir).resolve()
-    state = output_dir / STATE
-    saved = output_dir / "sweep.yaml"
+    output_dir = (tcfg.output_dir.rstrip("/") if storage.is_uri(tcfg.output_dir)
+                  else str(Path(tcfg.output_dir).resolve()))
+    state = storage.join(output_dir, STATE)
+    saved = storage.join(output_dir, "sweep.yaml")
+    shown = storage.shown(output_dir)
     if resume:
-        if not tune.Tuner.can_restore(str(state)) or not saved.is_file():
-            raise HybridError(f"{output_dir}: no sweep to resume (run `hybrid tune` without --resume first)")
+        if not storage.exists(saved) or not tune.Tuner.can_restore(state):
+            raise HybridError(f"{shown}: no sweep to resume (run `hybrid tune` without --resume first)")
         base, tcfg = _read_sweep(saved)
     else:
-        if state.exists() or saved.exists():
-            raise HybridError(f"{output_dir}: holds a sweep already; continue it with --resume, or choose another "
+        if storage.exists(state) or storage.exists(saved):
+            raise HybridError(f"{shown}: holds a sweep already; continue it with --resume, or choose another "
                               f"tune.output_dir")
         if base.data.train is None:
             raise ConfigError("data.train: the trials need training data (data.train=PATH)")
         if tcfg.metric in ("val_loss", "val_exact_match") and not base.data.validation:
             raise ConfigError(f"tune.metric={tcfg.metric}: the trials need validation data (data.validation=PATH)")
         check_space(base, tcfg)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, yaml.safe_dump({"base": base.model_dump(mode="json"),
+        storage.write_text(saved, yaml.safe_dump({"base": base.model_dump(mode="json"),
                                                  "tune": tcfg.model_dump(mode="json")}, sort_keys=False))
     # Train V2's placement-group cleaner needs the dashboard's State API; the trials' own logs stay in Ray's log
     # folder (the progress lines below say what happens, a failed trial's error is in the results)
     init_ray(include_dashboard=True, log_to_driver=False)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_json=base.model_dump_json(), tune_json=tcfg.model_dump_json(),
-                             output_dir=str(output_dir)), {"CPU": 0.01})
-    run_config = tune.RunConfig(name=STATE, storage_path=str(output_dir), verbose=0,
+                             output_dir=output_dir), {"CPU": 0.01})
+    run_config = tune.RunConfig(name=STATE, storage_path=output_dir, verbose=0,
                                 callbacks=[_progress_callback(tcfg, say)])
     if resume:
-        tuner = tune.Tuner.restore(str(state), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(state, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         scheduler = (_resumable_asha(state, time_attr="step", grace_period=tcfg.grace_steps,
                                      reduction_factor=tcfg.reduction_factor, max_t=tcfg.max_iters)
@@ -343,19 +344,20 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
     return sweep
 
 
-def _read_sweep(path: Path) -> tuple[RecipeConfig, TuneConfig]:
+def _read_sweep(path: str) -> tuple[RecipeConfig, TuneConfig]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(storage.read_text(path))
         return RecipeConfig.model_validate(data["base"]), TuneConfig.model_validate(data["tune"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValidationError) as e:
-        raise HybridError(f"{path}: not a readable sweep record ({str(e).splitlines()[0][:200]})") from None
+        raise HybridError(f"{storage.shown(path)}: not a readable sweep record ({str(e).splitlines()[0][:200]})") \
+            from None
 
 
-def collect(grid, tcfg: TuneConfig, output_dir: Path, seconds: float) -> Sweep:
+def collect(grid, tcfg: TuneConfig, output_dir: str, seconds: float) -> Sweep:
     """One row per trial from Tune's results: its best reported value, the step and checkpoint of it."""
     rows = []
     for result in grid:
-        name = Path(result.path).name
+        name = storage.base_name(result.path)
         frame = result.metrics_dataframe
         curve: list[tuple[int, float]] = []
         if frame is not None and tcfg.metric in frame and "step" in frame:
@@ -367,8 +369,8 @@ def collect(grid, tcfg: TuneConfig, output_dir: Path, seconds: float) -> Sweep:
             at, value = (min if tcfg.mode == "min" else max)(curve, key=lambda sv: sv[1])
         checkpoint = None
         if at is not None:
-            path = output_dir / "trials" / name / ckpt_io.checkpoint_name(at)
-            checkpoint = str(path) if path.is_dir() else None
+            path = storage.join(output_dir, "trials", name, ckpt_io.checkpoint_name(at))
+            checkpoint = path if storage.exists(storage.join(path, ckpt_io.TRAINER_STATE)) else None
         error = None
         if result.error is not None:
             error = _one_line(result.error)
@@ -405,16 +407,15 @@ def write_results(sweep: Sweep, tcfg: TuneConfig) -> None:
     for t in sweep.trials:
         writer.writerow([t.trial_id, t.status, t.steps, *[t.config.get(k) for k in sweep.keys],
                          "" if t.value is None else f"{t.value:.6g}", t.checkpoint or "", t.error or ""])
-    atomic_write(out / "results.csv", buf.getvalue())
+    storage.write_text(storage.join(out, "results.csv"), buf.getvalue())
     if sweep.best is not None:
-        cfg_path = out / "trials" / sweep.best.trial_id / "config.yaml"
-        if cfg_path.is_file():
-            shutil.copyfile(cfg_path, out / ".best.yaml.tmp")
-            (out / ".best.yaml.tmp").replace(out / "best.yaml")
-    plot(sweep, out / "sweep.png")
+        cfg_path = storage.join(out, "trials", sweep.best.trial_id, "config.yaml")
+        if storage.exists(cfg_path):
+            storage.write_text(storage.join(out, "best.yaml"), storage.read_text(cfg_path))
+    storage.write_bytes(storage.join(out, "sweep.png"), plot(sweep))
 
 
-def plot(sweep: Sweep, path: Path) -> None:
+def plot(sweep: Sweep) -> bytes:
     """The metric over the first two swept keys (a grid of the trials' best values) and every trial's curve."""
     import matplotlib
 
@@ -458,4 +459,4 @@ def plot(sweep: Sweep, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    return buf.getvalue()

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import SECRET, assert_one_line_error, cli, run_main, tree
+from tests.reliability.conftest import SECRET, assert_one_line_error, cli, run_main
 from tests.repo_builder import build_sample_repo
 
 # -- numeric options: every one is checked when parsed ---------------------------------------------------------

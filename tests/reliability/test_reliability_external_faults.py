@@ -6,10 +6,8 @@ import json
 import resource
 import signal
 import socket
-import subprocess
 import time
 
-import pytest
 
 from tests.reliability.conftest import SECRET, assert_one_line_error, cli, run_main, tree
 from tests.repo_builder import RepoBuilder, build_sample_repo

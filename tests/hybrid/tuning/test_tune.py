@@ -5,6 +5,7 @@ resume; and the space checked before any trial starts."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import signal
@@ -145,3 +146,39 @@ def test_the_space_is_checked_before_any_trial(tmp_path):
                            "data.validation=y"],
                           capture_output=True, text=True, cwd=ROOT)
     assert main.returncode == 2 and main.stderr.strip() == "error: tune.space: model.bogus: unknown key"
+
+
+@pytest.mark.slow
+def test_a_sweep_on_s3(ray_head, s3_server, io_data, tmp_path):
+    """tune.output_dir and the data on an S3 server: Tune's state, the trials' checkpoints and the results land in
+    the bucket; best.yaml trains from there; --resume of the finished sweep reads it all back."""
+    from hybrid.core import storage
+    from hybrid.training import checkpoints as ckpt_io
+
+    bucket = s3_server.bucket()
+    data = {k: f"s3://{bucket}/data/{k}.jsonl" for k in io_data}
+    for k, uri in data.items():
+        storage.write_text(uri, Path(io_data[k]).read_text())
+    out = f"s3://{bucket}/sweeps/a"
+    env = {**ray_head.env, **s3_server.env}
+    done = subprocess.run([sys.executable, "-m", "hybrid", "tune", *TINY, "tune=small", "tune.max_iters=2",
+                           "tune.scheduler=fifo", "tune.space={model.memory_slots: [2, 4]}",
+                           f"data.train={data['train']}", f"data.validation={data['validation']}",
+                           f"tune.output_dir={out}", "--json", str(tmp_path / "sweep.json")],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert sorted(t["config"]["model.memory_slots"] for t in result["trials"]) == [2, 4]
+    best = result["best"]["checkpoint"]
+    assert best.startswith(f"{out}/trials/") and storage.exists(f"{best}/{ckpt_io.TRAINER_STATE}")
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(f"{out}/results.csv"))))
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"done"}
+    assert storage.exists(f"{out}/sweep.png") and storage.exists(f"{out}/tune")
+    again = subprocess.run([sys.executable, "-m", "hybrid", "train", "--config", f"{out}/best.yaml",
+                            f"train.output_dir={tmp_path / 'again'}", "train.num_workers=0", "train.max_iters=1"],
+                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = subprocess.run([sys.executable, "-m", "hybrid", "tune", f"tune.output_dir={out}", "--resume"],
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert resumed.returncode == 0 and result["best"]["trial_id"] in resumed.stdout, resumed.stderr[-2000:]
+    assert s3_server.env["AWS_SECRET_ACCESS_KEY"] not in done.stdout + done.stderr + resumed.stdout

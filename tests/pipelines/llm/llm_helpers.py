@@ -67,7 +67,7 @@ def make_dataset(data_dir: Path, repo: str = "demo", n_commits: int = 4, big_dif
     for n in range(3, n_commits):
         body = f"def step{n}(x):\n    return x + {n}\n"
         write_commit(data_dir, repo, n, f"Add step {n} to the pipeline (#{100 + n})",
-                     f"diff --git a/src/steps.py b/src/steps.py\n--- a/src/steps.py\n+++ b/src/steps.py\n@@ -0,0 +1,2 @@\n"
+                     "diff --git a/src/steps.py b/src/steps.py\n--- a/src/steps.py\n+++ b/src/steps.py\n@@ -0,0 +1,2 @@\n"
                      + "".join("+" + ln + "\n" for ln in body.splitlines()),
                      [r("src/steps.py", "function", f"step{n}", "added", None, body)])
     return data_dir / "ast_dataset" / repo
