@@ -81,8 +81,11 @@ def ray_head(s3_server):
     import urllib.request
     from pathlib import Path
 
-    gcs, dash, agent_http, agent_grpc, metrics, node_mgr, obj_mgr, runtime_env, client = free_ports(9)
     worker_low = 30000 + (os.getpid() % 300) * 100
+    ports = free_ports(9)
+    while any(worker_low <= p < worker_low + 100 for p in ports):  # Ray refuses a port in the workers' range
+        ports = free_ports(9)
+    gcs, dash, agent_http, agent_grpc, metrics, node_mgr, obj_mgr, runtime_env, client = ports
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: socket paths have a length limit
     ray_bin = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, **s3_server.env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
