@@ -68,6 +68,17 @@ class StageStats:
 _SPECIAL_MODES = {0o160000: "submodule", 0o120000: "symlink"}  # gitlinks name a commit of another repo
 
 
+def _text_path(path: str) -> str:
+    """A path as valid UTF-8 text: git paths are bytes, and pygit2 hands a non-UTF-8 one over with surrogate
+    escapes that no UTF-8 writer accepts (sharkdp/bat has `tests/examples/test-invalid-utf8-\\xc3(.rs`); the
+    bad bytes become U+FFFD."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 class FileChange:
     __slots__ = ("path", "old_path", "status", "old_id", "new_id", "language", "special")
 
@@ -92,8 +103,8 @@ class CommitContext:
         self.changes = []
         for d in self.diff.deltas:
             status = _STATUS.get(int(d.status), "modified")
-            old_path = d.old_file.path if status == "renamed" else None
-            path = d.old_file.path if status == "deleted" else d.new_file.path
+            old_path = _text_path(d.old_file.path) if status == "renamed" else None
+            path = _text_path(d.old_file.path if status == "deleted" else d.new_file.path)
             old_id = str(d.old_file.id) if status != "added" else None
             new_id = str(d.new_file.id) if status != "deleted" else None
             special = _SPECIAL_MODES.get(d.new_file.mode) or _SPECIAL_MODES.get(d.old_file.mode)
