@@ -41,6 +41,10 @@ NODE_KINDS: dict[str, dict[str, str]] = {
 }
 NODE_KINDS["tsx"] = NODE_KINDS["typescript"]
 
+# Parents whose range is a declaration's code (`_describe`): decorators, `typedef struct {…} Foo;`, Go's
+# `type Foo struct {…}`, JS `const f = () => …`.
+CODE_WRAPPERS = {"decorated_definition", "type_definition", "type_declaration", "lexical_declaration",
+                 "variable_declaration"}
 # Kinds whose functions are methods.
 CLASS_LIKE = {"class", "struct", "interface", "trait", "impl", "enum", "union"}
 # JS/TS `const f = () => …` counts as a function; other variable declarators are not captured.
@@ -328,16 +332,31 @@ def _touched_span(root, a: int, b: int) -> tuple[int, int]:
     return lo, hi
 
 
+def _widen_to_wrappers(root, key: str, lo: int, hi: int) -> tuple[int, int]:
+    """[lo, hi] widened to a wrapper around it (CODE_WRAPPERS) unless it lies inside the wrapped declaration:
+    an edit in a decorator touches the record of the function below it, whose node the query would not reach."""
+    node = root.descendant_for_byte_range(lo, hi)
+    while node is not None:
+        if node.type in CODE_WRAPPERS and not any(
+                c.start_byte <= lo and c.end_byte >= hi and c.type in NODE_KINDS[key] for c in node.named_children):
+            lo, hi = min(lo, node.start_byte), max(hi, node.end_byte)
+        node = node.parent
+    return lo, hi
+
+
 def update_declarations(source: bytes, key: str, tree, old: ParsedFile, old_tree, old_source: bytes,
                         edit: tuple[int, int, int]) -> ParsedFile:
     """The declarations of `source` given those of an earlier version: the query runs only over the nodes
-    around the edited bytes; declarations wholly before them are kept, those after are shifted.
+    around the edited bytes (and the whole of a decorated definition, a typedef … whose wrapper they touch);
+    declarations wholly before them are kept, those after are shifted.
     (tests/pipelines check this against a fresh parse over whole histories.)"""
     start, old_end, new_end = edit
     delta = new_end - old_end
     n = len(source)
-    lo_new, hi_new = _touched_span(tree.root_node, max(start - 1, 0), min(new_end + 1, n))
-    lo_old, hi_old = _touched_span(old_tree.root_node, max(start - 1, 0), min(old_end + 1, len(old_source)))
+    lo_new, hi_new = _widen_to_wrappers(tree.root_node, key, *_touched_span(
+        tree.root_node, max(start - 1, 0), min(new_end + 1, n)))
+    lo_old, hi_old = _widen_to_wrappers(old_tree.root_node, key, *_touched_span(
+        old_tree.root_node, max(start - 1, 0), min(old_end + 1, len(old_source))))
     lo = min(lo_new, lo_old)
     hi = max(hi_new, hi_old + delta)  # in the new file's bytes
     line_delta = source.count(b"\n", 0, new_end) - old_source.count(b"\n", 0, old_end)
