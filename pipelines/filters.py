@@ -9,7 +9,8 @@ Reasons, in the order they are checked:
     non_utf8     not valid UTF-8
     generated    a "generated" / "do not edit" marker in a comment in the first lines
     minified     a line over `pipeline.max_line_chars` or a mean line length over `pipeline.max_mean_line_chars`
-    parse_error  tree-sitter found syntax errors (checked by the stages after parsing)
+    parse_error  tree-sitter found syntax errors and no clean declaration is left (checked by the stages after
+                 parsing; in a file with clean declarations only the broken ones are dropped: decl_parse_error)
 and, from the git tree entry's mode, `submodule` (a gitlink) and `symlink`: there is no file content to parse.
 """
 

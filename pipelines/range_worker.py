@@ -56,7 +56,8 @@ class RangeWorker:
 
     # -- parsing ------------------------------------------------------------------------------------------
     def parse(self, blob_id: str, path: str, prev_id: str | None = None) -> ParsedFile | str:
-        """The declarations of a blob at `path`, or the reason it is not parsed (parse_error included).
+        """The declarations of a blob at `path`, or the reason it is not parsed (`parse_error`: syntax errors
+        and no clean declaration left; see ParsedFile).
         `prev_id`: the blob this one replaced; when its tree is cached the parse is incremental."""
         by_path = self.path_info.get(path)
         if by_path is None:
@@ -69,7 +70,7 @@ class RangeWorker:
         if hit is not None:
             self.cache.move_to_end(key)
             self.cache_hits += 1
-            return hit
+            return _usable(hit)
         self.cache_misses += 1
         data = self.repo[blob_id].data
         result: ParsedFile | str | None = content_drop_reason(path, data, self.cfg)
@@ -90,7 +91,7 @@ class RangeWorker:
                     raise IncrementalMismatch(f"incremental declarations differ for {path} {blob_id}")
             else:
                 parsed = parse_declarations(data, key[1], tree)
-            result = "parse_error" if parsed.has_error else parsed
+            result = parsed  # (kept even when unusable: the next version re-parses incrementally from it)
             self.trees[key] = (tree, data)
             if len(self.trees) > TREE_CACHE_SIZE:
                 self.trees.popitem(last=False)
@@ -98,7 +99,7 @@ class RangeWorker:
             self.cache[key] = result
             if len(self.cache) > self.cfg.parse_cache_size:
                 self.cache.popitem(last=False)
-        return result
+        return _usable(result)
 
     def run_range(self, numbers: list[int], hashes: list[str], step_keys: list[str], force: bool = False) -> dict:
         """Run the steps named by `step_keys` (in STEPS order) on commits `numbers` (contiguous, oldest first)
@@ -127,6 +128,11 @@ class RangeWorker:
             for s in todo:
                 s.run(ctx, out_dir)
         return {s.key: s.stats.to_dict() for s in steps}
+
+
+def _usable(result: ParsedFile | str) -> ParsedFile | str:
+    """A parse with nothing usable left (syntax errors and no clean declaration) is dropped as `parse_error`."""
+    return "parse_error" if isinstance(result, ParsedFile) and not result.usable else result
 
 
 _WORKERS: dict[tuple[str, str], RangeWorker] = {}

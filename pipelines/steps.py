@@ -183,6 +183,13 @@ class AstExtractor(RangeStep):
                     stats.counts["files_parsed"] += 1
                     stats.lang(ch.language, "files_parsed")
                     entry["declarations"] = len(result.declarations)
+                    if result.has_error:  # parsed with recovered syntax errors: the broken declarations go
+                        entry["declarations_dropped"] = len(result.broken)
+                        stats.counts["files_recovered"] += 1
+                        stats.lang(ch.language, "files_recovered")
+                        if result.broken:
+                            stats.drops["decl_parse_error"] += len(result.broken)
+                            stats.lang(ch.language, "decl_parse_error", len(result.broken))
                     for d in result.declarations:
                         records.append({"id": f"{ch.path}::{d['kind']}::{d['name']}", "file": ch.path,
                                         "language": ch.language, **d})
@@ -228,9 +235,13 @@ class DeclarationDiffer(RangeStep):
             before_decls = {(d["kind"], d["name"]): d for d in (before.declarations if before else [])}
             after_decls = {(d["kind"], d["name"]): d for d in (after.declarations if after else [])}
             base = {"file": ch.path, "old_file": ch.old_path, "language": ch.language}
+            broken = 0  # changes not reported because a side of the declaration holds a syntax error
             for key, a in after_decls.items():
                 b = before_decls.get(key)
                 if b is None:
+                    if before is not None and before.has_error and _hidden_by_errors(key, a, before):
+                        broken += 1
+                        continue
                     status, ws = "added", False
                 elif b["code"] == a["code"]:
                     continue
@@ -240,7 +251,15 @@ class DeclarationDiffer(RangeStep):
                 records.append(_diff_record(base, key, status, ws, b, a, meta))
             for key, b in before_decls.items():
                 if key not in after_decls:
+                    if after is not None and after.has_error and _hidden_by_errors(key, b, after):
+                        broken += 1
+                        continue
                     records.append(_diff_record(base, key, "deleted", False, b, None, meta))
+            if (before is not None and before.broken) or (after is not None and after.broken):
+                broken += _broken_changes(before, after, before_decls, after_decls)
+            if broken:
+                stats.drops["decl_parse_error"] += broken
+                stats.lang(ch.language, "decl_parse_error", broken)
         for r in records:
             stats.counts[r["status"]] += 1
             stats.counts["whitespace_only"] += r["whitespace_only"]
@@ -295,6 +314,33 @@ class FimSampler(RangeStep):
         stats.counts["with_task"] += sum(s["task"] is not None for s in samples)
         stats.counts["with_reasoning"] += sum(s["reasoning"] is not None for s in samples)
         write_json(out_dir / "fim_dataset.json", samples)
+
+
+def _hidden_by_errors(key: tuple[str, str], decl: dict, other: ParsedFile) -> bool:
+    """Whether a declaration missing on the `other` side (which has syntax errors) may just be hidden there:
+    broken (its code holds an error), or its code still stands in the other version, where tree-sitter folded
+    it into the part it could not parse. Such a declaration is not reported as added or deleted."""
+    if any((d["kind"], d["name"]) == key for d in other.broken):
+        return True
+    return other.source is not None and decl["code"].encode("utf-8") in other.source
+
+
+def _broken_changes(before: ParsedFile | None, after: ParsedFile | None, before_decls: dict,
+                    after_decls: dict) -> int:
+    """Changes of broken declarations (an error on either side) that are not reported: a broken declaration
+    that is new, gone or edited, and not already counted as hiding a clean one (_hidden_by_errors)."""
+    before_broken = {(d["kind"], d["name"]): d["code"] for d in (before.broken if before else [])}
+    after_broken = {(d["kind"], d["name"]): d["code"] for d in (after.broken if after else [])}
+    n = 0
+    for key, code in after_broken.items():
+        if key in before_decls:
+            continue  # counted with the clean side (_hidden_by_errors)
+        if before_broken.get(key) != code:
+            n += 1  # new, or edited while broken
+    for key in before_broken:
+        if key not in after_broken and key not in after_decls:
+            n += 1  # gone while broken
+    return n
 
 
 STEPS: tuple[type[RangeStep], ...] = (AstExtractor, DeclarationDiffer, FimSampler)  # in the order they run
