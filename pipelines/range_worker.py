@@ -12,11 +12,13 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 from hybrid.config.pipeline import PipelineConfig
 from pipelines.declarations import ParsedFile, parse_declarations, parse_tree, update_declarations
 from pipelines.filters import content_drop_reason, path_drop_reason
 from pipelines.languages import grammar_key, language_of
+from pipelines.records import RecordEncoder
 from pipelines.steps import OUTPUT_FILES, STEP_KEYS, STEPS, CommitContext
 
 WORKER_KEY = "_worker"  # process_range's own numbers: CPU seconds, parse-cache hits, incremental parses
@@ -44,10 +46,15 @@ class RangeWorker:
         import pygit2
 
         self.repo_name, self.repo_path, self.cfg = repo_name, repo_path, cfg
+        # libgit2 hashes every object it reads to check its id (SHA-1 with collision detection): a tenth of
+        # this stage's time on a real history. git itself does not (`git log -p` reads the same objects
+        # unchecked); pack files are checked as a whole when fetched. Process-wide, so set where the stages run.
+        pygit2.settings.enable_strict_hash_verification(False)
         self.repo = pygit2.Repository(repo_path)
         self.cache: OrderedDict[tuple[str, str], ParsedFile | str] = OrderedDict()
         self.trees: OrderedDict[tuple[str, str], tuple[object, bytes]] = OrderedDict()
         self.path_info: dict[str, tuple[str | None, str | None]] = {}  # path -> (path drop reason, language)
+        self.encoder = RecordEncoder()  # ast.jsonl / diff_ast.jsonl lines; caches escaped code between commits
         self.cache_hits = self.cache_misses = self.incremental = 0
         # generate-ast running together with generate-ast-diffs parses each file's old version first, so the
         # new one is an incremental re-parse even at the start of a range (a cold cache)
@@ -55,10 +62,12 @@ class RangeWorker:
         self.prefetched: set[tuple[str, str]] = set()
 
     # -- parsing ------------------------------------------------------------------------------------------
-    def parse(self, blob_id: str, path: str, prev_id: str | None = None) -> ParsedFile | str:
+    def parse(self, blob_id: str, path: str, prev_id: str | None = None,
+              hunks: Callable[[], list] | None = None) -> ParsedFile | str:
         """The declarations of a blob at `path`, or the reason it is not parsed (`parse_error`: syntax errors
         and no clean declaration left; see ParsedFile).
-        `prev_id`: the blob this one replaced; when its tree is cached the parse is incremental."""
+        `prev_id`: the blob this one replaced; when its tree is cached the parse is incremental, with the edits
+        of `hunks()` (the commit diff's hunks from `prev_id` to this blob; without them, git diffs the two)."""
         by_path = self.path_info.get(path)
         if by_path is None:
             by_path = self.path_info[path] = (path_drop_reason(path, self.cfg), language_of(path))
@@ -76,13 +85,16 @@ class RangeWorker:
         result: ParsedFile | str | None = content_drop_reason(path, data, self.cfg)
         if result is None:
             old = self.trees.get((prev_id, key[1])) if prev_id else None
-            hunks = None
+            edits = None
             if old is not None:
-                import pygit2
+                if hunks is not None:
+                    edits = hunks()
+                else:
+                    import pygit2
 
-                patch = pygit2.Patch.create_from(old[1], data, context_lines=0)
-                hunks = [(h.old_start, h.old_lines, h.new_start, h.new_lines) for h in patch.hunks]
-            tree, edit = parse_tree(data, key[1], *(old or (None, None)), hunks=hunks)
+                    patch = pygit2.Patch.create_from(old[1], data, context_lines=0)
+                    edits = [(h.old_start, h.old_lines, h.new_start, h.new_lines) for h in patch.hunks]
+            tree, edit = parse_tree(data, key[1], *(old or (None, None)), hunks=edits)
             old_parsed = self.cache.get((prev_id, key[1])) if edit else None
             if isinstance(old_parsed, ParsedFile):
                 self.incremental += 1
