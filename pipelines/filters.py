@@ -16,6 +16,7 @@ and, from the git tree entry's mode, `submodule` (a gitlink) and `symlink`: ther
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 
 from hybrid.config.pipeline import PipelineConfig
@@ -39,9 +40,10 @@ def path_drop_reason(path: str, cfg: PipelineConfig) -> str | None:
     return None
 
 
-def content_drop_reason(path: str, data: bytes, cfg: PipelineConfig) -> str | None:
-    """The reason a file with this content is not parsed, or None to parse it (path reasons come first)."""
-    reason = path_drop_reason(path, cfg)
+def content_drop_reason(path: str, data: bytes, cfg: PipelineConfig, path_checked: bool = False) -> str | None:
+    """The reason a file with this content is not parsed, or None to parse it (path reasons come first;
+    `path_checked`: the caller found none already)."""
+    reason = None if path_checked else path_drop_reason(path, cfg)
     if reason:
         return reason
     if b"\0" in data[:BINARY_SNIFF_BYTES]:
@@ -59,7 +61,16 @@ def content_drop_reason(path: str, data: bytes, cfg: PipelineConfig) -> str | No
         comments = "\n".join(ln for ln in head if ln.startswith(COMMENT_PREFIXES))
         if any(marker.lower() in comments for marker in cfg.generated_markers):
             return "generated"
-    lines = text.split("\n")
-    if lines and (max(map(len, lines)) > cfg.max_line_chars or len(text) / len(lines) > cfg.max_mean_line_chars):
+    if len(text) / (text.count("\n") + 1) > cfg.max_mean_line_chars or _has_long_line(data, cfg.max_line_chars):
         return "minified"
     return None
+
+
+def _has_long_line(data: bytes, max_chars: int) -> bool:
+    """A line of more than `max_chars` characters in UTF-8 `data`. Such a line has more bytes than that, so a
+    regex over the bytes finds the candidates without splitting the file into lines; each is measured in
+    characters (a line of many multi-byte characters can be long in bytes only)."""
+    for m in re.finditer(rb"[^\n]{%d,}" % (max_chars + 1), data):
+        if len(m.group().decode("utf-8")) > max_chars:
+            return True
+    return False
