@@ -15,6 +15,7 @@ disks), so a killed run leaves either the old state or the new one.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -105,6 +106,7 @@ class CommitContext:
 
     def __init__(self, repo, number: int, commit) -> None:
         self.number, self.commit = number, commit
+        self._metadata: dict | None = None
         self.parent = commit.parents[0] if commit.parents else None
         if self.parent is None:
             self.diff = commit.tree.diff_to_tree(swap=True)
@@ -130,10 +132,13 @@ class CommitContext:
         return "".join([p.text or "" for p in self.patches])
 
     def metadata(self, repo_name: str) -> dict:
-        c = self.commit
-        tz = timezone(timedelta(minutes=c.commit_time_offset))
-        return {"repo": repo_name, "commit_number": self.number, "commit_hash": str(c.id),
-                "date": datetime.fromtimestamp(c.commit_time, tz).isoformat(), "message": c.message}
+        """The commit's `commit_metadata` (made once per commit: every step of the pass reads it)."""
+        if self._metadata is None:
+            c = self.commit
+            tz = timezone(timedelta(minutes=c.commit_time_offset))
+            self._metadata = {"repo": repo_name, "commit_number": self.number, "commit_hash": str(c.id),
+                              "date": datetime.fromtimestamp(c.commit_time, tz).isoformat(), "message": c.message}
+        return dict(self._metadata)
 
 
 class Worker(Protocol):
@@ -163,8 +168,8 @@ class RangeStep:
         self.cfg = worker.cfg
         self.stats = StageStats()
 
-    def is_done(self, out_dir: Path) -> bool:
-        return (out_dir / self.output).exists()
+    def is_done(self, out_dir: str | Path) -> bool:
+        return os.path.exists(f"{out_dir}/{self.output}")
 
     def run(self, commit: CommitContext, out_dir: Path) -> None:
         raise NotImplementedError

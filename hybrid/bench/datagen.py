@@ -72,7 +72,9 @@ def _time_stages(path: Path, name: str, overrides: list[str], local: bool) -> tu
                                progress=False)
         wall, driver_cpu = time.perf_counter() - t0, time.process_time() - c0
         cpu = driver_cpu if local else driver_cpu + summary.worker.get("cpu_s", 0.0)
-        return wall, cpu, summary.stages
+        return wall, cpu, {**summary.stages, "_cpu": {"driver_cpu_s": round(driver_cpu, 3),
+                                                     "ranges_cpu_s": round(summary.worker.get("cpu_s", 0.0), 3),
+                                                     "ranges_thread_cpu_s": round(summary.worker.get("thread_cpu_s", 0.0), 3)}}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -116,7 +118,7 @@ def bench_repo(path: Path, name: str, args) -> dict:
               "ratio": round(ours_s / git_s, 2),
               # what the wall ratio would be with `workers` free cores: CPU split over the workers vs git's CPU
               "cpu_ratio_per_worker": round(ours_cpu / workers / git_cpu, 2),
-              "load_average": round(os.getloadavg()[0], 1),
+              "load_average": round(os.getloadavg()[0], 1), **stats["_cpu"],
               "declarations": stats["generate-ast"]["counts"].get("declarations", 0),
               "diff_records": stats["generate-ast-diffs"]["counts"].get("records", 0)}
     if args.single_process and not args.no_ray:
