@@ -14,6 +14,7 @@ sit between generate-ast-diffs and generate-fim): `run(repo names, data_dir, llm
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,11 @@ class Summary:
     per_repo: dict[str, dict[str, dict]] = field(default_factory=dict)
     seconds: float = 0.0
     worker: dict[str, float] = field(default_factory=dict)  # CPU seconds in process_range, parse-cache numbers
+    processes: dict[str, list[int]] = field(default_factory=dict)  # repo -> ids of the processes that ran its ranges
 
     def to_dict(self) -> dict:
         return {"repos": self.repos, "stages": self.stages, "per_repo": self.per_repo, "seconds": self.seconds,
-                "worker": self.worker}
+                "worker": self.worker, "processes": self.processes}
 
 
 def select_repos(repo_names: list[str] | None, cfg: PipelineConfig) -> list[RepoEntry]:
@@ -149,13 +151,19 @@ def _process_row(row: dict) -> dict:
         stats = process_range(row["repo"], row["repo_path"], [int(n) for n in row["numbers"]],
                               [str(h) for h in row["hashes"]], json.loads(row["stages"]), cfg, bool(row["force"]))
     except HybridError as e:  # bad input (e.g. a corrupt task.json): one line for the user, not a Ray traceback
-        return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e)}
-    return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats), "error": ""}
+        return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e), "pid": os.getpid()}
+    return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats), "error": "",
+            "pid": os.getpid()}
 
 
-def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[str], force: bool = False,
-                     local: bool = False, progress: bool = True, label: str = "") -> dict[str, dict[str, dict]]:
-    """Run per-commit stages over every repo's pending commit ranges. Returns {repo: {stage: stats}}."""
+def plan_rows(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[str],
+              force: bool) -> tuple[list[dict], dict[str, dict[str, dict]]]:
+    """The Ray Data rows (one per range) of all the repositories, and {repo: {stage: stats so far}}.
+
+    Every repository's ranges go into one queue, longest first: the workers take them in this order as they
+    come free, so several repositories are processed together over all workers rather than one after another,
+    and the short ranges fill in at the end (longest-processing-time-first scheduling). Ranges of equal length
+    keep their order."""
     rows, per_repo = [], {}
     # absolute paths: Ray workers do not share the driver's working directory
     worker_cfg = cfg.model_copy(update={"data_dir": str(Path(cfg.data_dir).resolve())}).model_dump_json()
@@ -166,6 +174,14 @@ def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: 
             rows.append({"repo": t.repo, "repo_path": str(Path(t.repo_path).resolve()), "numbers": t.numbers,
                          "hashes": t.hashes, "stages": json.dumps(range_stages), "force": force,
                          "cfg": worker_cfg})
+    rows.sort(key=lambda r: -len(r["numbers"]))
+    return rows, per_repo
+
+
+def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[str], force: bool = False,
+                     local: bool = False, progress: bool = True, label: str = "") -> dict[str, dict[str, dict]]:
+    """Run per-commit stages over every repo's pending commit ranges. Returns {repo: {stage: stats}}."""
+    rows, per_repo = plan_rows(repos, cfg, range_stages, force)
     total = sum(len(r["numbers"]) for r in rows)
     errors: list[str] = []
     if rows:
@@ -177,9 +193,11 @@ def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: 
                 if out["error"]:
                     errors.append(out["error"])
                 stats = json.loads(out["stats"])
-                work = per_repo[out["repo"]].setdefault(WORKER_KEY, {})
+                work = per_repo[out["repo"]].setdefault(WORKER_KEY, {"pids": []})
                 for k, v in stats.pop(WORKER_KEY, {}).items():
                     work[k] = work.get(k, 0) + v
+                if out["pid"] not in work["pids"]:
+                    work["pids"].append(out["pid"])
                 for s, st in stats.items():
                     per_repo[out["repo"]][s] = StageStats.merge(per_repo[out["repo"]][s], st)
                 advance(out["n"])
@@ -297,7 +315,10 @@ def run_pipeline(repo_names: list[str] | None, cfg: PipelineConfig, llm_cfg: LLM
                                         label=" + ".join(s.name for s in group))
             for repo, st in per_repo.items():
                 for k, v in st.pop(WORKER_KEY, {}).items():
-                    summary.worker[k] = summary.worker.get(k, 0) + v
+                    if k == "pids":
+                        summary.processes[repo] = sorted(set(summary.processes.get(repo, [])) | set(v))
+                    else:
+                        summary.worker[k] = summary.worker.get(k, 0) + v
                 renamed = {by_name[k]: v for k, v in st.items()}
                 summary.per_repo.setdefault(repo, {}).update(renamed)
             i += len(group)
