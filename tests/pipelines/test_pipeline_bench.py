@@ -114,6 +114,22 @@ def test_bench_datagen_reports_rates_and_ratio(tmp_path, capsys):
     assert main(["bench", "datagen", str(tmp_path / "nope"), "--no-ray"]) == 2
 
 
+def test_bench_datagen_times_several_repositories_alone_and_together(tmp_path, capsys):
+    repos = [build_synthetic_rust_repo(tmp_path / name, n, seed=i)
+             for i, (name, n) in enumerate((("a", 30), ("b", 50), ("c", 20)))]
+    out = tmp_path / "bench.json"
+    assert main(["bench", "datagen", *map(str, repos), "--no-ray", "--repeat", "1", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["name"] for r in results] == ["a", "b", "c", "3 together"]
+    together = results[-1]
+    assert together["commits"] == 100
+    assert together["declarations"] == sum(r["declarations"] for r in results[:3])
+    assert together["diff_records"] == sum(r["diff_records"] for r in results[:3])
+    assert together["git_log_p_s"] == pytest.approx(sum(r["git_log_p_s"] for r in results[:3]), abs=0.01)
+    assert together["commits_per_s"] > 0 and together["load_average"] >= 0
+    assert "together" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_gives_the_same_files(tmp_path):
     """A real kill (SIGKILL of the CLI process part-way), then a second run: nothing duplicated or corrupt."""
