@@ -21,7 +21,7 @@ def test_ray_data_run_matches_the_local_run_and_resumes(ray_session, tmp_path):
     for cfg in (local, on_ray):
         add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
     expected = run_pipeline(["sample"], local.pipeline, local.llm, local=True, progress=False)
-    # a partial earlier run: commits 0-2 are done, so Ray gets ranges [3..5] and [6..7]
+    # a partial earlier run: commits 0-2 are done, so Ray gets ranges [3..4] and [5..7]
     for n in range(3):
         d = tmp_path / "ray" / "ast_dataset" / "sample" / f"commit_{n}"
         d.mkdir(parents=True)
@@ -62,7 +62,10 @@ def test_several_repositories_form_one_queue_longest_ranges_first(tmp_path):
     rows, _ = plan_rows(repos, cfg.pipeline, ["ast", "ast-diffs"], force=False)
     sizes = [len(r["numbers"]) for r in rows]
     assert sizes == sorted(sizes, reverse=True)
-    assert [r["repo"] for r in rows[:4]] == ["syn_b"] * 3 + ["syn_a"]  # 90 -> 3 x 30, 40 -> 2 x 20, 8 -> 2 x 4
+    # 90 commits over 2 workers, at most 30 a range -> 4 ranges (a multiple of the workers); 40 -> 2; 8 -> 2
+    assert sizes == [23, 23, 22, 22, 20, 20, 4, 4]
+    assert [r["repo"] for r in rows] == ["syn_b"] * 4 + ["syn_a"] * 2 + ["sample"] * 2
+    assert [r["numbers"][0] for r in rows[:4]] == [67, 44, 22, 0]  # the later commits first
     assert {r["repo"] for r in rows} == {"sample", "syn_a", "syn_b"}
     for name, total in (("sample", 8), ("syn_a", 40), ("syn_b", 90)):  # every commit once, ranges contiguous
         numbers = sorted(n for r in rows if r["repo"] == name for n in r["numbers"])
