@@ -16,7 +16,6 @@ and, from the git tree entry's mode, `submodule` (a gitlink) and `symlink`: ther
 
 from __future__ import annotations
 
-import re
 from pathlib import PurePosixPath
 
 from hybrid.config.pipeline import PipelineConfig
@@ -67,10 +66,10 @@ def content_drop_reason(path: str, data: bytes, cfg: PipelineConfig, path_checke
 
 
 def _has_long_line(data: bytes, max_chars: int) -> bool:
-    """A line of more than `max_chars` characters in UTF-8 `data`. Such a line has more bytes than that, so a
-    regex over the bytes finds the candidates without splitting the file into lines; each is measured in
+    """A line of more than `max_chars` characters in UTF-8 `data`. Such a line has more bytes than that, so the
+    lines are measured in bytes (splitting bytes is 3x faster than splitting text) and only the candidates in
     characters (a line of many multi-byte characters can be long in bytes only)."""
-    for m in re.finditer(rb"[^\n]{%d,}" % (max_chars + 1), data):
-        if len(m.group().decode("utf-8")) > max_chars:
-            return True
-    return False
+    lines = data.split(b"\n")
+    if max(map(len, lines)) <= max_chars:
+        return False
+    return any(len(line.decode("utf-8")) > max_chars for line in lines if len(line) > max_chars)
