@@ -63,16 +63,20 @@ class RangeWorker:
         self.prefetched: set[tuple[str, str]] = set()
 
     # -- parsing ------------------------------------------------------------------------------------------
+    def path_facts(self, path: str) -> tuple[str | None, str | None]:
+        """(the path's drop reason, its language), kept per path: the same paths come back in many commits."""
+        facts = self.path_info.get(path)
+        if facts is None:
+            facts = self.path_info[path] = (path_drop_reason(path, self.cfg), language_of(path))
+        return facts
+
     def parse(self, blob_id: str, path: str, prev_id: str | None = None,
               hunks: Callable[[], list] | None = None) -> ParsedFile | str:
         """The declarations of a blob at `path`, or the reason it is not parsed (`parse_error`: syntax errors
         and no clean declaration left; see ParsedFile).
         `prev_id`: the blob this one replaced; when its tree is cached the parse is incremental, with the edits
         of `hunks()` (the commit diff's hunks from `prev_id` to this blob; without them, git diffs the two)."""
-        by_path = self.path_info.get(path)
-        if by_path is None:
-            by_path = self.path_info[path] = (path_drop_reason(path, self.cfg), language_of(path))
-        reason, language = by_path
+        reason, language = self.path_facts(path)
         if reason:
             return reason
         key = (blob_id, grammar_key(path, language) if language else "")

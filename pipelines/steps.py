@@ -24,7 +24,6 @@ from typing import Any, Callable, Protocol
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core.io import atomic_write, atomic_write_json, read_json, read_jsonl
 from pipelines.declarations import ParsedFile
-from pipelines.filters import path_drop_reason
 from pipelines.fim import FimBuilder
 from pipelines.languages import language_of
 from pipelines.records import RecordEncoder, encode
@@ -154,6 +153,8 @@ class Worker(Protocol):
     def parse(self, blob_id: str, path: str, prev_id: str | None = None,
               hunks: Callable[[], list] | None = None) -> ParsedFile | str: ...
 
+    def path_facts(self, path: str) -> tuple[str | None, str | None]: ...
+
 
 class RangeStep:
     """One per-commit stage: `run(commit, out_dir)` writes `output` (and anything before it) for one commit and
@@ -249,7 +250,7 @@ class DeclarationDiffer(RangeStep):
         meta = encode(ctx.metadata(worker.repo_name))
         diff_line = worker.encoder.diff_line
         for ch in ctx.changes:
-            if ch.special or (ch.language is None and path_drop_reason(ch.path, self.cfg) is None):
+            if ch.special or (ch.language is None and worker.path_facts(ch.path)[0] is None):
                 continue  # not source: nothing to diff (counted by generate-ast)
             old_path = ch.old_path or ch.path
             before = worker.parse(ch.old_id, old_path) if ch.old_id else None
