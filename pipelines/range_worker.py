@@ -144,7 +144,7 @@ class RangeWorker:
             ctx = CommitContext(self.repo, int(number), commit)
             os.makedirs(out_dir, exist_ok=True)
             for s in todo:
-                s.run(ctx, Path(out_dir))
+                s.run(ctx, Path(out_dir))  # (a Path: the steps' interface)
         return {s.key: s.stats.to_dict() for s in steps}
 
 

@@ -113,8 +113,7 @@ def plan_ranges(entry: RepoEntry, cfg: PipelineConfig, range_stages: list[str],
     runs: list[list[int]] = []  # contiguous runs of pending commit numbers
     done, last_done = 0, 0
     for n in range(len(hashes)):
-        out = commit_dir(pcfg.data_dir, entry.name, n)
-        if not force and all(is_done(s, out) for s in range_stages):
+        if not force and all(is_done(s, commit_dir(pcfg.data_dir, entry.name, n)) for s in range_stages):
             done, last_done = done + 1, n
         elif runs and runs[-1][-1] == n - 1:
             runs[-1].append(n)
