@@ -118,7 +118,9 @@ def test_bench_datagen_times_several_repositories_alone_and_together(tmp_path, c
     repos = [build_synthetic_rust_repo(tmp_path / name, n, seed=i)
              for i, (name, n) in enumerate((("a", 30), ("b", 50), ("c", 20)))]
     out = tmp_path / "bench.json"
-    assert main(["bench", "datagen", *map(str, repos), "--no-ray", "--repeat", "1", "--json", str(out)]) == 0
+    assert main(["bench", "datagen", *map(str, repos), "--no-ray", "--repeat", "1", "--ours-repeat", "2",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["command"].endswith("--no-ray --repeat 1 --ours-repeat 2")
     results = json.loads(out.read_text())["results"]
     assert [r["name"] for r in results] == ["a", "b", "c", "3 together"]
     together = results[-1]
