@@ -74,8 +74,10 @@ def cleanup_dataset(cfg: PipelineConfig, kinds: list[str], repos: list[str] | No
 
 
 def ast_coverage(cfg: PipelineConfig, repos: list[str] | None = None) -> dict[str, dict[str, dict[str, int]]]:
-    """Per repo and language: files parsed cleanly, with parse errors, skipped by reason, declarations found.
-    Read from commit_data.json (each file version a commit touched counts once)."""
+    """Per repo and language, read from commit_data.json (each file version a commit touched counts once):
+    `parsed` (cleanly), `recovered` (parsed with syntax errors that tree-sitter recovered from; its broken
+    declarations are dropped and counted in `declarations_dropped`), `parse_error` (nothing usable left),
+    `skipped:<reason>`, and the `declarations` kept."""
     out: dict[str, dict[str, dict[str, int]]] = {}
     for repo_dir in _repo_dirs(cfg, repos):
         per_lang: dict[str, Counter] = {}
@@ -93,7 +95,11 @@ def ast_coverage(cfg: PipelineConfig, repos: list[str] | None = None) -> dict[st
                 c = per_lang.setdefault(f.get("language") or "other", Counter())
                 skipped = f.get("skipped")
                 if skipped is None:
-                    c["parsed"] += 1
+                    if "declarations_dropped" in f:  # written only for files with syntax errors
+                        c["recovered"] += 1
+                        c["declarations_dropped"] += int(f["declarations_dropped"])
+                    else:
+                        c["parsed"] += 1
                     c["declarations"] += int(f.get("declarations", 0))
                 elif skipped == "parse_error":
                     c["parse_error"] += 1

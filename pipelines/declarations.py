@@ -8,6 +8,11 @@ scopes (captures come in source order, outer before inner), so nothing walks the
     `<Type as Trait>.method`  Rust methods in `impl Trait for Type` (so `fmt` of Debug and Display differ)
     `outer.inner`             nested functions
 Repeated names in one file (overloads, redefinitions) get `#2`, `#3` in source order.
+
+Syntax errors: tree-sitter recovers from them, marking what it could not parse with ERROR and MISSING nodes. A
+declaration whose own subtree holds one is *broken*: it is kept apart (`ParsedFile.broken`) from the clean ones
+(`ParsedFile.declarations`), so one broken function or stray macro does not cost the rest of the file. Numbering
+(`#2`) counts broken declarations too, so a clean one keeps its name when a namesake breaks.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ NODE_KINDS: dict[str, dict[str, str]] = {
 }
 NODE_KINDS["tsx"] = NODE_KINDS["typescript"]
 
+# Parents whose range is a declaration's code (`_describe`): decorators, `typedef struct {…} Foo;`, Go's
+# `type Foo struct {…}`, JS `const f = () => …`.
+CODE_WRAPPERS = {"decorated_definition", "type_definition", "type_declaration", "lexical_declaration",
+                 "variable_declaration"}
 # Kinds whose functions are methods.
 CLASS_LIKE = {"class", "struct", "interface", "trait", "impl", "enum", "union"}
 # JS/TS `const f = () => …` counts as a function; other variable declarators are not captured.
@@ -49,11 +58,24 @@ FUNCTION_VALUES = ("arrow_function", "function_expression", "function", "generat
 
 @dataclass
 class ParsedFile:
-    """What a parse of one blob gives: its declarations (file-independent) and whether it parsed cleanly."""
+    """What a parse of one blob gives: its declarations (file-independent) and whether it parsed cleanly.
 
-    has_error: bool
+    `declarations` are those whose own syntax subtree is clean; `broken` those that contain an ERROR or MISSING
+    node (dropped from the outputs and counted as `decl_parse_error`). A file with syntax errors is still
+    `usable` while at least one declaration is clean; `source` is then kept, so that the differ can tell a
+    declaration that tree-sitter folded into the part it could not parse from one that was deleted."""
+
+    has_error: bool  # the tree has an ERROR or MISSING node somewhere
     declarations: list[dict]
     raw_names: list[str] = field(default_factory=list)  # names before `#n` numbering (for update_declarations)
+    broken: list[dict] = field(default_factory=list)
+    broken_raw_names: list[str] = field(default_factory=list)
+    source: bytes | None = None  # the blob, only when has_error
+
+    @property
+    def usable(self) -> bool:
+        """Clean, or with syntax errors but at least one clean declaration left."""
+        return not self.has_error or bool(self.declarations)
 
 
 @functools.lru_cache(maxsize=None)
@@ -251,17 +273,20 @@ def edit_tree(tree, old: bytes, new: bytes, hunks=None):
 
 
 def parse_tree(source: bytes, key: str, old_tree=None, old_source: bytes | None = None, hunks=None):
-    """(tree of `source`, edit span or None); incremental when the tree of an earlier version is given."""
+    """(tree of `source`, edit or None); incremental when the tree of an earlier version is given. The edit is
+    (start, old_end, new_end, the old tree edited to match), what update_declarations takes."""
     parser = get_parser(key)
     if old_tree is not None and old_source is not None:
         edited, edit = edit_tree(old_tree, old_source, source, hunks)
-        return parser.parse(source, edited), edit
+        return parser.parse(source, edited), (*edit, edited)
     return parser.parse(source), None
 
 
-def _extract(root, key: str, source: bytes, byte_range: tuple[int, int] | None = None) -> list[dict]:
-    """Declarations with their qualified names (not yet numbered) from the captures of `root`, all of them or
-    those of the nodes that intersect `byte_range` (which include every scope around the range)."""
+def _extract(root, key: str, source: bytes,
+             byte_range: tuple[int, int] | None = None) -> list[tuple[dict, bool]]:
+    """(declaration, broken) with qualified names (not yet numbered) from the captures of `root`, all of them or
+    those of the nodes that intersect `byte_range` (which include every scope around the range); `broken`: the
+    declaration's code holds an ERROR or MISSING node (tree-sitter's `has_error` covers both)."""
     import tree_sitter
 
     cursor = tree_sitter.QueryCursor(_query(key))
@@ -270,7 +295,7 @@ def _extract(root, key: str, source: bytes, byte_range: tuple[int, int] | None =
     captures = cursor.captures(root).get("d", [])
     captures.sort(key=lambda n: (n.start_byte, -n.end_byte))
     stack: list[tuple[int, str, str]] = []  # (end_byte, qualified name, kind) of the enclosing scopes
-    out: list[dict] = []
+    out: list[tuple[dict, bool]] = []
     for node in captures:
         while stack and stack[-1][0] <= node.start_byte:
             stack.pop()
@@ -286,25 +311,34 @@ def _extract(root, key: str, source: bytes, byte_range: tuple[int, int] | None =
             continue  # impl blocks, modules, namespaces only qualify what they contain
         if kind == "function" and enclosing_kind in CLASS_LIKE:
             kind = "method"
-        out.append({
+        out.append(({
             "kind": kind, "name": qualified,
             "start_byte": code_node.start_byte, "end_byte": code_node.end_byte,
             "start_line": code_node.start_point[0] + 1, "end_line": _end_line(code_node),
             "code": source[code_node.start_byte:code_node.end_byte].decode("utf-8", "replace"),
-        })
+        }, code_node.has_error))
     return out
 
 
-def _finalize(records: list[dict], has_error: bool) -> ParsedFile:
-    """Source order; repeated (kind, name) pairs numbered `#2`, `#3` (the raw names are kept for reuse)."""
-    records.sort(key=lambda d: (d["start_byte"], -d["end_byte"]))
-    raw = [d["name"] for d in records]
+def _finalize(records: list[tuple[dict, bool]], has_error: bool, source: bytes) -> ParsedFile:
+    """Source order; repeated (kind, name) pairs numbered `#2`, `#3` (the raw names are kept for reuse), over
+    clean and broken declarations together; then split into the two."""
+    records.sort(key=lambda r: (r[0]["start_byte"], -r[0]["end_byte"]))
+    clean, clean_raw, broken, broken_raw = [], [], [], []
     seen: dict[tuple[str, str], int] = {}
-    for d in records:
-        n = seen[(d["kind"], d["name"])] = seen.get((d["kind"], d["name"]), 0) + 1
+    for d, is_broken in records:
+        raw = d["name"]
+        n = seen[(d["kind"], raw)] = seen.get((d["kind"], raw), 0) + 1
         if n > 1:
-            d["name"] = f"{d['name']}#{n}"
-    return ParsedFile(has_error=has_error, declarations=records, raw_names=raw)
+            d["name"] = f"{raw}#{n}"
+        if is_broken:
+            broken.append(d)
+            broken_raw.append(raw)
+        else:
+            clean.append(d)
+            clean_raw.append(raw)
+    return ParsedFile(has_error=has_error, declarations=clean, raw_names=clean_raw, broken=broken,
+                      broken_raw_names=broken_raw, source=source if has_error else None)
 
 
 def parse_declarations(source: bytes, key: str, tree=None) -> ParsedFile:
@@ -312,7 +346,7 @@ def parse_declarations(source: bytes, key: str, tree=None) -> ParsedFile:
     `tree` is given."""
     if tree is None:
         tree = get_parser(key).parse(source)
-    return _finalize(_extract(tree.root_node, key, source), tree.root_node.has_error)
+    return _finalize(_extract(tree.root_node, key, source), tree.root_node.has_error, source)
 
 
 def _touched_span(root, a: int, b: int) -> tuple[int, int]:
@@ -328,27 +362,51 @@ def _touched_span(root, a: int, b: int) -> tuple[int, int]:
     return lo, hi
 
 
+def _widen_to_wrappers(root, key: str, lo: int, hi: int) -> tuple[int, int]:
+    """[lo, hi] widened to a wrapper around it (CODE_WRAPPERS) unless it lies inside the wrapped declaration:
+    an edit in a decorator touches the record of the function below it, whose node the query would not reach."""
+    node = root.descendant_for_byte_range(lo, hi)
+    while node is not None:
+        if node.type in CODE_WRAPPERS and not any(
+                c.start_byte <= lo and c.end_byte >= hi and c.type in NODE_KINDS[key] for c in node.named_children):
+            lo, hi = min(lo, node.start_byte), max(hi, node.end_byte)
+        node = node.parent
+    return lo, hi
+
+
 def update_declarations(source: bytes, key: str, tree, old: ParsedFile, old_tree, old_source: bytes,
-                        edit: tuple[int, int, int]) -> ParsedFile:
+                        edit: tuple) -> ParsedFile:
     """The declarations of `source` given those of an earlier version: the query runs only over the nodes
-    around the edited bytes; declarations wholly before them are kept, those after are shifted.
+    around the edited bytes (and the whole of a decorated definition, a typedef … whose wrapper they touch);
+    declarations wholly before them are kept, those after are shifted. `edit` is
+    parse_tree's (start, old_end, new_end, edited old tree).
+    With syntax errors on either side, error recovery can reshape the tree far from the edit (an unclosed
+    brace swallows the rest of the file, an `impl` falls apart), so the span also covers every range whose
+    syntax structure changed (tree-sitter's changed_ranges: outside them every byte keeps its ancestors).
     (tests/pipelines check this against a fresh parse over whole histories.)"""
-    start, old_end, new_end = edit
+    start, old_end, new_end, edited = edit
     delta = new_end - old_end
     n = len(source)
-    lo_new, hi_new = _touched_span(tree.root_node, max(start - 1, 0), min(new_end + 1, n))
-    lo_old, hi_old = _touched_span(old_tree.root_node, max(start - 1, 0), min(old_end + 1, len(old_source)))
+    lo_new, hi_new = _widen_to_wrappers(tree.root_node, key, *_touched_span(
+        tree.root_node, max(start - 1, 0), min(new_end + 1, n)))
+    lo_old, hi_old = _widen_to_wrappers(old_tree.root_node, key, *_touched_span(
+        old_tree.root_node, max(start - 1, 0), min(old_end + 1, len(old_source))))
     lo = min(lo_new, lo_old)
     hi = max(hi_new, hi_old + delta)  # in the new file's bytes
+    if tree.root_node.has_error or old_tree.root_node.has_error:
+        for changed in edited.changed_ranges(tree):
+            lo, hi = min(lo, changed.start_byte), max(hi, changed.end_byte)
     line_delta = source.count(b"\n", 0, new_end) - old_source.count(b"\n", 0, old_end)
-    merged: list[dict] = []
-    for d, raw in zip(old.declarations, old.raw_names):
-        if d["end_byte"] <= lo:
-            merged.append({**d, "name": raw})
-        elif d["start_byte"] >= hi - delta:
-            merged.append({**d, "name": raw, "start_byte": d["start_byte"] + delta, "end_byte": d["end_byte"] + delta,
-                           "start_line": d["start_line"] + line_delta, "end_line": d["end_line"] + line_delta})
-    for d in _extract(tree.root_node, key, source, (lo, hi)):
+    merged: list[tuple[dict, bool]] = []
+    for decls, raws, is_broken in ((old.declarations, old.raw_names, False), (old.broken, old.broken_raw_names, True)):
+        for d, raw in zip(decls, raws):
+            if d["end_byte"] <= lo:
+                merged.append(({**d, "name": raw}, is_broken))
+            elif d["start_byte"] >= hi - delta:
+                merged.append(({**d, "name": raw, "start_byte": d["start_byte"] + delta,
+                                "end_byte": d["end_byte"] + delta, "start_line": d["start_line"] + line_delta,
+                                "end_line": d["end_line"] + line_delta}, is_broken))
+    for d, is_broken in _extract(tree.root_node, key, source, (lo, hi)):
         if d["end_byte"] > lo and d["start_byte"] < hi or d["start_byte"] <= lo and d["end_byte"] >= hi:
-            merged.append(d)
-    return _finalize(merged, tree.root_node.has_error)
+            merged.append((d, is_broken))
+    return _finalize(merged, tree.root_node.has_error, source)

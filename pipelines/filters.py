@@ -9,7 +9,8 @@ Reasons, in the order they are checked:
     non_utf8     not valid UTF-8
     generated    a "generated" / "do not edit" marker in a comment in the first lines
     minified     a line over `pipeline.max_line_chars` or a mean line length over `pipeline.max_mean_line_chars`
-    parse_error  tree-sitter found syntax errors (checked by the stages after parsing)
+    parse_error  tree-sitter found syntax errors and no clean declaration is left (checked by the stages after
+                 parsing; in a file with clean declarations only the broken ones are dropped: decl_parse_error)
 and, from the git tree entry's mode, `submodule` (a gitlink) and `symlink`: there is no file content to parse.
 """
 
@@ -38,9 +39,10 @@ def path_drop_reason(path: str, cfg: PipelineConfig) -> str | None:
     return None
 
 
-def content_drop_reason(path: str, data: bytes, cfg: PipelineConfig) -> str | None:
-    """The reason a file with this content is not parsed, or None to parse it (path reasons come first)."""
-    reason = path_drop_reason(path, cfg)
+def content_drop_reason(path: str, data: bytes, cfg: PipelineConfig, path_checked: bool = False) -> str | None:
+    """The reason a file with this content is not parsed, or None to parse it (path reasons come first;
+    `path_checked`: the caller found none already)."""
+    reason = None if path_checked else path_drop_reason(path, cfg)
     if reason:
         return reason
     if b"\0" in data[:BINARY_SNIFF_BYTES]:
@@ -58,7 +60,16 @@ def content_drop_reason(path: str, data: bytes, cfg: PipelineConfig) -> str | No
         comments = "\n".join(ln for ln in head if ln.startswith(COMMENT_PREFIXES))
         if any(marker.lower() in comments for marker in cfg.generated_markers):
             return "generated"
-    lines = text.split("\n")
-    if lines and (max(map(len, lines)) > cfg.max_line_chars or len(text) / len(lines) > cfg.max_mean_line_chars):
+    if len(text) / (text.count("\n") + 1) > cfg.max_mean_line_chars or _has_long_line(data, cfg.max_line_chars):
         return "minified"
     return None
+
+
+def _has_long_line(data: bytes, max_chars: int) -> bool:
+    """A line of more than `max_chars` characters in UTF-8 `data`. Such a line has more bytes than that, so the
+    lines are measured in bytes (splitting bytes is 3x faster than splitting text) and only the candidates in
+    characters (a line of many multi-byte characters can be long in bytes only)."""
+    lines = data.split(b"\n")
+    if max(map(len, lines)) <= max_chars:
+        return False
+    return any(len(line.decode("utf-8")) > max_chars for line in lines if len(line) > max_chars)

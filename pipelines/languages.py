@@ -21,6 +21,7 @@ EXTENSIONS = {
 }
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same paths come back in every commit that touches them
 def language_of(path: str) -> str | None:
     """The language of a file by its extension, or None when it is not one of the eight."""
     return EXTENSIONS.get(PurePosixPath(path).suffix.lower())

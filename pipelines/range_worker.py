@@ -8,15 +8,18 @@ commits touch or follow it; and it runs the steps (pipelines/steps.py) over each
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 from hybrid.config.pipeline import PipelineConfig
 from pipelines.declarations import ParsedFile, parse_declarations, parse_tree, update_declarations
 from pipelines.filters import content_drop_reason, path_drop_reason
 from pipelines.languages import grammar_key, language_of
+from pipelines.records import RecordEncoder
 from pipelines.steps import DONE_FILES, STEP_KEYS, STEPS, CommitContext
 
 WORKER_KEY = "_worker"  # process_range's own numbers: CPU seconds, parse-cache hits, incremental parses
@@ -44,10 +47,15 @@ class RangeWorker:
         import pygit2
 
         self.repo_name, self.repo_path, self.cfg = repo_name, repo_path, cfg
+        # libgit2 hashes every object it reads to check its id (SHA-1 with collision detection): a tenth of
+        # this stage's time on a real history. git itself does not (`git log -p` reads the same objects
+        # unchecked); pack files are checked as a whole when fetched. Process-wide, so set where the stages run.
+        pygit2.settings.enable_strict_hash_verification(False)
         self.repo = pygit2.Repository(repo_path)
         self.cache: OrderedDict[tuple[str, str], ParsedFile | str] = OrderedDict()
         self.trees: OrderedDict[tuple[str, str], tuple[object, bytes]] = OrderedDict()
         self.path_info: dict[str, tuple[str | None, str | None]] = {}  # path -> (path drop reason, language)
+        self.encoder = RecordEncoder()  # ast.jsonl / diff_ast.jsonl lines; caches escaped code between commits
         self.cache_hits = self.cache_misses = self.incremental = 0
         # generate-ast running together with generate-ast-diffs parses each file's old version first, so the
         # new one is an incremental re-parse even at the start of a range (a cold cache)
@@ -55,13 +63,20 @@ class RangeWorker:
         self.prefetched: set[tuple[str, str]] = set()
 
     # -- parsing ------------------------------------------------------------------------------------------
-    def parse(self, blob_id: str, path: str, prev_id: str | None = None) -> ParsedFile | str:
-        """The declarations of a blob at `path`, or the reason it is not parsed (parse_error included).
-        `prev_id`: the blob this one replaced; when its tree is cached the parse is incremental."""
-        by_path = self.path_info.get(path)
-        if by_path is None:
-            by_path = self.path_info[path] = (path_drop_reason(path, self.cfg), language_of(path))
-        reason, language = by_path
+    def path_facts(self, path: str) -> tuple[str | None, str | None]:
+        """(the path's drop reason, its language), kept per path: the same paths come back in many commits."""
+        facts = self.path_info.get(path)
+        if facts is None:
+            facts = self.path_info[path] = (path_drop_reason(path, self.cfg), language_of(path))
+        return facts
+
+    def parse(self, blob_id: str, path: str, prev_id: str | None = None,
+              hunks: Callable[[], list] | None = None) -> ParsedFile | str:
+        """The declarations of a blob at `path`, or the reason it is not parsed (`parse_error`: syntax errors
+        and no clean declaration left; see ParsedFile).
+        `prev_id`: the blob this one replaced; when its tree is cached the parse is incremental, with the edits
+        of `hunks()` (the commit diff's hunks from `prev_id` to this blob; without them, git diffs the two)."""
+        reason, language = self.path_facts(path)
         if reason:
             return reason
         key = (blob_id, grammar_key(path, language) if language else "")
@@ -69,19 +84,22 @@ class RangeWorker:
         if hit is not None:
             self.cache.move_to_end(key)
             self.cache_hits += 1
-            return hit
+            return _usable(hit)
         self.cache_misses += 1
         data = self.repo[blob_id].data
-        result: ParsedFile | str | None = content_drop_reason(path, data, self.cfg)
+        result: ParsedFile | str | None = content_drop_reason(path, data, self.cfg, path_checked=True)
         if result is None:
             old = self.trees.get((prev_id, key[1])) if prev_id else None
-            hunks = None
+            edits = None
             if old is not None:
-                import pygit2
+                if hunks is not None:
+                    edits = hunks()
+                else:
+                    import pygit2
 
-                patch = pygit2.Patch.create_from(old[1], data, context_lines=0)
-                hunks = [(h.old_start, h.old_lines, h.new_start, h.new_lines) for h in patch.hunks]
-            tree, edit = parse_tree(data, key[1], *(old or (None, None)), hunks=hunks)
+                    patch = pygit2.Patch.create_from(old[1], data, context_lines=0)
+                    edits = [(h.old_start, h.old_lines, h.new_start, h.new_lines) for h in patch.hunks]
+            tree, edit = parse_tree(data, key[1], *(old or (None, None)), hunks=edits)
             old_parsed = self.cache.get((prev_id, key[1])) if edit else None
             if isinstance(old_parsed, ParsedFile):
                 self.incremental += 1
@@ -90,7 +108,7 @@ class RangeWorker:
                     raise IncrementalMismatch(f"incremental declarations differ for {path} {blob_id}")
             else:
                 parsed = parse_declarations(data, key[1], tree)
-            result = "parse_error" if parsed.has_error else parsed
+            result = parsed  # (kept even when unusable: the next version re-parses incrementally from it)
             self.trees[key] = (tree, data)
             if len(self.trees) > TREE_CACHE_SIZE:
                 self.trees.popitem(last=False)
@@ -98,7 +116,7 @@ class RangeWorker:
             self.cache[key] = result
             if len(self.cache) > self.cfg.parse_cache_size:
                 self.cache.popitem(last=False)
-        return result
+        return _usable(result)
 
     def run_range(self, numbers: list[int], hashes: list[str], step_keys: list[str], force: bool = False) -> dict:
         """Run the steps named by `step_keys` (in STEPS order) on commits `numbers` (contiguous, oldest first)
@@ -111,8 +129,9 @@ class RangeWorker:
         steps = [s(self) for s in STEPS if s.key in step_keys]
         self.prefetch_old = "ast" in step_keys and "ast-diffs" in step_keys
         self.prefetched.clear()
+        repo_dir = str(Path(self.cfg.data_dir) / "ast_dataset" / self.repo_name)  # (commit_dir, as plain text)
         for number, commit_hash in zip(numbers, hashes):
-            out_dir = commit_dir(self.cfg.data_dir, self.repo_name, int(number))
+            out_dir = f"{repo_dir}/commit_{int(number)}"
             todo = [s for s in steps if force or not s.is_done(out_dir)]
             for s in steps:
                 if s not in todo:
@@ -123,10 +142,15 @@ class RangeWorker:
             if commit is None or not isinstance(commit, pygit2.Commit):
                 raise ValueError(f"{self.repo_path}: no commit {commit_hash}")
             ctx = CommitContext(self.repo, int(number), commit)
-            out_dir.mkdir(parents=True, exist_ok=True)
+            os.makedirs(out_dir, exist_ok=True)
             for s in todo:
-                s.run(ctx, out_dir)
+                s.run(ctx, Path(out_dir))  # (a Path: the steps' interface)
         return {s.key: s.stats.to_dict() for s in steps}
+
+
+def _usable(result: ParsedFile | str) -> ParsedFile | str:
+    """A parse with nothing usable left (syntax errors and no clean declaration) is dropped as `parse_error`."""
+    return "parse_error" if isinstance(result, ParsedFile) and not result.usable else result
 
 
 _WORKERS: dict[tuple[str, str], RangeWorker] = {}
@@ -147,12 +171,22 @@ def process_range(repo_name: str, repo_path: str, numbers: list[int], hashes: li
                   cfg: PipelineConfig, force: bool = False) -> dict:
     """One range through this process's worker: {step key: StageStats dict}, and under WORKER_KEY the range's CPU
     seconds and parse-cache numbers."""
-    cpu0 = time.process_time()
+    cpu0, thread0 = time.process_time(), time.thread_time()
     worker = get_worker(repo_name, repo_path, cfg)
     counters0 = (worker.cache_hits, worker.cache_misses, worker.incremental)
-    result = worker.run_range(numbers, hashes, step_keys, force)
+    # The parse cache holds tens of thousands of small dicts that live for the whole range: Python's cyclic GC
+    # would re-scan them every few thousand allocations (3% of a range's time on bat's history), and nothing a
+    # range makes is cyclic. So no collections during a range; the next allocations after it trigger them.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        result = worker.run_range(numbers, hashes, step_keys, force)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     hits, misses, incremental = (now - before for now, before in
                                  zip((worker.cache_hits, worker.cache_misses, worker.incremental), counters0))
-    result[WORKER_KEY] = {"cpu_s": time.process_time() - cpu0, "cache_hits": hits, "cache_misses": misses,
-                          "incremental_parses": incremental}
+    # cpu_s: the whole process (in a Ray worker also Ray's own threads); thread_cpu_s: the range's own work
+    result[WORKER_KEY] = {"cpu_s": time.process_time() - cpu0, "thread_cpu_s": time.thread_time() - thread0,
+                          "cache_hits": hits, "cache_misses": misses, "incremental_parses": incremental}
     return result

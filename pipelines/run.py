@@ -14,6 +14,7 @@ sit between generate-ast-diffs and generate-fim): `run(repo names, data_dir, llm
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,9 @@ def stage_names() -> list[str]:
     return [s.name for s in STAGES]
 
 
+MIN_RANGE_COMMITS = 100  # a history split into two rounds of ranges has at least this many commits per range
+
+
 @dataclass
 class RangeTask:
     repo: str
@@ -78,10 +82,11 @@ class Summary:
     per_repo: dict[str, dict[str, dict]] = field(default_factory=dict)
     seconds: float = 0.0
     worker: dict[str, float] = field(default_factory=dict)  # CPU seconds in process_range, parse-cache numbers
+    processes: dict[str, list[int]] = field(default_factory=dict)  # repo -> ids of the processes that ran its ranges
 
     def to_dict(self) -> dict:
         return {"repos": self.repos, "stages": self.stages, "per_repo": self.per_repo, "seconds": self.seconds,
-                "worker": self.worker}
+                "worker": self.worker, "processes": self.processes}
 
 
 def select_repos(repo_names: list[str] | None, cfg: PipelineConfig) -> list[RepoEntry]:
@@ -97,15 +102,18 @@ def plan_ranges(entry: RepoEntry, cfg: PipelineConfig, range_stages: list[str],
                 force: bool) -> tuple[list[RangeTask], int]:
     """Contiguous ranges of the commits that still need a stage; also returns how many commits are done.
 
-    Ranges are as long as possible (a range's first commits parse without a warm cache): the pending
-    commits are split evenly into at least `num_workers` ranges, none longer than `commits_per_task`."""
+    The pending commits are split evenly into a multiple of `num_workers` ranges, none longer than
+    `commits_per_task`, and into at least two rounds of them when each range still has `MIN_RANGE_COMMITS`:
+    later commits usually cost more (files grow), so with one range per worker the worker that draws the end of
+    the history finishes long after the others (on bat's history, 3 equal ranges on 2 workers took 9.1 s of
+    CPU on one worker and 3.6 s on the other). A range's cold start is cheap (generate-ast parses each touched
+    file's old version first, so the new one is an incremental re-parse): 8 ranges cost what 3 do."""
     pcfg = cfg
     hashes = first_parent_hashes(entry, cfg)
     runs: list[list[int]] = []  # contiguous runs of pending commit numbers
     done, last_done = 0, 0
     for n in range(len(hashes)):
-        out = commit_dir(pcfg.data_dir, entry.name, n)
-        if not force and all(is_done(s, out) for s in range_stages):
+        if not force and all(is_done(s, commit_dir(pcfg.data_dir, entry.name, n)) for s in range_stages):
             done, last_done = done + 1, n
         elif runs and runs[-1][-1] == n - 1:
             runs[-1].append(n)
@@ -116,12 +124,21 @@ def plan_ranges(entry: RepoEntry, cfg: PipelineConfig, range_stages: list[str],
     pending = sum(map(len, runs))
     if not pending:
         return [], done
-    n_ranges = max(min(pcfg.num_workers, pending), -(-pending // pcfg.commits_per_task))
+    workers = pcfg.num_workers
+    rounds = -(-max(workers, -(-pending // pcfg.commits_per_task)) // workers)
+    if pending >= 2 * workers * MIN_RANGE_COMMITS:
+        rounds = max(rounds, 2)
+    n_ranges = min(pending, rounds * workers)
     size = -(-pending // n_ranges)
     tasks = []
     for run in runs:
-        for i in range(0, len(run), size):
-            numbers = run[i:i + size]
+        # lengths differ by at most one, the longer ranges last (longest first is also latest first)
+        parts = -(-len(run) // size)
+        short, extra = divmod(len(run), parts)
+        start = 0
+        for i in range(parts):
+            numbers = run[start:start + short + (i >= parts - extra)]
+            start += len(numbers)
             tasks.append(RangeTask(entry.name, str(entry.path(cfg)), numbers, [hashes[n] for n in numbers]))
     return tasks, done
 
@@ -149,15 +166,23 @@ def _process_row(row: dict) -> dict:
         stats = process_range(row["repo"], row["repo_path"], [int(n) for n in row["numbers"]],
                               [str(h) for h in row["hashes"]], json.loads(row["stages"]), cfg, bool(row["force"]))
     except HybridError as e:  # bad input (e.g. a corrupt task.json): one line for the user, not a Ray traceback
-        return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e)}
+        return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e), "pid": os.getpid()}
     except OSError as e:  # the disk: full, read-only, an output folder that is a file — the machine, not a bug
-        return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": describe_os_error(e)}
-    return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats), "error": ""}
+        return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": describe_os_error(e),
+                "pid": os.getpid()}
+    return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats), "error": "",
+            "pid": os.getpid()}
 
 
-def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[str], force: bool = False,
-                     local: bool = False, progress: bool = True, label: str = "") -> dict[str, dict[str, dict]]:
-    """Run per-commit stages over every repo's pending commit ranges. Returns {repo: {stage: stats}}."""
+def plan_rows(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[str], force: bool,
+              queue: bool = True) -> tuple[list[dict], dict[str, dict[str, dict]]]:
+    """The Ray Data rows (one per range) of all the repositories, and {repo: {stage: stats so far}}.
+
+    Without `queue` (one process: `--local`), repository after repository, oldest commits first. With it,
+    every repository's ranges go into one queue, longest first: the workers take them in this order as they
+    come free, so several repositories are processed together over all workers rather than one after another,
+    and the short ranges fill in at the end (longest-processing-time-first scheduling). Among ranges of equal
+    length the latest commits go first: they are usually the costlier (files grow)."""
     rows, per_repo = [], {}
     # absolute paths: Ray workers do not share the driver's working directory
     worker_cfg = cfg.model_copy(update={"data_dir": str(Path(cfg.data_dir).resolve())}).model_dump_json()
@@ -168,6 +193,15 @@ def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: 
             rows.append({"repo": t.repo, "repo_path": str(Path(t.repo_path).resolve()), "numbers": t.numbers,
                          "hashes": t.hashes, "stages": json.dumps(range_stages), "force": force,
                          "cfg": worker_cfg})
+    if queue:
+        rows.sort(key=lambda r: (-len(r["numbers"]), -r["numbers"][0]))
+    return rows, per_repo
+
+
+def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[str], force: bool = False,
+                     local: bool = False, progress: bool = True, label: str = "") -> dict[str, dict[str, dict]]:
+    """Run per-commit stages over every repo's pending commit ranges. Returns {repo: {stage: stats}}."""
+    rows, per_repo = plan_rows(repos, cfg, range_stages, force, queue=not local)
     total = sum(len(r["numbers"]) for r in rows)
     errors: list[str] = []
     if rows:
@@ -179,9 +213,11 @@ def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: 
                 if out["error"]:
                     errors.append(out["error"])
                 stats = json.loads(out["stats"])
-                work = per_repo[out["repo"]].setdefault(WORKER_KEY, {})
+                work = per_repo[out["repo"]].setdefault(WORKER_KEY, {"pids": []})
                 for k, v in stats.pop(WORKER_KEY, {}).items():
                     work[k] = work.get(k, 0) + v
+                if out["pid"] not in work["pids"]:
+                    work["pids"].append(out["pid"])
                 for s, st in stats.items():
                     per_repo[out["repo"]][s] = StageStats.merge(per_repo[out["repo"]][s], st)
                 advance(out["n"])
@@ -299,7 +335,10 @@ def run_pipeline(repo_names: list[str] | None, cfg: PipelineConfig, llm_cfg: LLM
                                         label=" + ".join(s.name for s in group))
             for repo, st in per_repo.items():
                 for k, v in st.pop(WORKER_KEY, {}).items():
-                    summary.worker[k] = summary.worker.get(k, 0) + v
+                    if k == "pids":
+                        summary.processes[repo] = sorted(set(summary.processes.get(repo, [])) | set(v))
+                    else:
+                        summary.worker[k] = summary.worker.get(k, 0) + v
                 renamed = {by_name[k]: v for k, v in st.items()}
                 summary.per_repo.setdefault(repo, {}).update(renamed)
             i += len(group)

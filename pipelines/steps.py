@@ -15,18 +15,19 @@ disks), so a killed run leaves either the old state or the new one.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core.errors import HybridError
-from hybrid.core.io import atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
+from hybrid.core.io import atomic_write, atomic_write_json, iter_jsonl, read_json
 from pipelines.declarations import ParsedFile
-from pipelines.filters import path_drop_reason
 from pipelines.fim import FimBuilder
 from pipelines.languages import language_of
+from pipelines.records import RecordEncoder, encode
 
 _STATUS = {1: "added", 2: "deleted", 3: "modified", 4: "renamed", 5: "added", 8: "modified"}  # DeltaStatus
 
@@ -35,8 +36,8 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_json(path, obj, indent=None, fsync=False, mkdir=False)
 
 
-def write_jsonl(path: str | Path, records: list[dict]) -> None:
-    atomic_write_jsonl(path, records, fsync=False, mkdir=False)
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, text, fsync=False, mkdir=False)
 
 
 class StageStats:
@@ -69,14 +70,35 @@ class StageStats:
 _SPECIAL_MODES = {0o160000: "submodule", 0o120000: "symlink"}  # gitlinks name a commit of another repo
 
 
-class FileChange:
-    __slots__ = ("path", "old_path", "status", "old_id", "new_id", "language", "special")
+def _text_path(path: str) -> str:
+    """A path as valid UTF-8 text: git paths are bytes, and pygit2 hands a non-UTF-8 one over with surrogate
+    escapes that no UTF-8 writer accepts (sharkdp/bat has `tests/examples/test-invalid-utf8-\\xc3(.rs`); the
+    bad bytes become U+FFFD."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
-    def __init__(self, path, old_path, status, old_id, new_id, special=None):
+
+class FileChange:
+    __slots__ = ("path", "old_path", "status", "old_id", "new_id", "language", "special", "patch", "_hunks")
+
+    def __init__(self, path, old_path, status, old_id, new_id, special=None, patch=None):
         self.path, self.old_path, self.status = path, old_path, status
         self.old_id, self.new_id = old_id, new_id
         self.language = language_of(path)
         self.special = special  # "submodule" / "symlink": no blob to parse
+        self.patch = patch  # the pygit2.Patch of this file in the commit's diff
+        self._hunks = None
+
+    def hunks(self) -> list[tuple[int, int, int, int]]:
+        """(old_start, old_lines, new_start, new_lines) of the commit diff's hunks for this file (3 lines of
+        context): the edits an incremental re-parse applies to the old tree. Read on first use."""
+        if self._hunks is None:
+            self._hunks = [(h.old_start, h.old_lines, h.new_start, h.new_lines)
+                           for h in (self.patch.hunks if self.patch is not None else ())]
+        return self._hunks
 
 
 class CommitContext:
@@ -84,27 +106,39 @@ class CommitContext:
 
     def __init__(self, repo, number: int, commit) -> None:
         self.number, self.commit = number, commit
+        self._metadata: dict | None = None
         self.parent = commit.parents[0] if commit.parents else None
         if self.parent is None:
             self.diff = commit.tree.diff_to_tree(swap=True)
         else:
             self.diff = repo.diff(self.parent, commit)
         self.diff.find_similar()  # renames
+        # One patch per file, made once: its text is the commit's unified diff (commit_data.json) and its hunks
+        # are the edits of the incremental re-parse (no second diff of the two blobs).
+        self.patches = list(self.diff)
         self.changes = []
-        for d in self.diff.deltas:
+        for patch in self.patches:
+            d = patch.delta
             status = _STATUS.get(int(d.status), "modified")
-            old_path = d.old_file.path if status == "renamed" else None
-            path = d.old_file.path if status == "deleted" else d.new_file.path
+            old_path = _text_path(d.old_file.path) if status == "renamed" else None
+            path = _text_path(d.old_file.path if status == "deleted" else d.new_file.path)
             old_id = str(d.old_file.id) if status != "added" else None
             new_id = str(d.new_file.id) if status != "deleted" else None
             special = _SPECIAL_MODES.get(d.new_file.mode) or _SPECIAL_MODES.get(d.old_file.mode)
-            self.changes.append(FileChange(path, old_path, status, old_id, new_id, special))
+            self.changes.append(FileChange(path, old_path, status, old_id, new_id, special, patch))
+
+    def patch_text(self) -> str:
+        """The unified diff of the commit (the same text as pygit2's `Diff.patch`)."""
+        return "".join([p.text or "" for p in self.patches])
 
     def metadata(self, repo_name: str) -> dict:
-        c = self.commit
-        tz = timezone(timedelta(minutes=c.commit_time_offset))
-        return {"repo": repo_name, "commit_number": self.number, "commit_hash": str(c.id),
-                "date": datetime.fromtimestamp(c.commit_time, tz).isoformat(), "message": c.message}
+        """The commit's `commit_metadata` (made once per commit: every step of the pass reads it)."""
+        if self._metadata is None:
+            c = self.commit
+            tz = timezone(timedelta(minutes=c.commit_time_offset))
+            self._metadata = {"repo": repo_name, "commit_number": self.number, "commit_hash": str(c.id),
+                              "date": datetime.fromtimestamp(c.commit_time, tz).isoformat(), "message": c.message}
+        return dict(self._metadata)
 
 
 class Worker(Protocol):
@@ -113,10 +147,14 @@ class Worker(Protocol):
     repo: Any  # the open pygit2.Repository
     repo_name: str
     cfg: PipelineConfig
+    encoder: RecordEncoder  # the JSON lines of ast.jsonl and diff_ast.jsonl
     prefetch_old: bool  # generate-ast parses each old version first (see RangeWorker)
     prefetched: set[tuple[str, str]]
 
-    def parse(self, blob_id: str, path: str, prev_id: str | None = None) -> ParsedFile | str: ...
+    def parse(self, blob_id: str, path: str, prev_id: str | None = None,
+              hunks: Callable[[], list] | None = None) -> ParsedFile | str: ...
+
+    def path_facts(self, path: str) -> tuple[str | None, str | None]: ...
 
 
 class RangeStep:
@@ -132,8 +170,8 @@ class RangeStep:
         self.cfg = worker.cfg
         self.stats = StageStats()
 
-    def is_done(self, out_dir: Path) -> bool:
-        return all((out_dir / f).exists() for f in DONE_FILES[self.key])
+    def is_done(self, out_dir: str | Path) -> bool:
+        return all(os.path.exists(f"{out_dir}/{f}") for f in DONE_FILES[self.key])
 
     def run(self, commit: CommitContext, out_dir: Path) -> None:
         raise NotImplementedError
@@ -146,7 +184,8 @@ class AstExtractor(RangeStep):
 
     def run(self, ctx: CommitContext, out_dir: Path) -> None:
         stats, worker = self.stats, self.worker
-        records, files = [], []
+        lines, files = [], []
+        ast_line = worker.encoder.ast_line
         for ch in ctx.changes:
             entry = {"path": ch.path, "old_path": ch.old_path, "status": ch.status, "language": ch.language,
                      "binary": False, "skipped": None, "declarations": 0}
@@ -162,7 +201,7 @@ class AstExtractor(RangeStep):
                     # an incremental re-parse even at the start of a range (a cold cache)
                     worker.prefetched.add((ch.old_id, ch.path))
                     worker.parse(ch.old_id, ch.old_path or ch.path)
-                result = worker.parse(blob_id, ch.path, ch.old_id)
+                result = worker.parse(blob_id, ch.path, ch.old_id, ch.hunks)
                 entry["binary"] = result == "binary"
                 stats.counts["files"] += 1
                 if isinstance(result, str):
@@ -173,15 +212,22 @@ class AstExtractor(RangeStep):
                     stats.counts["files_parsed"] += 1
                     stats.lang(ch.language, "files_parsed")
                     entry["declarations"] = len(result.declarations)
-                    for d in result.declarations:
-                        records.append({"id": f"{ch.path}::{d['kind']}::{d['name']}", "file": ch.path,
-                                        "language": ch.language, **d})
+                    if result.has_error:  # parsed with recovered syntax errors: the broken declarations go
+                        entry["declarations_dropped"] = len(result.broken)
+                        stats.counts["files_recovered"] += 1
+                        stats.lang(ch.language, "files_recovered")
+                        if result.broken:
+                            stats.drops["decl_parse_error"] += len(result.broken)
+                            stats.lang(ch.language, "decl_parse_error", len(result.broken))
+                    lines += [ast_line(ch.path, ch.language, d) for d in result.declarations]
                     stats.lang(ch.language, "declarations", len(result.declarations))
             files.append(entry)
         stats.counts["commits"] += 1
-        stats.counts["declarations"] += len(records)
-        diff_text = ctx.diff.patch or ""
-        truncated = len(diff_text.encode("utf-8", "replace")) > self.cfg.max_diff_bytes
+        stats.counts["declarations"] += len(lines)
+        diff_text = ctx.patch_text()
+        # (a character is at most 4 bytes in UTF-8: most diffs need no encoding to know they fit)
+        truncated = len(diff_text) * 4 > self.cfg.max_diff_bytes and \
+            len(diff_text.encode("utf-8", "replace")) > self.cfg.max_diff_bytes
         if truncated:
             diff_text = diff_text.encode("utf-8", "replace")[: self.cfg.max_diff_bytes].decode("utf-8", "ignore")
             stats.counts["diffs_truncated"] += 1
@@ -190,8 +236,8 @@ class AstExtractor(RangeStep):
         commit_data = {"repo": worker.repo_name, "commit_number": ctx.number, "commit_hash": str(c.id),
                        "parents": [str(p) for p in c.parent_ids], "author": c.author.name, "date": meta["date"],
                        "message": c.message, "files": files, "diff": diff_text, "diff_truncated": truncated}
-        write_jsonl(f"{out_dir}/ast.jsonl", records)
-        write_json(f"{out_dir}/commit_data.json", commit_data)  # last: marks the commit done
+        write_text(f"{out_dir}/ast.jsonl", "".join(lines))
+        write_text(f"{out_dir}/commit_data.json", encode(commit_data) + "\n")  # last: marks the commit done
 
 
 class DeclarationDiffer(RangeStep):
@@ -201,14 +247,15 @@ class DeclarationDiffer(RangeStep):
 
     def run(self, ctx: CommitContext, out_dir: Path) -> None:
         stats, worker = self.stats, self.worker
-        records = []
-        meta = ctx.metadata(worker.repo_name)
+        lines = []
+        meta = encode(ctx.metadata(worker.repo_name))
+        diff_line = worker.encoder.diff_line
         for ch in ctx.changes:
-            if ch.special or (ch.language is None and path_drop_reason(ch.path, self.cfg) is None):
+            if ch.special or (ch.language is None and worker.path_facts(ch.path)[0] is None):
                 continue  # not source: nothing to diff (counted by generate-ast)
             old_path = ch.old_path or ch.path
             before = worker.parse(ch.old_id, old_path) if ch.old_id else None
-            after = worker.parse(ch.new_id, ch.path, ch.old_id) if ch.new_id else None
+            after = worker.parse(ch.new_id, ch.path, ch.old_id, ch.hunks) if ch.new_id else None
             reason = next((r for r in (before, after) if isinstance(r, str)), None)
             stats.counts["files"] += 1
             if reason:
@@ -217,26 +264,39 @@ class DeclarationDiffer(RangeStep):
                 continue
             before_decls = {(d["kind"], d["name"]): d for d in (before.declarations if before else [])}
             after_decls = {(d["kind"], d["name"]): d for d in (after.declarations if after else [])}
-            base = {"file": ch.path, "old_file": ch.old_path, "language": ch.language}
+            file, old_file, language = ch.path, ch.old_path, ch.language
+            broken = 0  # changes not reported because a side of the declaration holds a syntax error
             for key, a in after_decls.items():
                 b = before_decls.get(key)
                 if b is None:
+                    if before is not None and before.has_error and _hidden_by_errors(key, a, before):
+                        broken += 1
+                        continue
                     status, ws = "added", False
                 elif b["code"] == a["code"]:
                     continue
                 else:
                     status = "modified"
                     ws = "".join(b["code"].split()) == "".join(a["code"].split())
-                records.append(_diff_record(base, key, status, ws, b, a, meta))
+                lines.append(diff_line(file, old_file, language, *key, status, ws, b, a, meta))
+                stats.counts[status] += 1
+                stats.counts["whitespace_only"] += ws
             for key, b in before_decls.items():
                 if key not in after_decls:
-                    records.append(_diff_record(base, key, "deleted", False, b, None, meta))
-        for r in records:
-            stats.counts[r["status"]] += 1
-            stats.counts["whitespace_only"] += r["whitespace_only"]
+                    if after is not None and after.has_error and _hidden_by_errors(key, b, after):
+                        broken += 1
+                        continue
+                    lines.append(diff_line(file, old_file, language, *key, "deleted", False, b, None, meta))
+                    stats.counts["deleted"] += 1
+                    stats.counts["whitespace_only"] += False
+            if (before is not None and before.broken) or (after is not None and after.broken):
+                broken += _broken_changes(before, after, before_decls, after_decls)
+            if broken:
+                stats.drops["decl_parse_error"] += broken
+                stats.lang(ch.language, "decl_parse_error", broken)
         stats.counts["commits"] += 1
-        stats.counts["records"] += len(records)
-        write_jsonl(f"{out_dir}/diff_ast.jsonl", records)
+        stats.counts["records"] += len(lines)
+        write_text(f"{out_dir}/diff_ast.jsonl", "".join(lines))
 
 
 class FimSampler(RangeStep):
@@ -293,6 +353,33 @@ class FimSampler(RangeStep):
         write_json(out_dir / "fim_dataset.json", samples)
 
 
+def _hidden_by_errors(key: tuple[str, str], decl: dict, other: ParsedFile) -> bool:
+    """Whether a declaration missing on the `other` side (which has syntax errors) may just be hidden there:
+    broken (its code holds an error), or its code still stands in the other version, where tree-sitter folded
+    it into the part it could not parse. Such a declaration is not reported as added or deleted."""
+    if any((d["kind"], d["name"]) == key for d in other.broken):
+        return True
+    return other.source is not None and decl["code"].encode("utf-8") in other.source
+
+
+def _broken_changes(before: ParsedFile | None, after: ParsedFile | None, before_decls: dict,
+                    after_decls: dict) -> int:
+    """Changes of broken declarations (an error on either side) that are not reported: a broken declaration
+    that is new, gone or edited, and not already counted as hiding a clean one (_hidden_by_errors)."""
+    before_broken = {(d["kind"], d["name"]): d["code"] for d in (before.broken if before else [])}
+    after_broken = {(d["kind"], d["name"]): d["code"] for d in (after.broken if after else [])}
+    n = 0
+    for key, code in after_broken.items():
+        if key in before_decls:
+            continue  # counted with the clean side (_hidden_by_errors)
+        if before_broken.get(key) != code:
+            n += 1  # new, or edited while broken
+    for key in before_broken:
+        if key not in after_broken and key not in after_decls:
+            n += 1  # gone while broken
+    return n
+
+
 STEPS: tuple[type[RangeStep], ...] = (AstExtractor, DeclarationDiffer, FimSampler)  # in the order they run
 STEP_KEYS = tuple(s.key for s in STEPS)
 OUTPUT_FILES = {s.key: s.output for s in STEPS}
@@ -305,22 +392,6 @@ _DIFF_KEYS = ("id", "file", "status", "whitespace_only", "language", "kind")
 _FIM_KEYS = ("id", "function_id", "repo", "commit_number", "commit_hash", "file", "language", "kind",
              "operation_type", "fim_prefix", "fim_middle", "fim_suffix", "middle_start_line", "middle_end_line",
              "widened", "task", "reasoning")
-
-
-def _range(d: dict | None) -> dict | None:
-    if d is None:
-        return None
-    return {k: d[k] for k in ("start_byte", "end_byte", "start_line", "end_line")}
-
-
-def _diff_record(base: dict, key: tuple[str, str], status: str, ws: bool, before: dict | None,
-                 after: dict | None, meta: dict) -> dict:
-    kind, name = key
-    file = base["file"]
-    return {"id": f"{file}::{kind}::{name}", **base, "kind": kind, "name": name, "status": status,
-            "whitespace_only": ws, "before_code": before["code"] if before else None,
-            "after_code": after["code"] if after else None, "before_range": _range(before),
-            "after_range": _range(after), "commit_metadata": meta}
 
 
 def _task_text(tasks: Any, function_id: str) -> str | None:

@@ -4,6 +4,8 @@ The history looks like a growing crate: modules are added, functions and `impl` 
 (a changed literal, an inserted statement, a reworded log line), occasionally deleted or reformatted; a few
 files get renamed; Cargo.toml / Cargo.lock / README change now and then; a merge of a short feature branch
 happens every ~50 commits. Deterministic for a given seed. Used by `hybrid bench datagen --synthetic-rust N`.
+With `syntax_errors` > 0 some edits write old or broken Rust (the 2015 `try!` macro, an unclosed parenthesis)
+that tree-sitter recovers from, and later edits may replace those lines again (tests of partial parses).
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ WORDS = ("parse", "token", "buffer", "index", "cache", "frame", "route", "packet
          "layer", "vertex", "queue", "sched", "block", "chunk", "entry", "record", "shard", "peer", "hash")
 
 
+# lines a syntax-error edit writes (they start like the edited statements, so later edits may replace them)
+BROKEN_STATEMENTS = ("        let tmp_{n} = try!(state.check(i, {n}));", "        acc.push((value.rotate_left({n});")
+
+
 class _Crate:
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, syntax_errors: float = 0.0) -> None:
         self.rng = rng
+        self.syntax_errors = syntax_errors
         self.files: dict[str, list[list[str]]] = {}  # path -> items, each item a list of lines
         self.counter = 0
 
@@ -28,6 +35,8 @@ class _Crate:
 
     def statement(self) -> str:
         r, n = self.rng, self.rng.randint(1, 97)
+        if self.syntax_errors and r.random() < self.syntax_errors:
+            return r.choice(BROKEN_STATEMENTS).format(n=n)
         return r.choice([
             f"        total = total.wrapping_add((*value as u64) * {n});",
             f"        if *value % {n} == 0 {{ continue; }}",
@@ -97,13 +106,14 @@ def _data(text: str | bytes) -> bytes:
     return b"data %d\n" % len(raw) + raw + b"\n"
 
 
-def build_synthetic_rust_repo(path: str | Path, commits: int, seed: int = 0) -> Path:
-    """Create a git repository at `path` with `commits` first-parent commits of a Rust crate."""
+def build_synthetic_rust_repo(path: str | Path, commits: int, seed: int = 0, syntax_errors: float = 0.0) -> Path:
+    """Create a git repository at `path` with `commits` first-parent commits of a Rust crate; `syntax_errors`:
+    the share of written statements that are old or broken Rust."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
     rng = random.Random(seed)
-    crate = _Crate(rng)
+    crate = _Crate(rng, syntax_errors)
     stream = bytearray()
     ts = 1_700_000_000
     mark = 0

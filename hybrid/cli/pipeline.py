@@ -103,19 +103,22 @@ def _coverage(args) -> int:
     cov = ast_coverage(cfg.pipeline, names or None)
     if args.json:
         atomic_write_json(args.json, cov)
-    table = Table("repo", "language", "parsed", "parse errors", "skipped (by reason)", "declarations",
+    table = Table("repo", "language", "parsed cleanly", "recovered from syntax errors",
+                  "unusable (parse_error)", "skipped (by reason)", "declarations", "declarations dropped",
                   title="AST coverage (file versions touched by commits)")
     for repo, langs in cov.items():
         for lang, c in langs.items():
             skipped = ", ".join(f"{k.split(':', 1)[1]}={v}" for k, v in sorted(c.items()) if k.startswith("skipped:"))
-            table.add_row(repo, lang, str(c.get("parsed", 0)), str(c.get("parse_error", 0)), skipped or "-",
-                          str(c.get("declarations", 0)))
+            table.add_row(repo, lang, str(c.get("parsed", 0)), str(c.get("recovered", 0)),
+                          str(c.get("parse_error", 0)), skipped or "-", str(c.get("declarations", 0)),
+                          str(c.get("declarations_dropped", 0)))
     Console().print(table)
     return 0
 
 
 def add_coverage_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="per repo and language: files parsed, parse errors, skipped by reason")
+    p = sub.add_parser(name, help="per repo and language: files parsed cleanly, recovered from syntax errors, "
+                                  "unusable, skipped by reason")
     p.add_argument("words", nargs="*", metavar="[REPO…] [key=value…]")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     p.set_defaults(func=_coverage)

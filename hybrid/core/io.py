@@ -3,9 +3,9 @@ clear errors. Every writer in the project goes through `atomic_write`."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -13,6 +13,22 @@ from typing import Any, Iterable, Iterator
 from hybrid.core.errors import HybridError
 
 _encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps builds one per call
+
+
+_TMP_TOKEN = os.urandom(4).hex()  # with the pid and a counter: temp names unique across processes and hosts
+_tmp_counter = itertools.count()
+
+
+def _create_temp(path: str) -> tuple[int, str]:
+    """A new file `.NAME.<pid>-<token>-<n>.tmp` beside `path` (mode 0600, like tempfile.mkstemp), opened for
+    writing: (fd, its path). O_EXCL: an existing name is never reused."""
+    head, name = os.path.split(path)
+    while True:
+        tmp = os.path.join(head, f".{name}.{os.getpid()}-{_TMP_TOKEN}-{next(_tmp_counter)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), tmp
+        except FileExistsError:
+            continue
 
 
 @contextmanager
@@ -23,7 +39,7 @@ def atomic_path(path: str | os.PathLike, mkdir: bool = True) -> Iterator[Path]:
     path = Path(path)
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(str(path))
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -36,24 +52,38 @@ def atomic_path(path: str | os.PathLike, mkdir: bool = True) -> Iterator[Path]:
 
 def atomic_write(path: str | os.PathLike, data: str | bytes | Iterable[str], fsync: bool = True,
                  mkdir: bool = True) -> None:
-    """Write `data` (text, bytes, or an iterable of text pieces) to `path` atomically.
+    """Write `data` (text as UTF-8, bytes, or an iterable of text pieces) to `path` atomically.
 
     fsync=False skips forcing the bytes to disk before the rename — for many small files on a hot path (the
     pipeline's per-commit files, where fsync costs more than the parsing on some disks): a crash of the
-    machine (not of the process) may then leave an empty file, which the next run redoes."""
-    with atomic_path(path, mkdir=mkdir) as tmp:
-        if isinstance(data, bytes):
-            f = open(tmp, "wb")
-        else:
-            f = open(tmp, "w", encoding="utf-8")
-        with f:
-            if isinstance(data, (str, bytes)):
-                f.write(data)
-            else:
-                f.writelines(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+    machine (not of the process) may then leave an empty file, which the next run redoes.
+    (Plain os-level calls: the pipeline writes three files per commit, and a buffered file object, Path
+    objects and mkstemp's random names cost as much as the writing.)"""
+    path = os.fspath(path)
+    if mkdir:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if isinstance(data, bytes):
+        raw = data
+    else:
+        raw = (data if isinstance(data, str) else "".join(data)).encode("utf-8")
+    fd, tmp = _create_temp(path)
+    try:
+        view = memoryview(raw)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 @contextmanager

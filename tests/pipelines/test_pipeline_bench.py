@@ -50,6 +50,37 @@ def test_incremental_parsing_matches_fresh_parsing(tmp_path):
     assert s.worker["incremental_parses"] > 100
 
 
+def test_an_edit_in_a_decorator_or_a_typedef_name_keeps_the_declaration(tmp_path):
+    """The record's code starts at the decorator (or the typedef) above the node the query finds: an
+    incremental update there must re-read the whole definition, not lose it."""
+    import pipelines.range_worker as rw
+    from tests.repo_builder import RepoBuilder
+
+    rb = RepoBuilder(tmp_path / "src")
+    py = ("import functools\n\n\n@functools.lru_cache(\n    maxsize=1,\n    typed=False,\n)\ndef cached(n):\n"
+          "    return n\n\n\ndef plain():\n    pass\n")
+    c = "typedef struct {\n    int x;\n} Point;\n\nint area(int w) {\n    return w;\n}\n"
+    rb.write("cache.py", py)
+    rb.write("geo.c", c)
+    rb.commit("one")
+    rb.write("cache.py", py.replace("maxsize=1", "maxsize=2"))
+    rb.write("geo.c", c.replace("} Point;", "} Vec2;"))
+    rb.commit("two")
+    cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}"])
+    add_repo(str(tmp_path / "src"), "wrap", cfg.pipeline)
+    rw.RangeWorker.verify_incremental = True
+    try:
+        s = run_pipeline(["wrap"], cfg.pipeline, cfg.llm, local=True, progress=False,
+                         stages=["generate-ast", "generate-ast-diffs"])
+    finally:
+        rw.RangeWorker.verify_incremental = False
+    assert s.worker["incremental_parses"] == 2
+    diffs = (tmp_path / "data/ast_dataset/wrap/commit_1/diff_ast.jsonl").read_text().splitlines()
+    assert [(r["id"], r["status"]) for r in map(json.loads, diffs)] == [
+        ("cache.py::function::cached", "modified"), ("geo.c::struct::Vec2", "added"),
+        ("geo.c::struct::Point", "deleted")]
+
+
 def test_the_incremental_check_can_fail(tmp_path, monkeypatch):
     """The check above is real: an incremental update that drops a declaration is caught (under -O too)."""
     import pipelines.range_worker as rw
@@ -81,6 +112,24 @@ def test_bench_datagen_reports_rates_and_ratio(tmp_path, capsys):
     assert r["ratio"] > 0 and r["commits_per_s"] > 0 and r["git_cpu_s"] > 0
     assert "ratio" in capsys.readouterr().out
     assert main(["bench", "datagen", str(tmp_path / "nope"), "--no-ray"]) == 2
+
+
+def test_bench_datagen_times_several_repositories_alone_and_together(tmp_path, capsys):
+    repos = [build_synthetic_rust_repo(tmp_path / name, n, seed=i)
+             for i, (name, n) in enumerate((("a", 30), ("b", 50), ("c", 20)))]
+    out = tmp_path / "bench.json"
+    assert main(["bench", "datagen", *map(str, repos), "--no-ray", "--repeat", "1", "--ours-repeat", "2",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["command"].endswith("--no-ray --repeat 1 --ours-repeat 2")
+    results = json.loads(out.read_text())["results"]
+    assert [r["name"] for r in results] == ["a", "b", "c", "3 together"]
+    together = results[-1]
+    assert together["commits"] == 100
+    assert together["declarations"] == sum(r["declarations"] for r in results[:3])
+    assert together["diff_records"] == sum(r["diff_records"] for r in results[:3])
+    assert together["git_log_p_s"] == pytest.approx(sum(r["git_log_p_s"] for r in results[:3]), abs=0.01)
+    assert together["commits_per_s"] > 0 and together["load_average"] >= 0
+    assert "together" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -276,3 +276,22 @@ def test_submodules_and_symlinks_are_counted_not_parsed(tmp_path):
     assert s.stages["generate-ast"]["drops"] == {"submodule": 1, "symlink": 1}
     files = json.loads((tmp_path / "data/ast_dataset/sub/commit_1/commit_data.json").read_text())["files"]
     assert {f["path"]: f["skipped"] for f in files} == {"link.py": "symlink", "third/lib.py": "submodule"}
+
+
+def test_a_file_name_that_is_not_utf8_is_written_with_replacement_characters(tmp_path):
+    """git paths are bytes (sharkdp/bat has `tests/examples/test-invalid-utf8-\\xc3(.rs`): the run goes on and
+    every output stays valid UTF-8 JSON."""
+    from tests.repo_builder import RepoBuilder
+
+    rb = RepoBuilder(tmp_path / "src")
+    rb.write("ok.rs", "fn ok() {}\n")
+    (tmp_path / "src").joinpath(b"bad-\xc3(.rs".decode("utf-8", "surrogateescape")).write_bytes(b"fn bad() {}\n")
+    rb.commit("a file whose name is not UTF-8")
+    cfg = _cfg(tmp_path / "data")
+    add_repo(str(tmp_path / "src"), "raw", cfg.pipeline)
+    s = run_pipeline(["raw"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=STRUCTURAL)
+    assert s.stages["generate-ast"]["counts"]["files_parsed"] == 2
+    files = json.loads((tmp_path / "data/ast_dataset/raw/commit_0/commit_data.json").read_text(encoding="utf-8"))
+    assert sorted(f["path"] for f in files["files"]) == ["bad-\ufffd(.rs", "ok.rs"]
+    ids = [r["id"] for r in _read(tmp_path / "data", 0, "diff_ast.jsonl", repo="raw")]
+    assert ids == ["bad-\ufffd(.rs::function::bad", "ok.rs::function::ok"]
