@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 from hybrid.config.recipe import RecipeConfig
 from hybrid.core import storage
-from hybrid.core.errors import HybridError
+from hybrid.core.errors import HybridError, describe_os_error
 from hybrid.core.io import atomic_write_jsonl, iter_jsonl
 from hybrid.data.encode import collate
 from hybrid.data.tokenizer import TextTokenizer
@@ -405,10 +406,17 @@ class TrainingRecipe:
         if self.is_main:
             if tmp.exists():
                 shutil.rmtree(tmp)
-            ckpt_io.write_checkpoint(tmp, model_state, self.model_config, self.model_class,
-                                     None if fsdp else self.optimizer.state_dict(), self.scheduler.state_dict(),
-                                     {**self.state, "step": step, "metrics": metrics}, self.spec["config_yaml"],
-                                     self.spec["tokenizer_json"])
+            try:
+                ckpt_io.write_checkpoint(tmp, model_state, self.model_config, self.model_class,
+                                         None if fsdp else self.optimizer.state_dict(), self.scheduler.state_dict(),
+                                         {**self.state, "step": step, "metrics": metrics}, self.spec["config_yaml"],
+                                         self.spec["tokenizer_json"])
+            except (OSError, RuntimeError, SafetensorError) as e:  # how torch and safetensors report a failed write
+                shutil.rmtree(tmp, ignore_errors=True)
+                why = (describe_os_error(e) if isinstance(e, OSError) else
+                       f"{str(e).splitlines()[0][:160]}: the disk is full or the folder is not writable")
+                raise HybridError(f"{self.output_dir}: cannot write the checkpoint of step {step} ({why}); the earlier "
+                                  f"checkpoints are intact — free space and rerun to resume") from None
         if fsdp:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict

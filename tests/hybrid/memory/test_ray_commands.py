@@ -40,7 +40,8 @@ def _git_repo(path):
 
 @pytest.mark.slow
 def test_build_stats_and_read_only_evaluation(ray_session, tmp_path, capsys):
-    from tests.hybrid.training.conftest import TINY, make_pairs
+    from tests.hybrid.conftest import make_pairs
+    from tests.hybrid.training.conftest import TINY
 
     from hybrid.cli.config import load_config
     from hybrid.memory.ray_store import RayShardedStore, SharedMemoryView

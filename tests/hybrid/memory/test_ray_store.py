@@ -191,7 +191,8 @@ def _wait_for_new_incarnation(store, shard, old, timeout_s=60):
 
 @pytest.mark.slow
 def test_training_with_the_ray_backend_in_a_train_worker_matches_faiss(ray_session, tmp_path):
-    from tests.hybrid.training.conftest import TINY, make_pairs
+    from tests.hybrid.conftest import make_pairs
+    from tests.hybrid.training.conftest import TINY
 
     from hybrid.cli.config import load_config
     from hybrid.training.train import train

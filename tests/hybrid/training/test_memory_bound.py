@@ -60,8 +60,9 @@ def test_driver_and_worker_peaks_do_not_grow_with_the_data(tmp_path):
     w1, w10 = (max(r["peak_rss_mb"] for r in map(json.loads, open(tmp_path / f"out{s}" / "metrics.jsonl"))
                    if "peak_rss_mb" in r) for s in (1, 10))
     peaks = {"data MiB": sizes, "driver": (d1, d10), "worker": (w1, w10)}
-    # the check has teeth: the extra 9·N records, held in Python with their token ids (at least twice the JSON: a
-    # token id costs a list slot of 8 bytes, a word of this text ~5), would add more than 30 % to the driver's peak
-    assert 2 * (sizes[1] - sizes[0]) > 0.3 * d1, peaks
-    assert d10 <= 1.3 * d1, peaks
-    assert w10 <= 1.3 * w1, peaks
+    # the bound, and one with teeth whatever the baseline (a process's peak varies with what it imported):
+    # the extra 9·N records, held in Python with their token ids (at least twice the JSON: a token id costs a list
+    # slot of 8 bytes, a word of this text ~5), would add at least 2× the extra JSON; allow a quarter of that
+    extra = sizes[1] - sizes[0]
+    assert d10 <= 1.3 * d1 and d10 - d1 <= 0.5 * extra, peaks
+    assert w10 <= 1.3 * w1 and w10 - w1 <= 0.5 * extra, peaks

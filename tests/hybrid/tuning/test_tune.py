@@ -28,24 +28,6 @@ SMALL = ["tune=small", "tune.max_iters=4", "tune.grace_steps=2", "tune.reduction
 SPACE = "tune.space={model.memory_slots: [2, 4], train.learning_rate: [0.01, 1.0e-6]}"
 
 
-def make_pairs(path, n, seed):
-    import random
-
-    rng = random.Random(seed)
-    words = "alpha beta gamma delta epsilon zeta eta theta".split()
-    with open(path, "w") as f:
-        for _ in range(n):
-            a = [rng.choice(words) for _ in range(rng.randint(3, 24))]
-            f.write(json.dumps({"input": " ".join(a), "output": " ".join(reversed(a[:3]))}) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def io_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tune_io")
-    return {"train": make_pairs(d / "train.jsonl", 48, 0), "validation": make_pairs(d / "validation.jsonl", 8, 1)}
-
-
 def tune_cmd(io_data, out, *extra):
     return [sys.executable, "-m", "hybrid", "tune", *TINY, *SMALL, f"data.train={io_data['train']}",
             f"data.validation={io_data['validation']}", f"tune.output_dir={out}", *extra]

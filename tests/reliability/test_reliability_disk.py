@@ -1,0 +1,96 @@
+"""The disk, for the pipeline, export and checkpointing: full (`ulimit -f` in the subprocess: writes past the limit
+fail with EFBIG, as on a full disk) and read-only (`chattr +i`: an immutable folder refuses every change, even to
+root, as a read-only mount does — mounting one is not possible here). Each: a one-line error naming the place, exit
+2, and the previous good outputs intact."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from tests.hybrid.conftest import make_pairs
+from tests.reliability.conftest import assert_one_line_error, cli, tree
+from tests.repo_builder import build_sample_repo
+
+TINY = ["model=tiny_llama_hybrid", "train=tiny", "data.max_length=40", "train.eval_every=2", "train.max_iters=4"]
+
+
+def _file_size_limit(nbytes: int):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+    return apply
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` immutable for the block (root ignores permission bits, not this flag)."""
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.fixture
+def pipeline_data(tmp_path):
+    src, data = tmp_path / "src", tmp_path / "data"
+    build_sample_repo(src)
+    assert cli("repos", "add", str(src), "--name", "s", f"pipeline.data_dir={data}").returncode == 0
+    assert cli("pipeline", "run", "s", "--local", "--no-progress", f"pipeline.data_dir={data}").returncode == 0
+    return data
+
+
+def test_pipeline_into_a_read_only_folder(pipeline_data):
+    out = pipeline_data / "ast_dataset" / "s"
+    before = tree(out)
+    with read_only(out):
+        r = cli("pipeline", "run", "s", "--local", "--no-progress", "--force", f"pipeline.data_dir={pipeline_data}")
+    assert_one_line_error(r.returncode, r.stderr, out=r.stdout)
+    assert tree(out) == before
+
+
+def test_export_disk_full_and_read_only(pipeline_data, tmp_path):
+    dest = tmp_path / "io_pairs"
+    assert cli("pipeline", "export", f"pipeline.data_dir={pipeline_data}", "--output-dir", str(dest)).returncode == 0
+    before = tree(dest)
+    full = cli("pipeline", "export", f"pipeline.data_dir={pipeline_data}", "--output-dir", str(dest),
+               preexec_fn=_file_size_limit(200))
+    last = assert_one_line_error(full.returncode, full.stderr, out=full.stdout)
+    assert "disk is full" in last or "too large" in last, last
+    assert tree(dest) == before and not list(dest.glob("*.tmp*")) and not list(dest.glob(".*"))
+    with read_only(dest):
+        ro = cli("pipeline", "export", f"pipeline.data_dir={pipeline_data}", "--output-dir", str(dest))
+    assert_one_line_error(ro.returncode, ro.stderr, str(dest), out=ro.stdout)
+    assert tree(dest) == before
+
+
+def test_checkpointing_disk_full_and_read_only(tmp_path):
+    data = {"train": make_pairs(tmp_path / "train.jsonl", 48, 0),
+            "validation": make_pairs(tmp_path / "validation.jsonl", 8, 1)}
+    out = tmp_path / "run"
+    args = ["train", *TINY, f"data.train={data['train']}", f"data.validation={data['validation']}",
+            f"train.output_dir={out}"]
+    assert cli(*args, "train.max_iters=2").returncode == 0  # a good checkpoint at step 2
+    before = tree(out / "checkpoint_step_000002")
+    # the model is ~1 MB: the next checkpoint cannot be written, the small files before it can
+    full = cli(*args, preexec_fn=_file_size_limit(200_000))
+    last = assert_one_line_error(full.returncode, full.stderr, out=full.stdout)
+    assert "checkpoint" in last and ("disk is full" in last or "too large" in last), last
+    assert tree(out / "checkpoint_step_000002") == before
+    assert [p.name for p in out.glob("checkpoint_step_*")] == ["checkpoint_step_000002"]
+    assert not list(out.glob(".tmp-*"))
+    with read_only(out):
+        ro = cli(*args)
+    assert_one_line_error(ro.returncode, ro.stderr, str(out), out=ro.stdout)
+    assert tree(out / "checkpoint_step_000002") == before
+    assert cli(*args).returncode == 0  # with room again it resumes and finishes
+    assert (out / "checkpoint_step_000004").is_dir()
