@@ -4,6 +4,8 @@ failure must look like — a non-zero exit code, one line naming the problem, no
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +86,14 @@ def tiny_checkpoint(tmp_path_factory):
                        "train.eval_every=2"])
     result = train(cfg.recipe(), quiet=True)
     return result.best_checkpoint, data
+
+
+def file_size_limit(nbytes: int):
+    """A `preexec_fn` for `cli`: `ulimit -f` — writes past `nbytes` fail with EFBIG (SIGXFSZ ignored), how a full disk
+    looks to a writer, without mounting a small file system (not possible here)."""
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+    return apply

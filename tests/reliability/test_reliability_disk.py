@@ -6,27 +6,18 @@ root, as a read-only mount does — mounting one is not possible here). Each: a 
 from __future__ import annotations
 
 import contextlib
-import json
-import resource
 import shutil
-import signal
 import subprocess
 
 import pytest
 
 from tests.hybrid.conftest import make_pairs
-from tests.reliability.conftest import assert_one_line_error, cli, tree
+from tests.reliability.conftest import assert_one_line_error, cli, file_size_limit, tree
 from tests.repo_builder import build_sample_repo
 
 TINY = ["model=tiny_llama_hybrid", "train=tiny", "data.max_length=40", "train.eval_every=2", "train.max_iters=4"]
 
 
-def _file_size_limit(nbytes: int):
-    def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
-
-    return apply
 
 
 @contextlib.contextmanager
@@ -63,7 +54,7 @@ def test_export_disk_full_and_read_only(pipeline_data, tmp_path):
     assert cli("pipeline", "export", f"pipeline.data_dir={pipeline_data}", "--output-dir", str(dest)).returncode == 0
     before = tree(dest)
     full = cli("pipeline", "export", f"pipeline.data_dir={pipeline_data}", "--output-dir", str(dest),
-               preexec_fn=_file_size_limit(200))
+               preexec_fn=file_size_limit(200))
     last = assert_one_line_error(full.returncode, full.stderr, out=full.stdout)
     assert "disk is full" in last or "too large" in last, last
     assert tree(dest) == before and not list(dest.glob("*.tmp*")) and not list(dest.glob(".*"))
@@ -82,7 +73,7 @@ def test_checkpointing_disk_full_and_read_only(tmp_path):
     assert cli(*args, "train.max_iters=2").returncode == 0  # a good checkpoint at step 2
     before = tree(out / "checkpoint_step_000002")
     # the model is ~1 MB: the next checkpoint cannot be written, the small files before it can
-    full = cli(*args, preexec_fn=_file_size_limit(200_000))
+    full = cli(*args, preexec_fn=file_size_limit(200_000))
     last = assert_one_line_error(full.returncode, full.stderr, out=full.stdout)
     assert "checkpoint" in last and ("disk is full" in last or "too large" in last), last
     assert tree(out / "checkpoint_step_000002") == before

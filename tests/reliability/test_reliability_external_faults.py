@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import resource
-import signal
 import socket
 import time
 
-
-from tests.reliability.conftest import SECRET, assert_one_line_error, cli, run_main, tree
+from tests.reliability.conftest import SECRET, assert_one_line_error, cli, file_size_limit, run_main, tree
 from tests.repo_builder import RepoBuilder, build_sample_repo
 
 
@@ -105,23 +102,12 @@ def test_memory_stats_with_an_unreachable_ray_address():
 
 
 # -- the disk ------------------------------------------------------------------------------------------------------
-def _file_size_limit(nbytes: int):
-    """`ulimit -f`: writes past `nbytes` fail with EFBIG (SIGXFSZ ignored) — how a full disk looks to a writer,
-    without mounting a small file system (not possible here)."""
-
-    def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
-
-    return apply
-
-
 def test_disk_full_during_the_pipeline_keeps_finished_commits(tmp_path):
     src = tmp_path / "src"
     build_sample_repo(src)
     data = tmp_path / "data"
     assert cli("repos", "add", str(src), "--name", "s", f"pipeline.data_dir={data}").returncode == 0
-    r = cli("pipeline", "generate-ast", "--local", f"pipeline.data_dir={data}", preexec_fn=_file_size_limit(1500))
+    r = cli("pipeline", "generate-ast", "--local", f"pipeline.data_dir={data}", preexec_fn=file_size_limit(1500))
     last = assert_one_line_error(r.returncode, r.stderr, out=r.stdout)
     assert "too large" in last or "disk is full" in last
     for p in (data / "ast_dataset").rglob("*"):  # nothing half-written: every file there parses
