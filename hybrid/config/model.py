@@ -16,7 +16,7 @@ from hybrid.config.section import Section
 # caller (overrides, the `model` config section), never from a base checkpoint.
 MEMORY_FIELDS = (
     "segment_length", "use_internal_memory", "use_external_memory", "internal_memory_layers", "memory_slots",
-    "num_mem_heads", "forget_bias",
+    "num_mem_heads", "forget_bias", "memory_gate_init", "external_gate_init",
     "external_memory_size", "retrieval_k", "chunk_size", "retrieval_layers", "use_gpu_to_search", "freeze_base",
     "dropout", "gradient_checkpointing",
 )
@@ -54,8 +54,15 @@ class ModelConfig(Section):
     memory_slots: int = Field(16, ge=1, description="internal memory slots N per sequence and layer")
     num_mem_heads: int = Field(4, ge=1, description="heads of the internal memory read/write cross-attention")
     forget_bias: float = Field(1.0, description="initial forget-gate bias of the internal memory (LM2, as in LSTMs)")
+    memory_gate_init: float = Field(
+        0.0, gt=-1, lt=1, description="initial opening tanh(α) of the internal memory's read gate; 0 = a no-op at "
+                                     "init (right for a pretrained base), but then the read gets almost no gradient: "
+                                     "0.5 lets it learn (docs/recall.md)")
     external_memory_size: int = Field(
         8192, ge=1, description="external memory capacity in tokens per sequence and retrieval layer (oldest evicted)")
+    external_gate_init: float = Field(
+        0.0, gt=-1, lt=1, description="initial opening tanh(β) of the external memory's read gate per head; 0 = a "
+                                     "no-op at init (it opens by itself: its read is full-size)")
     retrieval_k: int = Field(4, ge=1, description="chunks retrieved per query token")
     chunk_size: int = Field(4, ge=1, description="tokens per stored chunk (chunk key = mean of its keys); 1 = exact")
     retrieval_layers: list[int] | None = Field(

@@ -82,6 +82,10 @@ class DataConfig(Section):
     shuffle_window: int = Field(
         2_048, ge=1, description="rows shuffled together (a seeded permutation per window and epoch; with "
                                   "bucket_by_length, the rows batched by length together); bounds what a data task holds")
+    read_ahead_mb: float | None = Field(
+        None, gt=0, description="how far (MiB of tokenized rows) the Ray Data stream reads ahead of the training "
+                                "workers (null = 8 shuffle windows of max_length rows, at least 16 MiB); unbounded, a "
+                                "large data set's reading competes with the first minutes of training for the CPUs")
     read_tasks: int = Field(
         0, ge=0, description="Ray Data tasks reading and tokenizing at once (0 = one per free CPU of the cluster)")
     cpus_per_task: float | None = Field(

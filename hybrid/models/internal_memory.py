@@ -16,6 +16,8 @@ which leaks future tokens), and the state is per batch row (never shared across 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,7 +33,8 @@ class InternalMemory(nn.Module):
         self.initial_memory = nn.Parameter(torch.randn(self.slots, d) * std)  # M_0, learned
         self.read_q, self.read_k, self.read_v, self.read_o = (nn.Linear(d, d, bias=False) for _ in range(4))
         self.out_gate = nn.Linear(d, d)  # σ(E W_g + b_g), LM2's output gate
-        self.gate = nn.Parameter(torch.zeros(d))  # tanh(α): opens the read path; 0 = no-op at init
+        # tanh(α): opens the read path; 0 = no-op at init (model.memory_gate_init)
+        self.gate = nn.Parameter(torch.full((d,), math.atanh(config.memory_gate_init)))
         self.write_q, self.write_k, self.write_v = (nn.Linear(d, d, bias=False) for _ in range(3))
         self.input_gate = nn.Linear(2 * d, d)
         self.forget_gate = nn.Linear(2 * d, d)

@@ -121,7 +121,8 @@ class JointAttention(nn.Module):
         self.dropout = config.dropout
         self.retrieval = retrieval
         if retrieval:
-            self.memory_gate = nn.Parameter(torch.zeros(self.H))  # tanh(β_h), per head
+            # tanh(β_h), per head; 0 = no-op at init (model.external_gate_init)
+            self.memory_gate = nn.Parameter(torch.full((self.H,), math.atanh(config.external_gate_init)))
             self.retrieval_k = config.retrieval_k
             self.chunk_size = config.chunk_size
 

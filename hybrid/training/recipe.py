@@ -217,6 +217,7 @@ class TrainingRecipe:
         t_start = time.time()
         budget_s = tcfg.max_minutes * 60 if tcfg.max_minutes else None
         window_tokens, window_t = 0, time.time()
+        data_wait_s = 0.0  # time this rank waited for its next batches (the stream not keeping up)
         last_metrics: dict[str, Any] = {}
         crash_at = int(os.environ.get(CRASH_ENV, "-1"))
         truncated = dict(self.state.get("truncated") or {})
@@ -225,7 +226,9 @@ class TrainingRecipe:
         try:
             while step < tcfg.max_iters:
                 torch.manual_seed(tcfg.seed * 7919 + step * 131 + ctx.rank)  # dropout: a function of the step
+                t_wait = time.time()
                 rows = self._next_step_batches()
+                data_wait_s += time.time() - t_wait
                 if rows is None:
                     if self.is_main:
                         say(f"the data stream ended at step {step} (before train.max_iters={tcfg.max_iters})")
@@ -253,11 +256,12 @@ class TrainingRecipe:
                     eta = (tcfg.max_iters - step) * elapsed / max(1, step - first_step)
                     if budget_s is not None:
                         eta = min(eta, budget_s - elapsed)
-                    rss_mb, cuda_mb = ctx.max([peak_rss_mb(), torch.cuda.max_memory_allocated(ctx.device) / 2**20
-                                               if ctx.device.type == "cuda" else 0.0])
+                    rss_mb, cuda_mb, wait_s = ctx.max([peak_rss_mb(), torch.cuda.max_memory_allocated(ctx.device) / 2**20
+                                                       if ctx.device.type == "cuda" else 0.0, data_wait_s])
                     self.tracker.log({"step": step, "loss": loss, "lr": info["lr"], "grad_norm": info["grad_norm"],
                                       "tokens_per_s": tok_s, "tokens": info["tokens"], "padded_tokens": info["padded"],
                                       "output_tokens": info["output_tokens"], "elapsed_s": elapsed,
+                                      "data_wait_s": wait_s,
                                       "peak_rss_mb": rss_mb, "peak_cuda_mb": cuda_mb,
                                       "first_step_s": self.state.get("first_step_s"), **truncated})
                     if self.is_main:
