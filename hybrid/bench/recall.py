@@ -1,103 +1,92 @@
-"""`hybrid bench recall`: does the memory help? Long-context recall across four model variants (issue #7).
+"""`hybrid bench recall`: does the memory help? Long-context recall across four model variants (issues #7, #16).
 
-Four variants of one tiny model - no memory, internal memory only, external memory only, both - are trained for
-the same number of steps through `hybrid train`'s `train(cfg)` (in-process, train.num_workers=0) on the same
-synthetic IO pairs written as JSONL (hybrid/bench/recall_tasks.py: key-value recall, passkey,
-two-hop facts) and evaluated by exact match at 1x, 4x and 16x `segment_length`. The attention window is one
-segment, so at 4x and 16x the answer lies outside every window the question can see. Evaluation is `hybrid eval`'s
-`evaluate()` (teacher-forced exact match: greedy exact match token for token, in batched forwards).
+Four variants of one tiny model - no memory, internal memory only, external memory only, both - are trained the same
+way through `hybrid train` (the recipe: hybrid/training/recall.py, docs/recall.md) on synthetic IO pairs whose
+answer lies beyond the attention window (hybrid/data/recall_tasks.py), for each of several seeds, and scored on a
+test stream the recipe never saw (its choices are made on the validation stream):
 
-The recipe (docs/recall.md says why): a word-level vocabulary (one token per word), external memory with
-chunk_size 1 at the last layer, and a curriculum over lengths - in-window examples first so that the induction
-circuit forms where the answer is visible, then longer examples mixed in so that the same circuit learns to find
-its keys in memory (RMT trained with a curriculum over segments for the same reason).
+    cells      exact match of the whole output and of the value words alone, per variant, task and length
+               (1x, 4x, 16x trained lengths or less; 64x longer than any training example, with the external
+               memory smaller than the haystack, so it evicts), mean over the seeds, the per-seed values and a 95 %
+               interval (`interval`)
+    baselines  uniform chance and the "one of the mentioned candidates" level (recall_tasks.mentioned_chance)
+    controls   on the `both` variant: every memory gate closed at evaluation; the haystack of another example;
+               the asked value edited in the haystack (the prediction must follow the edit)
+    FAISS      the `both` variant with the external memory in FAISS (flat, and IVF) instead of the exact torch store
 
+`--from-json FILE` renders a saved result without training; `--write-docs` puts its tables into README.md and
+docs/recall.md between their `recall-table` markers (tests/hybrid/bench/test_recall.py checks that they agree).
 Heavy imports (torch, matplotlib, rich) happen inside functions.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import random
+import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from hybrid.cli import non_negative_int, positive_int
 from hybrid.core.errors import HybridError
+from hybrid.training.recall import VARIANT_TITLES, VARIANTS, RecallRecipe
 
-VARIANTS = {
-    "none": {"use_internal_memory": False, "use_external_memory": False},
-    "internal": {"use_internal_memory": True, "use_external_memory": False},
-    "external": {"use_internal_memory": False, "use_external_memory": True},
-    "both": {"use_internal_memory": True, "use_external_memory": True},
-}
-VARIANT_TITLES = {"none": "no memory", "internal": "internal only", "external": "external only", "both": "both"}
+CONTROL_TITLES = {"gates_closed": "both, every memory gate closed at evaluation",
+                  "swapped": "both, haystack of another example (own answer)",
+                  "swapped_follows": "both, haystack of another example (the other's answer)",
+                  "edited_follows": "both, the asked value edited in the haystack (follows the edit)"}
+FAISS_ROWS = {"faiss_flat": "both, FAISS flat store", "faiss_ivf": "both, FAISS IVF store (nlist 8, nprobe 2)"}
+MARK = ("<!-- recall-table:start (generated: hybrid bench recall --from-json docs/recall-results.json --write-docs) -->",
+        "<!-- recall-table:end -->")
+DOC_FILES = ("README.md", "docs/recall.md")
 
 
 @dataclass
 class Settings:
     """Everything a run depends on (written into the JSON, so a result names its recipe)."""
 
-    segment_length: int = 32
+    recipe: RecallRecipe = field(default_factory=RecallRecipe)
     lengths: list[int] = field(default_factory=lambda: [1, 4, 16])
-    tasks: list[str] = field(default_factory=lambda: ["kv", "passkey", "facts"])
+    long_lengths: list[int] = field(default_factory=lambda: [64])  # scored on kv and passkey only
+    long_examples: int = 200
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    base_steps: int = 1500  # stage 1, shared: in-window only
-    steps: int = 1500  # stage 2, per variant: the length curriculum
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    warmup: int = 100
-    # Stage-2 length mix {segments: weight} of the training file (the curriculum as data: `hybrid train` shuffles
-    # one file, so phases cannot be expressed); in-window examples stay in the mix. data.bucket_by_length=true
-    # draws every batch from one length.
-    length_mix: dict[int, float] = field(default_factory=lambda: {1: 1.0, 2: 1.0, 4: 2.0})
-    # Training draws each key-value example's number of pairs from this range (evaluation always uses 8):
-    # with one or two pairs the lookup is easy and its gradient strong, which starts the induction circuit.
-    train_kv_pairs: list[int] = field(default_factory=lambda: [1, 8])
-    # Training aids mixed into the training batches (not evaluated): see recall_tasks.chain_example.
-    train_aids: list[str] = field(default_factory=lambda: ["chain"])
-    # Stage 2: the chance that a chain link ends with `,` (recall_tasks.chain_example). Stage 1 always separates
-    # links (unambiguous while the circuit forms); in stage 2 half the links sit side by side, as key-value pairs
-    # do - measured: external-only key-value at 4x 0.86 -> 0.92 (docs/recall.md).
-    chain_separator: float = 0.5
-    # Opening of the memory read gates at the start of stage 2 (tanh of the gate parameter). The model starts
-    # them at 0 - a no-op, right for a pretrained base. The internal memory's gate then gets a gradient
-    # proportional to a read that is itself ~0 (weights of std 0.02), and nothing else gets one until it opens:
-    # measured here, internal-only reached 0.17-0.19 train exact match at 4x with 0 and passkey 0.69 / key-value
-    # 0.31 at 4x with 0.5. The external gate opens fast from 0 (its read is full-size), so it stays at 0.
-    internal_gate_init: float = 0.5
-    external_gate_init: float = 0.0
-    eval_examples: int = 100
-    seed: int = 0
-    model: dict[str, Any] = field(default_factory=lambda: {
-        "family": "llama", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "memory_slots": 8, "num_mem_heads": 4, "chunk_size": 1, "retrieval_k": 8,
-        "retrieval_layers": [1], "external_memory_size": 1024, "max_position_embeddings": 64})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    eval_examples: int = 500
+    controls: bool = True
+    faiss: bool = True
 
 
-QUICK = dict(base_steps=200, steps=100, eval_examples=16, lengths=[1, 4], batch_size=16, warmup=10)
+QUICK = dict(lengths=[1, 4], long_lengths=[], eval_examples=16, seeds=[0], faiss=False)
+QUICK_RECIPE = dict(base_steps=200, steps=100, batch_size=16, warmup=10, base_rounds=1, val_examples=16)
+LONG_TASKS = ("kv", "passkey")
+CONTROL_TASKS = ("kv", "passkey")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="a smoke run (minutes): few steps, 1x and 4x only")
+    p.add_argument("--quick", action="store_true", help="a smoke run (a minute): few steps, 1x and 4x, one seed")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw accuracy vs length, one line per variant")
-    p.add_argument("--markdown", metavar="FILE.md", help="write the table as markdown")
-    p.add_argument("--base-steps", type=positive_int,
-                   help="stage 1: in-window steps of the base the variants share (default 1500; --quick 200)")
-    p.add_argument("--steps", type=positive_int,
-                   help="stage 2: length-curriculum steps per variant (default 1500; --quick 100)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data and the weights (default: %(default)s)")
+    p.add_argument("--markdown", metavar="FILE.md", help="write the tables as markdown")
+    p.add_argument("--from-json", metavar="FILE", help="render the results saved in FILE (no training)")
+    p.add_argument("--write-docs", action="store_true",
+                   help="put the tables into README.md and docs/recall.md between their recall-table markers")
+    p.add_argument("--seeds", help="comma-separated seeds of the data and the weights (default 0,1,2)")
+    p.add_argument("--seed", type=non_negative_int, help="one seed (same as --seeds N)")
+    p.add_argument("--base-steps", type=positive_int, help="stage 1: steps per round (default 1500)")
+    p.add_argument("--steps", type=positive_int, help="stage 2: length-curriculum steps per variant (default 1500)")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--tasks", help="comma-separated subset of kv,passkey,facts")
     p.add_argument("--lengths", help="comma-separated lengths in segments (default 1,4,16)")
-    p.add_argument("--eval-examples", type=positive_int, help="test examples per task and length (default 100)")
+    p.add_argument("--long-lengths", help="lengths beyond training, kv and passkey only (default 64; '' = none)")
+    p.add_argument("--eval-examples", type=positive_int, help="test examples per task and length (default 500)")
+    p.add_argument("--no-controls", action="store_true", help="skip the control rows")
+    p.add_argument("--no-faiss", action="store_true", help="skip the FAISS rows")
     p.add_argument("--threads", type=non_negative_int, default=1,
                    help="torch CPU threads (default %(default)s: the tiny model gains nothing from more, and on a "
                         "busy machine extra threads make each step many times slower)")
@@ -118,31 +107,43 @@ def _csv(text: str | None, cast=str) -> list | None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     import yaml
 
-    from hybrid.bench.recall_tasks import TASKS
+    from hybrid.data.recall_tasks import TASKS
 
     s = Settings()
+    r = s.recipe
     if args.quick:
         for key, value in QUICK.items():
             setattr(s, key, value)
-    s.seed = args.seed
+        for key, value in QUICK_RECIPE.items():
+            setattr(r, key, value)
+    if args.seed is not None:
+        s.seeds = [args.seed]
+    s.seeds = _csv(args.seeds, int) or s.seeds
     if args.steps is not None:
-        s.steps = args.steps
+        r.steps = args.steps
     if args.base_steps is not None:
-        s.base_steps = args.base_steps
+        r.base_steps = args.base_steps
     if args.eval_examples is not None:
         s.eval_examples = args.eval_examples
     s.variants = _csv(args.variants) or s.variants
-    s.tasks = _csv(args.tasks) or s.tasks
+    r.tasks = _csv(args.tasks) or r.tasks
     s.lengths = _csv(args.lengths, int) or s.lengths
+    if args.long_lengths is not None:
+        s.long_lengths = _csv(args.long_lengths, int) or []
+    s.controls = s.controls and not args.no_controls
+    s.faiss = s.faiss and not args.no_faiss
     for v in s.variants:
         if v not in VARIANTS:
             raise HybridError(f"--variants: unknown variant {v!r} (choose from {', '.join(VARIANTS)})")
-    for t in s.tasks:
+    for t in r.tasks:
         if t not in TASKS:
             raise HybridError(f"--tasks: unknown task {t!r} (choose from {', '.join(TASKS)})")
-    for n in s.lengths:
+    for n in s.lengths + s.long_lengths:
         if n < 1:
             raise HybridError(f"--lengths: {n} is not a positive number of segments")
+    if not s.seeds or any(x < 0 for x in s.seeds) or len(set(s.seeds)) != len(s.seeds):
+        raise HybridError(f"--seeds: expected distinct non-negative integers, got {s.seeds}")
+    own = {f.name for f in fields(Settings)} - {"recipe"}
     for item in args.overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -150,245 +151,306 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         value = yaml.safe_load(raw) if raw else raw
         group, _, name = key.partition(".")
         if group == "model" and name:
-            s.model[name] = value
-        elif group == "bench" and name and name in Settings.__dataclass_fields__ and name != "model":
+            r.model[name] = value
+        elif group == "bench" and name in own:
             setattr(s, name, value)
+        elif group == "bench" and name and name in RecallRecipe.__dataclass_fields__ and name != "model":
+            setattr(r, name, value)
         else:
-            raise HybridError(f"{key}: unknown key (use model.<key> or bench.<key>, bench keys: "
-                              f"{', '.join(k for k in Settings.__dataclass_fields__ if k != 'model')})")
-    for name in ("internal_gate_init", "external_gate_init"):
-        if not -1 < getattr(s, name) < 1:
-            raise HybridError(f"bench.{name}: must lie in (-1, 1) (it is tanh of the gate), got {getattr(s, name)}")
-    if not isinstance(s.length_mix, dict) or not s.length_mix or not all(
-            isinstance(n, int) and n >= 1 and isinstance(w, (int, float)) and w > 0 for n, w in s.length_mix.items()):
-        raise HybridError(f"bench.length_mix: expected {{segments: weight}} with positive integers and weights, "
-                          f"got {s.length_mix!r}")
-    if s.steps < 1 or s.base_steps < 1 or s.batch_size < 1 or s.eval_examples < 1:
-        raise HybridError("--steps, --base-steps, --eval-examples and bench.batch_size must be positive")
+            keys = sorted((own | set(RecallRecipe.__dataclass_fields__)) - {"model"})
+            raise HybridError(f"{key}: unknown key (use model.<key> or bench.<key>, bench keys: {', '.join(keys)})")
+    r.check()
+    if s.eval_examples < 1 or s.long_examples < 1:
+        raise HybridError("--eval-examples and bench.long_examples must be positive")
     return s
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Data files, configs, and the two stages through `hybrid train` / `hybrid eval`
+# Statistics
 
-# The IO-pair template of `hybrid train`: input <|sep|> output <|endoftext|> - two tokens the generators leave room
-# for, so that an example of n segments is exactly n * segment_length tokens (no BOS is added).
-TEMPLATE_SUFFIX = 2
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def _layout():
-    from hybrid.bench.recall_tasks import Layout
-
-    return Layout(prefix=0, suffix=TEMPLATE_SUFFIX, echo_key=True)
-
-
-def write_jsonl(path: Path, records) -> int:
-    """Write IO-pair records (one JSON object a line) atomically; returns the count."""
-    from hybrid.core.io import atomic_write_text
-
-    lines = [json.dumps(r, ensure_ascii=False) for r in records]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return len(lines)
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def training_examples(s: Settings, steps: int, lengths: dict[int, float], seed: int,
-                      chain_separator: float = 1.0) -> list:
-    """steps x batch_size fresh examples (benchmark tasks and training aids mixed) from seeded streams, each
-    example's length drawn from `lengths` ({segments: weight}): the curriculum as a data mix. With
-    data.bucket_by_length every batch then holds one length, as the old per-step length draw did."""
-    from hybrid.bench import recall_tasks as rt
+def interval(per_seed: list[float], n_per_seed: int) -> tuple[float, float]:
+    """A 95 % interval for the mean over seeds: the Wilson interval of all examples pooled (the sampling error of
+    the test sets), widened to the Student-t interval of the seed means when that is wider (the variation between
+    seeds, i.e. between trained models) — the larger of the two half-widths around the mean."""
+    mean = sum(per_seed) / len(per_seed)
+    lo, hi = wilson(mean * n_per_seed * len(per_seed), n_per_seed * len(per_seed))
+    if len(per_seed) > 1:
+        half = T975.get(len(per_seed) - 1, 1.96) * statistics.stdev(per_seed) / math.sqrt(len(per_seed))
+        lo, hi = min(lo, max(0.0, mean - half)), max(hi, min(1.0, mean + half))
+    return (lo, hi)
 
-    rng = random.Random(seed)
-    streams: dict = {}
-    out = []
-    for _ in range(steps * s.batch_size):
-        n = rng.choices(list(lengths), weights=list(lengths.values()))[0]
-        task = rng.choice(s.tasks + s.train_aids)
-        if (task, n) not in streams:
-            options = {"n_pairs": tuple(s.train_kv_pairs)} if task == "kv" else {}
-            if task == "chain" and chain_separator != 1.0:
-                options = {"separator": chain_separator}
-            streams[(task, n)] = rt.generate(task, n, 10**9, s.segment_length, seed, "train", _layout(), **options)
-        out.append(next(streams[(task, n)]))
+
+def summary(per_seed: list[float], n: int) -> dict[str, Any]:
+    lo, hi = interval(per_seed, n)
+    return {"mean": sum(per_seed) / len(per_seed), "per_seed": per_seed, "ci95": [lo, hi], "n_per_seed": n}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One seed
+
+
+def _scores_cell(scores) -> dict[str, float]:
+    out = {"exact": scores.exact_match, "value": scores.value_accuracy}
+    if scores.other is not None:
+        out["other"] = scores.other_accuracy
     return out
 
 
-def vocabulary_records(examples: list, segment_length: int, seed: int) -> list[dict]:
-    """`train.tokenizer=word` builds its vocabulary from the training words. A short run (--quick, tests) may not
-    see every word of the benchmark's vocabulary, and a word it lacks would be <|unk|> at test time: the missing
-    words get a few 1x examples of their own (filler to fill the segment, `.` as output). The default run sees
-    every word, so this adds nothing there."""
-    from hybrid.bench.recall_tasks import _filler, vocabulary
-
-    seen = {w for ex in examples for w in (ex.input + " " + ex.output).split()}
-    missing = [w for w in vocabulary() if w not in seen]
-    rng = random.Random(seed)
-    room = segment_length - TEMPLATE_SUFFIX - 1  # input words of one 1x example
-    records = []
-    for i in range(0, len(missing), room):
-        words = missing[i:i + room]
-        words += _filler(rng, room - len(words))
-        records.append({"input": " ".join(words), "output": ".", "task": "vocabulary", "segments": 1})
-    return records
-
-
-def train_overrides(s: Settings, variant: str, output_dir: Path, data: Path, steps: int, seed: int,
-                    init_from: Path | None = None) -> list[str]:
-    """The `hybrid train` overrides of one stage: the model of `variant`, the recipe's optimizer settings."""
-    model = dict(s.model)
-    model.update(VARIANTS[variant])
-    model["segment_length"] = s.segment_length
-    model.setdefault("num_key_value_heads", model.get("num_attention_heads", 4))
-    over = [f"model.{k}={json.dumps(v)}" for k, v in model.items()]
-    over += [
-        f"data.train={data}", "data.bucket_by_length=true",
-        f"data.max_length={max(s.lengths + list(s.length_mix)) * s.segment_length}",
-        "train.tokenizer=word", "train.num_workers=0", "train.precision=fp32", "train.resume=none",
-        f"train.output_dir={output_dir}", f"train.max_iters={steps}", f"train.batch_size={s.batch_size}",
-        f"train.learning_rate={s.learning_rate}", f"train.warmup_iters={s.warmup}", "train.min_lr_ratio=0.1",
-        "train.weight_decay=0.01", "train.beta1=0.9", "train.beta2=0.98", "train.grad_clip=1.0",
-        f"train.seed={seed}", f"train.eval_every={steps}", f"train.log_every={max(1, steps // 8)}",
-        "train.keep_last=1"]
-    if init_from is not None:
-        over.append(f"train.init_from={init_from}")
-    return over
-
-
-def _train(overrides: list[str], log=print):
+def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
+    """Stage 1, stage 2 per variant, then every score of this seed: {"base", "cells", "validation", "controls",
+    "faiss", "mentioned", "seconds"}."""
     from hybrid.cli.config import load_config
-    from hybrid.training.train import train
+    from hybrid.config.memory import MemoryConfig
+    from hybrid.data import recall_tasks as rt
+    from hybrid.training import recall as rc
 
-    result = train(load_config(overrides).recipe())
-    if result.checkpoint is None:
-        raise HybridError(f"recall: training wrote no checkpoint in {result.output_dir}")
-    return result
-
-
-def train_base(s: Settings, work: Path, log=print) -> Path:
-    """Stage 1, shared by the four variants: the memory-free model trained in-window (1x) through
-    `hybrid.training.train.train` so that the lookup (induction) circuit forms where the answer is visible.
-    Returns its checkpoint (weights + the word-level tokenizer the variants inherit)."""
-    examples = training_examples(s, s.base_steps, {1: 1.0}, s.seed * 7919 + 1)
-    data = work / "base_train.jsonl"
-    write_jsonl(data, [e.record() for e in examples] + vocabulary_records(examples, s.segment_length, s.seed))
-    return _train(train_overrides(s, "none", work / "base", data, s.base_steps, s.seed), log).checkpoint
-
-
-def gated_init(s: Settings, variant: str, base: Path, dest: Path) -> Path:
-    """The checkpoint stage 2 starts from: a copy of the base with the variant's memory read gates added at
-    tanh(gate) = bench.internal_gate_init / bench.external_gate_init. `train.init_from` loads every parameter the
-    checkpoint has and leaves the others (the memory) at their fresh init, where both gates are 0; training has no
-    knob for the gates' initial value, so the bench writes them into the init checkpoint, by parameter name
-    (`*.internal_memory.gate`, `*.self_attn.memory_gate`). The other memory parameters stay fresh."""
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from hybrid.cli.config import load_config
-    from hybrid.models import build_model
-
-    gates = {".internal_memory.gate": s.internal_gate_init, ".self_attn.memory_gate": s.external_gate_init}
-    if not any(gates.values()):
-        return base
-    vocab = json.loads((base / "config.json").read_text())["vocab_size"]
-    cfg = load_config(train_overrides(s, variant, dest, dest, 1, 0))
-    with torch.device("meta"):
-        model = build_model(cfg.model, vocab_size=vocab)
-    extra = {}
-    for name, p in model.named_parameters():
-        for suffix, value in gates.items():
-            if name.endswith(suffix) and value:
-                extra[name] = torch.full(tuple(p.shape), math.atanh(value), dtype=torch.float32)
-    if not extra:
-        return base
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(base, dest)
-    files = sorted(dest.glob("*.safetensors"))
-    if len(files) != 1:
-        raise HybridError(f"recall: expected one .safetensors file in {base}, found {len(files)}")
-    weights = load_file(str(files[0]))
-    weights.update(extra)
-    save_file(weights, str(files[0]), metadata={"format": "pt"})
-    return dest
-
-
-def train_variant(s: Settings, variant: str, base: Path, work: Path, data: Path, log=print) -> Path:
-    """Stage 2: `train.init_from=<base>` (memory parameters fresh, read gates opened per the recipe), `steps`
-    steps on the length mix, where the answer is out of the window for n > 1. Returns the final checkpoint."""
-    init = gated_init(s, variant, base, work / f"init_{variant}")
-    over = train_overrides(s, variant, work / variant, data, s.steps, s.seed + 1, init_from=init)
-    return _train(over, log).checkpoint
+    r = s.recipe
+    base_cfg = load_config([]).recipe()
+    trained = max(s.lengths + list(r.length_mix))
+    max_length = trained * r.segment_length
+    t0 = time.time()
+    seconds: dict[str, float] = {}
+    log(f"[seed {seed}] base: up to {r.base_rounds} x {r.base_steps} in-window steps (hybrid train)")
+    base = rc.train_base(r, base_cfg, work, seed, max_length, say=log)
+    seconds["base"] = round(time.time() - t0, 1)
+    if not base.passed:
+        log(f"  the base missed the bar: in-window key-value {base.val_kv_1x[-1]:.2f} < {r.base_bar} after "
+            f"{base.rounds} rounds (reported; the variants still start from it)")
+    data = rc.stage2_data(r, work, seed)
+    tests = {(t, n): rc.eval_examples(r, t, n, s.eval_examples, seed, "test") for t in r.tasks for n in s.lengths}
+    tests.update({(t, n): rc.eval_examples(r, t, n, s.long_examples, seed, "test")
+                  for t in r.tasks if t in LONG_TASKS for n in s.long_lengths})
+    val_n = max(r.length_mix)
+    vals = {t: rc.eval_examples(r, t, val_n, r.val_examples, seed, "val") for t in r.tasks}
+    mentioned = {t: {str(n): sum(map(rt.mentioned_chance, ex)) / len(ex) for (tt, n), ex in tests.items() if tt == t}
+                 for t in r.tasks}
+    cells: dict[str, Any] = {}
+    validation: dict[str, Any] = {}
+    controls: dict[str, Any] = {}
+    faiss: dict[str, Any] = {}
+    for variant in s.variants:
+        t1 = time.time()
+        log(f"[seed {seed}] {VARIANT_TITLES[variant]}: {r.steps} steps on the length mix (hybrid train, init from "
+            f"the base)")
+        ckpt = rc.train_variant(r, base_cfg, variant, base.checkpoint, work, data, seed, max_length)
+        cells[variant] = {t: {} for t in r.tasks}
+        with rc.loaded(ckpt) as (model, tok):
+            for (t, n), ex in tests.items():
+                cells[variant][t][str(n)] = _scores_cell(rc.score(model, tok, ex))
+            validation[variant] = {t: {str(val_n): rc.score(model, tok, ex).exact_match} for t, ex in vals.items()}
+            if variant == "both" and s.controls:
+                controls = _controls(s, model, tok, tests, seed)
+        if variant == "both" and s.faiss:
+            for name, memory in (("faiss_flat", MemoryConfig(backend="faiss", faiss_index="flat")),
+                                 ("faiss_ivf", MemoryConfig(backend="faiss", faiss_index="ivf", ivf_nlist=8,
+                                                            ivf_nprobe=2))):
+                with rc.loaded(ckpt, memory=memory) as (model, tok):
+                    faiss[name] = {t: {str(n): _scores_cell(rc.score(model, tok, ex))
+                                       for (tt, n), ex in tests.items() if tt == t and n >= 16}
+                                   for t in r.tasks if t in LONG_TASKS}
+        seconds[variant] = round(time.time() - t1, 1)
+        log(f"  [{variant}] exact match " + ", ".join(
+            f"{t} {n}x {cells[variant][t][n]['exact']:.2f}" for t in cells[variant] for n in cells[variant][t])
+            + f" ({seconds[variant]:.0f}s)")
+    return {"base": {"rounds": base.rounds, "val_kv_1x": base.val_kv_1x, "passed": base.passed},
+            "cells": cells, "validation": validation, "controls": controls, "faiss": faiss, "mentioned": mentioned,
+            "seconds": seconds}
 
 
-def test_files(s: Settings, work: Path) -> dict[tuple[str, int], Path]:
-    from hybrid.bench import recall_tasks as rt
+def _controls(s: Settings, model, tok, tests: dict, seed: int) -> dict[str, Any]:
+    """The control rows on one model (the `both` variant), at every length above 1x of the control tasks."""
+    from hybrid.training import recall as rc
 
-    files = {}
-    for task in s.tasks:
-        for n in s.lengths:
-            path = work / "test" / f"{task}_{n}x.jsonl"
-            write_jsonl(path, [e.record() for e in rt.generate(task, n, s.eval_examples, s.segment_length, s.seed,
-                                                              "test", _layout())])
-            files[(task, n)] = path
-    return files
+    out: dict[str, Any] = {name: {} for name in CONTROL_TITLES}
+    rng = random.Random(seed * 31 + 5)
+    for (t, n), ex in tests.items():
+        if t not in CONTROL_TASKS or n == 1:
+            continue
+        with rc.gates_closed(model):
+            out["gates_closed"].setdefault(t, {})[str(n)] = _scores_cell(rc.score(model, tok, ex))
+        donors = ex[1:] + ex[:1]
+        swapped = [rc.swapped_haystack(e, d, s.recipe.segment_length) for e, d in zip(ex, donors)]
+        sc = rc.score(model, tok, [e for e, _ in swapped], other=[o for _, o in swapped])
+        out["swapped"].setdefault(t, {})[str(n)] = {"exact": sc.exact_match, "value": sc.value_accuracy}
+        follows = [f for f, (_, o) in zip(sc.other or [], swapped) if o is not None]
+        if follows:  # key-value: only the examples whose donor haystack has the asked key
+            rate = sum(follows) / len(follows)
+            out["swapped_follows"].setdefault(t, {})[str(n)] = {"exact": rate, "value": rate, "examples": len(follows)}
+        edited = [rc.edited_haystack(e, rng) for e in ex]
+        sc = rc.score(model, tok, [e for e, _ in edited], other=[o for _, o in edited])
+        out["edited_follows"].setdefault(t, {})[str(n)] = {"exact": sc.other_accuracy, "value": sc.other_accuracy}
+    return out
 
 
-def evaluate_variant(s: Settings, checkpoint: Path, tests: dict[tuple[str, int], Path]) -> dict[str, dict[int, float]]:
-    """Exact match per task and length through `hybrid eval`'s `evaluate()`: teacher-forced (batched), which is
-    greedy exact match token for token, output and closing end-of-text."""
-    from hybrid.training.evaluate import evaluate
+# ----------------------------------------------------------------------------------------------------------
+# Across seeds
 
-    results: dict[str, dict[int, float]] = {}
-    for task in s.tasks:
-        results[task] = {}
-        for n in s.lengths:
-            m = evaluate(checkpoint, tests[(task, n)], batch_size=32, max_generate=0)
-            if m.get("input_truncated_left"):
-                raise HybridError(f"recall: {m['input_truncated_left']} test inputs truncated ({task}, {n}x)")
-            results[task][n] = float(m["teacher_forced_exact_match"])
-    return results
+
+def aggregate(s: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed results → mean, per-seed values and 95 % interval per cell (exact match; value accuracy beside)."""
+    def cell(get, n_examples):
+        exact = [get(run)["exact"] for run in runs]
+        out = summary(exact, n_examples)
+        out["value"] = summary([get(run)["value"] for run in runs], n_examples)
+        return out
+
+    def n_of(n: str) -> int:
+        return s.long_examples if int(n) in s.long_lengths else s.eval_examples
+
+    first = runs[0]
+    accuracy = {v: {t: {n: cell(lambda run, v=v, t=t, n=n: run["cells"][v][t][n], n_of(n)) for n in by_n}
+                    for t, by_n in first["cells"][v].items()} for v in first["cells"]}
+    controls = {}
+    for name, by_t in first["controls"].items():
+        controls[name] = {t: {n: cell(lambda run, name=name, t=t, n=n: run["controls"][name][t][n],
+                                      first["controls"][name][t][n].get("examples", n_of(n)))
+                              for n in by_n} for t, by_n in by_t.items()}
+    faiss = {name: {t: {n: cell(lambda run, name=name, t=t, n=n: run["faiss"][name][t][n], n_of(n)) for n in by_n}
+                    for t, by_n in by_t.items()} for name, by_t in first["faiss"].items()}
+    mentioned = {t: {n: sum(run["mentioned"][t][n] for run in runs) / len(runs) for n in by_n}
+                 for t, by_n in first["mentioned"].items()}
+    validation = {v: {t: {n: sum(run["validation"][v][t][n] for run in runs) / len(runs) for n in by_n}
+                      for t, by_n in first["validation"][v].items()} for v in first["validation"]}
+    return {"accuracy": accuracy, "controls": controls, "faiss": faiss, "mentioned": mentioned,
+            "validation": validation}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Reporting
 
 
-def render_table(result: dict) -> "rich.table.Table":  # noqa: F821
+def _fmt(c: dict[str, Any]) -> str:
+    lo, hi = c["ci95"]
+    return f"{c['mean']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _lengths_of(result: dict) -> list[str]:
+    st = result["settings"]
+    return [str(n) for n in st["lengths"] + st["long_lengths"]]
+
+
+def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """The main table: task, length, chance, mentioned, one column per variant (mean exact match [95 % interval])."""
+    from hybrid.data.recall_tasks import CHANCE, TASK_TITLES
+
+    st = result["settings"]
+    L = st["recipe"]["segment_length"]
+    header = ["task", "length", "chance", "mentioned"] + [VARIANT_TITLES[v] for v in st["variants"]]
+    rows = []
+    for t in st["recipe"]["tasks"]:
+        for n in _lengths_of(result):
+            if n not in result["accuracy"][st["variants"][0]].get(t, {}):
+                continue
+            beyond = " (beyond training)" if int(n) in st["long_lengths"] else ""
+            rows.append([TASK_TITLES[t], f"{n}× ({int(n) * L} tokens){beyond}", f"{CHANCE[t]:.3g}",
+                         f"{result['mentioned'][t][n]:.3g}"]
+                        + [_fmt(result["accuracy"][v][t][n]) for v in st["variants"]])
+    return header, rows
+
+
+def per_seed_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    from hybrid.data.recall_tasks import TASK_TITLES
+
+    st = result["settings"]
+    header = ["task", "length", "variant", "exact match per seed (" + ", ".join(map(str, st["seeds"])) + ")",
+              "value tokens per seed"]
+    rows = []
+    for t in st["recipe"]["tasks"]:
+        for n in _lengths_of(result):
+            for v in st["variants"]:
+                c = result["accuracy"][v].get(t, {}).get(n)
+                if c is not None:
+                    rows.append([TASK_TITLES[t], f"{n}×", VARIANT_TITLES[v], " ".join(f"{x:.2f}" for x in c["per_seed"]),
+                                 " ".join(f"{x:.2f}" for x in c["value"]["per_seed"])])
+    return header, rows
+
+
+def control_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    from hybrid.data.recall_tasks import TASK_TITLES
+
+    header = ["row", "task", "length", "exact match", "value tokens"]
+    rows = []
+    for group, titles in (("controls", CONTROL_TITLES), ("faiss", FAISS_ROWS)):
+        for name, title in titles.items():
+            for t, by_n in result[group].get(name, {}).items():
+                for n, c in by_n.items():
+                    rows.append([title, TASK_TITLES[t], f"{n}×", _fmt(c), _fmt(c["value"])])
+    return header, rows
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(result: dict) -> str:
+    """The tables as GitHub markdown: main (means and intervals), controls and FAISS, per seed."""
+    st = result["settings"]
+    base = "; ".join(f"seed {seed}: {b['rounds']} round(s), in-window key-value {b['val_kv_1x'][-1]:.2f}"
+                     f"{'' if b['passed'] else ' (missed the bar)'}"
+                     for seed, b in zip(st["seeds"], result["base"]) if b["val_kv_1x"])
+    parts = [f"Exact match, mean over seeds {', '.join(map(str, st['seeds']))} [95 % interval]; "
+             f"{st['eval_examples']} test examples per cell and seed ({st['long_examples']} beyond training).\n",
+             _markdown(*table_rows(result))]
+    if result["controls"] or result["faiss"]:
+        parts += ["\nControls (the `both` variant) and the external memory in FAISS:\n", _markdown(*control_rows(result))]
+    parts += ["\nPer seed:\n", _markdown(*per_seed_rows(result))]
+    if base:
+        parts.append(f"\nStage 1 (bar {st['recipe']['base_bar']}): {base}.\n")
+    return "".join(parts)
+
+
+def write_docs(result: dict, root: Path = Path(".")) -> list[Path]:
+    """Replace the block between the recall-table markers of README.md and docs/recall.md with the report."""
+    from hybrid.core.io import atomic_write_text
+
+    block = markdown_report(result)
+    done = []
+    for name in DOC_FILES:
+        path = root / name
+        text = path.read_text()
+        if MARK[0] not in text or MARK[1] not in text:
+            raise HybridError(f"{path}: no recall-table markers ({MARK[0]} … {MARK[1]})")
+        head, rest = text.split(MARK[0], 1)
+        _, tail = rest.split(MARK[1], 1)
+        atomic_write_text(path, f"{head}{MARK[0]}\n{block}{MARK[1]}{tail}")
+        done.append(path)
+    return done
+
+
+def doc_block(path: Path) -> str | None:
+    """The text between a file's recall-table markers (None without them)."""
+    text = path.read_text()
+    if MARK[0] not in text:
+        return None
+    return text.split(MARK[0], 1)[1].split(MARK[1], 1)[0].lstrip("\n")
+
+
+def render_table(result: dict):
     from rich.table import Table
 
-    from hybrid.bench.recall_tasks import CHANCE, TASK_TITLES
-
-    lengths = result["settings"]["lengths"]
-    L = result["settings"]["segment_length"]
-    table = Table(title=f"exact match (segment_length {L}; window = 1 segment)")
-    table.add_column("task")
-    table.add_column("length")
-    table.add_column("chance", justify="right")
-    for v in result["settings"]["variants"]:
-        table.add_column(VARIANT_TITLES[v], justify="right")
-    for task in result["settings"]["tasks"]:
-        for n in lengths:
-            row = [TASK_TITLES[task], f"{n}x ({n * L} tok)", f"{CHANCE[task]:.3g}"]
-            row += [f"{result['accuracy'][v][task][str(n)]:.2f}" for v in result["settings"]["variants"]]
-            table.add_row(*row)
+    header, rows = table_rows(result)
+    table = Table(title=f"exact match, mean over seeds {result['settings']['seeds']} [95 % interval] "
+                        f"(segment_length {result['settings']['recipe']['segment_length']}; window = 1 segment)")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i < 2 else "right")
+    for r in rows:
+        table.add_row(*r)
     return table
-
-
-def markdown_table(result: dict) -> str:
-    """The table as GitHub markdown (for READMEs)."""
-    from hybrid.bench.recall_tasks import CHANCE, TASK_TITLES
-
-    variants = result["settings"]["variants"]
-    L = result["settings"]["segment_length"]
-    lines = ["| task | length | chance | " + " | ".join(VARIANT_TITLES[v] for v in variants) + " |",
-             "|---|---|---:|" + "---:|" * len(variants)]
-    for task in result["settings"]["tasks"]:
-        for n in result["settings"]["lengths"]:
-            cells = [f"{result['accuracy'][v][task][str(n)]:.2f}" for v in variants]
-            lines.append(f"| {TASK_TITLES[task]} | {n}× ({n * L} tokens) | {CHANCE[task]:.3g} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def draw_plot(result: dict, path: str) -> None:
@@ -397,22 +459,26 @@ def draw_plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hybrid.bench.recall_tasks import CHANCE, TASK_TITLES
+    from hybrid.data.recall_tasks import CHANCE, TASK_TITLES
 
-    tasks = result["settings"]["tasks"]
-    lengths = result["settings"]["lengths"]
+    st = result["settings"]
+    tasks = st["recipe"]["tasks"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for v in result["settings"]["variants"]:
-            ax.plot(lengths, [result["accuracy"][v][task][str(n)] for n in lengths], marker="o",
-                    label=VARIANT_TITLES[v])
+        lengths = [n for n in _lengths_of(result) if n in result["accuracy"][st["variants"][0]][task]]
+        xs = [int(n) for n in lengths]
+        for v in st["variants"]:
+            cells = [result["accuracy"][v][task][n] for n in lengths]
+            means = [c["mean"] for c in cells]
+            err = [[m - c["ci95"][0] for m, c in zip(means, cells)], [c["ci95"][1] - m for m, c in zip(means, cells)]]
+            ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, label=VARIANT_TITLES[v])
         ax.axhline(CHANCE[task], color="grey", linestyle=":", label="chance")
         ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [f"{n}x" for n in lengths])
+        ax.set_xticks(xs, [f"{n}x" for n in xs])
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(TASK_TITLES[task])
         ax.set_xlabel("input length (segments)")
-    axes[0][0].set_ylabel("exact match")
+    axes[0][0].set_ylabel("exact match (95 % interval)")
     axes[0][-1].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -422,58 +488,67 @@ def draw_plot(result: dict, path: str) -> None:
     tmp.replace(path)
 
 
+def _load_result(path: str) -> dict:
+    import json
+
+    try:
+        result = json.loads(Path(path).read_text())
+        result["settings"]["variants"], result["accuracy"]  # noqa: B018 - the keys a report needs
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HybridError(f"{path}: not a `hybrid bench recall --json` result ({type(e).__name__}: {e})") from None
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
-    import torch
     from rich.console import Console
 
-    from hybrid.bench.recall_tasks import CHANCE
     from hybrid.core.io import atomic_write_json
 
     # Wide enough for the whole table when the output is not a terminal (logs, CI, tests).
-    console = Console() if sys.stdout.isatty() else Console(width=140)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
 
     def log(message: str) -> None:
         console.print(message, markup=False, highlight=False)
 
-    s = settings_from_args(args)
-    if args.threads < 1:
-        raise HybridError(f"--threads: expected a positive number, got {args.threads}")
-    torch.set_num_threads(args.threads)
-    t0 = time.time()
-    accuracy: dict[str, dict[str, dict[str, float]]] = {}
-    seconds: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="hybrid-recall-") as tmp:
-        work = Path(tmp)
-        console.print(f"[bold]base[/] (shared by the variants): {s.base_steps} in-window steps (hybrid train)")
-        base = train_base(s, work, log=log)
-        seconds["base"] = round(time.time() - t0, 1)
-        mix = s.length_mix
-        data = work / "stage2_train.jsonl"
-        write_jsonl(data, [e.record() for e in training_examples(
-            s, s.steps, mix, s.seed * 7919 + 2, chain_separator=s.chain_separator)])
-        tests = test_files(s, work)
-        for variant in s.variants:
-            t1 = time.time()
-            console.print(f"[bold]{VARIANT_TITLES[variant]}[/]: {s.steps} steps on the length mix "
-                          f"{ {f'{n}x': w for n, w in mix.items()} } (hybrid train, init from the base)")
-            checkpoint = train_variant(s, variant, base, work, data, log=log)
-            acc = evaluate_variant(s, checkpoint, tests)
-            accuracy[variant] = {task: {str(n): a for n, a in by_n.items()} for task, by_n in acc.items()}
-            seconds[variant] = round(time.time() - t1, 1)
-            log(f"  [{variant}] exact match " + ", ".join(f"{task} {n}x {a:.2f}" for task, by_n in acc.items()
-                                                      for n, a in by_n.items()) + f" ({seconds[variant]:.0f}s)")
-    result = {"bench": "recall", "settings": asdict(s), "chance": {t: CHANCE[t] for t in s.tasks},
-              "accuracy": accuracy, "seconds": seconds, "total_seconds": round(time.time() - t0, 1)}
+    if args.from_json:
+        result = _load_result(args.from_json)
+    else:
+        import torch
+
+        from hybrid.data.recall_tasks import CHANCE
+
+        s = settings_from_args(args)
+        if args.threads < 1:
+            raise HybridError(f"--threads: expected a positive number, got {args.threads}")
+        torch.set_num_threads(args.threads)
+        t0, load_before = time.time(), os.getloadavg()
+        runs = []
+        for seed in s.seeds:
+            with tempfile.TemporaryDirectory(prefix=f"hybrid-recall-{seed}-") as tmp:
+                runs.append(run_seed(s, seed, Path(tmp), log=log))
+        result = {"bench": "recall", "settings": asdict(s), "chance": {t: CHANCE[t] for t in s.recipe.tasks},
+                  **aggregate(s, runs), "base": [run["base"] for run in runs],
+                  "seconds": [run["seconds"] for run in runs], "total_seconds": round(time.time() - t0, 1),
+                  "load_average": {"before": load_before, "after": os.getloadavg()}, "cpu_count": os.cpu_count()}
     console.print(render_table(result))
-    console.print(f"total {result['total_seconds']:.0f}s")
-    if args.json:
+    header, rows = control_rows(result)
+    if rows:
+        console.print(_markdown(header, rows), markup=False, highlight=False)
+    if "total_seconds" in result:
+        la = result.get("load_average", {})
+        console.print(f"total {result['total_seconds']:.0f}s (load average {la.get('before', [0])[0]:.1f} → "
+                      f"{la.get('after', [0])[0]:.1f})")
+    if args.json and not args.from_json:
         atomic_write_json(args.json, result)
         console.print(f"wrote {args.json}")
     if args.markdown:
         from hybrid.core.io import atomic_write_text
 
-        atomic_write_text(args.markdown, markdown_table(result))
+        atomic_write_text(args.markdown, markdown_report(result))
         console.print(f"wrote {args.markdown}")
+    if args.write_docs:
+        for path in write_docs(result):
+            console.print(f"wrote the tables into {path}")
     if args.plot:
         draw_plot(result, args.plot)
         console.print(f"wrote {args.plot}")

@@ -59,8 +59,9 @@ class TuneConfig(Section):
         default_factory=lambda: {"model.retrieval_k": [1, 2, 4, 8], "model.memory_slots": [4, 16, 32]},
         description="dotted config key -> a list (grid) or {choice|uniform|loguniform: [...]}")
     objective: Literal["train", "recall"] = Field(
-        "train", description="train: the trials train on data.*; recall (not implemented yet: an error): on the "
-                             "recall task below, scored by validation exact match")
+        "train", description="train: the trials train on data.*; recall: on the recall task below (its data and "
+                             "a shared in-window base are made first, in <output_dir>/recall), scored by validation "
+                             "exact match (tune=recall)")
     recall: RecallObjective = Field(default_factory=RecallObjective, description="objective: recall")
 
     @model_validator(mode="after")

@@ -35,8 +35,7 @@ from typing import Any, Callable
 import yaml
 from pydantic import ValidationError
 
-from hybrid.config.recipe import RecipeConfig
-from hybrid.config.section import describe_error
+from hybrid.config.recipe import SECTIONS, RecipeConfig, with_values
 from hybrid.config.tune import TuneConfig
 from hybrid.core import storage
 from hybrid.core.errors import ConfigError, HybridError
@@ -45,27 +44,10 @@ from hybrid.memory.ray_store import RAY_NAMESPACE, shard_name
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.training.train import fit_on_ray, prepare
 
-SECTIONS = ("model", "train", "data", "memory")
 STATE = "tune"  # Tune's own folder under output_dir
 
 
 # -- the space ------------------------------------------------------------------------------------------------------
-def with_values(base: RecipeConfig, values: dict[str, Any], where: str = "tune.space") -> RecipeConfig:
-    """`base` with dotted keys set, validated: a one-line ConfigError naming the key otherwise."""
-    tree = base.model_dump(mode="json")
-    for key, value in values.items():
-        section, _, name = key.partition(".")
-        if section not in SECTIONS or not name or "." in name:
-            raise ConfigError(f"{where}: {key}: not a key of the training config (model.*, train.*, data.*, memory.*)")
-        if name not in type(getattr(base, section)).model_fields:
-            raise ConfigError(f"{where}: {key}: unknown key")
-        tree[section][name] = value
-    try:
-        return RecipeConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(f"{where}: {describe_error(e)}") from None
-
-
 def check_space(base: RecipeConfig, tcfg: TuneConfig) -> None:
     """Every key is a training-config key and every value it can take is valid — before any trial starts."""
     for key, spec in tcfg.space.items():
@@ -292,9 +274,6 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     t0 = time.time()
-    if tcfg.objective == "recall":
-        raise HybridError("tune.objective=recall is not implemented yet (the recall task still lives in "
-                          "`hybrid bench recall`); sweep on your data with tune.objective=train")
     output_dir = (tcfg.output_dir.rstrip("/") if storage.is_uri(tcfg.output_dir)
                   else str(Path(tcfg.output_dir).resolve()))
     state = storage.join(output_dir, STATE)
@@ -308,6 +287,8 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
         if storage.exists(state) or storage.exists(saved):
             raise HybridError(f"{shown}: holds a sweep already; continue it with --resume, or choose another "
                               f"tune.output_dir")
+        if tcfg.objective == "recall":
+            base = recall_base(base, tcfg, output_dir, say)
         if base.data.train is None:
             raise ConfigError("data.train: the trials need training data (data.train=PATH)")
         if tcfg.metric in ("val_loss", "val_exact_match") and not base.data.validation:
@@ -342,6 +323,44 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
     if sweep.trials and all(t.status == "failed" for t in sweep.trials):
         raise HybridError(f"every trial failed; the first: {sweep.trials[0].error}")
     return sweep
+
+
+RECALL_TASKS = {"key_value": "kv", "passkey": "passkey", "two_hop": "facts"}
+
+
+def recall_base(base: RecipeConfig, tcfg: TuneConfig, output_dir: str, say: Callable[[str], None]) -> RecipeConfig:
+    """`tune.objective=recall`: the recall task's data (<output_dir>/recall: train.jsonl, a length mix of 1x, 2x and
+    `length`x with the chain aid; val.jsonl, `length`x from the validation stream) and the shared in-window base
+    (hybrid/training/recall.py's stage 1, trained once, here), and the trials' config: the recall recipe's model
+    and optimiser (docs/recall.md) starting from the base, validated every `grace_steps` steps."""
+    from hybrid.training import recall as rc
+
+    if storage.is_uri(output_dir):
+        raise ConfigError(f"tune.objective=recall: tune.output_dir={output_dir} must be a local folder (the recall "
+                          f"data and the base are made on this machine)")
+    o = tcfg.recall
+    task = RECALL_TASKS[o.task]
+    recipe = rc.RecallRecipe(tasks=[task], base_steps=o.base_steps, base_rounds=1, val_examples=o.eval_examples)
+    folder = Path(output_dir) / "recall"
+    max_length = max(2, o.length) * recipe.segment_length
+    mix = {1: 1.0, 2: 1.0, o.length: 2.0} if o.length > 2 else {1: 1.0, max(2, o.length): 1.0}
+    say(f"recall objective: {o.task} at {o.length}x the window; the shared base ({o.base_steps} in-window steps) "
+        f"in {folder}")
+    examples = rc.training_examples(recipe, -(-o.train_examples // recipe.batch_size), mix, o.seed * 7919 + 2,
+                                    chain_separator=recipe.chain_separator)
+    train_file, val_file = folder / "train.jsonl", folder / "val.jsonl"
+    rc.write_jsonl(train_file, [e.record() for e in examples[:o.train_examples]]
+                   + rc.vocabulary_records(examples, recipe.segment_length, o.seed))
+    rc.write_jsonl(val_file, [e.record() for e in rc.eval_examples(recipe, task, o.length, o.eval_examples, o.seed,
+                                                                   "val")])
+    trained = rc.train_base(recipe, base, folder, o.seed, max_length, say=say)
+    values = rc.stage_values(recipe, "both", folder / "unused", train_file, tcfg.max_iters, o.seed + 1, max_length,
+                             init_from=trained.checkpoint)
+    values.update({"data.validation": str(val_file), "train.eval_every": tcfg.grace_steps,
+                   "train.log_every": max(1, tcfg.grace_steps), "train.resume": "auto"})
+    for key in ("train.output_dir", "train.max_iters", *tcfg.space):
+        values.pop(key, None)
+    return with_values(base, values, where="tune.objective=recall")
 
 
 def _read_sweep(path: str) -> tuple[RecipeConfig, TuneConfig]:

@@ -16,7 +16,12 @@ Tasks
   chance 1/8 (one of the places).
 
 A fact never straddles two segments (the window is one segment, so a split fact could not be read whole in
-any single window). Generators are pure functions of (task, n, seed): the same seed gives the same file.
+any single window). Generators are pure functions of (task, n, seed, split): the same seed gives the same file.
+Three splits never share a stream: `train`, `val` (where recipe choices are made; it is the stream the recipe
+was first tuned on, when it was still called `test`) and `test` (scored once per run).
+
+Beside uniform chance, `mentioned_chance` is the fair baseline of a model that found the right kind of answer but
+not the right one: one of the values (key-value) or places (two-hop facts) the haystack mentions, picked at random.
 """
 
 from __future__ import annotations
@@ -199,9 +204,14 @@ GENERATORS: dict[str, Callable[..., Example]] = {"kv": kv_example, "passkey": pa
 TRAINING_AIDS = ("chain",)
 
 
+SPLITS = {"train": 1, "val": 2, "test": 3}
+
+
 def task_seed(base_seed: int, task: str, n: int, split: str) -> int:
     """A stable seed per (task, length, split): train and test never share a stream."""
-    return (base_seed * 1_000_003 + list(GENERATORS).index(task) * 10_007 + n * 101 + {"train": 1, "test": 2}[split]) % 2**31
+    if split not in SPLITS:
+        raise HybridError(f"recall task: unknown split {split!r} (choose from {', '.join(SPLITS)})")
+    return (base_seed * 1_000_003 + list(GENERATORS).index(task) * 10_007 + n * 101 + SPLITS[split]) % 2**31
 
 
 def generate(task: str, n: int, count: int, segment_length: int, seed: int, split: str = "train",
@@ -219,3 +229,15 @@ def generate(task: str, n: int, count: int, segment_length: int, seed: int, spli
 def n_tokens(example: Example) -> int:
     """Words of input and output together (one token each for the word-level tokenizer)."""
     return len(example.input.split()) + len(example.output.split())
+
+
+def mentioned_chance(example: Example) -> float:
+    """The chance of a model that answers with one of the candidates the input mentions, picked uniformly: one of
+    the distinct values of the key-value pairs, one of the places of the facts; uniform chance for the passkey."""
+    words = example.input.split()
+    if example.task == "kv":
+        values = {b for a, b in zip(words, words[1:]) if a in KEYS and b in VALUES}
+        return 1 / max(1, len(values))
+    if example.task == "facts":
+        return 1 / max(1, len({w for w in words if w in PLACES}))
+    return CHANCE.get(example.task, 0.0)

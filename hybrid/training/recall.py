@@ -1,0 +1,357 @@
+"""The long-context recall recipe (docs/recall.md): synthetic IO pairs whose answer lies beyond the attention window
+(hybrid/data/recall_tasks.py), a memory-free base trained in-window, a stage per memory variant, and scoring —
+shared by `hybrid bench recall` and `hybrid tune tune=recall`.
+
+    stage 1   the memory-free base, trained on 1x examples (the tasks and the chain aid as data) through
+              `hybrid.training.train.train`, in rounds of `base_steps` (each round starts from the last one's
+              weights), until its in-window key-value exact match on the validation stream reaches `base_bar` or
+              `base_rounds` rounds are spent; the result says which
+    stage 2   per variant: `train.init_from=<base>`, the memory parameters fresh (read gates opened to
+              `model.memory_gate_init` / `model.external_gate_init`), `steps` steps on the length mix
+    scoring   per example, the argmax at every output position in one teacher-forced forward (greedy decoding's
+              tokens as long as it stays on the reference): exact match of the whole output (key echo, value,
+              end-of-text) and of the value words alone (the key echo is free); optionally against another
+              answer (controls: the value edited in the haystack, the haystack of another example)
+
+Every run is a `hybrid train` run on a config built from `base` (the caller's defaults) with the recipe's keys set
+(`stage_values`), in-process (`train.num_workers=0`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from hybrid.config.recipe import RecipeConfig, with_values
+from hybrid.core.errors import HybridError
+from hybrid.data import recall_tasks as rt
+
+VARIANTS = {
+    "none": {"use_internal_memory": False, "use_external_memory": False},
+    "internal": {"use_internal_memory": True, "use_external_memory": False},
+    "external": {"use_internal_memory": False, "use_external_memory": True},
+    "both": {"use_internal_memory": True, "use_external_memory": True},
+}
+VARIANT_TITLES = {"none": "no memory", "internal": "internal only", "external": "external only", "both": "both"}
+
+# The IO-pair template of `hybrid train`: input <|sep|> output <|endoftext|> - two tokens the generators leave room
+# for, so that an example of n segments is exactly n * segment_length tokens (no BOS is added).
+TEMPLATE_SUFFIX = 2
+
+
+@dataclass
+class RecallRecipe:
+    """How the variants are trained (the bench's `bench.<key>` overrides and `model.<key>` set these)."""
+
+    segment_length: int = 32
+    tasks: list[str] = field(default_factory=lambda: list(rt.TASKS))
+    base_steps: int = 1500  # stage 1, one round: in-window only
+    base_bar: float = 0.9  # stage 1 passes when in-window key-value exact match on validation reaches this
+    base_rounds: int = 3  # stage 1: at most this many rounds
+    steps: int = 1500  # stage 2, per variant: the length curriculum
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup: int = 100
+    # Stage-2 length mix {segments: weight} of the training file (the curriculum as data); in-window examples stay
+    # in the mix. data.bucket_by_length=true draws every batch from one length.
+    length_mix: dict[int, float] = field(default_factory=lambda: {1: 1.0, 2: 1.0, 4: 2.0})
+    # Training draws each key-value example's number of pairs from this range (evaluation always uses 8).
+    train_kv_pairs: list[int] = field(default_factory=lambda: [1, 8])
+    train_aids: list[str] = field(default_factory=lambda: ["chain"])  # recall_tasks.chain_example
+    # Stage 2: the chance that a chain link ends with `,` (stage 1 always separates links).
+    chain_separator: float = 0.5
+    val_examples: int = 200  # validation examples per task and length
+    model: dict[str, Any] = field(default_factory=lambda: {
+        "family": "llama", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "memory_slots": 8, "num_mem_heads": 4, "chunk_size": 1, "retrieval_k": 8,
+        "retrieval_layers": [1], "external_memory_size": 1024, "max_position_embeddings": 64,
+        # the internal read gate opened at the start of stage 2 (a closed gate gets almost no gradient)
+        "memory_gate_init": 0.5, "external_gate_init": 0.0})
+
+    def check(self, where: str = "bench") -> None:
+        if not isinstance(self.length_mix, dict) or not self.length_mix or not all(
+                isinstance(n, int) and n >= 1 and isinstance(w, (int, float)) and w > 0
+                for n, w in self.length_mix.items()):
+            raise HybridError(f"{where}.length_mix: expected {{segments: weight}} with positive integers and weights, "
+                              f"got {self.length_mix!r}")
+        for name in ("steps", "base_steps", "base_rounds", "batch_size", "val_examples"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise HybridError(f"{where}.{name}: must be a positive integer, got {getattr(self, name)!r}")
+        if not 0 <= self.base_bar <= 1:
+            raise HybridError(f"{where}.base_bar: an exact-match level in [0, 1], got {self.base_bar!r}")
+        for t in self.tasks:
+            if t not in rt.TASKS:
+                raise HybridError(f"{where}.tasks: unknown task {t!r} (choose from {', '.join(rt.TASKS)})")
+
+
+def layout() -> rt.Layout:
+    return rt.Layout(prefix=0, suffix=TEMPLATE_SUFFIX, echo_key=True)
+
+
+def write_jsonl(path: Path, records) -> int:
+    """Write IO-pair records (one JSON object a line) atomically; returns the count."""
+    from hybrid.core.io import atomic_write_text
+
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return len(lines)
+
+
+def training_examples(r: RecallRecipe, steps: int, lengths: dict[int, float], seed: int,
+                      chain_separator: float = 1.0) -> list[rt.Example]:
+    """steps x batch_size fresh examples (tasks and training aids mixed) from seeded train streams, each example's
+    length drawn from `lengths` ({segments: weight}): the curriculum as a data mix."""
+    rng = random.Random(seed)
+    streams: dict = {}
+    out = []
+    for _ in range(steps * r.batch_size):
+        n = rng.choices(list(lengths), weights=list(lengths.values()))[0]
+        task = rng.choice(r.tasks + r.train_aids)
+        if (task, n) not in streams:
+            options: dict[str, Any] = {"n_pairs": tuple(r.train_kv_pairs)} if task == "kv" else {}
+            if task == "chain" and chain_separator != 1.0:
+                options = {"separator": chain_separator}
+            streams[(task, n)] = rt.generate(task, n, 10**9, r.segment_length, seed, "train", layout(), **options)
+        out.append(next(streams[(task, n)]))
+    return out
+
+
+def vocabulary_records(examples: list, segment_length: int, seed: int) -> list[dict]:
+    """`train.tokenizer=word` builds its vocabulary from the training words. A short run may not see every word of
+    the benchmark's vocabulary, and a word it lacks would be <|unk|> at test time: the missing words get a few 1x
+    examples of their own (filler to fill the segment, `.` as output). A full-size run sees every word."""
+    seen = {w for ex in examples for w in (ex.input + " " + ex.output).split()}
+    missing = [w for w in rt.vocabulary() if w not in seen]
+    rng = random.Random(seed)
+    room = segment_length - TEMPLATE_SUFFIX - 1  # input words of one 1x example
+    records = []
+    for i in range(0, len(missing), room):
+        words = missing[i:i + room]
+        words += rt._filler(rng, room - len(words))
+        records.append({"input": " ".join(words), "output": ".", "task": "vocabulary", "segments": 1})
+    return records
+
+
+def eval_examples(r: RecallRecipe, task: str, n: int, count: int, seed: int, split: str) -> list[rt.Example]:
+    return list(rt.generate(task, n, count, r.segment_length, seed, split, layout()))
+
+
+# -- training ---------------------------------------------------------------------------------------------------------
+def stage_values(r: RecallRecipe, variant: str, output_dir: Path, data: Path, steps: int, seed: int, max_length: int,
+                 init_from: Path | None = None) -> dict[str, Any]:
+    """The training-config keys of one stage: the model of `variant`, the recipe's optimizer settings."""
+    model = dict(r.model)
+    model.update(VARIANTS[variant])
+    model["segment_length"] = r.segment_length
+    model.setdefault("num_key_value_heads", model.get("num_attention_heads", 4))
+    values = {f"model.{k}": v for k, v in model.items()}
+    values.update({
+        "model.pretrained": None, "data.train": str(data), "data.validation": None, "data.bucket_by_length": True,
+        "data.max_length": max_length, "train.tokenizer": "word", "train.num_workers": 0, "train.precision": "fp32",
+        "train.resume": "none", "train.output_dir": str(output_dir), "train.max_iters": steps,
+        "train.batch_size": r.batch_size, "train.gradient_accumulation_steps": 1,
+        "train.learning_rate": r.learning_rate, "train.warmup_iters": r.warmup, "train.min_lr_ratio": 0.1,
+        "train.weight_decay": 0.01, "train.beta1": 0.9, "train.beta2": 0.98, "train.grad_clip": 1.0,
+        "train.seed": seed, "train.eval_every": steps, "train.log_every": max(1, steps // 8), "train.keep_last": 1,
+        "train.max_minutes": None, "train.init_from": str(init_from) if init_from else None})
+    return values
+
+
+def train_stage(base: RecipeConfig, values: dict[str, Any], where: str = "recall") -> Path:
+    from hybrid.training.train import train
+
+    result = train(with_values(base, values, where=where), quiet=True)
+    if result.checkpoint is None:
+        raise HybridError(f"{where}: training wrote no checkpoint in {result.output_dir}")
+    return Path(result.checkpoint)
+
+
+@dataclass
+class BaseResult:
+    checkpoint: Path
+    val_kv_1x: list[float]  # in-window key-value exact match on validation after each round
+    passed: bool  # the last round reached the bar
+
+    @property
+    def rounds(self) -> int:
+        return len(self.val_kv_1x)
+
+
+def train_base(r: RecallRecipe, base: RecipeConfig, work: Path, seed: int, max_length: int,
+               say: Callable[[str], None] = print) -> BaseResult:
+    """Stage 1: the memory-free model trained in-window until key-value on validation reaches the bar (see the
+    module docstring). Returns its checkpoint (weights + the word-level tokenizer the variants inherit)."""
+    examples = training_examples(r, r.base_steps, {1: 1.0}, seed * 7919 + 1)
+    data = work / "base_train.jsonl"
+    write_jsonl(data, [e.record() for e in examples] + vocabulary_records(examples, r.segment_length, seed))
+    val = eval_examples(r, "kv", 1, r.val_examples, seed, "val") if "kv" in r.tasks else []
+    scores: list[float] = []
+    checkpoint: Path | None = None
+    for round_ in range(r.base_rounds):
+        checkpoint = train_stage(base, stage_values(r, "none", work / f"base{round_}", data, r.base_steps,
+                                                    seed + 7 * round_, max_length, init_from=checkpoint))
+        if not val:
+            return BaseResult(checkpoint, [], True)
+        with loaded(checkpoint) as (model, tokenizer):
+            scores.append(score(model, tokenizer, val).exact_match)
+        say(f"  base round {round_ + 1}: in-window key-value on validation {scores[-1]:.2f} (bar {r.base_bar})")
+        if scores[-1] >= r.base_bar:
+            break
+    assert checkpoint is not None
+    return BaseResult(checkpoint, scores, not val or scores[-1] >= r.base_bar)
+
+
+def stage2_data(r: RecallRecipe, work: Path, seed: int) -> Path:
+    data = work / "stage2_train.jsonl"
+    write_jsonl(data, [e.record() for e in training_examples(r, r.steps, r.length_mix, seed * 7919 + 2,
+                                                             chain_separator=r.chain_separator)])
+    return data
+
+
+def train_variant(r: RecallRecipe, base: RecipeConfig, variant: str, base_checkpoint: Path, work: Path, data: Path,
+                  seed: int, max_length: int) -> Path:
+    """Stage 2: `train.init_from=<base>`, `steps` steps on the length mix. Returns the final checkpoint."""
+    return train_stage(base, stage_values(r, variant, work / variant, data, r.steps, seed + 1, max_length,
+                                          init_from=base_checkpoint))
+
+
+# -- scoring ----------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def loaded(checkpoint: Path, memory: Any = None, **model_overrides) -> Iterator[tuple[Any, Any]]:
+    """(model, tokenizer) of a checkpoint on the CPU, in eval mode; `memory` (a MemoryConfig) picks the external
+    store (default: the exact torch store); `model_overrides` change memory fields (e.g. external_memory_size)."""
+    from hybrid.data.tokenizer import TextTokenizer
+    from hybrid.memory import store_factory
+    from hybrid.training import checkpoints as ckpt_io
+
+    model = ckpt_io.load_model(checkpoint, **model_overrides)
+    if memory is not None:
+        c = model.config
+        model.store_factory = store_factory(memory, c.chunks_capacity, c.chunk_size, False)
+    model.eval()
+    yield model, TextTokenizer.load(checkpoint)
+
+
+@dataclass
+class Scores:
+    """Per example: whether the whole output matched, whether its value words matched, and (with `other` answers)
+    whether the value words matched the other answer instead."""
+
+    exact: list[bool]
+    value: list[bool]
+    other: list[bool] | None = None
+
+    @property
+    def exact_match(self) -> float:
+        return sum(self.exact) / max(1, len(self.exact))
+
+    @property
+    def value_accuracy(self) -> float:
+        return sum(self.value) / max(1, len(self.value))
+
+    @property
+    def other_accuracy(self) -> float | None:
+        return None if self.other is None else sum(self.other) / max(1, len(self.other))
+
+
+def value_words(example: rt.Example) -> list[str]:
+    """The words of the answer that need the haystack (the key-value and chain echo of the key is free)."""
+    words = example.output.split()
+    return words[1:] if example.task in ("kv", "chain") else words
+
+
+def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32,
+          other: Sequence[Sequence[str] | None] | None = None) -> Scores:
+    """Teacher-forced argmax at every output position (see the module docstring), in batches of one length."""
+    import torch
+
+    from hybrid.data.encode import collate, encode_pairs
+    from hybrid.models.modeling import scored_labels
+
+    records = [e.record() for e in examples]
+    max_length = max(len(e.input.split()) + len(e.output.split()) for e in examples) + TEMPLATE_SUFFIX
+    enc = encode_pairs(tokenizer, records, max_length)
+    if enc.counts.get("input_truncated_left"):
+        raise HybridError("recall: test inputs truncated (the example is longer than the scoring window)")
+    exact, value, follows = [], [], []
+    with torch.no_grad():
+        for b in range(0, len(examples), batch_size):
+            rows = list(zip(enc.input_ids[b:b + batch_size], enc.prompt_lengths[b:b + batch_size]))
+            ids, labels, mask = collate(rows, tokenizer.pad_id)
+            logits = model(ids, attention_mask=mask).logits
+            target = scored_labels(labels)
+            pred = logits.argmax(-1)
+            for k, (row_ids, prompt_len) in enumerate(rows):
+                positions = (target[k] != -100).nonzero().flatten()
+                got = pred[k, positions].tolist()
+                want = target[k, positions].tolist()
+                ex = examples[b + k]
+                exact.append(got == want)
+                n_values = len(value_words(ex))
+                start = len(ex.output.split()) - n_values  # value words follow the echo; end-of-text is last
+                value.append(got[start:start + n_values] == want[start:start + n_values])
+                if other is not None:
+                    alt = other[b + k]
+                    follows.append(alt is not None and got[start:start + n_values] == tokenizer.encode(" ".join(alt)))
+    return Scores(exact, value, follows if other is not None else None)
+
+
+# -- controls ---------------------------------------------------------------------------------------------------------
+def edited_haystack(example: rt.Example, rng: random.Random) -> tuple[rt.Example, list[str]]:
+    """The example with the asked value changed where the haystack states it (key-value: the value after the
+    asked key; passkey: the digits); returns it and the new value words, which a model that reads memory follows."""
+    words = example.input.split()
+    if example.task == "kv":  # the asked key's first occurrence is its pair (the question comes last)
+        pos = words.index(words[-1])
+        new = [rng.choice([v for v in rt.VALUES if v != words[pos + 1]])]
+        words[pos + 1] = new[0]
+    elif example.task == "passkey":  # the first `the pass key is` states it (the question's comes last)
+        pos = next(i for i in range(len(words)) if words[i:i + 4] == ["the", "pass", "key", "is"])
+        old = words[pos + 4:pos + 4 + rt.PASSKEY_DIGITS]
+        new = old
+        while new == old:
+            new = [rng.choice(rt.DIGITS) for _ in old]
+        words[pos + 4:pos + 4 + rt.PASSKEY_DIGITS] = new
+    else:
+        raise HybridError(f"recall: no edit control for task {example.task!r}")
+    return rt.Example(" ".join(words), example.output, example.task, example.n), new
+
+
+def swapped_haystack(example: rt.Example, donor: rt.Example, segment_length: int) -> tuple[rt.Example, list[str] | None]:
+    """The example's last segment (filler, question) after the haystack of `donor` (same task and length): the
+    example's own answer is no longer in its input; returns it and the donor's answer to the same question when
+    the donor's haystack has one (passkey: always; key-value: when the donor has the asked key)."""
+    words, donor_words = example.input.split(), donor.input.split()
+    cut = (example.n - 1) * segment_length  # words before the last segment (no prefix token)
+    new = rt.Example(" ".join(donor_words[:cut] + words[cut:]), example.output, example.task, example.n)
+    if example.task == "passkey":
+        return new, donor.output.split()
+    if example.task == "kv":
+        key = words[-1]
+        hay = donor_words[:cut]
+        pos = [i for i in range(len(hay) - 1) if hay[i] == key and hay[i + 1] in rt.VALUES]
+        return new, ([hay[pos[0] + 1]] if pos else None)
+    return new, None
+
+
+@contextlib.contextmanager
+def gates_closed(model) -> Iterator[None]:
+    """Every memory read gate (internal tanh(α), external tanh(β)) at 0 for the duration: the memory cannot reach
+    the output. The weights come back on exit."""
+    import torch
+
+    gates = [p for n, p in model.named_parameters() if n.endswith(".internal_memory.gate")
+             or n.endswith(".self_attn.memory_gate")]
+    saved = [g.detach().clone() for g in gates]
+    try:
+        with torch.no_grad():
+            for g in gates:
+                g.zero_()
+        yield
+    finally:
+        with torch.no_grad():
+            for g, s in zip(gates, saved):
+                g.copy_(s)
