@@ -4,6 +4,8 @@
     layers.py        norms, RoPE, MLP, the joint (local + retrieved) attention
     internal_memory.py  LM2's memory slots
     params.py        which parameters are the memory's
+    controls.py      eval-time controls (issue 16): `memory_gates_closed(model)`, `set_memory_gates`, …
+                     (the other control, swapping memory between rows, is forward's `memory_row_order`)
     pretrained.py    model folders: our safetensors format and HuggingFace Llama / GPT-2 (key-mapping tables)
     hybrid_llama.py, hybrid_gpt2.py   the family classes (`HybridLlamaConfig`, `HybridLlamaForCausalLM`, …)
 
@@ -22,6 +24,8 @@ from typing import Any
 from hybrid.config.memory import MemoryConfig
 from hybrid.config.model import MEMORY_FIELDS, ModelConfig
 from hybrid.memory import store_factory
+from hybrid.models.controls import (  # noqa: F401 (public: the benchmarks' controls)
+    memory_gates_closed, memory_read_gates, restore_memory_gates, set_memory_gates)
 from hybrid.models.hybrid_gpt2 import HybridGPT2ForCausalLM  # noqa: F401 (defines the family)
 from hybrid.models.hybrid_llama import HybridLlamaForCausalLM  # noqa: F401 (defines the family)
 from hybrid.models.modeling import HybridForCausalLM

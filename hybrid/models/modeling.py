@@ -175,25 +175,32 @@ class HybridForCausalLM(nn.Module):
     # -- forward --------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, memory_store: Any = None,
-                namespaces: Sequence[str] | None = None) -> CausalLMOutput:
+                namespaces: Sequence[str] | None = None,
+                memory_row_order: torch.Tensor | Sequence[int] | None = None) -> CausalLMOutput:
         """input_ids (B, T) of any length; labels (B, T) HuggingFace-style (shifted here, -100 ignored);
         attention_mask (B, T) 1 = token, 0 = padding (right padding needs no mask: it is causally invisible).
 
         `memory_store` + `namespaces` (one per row): use that external store and keep what is written
-        (e.g. a shared namespace); otherwise a fresh store per call whose namespaces are dropped at the end."""
+        (e.g. a shared namespace); otherwise a fresh store per call whose namespaces are dropped at the end.
+
+        `memory_row_order` (B,), a permutation of 0..B-1: an eval-time control (issue 16). Just before the call's
+        last segment (its tokens from (n_segments - 1) * segment_length on), row b takes over the memory of row
+        memory_row_order[b] — its internal memory state and its external namespaces, which it then reads and (with
+        a caller's store) writes. E.g. [1, 0] swaps two rows' memories; a model without memory ignores it."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, T), got {tuple(input_ids.shape)}")
         cfg = self.config
         B, T = input_ids.shape
         if T == 0:
             raise ValueError("input_ids has no tokens")
+        row_order = None if memory_row_order is None else _check_row_order(memory_row_order, B)
         key_mask = None
         if attention_mask is not None:
             if attention_mask.shape != input_ids.shape:
                 raise ValueError(f"attention_mask {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
             key_mask = attention_mask.bool()
         if cfg.has_memory:
-            logits, memory = self._forward_segments(input_ids, key_mask, memory_store, namespaces)
+            logits, memory = self._forward_segments(input_ids, key_mask, memory_store, namespaces, row_order)
         else:
             logits, memory = self._forward_independent(input_ids, key_mask), None
         if labels is None:
@@ -260,7 +267,7 @@ class HybridForCausalLM(nn.Module):
             new_memory.append(m)
         return self.lm_head(self.model.norm(h)), new_memory
 
-    def _forward_segments(self, input_ids, key_mask, memory_store, namespaces):
+    def _forward_segments(self, input_ids, key_mask, memory_store, namespaces, row_order=None):
         cfg = self.config
         B, T = input_ids.shape
         S = cfg.segment_length
@@ -278,14 +285,20 @@ class HybridForCausalLM(nn.Module):
                 call = uuid.uuid4().hex[:12]
                 row_ns = [f"{call}/row{b}" for b in range(B)]
         layer_ns = {i: [f"{ns}/layer{i}" for ns in row_ns] for i in layers} if layers else {}
+        read_ns = layer_ns  # the namespaces each row reads and writes (the reset below drops layer_ns)
         memory = None  # each block starts its own internal memory
         logits = []
         try:
             for s in range(n_seg):
                 last = s == n_seg - 1
+                if last and row_order is not None:  # the control: row b continues with row row_order[b]'s memory
+                    if memory is not None:  # (one segment: no state yet, and the initial one is every row's)
+                        index = torch.tensor(row_order, device=input_ids.device)
+                        memory = [None if m is None else m.index_select(0, index.to(m.device)) for m in memory]
+                    read_ns = {i: [ns[j] for j in row_order] for i, ns in layer_ns.items()}
                 ids = input_ids[:, s * S:(s + 1) * S]
                 km = None if key_mask is None else key_mask[:, s * S:(s + 1) * S]
-                externals = {i: ExternalContext(store, layer_ns[i], write=persistent or not last,
+                externals = {i: ExternalContext(store, read_ns[i], write=persistent or not last,
                                                 read=persistent or s > 0) for i in layers}
                 out, memory = self._run_segment(ids, km, memory, externals, write=not last)
                 logits.append(out)
@@ -351,6 +364,14 @@ class HybridForCausalLM(nn.Module):
         """Load our checkpoint or a HuggingFace Llama / GPT-2 folder; `overrides` set config fields
         (memory settings, segment_length, …)."""
         return load_checkpoint(cls, directory, **overrides)
+
+
+def _check_row_order(order: torch.Tensor | Sequence[int], B: int) -> list[int]:
+    """`memory_row_order` as a list of ints, or a ValueError unless it is a permutation of 0..B-1."""
+    rows = order.tolist() if isinstance(order, torch.Tensor) else list(order)
+    if not all(isinstance(r, int) for r in rows) or sorted(rows) != list(range(B)):
+        raise ValueError(f"memory_row_order must be a permutation of 0..{B - 1} (one entry per row), got {rows}")
+    return rows
 
 
 def scored_labels(labels: torch.Tensor) -> torch.Tensor:
