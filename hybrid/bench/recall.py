@@ -272,6 +272,7 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
 
 def _controls(s: Settings, model, tok, tests: dict, seed: int) -> dict[str, Any]:
     """The control rows on one model (the `both` variant), at every length above 1x of the control tasks."""
+    from hybrid.models.controls import memory_gates_closed
     from hybrid.training import recall as rc
 
     out: dict[str, Any] = {name: {} for name in CONTROL_TITLES}
@@ -279,7 +280,7 @@ def _controls(s: Settings, model, tok, tests: dict, seed: int) -> dict[str, Any]
     for (t, n), ex in tests.items():
         if t not in CONTROL_TASKS or n == 1:
             continue
-        with rc.gates_closed(model):
+        with memory_gates_closed(model):
             out["gates_closed"].setdefault(t, {})[str(n)] = _scores_cell(rc.score(model, tok, ex))
         donors = ex[1:] + ex[:1]
         swapped = [rc.swapped_haystack(e, d, s.recipe.segment_length) for e, d in zip(ex, donors)]

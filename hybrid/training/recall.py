@@ -335,23 +335,3 @@ def swapped_haystack(example: rt.Example, donor: rt.Example, segment_length: int
         pos = [i for i in range(len(hay) - 1) if hay[i] == key and hay[i + 1] in rt.VALUES]
         return new, ([hay[pos[0] + 1]] if pos else None)
     return new, None
-
-
-@contextlib.contextmanager
-def gates_closed(model) -> Iterator[None]:
-    """Every memory read gate (internal tanh(α), external tanh(β)) at 0 for the duration: the memory cannot reach
-    the output. The weights come back on exit."""
-    import torch
-
-    gates = [p for n, p in model.named_parameters() if n.endswith(".internal_memory.gate")
-             or n.endswith(".self_attn.memory_gate")]
-    saved = [g.detach().clone() for g in gates]
-    try:
-        with torch.no_grad():
-            for g in gates:
-                g.zero_()
-        yield
-    finally:
-        with torch.no_grad():
-            for g, s in zip(gates, saved):
-                g.copy_(s)
