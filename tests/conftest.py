@@ -11,6 +11,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+# One torch/OpenMP thread per process: the tests' models are tiny, and on 2 shared cores (Ray's processes, a
+# subprocess per `hybrid train`) a second thread per process made small forwards many times slower here.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("RAY_ADDRESS", None)  # tests never join a cluster that happens to run on the machine
 for _secret in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL_NAME"):
     os.environ.pop(_secret, None)  # tests set what they need; a developer's .env must not leak in

@@ -35,7 +35,9 @@ from typing import Any
 
 from hybrid.cli import non_negative_int, positive_int
 from hybrid.core.errors import HybridError
-from hybrid.training.recall import VARIANT_TITLES, VARIANTS, RecallRecipe
+
+VARIANTS = ("none", "internal", "external", "both")  # hybrid.training.recall.VARIANTS (imported late: `hybrid --help`)
+VARIANT_TITLES = {"none": "no memory", "internal": "internal only", "external": "external only", "both": "both"}
 
 CONTROL_TITLES = {"gates_closed": "both, every memory gate closed at evaluation",
                   "swapped": "both, haystack of another example (own answer)",
@@ -44,25 +46,32 @@ CONTROL_TITLES = {"gates_closed": "both, every memory gate closed at evaluation"
 FAISS_ROWS = {"faiss_flat": "both, FAISS flat store", "faiss_ivf": "both, FAISS IVF store (nlist 8, nprobe 2)"}
 MARK = ("<!-- recall-table:start (generated: hybrid bench recall --from-json docs/recall-results.json --write-docs) -->",
         "<!-- recall-table:end -->")
-DOC_FILES = ("README.md", "docs/recall.md")
+DOC_FILES = {"README.md": False, "docs/recall.md": True}  # file: the full report (else the main table)
 
 
 @dataclass
 class Settings:
     """Everything a run depends on (written into the JSON, so a result names its recipe)."""
 
-    recipe: RecallRecipe = field(default_factory=RecallRecipe)
+    recipe: Any = field(default_factory=lambda: _recipe_class()())  # hybrid.training.recall.RecallRecipe
     lengths: list[int] = field(default_factory=lambda: [1, 4, 16])
     long_lengths: list[int] = field(default_factory=lambda: [64])  # scored on kv and passkey only
     long_examples: int = 200
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     eval_examples: int = 500
+    control_examples: int = 200  # per cell of the control and FAISS rows (the first of the test examples)
     controls: bool = True
     faiss: bool = True
 
 
-QUICK = dict(lengths=[1, 4], long_lengths=[], eval_examples=16, seeds=[0], faiss=False)
+def _recipe_class():
+    from hybrid.training.recall import RecallRecipe
+
+    return RecallRecipe
+
+
+QUICK = dict(lengths=[1, 4], long_lengths=[], eval_examples=16, control_examples=16, seeds=[0], faiss=False)
 QUICK_RECIPE = dict(base_steps=200, steps=100, batch_size=16, warmup=10, base_rounds=1, val_examples=16)
 LONG_TASKS = ("kv", "passkey")
 CONTROL_TASKS = ("kv", "passkey")
@@ -73,7 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw accuracy vs length, one line per variant")
     p.add_argument("--markdown", metavar="FILE.md", help="write the tables as markdown")
-    p.add_argument("--from-json", metavar="FILE", help="render the results saved in FILE (no training)")
+    p.add_argument("--from-json", metavar="FILE[,FILE…]",
+                   help="render the results saved in FILE (no training); several files of the same settings and "
+                        "different seeds are merged")
     p.add_argument("--write-docs", action="store_true",
                    help="put the tables into README.md and docs/recall.md between their recall-table markers")
     p.add_argument("--seeds", help="comma-separated seeds of the data and the weights (default 0,1,2)")
@@ -87,6 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-examples", type=positive_int, help="test examples per task and length (default 500)")
     p.add_argument("--no-controls", action="store_true", help="skip the control rows")
     p.add_argument("--no-faiss", action="store_true", help="skip the FAISS rows")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="seeds trained at once, each in its own process (default %(default)s; 2 on a 2-core machine "
+                        "if nothing else runs)")
     p.add_argument("--threads", type=non_negative_int, default=1,
                    help="torch CPU threads (default %(default)s: the tiny model gains nothing from more, and on a "
                         "busy machine extra threads make each step many times slower)")
@@ -154,14 +168,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             r.model[name] = value
         elif group == "bench" and name in own:
             setattr(s, name, value)
-        elif group == "bench" and name and name in RecallRecipe.__dataclass_fields__ and name != "model":
+        elif group == "bench" and name and name in type(r).__dataclass_fields__ and name != "model":
             setattr(r, name, value)
         else:
-            keys = sorted((own | set(RecallRecipe.__dataclass_fields__)) - {"model"})
+            keys = sorted((own | set(type(r).__dataclass_fields__)) - {"model"})
             raise HybridError(f"{key}: unknown key (use model.<key> or bench.<key>, bench keys: {', '.join(keys)})")
     r.check()
-    if s.eval_examples < 1 or s.long_examples < 1:
-        raise HybridError("--eval-examples and bench.long_examples must be positive")
+    if s.eval_examples < 1 or s.long_examples < 1 or s.control_examples < 1:
+        raise HybridError("--eval-examples, bench.long_examples and bench.control_examples must be positive")
     return s
 
 
@@ -258,7 +272,7 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
                                  ("faiss_ivf", MemoryConfig(backend="faiss", faiss_index="ivf", ivf_nlist=8,
                                                             ivf_nprobe=2))):
                 with rc.loaded(ckpt, memory=memory) as (model, tok):
-                    faiss[name] = {t: {str(n): _scores_cell(rc.score(model, tok, ex))
+                    faiss[name] = {t: {str(n): _scores_cell(rc.score(model, tok, ex[:s.control_examples]))
                                        for (tt, n), ex in tests.items() if tt == t and n >= 16}
                                    for t in r.tasks if t in LONG_TASKS}
         seconds[variant] = round(time.time() - t1, 1)
@@ -271,15 +285,17 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
 
 
 def _controls(s: Settings, model, tok, tests: dict, seed: int) -> dict[str, Any]:
-    """The control rows on one model (the `both` variant), at every length above 1x of the control tasks."""
+    """The control rows on one model (the `both` variant), at the trained lengths above 1x of the control tasks, on
+    the first `control_examples` test examples of each."""
     from hybrid.models.controls import memory_gates_closed
     from hybrid.training import recall as rc
 
     out: dict[str, Any] = {name: {} for name in CONTROL_TITLES}
     rng = random.Random(seed * 31 + 5)
     for (t, n), ex in tests.items():
-        if t not in CONTROL_TASKS or n == 1:
+        if t not in CONTROL_TASKS or n == 1 or n in s.long_lengths:
             continue
+        ex = ex[:s.control_examples]
         with memory_gates_closed(model):
             out["gates_closed"].setdefault(t, {})[str(n)] = _scores_cell(rc.score(model, tok, ex))
         donors = ex[1:] + ex[:1]
@@ -300,16 +316,18 @@ def _controls(s: Settings, model, tok, tests: dict, seed: int) -> dict[str, Any]
 # Across seeds
 
 
-def aggregate(s: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-seed results → mean, per-seed values and 95 % interval per cell (exact match; value accuracy beside)."""
+def aggregate(st: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed results (`run_seed`'s) → mean, per-seed values and 95 % interval per cell (exact match; value
+    accuracy beside); `st` the settings (as in the JSON)."""
     def cell(get, n_examples):
         exact = [get(run)["exact"] for run in runs]
         out = summary(exact, n_examples)
         out["value"] = summary([get(run)["value"] for run in runs], n_examples)
         return out
 
-    def n_of(n: str) -> int:
-        return s.long_examples if int(n) in s.long_lengths else s.eval_examples
+    def n_of(n: str, limit: int | None = None) -> int:
+        n_examples = st["long_examples"] if int(n) in st["long_lengths"] else st["eval_examples"]
+        return min(n_examples, limit) if limit else n_examples
 
     first = runs[0]
     accuracy = {v: {t: {n: cell(lambda run, v=v, t=t, n=n: run["cells"][v][t][n], n_of(n)) for n in by_n}
@@ -317,9 +335,11 @@ def aggregate(s: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
     controls = {}
     for name, by_t in first["controls"].items():
         controls[name] = {t: {n: cell(lambda run, name=name, t=t, n=n: run["controls"][name][t][n],
-                                      first["controls"][name][t][n].get("examples", n_of(n)))
+                                      first["controls"][name][t][n].get("examples",
+                                                                        n_of(n, st["control_examples"])))
                               for n in by_n} for t, by_n in by_t.items()}
-    faiss = {name: {t: {n: cell(lambda run, name=name, t=t, n=n: run["faiss"][name][t][n], n_of(n)) for n in by_n}
+    faiss = {name: {t: {n: cell(lambda run, name=name, t=t, n=n: run["faiss"][name][t][n],
+                                n_of(n, st["control_examples"])) for n in by_n}
                     for t, by_n in by_t.items()} for name, by_t in first["faiss"].items()}
     mentioned = {t: {n: sum(run["mentioned"][t][n] for run in runs) / len(runs) for n in by_n}
                  for t, by_n in first["mentioned"].items()}
@@ -398,8 +418,8 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_report(result: dict) -> str:
-    """The tables as GitHub markdown: main (means and intervals), controls and FAISS, per seed."""
+def markdown_report(result: dict, full: bool = True) -> str:
+    """The tables as GitHub markdown: main (means and intervals), then (`full`) controls and FAISS, per seed."""
     st = result["settings"]
     base = "; ".join(f"seed {seed}: {b['rounds']} round(s), in-window key-value {b['val_kv_1x'][-1]:.2f}"
                      f"{'' if b['passed'] else ' (missed the bar)'}"
@@ -407,6 +427,8 @@ def markdown_report(result: dict) -> str:
     parts = [f"Exact match, mean over seeds {', '.join(map(str, st['seeds']))} [95 % interval]; "
              f"{st['eval_examples']} test examples per cell and seed ({st['long_examples']} beyond training).\n",
              _markdown(*table_rows(result))]
+    if not full:
+        return "".join(parts)
     if result["controls"] or result["faiss"]:
         parts += ["\nControls (the `both` variant) and the external memory in FAISS:\n", _markdown(*control_rows(result))]
     parts += ["\nPer seed:\n", _markdown(*per_seed_rows(result))]
@@ -419,10 +441,10 @@ def write_docs(result: dict, root: Path = Path(".")) -> list[Path]:
     """Replace the block between the recall-table markers of README.md and docs/recall.md with the report."""
     from hybrid.core.io import atomic_write_text
 
-    block = markdown_report(result)
     done = []
-    for name in DOC_FILES:
+    for name, full in DOC_FILES.items():
         path = root / name
+        block = markdown_report(result, full)
         text = path.read_text()
         if MARK[0] not in text or MARK[1] not in text:
             raise HybridError(f"{path}: no recall-table markers ({MARK[0]} … {MARK[1]})")
@@ -489,6 +511,47 @@ def draw_plot(result: dict, path: str) -> None:
     tmp.replace(path)
 
 
+def _seed_in_process(job: tuple) -> dict[str, Any]:
+    """One seed in a worker process (`--jobs`)."""
+    import torch
+
+    s, seed, threads = job
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix=f"hybrid-recall-{seed}-") as tmp:
+        return run_seed(s, seed, Path(tmp))
+
+
+def result_of(st: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON of a run: settings, the aggregates, and every seed's own results (`runs`, for merging)."""
+    from hybrid.data.recall_tasks import CHANCE
+
+    return {"bench": "recall", "settings": st, "chance": {t: CHANCE[t] for t in st["recipe"]["tasks"]},
+            **aggregate(st, runs), "base": [run["base"] for run in runs],
+            "seconds": [run["seconds"] for run in runs], "runs": runs}
+
+
+def merge(results: list[dict]) -> dict:
+    """Results of the same settings for different seeds (e.g. run on several machines) as one result."""
+    if len(results) == 1:
+        return results[0]
+    first = {k: v for k, v in results[0]["settings"].items() if k != "seeds"}
+    seeds: list[int] = []
+    runs: list[dict] = []
+    for r in results:
+        if {k: v for k, v in r["settings"].items() if k != "seeds"} != first:
+            raise HybridError("--from-json: the files were made with different settings (only the seeds may differ)")
+        if "runs" not in r:
+            raise HybridError("--from-json: a file without per-seed results (`runs`) cannot be merged")
+        seeds += r["settings"]["seeds"]
+        runs += r["runs"]
+    if len(set(seeds)) != len(seeds):
+        raise HybridError(f"--from-json: a seed appears twice ({sorted(seeds)})")
+    merged = result_of({**results[0]["settings"], "seeds": seeds}, runs)
+    merged["total_seconds"] = sum(r.get("total_seconds", 0) for r in results)
+    merged["merged_from"] = len(results)
+    return merged
+
+
 def _load_result(path: str) -> dict:
     import json
 
@@ -512,25 +575,30 @@ def run(args: argparse.Namespace) -> int:
         console.print(message, markup=False, highlight=False)
 
     if args.from_json:
-        result = _load_result(args.from_json)
+        result = merge([_load_result(path) for path in args.from_json.split(",") if path])
     else:
         import torch
-
-        from hybrid.data.recall_tasks import CHANCE
 
         s = settings_from_args(args)
         if args.threads < 1:
             raise HybridError(f"--threads: expected a positive number, got {args.threads}")
         torch.set_num_threads(args.threads)
         t0, load_before = time.time(), os.getloadavg()
-        runs = []
-        for seed in s.seeds:
-            with tempfile.TemporaryDirectory(prefix=f"hybrid-recall-{seed}-") as tmp:
-                runs.append(run_seed(s, seed, Path(tmp), log=log))
-        result = {"bench": "recall", "settings": asdict(s), "chance": {t: CHANCE[t] for t in s.recipe.tasks},
-                  **aggregate(s, runs), "base": [run["base"] for run in runs],
-                  "seconds": [run["seconds"] for run in runs], "total_seconds": round(time.time() - t0, 1),
-                  "load_average": {"before": load_before, "after": os.getloadavg()}, "cpu_count": os.cpu_count()}
+        if args.jobs > 1 and len(s.seeds) > 1:
+            import concurrent.futures
+            import multiprocessing
+
+            with concurrent.futures.ProcessPoolExecutor(min(args.jobs, len(s.seeds)),
+                                                        mp_context=multiprocessing.get_context("spawn")) as pool:
+                runs = list(pool.map(_seed_in_process, [(s, seed, args.threads) for seed in s.seeds]))
+        else:
+            runs = []
+            for seed in s.seeds:
+                with tempfile.TemporaryDirectory(prefix=f"hybrid-recall-{seed}-") as tmp:
+                    runs.append(run_seed(s, seed, Path(tmp), log=log))
+        result = result_of(asdict(s), runs)
+        result.update({"total_seconds": round(time.time() - t0, 1), "jobs": args.jobs,
+                       "load_average": {"before": load_before, "after": os.getloadavg()}, "cpu_count": os.cpu_count()})
     console.print(render_table(result))
     header, rows = control_rows(result)
     if rows:

@@ -27,7 +27,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 from hybrid.config.recipe import RecipeConfig, with_values
 from hybrid.core.errors import HybridError
+from hybrid.core.io import atomic_write_text
 from hybrid.data import recall_tasks as rt
+from hybrid.data.encode import collate, encode_pairs
+from hybrid.data.tokenizer import TextTokenizer
+from hybrid.memory import store_factory
+from hybrid.models.modeling import scored_labels
+from hybrid.training import checkpoints as ckpt_io
+from hybrid.training.train import train
 
 VARIANTS = {
     "none": {"use_internal_memory": False, "use_external_memory": False},
@@ -35,7 +42,6 @@ VARIANTS = {
     "external": {"use_internal_memory": False, "use_external_memory": True},
     "both": {"use_internal_memory": True, "use_external_memory": True},
 }
-VARIANT_TITLES = {"none": "no memory", "internal": "internal only", "external": "external only", "both": "both"}
 
 # The IO-pair template of `hybrid train`: input <|sep|> output <|endoftext|> - two tokens the generators leave room
 # for, so that an example of n segments is exactly n * segment_length tokens (no BOS is added).
@@ -93,8 +99,6 @@ def layout() -> rt.Layout:
 
 def write_jsonl(path: Path, records) -> int:
     """Write IO-pair records (one JSON object a line) atomically; returns the count."""
-    from hybrid.core.io import atomic_write_text
-
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
     atomic_write_text(path, "\n".join(lines) + "\n")
     return len(lines)
@@ -161,7 +165,6 @@ def stage_values(r: RecallRecipe, variant: str, output_dir: Path, data: Path, st
 
 
 def train_stage(base: RecipeConfig, values: dict[str, Any], where: str = "recall") -> Path:
-    from hybrid.training.train import train
 
     result = train(with_values(base, values, where=where), quiet=True)
     if result.checkpoint is None:
@@ -223,9 +226,6 @@ def train_variant(r: RecallRecipe, base: RecipeConfig, variant: str, base_checkp
 def loaded(checkpoint: Path, memory: Any = None, **model_overrides) -> Iterator[tuple[Any, Any]]:
     """(model, tokenizer) of a checkpoint on the CPU, in eval mode; `memory` (a MemoryConfig) picks the external
     store (default: the exact torch store); `model_overrides` change memory fields (e.g. external_memory_size)."""
-    from hybrid.data.tokenizer import TextTokenizer
-    from hybrid.memory import store_factory
-    from hybrid.training import checkpoints as ckpt_io
 
     model = ckpt_io.load_model(checkpoint, **model_overrides)
     if memory is not None:
@@ -268,8 +268,6 @@ def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32
     """Teacher-forced argmax at every output position (see the module docstring), in batches of one length."""
     import torch
 
-    from hybrid.data.encode import collate, encode_pairs
-    from hybrid.models.modeling import scored_labels
 
     records = [e.record() for e in examples]
     max_length = max(len(e.input.split()) + len(e.output.split()) for e in examples) + TEMPLATE_SUFFIX

@@ -42,6 +42,7 @@ from hybrid.core.errors import ConfigError, HybridError
 from hybrid.core.ray_utils import init_ray
 from hybrid.memory.ray_store import RAY_NAMESPACE, shard_name
 from hybrid.training import checkpoints as ckpt_io
+from hybrid.training import recall as rc
 from hybrid.training.train import fit_on_ray, prepare
 
 STATE = "tune"  # Tune's own folder under output_dir
@@ -333,8 +334,6 @@ def recall_base(base: RecipeConfig, tcfg: TuneConfig, output_dir: str, say: Call
     `length`x with the chain aid; val.jsonl, `length`x from the validation stream) and the shared in-window base
     (hybrid/training/recall.py's stage 1, trained once, here), and the trials' config: the recall recipe's model
     and optimiser (docs/recall.md) starting from the base, validated every `grace_steps` steps."""
-    from hybrid.training import recall as rc
-
     if storage.is_uri(output_dir):
         raise ConfigError(f"tune.objective=recall: tune.output_dir={output_dir} must be a local folder (the recall "
                           f"data and the base are made on this machine)")

@@ -114,12 +114,26 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     for name in r.DOC_FILES:
         (root / name).write_text(f"intro\n{r.MARK[0]}\nold\n{r.MARK[1]}\noutro\n")
     r.write_docs(result, root)
-    for name in r.DOC_FILES:
-        assert r.doc_block(root / name) == r.markdown_report(result)
+    for name, full in r.DOC_FILES.items():
+        assert r.doc_block(root / name) == r.markdown_report(result, full)
         assert (root / name).read_text().startswith("intro\n") and (root / name).read_text().endswith("outro\n")
     capsys.readouterr()
     assert main(["bench", "recall", "--from-json", str(out), "--markdown", str(tmp_path / "again.md")]) == 0
     assert (tmp_path / "again.md").read_text() == report
+
+    # results of other seeds (e.g. from another machine) merge into one: per-seed values side by side
+    other = json.loads(out.read_text())
+    other["settings"]["seeds"] = [7]
+    (tmp_path / "seed7.json").write_text(json.dumps(other))
+    merged = r.merge([r._load_result(str(out)), r._load_result(str(tmp_path / "seed7.json"))])
+    assert merged["settings"]["seeds"] == [0, 7] and len(merged["runs"]) == 2
+    kv4 = merged["accuracy"]["both"]["kv"]["4"]
+    assert kv4["per_seed"] == [result["accuracy"]["both"]["kv"]["4"]["mean"]] * 2
+    other["settings"]["eval_examples"] = 5
+    with pytest.raises(r.HybridError, match="different settings"):
+        r.merge([result, other])
+    with pytest.raises(r.HybridError, match="a seed appears twice"):
+        r.merge([result, result])
 
 
 def test_committed_results_match_the_docs():
@@ -131,8 +145,8 @@ def test_committed_results_match_the_docs():
     root = Path(__file__).resolve().parents[3]
     result = r._load_result(str(root / "docs" / "recall-results.json"))
     assert len(result["settings"]["seeds"]) >= 3 and result["settings"]["eval_examples"] >= 500
-    for name in r.DOC_FILES:
-        assert r.doc_block(root / name) == r.markdown_report(result), (
+    for name, full in r.DOC_FILES.items():
+        assert r.doc_block(root / name) == r.markdown_report(result, full), (
             f"{name}: its recall tables differ from docs/recall-results.json; regenerate them with "
             f"`hybrid bench recall --from-json docs/recall-results.json --write-docs`")
 
@@ -170,6 +184,13 @@ def test_controls_edit_and_swap_the_haystack():
             assert swapped.input.split()[cut:] == e.input.split()[cut:]
             if task == "passkey":
                 assert other == d.output.split()
+
+
+def test_the_bench_names_the_recipes_variants():
+    from hybrid.bench import recall as r
+    from hybrid.training import recall as rc
+
+    assert r.VARIANTS == tuple(rc.VARIANTS) and set(r.VARIANT_TITLES) == set(rc.VARIANTS)
 
 
 def test_validation_and_test_streams_differ():

@@ -134,8 +134,8 @@ def test_the_space_is_checked_before_any_trial(tmp_path):
     with pytest.raises(HybridError, match="holds a sweep already"):
         run_sweep(base.model_copy(update={"data": base.data.model_copy(update={"train": "x"})}),
                   load_config([f"tune.output_dir={tmp_path}"]).tune)
-    with pytest.raises(HybridError, match="tune.objective=recall is not implemented yet"):
-        run_sweep(base, load_config(["tune.objective=recall", f"tune.output_dir={tmp_path / 'r'}"]).tune)
+    with pytest.raises(ConfigError, match="tune.objective=recall: tune.output_dir=s3://b/x must be a local folder"):
+        run_sweep(base, load_config(["tune.objective=recall", "tune.output_dir=s3://b/x"]).tune)
     main = subprocess.run([sys.executable, "-m", "hybrid", "tune", "tune.space={model.bogus: [1]}", "data.train=x",
                            "data.validation=y"],
                           capture_output=True, text=True, cwd=ROOT)
