@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,9 +215,29 @@ def _progress_callback(tcfg: TuneConfig, say: Callable[[str], None]):
         def on_trial_error(self, iteration, trials, trial, **info):
             name = trial_name(trial)
             self.finished[name] = "failed"
-            say(f"{name} failed | {self._counts(trials)}")
+            error = _trial_error(trial)
+            say(f"{name} failed{f': {error}' if error else ''} | {self._counts(trials)}")
 
     return Progress()
+
+
+def _trial_error(trial) -> str | None:
+    """A failed trial's error as one line, from the files Tune writes it to before it calls back (the exception
+    pickled when it came from the trial's actor, else its text)."""
+    import pickle
+
+    import cloudpickle
+
+    try:
+        if trial.pickled_error_file:
+            with open(trial.pickled_error_file, "rb") as f:
+                return _one_line(cloudpickle.load(f))
+        if trial.error_file:
+            lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+            return lines[-1].strip()[:300] if lines else None
+    except (OSError, EOFError, pickle.UnpicklingError, ImportError, AttributeError):
+        return None  # unreadable here: the results still carry the error (`collect`)
+    return None
 
 
 # -- the sweep ------------------------------------------------------------------------------------------------------
@@ -318,6 +339,9 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
                 # (Tune applies max_concurrent_trials to a searcher it makes itself, not to one given to it)
                 search_alg=BasicVariantGenerator(random_state=tcfg.seed, max_concurrent=concurrency(base, tcfg)),
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name))
+    # one line per failed trial (the progress line above, the error column of the results), not Tune's traceback
+    # on stderr for each: the whole of it stays in the trial's error.txt under <output_dir>/tune
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     grid = tuner.fit()
     sweep = collect(grid, tcfg, output_dir, time.time() - t0)
     write_results(sweep, tcfg)

@@ -1,13 +1,15 @@
 """`hybrid tune` against a real Ray head (dashboard on: Train V2 cleans up the placement groups of trials that ASHA
 stops through it): a 2×2 grid with ASHA, the results a person uses, the best checkpoint and config reproduced,
-resume; and the space checked before any trial starts."""
+resume; trials that fail at trial time (one of them, all of them); and the space checked before any trial starts."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +28,15 @@ TINY = ["model=tiny_llama_hybrid", "train=tiny", "train.eval_every=2", "train.lo
 SMALL = ["tune=small", "tune.max_iters=4", "tune.grace_steps=2", "tune.reduction_factor=2", "train.warmup_iters=0"]
 # the second learning rate barely moves the weights, so ASHA's decision at the first rung does not depend on luck
 SPACE = "tune.space={model.memory_slots: [2, 4], train.learning_rate: [0.01, 1.0e-6]}"
+
+
+# Two trials of 2 steps at once, no early stopping. The head has 2 CPUs: each trial's worker reserves half of one and
+# its data tasks none (a task reserving a CPU that the other trial's worker took in the meantime would wait forever).
+# A learning rate of 1e30 passes the space check (any positive float does) and fails in the trial: AdamW's first step
+# moves every weight by about the learning rate, so the second step's loss is not finite ("training diverged").
+FAILING = ["tune.scheduler=fifo", "tune.max_iters=2", "tune.max_concurrent_trials=2", "train.cpus_per_worker=0.5",
+           "data.cpus_per_task=0", "data.read_tasks=1"]
+DIVERGED = r"step 2: the training loss is (nan|-?inf) — training diverged; lower train\.learning_rate \(now {lr}\)"
 
 
 def tune_cmd(io_data, out, *extra):
@@ -108,6 +119,51 @@ def test_a_grid_with_asha_killed_resumed_its_results_and_its_best(ray_head, s3_s
     again = subprocess.run([sys.executable, "-m", "hybrid", "tune", f"tune.output_dir={out}", "--resume"],
                            capture_output=True, text=True, cwd=ROOT, env=ray_head.env, timeout=300)
     assert again.returncode == 0 and result["best"]["trial_id"] in again.stdout and time.time() - t0 < 120
+
+
+@pytest.mark.slow
+def test_a_trial_that_fails_is_recorded_with_its_error_and_the_sweep_goes_on(ray_head, io_data, tmp_path):
+    out, summary = tmp_path / "sweep", tmp_path / "sweep.json"
+    run = subprocess.run(tune_cmd(io_data, out, *FAILING, "tune.space={train.learning_rate: [1.0e-3, 1.0e+30]}",
+                                  "--json", str(summary)),
+                         capture_output=True, text=True, cwd=ROOT, env=ray_head.env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(summary.read_text())
+    trials = {t["config"]["train.learning_rate"]: t for t in result["trials"]}
+    assert sorted(trials) == [1e-3, 1e30]
+    good, bad = trials[1e-3], trials[1e30]
+    assert (bad["status"], bad["steps"], bad["val_loss"], bad["checkpoint"]) == ("failed", 0, None, None)
+    assert re.fullmatch(DIVERGED.format(lr=r"1e\+30") + r"[^\n]*", bad["error"]), bad["error"]
+    assert (good["status"], good["steps"], good["error"]) == ("done", 2, None)
+    assert math.isfinite(good["val_loss"]) and Path(good["checkpoint"]).is_dir()
+    assert result["best"]["trial_id"] == good["trial_id"] and result["best"]["val_loss"] == good["val_loss"]
+    assert load_config(base=str(out / "best.yaml")).train.learning_rate == 1e-3
+
+    rows = {r["trial_id"]: r for r in csv.DictReader(io.StringIO((out / "results.csv").read_text()))}
+    assert (rows[bad["trial_id"]]["status"], rows[bad["trial_id"]]["error"]) == ("failed", bad["error"])
+    assert rows[bad["trial_id"]]["val_loss"] == "" and rows[good["trial_id"]]["status"] == "done"
+    # the progress line names the error; the traceback stays in Tune's error.txt, not on the terminal
+    assert f"{bad['trial_id']} failed: {bad['error']} | " in run.stdout
+    assert "Traceback" not in run.stderr + run.stdout
+    assert "training diverged" in (out / "tune" / bad["trial_id"] / "error.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_fail_exits_2_with_the_first_error_in_one_line(ray_head, io_data, tmp_path):
+    out = tmp_path / "sweep"
+    run = subprocess.run(tune_cmd(io_data, out, *FAILING, "tune.space={train.learning_rate: [1.0e+30, 1.0e+31]}"),
+                         capture_output=True, text=True, cwd=ROOT, env=ray_head.env, timeout=600)
+    assert run.returncode == 2, run.stderr[-3000:]
+    # the first trial's error (its learning rate says which) in one line, and nothing of a traceback (Ray's own log
+    # lines may follow it: a raylet's warning can arrive while the driver shuts down)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, run.stderr[-3000:]
+    assert re.fullmatch("error: every trial failed; the first: " + DIVERGED.format(lr=r"1e\+30") + r"[^\n]*",
+                        errors[0]), errors[0]
+    assert "Traceback" not in run.stderr + run.stdout
+    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert [(r["train.learning_rate"], r["status"]) for r in rows] == [("1e+30", "failed"), ("1e+31", "failed")]
+    assert all(re.match(DIVERGED.format(lr=r"1e\+3[01]"), r["error"]) for r in rows)
 
 
 def test_the_space_is_checked_before_any_trial(tmp_path):
