@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,20 +223,15 @@ def _progress_callback(tcfg: TuneConfig, say: Callable[[str], None]):
 
 
 def _trial_error(trial) -> str | None:
-    """A failed trial's error as one line, from the files Tune writes it to before it calls back (the exception
-    pickled when it came from the trial's actor, else its text)."""
-    import pickle
-
-    import cloudpickle
-
+    """A failed trial's error as one line, from the text file Tune writes it to before it calls back (its last line
+    is the exception, `module.Class: message`; the pickled copy beside it is never loaded)."""
     try:
-        if trial.pickled_error_file:
-            with open(trial.pickled_error_file, "rb") as f:
-                return _one_line(cloudpickle.load(f))
         if trial.error_file:
-            lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
-            return lines[-1].strip()[:300] if lines else None
-    except (OSError, EOFError, pickle.UnpicklingError, ImportError, AttributeError):
+            lines = [line.strip() for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+            if lines:
+                found = re.match(r"^[\w.]+(?:Error|Exception|Exit): (.+)$", lines[-1])
+                return (found.group(1) if found else lines[-1])[:300]
+    except OSError:
         return None  # unreadable here: the results still carry the error (`collect`)
     return None
 
