@@ -98,9 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-examples", type=positive_int, help="test examples per task and length (default 500)")
     p.add_argument("--no-controls", action="store_true", help="skip the control rows")
     p.add_argument("--no-faiss", action="store_true", help="skip the FAISS rows")
-    p.add_argument("--jobs", type=positive_int, default=1,
-                   help="seeds trained at once, each in its own process (default %(default)s; 2 on a 2-core machine "
-                        "if nothing else runs)")
+    p.add_argument("--jobs", type=non_negative_int, default=0,
+                   help="seeds trained at once, each in its own single-threaded process (default 0: every seed at "
+                        "once; 1: one after another in this process)")
     p.add_argument("--threads", type=non_negative_int, default=1,
                    help="torch CPU threads (default %(default)s: the tiny model gains nothing from more, and on a "
                         "busy machine extra threads make each step many times slower)")
@@ -584,11 +584,12 @@ def run(args: argparse.Namespace) -> int:
             raise HybridError(f"--threads: expected a positive number, got {args.threads}")
         torch.set_num_threads(args.threads)
         t0, load_before = time.time(), os.getloadavg()
-        if args.jobs > 1 and len(s.seeds) > 1:
+        jobs = args.jobs or len(s.seeds)
+        if jobs > 1 and len(s.seeds) > 1:
             import concurrent.futures
             import multiprocessing
 
-            with concurrent.futures.ProcessPoolExecutor(min(args.jobs, len(s.seeds)),
+            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(s.seeds)),
                                                         mp_context=multiprocessing.get_context("spawn")) as pool:
                 runs = list(pool.map(_seed_in_process, [(s, seed, args.threads) for seed in s.seeds]))
         else:
@@ -597,7 +598,7 @@ def run(args: argparse.Namespace) -> int:
                 with tempfile.TemporaryDirectory(prefix=f"hybrid-recall-{seed}-") as tmp:
                     runs.append(run_seed(s, seed, Path(tmp), log=log))
         result = result_of(asdict(s), runs)
-        result.update({"total_seconds": round(time.time() - t0, 1), "jobs": args.jobs,
+        result.update({"total_seconds": round(time.time() - t0, 1), "jobs": min(jobs, len(s.seeds)),
                        "load_average": {"before": load_before, "after": os.getloadavg()}, "cpu_count": os.cpu_count()})
     console.print(render_table(result))
     header, rows = control_rows(result)
