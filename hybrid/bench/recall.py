@@ -217,10 +217,7 @@ def summary(per_seed: list[float], n: int) -> dict[str, Any]:
 
 
 def _scores_cell(scores) -> dict[str, float]:
-    out = {"exact": scores.exact_match, "value": scores.value_accuracy}
-    if scores.other is not None:
-        out["other"] = scores.other_accuracy
-    return out
+    return {"exact": scores.exact_match, "value": scores.value_accuracy}
 
 
 def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
@@ -263,7 +260,11 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
         cells[variant] = {t: {} for t in r.tasks}
         with rc.loaded(ckpt) as (model, tok):
             for (t, n), ex in tests.items():
-                cells[variant][t][str(n)] = _scores_cell(rc.score(model, tok, ex))
+                sc = rc.score(model, tok, ex)
+                cells[variant][t][str(n)] = _scores_cell(sc)
+                if t == "passkey":  # diagnosis: a lookup keyed on the digit before is ambiguous when a digit repeats
+                    ok = [x for x, e in zip(sc.exact, ex) if len(set(e.output.split())) == len(e.output.split())]
+                    cells[variant][t][str(n)]["distinct_digits"] = {"examples": len(ok), "exact": sum(ok) / max(1, len(ok))}
             validation[variant] = {t: {str(val_n): rc.score(model, tok, ex).exact_match} for t, ex in vals.items()}
             if variant == "both" and s.controls:
                 controls = _controls(s, model, tok, tests, seed)
@@ -300,15 +301,13 @@ def _controls(s: Settings, model, tok, tests: dict, seed: int) -> dict[str, Any]
             out["gates_closed"].setdefault(t, {})[str(n)] = _scores_cell(rc.score(model, tok, ex))
         donors = ex[1:] + ex[:1]
         swapped = [rc.swapped_haystack(e, d, s.recipe.segment_length) for e, d in zip(ex, donors)]
-        sc = rc.score(model, tok, [e for e, _ in swapped], other=[o for _, o in swapped])
-        out["swapped"].setdefault(t, {})[str(n)] = {"exact": sc.exact_match, "value": sc.value_accuracy}
-        follows = [f for f, (_, o) in zip(sc.other or [], swapped) if o is not None]
-        if follows:  # key-value: only the examples whose donor haystack has the asked key
-            rate = sum(follows) / len(follows)
-            out["swapped_follows"].setdefault(t, {})[str(n)] = {"exact": rate, "value": rate, "examples": len(follows)}
-        edited = [rc.edited_haystack(e, rng) for e in ex]
-        sc = rc.score(model, tok, [e for e, _ in edited], other=[o for _, o in edited])
-        out["edited_follows"].setdefault(t, {})[str(n)] = {"exact": sc.other_accuracy, "value": sc.other_accuracy}
+        out["swapped"].setdefault(t, {})[str(n)] = _scores_cell(rc.score(model, tok, [e for e, _ in swapped]))
+        follows = [rc.answering(e, o) for e, o in swapped if o is not None]  # key-value: the donor has the key
+        if follows:
+            cell = _scores_cell(rc.score(model, tok, follows))
+            out["swapped_follows"].setdefault(t, {})[str(n)] = {**cell, "examples": len(follows)}
+        edited = [rc.answering(e, o) for e, o in (rc.edited_haystack(e, rng) for e in ex)]
+        out["edited_follows"].setdefault(t, {})[str(n)] = _scores_cell(rc.score(model, tok, edited))
     return out
 
 

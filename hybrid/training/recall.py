@@ -10,8 +10,8 @@ shared by `hybrid bench recall` and `hybrid tune tune=recall`.
               `model.memory_gate_init` / `model.external_gate_init`), `steps` steps on the length mix
     scoring   per example, the argmax at every output position in one teacher-forced forward (greedy decoding's
               tokens as long as it stays on the reference): exact match of the whole output (key echo, value,
-              end-of-text) and of the value words alone (the key echo is free); optionally against another
-              answer (controls: the value edited in the haystack, the haystack of another example)
+              end-of-text) and of the value words alone (the key echo is free); the controls (the value edited in
+              the haystack, the haystack of another example) score the answer memory would then give (`answering`)
 
 Every run is a `hybrid train` run on a config built from `base` (the caller's defaults) with the recipe's keys set
 (`stage_values`), in-process (`train.num_workers=0`)."""
@@ -237,12 +237,10 @@ def loaded(checkpoint: Path, memory: Any = None, **model_overrides) -> Iterator[
 
 @dataclass
 class Scores:
-    """Per example: whether the whole output matched, whether its value words matched, and (with `other` answers)
-    whether the value words matched the other answer instead."""
+    """Per example: whether the whole output matched, and whether its value words matched."""
 
     exact: list[bool]
     value: list[bool]
-    other: list[bool] | None = None
 
     @property
     def exact_match(self) -> float:
@@ -252,10 +250,6 @@ class Scores:
     def value_accuracy(self) -> float:
         return sum(self.value) / max(1, len(self.value))
 
-    @property
-    def other_accuracy(self) -> float | None:
-        return None if self.other is None else sum(self.other) / max(1, len(self.other))
-
 
 def value_words(example: rt.Example) -> list[str]:
     """The words of the answer that need the haystack (the key-value and chain echo of the key is free)."""
@@ -263,8 +257,7 @@ def value_words(example: rt.Example) -> list[str]:
     return words[1:] if example.task in ("kv", "chain") else words
 
 
-def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32,
-          other: Sequence[Sequence[str] | None] | None = None) -> Scores:
+def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32) -> Scores:
     """Teacher-forced argmax at every output position (see the module docstring), in batches of one length."""
     import torch
 
@@ -274,7 +267,7 @@ def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32
     enc = encode_pairs(tokenizer, records, max_length)
     if enc.counts.get("input_truncated_left"):
         raise HybridError("recall: test inputs truncated (the example is longer than the scoring window)")
-    exact, value, follows = [], [], []
+    exact, value = [], []
     with torch.no_grad():
         for b in range(0, len(examples), batch_size):
             rows = list(zip(enc.input_ids[b:b + batch_size], enc.prompt_lengths[b:b + batch_size]))
@@ -291,16 +284,24 @@ def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32
                 n_values = len(value_words(ex))
                 start = len(ex.output.split()) - n_values  # value words follow the echo; end-of-text is last
                 value.append(got[start:start + n_values] == want[start:start + n_values])
-                if other is not None:
-                    alt = other[b + k]
-                    follows.append(alt is not None and got[start:start + n_values] == tokenizer.encode(" ".join(alt)))
-    return Scores(exact, value, follows if other is not None else None)
+    return Scores(exact, value)
 
 
 # -- controls ---------------------------------------------------------------------------------------------------------
+def answering(example: rt.Example, values: Sequence[str]) -> rt.Example:
+    """The example with its value words replaced by `values` (the key echo kept): a control scores the answer that a
+    model reading memory would give. Teacher forcing must feed *that* answer: a passkey digit is predicted from the
+    digit before it, and feeding the original digits after an edit would break the chain where greedy decoding, which
+    feeds the model's own digits, would follow the edit."""
+    words = example.output.split()
+    start = len(words) - len(value_words(example))
+    return rt.Example(example.input, " ".join(words[:start] + list(values)), example.task, example.n)
+
+
 def edited_haystack(example: rt.Example, rng: random.Random) -> tuple[rt.Example, list[str]]:
     """The example with the asked value changed where the haystack states it (key-value: the value after the
-    asked key; passkey: the digits); returns it and the new value words, which a model that reads memory follows."""
+    asked key; passkey: the digits); returns it (with its original answer) and the new value words, which a model
+    that reads memory follows (score `answering(example, new)`)."""
     words = example.input.split()
     if example.task == "kv":  # the asked key's first occurrence is its pair (the question comes last)
         pos = words.index(words[-1])
