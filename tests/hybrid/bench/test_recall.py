@@ -136,6 +136,22 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
         r.merge([result, result])
 
 
+def test_committed_results_match_the_docs():
+    """README.md and docs/recall.md carry the tables of the committed results JSON, as generated."""
+    from pathlib import Path
+
+    from hybrid.bench import recall as r
+
+    root = Path(__file__).resolve().parents[3]
+    result = r._load_result(str(root / "docs" / "recall-results.json"))
+    assert len(result["settings"]["seeds"]) >= 3 and result["settings"]["eval_examples"] >= 500
+    assert len(result["runs"]) == len(result["settings"]["seeds"])
+    for name, full in r.DOC_FILES.items():
+        assert r.doc_block(root / name) == r.markdown_report(result, full), (
+            f"{name}: its recall tables differ from docs/recall-results.json; regenerate them with "
+            f"`hybrid bench recall --from-json docs/recall-results.json --write-docs`")
+
+
 def test_interval_covers_pooled_sampling_and_seed_spread():
     from hybrid.bench.recall import interval, wilson
 
@@ -162,6 +178,9 @@ def test_controls_edit_and_swap_the_haystack():
             assert len(words) == len(old) and words[-8:] == old[-8:]  # the question is untouched
             assert sum(a != b for a, b in zip(words, old)) >= 1 and " ".join(new) in edited.input
             assert rc.value_words(e) != new
+            follows = rc.answering(edited, new)  # scored with the answer memory now gives, the key echo kept
+            assert follows.input == edited.input and rc.value_words(follows) == new
+            assert follows.output.split()[:len(e.output.split()) - len(new)] == e.output.split()[:-len(new)]
         for e, d in zip(ex, ex[1:]):
             swapped, other = rc.swapped_haystack(e, d, r.segment_length)
             cut = 3 * r.segment_length
