@@ -38,6 +38,22 @@ def is_done(step_key: str, out_dir: Path) -> bool:
     return all((out_dir / f).exists() for f in DONE_FILES[step_key])
 
 
+def remove_stale_temps(out_dir: str, names: list[str]) -> int:
+    """Remove the temp files (`.NAME.<pid>-<token>-<n>.tmp`, hybrid.core.io) that a killed run left beside the
+    files `names`, which are about to be written again; returns how many. Only those names: another stage's
+    writer in the same folder is left alone."""
+    prefixes = tuple(f".{name}." for name in names)
+    removed = 0
+    for entry in os.listdir(out_dir):
+        if entry.endswith(".tmp") and entry.startswith(prefixes):
+            try:
+                os.unlink(os.path.join(out_dir, entry))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 class RangeWorker:
     """Holds an open repository and the parse cache of one worker process, and runs the steps over ranges."""
 
@@ -142,7 +158,12 @@ class RangeWorker:
             if commit is None or not isinstance(commit, pygit2.Commit):
                 raise ValueError(f"{self.repo_path}: no commit {commit_hash}")
             ctx = CommitContext(self.repo, int(number), commit)
-            os.makedirs(out_dir, exist_ok=True)
+            try:
+                os.mkdir(out_dir)
+            except FileExistsError:  # an earlier run wrote here: it may have been killed between write and rename
+                remove_stale_temps(out_dir, [f for s in todo for f in DONE_FILES[s.key]])
+            except FileNotFoundError:
+                os.makedirs(out_dir, exist_ok=True)
             for s in todo:
                 s.run(ctx, Path(out_dir))  # (a Path: the steps' interface)
         return {s.key: s.stats.to_dict() for s in steps}

@@ -172,6 +172,25 @@ def test_deleted_ast_jsonl_is_redone(registry, capsys):
     assert victim.read_bytes() == before
 
 
+def test_temp_files_of_a_killed_run_are_removed_when_the_commit_is_redone(registry, capsys):
+    """A run killed between write and rename leaves `.NAME.<pid>-<token>-<n>.tmp`; the run that redoes the commit
+    removes it (and leaves other files alone)."""
+    argv = ["pipeline", "run", "--local", "--stages", "generate-ast,generate-ast-diffs", f"pipeline.data_dir={registry}"]
+    assert run_main(argv, capsys)[0] == 0
+    folder = registry / "ast_dataset" / "sample" / "commit_3"
+    before = (folder / "diff_ast.jsonl").read_bytes()
+    (folder / "diff_ast.jsonl").unlink()
+    stale = folder / ".diff_ast.jsonl.4471-7e2c43fa-29.tmp"
+    stale.write_text('{"half": ')
+    other = folder / ".task.json.99-abcdef01-0.tmp"  # not a file this stage writes
+    other.write_text("{")
+    untouched = registry / "ast_dataset" / "sample" / "commit_2" / ".diff_ast.jsonl.1-abcdef01-0.tmp"
+    untouched.write_text("{")  # a finished commit is not visited
+    assert run_main(argv, capsys)[0] == 0
+    assert (folder / "diff_ast.jsonl").read_bytes() == before
+    assert not stale.exists() and other.exists() and untouched.exists()
+
+
 # -- the LLM endpoint --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("url", ["http://127.0.0.1:99999/v1", "http://127.0.0.1:port/v1", "ftp://127.0.0.1/v1"])
 def test_llm_base_url_that_is_not_a_url(url):
