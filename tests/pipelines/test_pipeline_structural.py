@@ -195,8 +195,11 @@ def test_resume_after_an_interrupted_run(tmp_path, monkeypatch):
         for name in ("commit_data.json", "ast.jsonl", "diff_ast.jsonl", "task.json", "fim_dataset.json"):
             assert (tmp_path / f"broken/ast_dataset/sample/commit_{n}/{name}").read_bytes() == \
                 (tmp_path / f"clean/ast_dataset/sample/commit_{n}/{name}").read_bytes(), (n, name)
-    removed = cleanup_dataset(broken.pipeline, [], temp=True)
-    assert removed == {"temp files": 1}
+    # the resumed run removed the temp file the kill left beside the diff it redid
+    assert not (tmp_path / "broken/ast_dataset/sample/commit_5/.diff_ast.jsonl.x1y2.tmp").exists()
+    stray = tmp_path / "broken/ast_dataset/sample/commit_2/.fim_dataset.json.x1y2.tmp"  # in a finished commit
+    stray.write_text("[")
+    assert cleanup_dataset(broken.pipeline, [], temp=True) == {"temp files": 1} and not stray.exists()
 
 
 def test_fim_attaches_tasks_and_reasoning(tmp_path):
