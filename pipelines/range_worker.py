@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from hybrid.config.pipeline import PipelineConfig
+from hybrid.core.io import remove_temps
 from pipelines.declarations import ParsedFile, parse_declarations, parse_tree, update_declarations
 from pipelines.filters import content_drop_reason, path_drop_reason
 from pipelines.languages import grammar_key, language_of
@@ -36,22 +37,6 @@ def commit_dir(data_dir: str | os.PathLike, repo: str, number: int) -> Path:
 
 def is_done(step_key: str, out_dir: Path) -> bool:
     return all((out_dir / f).exists() for f in DONE_FILES[step_key])
-
-
-def remove_stale_temps(out_dir: str, names: list[str]) -> int:
-    """Remove the temp files (`.NAME.<pid>-<token>-<n>.tmp`, hybrid.core.io) that a killed run left beside the
-    files `names`, which are about to be written again; returns how many. Only those names: another stage's
-    writer in the same folder is left alone."""
-    prefixes = tuple(f".{name}." for name in names)
-    removed = 0
-    for entry in os.listdir(out_dir):
-        if entry.endswith(".tmp") and entry.startswith(prefixes):
-            try:
-                os.unlink(os.path.join(out_dir, entry))
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
 
 
 class RangeWorker:
@@ -161,7 +146,7 @@ class RangeWorker:
             try:
                 os.mkdir(out_dir)
             except FileExistsError:  # an earlier run wrote here: it may have been killed between write and rename
-                remove_stale_temps(out_dir, [f for s in todo for f in DONE_FILES[s.key]])
+                remove_temps(out_dir, [f for s in todo for f in DONE_FILES[s.key]])
             except FileNotFoundError:
                 os.makedirs(out_dir, exist_ok=True)
             for s in todo:

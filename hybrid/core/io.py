@@ -31,6 +31,18 @@ def _create_temp(path: str) -> tuple[int, str]:
             continue
 
 
+def remove_temps(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Remove the temp files (`_create_temp`'s `.NAME.<pid>-<token>-<n>.tmp`) that a process killed between write and
+    rename left beside the files `names` in `folder`. Only for files about to be written again, by the one writer."""
+    prefixes = tuple(f".{name}." for name in names)
+    for entry in os.listdir(folder):
+        if entry.endswith(".tmp") and entry.startswith(prefixes):
+            try:
+                os.unlink(os.path.join(folder, entry))
+            except FileNotFoundError:
+                pass
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, mkdir: bool = True) -> Iterator[Path]:
     """Yield a unique temp path beside `path`; on success it is renamed over `path`, on failure removed.
