@@ -2,6 +2,9 @@
 
     repos add (this checkout, cloned bare) → pipeline run → pipeline export → train (a few minutes, CPU) → eval
 
+and one last line: what the memory changed on the run's own test split — the loss on the tokens of names found only
+beyond the attention window, with the memory read vs every memory gate closed (hybrid/training/code_memory.py).
+
 Everything lands under --workdir (default: the current folder): data/ (repos, ast_dataset), datasets/io_pairs/,
 outputs/demo/<run>/ (checkpoints, metrics, eval.json). Rerunning skips the pipeline work already done and trains
 a new run.
@@ -12,8 +15,7 @@ from __future__ import annotations
 import argparse
 
 from hybrid.cli import positive_float
-
-DEMO_REPO_NAME = "hybrid-llm-trainer"
+from hybrid.cli.repos import DEMO_REPO_NAME, project_checkout
 
 # configs/model/demo_hybrid.yaml: a small hybrid that learns something in minutes on a laptop CPU
 DEMO = ["model=demo_hybrid", "train=demo", "data.max_length=512"]
@@ -32,18 +34,6 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="seconds, not minutes: tiny model, 4 steps in-process, no Ray for the pipeline")
     p.set_defaults(func=run_demo)
-
-
-def project_checkout():
-    """The git checkout holding the installed `hybrid` package (always there: no network needed)."""
-    from pathlib import Path
-
-    from hybrid.core.errors import HybridError
-
-    root = Path(__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        raise HybridError(f"{root}: the installed package is not in a git checkout; pass --repo PATH")
-    return root
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -126,6 +116,9 @@ def run_demo(args: argparse.Namespace) -> int:
     metrics = evaluate(checkpoint, test_path, max_generate=2 if args.quick else 4,
                        max_new_tokens=8 if args.quick else 24)
     print_eval(metrics)
+    from hybrid.training.code_memory import describe_effect, memory_effect
+
+    metrics["memory_effect"] = memory_effect(checkpoint, test_path, max_examples=24 if args.quick else 96)
     eval_json = run_dir / "eval.json"
     atomic_write_json(eval_json, metrics)
 
@@ -138,4 +131,5 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\nnext: hybrid eval --checkpoint {checkpoint} --test-data {test_path}\n"
           f"      hybrid generate --checkpoint {checkpoint} --prompt 'def add(a, b):'")
     print(f"demo finished in {time.time() - t0:.0f} s", flush=True)
+    print(describe_effect(metrics["memory_effect"]), flush=True)
     return 0

@@ -14,14 +14,15 @@ BENCHES = {
     "tune": "a sweep's overhead per trial over plain training runs, and its speed-up with 2 concurrent trials",
     "memory": "external memory stores: searches/s, latency, recall",
     "recall": "long-context recall across four memory variants",
+    "code-memory": "does the memory help on the mined code? five variants on long-file changes, beyond vs within",
 }
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (datagen, llm, model, train, tune, memory, recall)")
+    p = sub.add_parser("bench", help="benchmarks (datagen, llm, model, train, tune, memory, recall, code-memory)")
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for name, text in BENCHES.items():
         bp = bench_sub.add_parser(name, help=text)
-        module = importlib.import_module(f"hybrid.bench.{name}")
+        module = importlib.import_module(f"hybrid.bench.{name.replace('-', '_')}")
         module.add_arguments(bp)
         bp.set_defaults(func=module.run)

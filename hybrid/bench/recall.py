@@ -22,10 +22,8 @@ Heavy imports (torch, matplotlib, rich) happen inside functions.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.cli import non_negative_int, positive_int
+from hybrid.bench.stats import interval
 from hybrid.core.errors import HybridError
 
 VARIANTS = ("none", "internal", "external", "both")  # hybrid.training.recall.VARIANTS (imported late: `hybrid --help`)
@@ -181,31 +180,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 # ----------------------------------------------------------------------------------------------------------
 # Statistics
-
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    d = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def interval(per_seed: list[float], n_per_seed: int) -> tuple[float, float]:
-    """A 95 % interval for the mean over seeds: the Wilson interval of all examples pooled (the sampling error of
-    the test sets), widened to the Student-t interval of the seed means when that is wider (the variation between
-    seeds, i.e. between trained models) — the larger of the two half-widths around the mean."""
-    mean = sum(per_seed) / len(per_seed)
-    lo, hi = wilson(mean * n_per_seed * len(per_seed), n_per_seed * len(per_seed))
-    if len(per_seed) > 1:
-        half = T975.get(len(per_seed) - 1, 1.96) * statistics.stdev(per_seed) / math.sqrt(len(per_seed))
-        lo, hi = min(lo, max(0.0, mean - half)), max(hi, min(1.0, mean + half))
-    return (lo, hi)
-
 
 def summary(per_seed: list[float], n: int) -> dict[str, Any]:
     lo, hi = interval(per_seed, n)

@@ -8,6 +8,18 @@ from hybrid.cli import IntermixedParser, config_and_words, console_main
 from hybrid.core.errors import HybridError
 from hybrid.core.redact import redact_url
 
+DEMO_REPO_NAME = "hybrid-llm-trainer"  # this checkout's history, registered by `hybrid demo` and the code-memory bench
+
+
+def project_checkout():
+    """The git checkout holding the installed `hybrid` package (always there: no network needed)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        raise HybridError(f"{root}: the installed package is not in a git checkout; pass --repo PATH")
+    return root
+
 
 def _pipeline_cfg(words: list[str]):
     """The `pipeline` section after `key=value` overrides, and the other words."""

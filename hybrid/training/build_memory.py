@@ -7,13 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hybrid.config.memory import MemoryConfig
 from hybrid.core.errors import HybridError
 from hybrid.core.ray_utils import connect_cluster
 from hybrid.data.io_pairs import read_io_pairs
 from hybrid.memory.ray_store import RayShardedStore
+from hybrid.training.code_memory import write_corpus
 from hybrid.training.evaluate import load
 
 
@@ -76,21 +75,12 @@ def build_memory(checkpoint: str | Path, namespace: str, texts: list[str], memor
                               f"{mcfg.chunk_size}")
         mcfg.external_memory_size = capacity_tokens
     connect_cluster()  # the shards must live in the cluster, not in a Ray that ends with this command
-    stream: list[int] = []
-    for text in texts:
-        stream.extend(tok.encode(text) + [tok.eos_id])
-    S = mcfg.segment_length
-    n = len(stream) // S * S  # whole segments only (a partial last one is not written)
     t0 = time.time()
     store = RayShardedStore.from_config(memory_cfg, mcfg.chunks_capacity, mcfg.chunk_size, mcfg.use_gpu_to_search)
     store.reset([f"{namespace}/layer{i}" for i in mcfg.retrieval_layer_ids])
-    window = S * max(1, batch_segments)
-    with torch.no_grad():
-        for start in range(0, n, window):
-            ids = torch.tensor([stream[start:min(n, start + window)]], dtype=torch.long)
-            model(ids, memory_store=store, namespaces=[namespace])
-    store.flush()
+    counts = write_corpus(model, tok, store, namespace, texts, batch_segments)
+    n, stream_tokens = counts["tokens_written"], counts["tokens"]
     info = store.namespace_info(namespace) if n else {"vectors": 0, "bytes": 0, "parts": 0}
-    return {"namespace": namespace, "service": memory_cfg.service, "texts": len(texts), "tokens": len(stream),
+    return {"namespace": namespace, "service": memory_cfg.service, "texts": len(texts), "tokens": stream_tokens,
             "tokens_written": n, "retrieval_layers": mcfg.retrieval_layer_ids, "chunks_capacity": mcfg.chunks_capacity,
             "vectors": info["vectors"], "bytes": info["bytes"], "seconds": round(time.time() - t0, 2)}

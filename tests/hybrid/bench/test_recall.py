@@ -153,7 +153,7 @@ def test_committed_results_match_the_docs():
 
 
 def test_interval_covers_pooled_sampling_and_seed_spread():
-    from hybrid.bench.recall import interval, wilson
+    from hybrid.bench.stats import interval, wilson
 
     lo, hi = wilson(91, 100)
     assert 0.83 < lo < 0.85 and 0.95 < hi < 0.96  # the ±0.06 of one seed's 100 examples

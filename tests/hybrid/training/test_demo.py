@@ -28,6 +28,11 @@ def test_demo_quick_on_a_tiny_repo(tmp_path, capsys):
     assert metrics["examples"] > 0 and metrics["loss"] > 0 and metrics["generated"] == 2
     assert (run / "best").exists() and "demo finished" in out and f"evaluation: {run / 'eval.json'}" in out
     assert (tmp_path / "w" / "data" / "ast_dataset").is_dir()
+    # the last line says what the memory changed on the run's test split, with the counts
+    effect = metrics["memory_effect"]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("memory: ") and f"{effect['examples']} test pairs" in last
+    assert effect["on"]["all"]["examples"] == effect["examples"] == effect["off"]["all"]["examples"] > 0
 
 
 def test_default_repository_is_this_checkout():
