@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from hybrid.core.errors import HybridError, describe_os_error
+from hybrid.core.redact import redact_text
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -68,15 +69,20 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
     """Run a command; a HybridError is one line on stderr and exit code 2, never a traceback."""
     try:
         return int(func(args) or 0)
-    except HybridError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except OSError as e:  # the machine's fault, not a bug: a full disk, a read-only or missing folder
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+    except (HybridError, OSError) as e:
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
+
+
+def error_line(e: HybridError | OSError) -> str:
+    """The one line a user sees for a failure (after `error: `). Every such line goes through the redactor, whoever
+    wrote it: a library's text we pass on may quote a URL with its credentials."""
+    # an OSError is the machine's fault, not a bug: a full disk, a read-only or missing folder
+    text = describe_os_error(e) if isinstance(e, OSError) else str(e)
+    return redact_text(" ".join(text.split()))
 
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Literal
 
 from hybrid.core.errors import HybridError
+from hybrid.core.redact import library_message
 from hybrid.core.storage import filesystem as _filesystem
 from hybrid.core.storage import is_uri, shown
 
@@ -87,7 +88,7 @@ def _uri_files(uri: str, has_glob: bool) -> list[str]:
     except HybridError:
         raise
     except Exception as e:
-        raise HybridError(f"{shown(uri)}: cannot list ({str(e).splitlines()[0][:200]})") from None
+        raise HybridError(f"{shown(uri)}: cannot list ({library_message(e, uri)})") from None
     files = sorted(f.path for f in found if f.type == pafs.FileType.File and not f.base_name.startswith(".")
                    and (fnmatch.fnmatch(f.path, inner) if has_glob else _suffix(f.path) in FOLDER_SUFFIXES))
     if not files:
@@ -109,7 +110,7 @@ def open_file(path: str) -> IO[bytes]:
         except FileNotFoundError:
             raise HybridError(f"{shown(path)}: no such file") from None
         except Exception as e:
-            raise HybridError(f"{shown(path)}: cannot read ({str(e).splitlines()[0][:200]})") from None
+            raise HybridError(f"{shown(path)}: cannot read ({library_message(e, path)})") from None
     try:
         return open(path, "rb")
     except FileNotFoundError:
@@ -178,7 +179,7 @@ def _iter_parquet(path: str, on_bad: OnBad, skipped: Counter, check) -> Iterator
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise HybridError(f"{name}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+            raise HybridError(f"{name}: not a readable Parquet file ({library_message(e, path)})") from None
         if check is check_record:
             for key in ("input", "output"):
                 if key not in names:

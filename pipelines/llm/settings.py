@@ -9,7 +9,7 @@ from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hybrid.core.errors import HybridError
-from hybrid.core.redact import redact_url
+from hybrid.core.redact import redact_url, split_userinfo
 
 
 class LLMSettings(BaseSettings):
@@ -41,7 +41,12 @@ class LLMSettings(BaseSettings):
             parts = urlsplit(v)
             parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0..65535
         except ValueError:
-            raise ValueError("not a valid URL") from None
+            parts = None
+        if split_userinfo(v)[2] is not None and (parts is None or "@" not in parts.netloc):
+            # `user:pa/ss@host`: urlsplit (and the HTTP client) end the host at the `/`, `#` or `?`
+            raise ValueError("its password holds '/', '#' or '?': percent-encode them (%2F, %23, %3F)")
+        if parts is None:
+            raise ValueError("not a valid URL")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not an http(s) URL")
         return v
