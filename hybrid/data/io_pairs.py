@@ -21,6 +21,7 @@ from hybrid.core.errors import HybridError
 from hybrid.core.redact import library_message
 from hybrid.core.storage import filesystem as _filesystem
 from hybrid.core.storage import is_uri, shown
+from hybrid.core.text import BadJSONLine, parse_json_line
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -159,9 +160,9 @@ def iter_pairs(path: str, on_bad: OnBad = "error", skipped: Counter | None = Non
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                _bad(on_bad, skipped, "not_json", f"{name}:{lineno}: not valid JSON ({e.msg})")
+                record = parse_json_line(line)
+            except BadJSONLine as e:  # not JSON, nested too deeply, a lone surrogate
+                _bad(on_bad, skipped, e.reason, f"{name}:{lineno}: {e}")
                 continue
             problem = check(record)
             if problem:

@@ -25,6 +25,20 @@ class LLMSettings(BaseSettings):
     def _empty_key_is_none(cls, v):
         return None if v is None or (isinstance(v, str) and not v.strip()) else v
 
+    @field_validator("OPENAI_API_KEY")
+    @classmethod
+    def _ascii_key(cls, v):
+        """The key travels in an HTTP header, which carries printable ASCII only (httpx raised a UnicodeEncodeError
+        mid-request). The message never quotes the key, nor the character: only where it is."""
+        if v is None:
+            return v
+        key = v.get_secret_value()
+        bad = next((i for i, c in enumerate(key) if not " " <= c <= "~"), None)
+        if bad is not None:
+            raise ValueError(f"holds a character that is not printable ASCII (at position {bad + 1} of "
+                             f"{len(key)}; an HTTP header carries ASCII only): retype or re-copy the key")
+        return v
+
     @field_validator("LLM_BASE_URL", "LLM_MODEL_NAME", mode="before")
     @classmethod
     def _empty_is_none(cls, v):
@@ -80,6 +94,8 @@ def load_settings() -> LLMSettings:
         first = e.errors()[0] if hasattr(e, "errors") else {}
         loc = ".".join(map(str, first.get("loc", ("?",))))
         why = ""
+        if loc == "OPENAI_API_KEY" and first.get("type") == "value_error":  # our own words, never the value
+            why = f" ({first.get('msg', '').removeprefix('Value error, ')})"
         if loc == "LLM_BASE_URL":  # not the secret: safe to say why, and to show the URL redacted
             import os
 
