@@ -20,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
 
+    from hybrid.cli import error_line
     from hybrid.cli.config import load_config, split_overrides
     from hybrid.training import distributed
     from hybrid.training.recipe import run
@@ -33,27 +34,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise HybridError(f"unexpected argument {rest[0]!r} (overrides look like train.batch_size=4)")
         cfg = load_config(overrides).recipe()
     except HybridError as e:
-        error = str(e)
+        error = error_line(e)
     use_gpu = torch.cuda.is_available() and (cfg is None or cfg.train.use_gpu is not False)
     ctx = distributed.detect(use_gpu)  # starts the process group (NCCL on GPUs, else gloo)
-    if ctx.rank == 0 and error is None:
-        try:
-            spec = prepare(cfg, ctx.world, use_ray=False)
-        except HybridError as e:
-            error = str(e)
-    if ctx.distributed:  # rank 0's plan (or its error) to every rank
-        box = [spec, error]
-        dist.broadcast_object_list(box, src=0)
-        spec, error = box
-    if error:
-        if ctx.rank == 0:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
     try:
-        metrics = run(spec)
-    except HybridError as e:
-        print(f"error (rank {ctx.rank}): {e}", file=sys.stderr)
-        return 2
+        if ctx.rank == 0 and error is None:
+            try:
+                spec = prepare(cfg, ctx.world, use_ray=False)
+            except (HybridError, OSError) as e:  # one line, as `hybrid train` prints them (hybrid.cli.run_command)
+                error = error_line(e)
+        if error and ctx.rank == 0:
+            # printed before the other ranks hear of it: once one of them exits, torchrun stops this one
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        if ctx.distributed:  # rank 0's plan (or its error) to every rank
+            box = [spec, error]
+            dist.broadcast_object_list(box, src=0)
+            spec, error = box
+        if error:
+            return 2
+        try:
+            metrics = run(spec)
+        except (HybridError, OSError) as e:
+            print(f"error (rank {ctx.rank}): {error_line(e)}", file=sys.stderr, flush=True)
+            return 2
     finally:
         if ctx.distributed:
             dist.destroy_process_group()

@@ -23,7 +23,7 @@ from pathlib import Path
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json, exclusive_lock
-from hybrid.core.redact import redact_url, split_userinfo
+from hybrid.core.redact import library_message, redact_url, split_userinfo
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 URL_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.I)
@@ -174,8 +174,7 @@ def _add_locked(source: str, name: str, user: str | None, password: str | None,
             repo = pygit2.clone_repository(source, str(tmp / "clone"), bare=True,
                                            callbacks=_credentials(user, password))
         except (pygit2.GitError, ValueError, OSError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise HybridError(f"{redact_url(source)}: cannot clone ({redact_url(msg)})") from None
+            raise HybridError(f"{redact_url(source)}: cannot clone ({library_message(e, source)})") from None
         branch = _head_branch(repo, source)
         (tmp / "clone").rename(dest)
     finally:
@@ -196,7 +195,8 @@ def update_repo(name: str, cfg: PipelineConfig) -> int:
     try:
         repo.remotes["origin"].fetch(["+refs/heads/*:refs/heads/*"], callbacks=_credentials(None, None))
     except (pygit2.GitError, KeyError) as e:
-        raise HybridError(f"repo {name!r}: cannot fetch from {redact_url(entry.source)} ({e})") from None
+        raise HybridError(f"repo {name!r}: cannot fetch from {redact_url(entry.source)} "
+                          f"({library_message(e, entry.source)})") from None
     return len(first_parent_hashes(entry, cfg, repo)) - len(before)
 
 

@@ -12,6 +12,8 @@ import sys
 from typing import Callable, Sequence
 
 from hybrid.core.errors import HybridError, describe_os_error
+from hybrid.core.redact import redact_text
+from hybrid.core.text import not_unicode, printable
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -64,19 +66,43 @@ def at_least(low: int) -> Callable[[str], int]:
     return _number(int, low, None, f"an integer >= {low}")
 
 
-def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run a command; a HybridError is one line on stderr and exit code 2, never a traceback."""
+def check_arguments(argv: Sequence[str]) -> None:
+    """Every word of the command line must be text: bytes that are not UTF-8 (`--prompt $'x\\xff'`), which Python
+    keeps as lone surrogates, would reach a library that encodes them (the tokenizer: a TypeError). One line
+    naming the option or the key."""
+    previous = ""
+    for word in argv:
+        why = not_unicode(word)
+        if why:
+            name, value = word.split("=", 1) if "=" in word else ("", word)  # --option=value, key=value
+            if not_unicode(name) or not value:
+                name, value = "argument", word
+            name = name or (previous if previous.startswith("-") else "argument")
+            raise HybridError(f"{name}: {printable(value)} is {why}")
+        previous = word
+
+
+def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
+                argv: Sequence[str] = ()) -> int:
+    """Run a command; a HybridError is one line on stderr and exit code 2, never a traceback. `argv`: the words
+    the command was given, checked first (`check_arguments`)."""
     try:
+        check_arguments(argv)
         return int(func(args) or 0)
-    except HybridError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except OSError as e:  # the machine's fault, not a bug: a full disk, a read-only or missing folder
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+    except (HybridError, OSError) as e:
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
+
+
+def error_line(e: HybridError | OSError) -> str:
+    """The one line a user sees for a failure (after `error: `). Every such line goes through the redactor, whoever
+    wrote it: a library's text we pass on may quote a URL with its credentials."""
+    # an OSError is the machine's fault, not a bug: a full disk, a read-only or missing folder
+    text = describe_os_error(e) if isinstance(e, OSError) else str(e)
+    return redact_text(" ".join(text.split()))
 
 
 
@@ -105,5 +131,6 @@ def console_main(add_parser: Callable[[argparse._SubParsersAction, str], None], 
     sub = parser.add_subparsers(dest="command", parser_class=IntermixedParser)
     add_parser(sub, name)
     sub.choices[name].prog = name
-    args = parser.parse_args([name, *(sys.argv[1:] if argv is None else argv)])
-    return run_command(args.func, args)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args([name, *words])
+    return run_command(args.func, args, words)

@@ -29,6 +29,7 @@ from hybrid.config.section import describe_error
 from hybrid.config.train import DataConfig, TrainConfig
 from hybrid.config.tune import TuneConfig
 from hybrid.core.errors import ConfigError
+from hybrid.core.text import not_unicode, printable
 
 CONFIG_DIR = Path(os.environ.get("HYBRID_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 GROUPS = ("model", "train", "data", "memory", "pipeline", "llm", "tune")
@@ -92,6 +93,19 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _check_text(tree: dict[str, Any], prefix: str = "") -> None:
+    """Every string value must be text: bytes that are not UTF-8 in an override (`train.output_dir=$'x\\xff'`) or a
+    `\\ud800` escape in a YAML file would reach a library that encodes it — after the run folder was created."""
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, dict):
+                _check_text(v, dotted + ".")
+            elif isinstance(v, str) and not_unicode(v):
+                raise ConfigError(f"{dotted}: {printable(v)} is {not_unicode(v)}")
+
+
 def load_config(overrides: Iterable[str] = (), config_dir: Path | None = None, base: str | Path | None = None) -> Config:
     """Compose configs/config.yaml's defaults — or start from the whole config in the YAML file `base` (a checkpoint's
     config.yaml, a sweep's best.yaml; sections it lacks take the defaults) — then apply group choices
@@ -141,6 +155,7 @@ def load_config(overrides: Iterable[str] = (), config_dir: Path | None = None, b
             tree[key] = value
     for key, value in dotted:
         _set_dotted(tree, key, value)
+    _check_text(tree)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

@@ -18,7 +18,8 @@ def register(sub) -> None:
     msub = p.add_subparsers(dest="memory_command", required=True, metavar="COMMAND")
 
     s = msub.add_parser("stats", help="per shard: namespaces, vectors, bytes, searches/s, p50/p99 latency",
-                        description=f"Joins the Ray cluster (RAY_ADDRESS, else the one running on this machine). "
+                        description=f"Joins the Ray cluster (RAY_ADDRESS, else the one `ray start` started on this "
+                                    f"machine). "
                                     f"Example: {STATS_EXAMPLE}")
     s.add_argument("overrides", nargs="*", help="key=value config overrides (memory.service, memory.num_shards)")
     s.add_argument("--namespaces", action="store_true", help="also list each shard's namespaces")

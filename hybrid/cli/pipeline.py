@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 from hybrid.cli import fraction, IntermixedParser, config_and_words, console_main, llm
-from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json
 
 STAGE_COMMANDS = {
@@ -131,10 +130,6 @@ def _export(args) -> int:
 
     cfg, repos = config_and_words(args.repos, outputs=("pipeline.data_dir",))
     require_lasting("--output-dir", args.output_dir)
-    for name in ("validation_fraction", "test_fraction"):
-        value = getattr(args, name)
-        if not 0 <= value < 1:
-            raise HybridError(f"--{name.replace('_', '-')}: must be in [0, 1), got {value}")
     result = export_io_pairs(cfg.pipeline.data_dir, args.output_dir,
                              kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
                              validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,

@@ -8,6 +8,7 @@ import json
 from hybrid.cli import at_least, non_negative_int, positive_int, config_and_words
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json, atomic_write_jsonl
+from hybrid.core.text import read_text_lines
 
 
 def register(sub) -> None:
@@ -100,23 +101,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from hybrid.data.io_pairs import read_inputs
     from hybrid.training.evaluate import generate_texts, load
 
     if args.prompt is not None:
         inputs = [args.prompt]
     elif args.input_file.endswith(".txt"):
-        path = Path(args.input_file)
-        if not path.is_file():
-            raise HybridError(f"{path}: no such file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            line = path.read_bytes()[:e.start].count(b"\n") + 1
-            raise HybridError(f"{path}:{line}: not UTF-8 text") from None
-        inputs = [line.rstrip("\n") for line in text.splitlines() if line.strip()]
+        inputs = read_text_lines(args.input_file)
     else:
         inputs = read_inputs(args.input_file)
     ck = load(args.checkpoint)

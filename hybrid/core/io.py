@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from hybrid.core.errors import HybridError
+from hybrid.core.text import BadJSONLine, parse_json_line
 
 _encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps builds one per call
 
@@ -169,9 +170,10 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HybridError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                record = parse_json_line(line)
+            except BadJSONLine as e:  # not JSON, nested too deeply, a lone surrogate
+                raise HybridError(f"{path}:{lineno}: {e}") from None
+            yield lineno, record
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:

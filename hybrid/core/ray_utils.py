@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from pathlib import Path
 
 from hybrid.core.errors import HybridError
 from hybrid.core.redact import redact_url
@@ -53,19 +54,49 @@ def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwa
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
 
 
+HOW_TO_START = ("start one with `ray start --head --port=6379` and set RAY_ADDRESS=127.0.0.1:6379 (or the "
+                "address of the cluster to use)")
+
+
+def started_cluster_address() -> str | None:
+    """The address `ray start` left on this machine, or None. `ray start` (and only it: a driver's temporary local
+    Ray does not) writes it to `ray_current_cluster` in Ray's temp dir — $RAY_TMPDIR, else $TMPDIR, else /tmp, then
+    `ray/` (ray/_common/utils.py: get_ray_address_file; ray/scripts/scripts.py: start)."""
+    root = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    try:
+        return (Path(root) / "ray" / "ray_current_cluster").read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def connect_cluster() -> None:
-    """Join a running cluster (RAY_ADDRESS, else the one started on this machine) — for services that must
-    outlive this command; a one-line error when there is none."""
+    """Join a lasting cluster — the one RAY_ADDRESS names, else the one `ray start` started on this machine — for
+    services that must outlive this command (detached actors). Never Ray's `auto` lookup, which joins any Ray it
+    finds running here, another command's temporary one included: that one ends with its command, and the actors
+    with it. A one-line error saying how to start one when there is none."""
     import ray
 
-    if ray.is_initialized():
+    if ray.is_initialized():  # the caller started or joined Ray on purpose (a test, the demo)
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = os.environ.get("RAY_ADDRESS") or "auto"
-    check_reachable(address)
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        address = started_cluster_address()
+        if address is None:
+            raise HybridError(f"no Ray cluster for the memory service: RAY_ADDRESS is unset and `ray start` has "
+                              f"started none on this machine; {HOW_TO_START}")
+        try:
+            check_reachable(address)
+        except HybridError:
+            raise HybridError(f"no Ray cluster for the memory service: RAY_ADDRESS is unset and the cluster "
+                              f"`ray start` started at {redact_url(address)} does not answer; {HOW_TO_START}") \
+                from None
+    else:
+        check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False)
     except ConnectionError:
-        where = f"at RAY_ADDRESS={redact_url(address)}" if address != "auto" else "on this machine"
-        raise HybridError(f"no Ray cluster {where} to read the memory service from: start one with `ray start "
-                          f"--head` (the service lives in its detached actors) or set RAY_ADDRESS") from None
+        named = (f"RAY_ADDRESS={redact_url(address)}" if os.environ.get("RAY_ADDRESS") else
+                 f"the cluster `ray start` started at {redact_url(address)}")
+        raise HybridError(f"no Ray cluster to keep the memory service in: {named} cannot be joined; "
+                          f"{HOW_TO_START}") from None

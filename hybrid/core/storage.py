@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write
-from hybrid.core.redact import redact_url
+from hybrid.core.redact import library_message, redact_url
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -70,7 +70,7 @@ def filesystem(uri: str):
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as e:  # ArrowInvalid, OSError: an unknown scheme, a malformed URI, …
-        raise HybridError(f"{shown(uri)}: cannot open ({str(e).splitlines()[0][:200]})") from None
+        raise HybridError(f"{shown(uri)}: cannot open ({library_message(e, uri)})") from None
 
 
 def _fs_call(uri: str, what: str, fn):
@@ -81,7 +81,7 @@ def _fs_call(uri: str, what: str, fn):
     except FileNotFoundError:
         raise HybridError(f"{shown(uri)}: no such file or folder") from None
     except Exception as e:
-        raise HybridError(f"{shown(uri)}: cannot {what} ({str(e).splitlines()[0][:200]})") from None
+        raise HybridError(f"{shown(uri)}: cannot {what} ({library_message(e, uri)})") from None
 
 
 def exists(path: str | os.PathLike) -> bool:

@@ -168,9 +168,22 @@ def split_records(records: list[dict[str, Any]], validation_fraction: float,
     return out, split_by
 
 
+def check_fractions(validation_fraction: float, test_fraction: float) -> None:
+    """Each share in [0, 1), and the training split's, 1 - validation - test, more than 0: at a sum of 1 or more
+    the split gives training only the one group it always keeps back — nothing like what was asked for."""
+    for option, value in (("--validation-fraction", validation_fraction), ("--test-fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise HybridError(f"{option}: must be in [0, 1), got {value}")
+    if validation_fraction + test_fraction >= 1:
+        raise HybridError(f"--validation-fraction {validation_fraction:g} + --test-fraction {test_fraction:g} = "
+                          f"{validation_fraction + test_fraction:g} leaves nothing to train on: the two together "
+                          f"must be less than 1")
+
+
 def export_io_pairs(data_dir: str | Path, output_dir: str | Path = "datasets/io_pairs",
                     kinds: tuple[str, ...] = KINDS, validation_fraction: float = 0.1,
                     test_fraction: float = 0.1, repos: list[str] | None = None) -> ExportResult:
+    check_fractions(validation_fraction, test_fraction)
     ast_root = Path(data_dir) / "ast_dataset"
     if not ast_root.is_dir():
         raise HybridError(f"{ast_root}: no such folder (run `hybrid pipeline run` first)")

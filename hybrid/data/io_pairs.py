@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Literal
 
 from hybrid.core.errors import HybridError
+from hybrid.core.redact import library_message
 from hybrid.core.storage import filesystem as _filesystem
 from hybrid.core.storage import is_uri, shown
+from hybrid.core.text import BadJSONLine, parse_json_line
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -87,7 +89,7 @@ def _uri_files(uri: str, has_glob: bool) -> list[str]:
     except HybridError:
         raise
     except Exception as e:
-        raise HybridError(f"{shown(uri)}: cannot list ({str(e).splitlines()[0][:200]})") from None
+        raise HybridError(f"{shown(uri)}: cannot list ({library_message(e, uri)})") from None
     files = sorted(f.path for f in found if f.type == pafs.FileType.File and not f.base_name.startswith(".")
                    and (fnmatch.fnmatch(f.path, inner) if has_glob else _suffix(f.path) in FOLDER_SUFFIXES))
     if not files:
@@ -109,7 +111,7 @@ def open_file(path: str) -> IO[bytes]:
         except FileNotFoundError:
             raise HybridError(f"{shown(path)}: no such file") from None
         except Exception as e:
-            raise HybridError(f"{shown(path)}: cannot read ({str(e).splitlines()[0][:200]})") from None
+            raise HybridError(f"{shown(path)}: cannot read ({library_message(e, path)})") from None
     try:
         return open(path, "rb")
     except FileNotFoundError:
@@ -158,9 +160,9 @@ def iter_pairs(path: str, on_bad: OnBad = "error", skipped: Counter | None = Non
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                _bad(on_bad, skipped, "not_json", f"{name}:{lineno}: not valid JSON ({e.msg})")
+                record = parse_json_line(line)
+            except BadJSONLine as e:  # not JSON, nested too deeply, a lone surrogate
+                _bad(on_bad, skipped, e.reason, f"{name}:{lineno}: {e}")
                 continue
             problem = check(record)
             if problem:
@@ -178,7 +180,7 @@ def _iter_parquet(path: str, on_bad: OnBad, skipped: Counter, check) -> Iterator
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise HybridError(f"{name}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+            raise HybridError(f"{name}: not a readable Parquet file ({library_message(e, path)})") from None
         if check is check_record:
             for key in ("input", "output"):
                 if key not in names:

@@ -10,6 +10,7 @@ from typing import Any
 from hybrid.config.memory import MemoryConfig
 from hybrid.core.errors import HybridError
 from hybrid.core.ray_utils import connect_cluster
+from hybrid.core.text import read_text_lines
 from hybrid.data.io_pairs import read_io_pairs
 from hybrid.memory.ray_store import RayShardedStore
 from hybrid.training.code_memory import write_corpus
@@ -50,9 +51,7 @@ def texts_from_repo(path: str, commit: str, max_bytes: int) -> tuple[list[str], 
 def texts_from_demonstrations(path: str) -> list[str]:
     p = Path(path)
     if p.suffix == ".txt":
-        if not p.is_file():
-            raise HybridError(f"--demonstrations: {path} does not exist")
-        lines = [line for line in p.read_text().splitlines() if line.strip()]
+        lines = read_text_lines(p, "--demonstrations")
         if not lines:
             raise HybridError(f"--demonstrations: {path} has no text lines")
         return lines

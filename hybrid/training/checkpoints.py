@@ -32,6 +32,7 @@ from typing import Any
 
 from hybrid.core import storage
 from hybrid.core.errors import HybridError
+from hybrid.core.redact import library_message
 from hybrid.core.io import atomic_write
 from hybrid.data.tokenizer import write_tokenizer_config
 from hybrid.models.modeling import HybridForCausalLM
@@ -382,7 +383,8 @@ def latest_state(output: str | Path) -> dict[str, Any] | None:
         try:
             return json.loads(storage.read_text(storage.join(str(output), names[-1], TRAINER_STATE)))
         except json.JSONDecodeError as e:
-            raise HybridError(f"{storage.shown(output)}/{names[-1]}/{TRAINER_STATE}: corrupt ({e})") from None
+            raise HybridError(f"{storage.shown(output)}/{names[-1]}/{TRAINER_STATE}: corrupt "
+                              f"({library_message(e, str(output))})") from None
     latest = latest_checkpoint(output)
     return read_trainer_state(latest) if latest is not None else None
 

@@ -41,6 +41,7 @@ from hybrid.config.recipe import SECTIONS, RecipeConfig, with_values
 from hybrid.config.tune import TuneConfig
 from hybrid.core import storage
 from hybrid.core.errors import ConfigError, HybridError
+from hybrid.core.redact import library_message
 from hybrid.core.ray_utils import init_ray
 from hybrid.memory.ray_store import RAY_NAMESPACE, shard_name
 from hybrid.training import checkpoints as ckpt_io
@@ -387,7 +388,7 @@ def _read_sweep(path: str) -> tuple[RecipeConfig, TuneConfig]:
         data = yaml.safe_load(storage.read_text(path))
         return RecipeConfig.model_validate(data["base"]), TuneConfig.model_validate(data["tune"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValidationError) as e:
-        raise HybridError(f"{storage.shown(path)}: not a readable sweep record ({str(e).splitlines()[0][:200]})") \
+        raise HybridError(f"{storage.shown(path)}: not a readable sweep record ({library_message(e, path)})") \
             from None
 
 

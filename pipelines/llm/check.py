@@ -19,7 +19,8 @@ async def check_endpoint(settings: LLMSettings, cfg: LLMConfig, n_requests: int 
     from pydantic import ValidationError
 
     model = settings.model_name(cfg.model)
-    redact = Redactor(settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None)
+    redact = Redactor(settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None,
+                      settings.LLM_BASE_URL)
     client = openai.AsyncOpenAI(api_key=settings.api_key_value(), base_url=settings.LLM_BASE_URL or None,
                                 max_retries=1, timeout=cfg.timeout_s)
     lines = [f"endpoint  {settings.endpoint_text()}   model {model}   key {'set' if settings.OPENAI_API_KEY else 'not set'}"]

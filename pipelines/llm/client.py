@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pydantic import BaseModel, ValidationError
 
 from hybrid.config.llm import LLMConfig
+from hybrid.core.redact import redact_text
 from pipelines.llm.cache import AnswerCache, cache_key
 from pipelines.llm.ratelimit import call
 from pipelines.llm.schemas import SCHEMAS
@@ -89,12 +90,15 @@ def parse_retry_after(headers, cap: float) -> float | None:
 
 
 class Redactor:
-    def __init__(self, secret: str | None):
+    """Hides the key and the credentials of the endpoint's URL (and of any URL) in a message, then cuts it."""
+
+    def __init__(self, secret: str | None, *urls: str | None):
         self.secret = secret if secret and secret != "not-needed" and len(secret) >= 4 else None
+        self.urls = [u for u in urls if u]
 
     def __call__(self, text: str) -> str:
-        text = " ".join(str(text).split())[:300]
-        return text.replace(self.secret, "***") if self.secret else text
+        text = redact_text(" ".join(str(text).split()), *self.urls)
+        return (text.replace(self.secret, "***") if self.secret else text)[:300]
 
 
 class LLMClient:
@@ -107,7 +111,8 @@ class LLMClient:
         self.limiter = limiter
         self.cache = cache
         self.stats = ClientStats()
-        self.redact = Redactor(settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None)
+        self.redact = Redactor(settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None,
+                               settings.LLM_BASE_URL)
         self._client = AsyncOpenAI(api_key=settings.api_key_value(), base_url=settings.LLM_BASE_URL or None,
                                    max_retries=0, timeout=cfg.timeout_s)
         self._sem = asyncio.Semaphore(cfg.concurrency_per_actor)

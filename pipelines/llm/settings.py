@@ -9,7 +9,7 @@ from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hybrid.core.errors import HybridError
-from hybrid.core.redact import redact_url
+from hybrid.core.redact import redact_url, split_userinfo
 
 
 class LLMSettings(BaseSettings):
@@ -24,6 +24,20 @@ class LLMSettings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, v):
         return None if v is None or (isinstance(v, str) and not v.strip()) else v
+
+    @field_validator("OPENAI_API_KEY")
+    @classmethod
+    def _ascii_key(cls, v):
+        """The key travels in an HTTP header, which carries printable ASCII only (httpx raised a UnicodeEncodeError
+        mid-request). The message never quotes the key, nor the character: only where it is."""
+        if v is None:
+            return v
+        key = v.get_secret_value()
+        bad = next((i for i, c in enumerate(key) if not " " <= c <= "~"), None)
+        if bad is not None:
+            raise ValueError(f"holds a character that is not printable ASCII (at position {bad + 1} of "
+                             f"{len(key)}; an HTTP header carries ASCII only): retype or re-copy the key")
+        return v
 
     @field_validator("LLM_BASE_URL", "LLM_MODEL_NAME", mode="before")
     @classmethod
@@ -41,7 +55,12 @@ class LLMSettings(BaseSettings):
             parts = urlsplit(v)
             parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0..65535
         except ValueError:
-            raise ValueError("not a valid URL") from None
+            parts = None
+        if split_userinfo(v)[2] is not None and (parts is None or "@" not in parts.netloc):
+            # `user:pa/ss@host`: urlsplit (and the HTTP client) end the host at the `/`, `#` or `?`
+            raise ValueError("its password holds '/', '#' or '?': percent-encode them (%2F, %23, %3F)")
+        if parts is None:
+            raise ValueError("not a valid URL")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not an http(s) URL")
         return v
@@ -75,6 +94,8 @@ def load_settings() -> LLMSettings:
         first = e.errors()[0] if hasattr(e, "errors") else {}
         loc = ".".join(map(str, first.get("loc", ("?",))))
         why = ""
+        if loc == "OPENAI_API_KEY" and first.get("type") == "value_error":  # our own words, never the value
+            why = f" ({first.get('msg', '').removeprefix('Value error, ')})"
         if loc == "LLM_BASE_URL":  # not the secret: safe to say why, and to show the URL redacted
             import os
 

@@ -196,3 +196,17 @@ def test_temp_files_of_a_killed_run_are_removed_when_the_commit_is_redone(regist
 def test_llm_base_url_that_is_not_a_url(url):
     r = cli("pipeline", "test-llm", env={"LLM_BASE_URL": url, "OPENAI_API_KEY": SECRET}, timeout=60)
     assert_one_line_error(r.returncode, r.stderr, "LLM_BASE_URL", out=r.stdout)
+
+
+@pytest.mark.parametrize("validation,test", [("0.6", "0.6"), ("0.5", "0.5")])
+def test_export_fractions_that_leave_nothing_to_train(registry, tmp_path, validation, test, capsys):
+    """Each fraction was checked alone, so 0.6 + 0.6 was accepted (and validation got 0 records). The training
+    split's share is what is left, 1 - validation - test: it must be more than 0."""
+    rc, out, err = run_main(["pipeline", "run", "--local", "--no-progress", "--stages",
+                             "generate-ast,generate-ast-diffs,generate-fim", f"pipeline.data_dir={registry}"], capsys)
+    assert rc == 0, err
+    dest = tmp_path / "io_pairs"
+    rc, out, err = run_main(["pipeline", "export", "--validation-fraction", validation, "--test-fraction", test,
+                             "--output-dir", str(dest), f"pipeline.data_dir={registry}"], capsys)
+    assert_one_line_error(rc, err, f"--validation-fraction {validation}", f"--test-fraction {test}")
+    assert not dest.exists()

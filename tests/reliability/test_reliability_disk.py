@@ -85,3 +85,33 @@ def test_checkpointing_disk_full_and_read_only(tmp_path):
     assert tree(out / "checkpoint_step_000002") == before
     assert cli(*args).returncode == 0  # with room again it resumes and finishes
     assert (out / "checkpoint_step_000004").is_dir()
+
+
+def test_torchrun_output_dir_under_a_file(tmp_path):
+    """`hybrid train` gave one line for an output folder under a regular file; under torchrun rank 0's
+    NotADirectoryError was a traceback and rank 1 died of a gloo error. Now rank 0 prints the one line, once, and
+    every rank exits 2. (torchrun itself still reports that its children failed, as it does for any non-zero exit.)"""
+    import re
+    import socket
+    import sys
+    from pathlib import Path
+
+    from tests.reliability.conftest import ROOT
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    data = make_pairs(tmp_path / "train.jsonl", 16, 0)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    r = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={port}",
+                        "-m", "hybrid.train", *TINY, f"data.train={data}", f"train.output_dir={blocker / 'run'}"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and str(blocker) in errors[0], r.stderr[-3000:]
+    assert not re.search(r'File "[^"]*/hybrid/', r.stderr), r.stderr[-3000:]  # no traceback of ours
+    assert "NotADirectoryError" not in r.stderr and "gloo" not in r.stderr, r.stderr[-3000:]
+    assert "exitcode  : 2" in r.stderr  # the rank that failed exited with the one-line error's code
+    assert blocker.read_text() == "x"

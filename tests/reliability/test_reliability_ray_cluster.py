@@ -1,0 +1,97 @@
+"""`hybrid memory build|stats` keep the memory service in detached actors, which must live in a lasting cluster:
+the one RAY_ADDRESS names, or the one `ray start` started on this machine — never whatever Ray Ray's `auto` lookup
+finds (another command's temporary local Ray ends with that command, and the shards with it)
+(docs/reliability.md, "Round two: secrets, Unicode, misc")."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_ports
+from tests.reliability.conftest import assert_one_line_error, cli
+
+NO_CLUSTER = ("RAY_ADDRESS=", "ray start --head")  # what to do, with the form of the value
+
+
+def test_memory_commands_without_a_cluster(tmp_path, tiny_checkpoint):
+    """No RAY_ADDRESS and no `ray start` address (a private RAY_TMPDIR): one line saying how, nothing started."""
+    ckpt, pairs = tiny_checkpoint
+    env = {"RAY_ADDRESS": None, "RAY_TMPDIR": str(tmp_path)}
+    r = cli("memory", "stats", env=env, timeout=120)
+    assert_one_line_error(r.returncode, r.stderr, *NO_CLUSTER, out=r.stdout)
+    r = cli("memory", "build", "--checkpoint", str(ckpt), "--namespace", "n", "--demonstrations", str(pairs),
+            env=env, timeout=120)
+    assert_one_line_error(r.returncode, r.stderr, *NO_CLUSTER, out=r.stdout)
+    assert list(tmp_path.iterdir()) == []  # no Ray session was started
+
+
+@pytest.fixture
+def other_ray(tmp_path_factory):
+    """A Ray head of this test's own, standing for a Ray some other command runs on the machine: `ray start
+    --head --block` with every port set and a private temp dir `<root>/ray` (so RAY_TMPDIR=<root> makes it the
+    machine's `ray start` cluster, and any other RAY_TMPDIR does not), stopped through its process group — never
+    `ray stop`, which stops every Ray on the machine. Yields (root, temp dir)."""
+    worker_low = 30000 + (os.getpid() % 300) * 100 + 50
+    ports = free_ports(9)
+    while any(worker_low <= p < worker_low + 40 for p in ports):  # Ray refuses a port in the workers' range
+        ports = free_ports(9)
+    gcs, dash, agent_http, agent_grpc, metrics, node_mgr, obj_mgr, runtime_env, client = ports
+    root = Path(tempfile.mkdtemp(prefix="ro", dir="/tmp"))  # short: socket paths have a length limit
+    temp_dir = root / "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    log = open(root / "head.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus=1", f"--port={gcs}",
+         "--include-dashboard=false", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+         f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
+         f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
+         f"--min-worker-port={worker_low}", f"--max-worker-port={worker_low + 39}", f"--temp-dir={temp_dir}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (temp_dir / "ray_current_cluster").exists():  # `ray start` writes it once the head is up
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the test's Ray head did not start: {(root / 'head.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield root, temp_dir
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=30)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def drivers(temp_dir: Path) -> list[str]:
+    """The drivers that joined the head (each leaves its core-worker log in the head's session)."""
+    return sorted({p.name for p in temp_dir.glob("session_*/logs/python-core-driver-*")})  # session_latest links
+
+
+@pytest.mark.slow
+def test_memory_stats_never_joins_a_ray_it_was_not_given(tmp_path, other_ray):
+    root, temp_dir = other_ray
+    before = drivers(temp_dir)
+    # another Ray runs here, but nobody named it: RAY_ADDRESS unset, and it is not this RAY_TMPDIR's `ray start`
+    r = cli("memory", "stats", env={"RAY_ADDRESS": None, "RAY_TMPDIR": str(tmp_path)}, timeout=120)
+    assert_one_line_error(r.returncode, r.stderr, *NO_CLUSTER, out=r.stdout)
+    assert drivers(temp_dir) == before, "joined a Ray nobody named"
+    # the cluster `ray start` started (its address where Ray keeps it) is joined without RAY_ADDRESS
+    r = cli("memory", "stats", "memory.service=nothing-here", env={"RAY_ADDRESS": None, "RAY_TMPDIR": str(root)},
+            timeout=120)
+    assert_one_line_error(r.returncode, r.stderr, "no shard actor 'nothing-here-shard0'", out=r.stdout)
+    assert len(drivers(temp_dir)) == len(before) + 1
