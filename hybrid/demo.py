@@ -118,7 +118,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print_eval(metrics)
     from hybrid.training.code_memory import describe_effect, memory_effect
 
-    metrics["memory_effect"] = memory_effect(checkpoint, test_path, max_examples=24 if args.quick else 96)
+    metrics["memory_effect"] = memory_effect(checkpoint, test_path, max_examples=24 if args.quick else 64)
     eval_json = run_dir / "eval.json"
     atomic_write_json(eval_json, metrics)
 
