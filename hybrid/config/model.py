@@ -12,6 +12,11 @@ from pydantic import Field, model_validator
 
 from hybrid.config.section import Section
 
+# The HuggingFace architectures a base can come from (config.json `model_type` -> its `architectures` entry).
+# Mistral and Qwen2 are Llama blocks with a sliding window / q,k,v biases: family `llama`, `hf_model_type` says which.
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                    "gpt2": "GPT2LMHeadModel"}
+
 # Config fields that describe the memory / segments / training rather than the base network: they come from the
 # caller (overrides, the `model` config section), never from a base checkpoint.
 MEMORY_FIELDS = (
@@ -20,6 +25,17 @@ MEMORY_FIELDS = (
     "external_memory_size", "retrieval_k", "chunk_size", "retrieval_layers", "use_gpu_to_search", "freeze_base",
     "dropout", "gradient_checkpointing",
 )
+
+
+class RopeScaling(Section):
+    """Llama 3.x's frequency-dependent RoPE scaling (config.json `rope_scaling` / `rope_parameters` of type
+    `llama3`): long wavelengths divided by `factor`, short ones kept, the ones between interpolated."""
+
+    rope_type: Literal["llama3"] = Field("llama3", description="the only scaling supported")
+    factor: float = Field(8.0, gt=0, description="divisor of the low frequencies")
+    low_freq_factor: float = Field(1.0, gt=0, description="wavelengths above original/low_freq_factor are scaled")
+    high_freq_factor: float = Field(4.0, gt=0, description="wavelengths below original/high_freq_factor are kept")
+    original_max_position_embeddings: int = Field(8192, ge=1, description="the context length before scaling")
 
 
 class ModelConfig(Section):
@@ -39,6 +55,13 @@ class ModelConfig(Section):
     rms_norm_eps: float = Field(1e-5, gt=0, description="epsilon of RMSNorm (Llama) / LayerNorm (GPT-2)")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base (Llama)")
     attention_bias: bool = Field(False, description="biases on q/k/v/o projections (Llama; GPT-2 always has them)")
+    qkv_bias: bool = Field(False, description="biases on the q/k/v projections only, not on o (Qwen2)")
+    sliding_window: int | None = Field(
+        None, ge=1, description="a token attends to at most this many latest tokens, itself included (Mistral); "
+                                "null = the whole segment")
+    rope_scaling: RopeScaling | None = Field(None, description="Llama 3.x RoPE scaling; null = plain RoPE")
+    hf_model_type: Literal["llama", "mistral", "qwen2", "gpt2"] | None = Field(
+        None, description="the HuggingFace model_type the base came from (export-hf writes it back); null = family")
     tie_word_embeddings: bool = Field(False, description="share the input embedding with the LM head")
     hidden_act: Literal["silu", "gelu_new", "gelu"] | None = Field(
         None, description="FFN activation; null = the family's (silu for Llama, gelu_new for GPT-2)")
@@ -92,6 +115,8 @@ class ModelConfig(Section):
         if self.family == "gpt2" and self.segment_length > self.max_position_embeddings:
             raise ValueError(f"segment_length {self.segment_length} exceeds GPT-2's max_position_embeddings "
                              f"{self.max_position_embeddings}")
+        if self.hf_model_type is not None and (self.hf_model_type == "gpt2") != (self.family == "gpt2"):
+            raise ValueError(f"hf_model_type {self.hf_model_type} does not fit family {self.family}")
         for name in ("retrieval_layers", "internal_memory_layers"):
             for layer in getattr(self, name) or []:
                 if not 0 <= layer < self.num_hidden_layers:

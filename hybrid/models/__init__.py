@@ -6,10 +6,13 @@
     params.py        which parameters are the memory's
     controls.py      eval-time controls (issue 16): `memory_gates_closed(model)`, `set_memory_gates`, …
                      (the other control, swapping memory between rows, is forward's `memory_row_order`)
-    pretrained.py    model folders: our safetensors format and HuggingFace Llama / GPT-2 (key-mapping tables)
+    pretrained.py    model folders: our safetensors format, HuggingFace Llama / Mistral / Qwen2 / GPT-2 in and out
+                     (key-mapping tables, config.json translation, export-hf's folder)
     hybrid_llama.py, hybrid_gpt2.py   the family classes (`HybridLlamaConfig`, `HybridLlamaForCausalLM`, …)
 
 and here:
+    from_pretrained(path, **settings)                           any supported folder (ours, an HF base, an export-hf
+                                                               folder); the family comes from its config.json
     model_class(family)                                         the family's class
     build_model(model_cfg, vocab_size=None, memory_cfg=None)   the model a config describes (from `pretrained`
                                                                when set; freeze_base applied; store backend set)
@@ -19,6 +22,7 @@ and here:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hybrid.config.memory import MemoryConfig
@@ -30,6 +34,13 @@ from hybrid.models.hybrid_gpt2 import HybridGPT2ForCausalLM  # noqa: F401 (defin
 from hybrid.models.hybrid_llama import HybridLlamaForCausalLM  # noqa: F401 (defines the family)
 from hybrid.models.modeling import HybridForCausalLM
 from hybrid.models.params import is_memory_param
+
+
+def from_pretrained(path: str | Path, **settings: Any) -> HybridForCausalLM:
+    """The model in `path` — our checkpoint, a HuggingFace Llama / Mistral / Qwen2 / GPT-2 folder, or what
+    `hybrid export-hf` wrote (its memory included) — with `settings` (memory settings, segment_length, …) on top:
+    `from_pretrained("SmolLM2-135M", use_external_memory=True, retrieval_k=4)`."""
+    return HybridForCausalLM.from_pretrained(path, **settings)
 
 
 def model_class(family: str) -> type[HybridForCausalLM]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrid.config.model import ModelConfig
+from hybrid.config.model import ModelConfig, RopeScaling
 
 
 class RMSNorm(nn.Module):
@@ -40,11 +40,14 @@ def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
 
 
 class RotaryEmbedding(nn.Module):
-    """Default RoPE (rotate-half convention of HF Llama). Positions restart at 0 in every segment."""
+    """RoPE (rotate-half convention of HF Llama), plain or with Llama 3.x scaling. Positions restart at 0 in
+    every segment."""
 
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None = None):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        if scaling is not None:
+            inv_freq = llama3_inv_freq(inv_freq, scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, T: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +55,21 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(pos, self.inv_freq.to(device))  # (T, D/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (T, D)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def llama3_inv_freq(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """Llama 3.1's RoPE scaling, step for step as `transformers`' `_compute_llama3_parameters` (v5.25): wavelengths
+    longer than original/low_freq_factor are divided by `factor`, shorter than original/high_freq_factor kept, and
+    the ones between interpolated smoothly."""
+    factor, low, high = scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor
+    old_context_len = scaling.original_max_position_embeddings
+    low_freq_wavelen, high_freq_wavelen = old_context_len / low, old_context_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -114,9 +132,10 @@ class JointAttention(nn.Module):
         self.H, self.Hkv, self.D = config.num_attention_heads, config.kv_heads, config.head_size
         d = config.hidden_size
         bias = config.attention_bias or config.family == "gpt2"
-        self.q_proj = nn.Linear(d, self.H * self.D, bias=bias)
-        self.k_proj = nn.Linear(d, self.Hkv * self.D, bias=bias)
-        self.v_proj = nn.Linear(d, self.Hkv * self.D, bias=bias)
+        qkv_bias = bias or config.qkv_bias  # Qwen2: q/k/v biased, o not
+        self.q_proj = nn.Linear(d, self.H * self.D, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, self.Hkv * self.D, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, self.Hkv * self.D, bias=qkv_bias)
         self.o_proj = nn.Linear(self.H * self.D, d, bias=bias)
         self.dropout = config.dropout
         self.retrieval = retrieval

@@ -79,7 +79,7 @@ class HybridDecoder(nn.Module):
             self.rotary = None
         else:
             self.embed_positions = None
-            self.rotary = RotaryEmbedding(config.head_size, config.rope_theta)
+            self.rotary = RotaryEmbedding(config.head_size, config.rope_theta, config.rope_scaling)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = make_norm(config)
@@ -223,15 +223,21 @@ class HybridForCausalLM(nn.Module):
             rope = self.model.rotary(T, ids.device, h.dtype)
         return self.model.dropout(h), rope
 
-    @staticmethod
-    def _attn_mask(key_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """(B, 1, T, T) bool causal mask without padded keys (the diagonal stays on so no row is empty)."""
-        if key_mask is None or bool(key_mask.all()):
+    def _attn_mask(self, T: int, key_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """(B or 1, 1, T, T) bool mask: causal, within the sliding window (Mistral) when the segment is longer than
+        it, without padded keys (the diagonal stays on so no row is empty). None: plain causal."""
+        window = self.config.sliding_window
+        banded = window is not None and T > window
+        if not banded and (key_mask is None or bool(key_mask.all())):
             return None
-        T = key_mask.shape[1]
-        causal = torch.ones(T, T, dtype=torch.bool, device=key_mask.device).tril()
-        eye = torch.eye(T, dtype=torch.bool, device=key_mask.device)
-        return (causal & key_mask[:, None, None, :]) | eye
+        i = torch.arange(T, device=device)
+        allowed = i[None, :] <= i[:, None]  # (T, T) query row, key column
+        if banded:
+            allowed = allowed & (i[None, :] > i[:, None] - window)  # as transformers' sliding_window_overlay
+        allowed = allowed[None, None]  # (1, 1, T, T)
+        if key_mask is not None:
+            allowed = allowed & key_mask[:, None, None, :]  # (B, 1, T, T)
+        return allowed | torch.eye(T, dtype=torch.bool, device=device)
 
     def _run_block(self, layer: DecoderBlock, *args):
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled() \
@@ -258,7 +264,7 @@ class HybridForCausalLM(nn.Module):
 
     def _run_segment(self, ids, key_mask, memory, externals, write):
         h, rope = self._embed(ids)
-        attn_mask = self._attn_mask(key_mask)
+        attn_mask = self._attn_mask(ids.shape[1], key_mask, ids.device)
         new_memory = []
         for i, layer in enumerate(self.model.layers):
             m = None if memory is None else memory[i]
