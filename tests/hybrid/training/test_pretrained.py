@@ -56,3 +56,27 @@ def test_a_tokenizer_bigger_than_the_base_grows_its_embeddings(io_data, tmp_path
     assert emb.shape[0] == n_tokens
     assert (emb[:100] - base_emb).abs().max() < 1e-6
     assert (emb[100:] - base_emb.mean(0)).abs().max() < 1e-6
+
+
+def test_a_run_on_a_base_keeps_its_vocabulary_and_appends_our_special_tokens(io_data, tmp_path, tiny_overrides):
+    """Issue 29: with model.pretrained=PATH, training, eval and generate use the folder's tokenizer — every token
+    of the base keeps its id, our special tokens come after them, the embedding grows by exactly that many — not a
+    BPE trained on the data (which would put our special tokens first and learn other merges)."""
+    from hybrid.data.tokenizer import SPECIAL_TOKENS
+    from hybrid.training.evaluate import generate_texts, load
+    from tests.hybrid.training.hf_base_folder import make_base
+
+    base = tmp_path / "base"
+    base_tok = make_base(base)
+    n_base = base_tok.get_vocab_size()
+    res = train(load_config(tiny_overrides(io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=2",
+                                           "train.eval_every=2", "data.max_length=32")).recipe(), quiet=True)
+    for folder in (res.output_dir, res.checkpoint):  # the run's tokenizer, and the checkpoint's
+        vocab = TextTokenizer.load(folder).tokenizer.get_vocab(with_added_tokens=True)
+        assert {t: vocab[t] for t in base_tok.get_vocab()} == base_tok.get_vocab()
+        assert sorted(vocab[t] for t in SPECIAL_TOKENS) == list(range(n_base, n_base + len(SPECIAL_TOKENS)))
+    assert json.loads((res.checkpoint / "config.json").read_text())["vocab_size"] == n_base + len(SPECIAL_TOKENS)
+    ck = load(res.checkpoint, device="cpu")  # what `hybrid eval` and `hybrid generate` load
+    assert ck.tokenizer.to_json() == TextTokenizer.load(res.checkpoint).to_json()
+    assert ck.tokenizer.encode("the quick brown fox") == base_tok.encode("the quick brown fox").ids
+    assert len(generate_texts(ck, ["alpha beta"], max_new_tokens=3)) == 1
