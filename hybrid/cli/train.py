@@ -1,4 +1,4 @@
-"""`hybrid train`, `hybrid eval`, `hybrid generate`."""
+"""`hybrid train`, `hybrid eval`, `hybrid generate`, `hybrid export-hf`."""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most")
     p.add_argument("--output", help="write {input, generated} JSONL here instead of printing")
     p.set_defaults(func=run_generate)
+
+    p = sub.add_parser("export-hf", help="write a checkpoint as a HuggingFace folder (+ its memory beside it)",
+                       description="The base in its own HuggingFace format (AutoModelForCausalLM loads it), the "
+                                   "memory in memory.safetensors, the tokenizer and a README: hybrid export-hf "
+                                   "--checkpoint outputs/run --output outputs/run-hf")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or a training output folder → its best)")
+    p.add_argument("--output", required=True, help="the folder to write (must not exist, or be empty)")
+    p.set_defaults(func=run_export_hf)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -118,4 +126,13 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         for o in outputs:
             print(o if len(inputs) == 1 else json.dumps(o, ensure_ascii=False))
+    return 0
+
+
+def run_export_hf(args: argparse.Namespace) -> int:
+    from hybrid.training.export_hf import export_hf
+
+    result = export_hf(args.checkpoint, args.output)
+    print(f"exported {result['checkpoint']} ({result['model_type']}) → {result['output']}: "
+          f"{', '.join(result['files'])}")
     return 0
