@@ -1,6 +1,6 @@
 """The README's tour lines that run in seconds, run as written — relative paths and all — from the root of a git
 repository (a small sample history standing in for this checkout, so the pipeline takes seconds): sections 1
-(repositories and the structural pipeline) and 3 (export, train, reproduce, eval, generate)."""
+(repositories and the structural pipeline), 3 (export, train, reproduce, eval, generate) and 4 (export-hf)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_the_tour_runs_as_written(tmp_path, monkeypatch, ray_session, capsys):
 
     build_sample_repo(tmp_path)
     monkeypatch.chdir(tmp_path)
-    commands = tour_commands("1. ") + tour_commands("3. ")
+    commands = tour_commands("1. ") + tour_commands("3. ") + tour_commands("4. ")
     assert any(c.startswith("hybrid repos add .") for c in commands) and any("hybrid eval" in c for c in commands)
     ran = []
     for line in commands:
@@ -45,8 +45,9 @@ def test_the_tour_runs_as_written(tmp_path, monkeypatch, ray_session, capsys):
         out = capsys.readouterr()
         assert code == 0, f"README.md: `{line}` exited {code}: {out.err.strip()[-500:]}"
         ran.append(line)
-    assert len(ran) >= 9
+    assert len(ran) >= 10
     # what the lines wrote, where the README says, relative to where they ran
     assert (tmp_path / "data" / "repos" / "self").is_dir()
     assert (tmp_path / "datasets" / "io_pairs" / "train.jsonl").is_file()
     assert (tmp_path / "outputs" / "tiny" / "eval.json").is_file() and (tmp_path / "outputs" / "tiny-again").is_dir()
+    assert (tmp_path / "outputs" / "tiny-hf" / "memory.safetensors").is_file()
