@@ -66,6 +66,15 @@ def test_llama3_rope_frequencies_equal_transformers(tmp_path):
     assert torch.equal(ours.model.rotary.inv_freq, ref)
     plain = 1.0 / (5e5 ** (torch.arange(0, 16, 2).float() / 16))
     assert not torch.allclose(ref, plain)  # the scaling changes some frequencies: the test above can fail
+    # the config.json of checkpoints saved by transformers 4 (Llama-3.1/3.2, SmolLM2 on the hub): rope_theta on
+    # top, `rope_scaling` with `rope_type` (or the older `type`)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["rope_parameters"]
+    legacy = {k: v for k, v in LLAMA3_ROPE.items() if k != "rope_type"}
+    cfg.update(rope_theta=5e5, rope_scaling={**legacy, "type": "llama3"})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    old = from_pretrained(tmp_path, use_internal_memory=False, use_external_memory=False)
+    assert torch.equal(old.model.rotary.inv_freq, ref)
 
 
 def test_mistral_sliding_window_matters_and_matches(tmp_path):
