@@ -1,7 +1,8 @@
 """Model folders (`from_pretrained` / `save_pretrained`): our own (safetensors + config.json) and HuggingFace
-Llama / GPT-2 folders, without importing `transformers`. HF parameter names map to ours through the small tables
-below (tested against `transformers`). Training checkpoints (optimizer, scheduler, step) are
-`hybrid.training.checkpoints`.
+Llama / Mistral / Qwen2 / GPT-2 folders, read without importing `transformers`; and the way back (`save_hf`, for
+`hybrid export-hf`): the base in its own HuggingFace format, the memory beside it. HF parameter names map to ours
+through the small tables below (tested against `transformers`). Training checkpoints (optimizer, scheduler, step)
+are `hybrid.training.checkpoints`.
 """
 
 from __future__ import annotations
