@@ -16,7 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hybrid.core.errors import HybridError
+from safetensors import SafetensorError
+
+from hybrid.core.errors import HybridError, describe_os_error
 from hybrid.core.io import atomic_path
 from hybrid.data.tokenizer import EOS, SEP, SPECIAL_TOKENS, TOKENIZER_FILE, TextTokenizer
 from hybrid.models.pretrained import MEMORY_CONFIG, MEMORY_WEIGHTS, save_hf
@@ -40,6 +42,10 @@ def export_hf(checkpoint: str | Path, output: str | Path) -> dict[str, Any]:
             tokenizer.tokenizer.save(str(tmp / TOKENIZER_FILE))
             (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(), indent=2) + "\n")
             (tmp / "README.md").write_text(readme(model.config, path, MEMORY_WEIGHTS in names))
+        except (OSError, RuntimeError, SafetensorError) as e:  # how torch and safetensors report a failed write
+            shutil.rmtree(tmp, ignore_errors=True)
+            why = describe_os_error(e) if isinstance(e, OSError) else str(e).splitlines()[0][:200]
+            raise HybridError(f"{output}: could not write the export ({why}); nothing was left behind") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

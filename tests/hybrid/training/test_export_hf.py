@@ -81,7 +81,7 @@ def test_export_hf_roundtrip(runs, tmp_path, capsys, kind):
     assert "AutoModelForCausalLM.from_pretrained" in readme and "hybrid.models import from_pretrained" in readme
 
 
-def test_export_hf_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys, monkeypatch):
+def test_export_hf_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
     base, run = runs["llama"]
     out = tmp_path / "hf"
     for checkpoint in (tmp_path / "nowhere", base):  # missing; a folder that is not a training checkpoint
@@ -95,14 +95,10 @@ def test_export_hf_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, caps
     assert "exists and is not empty" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
-    import hybrid.training.export_hf as export_module
+    # a disk that fills up halfway through the weights (`ulimit -f` in a real process: writes past the limit fail)
+    from tests.reliability.conftest import cli, file_size_limit
 
-    def full_disk(model, directory, eos_token_id=None):  # fails halfway through, as a full disk would
-        (directory / "model.safetensors").write_bytes(b"half")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(export_module, "save_hf", full_disk)
     fresh = tmp_path / "fresh"
-    assert main(["export-hf", "--checkpoint", str(run), "--output", str(fresh)]) == 2
-    assert capsys.readouterr().err.startswith("error: ")
+    done = cli("export-hf", "--checkpoint", str(run), "--output", str(fresh), preexec_fn=file_size_limit(4096))
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no `fresh`, no temp folder left beside it
