@@ -13,6 +13,7 @@ a new run.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hybrid.cli import positive_float
 from hybrid.cli.repos import DEMO_REPO_NAME, project_checkout
@@ -38,13 +39,13 @@ def register(sub) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
 
     from rich.console import Console
 
     from hybrid.cli.config import load_config, split_overrides
     from hybrid.cli.train import print_eval
     from hybrid.core.errors import HybridError
+    from hybrid.core.ray_utils import ray_log_dir
     from hybrid.core.io import atomic_write_json
     from hybrid.data.export import describe as describe_export
     from hybrid.data.export import export_io_pairs
@@ -92,6 +93,7 @@ def run_demo(args: argparse.Namespace) -> int:
         from hybrid.core.ray_utils import init_ray
 
         init_ray(include_dashboard=True)  # inspect the run in the Ray dashboard (and its State API)
+        console.print(ray_line(), highlight=False, markup=False)
     summary = run_pipeline([entry.name], cfg.pipeline, cfg.llm, force=args.force, local=args.quick)
     console.print(summary_table(summary))
 
@@ -122,14 +124,80 @@ def run_demo(args: argparse.Namespace) -> int:
     eval_json = run_dir / "eval.json"
     atomic_write_json(eval_json, metrics)
 
-    console.rule("[bold]where everything went")
+    console.rule("[bold]summary")
+    console.print(summary_rows(entry.name, summary, exported.sizes, result, metrics), highlight=False)
     # plain print: paths must not be wrapped (copy-paste safe)
     for label, path in (("repositories", data_dir / "repos"), ("AST dataset", data_dir / "ast_dataset" / entry.name),
                         ("IO pairs", io_dir), ("checkpoints", run_dir), ("best checkpoint", checkpoint),
-                        ("metrics", run_dir / "metrics.jsonl"), ("evaluation", eval_json)):
-        print(f"{label:>16}: {path}")
+                        ("metrics", run_dir / "metrics.jsonl"), ("evaluation", eval_json),
+                        ("Ray's logs", ray_log_dir())):
+        if path is not None:
+            print(f"{label:>16}: {path}")
     print(f"\nnext: hybrid eval --checkpoint {checkpoint} --test-data {test_path}\n"
           f"      hybrid generate --checkpoint {checkpoint} --prompt 'def add(a, b):'")
     print(f"demo finished in {time.time() - t0:.0f} s", flush=True)
     print(describe_effect(metrics["memory_effect"]), flush=True)
     return 0
+
+
+def ray_line() -> str:
+    """Where to watch the run and where Ray's own lines went (they stay off the terminal unless `hybrid -v`)."""
+    from hybrid.core.ray_utils import dashboard_url, ray_log_dir, verbose
+
+    url, logs = dashboard_url(), ray_log_dir()
+    parts = [f"Ray dashboard: {url}"] if url else []
+    if logs and not verbose():
+        parts.append(f"Ray's own lines: {logs} (or hybrid -v demo)")
+    return " · ".join(parts)
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 24) -> str:
+    """`values` (resampled to at most `width` points) as block characters, low to high."""
+    if len(values) > width:
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in values)
+
+
+def training_curve(metrics_jsonl) -> str:
+    """One line from the run's metrics.jsonl: steps, the train loss first → last with its curve, the validation loss
+    (last, best)."""
+    import json
+
+    rows = [json.loads(line) for line in open(metrics_jsonl)] if metrics_jsonl.exists() else []
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    if not train:
+        return "no step logged"
+    losses = [loss for _, loss in train]
+    parts = [f"{max(r['step'] for r in rows)} steps; train loss {losses[0]:.2f} {sparkline(losses)} {losses[-1]:.2f}"]
+    if val:
+        best = min(val, key=lambda sv: sv[1])
+        parts.append(f"validation {val[-1][1]:.3f} at step {val[-1][0]} (best {best[1]:.3f} at {best[0]})")
+    return "; ".join(parts)
+
+
+def summary_rows(repo: str, summary, sizes: dict[str, int], result, metrics: dict):
+    """The demo's closing table: the data, the training curve, the evaluation (its paths follow, plainly printed)."""
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    commits = summary.stages.get("generate-ast", {}).get("counts", {}).get("commits")
+    table.add_row("data", (f"{repo}: {commits:,} commits → " if commits else f"{repo}: ")
+                  + f"{sum(sizes.values()):,} IO pairs (train {sizes['train']:,}, validation {sizes['validation']:,}, "
+                    f"test {sizes['test']:,})")
+    table.add_row("training", f"{training_curve(Path(str(result.output_dir)) / 'metrics.jsonl')} "
+                              f"({result.wall_s:.0f} s)")
+    em, tf = metrics.get("exact_match"), metrics.get("teacher_forced_exact_match")
+    table.add_row("evaluation", f"test loss {metrics['loss']:.3f} (perplexity {metrics['perplexity']:.1f}) on "
+                                f"{metrics['examples']:,} pairs; exact match "
+                                + (f"{tf:.1%} teacher-forced" if tf is not None else "n/a")
+                                + (f", {metrics['exact_match_count']}/{metrics['generated']} generated"
+                                   if em is not None else ""))
+    return table

@@ -2,15 +2,119 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 
 from hybrid.core.errors import HybridError
 from hybrid.core.redact import redact_url
 
 CONNECT_TIMEOUT_S = float(os.environ.get("HYBRID_RAY_CONNECT_TIMEOUT_S", "10"))
+
+VERBOSE_ENV = "HYBRID_VERBOSE"  # set by `hybrid -v`; Ray's own lines on the terminal too
+# Ray's token for a worker's line meant for the user: its log printer shows the text after it, without the token
+# (ray/_private/worker.py: print_worker_logs, message_for); quiet, ours shows only such lines
+USER_LINE = ":info_message:"
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+
+
+def verbose() -> bool:
+    """Whether Ray's own output (its INFO logs, worker prefixes, Ray Data plans and progress) reaches the terminal:
+    `hybrid -v` or HYBRID_VERBOSE=1."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def for_the_user(line: str) -> str:
+    """`line` as a Ray worker writes it for the driver's terminal: tagged, so the quiet driver shows it (and only
+    such lines); the same text everywhere else."""
+    ray = sys.modules.get("ray")
+    worker = getattr(getattr(getattr(ray, "_private", None), "worker", None), "global_worker", None)
+    in_worker = worker is not None and getattr(worker, "mode", None) == getattr(ray, "WORKER_MODE", object())
+    return USER_LINE + line if in_worker else line
+
+
+def _show_user_lines(data: dict) -> None:
+    """Quiet mode's printer of what Ray's workers write (in place of Ray's, which prints every line with its
+    `(RayTrainWorker pid=…)` prefix): the lines tagged for the user, bare; the rest stays in the workers' log
+    files (<session>/logs/worker-*.out|err). Errors still reach the user: a failed task or run raises in the
+    driver (one line, hybrid.cli.run_command), and Ray's own error messages (a worker killed for memory) are
+    printed by Ray's error listener, not through here."""
+    sink = sys.stderr if data.get("is_err") else sys.stdout
+    for line in data.get("lines", ()):
+        if USER_LINE in line:
+            print(line.split(USER_LINE, 1)[1], file=sink, flush=True)
+
+
+def _console_handlers(name: str) -> list[logging.Handler]:
+    return [h for h in logging.getLogger(name).handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+
+def quiet_ray_logs(before_init: bool = False) -> None:
+    """Ray's own output to its log files, not the terminal (unless `verbose()`): its loggers' console handlers
+    show warnings and errors only, and — once Ray runs — the driver's INFO lines go to <session>/logs/
+    hybrid-driver-<pid>.log (Ray Data's to ray-data.log, as always), workers' lines are filtered
+    (`_show_user_lines`), and Ray Data shows no progress bars on the driver (our commands print their own)."""
+    if verbose():
+        return
+    import ray
+    import ray.data  # configures its loggers when imported: after that, ours stay
+
+    for name in RAY_LOGGERS:
+        for handler in _console_handlers(name):
+            handler.setLevel(max(handler.level, logging.WARNING))
+    if before_init or not ray.is_initialized():
+        return
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:  # Ray 2.60's driver-side dispatcher of worker output (ray/_private/worker.py: connect)
+        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+
+        if any(name == "ray_print_logs" for name, _ in dispatcher.handlers):
+            dispatcher.remove_handler("ray_print_logs")
+            dispatcher.add_handler("ray_print_logs", _show_user_lines)
+    except (ImportError, AttributeError):
+        pass  # another Ray: its lines stay on the terminal
+    log_dir = _session_log_dir()
+    root = logging.getLogger("ray")
+    if log_dir and not any(getattr(h, "hybrid_driver_log", False) for h in root.handlers):
+        handler = logging.FileHandler(log_dir / f"hybrid-driver-{os.getpid()}.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"))
+        handler.hybrid_driver_log = True
+        root.addHandler(handler)
+
+
+def _session_log_dir() -> Path | None:
+    """The logs folder of the Ray session this process is connected to (on this machine), or None."""
+    import ray
+
+    try:
+        node = ray._private.worker._global_node
+        return Path(node.get_session_dir_path()) / "logs" if node is not None else None
+    except AttributeError:
+        return None
+
+
+def dashboard_url() -> str | None:
+    """The Ray dashboard's address (http://…) of the Ray this process is connected to, or None."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        url = ray._private.worker.get_dashboard_url()  # what ray.init's context reports
+    except Exception:
+        return None
+    return (url if "://" in url else f"http://{url}") if url else None
+
+
+def ray_log_dir() -> Path | None:
+    """Where Ray's lines went (quiet, they are not on the terminal): the session's logs folder, or None."""
+    import ray
+
+    return _session_log_dir() if ray.is_initialized() else None
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -35,7 +139,8 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwargs) -> None:
     """Join the cluster named by RAY_ADDRESS, else start a local Ray (once per process).
 
-    Quiet by default: no usage stats. Local clusters get token auth turned off unless the user set
+    Quiet by default: no usage stats, and Ray's own lines go to its log files, not the terminal
+    (`quiet_ray_logs`; `hybrid -v` shows them). Local clusters get token auth turned off unless the user set
     RAY_AUTH_MODE, because a token left in ~/.ray by an earlier `ray start` otherwise changes what a
     fresh local cluster expects (RAY-NOTES).
     """
@@ -44,14 +149,18 @@ def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwa
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if verbose():
+        kwargs["log_to_driver"] = True  # `hybrid -v`: every worker's lines, even where a command keeps them off
+    quiet_ray_logs(before_init=True)  # "Started a local Ray instance…" is Ray's line, not ours
     address = os.environ.get("RAY_ADDRESS") or None
     if address:
         check_reachable(address)
         ray.init(address=address, **kwargs)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # address="local": a new local Ray even when a stale /tmp/ray/ray_current_cluster names a stopped one
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # address="local": a new local Ray even when a stale /tmp/ray/ray_current_cluster names a stopped one
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
+    quiet_ray_logs()
 
 
 HOW_TO_START = ("start one with `ray start --head --port=6379` and set RAY_ADDRESS=127.0.0.1:6379 (or the "
@@ -94,7 +203,9 @@ def connect_cluster() -> None:
     else:
         check_reachable(address)
     try:
-        ray.init(address=address, log_to_driver=False)
+        quiet_ray_logs(before_init=True)
+        ray.init(address=address, log_to_driver=verbose())
+        quiet_ray_logs()
     except ConnectionError:
         named = (f"RAY_ADDRESS={redact_url(address)}" if os.environ.get("RAY_ADDRESS") else
                  f"the cluster `ray start` started at {redact_url(address)}")

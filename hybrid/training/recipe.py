@@ -30,6 +30,7 @@ from hybrid.config.recipe import RecipeConfig
 from hybrid.core import storage
 from hybrid.core.errors import HybridError, describe_os_error
 from hybrid.core.io import atomic_write_jsonl, iter_jsonl
+from hybrid.core.ray_utils import for_the_user
 from hybrid.data.encode import collate
 from hybrid.data.tokenizer import TextTokenizer
 from hybrid.models import build_model
@@ -58,10 +59,11 @@ def lr_lambda(warmup: int, max_iters: int, min_ratio: float):
 
 def say(line: str) -> None:
     """A progress line on stdout. Not `print`: Ray Train patches print in workers to both print and log, which shows
-    every line twice on the driver."""
+    every line twice on the driver. In a Ray worker the line is tagged for the user: the driver shows it, bare,
+    and keeps Ray's own lines off the terminal (hybrid.core.ray_utils.quiet_ray_logs)."""
     import sys
 
-    sys.stdout.write(line + "\n")
+    sys.stdout.write(for_the_user(line) + "\n")
     sys.stdout.flush()
 
 
