@@ -93,7 +93,7 @@ def run_demo(args: argparse.Namespace) -> int:
         from hybrid.core.ray_utils import init_ray
 
         init_ray(include_dashboard=True)  # inspect the run in the Ray dashboard (and its State API)
-        console.print(ray_line(), highlight=False, markup=False)
+        print(ray_line(), flush=True)  # plain: a path, not to be wrapped
     summary = run_pipeline([entry.name], cfg.pipeline, cfg.llm, force=args.force, local=args.quick)
     console.print(summary_table(summary))
 
@@ -125,7 +125,7 @@ def run_demo(args: argparse.Namespace) -> int:
     atomic_write_json(eval_json, metrics)
 
     console.rule("[bold]summary")
-    console.print(summary_rows(entry.name, summary, exported.sizes, result, metrics), highlight=False)
+    console.print(closing_table(entry.name, summary, exported.sizes, result, metrics), highlight=False)
     # plain print: paths must not be wrapped (copy-paste safe)
     for label, path in (("repositories", data_dir / "repos"), ("AST dataset", data_dir / "ast_dataset" / entry.name),
                         ("IO pairs", io_dir), ("checkpoints", run_dir), ("best checkpoint", checkpoint),
@@ -145,10 +145,10 @@ def ray_line() -> str:
     from hybrid.core.ray_utils import dashboard_url, ray_log_dir, verbose
 
     url, logs = dashboard_url(), ray_log_dir()
-    parts = [f"Ray dashboard: {url}"] if url else []
+    parts = [f"Ray dashboard {url}"] if url else []
     if logs and not verbose():
-        parts.append(f"Ray's own lines: {logs} (or hybrid -v demo)")
-    return " · ".join(parts)
+        parts.append(f"Ray's own lines in {logs} (hybrid -v shows them)")
+    return "; ".join(parts)
 
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -163,7 +163,7 @@ def sparkline(values: list[float], width: int = 24) -> str:
     return "".join(SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in values)
 
 
-def training_curve(metrics_jsonl) -> str:
+def training_curve(metrics_jsonl: Path, wall_s: float) -> str:
     """One line from the run's metrics.jsonl: steps, the train loss first → last with its curve, the validation loss
     (last, best)."""
     import json
@@ -174,14 +174,16 @@ def training_curve(metrics_jsonl) -> str:
     if not train:
         return "no step logged"
     losses = [loss for _, loss in train]
-    parts = [f"{max(r['step'] for r in rows)} steps; train loss {losses[0]:.2f} {sparkline(losses)} {losses[-1]:.2f}"]
+    line = (f"{max(r['step'] for r in rows)} steps in {wall_s:.0f} s: train loss {losses[0]:.2f} "
+            f"{sparkline(losses)} {losses[-1]:.2f}")
     if val:
         best = min(val, key=lambda sv: sv[1])
-        parts.append(f"validation {val[-1][1]:.3f} at step {val[-1][0]} (best {best[1]:.3f} at {best[0]})")
-    return "; ".join(parts)
+        line += f", validation {val[-1][1]:.3f}" + (" (best)" if best == val[-1] else
+                                                     f" (best {best[1]:.3f} at step {best[0]})")
+    return line
 
 
-def summary_rows(repo: str, summary, sizes: dict[str, int], result, metrics: dict):
+def closing_table(repo: str, summary, sizes: dict[str, int], result, metrics: dict):
     """The demo's closing table: the data, the training curve, the evaluation (its paths follow, plainly printed)."""
     from rich.table import Table
 
@@ -189,14 +191,12 @@ def summary_rows(repo: str, summary, sizes: dict[str, int], result, metrics: dic
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     commits = summary.stages.get("generate-ast", {}).get("counts", {}).get("commits")
-    table.add_row("data", (f"{repo}: {commits:,} commits → " if commits else f"{repo}: ")
-                  + f"{sum(sizes.values()):,} IO pairs (train {sizes['train']:,}, validation {sizes['validation']:,}, "
-                    f"test {sizes['test']:,})")
-    table.add_row("training", f"{training_curve(Path(str(result.output_dir)) / 'metrics.jsonl')} "
-                              f"({result.wall_s:.0f} s)")
+    table.add_row("data", (f"{commits:,} commits of {repo}" if commits else repo)
+                  + f" → IO pairs: {sizes['train']:,} train, {sizes['validation']:,} validation, {sizes['test']:,} test")
+    table.add_row("training", training_curve(Path(str(result.output_dir)) / "metrics.jsonl", result.wall_s))
     em, tf = metrics.get("exact_match"), metrics.get("teacher_forced_exact_match")
-    table.add_row("evaluation", f"test loss {metrics['loss']:.3f} (perplexity {metrics['perplexity']:.1f}) on "
-                                f"{metrics['examples']:,} pairs; exact match "
+    table.add_row("evaluation", f"{metrics['examples']:,} test pairs: loss {metrics['loss']:.3f} "
+                                f"(perplexity {metrics['perplexity']:.1f}), exact match "
                                 + (f"{tf:.1%} teacher-forced" if tf is not None else "n/a")
                                 + (f", {metrics['exact_match_count']}/{metrics['generated']} generated"
                                    if em is not None else ""))

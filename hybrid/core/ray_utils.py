@@ -69,6 +69,9 @@ def quiet_ray_logs(before_init: bool = False) -> None:
     if before_init or not ray.is_initialized():
         return
     ray.data.DataContext.get_current().enable_progress_bars = False
+    from ray.util.debug import log_once
+
+    log_once("ray_data_progress_manager_disabled")  # its warning "Progress bars disabled…", which we chose (Ray 2.60)
     try:  # Ray 2.60's driver-side dispatcher of worker output (ray/_private/worker.py: connect)
         from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
 
