@@ -83,7 +83,11 @@ def quiet_ray_logs(before_init: bool = False) -> None:
     log_dir = _session_log_dir()
     root = logging.getLogger("ray")
     if log_dir and not any(getattr(h, "hybrid_driver_log", False) for h in root.handlers):
-        handler = logging.FileHandler(log_dir / f"hybrid-driver-{os.getpid()}.log")
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return  # a log folder we cannot write is no reason to fail the command
+        handler = logging.FileHandler(log_dir / f"hybrid-driver-{os.getpid()}.log", delay=True)
         handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"))
         handler.hybrid_driver_log = True
         root.addHandler(handler)
