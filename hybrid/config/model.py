@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hybrid.config.section import Section
+from hybrid.config.section import PATH, Section
 
 # Config fields that describe the memory / segments / training rather than the base network: they come from the
 # caller (overrides, the `model` config section), never from a base checkpoint.
@@ -25,7 +25,8 @@ MEMORY_FIELDS = (
 class ModelConfig(Section):
     # --- base ---------------------------------------------------------------------------------------------
     family: Literal["llama", "gpt2"] = Field("llama", description="base architecture")
-    pretrained: str | None = Field(None, description="local HuggingFace-format checkpoint folder to start from")
+    pretrained: str | None = Field(None, description="local HuggingFace-format checkpoint folder to start from",
+                                   **PATH)
     vocab_size: int = Field(32000, ge=2, description="token vocabulary size (replaced by the tokenizer's)")
     hidden_size: int = Field(512, ge=8, description="model width d")
     intermediate_size: int = Field(1376, ge=1, description="FFN inner width (GPT-2: usually 4*hidden_size)")
