@@ -10,6 +10,7 @@ from hybrid.core.errors import HybridError
 from hybrid.core.redact import redact_url
 
 CONNECT_TIMEOUT_S = float(os.environ.get("HYBRID_RAY_CONNECT_TIMEOUT_S", "10"))
+_started_here = False  # init_ray started a local Ray in this process (vs. joined a cluster)
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -51,6 +52,16 @@ def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwa
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # address="local": a new local Ray even when a stale /tmp/ray/ray_current_cluster names a stopped one
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
+    global _started_here
+    _started_here = True
+
+
+def fixed_resources() -> dict[str, float] | None:
+    """The cluster's resources when they are known and fixed — a local Ray this process started — else None: a
+    joined cluster may autoscale, so a request larger than what it holds now may still be met (Ray Train waits)."""
+    import ray
+
+    return dict(ray.cluster_resources()) if _started_here and ray.is_initialized() else None
 
 
 def connect_cluster() -> None:
