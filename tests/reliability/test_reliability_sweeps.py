@@ -12,7 +12,6 @@ import csv
 import io
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +22,8 @@ import pytest
 import yaml
 
 from hybrid.cli.config import load_config
-from hybrid.core.errors import ConfigError, HybridError
-from hybrid.tuning.sweep import (OWNED, Sweep, TrialRow, check_sweep, holds_sweep, plan_trials, run_sweep,
+from hybrid.core.errors import ConfigError
+from hybrid.tuning.sweep import (OWNED, Sweep, TrialRow, check_sweep, holds_sweep, plan_trials,
                                  with_absolute_sweep_paths, write_results)
 from tests.hybrid.conftest import make_pairs
 from tests.reliability.conftest import ROOT, assert_one_line_error, cli, run_main, tree
@@ -149,8 +148,7 @@ def test_a_grid_too_large_to_generate_is_refused_with_its_count(user_folder, cap
     rc, out, err = _tune(user_folder, capsys, f"tune.space={{model.retrieval_k: {values}, model.memory_slots: {values}}}")
     assert_one_line_error(rc, err, "1,000,000 trials", "tune.max_trials (1,000)", out=out)
     assert time.time() - t0 < 30 and not (user_folder / "outputs").exists()
-    base, tune = load_config([*TINY, "data.train=x", "tune.max_trials=4",
-                              "tune.space={model.retrieval_k: [1, 2], model.memory_slots: [2, 4]}"]).recipe(), None
+    base = load_config([*TINY, "data.train=x"]).recipe()
     check_sweep(base, load_config(["tune.max_trials=4", "tune.metric=train_loss",
                                    "tune.space={model.retrieval_k: [1, 2], model.memory_slots: [2, 4]}"]).tune)
     with pytest.raises(ConfigError, match=r"8 trials \(2 × 2 grid points × tune.num_samples 2\)"):
@@ -172,7 +170,7 @@ def test_an_unknown_metric_and_asha_grace_past_the_budget_are_one_line_config_er
 # -- 5. a sweep that fails to start leaves the folder reusable -----------------------------------------------------
 def test_a_sweep_that_cannot_start_leaves_nothing_that_blocks_the_next(user_folder, capsys, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # nothing listens on the discard port: refused at once
-    for attempt in range(2):  # the second is not "holds a sweep already"
+    for _ in range(2):  # the second is not "holds a sweep already"
         rc, out, err = _tune(user_folder, capsys, "tune=small")
         assert_one_line_error(rc, err, "RAY_ADDRESS=127.0.0.1:9", out=out)
     out_dir = user_folder / "outputs" / "s"
