@@ -50,10 +50,25 @@ def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwa
         ray.init(address=address, **kwargs)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if include_dashboard and "dashboard_port" not in kwargs and not os.environ.get("RAY_API_SERVER_ADDRESS"):
+        # Train V2's placement-group cleaner asks the State API whether a run's controller lives; with another Ray on
+        # the machine it cannot tell which dashboard is its own ("Found multiple active Ray instances"), its thread
+        # dies, and every run's worker placement group leaks — seen here: the 7th of 10 sweeps in a row, beside
+        # another developer's Ray, waited forever for CPUs its finished trials still held. The cluster's processes
+        # inherit this environment, so naming our dashboard here tells them.
+        port = _free_port()
+        kwargs["dashboard_port"] = port
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     # address="local": a new local Ray even when a stale /tmp/ray/ray_current_cluster names a stopped one
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
     global _started_here
     _started_here = True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def fixed_resources() -> dict[str, float] | None:
