@@ -514,8 +514,13 @@ def trials_to_run(state: str, tcfg: TuneConfig) -> int:
     return grid_size(tcfg) - len(trials) + sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
+# The actors of a trial that train or write: Tune's trial actor (a function trainable), its Train controller and workers
+# (not Ray's helpers, some of them detached for good: Train's state actor, its placement-group cleaner)
+TRIAL_ACTOR_CLASSES = ("ImplicitFunc", "TrainController", "RayTrainWorker")
+
+
 def wait_for_trials_to_stop(timeout_s: float = 60.0) -> None:
-    """Until no actor of this driver's job (trials, their Train controllers and workers, memory shards) is alive."""
+    """Until no trial actor, Train controller or Train worker of this driver's job is alive."""
     import ray
     from ray.util.state import list_actors
 
@@ -526,7 +531,7 @@ def wait_for_trials_to_stop(timeout_s: float = 60.0) -> None:
             alive = list_actors(filters=[("job_id", "=", job), ("state", "=", "ALIVE")], raise_on_missing_output=False)
         except Exception:  # no State API (no dashboard): nothing to ask
             return
-        if not [a for a in alive if a.ray_namespace != RAY_NAMESPACE]:  # memory shards are detached: not theirs
+        if not any(a.class_name.rsplit(".", 1)[-1] in TRIAL_ACTOR_CLASSES for a in alive):
             return
         time.sleep(0.5)
 
