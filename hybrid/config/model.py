@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hybrid.config.section import Section
+from hybrid.config.section import PATH, Section
 
 # The HuggingFace architectures a base can come from (config.json `model_type` -> its `architectures` entry).
 # Mistral and Qwen2 are Llama blocks with a sliding window / q,k,v biases: family `llama`, `hf_model_type` says which.
@@ -41,7 +41,8 @@ class RopeScaling(Section):
 class ModelConfig(Section):
     # --- base ---------------------------------------------------------------------------------------------
     family: Literal["llama", "gpt2"] = Field("llama", description="base architecture")
-    pretrained: str | None = Field(None, description="local HuggingFace-format checkpoint folder to start from")
+    pretrained: str | None = Field(None, description="local HuggingFace-format checkpoint folder to start from",
+                                   **PATH)
     vocab_size: int = Field(32000, ge=2, description="token vocabulary size (replaced by the tokenizer's)")
     hidden_size: int = Field(512, ge=8, description="model width d")
     intermediate_size: int = Field(1376, ge=1, description="FFN inner width (GPT-2: usually 4*hidden_size)")

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import Field, ValidationError
 
 from hybrid.config.memory import MemoryConfig
 from hybrid.config.model import ModelConfig
-from hybrid.config.section import Section, describe_error
+from hybrid.config.section import Section, describe_error, is_path_setting
 from hybrid.config.train import DataConfig, TrainConfig
 from hybrid.core.errors import ConfigError
+from hybrid.core.storage import is_uri
 
 SECTIONS = ("model", "train", "data", "memory")
 
@@ -38,3 +40,40 @@ def with_values(base: RecipeConfig, values: dict[str, Any], where: str = "tune.s
         return RecipeConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(f"{where}: {describe_error(e)}") from None
+
+
+# values of path settings that are not paths (train.resume=auto, an MLflow store named by a word)
+PATH_KEYWORDS = {"train.resume": ("auto", "none", "no", "false", ""), "train.init_from": ("none", ""),
+                 "train.mlflow_uri": ("databricks", "databricks-uc")}
+
+
+def path_keys() -> list[str]:
+    """The dotted keys of the training config that name files or folders (marked `**PATH` in their schema)."""
+    return [f"{section}.{name}" for section in SECTIONS
+            for name, field in RecipeConfig.model_fields[section].annotation.model_fields.items()
+            if is_path_setting(field)]
+
+
+def absolute_path(key: str, value: Any, cwd: str) -> Any:
+    """`value` of the path setting `key` made absolute against `cwd` (URIs, absolute paths, globs' absolute heads
+    and the setting's keywords as they are)."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    text = value.strip()
+    if text.lower() in PATH_KEYWORDS.get(key, ()) or is_uri(text) or os.path.isabs(os.path.expanduser(text)):
+        return os.path.expanduser(text) if text.startswith("~") else value
+    return os.path.normpath(os.path.join(cwd, text))
+
+
+def with_absolute_paths(cfg: RecipeConfig, cwd: str | None = None) -> RecipeConfig:
+    """`cfg` with every path setting absolute against `cwd` (default: the current folder) — for runs that start
+    somewhere else (a Ray Tune trial runs in its own folder, so `data.train=datasets/x.jsonl` would not be found)."""
+    cwd = cwd or os.getcwd()
+    values = {}
+    for key in path_keys():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(cfg, section), name)
+        resolved = absolute_path(key, value, cwd)
+        if resolved != value:
+            values[key] = resolved
+    return with_values(cfg, values, where="paths") if values else cfg

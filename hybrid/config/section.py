@@ -4,6 +4,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 
+# Marks a setting that names a file or folder (`Field(..., **PATH)`): a command that runs the setting somewhere other
+# than the folder it was started in (a Tune trial runs in its own folder) makes it absolute first
+# (hybrid.config.recipe.with_absolute_paths). URIs and the setting's keywords (train.resume=auto) stay as they are.
+PATH = {"json_schema_extra": {"path": True}}
+
+
+def is_path_setting(field) -> bool:
+    return bool((field.json_schema_extra or {}).get("path")) if isinstance(field.json_schema_extra, dict) else False
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 

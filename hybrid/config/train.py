@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hybrid.config.section import Section
+from hybrid.config.section import PATH, Section
 
 
 class TrainConfig(Section):
@@ -36,15 +36,15 @@ class TrainConfig(Section):
         "auto", description="bf16 autocast or fp32; auto = bf16 on GPU, fp32 on CPU")
     activation_checkpointing: bool = Field(False, description="recompute block activations in backward")
     seed: int = Field(1337, description="seed for the weights, the data order and dropout")
-    output_dir: str = Field("outputs/train", description="checkpoints, metrics and the resolved config")
+    output_dir: str = Field("outputs/train", description="checkpoints, metrics and the resolved config", **PATH)
     resume: str = Field(
         "auto", description="auto = continue from the latest checkpoint in output_dir; none = start fresh "
-                            "(output_dir must hold no checkpoints); or a checkpoint folder")
+                            "(output_dir must hold no checkpoints); or a checkpoint folder", **PATH)
     init_from: str | None = Field(
         None, description="start from this checkpoint's weights (a checkpoint folder, or a training output folder → "
                           "its best, else latest) and tokenizer, with a fresh optimizer, scheduler and step count; "
                           "parameters it lacks (e.g. memory) keep their fresh init. A resumable checkpoint in "
-                          "output_dir (train.resume) takes precedence")
+                          "output_dir (train.resume) takes precedence", **PATH)
     eval_every: int = Field(50, ge=1, description="validate and checkpoint every this many steps")
     eval_batches: int | None = Field(None, ge=1, description="validation micro-batches per evaluation (None = all)")
     log_every: int = Field(10, ge=1, description="print a progress line every this many steps")
@@ -62,16 +62,17 @@ class TrainConfig(Section):
                                    "(the driver holds only these)")
     tensorboard: bool = Field(True, description="TensorBoard event files in <output_dir>/tensorboard")
     mlflow_uri: str | None = Field(
-        None, description="also log to MLflow: a tracking server URI or a local store (file:///path/mlruns)")
+        None, description="also log to MLflow: a tracking server URI or a local store (file:///path/mlruns)", **PATH)
     mlflow_experiment: str = Field("hybrid", min_length=1, description="the MLflow experiment of the run")
     max_failures: int = Field(0, ge=-1, description="Ray Train worker-failure restarts (from the last checkpoint)")
 
 
 class DataConfig(Section):
     train: str | None = Field(
-        None, description="training IO pairs: a JSONL/Parquet file, a folder of them, a glob, or a URI (s3://…)")
+        None, description="training IO pairs: a JSONL/Parquet file, a folder of them, a glob, or a URI (s3://…)",
+        **PATH)
     validation: str | None = Field(
-        None, description="validation IO pairs: a JSONL/Parquet file, a folder of them, a glob, or a URI")
+        None, description="validation IO pairs: a JSONL/Parquet file, a folder of them, a glob, or a URI", **PATH)
     max_length: int = Field(512, ge=8, description="tokens per IO pair; longer inputs lose tokens on the left")
     bucket_by_length: bool = Field(
         False, description="draw each global micro-batch from examples with the same number of segments "

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from hybrid.config.section import Section
+from hybrid.config.section import PATH, Section
 
 SAMPLERS = ("choice", "uniform", "loguniform")
 
@@ -51,9 +51,12 @@ class TuneConfig(Section):
     reduction_factor: int = Field(2, ge=2, description="ASHA: 1/reduction_factor of the trials go on at each rung")
     max_iters: int = Field(100, ge=1, description="each trial's step budget (its train.max_iters)")
     num_samples: int = Field(1, ge=1, description="samples of the sampled keys (each crossed with the grid)")
+    max_trials: int = Field(
+        1000, ge=1, description="most trials a sweep may have (the grid's points × num_samples): Tune generates every "
+                                "point up front, so a 1000 × 1000 grid only grows memory for minutes")
     max_concurrent_trials: int = Field(0, ge=0, description="trials at once (0 = as many as the cluster fits)")
     output_dir: str = Field("outputs/tune", description="the sweep: results.csv, best.yaml, plots, each trial's run "
-                                                        "folder (trials/), Tune's own state (tune/)")
+                                                        "folder (trials/), Tune's own state (tune/)", **PATH)
     seed: int = Field(0, description="seed of the sampled keys")
     space: dict[str, Any] = Field(
         default_factory=lambda: {"model.retrieval_k": [1, 2, 4, 8], "model.memory_slots": [4, 16, 32]},
@@ -66,6 +69,10 @@ class TuneConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "TuneConfig":
+        if self.scheduler == "asha" and self.grace_steps > self.max_iters:
+            # (Ray's ASHA asserts on it when the sweep starts, after the sweep's folder was made)
+            raise ValueError(f"grace_steps: {self.grace_steps} is more than max_iters ({self.max_iters}): ASHA "
+                             f"can stop a trial only after grace_steps; lower tune.grace_steps or raise tune.max_iters")
         if not self.space:
             raise ValueError("space is empty: name at least one key to sweep")
         for key, value in self.space.items():

@@ -13,6 +13,7 @@ from hybrid.core.errors import HybridError
 from hybrid.core.redact import redact_url
 
 CONNECT_TIMEOUT_S = float(os.environ.get("HYBRID_RAY_CONNECT_TIMEOUT_S", "10"))
+_started_here = False  # init_ray started a local Ray in this process (vs. joined a cluster)
 
 VERBOSE_ENV = "HYBRID_VERBOSE"  # set by `hybrid -v`; Ray's own lines on the terminal too
 # Ray's token for a worker's line meant for the user: its log printer shows the text after it, without the token
@@ -165,9 +166,34 @@ def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwa
         ray.init(address=address, **kwargs)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if include_dashboard and "dashboard_port" not in kwargs and not os.environ.get("RAY_API_SERVER_ADDRESS"):
+            # Train V2's placement-group cleaner asks the State API whether a run's controller lives; with another
+            # Ray on the machine it cannot tell which dashboard is its own ("Found multiple active Ray instances"),
+            # its thread dies, and every run's worker placement group leaks — seen here: the 7th of 10 sweeps in a
+            # row, beside another developer's Ray, waited forever for CPUs its finished trials still held. The
+            # cluster's processes inherit this environment, so naming our dashboard here tells them.
+            port = _free_port()
+            kwargs["dashboard_port"] = port
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         # address="local": a new local Ray even when a stale /tmp/ray/ray_current_cluster names a stopped one
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
+        global _started_here
+        _started_here = True
     quiet_ray_logs()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fixed_resources() -> dict[str, float] | None:
+    """The cluster's resources when they are known and fixed — a local Ray this process started — else None: a
+    joined cluster may autoscale, so a request larger than what it holds now may still be met (Ray Train waits)."""
+    import ray
+
+    return dict(ray.cluster_resources()) if _started_here and ray.is_initialized() else None
 
 
 HOW_TO_START = ("start one with `ray start --head --port=6379` and set RAY_ADDRESS=127.0.0.1:6379 (or the "

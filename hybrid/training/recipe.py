@@ -41,6 +41,9 @@ from hybrid.training.datastream import TRUNCATED, StreamPlan, local_eval_rows, l
 from hybrid.training.evaluate import score_batches
 from hybrid.training.tracking import Tracker
 
+# What every evaluation reports besides the step (`_evaluate_and_save`, and `best_val_loss` with it): the metrics a
+# sweep can rank its trials by (tune.metric is checked against them before any trial starts)
+REPORTED_METRICS = ("val_loss", "val_exact_match", "train_loss", "best_val_loss", "lr", "tokens_seen")
 CRASH_ENV = "HYBRID_TRAIN_CRASH_AT_STEP"  # tests: SIGKILL this process after that optimizer step's checkpoint
 
 

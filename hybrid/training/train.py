@@ -26,7 +26,7 @@ from hybrid.config.recipe import RecipeConfig
 from hybrid.core import storage
 from hybrid.core.errors import ConfigError, HybridError
 from hybrid.core.io import atomic_write_json, atomic_write_text, exclusive_lock
-from hybrid.core.ray_utils import init_ray
+from hybrid.core.ray_utils import fixed_resources, init_ray
 from hybrid.data.io_pairs import data_files
 from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe, train_word_level
 from hybrid.models import build_model
@@ -183,6 +183,26 @@ def data_resources(cfg: RecipeConfig) -> tuple[float, int]:
     return cpus, tasks
 
 
+def check_fits(cfg: RecipeConfig, what: str = "") -> None:
+    """Before anything starts: the run's workers (and its data tasks, when they reserve CPUs) fit the cluster — on a
+    Ray whose resources are known and fixed (a local one this process started). Otherwise Ray Train waits 60 s for
+    a worker group that can never start and fails with a long traceback. A joined cluster is not checked: it may
+    autoscale, so what does not fit now may fit in a minute."""
+    res = fixed_resources()
+    if res is None or cfg.train.num_workers == 0:
+        return
+    t = cfg.train
+    need = t.num_workers * t.cpus_per_worker + (cfg.data.cpus_per_task or 0)
+    asked = f"train.num_workers={t.num_workers} × train.cpus_per_worker={t.cpus_per_worker:g}" + (
+        f" + data.cpus_per_task={cfg.data.cpus_per_task:g}" if cfg.data.cpus_per_task else "")
+    if need > res.get("CPU", 0) + 1e-9:
+        raise ConfigError(f"{what}{asked} asks for {need:g} CPUs, but the local Ray has {res.get('CPU', 0):g}; lower "
+                          f"train.num_workers or train.cpus_per_worker (or join a larger cluster with RAY_ADDRESS)")
+    if t.use_gpu is True and t.num_workers > res.get("GPU", 0):
+        raise ConfigError(f"{what}train.num_workers={t.num_workers} with train.use_gpu=true asks for {t.num_workers} "
+                          f"GPUs, but the local Ray has {res.get('GPU', 0):g}")
+
+
 def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False,
             hold: contextlib.ExitStack | None = None) -> dict[str, Any]:
     """Everything before the loop, on the driver (or torchrun's rank 0): resolve, scan, tokenizer, checks, the
@@ -265,6 +285,7 @@ def train(cfg: RecipeConfig, quiet: bool = False) -> TrainResult:
     with contextlib.ExitStack() as hold:
         if n_workers:
             init_ray(include_dashboard=True)  # the dashboard shows the run; Ray Train's placement-group cleaner needs it
+            check_fits(cfg)
         spec = prepare(cfg, n_workers, use_ray=n_workers > 0, quiet=quiet, hold=hold)
         if n_workers == 0:  # in this process: the same recipe reads the same stream itself
             metrics = run(spec)
@@ -304,9 +325,11 @@ def result_of(spec: dict[str, Any], metrics: dict[str, Any], t0: float) -> Train
                        metrics=metrics, data_counts=counts, wall_s=time.time() - t0)
 
 
-def fit_on_ray(spec: dict[str, Any], callbacks: tuple = ()) -> dict[str, Any]:
+def fit_on_ray(spec: dict[str, Any], callbacks: tuple = (), start_retries: int = 0) -> dict[str, Any]:
     """The recipe on Ray Train workers (`callbacks`: Ray Train's, e.g. Tune's report callback); the training stream
-    split over them in order, validation read by each."""
+    split over them in order, validation read by each. `start_retries`: how many times a worker group that did not
+    start in time (Ray Train's 60 s) is tried again — a Tune trial waits for other trials to free their CPUs; a
+    plain run checked its resources up front (`check_fits`), so there it stays 0."""
     import ray.data
     from ray.data import ExecutionOptions, ExecutionResources
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -336,7 +359,7 @@ def fit_on_ray(spec: dict[str, Any], callbacks: tuple = ()) -> dict[str, Any]:
         name=output_dir.name, storage_path=str(output_dir.parent),
         # retention (the last few + `best`) is ours: Ray's policy keeps either the latest or the top-scored
         checkpoint_config=CheckpointConfig(num_to_keep=None),
-        failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=0),
+        failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=start_retries),
         callbacks=list(callbacks),
         worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                          if k in (CRASH_ENV, "OMP_NUM_THREADS")}})
