@@ -174,3 +174,17 @@ def test_the_demo_line_compares_memory_read_and_gates_closed(tmp_path, tok):
     assert effect["on"]["beyond"]["far_loss"] != pytest.approx(effect["off"]["beyond"]["far_loss"])
     line = describe_effect(effect)
     assert "\n" not in line and f"{effect['on']['beyond']['far_tokens']} tokens" in line and "3 test pairs" in line
+
+
+def test_bad_arguments_are_one_line(tmp_path, capsys):
+    from hybrid.main import main
+
+    data = tmp_path / "data"
+    assert main(["bench", "code-memory", "nosuch", "--data-dir", str(data)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: nosuch: not a registered repository in {data} (hybrid repos "
+                                               f"add …; registered: none)")
+    assert main(["bench", "code-memory", "--quick", "--max-length", "40", "--data-dir", str(data)]) == 2
+    assert "--max-length: 40 leaves nothing beyond the window" in capsys.readouterr().err
+    assert main(["bench", "code-memory", "--seeds", "0,0"]) == 2
+    assert "--seeds: expected distinct seeds" in capsys.readouterr().err
+    assert not data.exists()  # nothing registered, nothing written
