@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,15 @@ def tiny_checkpoint(tmp_path_factory):
                        "train.eval_every=2"])
     result = train(cfg.recipe(), quiet=True)
     return result.best_checkpoint, data
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def file_size_limit(nbytes: int):

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
-from tests.reliability.conftest import SECRET, assert_one_line_error, cli, file_size_limit, run_main, tree
+from tests.reliability.conftest import (SECRET, assert_one_line_error, cli, closed_port, file_size_limit, run_main,
+                                        tree)
 from tests.repo_builder import RepoBuilder, build_sample_repo
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # -- git -----------------------------------------------------------------------------------------------------------

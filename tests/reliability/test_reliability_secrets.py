@@ -4,22 +4,13 @@ in our messages, not in a third party's (pyarrow's, git's) that we pass on as on
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
-from tests.reliability.conftest import SECRET, assert_one_line_error, run_main, tree
+from tests.reliability.conftest import SECRET, assert_one_line_error, closed_port, run_main, tree
 
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # the shape of an AWS secret key: it holds `/`
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def pieces(secret: str) -> tuple[str, ...]:

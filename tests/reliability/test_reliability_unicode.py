@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
-from tests.reliability.conftest import assert_one_line_error, run_main, tree
+from tests.reliability.conftest import assert_one_line_error, closed_port, run_main, tree
 
 TINY = ["model=tiny_llama_hybrid", "train=tiny", "data.max_length=40", "train.max_iters=1", "train.eval_every=1"]
 SURROGATE_LINE = '{"input": "caf\\ud800", "output": "beta"}\n'  # valid JSON, valid UTF-8, not valid Unicode
@@ -22,14 +21,6 @@ def with_line(tmp_path, base, line: str, name: str = "data.jsonl"):
     path = tmp_path / name
     path.write_text("".join(lines[:2]) + line + "".join(lines[2:]))
     return path
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # -- a lone surrogate in data files --------------------------------------------------------------------------------
