@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import glob
 import io
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
