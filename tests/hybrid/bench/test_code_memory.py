@@ -188,3 +188,15 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert main(["bench", "code-memory", "--seeds", "0,0"]) == 2
     assert "--seeds: expected distinct seeds" in capsys.readouterr().err
     assert not data.exists()  # nothing registered, nothing written
+
+
+def test_committed_results_match_the_docs():
+    """README.md and docs/code-memory.md carry the table of the committed results JSON, as generated."""
+    from hybrid.bench import code_memory as b
+
+    result = b._load_result(str(ROOT / "docs" / "code-memory-results.json"))
+    assert len(result["settings"]["seeds"]) >= 3 and len(result["runs"]) == len(result["settings"]["seeds"])
+    for name, full in b.DOC_FILES.items():
+        assert b.doc_block(ROOT / name) == b.markdown_report(result, full), (
+            f"{name}: its code-memory table differs from docs/code-memory-results.json; regenerate it with "
+            f"`hybrid bench code-memory --from-json docs/code-memory-results.json --write-docs`")
