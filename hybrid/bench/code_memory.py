@@ -286,8 +286,8 @@ def training_values(s: Settings, variant: str, data: Path, validation: Path, out
 
 def run_seed(s: Settings, corpus: Corpus, other: tuple[str, list[str]], seed: int, work: Path,
              log=print) -> dict[str, Any]:
-    """Train every variant for `seed` and score the test split: {"scores": {row: summary}, "validation": {variant:
-    best validation loss}, "train_tokens": {variant: n}, "seconds": {...}}."""
+    """Train every variant for `seed` and score the test split: {"seed", "scores": {row: `summarize`},
+    "metrics": {variant: the run's last metrics (step, tokens_seen, val_loss, …)}, "seconds": {variant: s}}."""
     from hybrid.cli.config import load_config
     from hybrid.config.recipe import with_values
     from hybrid.core.io import atomic_write_jsonl
@@ -300,8 +300,7 @@ def run_seed(s: Settings, corpus: Corpus, other: tuple[str, list[str]], seed: in
     atomic_write_jsonl(data, corpus.splits["train"])
     atomic_write_jsonl(validation, corpus.splits["validation"])
     base = load_config([]).recipe()
-    out: dict[str, Any] = {"seed": seed, "scores": {}, "metrics": {},
-                           "seconds": {}}
+    out: dict[str, Any] = {"seed": seed, "scores": {}, "metrics": {}, "seconds": {}}
     tokenizer_json = None
     rows = far = None
     checkpoints = {}
