@@ -167,11 +167,14 @@ def test_an_unknown_metric_and_asha_grace_past_the_budget_are_one_line_config_er
 
 
 # -- 5. a sweep that fails to start leaves the folder reusable -----------------------------------------------------
-def test_a_sweep_that_cannot_start_leaves_nothing_that_blocks_the_next(user_folder, capsys, monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # nothing listens on the discard port: refused at once
+def test_a_sweep_that_cannot_start_leaves_nothing_that_blocks_the_next(user_folder, capsys):
+    # in a fresh process: this test process may hold the suite's Ray already, which a command joins as it is
+    env = {"RAY_ADDRESS": "127.0.0.1:9"}  # nothing listens on the discard port: refused at once
     for _ in range(2):  # the second is not "holds a sweep already"
-        rc, out, err = _tune(user_folder, capsys, "tune=small")
-        assert_one_line_error(rc, err, "RAY_ADDRESS=127.0.0.1:9", out=out)
+        done = cli("tune", *TINY, "tune=small", "data.train=datasets/io_pairs/train.jsonl",
+                   "data.validation=datasets/io_pairs/validation.jsonl", "tune.output_dir=outputs/s",
+                   cwd=user_folder, env=env, timeout=120)
+        assert_one_line_error(done.returncode, done.stderr, "RAY_ADDRESS=127.0.0.1:9", out=done.stdout)
     out_dir = user_folder / "outputs" / "s"
     assert not (out_dir / "sweep.yaml").exists()
     rc, out, err = run_main(["tune", f"tune.output_dir={out_dir}", "--resume"], capsys)
