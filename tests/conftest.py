@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,18 @@ class RayHead:
         return [pg["state"] for pg in data["data"]["result"]["result"]]
 
 
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop a process started with `start_new_session=True` and everything it started (a test's Ray head): SIGTERM
+    to its group, SIGKILL if it has not ended in 30 s. Never `ray stop`, which would stop every Ray on the machine."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+            break
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
 @pytest.fixture(scope="session")
 def ray_head(s3_server):
     """A real Ray head started with `ray start --head --block`: every port set to a free one, the dashboard on
@@ -76,7 +90,6 @@ def ray_head(s3_server):
     hold the credentials of the tests' S3 server (as a cloud cluster's nodes hold theirs), so jobs and trials can
     use s3:// outputs."""
     import shutil
-    import signal
     import subprocess
     import sys
     import tempfile
@@ -120,13 +133,7 @@ def ray_head(s3_server):
                 raise RuntimeError(f"the test's Ray head did not start: {(Path(temp_dir) / 'head.log').read_text()[-2000:]}")
             time.sleep(1)
     yield head
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=30)
-            break
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
+    stop_process_group(proc)
     log.close()
     shutil.rmtree(temp_dir, ignore_errors=True)
 

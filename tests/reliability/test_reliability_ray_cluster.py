@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_ports
+from tests.conftest import free_ports, stop_process_group
 from tests.reliability.conftest import assert_one_line_error, cli
 
 NO_CLUSTER = ("RAY_ADDRESS=", "ray start --head")  # what to do, with the form of the value
@@ -66,13 +65,7 @@ def other_ray(tmp_path_factory):
             time.sleep(0.5)
         yield root, temp_dir
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=30)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        stop_process_group(proc)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 
