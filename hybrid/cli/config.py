@@ -67,7 +67,7 @@ def _read_yaml(path: Path | str) -> dict[str, Any]:
     from hybrid.core import storage
 
     try:
-        text = storage.read_text(path) if storage.is_uri(path) else Path(path).read_text(encoding="utf-8")
+        text = storage.read_text(path)
         data = yaml.safe_load(text) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None

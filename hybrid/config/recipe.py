@@ -13,7 +13,7 @@ from hybrid.config.model import ModelConfig
 from hybrid.config.section import Section, describe_error, is_path_setting
 from hybrid.config.train import DataConfig, TrainConfig
 from hybrid.core.errors import ConfigError
-from hybrid.core.storage import is_uri
+from hybrid.core.storage import is_absolute
 
 SECTIONS = ("model", "train", "data", "memory")
 
@@ -60,7 +60,7 @@ def absolute_path(key: str, value: Any, cwd: str) -> Any:
     if not isinstance(value, str) or not value.strip():
         return value
     text = value.strip()
-    if text.lower() in PATH_KEYWORDS.get(key, ()) or is_uri(text) or os.path.isabs(os.path.expanduser(text)):
+    if text.lower() in PATH_KEYWORDS.get(key, ()) or is_absolute(text):
         return os.path.expanduser(text) if text.startswith("~") else value
     return os.path.normpath(os.path.join(cwd, text))
 

@@ -1,9 +1,16 @@
 """Where outputs live: a local folder or a URI of a pyarrow file system (`s3://bucket/prefix`, `gs://…`,
-`hdfs://…`), behind the few operations the training, evaluation and sweep code needs.
+`hdfs://…`), behind one small interface — `at(path)` picks its kind once, from the path:
 
-Local folders keep their atomic writes (a temp file or folder, then a rename). Object stores have no rename: a
-folder is uploaded file by file and made valid by its last file (a checkpoint's `trainer_state.json`, see
-hybrid/training/checkpoints.py), and a whole file is one PUT, so it is never seen half-written.
+    LocalStorage   a local folder: atomic writes (a temp file or folder, then a rename), `best` a symlink, a run
+                   writes straight into its output folder
+    ArrowStorage   a pyarrow file system: a whole file is one PUT (never seen half-written); there is no rename, so a
+                   folder is uploaded file by file and made valid by its last file (a checkpoint's
+                   `trainer_state.json`, see hybrid/training/checkpoints.py), a pointer such as `best` is a small
+                   text file, and a run writes into a local staging folder first, then publishes
+
+Callers say what they want ("write this file under that run", "publish this folder there") and never ask whether a
+location is a URI: this module is the only one that does. The module-level functions (`exists`, `read_text`, …) are
+the same operations for callers that hold one path.
 
 Credentials and endpoints come from where pyarrow looks for them — the URI itself (`s3://…?endpoint_override=…`),
 or the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`, …), which
@@ -12,26 +19,386 @@ Ray workers inherit from the cluster — and are never printed: messages show UR
 
 from __future__ import annotations
 
+import fnmatch
+import glob
+import hashlib
+import io
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
+from typing import IO, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write
 from hybrid.core.redact import library_message, redact_url
 
+T = TypeVar("T")
+PathLike = str | os.PathLike
 
-def is_uri(path: str | os.PathLike) -> bool:
+
+def is_uri(path: PathLike) -> bool:
     """`s3://…`, `gs://…`, `file://…` — anything a pyarrow file system opens — as opposed to a local path."""
     head, sep, _ = str(path).partition("://")
     return bool(sep) and head.isalnum() and len(head) > 1
 
 
-def shown(path: str | os.PathLike) -> str:
-    """A location as messages show it: URIs without credentials or query."""
-    return redact_url(str(path)) if is_uri(path) else str(path)
+def cache_root() -> Path:
+    """This machine's cache of staged runs and fetched folders (`HYBRID_CACHE_DIR`, else the temp folder's)."""
+    return Path(os.environ.get("HYBRID_CACHE_DIR") or Path(tempfile.gettempdir()) / "hybrid-cache")
+
+
+class Storage:
+    """The operations on one kind of location. Paths are whole locations (a local path or a URI) of this kind."""
+
+    # whether a run writes through a local staging folder (then publishes) rather than into the location itself
+    stages: bool = False
+
+    def shown(self, path: PathLike) -> str:
+        """A location as messages show it (URIs without credentials or query)."""
+        raise NotImplementedError
+
+    def absolute(self, path: PathLike) -> str:
+        """The location as a run records it: a local path resolved, a URI without its trailing slash."""
+        raise NotImplementedError
+
+    def native(self, path: PathLike) -> Path | str:
+        """The location as callers hand it on: a `Path` for a local folder, the URI string otherwise."""
+        raise NotImplementedError
+
+    def join(self, base: PathLike, *parts: str) -> str:
+        raise NotImplementedError
+
+    def base_name(self, path: PathLike) -> str:
+        raise NotImplementedError
+
+    def exists(self, path: PathLike) -> bool:
+        raise NotImplementedError
+
+    def is_dir(self, path: PathLike) -> bool:
+        raise NotImplementedError
+
+    def list_dir(self, path: PathLike) -> list[tuple[str, bool]]:
+        """(name, is a folder) of the entries directly in a folder; [] when it does not exist."""
+        raise NotImplementedError
+
+    def files_under(self, path: PathLike) -> list[str]:
+        """Every file below a folder (recursive, hidden ones left out), as locations, sorted."""
+        raise NotImplementedError
+
+    def glob(self, pattern: str) -> list[str]:
+        """The files a glob matches (`**` recursive), as locations, sorted."""
+        raise NotImplementedError
+
+    def open_input(self, path: PathLike) -> IO[bytes]:
+        """A binary stream of a file."""
+        raise NotImplementedError
+
+    def read_text(self, path: PathLike) -> str:
+        raise NotImplementedError
+
+    def write_bytes(self, path: PathLike, data: bytes) -> None:
+        """A whole file: atomic locally (temp + rename), one PUT on an object store."""
+        raise NotImplementedError
+
+    def write_text(self, path: PathLike, text: str) -> None:
+        self.write_bytes(path, text.encode("utf-8"))
+
+    def remove_dir(self, path: PathLike) -> None:
+        raise NotImplementedError
+
+    # -- runs: a local work folder, published to the location -----------------------------------------------------
+    def work_dir(self, path: PathLike) -> Path:
+        """The local folder a run whose output is `path` writes in: the folder itself, or a staging folder on this
+        machine (one per location) that `put_dir` / `put_file` publish from."""
+        raise NotImplementedError
+
+    def put_dir(self, local: PathLike, dest: PathLike, last: str | None = None) -> None:
+        """The local folder `local` at `dest` (its file named `last` written after all the others); nothing to do
+        when `dest` is that folder."""
+        raise NotImplementedError
+
+    def put_file(self, local: PathLike, dest: PathLike) -> None:
+        """The local file `local` at `dest` (one whole write); nothing to do when `dest` is that file."""
+        raise NotImplementedError
+
+    def get_dir(self, src: PathLike, local: Path) -> Path:
+        """A local folder with the contents of the folder `src`: `src` itself when it is local, else a download
+        into `local` (created)."""
+        raise NotImplementedError
+
+    def set_pointer(self, folder: PathLike, name: str, target: str) -> None:
+        """`folder/name` names the entry `target` of the same folder (a symlink swapped atomically, or a small text
+        file on an object store)."""
+        raise NotImplementedError
+
+    def read_pointer(self, folder: PathLike, name: str) -> str | None:
+        """The entry `folder/name` names, or None when there is no such pointer."""
+        raise NotImplementedError
+
+
+class LocalStorage(Storage):
+    stages = False
+
+    def shown(self, path: PathLike) -> str:
+        return str(path)
+
+    def absolute(self, path: PathLike) -> str:
+        return str(Path(path).resolve())
+
+    def native(self, path: PathLike) -> Path:
+        return Path(path)
+
+    def join(self, base: PathLike, *parts: str) -> str:
+        return str(Path(base, *parts))
+
+    def base_name(self, path: PathLike) -> str:
+        return Path(path).name
+
+    def exists(self, path: PathLike) -> bool:
+        return Path(path).exists()
+
+    def is_dir(self, path: PathLike) -> bool:
+        return Path(path).is_dir()
+
+    def list_dir(self, path: PathLike) -> list[tuple[str, bool]]:
+        p = Path(path)
+        return [(c.name, c.is_dir()) for c in p.iterdir()] if p.is_dir() else []
+
+    def files_under(self, path: PathLike) -> list[str]:
+        return sorted(str(p) for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith("."))
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+
+    def open_input(self, path: PathLike) -> IO[bytes]:
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise HybridError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise HybridError(f"{path}: is a folder, not a data file") from None
+
+    def read_text(self, path: PathLike) -> str:
+        return Path(path).read_text(encoding="utf-8")
+
+    def write_bytes(self, path: PathLike, data: bytes) -> None:
+        atomic_write(path, data)
+
+    def remove_dir(self, path: PathLike) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def work_dir(self, path: PathLike) -> Path:
+        return Path(path).resolve()
+
+    def put_dir(self, local: PathLike, dest: PathLike, last: str | None = None) -> None:
+        if _same(local, dest):
+            return
+        shutil.copytree(local, dest, dirs_exist_ok=True)
+
+    def put_file(self, local: PathLike, dest: PathLike) -> None:
+        if not _same(local, dest):
+            atomic_write(dest, Path(local).read_bytes())
+
+    def get_dir(self, src: PathLike, local: Path) -> Path:
+        return Path(src)
+
+    def set_pointer(self, folder: PathLike, name: str, target: str) -> None:
+        folder = Path(folder)
+        tmp = folder / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # unique: never another writer's
+        os.symlink(target, tmp)
+        os.replace(tmp, folder / name)
+
+    def read_pointer(self, folder: PathLike, name: str) -> str | None:
+        link = Path(folder) / name
+        return link.resolve().name if link.exists() else None
+
+
+def _same(a: PathLike, b: PathLike) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+class ArrowStorage(Storage):
+    stages = True
+
+    def shown(self, path: PathLike) -> str:
+        return redact_url(str(path))
+
+    def absolute(self, path: PathLike) -> str:
+        return str(path).rstrip("/")
+
+    def native(self, path: PathLike) -> str:
+        return str(path)
+
+    def join(self, base: PathLike, *parts: str) -> str:
+        p = urlsplit(str(base))
+        return p._replace(path="/".join([p.path.rstrip("/"), *parts])).geturl()
+
+    def base_name(self, path: PathLike) -> str:
+        return urlsplit(str(path)).path.rstrip("/").rsplit("/", 1)[-1]
+
+    def filesystem(self, uri: str):
+        """(pyarrow file system, path inside it) of a URI; a one-line error when pyarrow cannot open it."""
+        import pyarrow.fs as pafs
+
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except Exception as e:  # ArrowInvalid, OSError: an unknown scheme, a malformed URI, …
+            raise HybridError(f"{self.shown(uri)}: cannot open ({library_message(e, uri)})") from None
+
+    def _call(self, uri: PathLike, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except HybridError:
+            raise
+        except FileNotFoundError:
+            raise HybridError(f"{self.shown(uri)}: no such file or folder") from None
+        except Exception as e:
+            raise HybridError(f"{self.shown(uri)}: cannot {what} ({library_message(e, str(uri))})") from None
+
+    def _type(self, path: PathLike):
+        fs, inner = self.filesystem(str(path))
+        return self._call(path, "read", lambda: fs.get_file_info(inner).type)
+
+    def exists(self, path: PathLike) -> bool:
+        import pyarrow.fs as pafs
+
+        return self._type(path) != pafs.FileType.NotFound
+
+    def is_dir(self, path: PathLike) -> bool:
+        import pyarrow.fs as pafs
+
+        return self._type(path) == pafs.FileType.Directory
+
+    def list_dir(self, path: PathLike) -> list[tuple[str, bool]]:
+        import pyarrow.fs as pafs
+
+        fs, inner = self.filesystem(str(path))
+
+        def ls():
+            if fs.get_file_info(inner).type != pafs.FileType.Directory:
+                return []
+            infos = fs.get_file_info(pafs.FileSelector(inner.rstrip("/"), recursive=False))
+            return [(i.base_name, i.type == pafs.FileType.Directory) for i in infos]
+
+        return self._call(path, "list", ls)
+
+    def _files(self, uri: str, root: str, keep: Callable[[str], bool]) -> list[str]:
+        """The files below `root` (a path inside `uri`'s file system) that `keep`, as URIs that keep the original's
+        credentials and query (an S3 `endpoint_override`, say), so each opens on its own — in a Ray task, too."""
+        import pyarrow.fs as pafs
+
+        fs, _ = self.filesystem(uri)
+        found = self._call(uri, "list", lambda: fs.get_file_info(pafs.FileSelector(root.rstrip("/"), recursive=True,
+                                                                                      allow_not_found=True)))
+        files = sorted(f.path for f in found
+                       if f.type == pafs.FileType.File and not f.base_name.startswith(".") and keep(f.path))
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        # s3/gs paths start with the bucket (the URI's host); others (hdfs) with the path alone
+        return [parts._replace(path=f[len(host):] if host and f.startswith(host + "/") else f).geturl() for f in files]
+
+    def files_under(self, path: PathLike) -> list[str]:
+        _, inner = self.filesystem(str(path))
+        return self._files(str(path), inner, lambda f: True)
+
+    def glob(self, pattern: str) -> list[str]:
+        _, inner = self.filesystem(pattern)
+        cut = min(i for i in (inner.find(c) for c in "*?[") if i >= 0)
+        return self._files(pattern, inner[:cut].rsplit("/", 1)[0], lambda f: fnmatch.fnmatch(f, inner))
+
+    def open_input(self, path: PathLike) -> IO[bytes]:
+        fs, inner = self.filesystem(str(path))
+        try:  # buffered: pyarrow's streams cannot iterate lines themselves
+            return io.BufferedReader(fs.open_input_stream(inner), 1 << 20)
+        except FileNotFoundError:
+            raise HybridError(f"{self.shown(path)}: no such file") from None
+        except Exception as e:
+            raise HybridError(f"{self.shown(path)}: cannot read ({library_message(e, str(path))})") from None
+
+    def read_text(self, path: PathLike) -> str:
+        fs, inner = self.filesystem(str(path))
+
+        def read():
+            with fs.open_input_stream(inner) as f:
+                return f.read().decode("utf-8")
+
+        return self._call(path, "read", read)
+
+    def write_bytes(self, path: PathLike, data: bytes) -> None:
+        fs, inner = self.filesystem(str(path))
+
+        def write():
+            try:
+                out = fs.open_output_stream(inner)
+            except FileNotFoundError:  # a file system with real folders (file://, hdfs): make the parent first
+                fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+                out = fs.open_output_stream(inner)
+            with out as f:
+                f.write(data)
+
+        self._call(path, "write", write)
+
+    def remove_dir(self, path: PathLike) -> None:
+        fs, inner = self.filesystem(str(path))
+        try:
+            fs.delete_dir(inner)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def work_dir(self, path: PathLike) -> Path:
+        key = hashlib.blake2b(self.absolute(path).encode(), digest_size=8).hexdigest()
+        return cache_root() / "runs" / key
+
+    def put_dir(self, local: PathLike, dest: PathLike, last: str | None = None) -> None:
+        import pyarrow.fs as pafs
+
+        fs, inner = self.filesystem(str(dest))
+        local = Path(local)
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name == last)  # stable: `last` moves to the end
+
+        def put():
+            fs.create_dir(inner, recursive=True)
+            for p in files:
+                target = f"{inner.rstrip('/')}/{p.relative_to(local).as_posix()}"
+                pafs.copy_files(str(p), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+        self._call(dest, "write", put)
+
+    def put_file(self, local: PathLike, dest: PathLike) -> None:
+        self.write_bytes(dest, Path(local).read_bytes())
+
+    def get_dir(self, src: PathLike, local: Path) -> Path:
+        import pyarrow.fs as pafs
+
+        fs, inner = self.filesystem(str(src))
+        local.mkdir(parents=True, exist_ok=True)
+        self._call(src, "read", lambda: pafs.copy_files(inner, str(local), source_filesystem=fs,
+                                                         destination_filesystem=pafs.LocalFileSystem()))
+        return local
+
+    def set_pointer(self, folder: PathLike, name: str, target: str) -> None:
+        self.write_text(self.join(folder, name), target + "\n")
+
+    def read_pointer(self, folder: PathLike, name: str) -> str | None:
+        pointer = self.join(folder, name)
+        return self.read_text(pointer).strip() if self.exists(pointer) else None
+
+
+_LOCAL, _ARROW = LocalStorage(), ArrowStorage()
+
+
+def at(path: PathLike) -> Storage:
+    """The storage a location lives on (chosen from the path, once)."""
+    return _ARROW if is_uri(path) else _LOCAL
+
+
+def is_absolute(path: PathLike) -> bool:
+    """A URI, or an absolute local path (`~` counts): what stays the same location from any working folder."""
+    return is_uri(path) or os.path.isabs(os.path.expanduser(str(path)))
 
 
 def in_ray_job() -> bool:
@@ -39,7 +406,7 @@ def in_ray_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
-def require_lasting(where: str, value: str | os.PathLike) -> None:
+def require_lasting(where: str, value: PathLike) -> None:
     """Inside a Ray job the working directory is a temporary copy that goes away with the job: an output folder
     given as a relative path would vanish with it. A one-line error naming the setting, before anything runs."""
     if in_ray_job() and not is_uri(value) and not Path(value).is_absolute():
@@ -48,154 +415,48 @@ def require_lasting(where: str, value: str | os.PathLike) -> None:
                           f"(e.g. {where}=/shared/…) or a URI (s3://…)")
 
 
-def base_name(path: str | os.PathLike) -> str:
+# -- the same operations for one path ---------------------------------------------------------------------------
+def shown(path: PathLike) -> str:
+    """A location as messages show it: URIs without credentials or query."""
+    return at(path).shown(path)
+
+
+def base_name(path: PathLike) -> str:
     """The last part of a path or URI (without a URI's query)."""
-    if not is_uri(path):
-        return Path(path).name
-    return urlsplit(str(path)).path.rstrip("/").rsplit("/", 1)[-1]
+    return at(path).base_name(path)
 
 
-def join(base: str | os.PathLike, *parts: str) -> str:
+def join(base: PathLike, *parts: str) -> str:
     """`base/part/…` for paths and URIs alike (a URI's query stays at its end)."""
-    if not is_uri(base):
-        return str(Path(base, *parts))
-    p = urlsplit(str(base))
-    return p._replace(path="/".join([p.path.rstrip("/"), *parts])).geturl()
+    return at(base).join(base, *parts)
 
 
-def filesystem(uri: str):
-    """(pyarrow file system, path inside it) of a URI; a one-line error when pyarrow cannot open it."""
-    import pyarrow.fs as pafs
-
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except Exception as e:  # ArrowInvalid, OSError: an unknown scheme, a malformed URI, …
-        raise HybridError(f"{shown(uri)}: cannot open ({library_message(e, uri)})") from None
+def exists(path: PathLike) -> bool:
+    return at(path).exists(path)
 
 
-def _fs_call(uri: str, what: str, fn):
-    try:
-        return fn()
-    except HybridError:
-        raise
-    except FileNotFoundError:
-        raise HybridError(f"{shown(uri)}: no such file or folder") from None
-    except Exception as e:
-        raise HybridError(f"{shown(uri)}: cannot {what} ({library_message(e, uri)})") from None
+def is_dir(path: PathLike) -> bool:
+    return at(path).is_dir(path)
 
 
-def exists(path: str | os.PathLike) -> bool:
-    if not is_uri(path):
-        return Path(path).exists()
-    import pyarrow.fs as pafs
-
-    fs, inner = filesystem(str(path))
-    return _fs_call(str(path), "read", lambda: fs.get_file_info(inner).type != pafs.FileType.NotFound)
-
-
-def is_dir(path: str | os.PathLike) -> bool:
-    if not is_uri(path):
-        return Path(path).is_dir()
-    import pyarrow.fs as pafs
-
-    fs, inner = filesystem(str(path))
-    return _fs_call(str(path), "read", lambda: fs.get_file_info(inner).type == pafs.FileType.Directory)
-
-
-def list_dir(path: str | os.PathLike) -> list[tuple[str, bool]]:
+def list_dir(path: PathLike) -> list[tuple[str, bool]]:
     """(name, is a folder) of the entries directly in a folder; [] when it does not exist."""
-    if not is_uri(path):
-        p = Path(path)
-        return [(c.name, c.is_dir()) for c in p.iterdir()] if p.is_dir() else []
-    import pyarrow.fs as pafs
-
-    fs, inner = filesystem(str(path))
-
-    def ls():
-        if fs.get_file_info(inner).type != pafs.FileType.Directory:
-            return []
-        infos = fs.get_file_info(pafs.FileSelector(inner.rstrip("/"), recursive=False))
-        return [(i.base_name, i.type == pafs.FileType.Directory) for i in infos]
-
-    return _fs_call(str(path), "list", ls)
+    return at(path).list_dir(path)
 
 
-def read_text(path: str | os.PathLike) -> str:
-    if not is_uri(path):
-        return Path(path).read_text(encoding="utf-8")
-    fs, inner = filesystem(str(path))
-
-    def read():
-        with fs.open_input_stream(inner) as f:
-            return f.read().decode("utf-8")
-
-    return _fs_call(str(path), "read", read)
+def read_text(path: PathLike) -> str:
+    return at(path).read_text(path)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
+def write_text(path: PathLike, text: str) -> None:
     """A whole text file: atomic locally (temp + rename), one PUT on an object store."""
-    write_bytes(path, text.encode("utf-8"))
+    at(path).write_text(path, text)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes(path: PathLike, data: bytes) -> None:
     """A whole file: atomic locally (temp + rename), one PUT on an object store."""
-    if not is_uri(path):
-        atomic_write(path, data)
-        return
-    fs, inner = filesystem(str(path))
-
-    def write():
-        with fs.open_output_stream(inner) as f:
-            f.write(data)
-
-    _fs_call(str(path), "write", write)
+    at(path).write_bytes(path, data)
 
 
-def upload_dir(local: str | os.PathLike, dest: str, last: str | None = None) -> None:
-    """Copy a local folder's files to the URI `dest` (created), the file named `last` after all the others."""
-    import pyarrow.fs as pafs
-
-    fs, inner = filesystem(dest)
-    local = Path(local)
-    files = sorted(p for p in local.rglob("*") if p.is_file())
-    files.sort(key=lambda p: p.name == last)  # stable: `last` moves to the end
-
-    def put():
-        fs.create_dir(inner, recursive=True)
-        for p in files:
-            target = f"{inner.rstrip('/')}/{p.relative_to(local).as_posix()}"
-            pafs.copy_files(str(p), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-
-    _fs_call(dest, "write", put)
-
-
-def download_dir(src: str, local: str | os.PathLike) -> Path:
-    """Copy the URI folder `src` into the local folder `local` (created); returns it."""
-    import pyarrow.fs as pafs
-
-    fs, inner = filesystem(src)
-    local = Path(local)
-    local.mkdir(parents=True, exist_ok=True)
-    _fs_call(src, "read", lambda: pafs.copy_files(inner, str(local), source_filesystem=fs,
-                                                  destination_filesystem=pafs.LocalFileSystem()))
-    return local
-
-
-def remove_dir(path: str | os.PathLike) -> None:
-    if not is_uri(path):
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    fs, inner = filesystem(str(path))
-    try:
-        fs.delete_dir(inner)
-    except (FileNotFoundError, OSError):
-        pass
-
-
-def local_copy(path: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:
-    """A local folder with the contents of `path`: itself when local, else a download into `cache` (or a new temp
-    folder) — for reading a checkpoint kept on an object store."""
-    if not is_uri(path):
-        return Path(path)
-    target = Path(cache) if cache else Path(tempfile.mkdtemp(prefix="hybrid-ckpt-"))
-    return download_dir(str(path), target)
+def remove_dir(path: PathLike) -> None:
+    at(path).remove_dir(path)

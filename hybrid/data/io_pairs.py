@@ -8,9 +8,6 @@ reason when the caller asks for `on_bad="skip"`.
 
 from __future__ import annotations
 
-import fnmatch
-import glob
-import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +15,8 @@ from typing import IO, Any, Iterator, Literal
 
 from hybrid.core.errors import HybridError
 from hybrid.core.redact import library_message
-from hybrid.core.storage import filesystem as _filesystem
-from hybrid.core.storage import is_uri, shown
+from hybrid.core import storage
+from hybrid.core.storage import shown
 from hybrid.core.text import BadJSONLine, parse_json_line
 
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -29,94 +26,42 @@ OnBad = Literal["error", "skip"]
 
 
 def _suffix(path: str) -> str:
-    return "." + path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ""
+    name = storage.base_name(path)  # a URI's query left out
+    return "." + name.rsplit(".", 1)[-1] if "." in name else ""
 
 
 def _check_suffix(path: str) -> None:
     if _suffix(path) not in JSONL_SUFFIXES + PARQUET_SUFFIXES:
-        raise HybridError(f"{path}: expected a .jsonl or .parquet file (or a folder of them)")
+        raise HybridError(f"{shown(path)}: expected a .jsonl or .parquet file (or a folder of them)")
 
 
 def data_files(spec: str | Path) -> list[str]:
     """The JSONL/Parquet files `spec` names — itself, the files of a folder (recursive; .jsonl and .parquet only,
-    hidden files left out), the matches of a glob — sorted, as strings (URIs keep their scheme)."""
+    hidden files left out), the matches of a glob — sorted, as strings (URIs keep their scheme, credentials and
+    query, so each opens on its own — in a Ray task, too)."""
     spec = str(spec)
-    has_glob = any(c in spec for c in "*?[")
-    if is_uri(spec):
-        return _uri_files(spec, has_glob)
-    if has_glob:
-        files = sorted(p for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    where = storage.at(spec)
+    if any(c in spec for c in "*?["):
+        files = where.glob(spec)
         if not files:
-            raise HybridError(f"{spec}: no file matches")
+            raise HybridError(f"{where.shown(spec)}: no file matches")
         for f in files:
             _check_suffix(f)
         return files
-    path = Path(spec)
-    if not path.exists():
-        raise HybridError(f"{path}: no such file or folder")
-    if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix in FOLDER_SUFFIXES
-                       and not p.name.startswith("."))
+    if not where.exists(spec):
+        raise HybridError(f"{where.shown(where.native(spec))}: no such file or folder")
+    if where.is_dir(spec):
+        files = [f for f in where.files_under(spec) if _suffix(f) in FOLDER_SUFFIXES]
         if not files:
-            raise HybridError(f"{path}: folder holds no .jsonl or .parquet files")
+            raise HybridError(f"{where.shown(where.native(spec))}: folder holds no .jsonl or .parquet files")
         return files
-    _check_suffix(str(path))
-    return [str(path)]
-
-
-def _uri_files(uri: str, has_glob: bool) -> list[str]:
-    """The data files under a URI (a file, a prefix, or a glob), as URIs that keep the original's credentials and
-    query (an S3 `endpoint_override`, say), so each opens on its own — in a Ray task, too."""
-    from urllib.parse import urlsplit
-
-    import pyarrow.fs as pafs
-
-    fs, inner = _filesystem(uri)
-    if has_glob:
-        cut = min(i for i in (inner.find(c) for c in "*?[") if i >= 0)
-        root = inner[:cut].rsplit("/", 1)[0]
-    else:
-        root = inner
-    try:
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.File and not has_glob:
-            _check_suffix(root)
-            return [uri]
-        if info.type == pafs.FileType.NotFound:
-            raise HybridError(f"{shown(uri)}: no such file or folder")
-        found = fs.get_file_info(pafs.FileSelector(root.rstrip("/"), recursive=True))
-    except HybridError:
-        raise
-    except Exception as e:
-        raise HybridError(f"{shown(uri)}: cannot list ({library_message(e, uri)})") from None
-    files = sorted(f.path for f in found if f.type == pafs.FileType.File and not f.base_name.startswith(".")
-                   and (fnmatch.fnmatch(f.path, inner) if has_glob else _suffix(f.path) in FOLDER_SUFFIXES))
-    if not files:
-        raise HybridError(f"{shown(uri)}: " + ("no file matches" if has_glob else "holds no .jsonl or .parquet files"))
-    for f in files:
-        _check_suffix(f)
-    parts = urlsplit(uri)
-    host = parts.hostname or ""
-    # s3/gs paths start with the bucket (the URI's host); others (hdfs) with the path alone
-    return [parts._replace(path=f[len(host):] if host and f.startswith(host + "/") else f).geturl() for f in files]
+    _check_suffix(spec)
+    return [str(where.native(spec))]
 
 
 def open_file(path: str) -> IO[bytes]:
     """A binary stream of a data file (local or URI)."""
-    if is_uri(path):
-        fs, inner = _filesystem(path)
-        try:  # buffered: pyarrow's streams cannot iterate lines themselves
-            return io.BufferedReader(fs.open_input_stream(inner), 1 << 20)
-        except FileNotFoundError:
-            raise HybridError(f"{shown(path)}: no such file") from None
-        except Exception as e:
-            raise HybridError(f"{shown(path)}: cannot read ({library_message(e, path)})") from None
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise HybridError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise HybridError(f"{path}: is a folder, not a data file") from None
+    return storage.at(path).open_input(path)
 
 
 def check_record(record: Any) -> str | None:
