@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hybrid.cli import error_line
     from hybrid.cli.config import load_config, split_overrides
     from hybrid.training import distributed
-    from hybrid.training.recipe import run
+    from hybrid.training.launchers import run_local
     from hybrid.training.train import describe, prepare, result_of
 
     t0 = time.time()
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error:
             return 2
         try:
-            metrics = run(spec)
+            metrics = run_local(spec)
         except (HybridError, OSError) as e:
             print(f"error (rank {ctx.rank}): {error_line(e)}", file=sys.stderr, flush=True)
             return 2

@@ -12,11 +12,13 @@
 A checkpoint is written into a hidden temp folder beside its final name and renamed into place, so a folder named
 `checkpoint_step_*` is always complete; a run killed mid-write leaves only a `.tmp-…` folder, removed next time.
 
-`train.output_dir` may also be a URI (`s3://bucket/runs/x`, any pyarrow file system). The run then writes into a
-local staging folder (`staging_dir`) as above and publishes each checkpoint to the URI file by file with
-`trainer_state.json` last — object stores have no rename, so a remote checkpoint counts only once that file is
-there — then the run's files (metrics.jsonl, TensorBoard events) and `best`, which on a URI is a small text file
-holding the checkpoint's name. Resume and `hybrid eval` download the checkpoint they need into a local cache.
+`train.output_dir` may also be a URI (`s3://bucket/runs/x`, any pyarrow file system): every function here takes
+either, through hybrid/core/storage.py. A run writes into its work folder (the output folder itself, or a local
+staging folder for a URI) as above and publishes each checkpoint to the output (nothing to do when they are the
+same), file by file with `trainer_state.json` last — object stores have no rename, so a checkpoint counts only
+once that file is there — then the run's files (metrics.jsonl, TensorBoard events) and `best`, which on a URI is a
+small text file holding the checkpoint's name. Resume and `hybrid eval` read a local folder: the checkpoint itself,
+or a download of it into a local cache.
 """
 
 from __future__ import annotations
@@ -25,14 +27,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-import uuid
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from hybrid.core import storage
 from hybrid.core.errors import HybridError
-from hybrid.core.redact import library_message
 from hybrid.core.io import atomic_write
 from hybrid.data.tokenizer import write_tokenizer_config
 from hybrid.models.modeling import HybridForCausalLM
@@ -48,36 +48,64 @@ def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step:06d}"
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints in `output_dir`, oldest first."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir()
-             if p.is_dir() and not p.is_symlink() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+def _is_checkpoint_name(name: str) -> bool:
+    return name.startswith(PREFIX) and name[len(PREFIX):].isdigit()
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    found = list_checkpoints(output_dir)
+def checkpoint_names(output: str | Path) -> list[str]:
+    """Names of the complete checkpoints in a training output folder or URI (those whose trainer_state.json is
+    there), oldest first."""
+    where = storage.at(output)
+    names = sorted((n for n, is_dir in where.list_dir(output) if is_dir and _is_checkpoint_name(n)),
+                   key=lambda n: int(n[len(PREFIX):]))
+    return [n for n in names if where.exists(where.join(output, n, TRAINER_STATE))]
+
+
+def list_checkpoints(output: str | Path) -> list[Path | str]:
+    """Complete checkpoints in `output`, oldest first (folders: `Path`s; on a URI: URIs)."""
+    where = storage.at(output)
+    return [where.native(where.join(output, n)) for n in checkpoint_names(output)]
+
+
+def latest_checkpoint(output: str | Path) -> Path | str | None:
+    found = list_checkpoints(output)
     return found[-1] if found else None
 
 
+def best_name(output: str | Path) -> str | None:
+    """The checkpoint name `best` holds in `output`, if any."""
+    where = storage.at(output)
+    name = where.read_pointer(output, BEST)
+    if name is not None and not _is_checkpoint_name(name):
+        raise HybridError(f"{where.shown(where.join(output, BEST))}: not a checkpoint name ({name[:60]!r})")
+    return name
+
+
+def best_checkpoint(output: str | Path) -> Path | str | None:
+    where, name = storage.at(output), best_name(output)
+    return where.native(where.join(output, name)) if name else None
+
+
+def set_best(output: str | Path, checkpoint: str | Path) -> None:
+    """Point `best` at `checkpoint` (a checkpoint of `output`, or its name): a relative symlink swapped atomically in
+    a folder, a text file holding the name on a URI."""
+    storage.at(output).set_pointer(output, BEST, storage.base_name(checkpoint))
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a training output folder (→ its `best`, else its latest checkpoint); validated.
-    On a URI: the same, downloaded into a local cache (once)."""
-    if storage.is_uri(path):
-        return fetch_checkpoint(resolve_remote(str(path)))
-    path = Path(path)
-    if not path.exists():
-        raise HybridError(f"{path}: no such checkpoint folder")
-    if path.is_dir() and not (path / TRAINER_STATE).exists() and not (path / "config.json").exists():
-        if (path / BEST).exists():
-            path = (path / BEST).resolve()
-        elif latest_checkpoint(path):
-            path = latest_checkpoint(path)
-    validate_checkpoint(path)
-    return path
+    """A local, validated checkpoint folder: `path` itself, or — for a training output folder — its `best`, else
+    its latest checkpoint; on a URI downloaded into a local cache (once)."""
+    where = storage.at(path)
+    if not where.exists(path):
+        raise HybridError(f"{where.shown(path)}: no such checkpoint folder")
+    if where.is_dir(path) and not where.exists(where.join(path, TRAINER_STATE)) \
+            and not where.exists(where.join(path, "config.json")):
+        best, names = best_name(path), checkpoint_names(path)
+        if best:
+            path = where.absolute(where.join(path, best))
+        elif names:
+            path = where.join(path, names[-1])
+    return fetch_checkpoint(path)
 
 
 def validate_checkpoint(path: str | Path) -> None:
@@ -94,11 +122,20 @@ def validate_checkpoint(path: str | Path) -> None:
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
     file = Path(path) / TRAINER_STATE
     try:
-        state = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        text = file.read_text()
+    except OSError as e:
         raise HybridError(f"{file}: corrupt checkpoint state ({e})") from None
+    return parse_trainer_state(text, str(file))
+
+
+def parse_trainer_state(text: str, where: str) -> dict[str, Any]:
+    """A trainer_state.json's content; a one-line error naming `where` when it is not one."""
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise HybridError(f"{where}: corrupt checkpoint state ({e})") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise HybridError(f"{file}: corrupt checkpoint state (no integer 'step')")
+        raise HybridError(f"{where}: corrupt checkpoint state (no integer 'step')")
     return state
 
 
@@ -142,7 +179,7 @@ def temp_checkpoint_dir(output_dir: str | Path, step: int, run_id: str) -> Path:
 
 def write_checkpoint(tmp: Path, model_state: dict[str, Any], model_config, class_name: str,
                      optimizer_state: dict[str, Any] | None, scheduler_state: dict[str, Any],
-                     trainer_state: dict[str, Any], config_yaml: str, tokenizer_json: str) -> None:
+                     trainer_state: TrainerState, config_yaml: str, tokenizer_json: str) -> None:
     """Everything but sharded optimizer state into `tmp` (created here): the model folder (`from_pretrained` loads
     it), optimizer.pt (unless the optimizer is sharded: each rank then writes optimizer/ with DCP), scheduler.pt,
     trainer_state.json, config.yaml, the tokenizer."""
@@ -153,7 +190,7 @@ def write_checkpoint(tmp: Path, model_state: dict[str, Any], model_config, class
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler_state, tmp / "scheduler.pt")
-    (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+    (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state.to_json(), indent=2) + "\n")
     (tmp / "config.yaml").write_text(config_yaml)
     (tmp / "tokenizer.json").write_text(tokenizer_json)
     write_tokenizer_config(tmp)
@@ -169,45 +206,19 @@ def commit_checkpoint(tmp: Path, step: int) -> Path:
     return final
 
 
-def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, trainer_state: dict[str, Any],
-                    config_yaml: str, tokenizer_json: str, run_id: str = "single") -> Path:
-    """Write a single process's checkpoint atomically (temp folder + rename) and return its folder."""
-    tmp = temp_checkpoint_dir(output_dir, step, run_id)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        write_checkpoint(tmp, model.state_dict(), model.config, type(model).__name__, optimizer.state_dict(),
-                         scheduler.state_dict(), trainer_state, config_yaml, tokenizer_json)
-        return commit_checkpoint(tmp, step)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def set_best(output_dir: str | Path, checkpoint: Path) -> None:
-    """Point `best` at `checkpoint` (relative symlink, replaced atomically)."""
-    output_dir = Path(output_dir)
-    tmp = output_dir / f".tmp-{BEST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # unique: never another run's
-    os.symlink(checkpoint.name, tmp)
-    os.replace(tmp, output_dir / BEST)
-
-
-def best_checkpoint(output_dir: str | Path) -> Path | None:
-    best = Path(output_dir) / BEST
-    return best.resolve() if best.exists() else None
-
-
-def prune(output_dir: str | Path, keep_last: int) -> None:
-    """Keep the last `keep_last` checkpoints and the best; remove older ones and stale temp folders."""
-    output_dir = Path(output_dir)
-    found = list_checkpoints(output_dir)
-    best = best_checkpoint(output_dir)
-    for ckpt in found[:-keep_last]:
-        if best is None or ckpt.resolve() != best:
-            shutil.rmtree(ckpt, ignore_errors=True)
-    for stale in output_dir.glob(f".tmp-*{PREFIX}*"):  # left by a run killed mid-write
+def prune(output: str | Path, keep_last: int, work_dir: str | Path | None = None) -> None:
+    """Keep the last `keep_last` checkpoints and the best in `output` (and in the run's local work folder, when that is
+    a staging folder); remove older ones, and the temp folders a run killed mid-write left in the work folder."""
+    where = storage.at(output)
+    work = Path(work_dir) if work_dir is not None else where.work_dir(output)
+    best = best_name(output)
+    for folder in dict.fromkeys([str(output), str(work)]):
+        for name in checkpoint_names(folder)[:-keep_last]:
+            if name != best:
+                storage.remove_dir(storage.join(folder, name))
+    for stale in work.glob(f".tmp-*{PREFIX}*"):  # left by a run killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
-    for stale in output_dir.glob(f".tmp-{BEST}-*"):  # a `best` link a killed run had not swapped in yet
+    for stale in work.glob(f".tmp-{BEST}-*"):  # a `best` link a killed run had not swapped in yet
         stale.unlink(missing_ok=True)
 
 
@@ -288,50 +299,13 @@ def describe_init(path: Path, loaded: list[str], fresh: list[str], unused: list[
     return line
 
 
-# -- output folders on a URI ------------------------------------------------------------------------------------
-def _cache_root() -> Path:
-    return Path(os.environ.get("HYBRID_CACHE_DIR") or Path(tempfile.gettempdir()) / "hybrid-cache")
-
-
-def staging_dir(output: str) -> Path:
-    """Where a run whose train.output_dir is the URI `output` writes before publishing (one per URI, per machine)."""
-    key = hashlib.blake2b(output.rstrip("/").encode(), digest_size=8).hexdigest()
-    return _cache_root() / "runs" / key
-
-
-def remote_checkpoints(uri: str) -> list[str]:
-    """Names of the complete checkpoints under the URI (those whose trainer_state.json is there), oldest first."""
-    names = [n for n, is_dir in storage.list_dir(uri)
-             if is_dir and n.startswith(PREFIX) and n[len(PREFIX):].isdigit()]
-    names.sort(key=lambda n: int(n[len(PREFIX):]))
-    return [n for n in names if storage.exists(storage.join(uri, n, TRAINER_STATE))]
-
-
-def remote_best(uri: str) -> str | None:
-    """The checkpoint name `best` holds on a URI, if any."""
-    best = storage.join(uri, BEST)
-    if not storage.exists(best):
-        return None
-    name = storage.read_text(best).strip()
-    if not (name.startswith(PREFIX) and name[len(PREFIX):].isdigit()):
-        raise HybridError(f"{storage.shown(best)}: not a checkpoint name ({name[:60]!r})")
-    return name
-
-
-def resolve_remote(uri: str) -> str:
-    """A checkpoint URI, or a training output URI (→ its `best`, else its latest complete checkpoint)."""
-    uri = uri.rstrip("/")
-    if storage.exists(storage.join(uri, TRAINER_STATE)):
-        return uri
-    name = remote_best(uri) or (remote_checkpoints(uri) or [None])[-1]
-    if name is None:
-        raise HybridError(f"{storage.shown(uri)}: no checkpoint there (nor a training output folder with one)")
-    return storage.join(uri, name)
-
-
-def fetch_checkpoint(uri: str, dest: Path | None = None) -> Path:
-    """A local, validated copy of the checkpoint at `uri` (downloaded once; a partial download is redone)."""
-    dest = dest or _cache_root() / "checkpoints" / hashlib.blake2b(uri.encode(), digest_size=8).hexdigest()
+# -- publishing from a run's work folder to its output, fetching back ----------------------------------------------
+def fetch_checkpoint(location: str | Path, dest: Path | None = None) -> Path:
+    """A local, validated copy of the checkpoint at `location`: the folder itself when it is local, else a download
+    into `dest` (by default a cache folder; downloaded once, a partial download redone)."""
+    where = storage.at(location)
+    dest = Path(dest) if dest else storage.cache_root() / "checkpoints" / hashlib.blake2b(
+        str(location).encode(), digest_size=8).hexdigest()
     if dest.is_dir():
         try:
             validate_checkpoint(dest)
@@ -340,8 +314,10 @@ def fetch_checkpoint(uri: str, dest: Path | None = None) -> Path:
             shutil.rmtree(dest, ignore_errors=True)
     tmp = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    storage.download_dir(uri, tmp)
-    validate_checkpoint(tmp)
+    got = where.get_dir(location, tmp)
+    validate_checkpoint(got)
+    if got != tmp:  # a local folder: used where it is
+        return got
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
         shutil.rmtree(dest)
@@ -349,53 +325,68 @@ def fetch_checkpoint(uri: str, dest: Path | None = None) -> Path:
     return dest
 
 
-def publish_checkpoint(local: Path, uri: str) -> str:
-    """Upload a committed local checkpoint to <uri>/<its name>, trainer_state.json last; returns its URI."""
-    dest = storage.join(uri, local.name)
-    storage.upload_dir(local, dest, last=TRAINER_STATE)
-    return dest
+def publish_checkpoint(local: Path, output: str | Path) -> Path | str:
+    """A committed checkpoint of the work folder at <output>/<its name>, trainer_state.json last; returns it there."""
+    where = storage.at(output)
+    dest = where.join(output, local.name)
+    where.put_dir(local, dest, last=TRAINER_STATE)
+    return where.native(dest)
 
 
-def publish_files(local_dir: Path, uri: str, names: tuple[str, ...] = ("metrics.jsonl",),
+def publish_files(local_dir: Path, output: str | Path, names: tuple[str, ...] = ("metrics.jsonl",),
                   folders: tuple[str, ...] = ("tensorboard",)) -> None:
-    """The run's own files (each one whole PUT) and folders next to the checkpoints on the URI."""
+    """The run's own files (each one whole write) and folders next to the checkpoints in `output`."""
+    where = storage.at(output)
     for name in names:
         if (local_dir / name).is_file():
-            storage.write_text(storage.join(uri, name), (local_dir / name).read_text(encoding="utf-8"))
+            where.put_file(local_dir / name, where.join(output, name))
     for name in folders:
         if (local_dir / name).is_dir():
-            storage.upload_dir(local_dir / name, storage.join(uri, name))
+            where.put_dir(local_dir / name, where.join(output, name))
 
 
-def fetch_run_files(uri: str, local_dir: Path, names: tuple[str, ...] = ("metrics.jsonl",)) -> None:
-    """The run's files from the URI into a fresh staging folder (a resumed run appends to its metrics.jsonl)."""
+def fetch_run_files(output: str | Path, local_dir: Path, names: tuple[str, ...] = ("metrics.jsonl",)) -> None:
+    """The run's files from `output` into a fresh work folder (a resumed run appends to its metrics.jsonl)."""
+    where = storage.at(output)
     for name in names:
-        if not (local_dir / name).exists() and storage.exists(storage.join(uri, name)):
-            atomic_write(local_dir / name, storage.read_text(storage.join(uri, name)))
+        if not (local_dir / name).exists() and where.exists(where.join(output, name)):
+            atomic_write(local_dir / name, where.read_text(where.join(output, name)))
 
 
 def latest_state(output: str | Path) -> dict[str, Any] | None:
     """The trainer state of the latest complete checkpoint in a training output folder or URI, or None."""
-    if storage.is_uri(output):
-        names = remote_checkpoints(str(output))
-        if not names:
-            return None
-        try:
-            return json.loads(storage.read_text(storage.join(str(output), names[-1], TRAINER_STATE)))
-        except json.JSONDecodeError as e:
-            raise HybridError(f"{storage.shown(output)}/{names[-1]}/{TRAINER_STATE}: corrupt "
-                              f"({library_message(e, str(output))})") from None
-    latest = latest_checkpoint(output)
-    return read_trainer_state(latest) if latest is not None else None
+    names = checkpoint_names(output)
+    if not names:
+        return None
+    where = storage.at(output)
+    file = where.join(output, names[-1], TRAINER_STATE)
+    return parse_trainer_state(where.read_text(file), where.shown(file))
 
 
-def set_remote_best(uri: str, name: str) -> None:
-    storage.write_text(storage.join(uri, BEST), name + "\n")
+@dataclass
+class TrainerState:
+    """What a checkpoint's trainer_state.json holds, kept by the recipe and read back on resume — the same keys as
+    ever, in the same order, so checkpoints written before this class resume (a key they lack takes its default)."""
 
+    step: int = 0  # optimizer steps done
+    best_val_loss: float | None = None
+    best: float | None = None  # the best value of train.best_by so far
+    tokens_seen: int = 0  # tokens of the training batches, padding left out, over the whole run
+    train_seconds: float = 0.0  # time in the training loop, over the run and its resumptions
+    truncated: dict[str, int] = field(default_factory=dict)  # training rows cut to data.max_length, by how
+    first_step_s: float | None = None  # from the driver's start to this run's first optimizer step
+    metrics: dict[str, Any] = field(default_factory=dict)  # the evaluation this checkpoint was saved with
 
-def prune_remote(uri: str, keep_last: int) -> None:
-    """Keep the last `keep_last` complete checkpoints and `best` on the URI; remove older ones."""
-    best = remote_best(uri)
-    for name in remote_checkpoints(uri)[:-keep_last]:
-        if name != best:
-            storage.remove_dir(storage.join(uri, name))
+    def to_json(self) -> dict[str, Any]:
+        state = asdict(self)
+        if self.first_step_s is None:  # as before: only once a step ran
+            del state["first_step_s"]
+        return state
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any]) -> TrainerState:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in state.items() if k in known}
+        values["truncated"] = dict(values.get("truncated") or {})
+        values["metrics"] = dict(values.get("metrics") or {})
+        return cls(**values)

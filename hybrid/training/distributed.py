@@ -53,8 +53,15 @@ class Context:
     def max(self, values: list[float]) -> list[float]:
         return self._reduce(values, dist.ReduceOp.MAX) if self.distributed else list(values)
 
-    def min(self, values: list[float]) -> list[float]:
-        return self._reduce(values, dist.ReduceOp.MIN) if self.distributed else list(values)
+    def gather(self, values: list[float]) -> list[list[float]]:
+        """Every rank's `values`, in rank order (one all-gather of float64s): the recipe sums some columns and maxes
+        others on each rank, so one collective serves both. Alone: [values] as they are."""
+        if not self.distributed:
+            return [list(values)]
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t)
+        return [o.tolist() for o in out]
 
     def barrier(self) -> None:
         if self.distributed:

@@ -10,23 +10,28 @@
     validate()         the shared evaluation loop (hybrid/training/evaluate.py) over this rank's share
     save_checkpoint()  atomically, `best` by validation loss, the last few kept; reported to Ray Train
 
-`run(spec)` is what a Ray Train worker, the in-process run and `python -m hybrid.train` under torchrun call.
+`run(spec, source, reporter)` is what a Ray Train worker, the in-process run and `python -m hybrid.train` under torchrun
+call, each with its own data source and reporter (hybrid/training/launchers.py): the recipe does not know which
+started it. Where it writes is the spec's work folder, published to the run's output through hybrid/core/storage.py
+(a folder or a URI alike). After each checkpoint it calls the `after_checkpoint` callbacks (the tests' kill hook).
+
+Collectives: two small ones a step, whatever the strategy — before the forward passes the step's counts (and whether
+every rank still has data, and under FSDP with memory each micro-batch's padded length), after the optimizer step
+the loss and what the log line shows — each one all-gather of a few float64s, summed or maxed on every rank.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from safetensors import SafetensorError
 
-from hybrid.config.recipe import RecipeConfig
 from hybrid.core import storage
 from hybrid.core.errors import HybridError, describe_os_error
 from hybrid.core.io import atomic_write_jsonl, iter_jsonl
@@ -37,14 +42,35 @@ from hybrid.models import build_model
 from hybrid.models.modeling import count_scored
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.training import distributed
-from hybrid.training.datastream import TRUNCATED, StreamPlan, local_eval_rows, local_micro_batches, table_rows
+from hybrid.training.checkpoints import TrainerState
+from hybrid.training.datastream import TRUNCATED, StreamPlan
 from hybrid.training.evaluate import score_batches
+from hybrid.training.spec import TrainingSpec
 from hybrid.training.tracking import Tracker
 
 # What every evaluation reports besides the step (`_evaluate_and_save`, and `best_val_loss` with it): the metrics a
 # sweep can rank its trials by (tune.metric is checked against them before any trial starts)
 REPORTED_METRICS = ("val_loss", "val_exact_match", "train_loss", "best_val_loss", "lr", "tokens_seen")
-CRASH_ENV = "HYBRID_TRAIN_CRASH_AT_STEP"  # tests: SIGKILL this process after that optimizer step's checkpoint
+
+
+class DataSource(Protocol):
+    """Where this rank's data comes from (hybrid/training/launchers.py: read in-process, or Ray Data's shards)."""
+
+    def train_batches(self, plan: StreamPlan, tokenizer: TextTokenizer, rank: int,
+                      world: int) -> Iterator[list[dict[str, Any]]]: ...
+
+    def eval_rows(self, spec: TrainingSpec, tokenizer: TextTokenizer) -> Iterator[dict[str, Any]]: ...
+
+
+class Reporter(Protocol):
+    """What the launcher keeps: a checkpoint to restart from, each evaluation with its checkpoint."""
+
+    def restored_checkpoint(self) -> Path | None: ...
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, step: int) -> None: ...
+
+
+AfterCheckpoint = Callable[[int, "Path | None"], None]  # (step, the checkpoint on rank 0 / None elsewhere)
 
 
 def lr_lambda(warmup: int, max_iters: int, min_ratio: float):
@@ -85,25 +111,26 @@ def _fmt_eta(seconds: float) -> str:
 
 
 class TrainingRecipe:
-    def __init__(self, spec: dict[str, Any]):
-        """`spec` (built by `hybrid.training.train`): the resolved config, where outputs go, the tokenizer, the
-        data plan, what to resume from."""
-        self.spec = spec
-        self.cfg = RecipeConfig.model_validate(spec["cfg"])
-        self.output_dir = Path(spec["output_dir"])  # on a URI output: the local staging folder
-        self.output_uri: str | None = spec.get("output_uri")
-        self.strategy = spec["strategy"]
-        self.plan = StreamPlan(**spec["plan"]) if spec.get("plan") else None
-        self.state: dict[str, Any] = {"step": 0, "best_val_loss": None, "best": None, "tokens_seen": 0,
-                                      "train_seconds": 0.0, "truncated": {}}
+    def __init__(self, spec: TrainingSpec, source: DataSource, reporter: Reporter,
+                 after_checkpoint: tuple[AfterCheckpoint, ...] = ()):
+        """`spec` (built by `hybrid.training.train.prepare`): the resolved config, where outputs go, the tokenizer,
+        the data plan, what to resume from; `source` and `reporter`: the launcher's (hybrid/training/launchers.py)."""
+        self.spec, self.source, self.reporter = spec, source, reporter
+        self.after_checkpoint = tuple(after_checkpoint)
+        self.cfg = spec.cfg
+        self.output = spec.output  # a folder or a URI: what the checkpoints are published to
+        self.output_dir = Path(spec.work_dir)  # where this run writes them first (the output folder itself, locally)
+        self.strategy = spec.strategy
+        self.plan = spec.plan
+        self.state = TrainerState()
 
     # -- setup -----------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         tcfg = self.cfg.train
-        self.ctx = distributed.detect(bool(self.spec["use_gpu"]))
+        self.ctx = distributed.detect(bool(self.spec.use_gpu))
         self.is_main = self.ctx.rank == 0
         self.bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and self.ctx.device.type == "cuda")
-        self.tokenizer = TextTokenizer.from_json(self.spec["tokenizer_json"])
+        self.tokenizer = TextTokenizer.from_json(self.spec.tokenizer_json)
         self.resume_path = self._resume_path()
         self._setup_model()
         self._setup_optimizer()
@@ -113,26 +140,24 @@ class TrainingRecipe:
         self.tracker = Tracker(self.cfg, self.output_dir, self.output_dir.name, enabled=self.is_main)
 
     def _resume_path(self) -> Path | None:
-        if self.ctx.launcher == "ray":
-            import ray.train
-
-            ck = ray.train.get_checkpoint()  # a restarted worker group: Ray's latest
-            if ck is not None:
-                return self._local(Path(ck.path))
-        return self._local(Path(self.spec["resume_from"])) if self.spec.get("resume_from") else None
+        restored = self.reporter.restored_checkpoint()  # a restarted worker group: the launcher's latest
+        if restored is not None:
+            return self._local(restored)
+        return self._local(Path(self.spec.resume_from)) if self.spec.resume_from else None
 
     def _local(self, path: Path) -> Path:
-        """A checkpoint staged on the driver's machine is fetched from the URI when this rank runs elsewhere."""
-        if self.output_uri and not path.is_dir() and path.parent == self.output_dir:
+        """A checkpoint staged in a work folder on the driver's machine is fetched from the output when this rank
+        runs elsewhere."""
+        if not path.is_dir() and path.parent == self.output_dir:
             path.parent.mkdir(parents=True, exist_ok=True)
-            ckpt_io.fetch_checkpoint(storage.join(self.output_uri, path.name), dest=path)
+            ckpt_io.fetch_checkpoint(storage.join(self.output, path.name), dest=path)
             if self.is_main:
-                ckpt_io.fetch_run_files(self.output_uri, self.output_dir)
+                ckpt_io.fetch_run_files(self.output, self.output_dir)
         return path
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.cfg.train.seed)  # same initial weights on every rank (FSDP does not broadcast)
-        model = build_model(self.cfg.model, vocab_size=int(self.spec["vocab_size"]), memory_cfg=self.cfg.memory)
+        model = build_model(self.cfg.model, vocab_size=int(self.spec.vocab_size), memory_cfg=self.cfg.memory)
         if self.resume_path is not None:
             loaded = ckpt_io.load_model(self.resume_path)
             try:
@@ -141,9 +166,9 @@ class TrainingRecipe:
                 raise HybridError(f"{self.resume_path}: does not fit this run's model "
                                   f"({str(e).splitlines()[-1].strip()[:200]})") from None
             del loaded
-            self.state.update(ckpt_io.read_trainer_state(self.resume_path))
-        elif self.spec.get("init_from"):  # weights only: optimizer, scheduler and step start fresh
-            ckpt_io.init_weights_from(model, self.spec["init_from"])
+            self.state = TrainerState.from_json(ckpt_io.read_trainer_state(self.resume_path))
+        elif self.spec.init_from:  # weights only: optimizer, scheduler and step start fresh
+            ckpt_io.init_weights_from(model, self.spec.init_from)
         self.model_config, self.model_class = model.config, type(model).__name__
         self.model = distributed.wrap(model, self.strategy, self.ctx)
 
@@ -179,25 +204,14 @@ class TrainingRecipe:
         self.scheduler.load_state_dict(ckpt_io.load_state_file(self.resume_path / "scheduler.pt"))
 
     def _setup_data(self) -> None:
-        consumed = int(self.state["step"]) * self.cfg.train.gradient_accumulation_steps
-        self.micro_batches = itertools.islice(self._stream(), consumed, None)
-
-    def _stream(self) -> Iterator[list[dict[str, Any]]]:
-        """This rank's micro-batches from the start of the stream (Ray Train's shard, or read in this process)."""
-        if self.ctx.launcher == "ray":
-            import ray.train
-
-            shard = ray.train.get_dataset_shard("train")
-            for table in shard.iter_batches(batch_size=self.plan.micro_batch, batch_format="pyarrow",
-                                            prefetch_batches=2):
-                yield table_rows(table)
-        else:
-            yield from local_micro_batches(self.plan, self.tokenizer, self.ctx.rank, self.ctx.world)
+        consumed = self.state.step * self.cfg.train.gradient_accumulation_steps
+        stream = self.source.train_batches(self.plan, self.tokenizer, self.ctx.rank, self.ctx.world)
+        self.micro_batches = itertools.islice(stream, consumed, None)
 
     def _trim_metrics(self) -> None:
         """A resumed run rewrites the steps after its checkpoint: drop them from metrics.jsonl first."""
         path = self.output_dir / "metrics.jsonl"
-        step = int(self.state["step"])
+        step = self.state.step
         if path.exists():
             records = [r for _, r in iter_jsonl(path)]
             if any(r.get("step", 0) > step for r in records):
@@ -209,51 +223,53 @@ class TrainingRecipe:
     def _autocast(self):
         return torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def _next_step_batches(self) -> list[list[dict[str, Any]]] | None:
-        """This step's micro-batches, or None when some rank's stream has run out (all ranks stop together)."""
-        batches = list(itertools.islice(self.micro_batches, self.cfg.train.gradient_accumulation_steps))
-        full = len(batches) == self.cfg.train.gradient_accumulation_steps
-        return batches if self.ctx.min([float(full)])[0] > 0 else None
-
     def train(self) -> dict[str, Any]:
         tcfg, ctx = self.cfg.train, self.ctx
         self.model.train()
-        step = first_step = int(self.state["step"])
+        step = first_step = self.state.step
         t_start = time.time()
+        seconds_before = self.state.train_seconds  # a resumed run adds to its earlier time
         budget_s = tcfg.max_minutes * 60 if tcfg.max_minutes else None
         window_tokens, window_t = 0, time.time()
         data_wait_s = 0.0  # time this rank waited for its next batches (the stream not keeping up)
         last_metrics: dict[str, Any] = {}
-        crash_at = int(os.environ.get(CRASH_ENV, "-1"))
-        truncated = dict(self.state.get("truncated") or {})
+        truncated = dict(self.state.truncated)
         if self.is_main and step:
             say(f"resuming from {self.resume_path} at step {step}")
         try:
             while step < tcfg.max_iters:
                 torch.manual_seed(tcfg.seed * 7919 + step * 131 + ctx.rank)  # dropout: a function of the step
                 t_wait = time.time()
-                rows = self._next_step_batches()
+                batches = list(itertools.islice(self.micro_batches, tcfg.gradient_accumulation_steps))
                 data_wait_s += time.time() - t_wait
-                if rows is None:
+                stepped = self._step(batches)
+                if stepped is None:
                     if self.is_main:
                         say(f"the data stream ended at step {step} (before train.max_iters={tcfg.max_iters})")
                     break
-                loss, info = self._step(rows)
+                loss_sum, info = stepped
+                elapsed = time.time() - t_start
+                # the step's second collective: the loss, and what the log line shows (maxima over the ranks)
+                cuda_mb = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else 0.0
+                ranks = ctx.gather([loss_sum, float(budget_s is not None and elapsed >= budget_s), peak_rss_mb(),
+                                    cuda_mb, data_wait_s])
+                loss = sum(r[0] for r in ranks) / max(1.0, info["output_tokens"])
+                out_of_time = any(r[1] > 0 for r in ranks)
+                rss_mb, cuda_mb, wait_s = (max(r[i] for r in ranks) for i in (2, 3, 4))
                 if not math.isfinite(loss):  # diverged: stop before anything of it is saved (or becomes `best`)
                     raise HybridError(f"step {step + 1}: the training loss is {loss} — training diverged; lower "
                                       f"train.learning_rate (now {tcfg.learning_rate:g}) or check the data; the "
                                       f"checkpoints written before stay as they were")
                 step += 1
-                self.state["step"] = step
-                self.state["tokens_seen"] += info["tokens"]
+                self.state.step = step
+                self.state.tokens_seen += info["tokens"]
                 for k, v in info["truncated"].items():
                     truncated[k] = truncated.get(k, 0) + v
-                self.state["truncated"] = truncated
+                self.state.truncated = truncated
                 window_tokens += info["tokens"]
-                elapsed = time.time() - t_start
+                self.state.train_seconds = seconds_before + (time.time() - t_start)
                 if step == first_step + 1:
-                    self.state["first_step_s"] = time.time() - float(self.spec.get("t0", t_start))
-                out_of_time = budget_s is not None and ctx.max([float(elapsed >= budget_s)])[0] > 0
+                    self.state.first_step_s = time.time() - (self.spec.t0 or t_start)
                 if step % tcfg.log_every == 0 or step == tcfg.max_iters or step == first_step + 1:
                     now = time.time()
                     tok_s = window_tokens / max(1e-9, now - window_t)
@@ -261,23 +277,17 @@ class TrainingRecipe:
                     eta = (tcfg.max_iters - step) * elapsed / max(1, step - first_step)
                     if budget_s is not None:
                         eta = min(eta, budget_s - elapsed)
-                    rss_mb, cuda_mb, wait_s = ctx.max([peak_rss_mb(), torch.cuda.max_memory_allocated(ctx.device) / 2**20
-                                                       if ctx.device.type == "cuda" else 0.0, data_wait_s])
                     self.tracker.log({"step": step, "loss": loss, "lr": info["lr"], "grad_norm": info["grad_norm"],
                                       "tokens_per_s": tok_s, "tokens": info["tokens"], "padded_tokens": info["padded"],
                                       "output_tokens": info["output_tokens"], "elapsed_s": elapsed,
                                       "data_wait_s": wait_s,
                                       "peak_rss_mb": rss_mb, "peak_cuda_mb": cuda_mb,
-                                      "first_step_s": self.state.get("first_step_s"), **truncated})
+                                      "first_step_s": self.state.first_step_s, **truncated})
                     if self.is_main:
                         say(f"step {step:>5}/{tcfg.max_iters} | loss {loss:.4f} | lr {info['lr']:.2e} | "
                             f"{tok_s:,.0f} tok/s | ETA {_fmt_eta(eta)}")
                 if step % tcfg.eval_every == 0 or step == tcfg.max_iters or out_of_time:
                     last_metrics = self._evaluate_and_save(step, loss, info["lr"])
-                    if crash_at == step:
-                        import signal
-
-                        os.kill(os.getpid(), signal.SIGKILL)
                 if out_of_time:
                     if self.is_main:
                         say(f"time budget of {tcfg.max_minutes} min reached at step {step}")
@@ -288,28 +298,48 @@ class TrainingRecipe:
             self.tracker.close()
         return last_metrics
 
+    def _needs_common_length(self) -> bool:
+        """FSDP gathers each block's weights at every call, so all ranks must make the same calls: a model with memory
+        runs one call per segment, so every rank pads each micro-batch to the longest of them over the ranks."""
+        return self.strategy == "fsdp" and self.ctx.distributed and self.cfg.model.has_memory
+
     def _pad_length(self, longest: int) -> int:
-        """How long a micro-batch is padded. FSDP gathers each block's weights at every call, so all ranks must make
-        the same calls: a model with memory runs one call per segment, so every rank pads to the longest of them."""
-        if self.strategy == "fsdp" and self.ctx.distributed and self.cfg.model.has_memory:
+        """How long a validation batch is padded (`_needs_common_length`): one collective, per batch."""
+        if self._needs_common_length():
             return int(self.ctx.max([float(longest)])[0])
         return longest
 
-    def _step(self, micro_batches: list[list[dict[str, Any]]]) -> tuple[float, dict[str, Any]]:
-        """One optimizer step over this rank's micro-batches: (the global loss, what to log)."""
+    def _step(self, micro_batches: list[list[dict[str, Any]]]) -> tuple[float, dict[str, Any]] | None:
+        """One optimizer step over this rank's micro-batches: (this rank's summed loss, what to log), or None when
+        some rank's stream has run out (all ranks stop together)."""
         tcfg, ctx = self.cfg.train, self.ctx
-        tensors = []
-        for rows in micro_batches:
-            length = self._pad_length(max(len(r["ids"]) for r in rows))
-            tensors.append(tuple(t.to(ctx.device) for t in collate([(r["ids"], r["prompt_len"]) for r in rows],
-                                                                    self.tokenizer.pad_id, length)))
+        n = tcfg.gradient_accumulation_steps
+        full = len(micro_batches) == n
+        tensors = [collate([(r["ids"], r["prompt_len"]) for r in rows], self.tokenizer.pad_id)
+                   for rows in micro_batches]
         trunc = [0] * len(TRUNCATED)
         for rows in micro_batches:
             for r in rows:
                 trunc[r["trunc"]] += 1
-        local = [sum(count_scored(lab) for _, lab, _ in tensors), sum(int(m.sum()) for _, _, m in tensors),
-                 sum(int(m.numel()) for _, _, m in tensors)]
-        global_out, global_all, global_padded, *trunc = ctx.sum(local + trunc)
+        lengths = [float(ids.shape[1]) for ids, _, _ in tensors] + [0.0] * (n - len(tensors))
+        sizes = [float(ids.shape[0]) for ids, _, _ in tensors] + [0.0] * (n - len(tensors))
+        local = [float(not full), sum(count_scored(lab) for _, lab, _ in tensors),
+                 sum(int(m.sum()) for _, _, m in tensors)]
+        # the step's first collective: every rank's counts, sizes and lengths (summed or maxed below, on each rank)
+        ranks = ctx.gather(local + trunc + sizes + lengths)
+        if any(r[0] > 0 for r in ranks):
+            return None
+        total = [sum(col) for col in zip(*ranks)]
+        global_out, global_all, trunc = total[1], total[2], total[3:3 + len(TRUNCATED)]
+        k = 3 + len(TRUNCATED)
+        if self._needs_common_length():
+            common = [max(r[k + n + j] for r in ranks) for j in range(n)]
+            global_padded = sum(r[k + j] * common[j] for r in ranks for j in range(n))
+            tensors = [collate([(r["ids"], r["prompt_len"]) for r in rows], self.tokenizer.pad_id, int(common[j]))
+                       for j, rows in enumerate(micro_batches)]
+        else:
+            global_padded = sum(r[k + j] * r[k + n + j] for r in ranks for j in range(n))
+        tensors = [tuple(t.to(ctx.device) for t in batch) for batch in tensors]
         scale = distributed.loss_scale(self.strategy, ctx, global_out)
         loss_sum = 0.0
         for a, (ids, labels, mask) in enumerate(tensors):
@@ -327,36 +357,24 @@ class TrainingRecipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        (loss_global,) = ctx.sum([loss_sum])
         truncated = {name: int(n) for name, n in zip(TRUNCATED, trunc) if name}
-        return loss_global / max(1.0, global_out), {
+        return loss_sum, {
             "lr": lr, "grad_norm": float(grad_norm), "tokens": int(global_all), "padded": int(global_padded),
             "output_tokens": int(global_out), "truncated": truncated}
 
     # -- validation ------------------------------------------------------------------------------------------------
-    def _eval_rows(self) -> Iterator[dict[str, Any]]:
-        if self.ctx.launcher == "ray":
-            import ray.train
-
-            shard = ray.train.get_dataset_shard("validation")
-            for table in shard.iter_batches(batch_size=1024, batch_format="pyarrow"):
-                yield from table_rows(table)
-        else:
-            yield from local_eval_rows(self.spec["val_files"], self.tokenizer, self.cfg.data.max_length,
-                                       self.cfg.data.on_bad_record)
-
     def validate(self) -> dict[str, float | None]:
         """Validation loss and teacher-forced exact match (the share of examples whose every output token is the
         argmax) over every validation example, or the first `train.eval_batches` global batches: global batch j is
         rows jG…jG+G-1 of the validation set in file order, and rank r scores its B of them."""
-        if not self.spec.get("val_files"):
+        if not self.spec.val_files:
             return {"val_loss": None, "val_exact_match": None}
         ctx, B = self.ctx, self.cfg.train.batch_size
         G = B * ctx.world
-        n_batches = -(-int(self.spec["val_rows"]) // G)
+        n_batches = -(-int(self.spec.val_rows) // G)
         if self.cfg.train.eval_batches:
             n_batches = min(n_batches, self.cfg.train.eval_batches)
-        rows = self._eval_rows()
+        rows = self.source.eval_rows(self.spec, self.tokenizer)
 
         real = [0]  # rows of this rank's share that are examples (not the stand-in below)
 
@@ -382,7 +400,7 @@ class TrainingRecipe:
         if val["val_loss"] is not None and not math.isfinite(val["val_loss"]):
             raise HybridError(f"step {step}: the validation loss is {val['val_loss']} — training diverged; lower "
                               f"train.learning_rate (now {self.cfg.train.learning_rate:g}); nothing saved for this step")
-        metrics = {"step": step, "train_loss": loss, **val, "lr": lr, "tokens_seen": self.state["tokens_seen"]}
+        metrics = {"step": step, "train_loss": loss, **val, "lr": lr, "tokens_seen": self.state.tokens_seen}
         self.tracker.log({"step": step, **val})
         if self.is_main and val["val_loss"] is not None:
             say(f"step {step:>5} | validation loss {val['val_loss']:.4f} (ppl {math.exp(min(val['val_loss'], 50)):.2f}) "
@@ -393,24 +411,26 @@ class TrainingRecipe:
     def _improves(self, metrics: dict[str, Any]) -> bool:
         """Whether this evaluation beats the best so far by `train.best_by` (lower loss, higher exact match)."""
         key = self.cfg.train.best_by
-        value, best = metrics.get(key), self.state.get("best")
+        value, best = metrics.get(key), self.state.best
         if value is None or not math.isfinite(value):
             return False
         return best is None or (value < best if key == "val_loss" else value > best)
 
     def save_checkpoint(self, step: int, metrics: dict[str, Any]) -> None:
-        """Rank 0 writes the checkpoint into a temp folder (every rank its optimizer shard under FSDP) and renames it
-        into place; `best` follows `train.best_by`; every rank reports to Ray Train."""
+        """Rank 0 writes the checkpoint into a temp folder of the work folder (every rank its optimizer shard under
+        FSDP), renames it into place and publishes it to the output; `best` follows `train.best_by`; every rank
+        reports to the launcher, then the last few and the best are kept."""
         ctx, fsdp = self.ctx, self.strategy == "fsdp" and self.ctx.distributed
         improved = self._improves(metrics)
         if improved:
-            self.state["best"] = metrics[self.cfg.train.best_by]
-        if metrics.get("val_loss") is not None and (self.state["best_val_loss"] is None
-                                                    or metrics["val_loss"] < self.state["best_val_loss"]):
-            self.state["best_val_loss"] = metrics["val_loss"]
+            self.state.best = metrics[self.cfg.train.best_by]
+        if metrics.get("val_loss") is not None and (self.state.best_val_loss is None
+                                                    or metrics["val_loss"] < self.state.best_val_loss):
+            self.state.best_val_loss = metrics["val_loss"]
+        self.state.metrics = metrics
         # the whole model's weights: a collective under FSDP (rank 0 gets them), a copy of the replica otherwise
         model_state = distributed.full_state_dict(self.model, self.strategy) if fsdp or self.is_main else None
-        tmp = ckpt_io.temp_checkpoint_dir(self.output_dir, step, self.spec["run_id"])
+        tmp = ckpt_io.temp_checkpoint_dir(self.output_dir, step, self.spec.run_id)
         path = None
         if self.is_main:
             if tmp.exists():
@@ -418,8 +438,7 @@ class TrainingRecipe:
             try:
                 ckpt_io.write_checkpoint(tmp, model_state, self.model_config, self.model_class,
                                          None if fsdp else self.optimizer.state_dict(), self.scheduler.state_dict(),
-                                         {**self.state, "step": step, "metrics": metrics}, self.spec["config_yaml"],
-                                         self.spec["tokenizer_json"])
+                                         self.state, self.spec.config_yaml, self.spec.tokenizer_json)
             except (OSError, RuntimeError, SafetensorError) as e:  # how torch and safetensors report a failed write
                 shutil.rmtree(tmp, ignore_errors=True)
                 why = (describe_os_error(e) if isinstance(e, OSError) else
@@ -436,31 +455,22 @@ class TrainingRecipe:
             ctx.barrier()
         if self.is_main:
             path = ckpt_io.commit_checkpoint(tmp, step)
-            best = improved or metrics.get(self.cfg.train.best_by) is None  # without validation: the latest
-            if best:
-                ckpt_io.set_best(self.output_dir, path)
-            if self.output_uri:  # the checkpoint (trainer_state.json last), the run's files, then `best`
-                ckpt_io.publish_checkpoint(path, self.output_uri)
-                ckpt_io.publish_files(self.output_dir, self.output_uri)
-                if best:
-                    ckpt_io.set_remote_best(self.output_uri, path.name)
-        if ctx.launcher == "ray":
-            import ray.train
-            from ray.train import Checkpoint, CheckpointUploadMode
-
-            ray.train.report({**metrics, "best_val_loss": self.state["best_val_loss"]},
-                             checkpoint=Checkpoint.from_directory(str(path)) if path else None,
-                             checkpoint_dir_name=ckpt_io.checkpoint_name(step),
-                             checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+            # the checkpoint (trainer_state.json last), the run's files, then `best` (each nothing to do locally)
+            ckpt_io.publish_checkpoint(path, self.output)
+            ckpt_io.publish_files(self.output_dir, self.output)
+            if improved or metrics.get(self.cfg.train.best_by) is None:  # without validation: the latest
+                ckpt_io.set_best(self.output, path.name)
+        self.reporter.report({**metrics, "best_val_loss": self.state.best_val_loss}, path, step)
         ctx.barrier()
         if self.is_main:
-            ckpt_io.prune(self.output_dir, self.cfg.train.keep_last)
-            if self.output_uri:
-                ckpt_io.prune_remote(self.output_uri, self.cfg.train.keep_last)
+            ckpt_io.prune(self.output, self.cfg.train.keep_last, work_dir=self.output_dir)
+        for callback in self.after_checkpoint:
+            callback(step, path)
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Set up and train; what every process of a run calls (Ray Train's `train_loop_per_worker`)."""
-    recipe = TrainingRecipe(spec)
+def run(spec: TrainingSpec, source: DataSource, reporter: Reporter,
+        after_checkpoint: tuple[AfterCheckpoint, ...] = ()) -> dict[str, Any]:
+    """Set up and train: what every process of a run calls, with its launcher's data source and reporter."""
+    recipe = TrainingRecipe(spec, source, reporter, after_checkpoint)
     recipe.setup()
     return recipe.train()

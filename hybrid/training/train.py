@@ -13,12 +13,11 @@ Train workers that stream their data through Ray Data (hybrid/training/datastrea
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe
 from hybrid.models import build_model
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.training.datastream import StreamPlan, ray_eval_dataset, ray_train_dataset, scan
-from hybrid.training.recipe import CRASH_ENV, run
+from hybrid.training.launchers import AfterCheckpoint, ray_worker, run_local
+from hybrid.training.spec import TrainingSpec
 
 
 BLOCK_BYTES = 4 << 20  # Ray Data blocks of the training stream
@@ -48,42 +48,39 @@ class TrainResult:
     wall_s: float = 0.0
 
 
-def resolve_resume(resume: str, output_dir: Path, output_uri: str | None = None) -> Path | None:
-    """The checkpoint to continue from (a local folder: on a URI output the latest one is downloaded into the
-    staging folder `output_dir`), or None."""
+def resolve_resume(resume: str, output: str, work_dir: Path) -> Path | None:
+    """The checkpoint to continue from, as a local folder (when `output` is a URI, the latest one is downloaded into
+    the run's work folder `work_dir`), or None."""
     value = (resume or "").strip()
     if value.lower() in ("none", "no", "false", ""):
-        held = ckpt_io.remote_checkpoints(output_uri) if output_uri else ckpt_io.list_checkpoints(output_dir)
-        if held:
-            raise ConfigError(f"train.resume=none: {storage.shown(output_uri or output_dir)} already holds "
+        if ckpt_io.checkpoint_names(output):
+            raise ConfigError(f"train.resume=none: {storage.shown(output)} already holds "
                               f"checkpoints; pick a new train.output_dir or use train.resume=auto to continue")
         return None
     if value.lower() == "auto":
-        if output_uri:
-            names = ckpt_io.remote_checkpoints(output_uri)
-            return (ckpt_io.fetch_checkpoint(storage.join(output_uri, names[-1]), dest=output_dir / names[-1])
-                    if names else None)
-        return ckpt_io.latest_checkpoint(output_dir)
+        names = ckpt_io.checkpoint_names(output)
+        return ckpt_io.fetch_checkpoint(storage.join(output, names[-1]), dest=work_dir / names[-1]) if names else None
     return ckpt_io.resolve_checkpoint(value)
 
 
-def output_location(cfg: RecipeConfig, hold: contextlib.ExitStack | None = None) -> tuple[Path, str | None]:
-    """(the local folder the run writes, the URI it publishes to or None). A URI output gets a fresh staging folder
-    (locked first, when `hold` is given: one run per URI on a machine): what counts is what reached the URI."""
+def output_location(cfg: RecipeConfig, hold: contextlib.ExitStack | None = None) -> tuple[Path, str]:
+    """(the local folder the run writes in, where it publishes to): the output folder itself, or — for a location
+    written through a staging folder (a URI) — a fresh staging folder, locked first when `hold` is given (one run
+    per URI on a machine): what counts is what reached the output."""
     out = cfg.train.output_dir
-    if not storage.is_uri(out):
-        return Path(out).resolve(), None
-    uri = out.rstrip("/")
+    where = storage.at(out)
+    output, work_dir = where.absolute(out), where.work_dir(out)
+    if not where.stages:
+        return work_dir, output
     if strategy_of(cfg) == "fsdp":
-        raise ConfigError(f"train.output_dir={storage.shown(uri)}: train.strategy=fsdp writes each rank's optimizer "
+        raise ConfigError(f"train.output_dir={where.shown(output)}: train.strategy=fsdp writes each rank's optimizer "
                           f"shard into one folder, which needs a folder every node sees; use a shared path")
-    staging = ckpt_io.staging_dir(uri)
     if hold is not None:
-        hold.enter_context(exclusive_lock(staging.with_name(staging.name + ".lock"),
-                                          f"train.output_dir {storage.shown(uri)}", wait=False))
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging, uri
+        hold.enter_context(exclusive_lock(work_dir.with_name(work_dir.name + ".lock"),
+                                          f"train.output_dir {where.shown(output)}", wait=False))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    return work_dir, output
 
 
 def needs_tokenizer_training(cfg: RecipeConfig, resume_from: Path | None, init_from: Path | None) -> bool:
@@ -204,7 +201,7 @@ def check_fits(cfg: RecipeConfig, what: str = "") -> None:
 
 
 def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False,
-            hold: contextlib.ExitStack | None = None) -> dict[str, Any]:
+            hold: contextlib.ExitStack | None = None) -> TrainingSpec:
     """Everything before the loop, on the driver (or torchrun's rank 0): resolve, scan, tokenizer, checks, the
     run folder's config.yaml / data_stats.json / tokenizer, the plan. Returns the spec every process of the run gets.
     `hold`: the output folder's lock goes on this stack, taken once the checks have passed (a run refused by a
@@ -213,12 +210,13 @@ def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False,
     if not cfg.data.train:
         raise ConfigError("data.train: no training data given (data.train=PATH to a JSONL/Parquet file or folder)")
     tcfg = cfg.train
-    if not storage.is_uri(tcfg.output_dir) and Path(tcfg.output_dir).exists() and not Path(tcfg.output_dir).is_dir():
-        raise ConfigError(f"train.output_dir: {Path(tcfg.output_dir).resolve()} is a file, not a folder")
-    output_dir, output_uri = output_location(cfg, hold)
+    where = storage.at(tcfg.output_dir)
+    if where.exists(tcfg.output_dir) and not where.is_dir(tcfg.output_dir):
+        raise ConfigError(f"train.output_dir: {where.shown(where.absolute(tcfg.output_dir))} is a file, not a folder")
+    output_dir, output = output_location(cfg, hold)
     train_files = data_files(cfg.data.train)
     val_files = data_files(cfg.data.validation) if cfg.data.validation else []
-    resume_from = resolve_resume(tcfg.resume, output_dir, output_uri)
+    resume_from = resolve_resume(tcfg.resume, output, output_dir)
     init_from = resolve_init_from(cfg) if resume_from is None else None  # a resumed run continues its own
     sample = tcfg.tokenizer_sample if needs_tokenizer_training(cfg, resume_from, init_from) else 0
     on_bad = cfg.data.on_bad_record
@@ -242,16 +240,15 @@ def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False,
                        if val_scan else None),
     }
     config_yaml = cfg.to_yaml()
-    if hold is not None and output_uri is None:
+    if hold is not None and not where.stages:  # a staging folder was locked when it was made
         hold.enter_context(output_dir_lock(output_dir))
     atomic_write_text(output_dir / "config.yaml", config_yaml)
     atomic_write_json(output_dir / "data_stats.json", counts)
     tokenizer.save(output_dir)
-    if output_uri:
-        ckpt_io.publish_files(output_dir, output_uri, names=("config.yaml", "data_stats.json", "tokenizer.json",
-                                                              "tokenizer_config.json"), folders=())
-        if resume_from is not None:
-            ckpt_io.fetch_run_files(output_uri, output_dir)
+    ckpt_io.publish_files(output_dir, output, names=("config.yaml", "data_stats.json", "tokenizer.json",
+                                                     "tokenizer_config.json"), folders=())
+    if resume_from is not None:
+        ckpt_io.fetch_run_files(output, output_dir)
     if not quiet:
         t = counts["train"]
         origin = (f"trained on a sample of {t['tokenizer_sample']:,} pairs" if sample else "from the checkpoint"
@@ -269,17 +266,18 @@ def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False,
         train_files, train_scan.rows, tcfg.max_iters * tcfg.gradient_accumulation_steps, tcfg.seed,
         cfg.data.shuffle_window, tcfg.batch_size, max(1, workers),
         cfg.model.segment_length if cfg.data.bucket_by_length else None, cfg.data.max_length, on_bad)
-    return {"cfg": cfg.model_dump(mode="json"), "output_dir": str(output_dir), "output_uri": output_uri,
-            "config_yaml": config_yaml,
-            "tokenizer_json": tokenizer.to_json(), "vocab_size": tokenizer.vocab_size, "use_gpu": _use_gpu(cfg),
-            "resume_from": str(resume_from) if resume_from else None,
-            "init_from": str(init_from) if init_from else None, "plan": asdict(plan), "val_files": val_files,
-            "val_rows": val_scan.rows if val_scan else 0, "strategy": strategy, "run_id": uuid.uuid4().hex[:12],
-            "t0": t0, "counts": counts}
+    return TrainingSpec(cfg=cfg, output=output, work_dir=str(output_dir), config_yaml=config_yaml,
+                        tokenizer_json=tokenizer.to_json(), vocab_size=tokenizer.vocab_size, use_gpu=_use_gpu(cfg),
+                        strategy=strategy, plan=plan, val_files=tuple(val_files),
+                        val_rows=val_scan.rows if val_scan else 0,
+                        resume_from=str(resume_from) if resume_from else None,
+                        init_from=str(init_from) if init_from else None, run_id=uuid.uuid4().hex[:12], t0=t0,
+                        counts=counts)
 
 
-def train(cfg: RecipeConfig, quiet: bool = False) -> TrainResult:
-    """Train per `cfg` (data.train / data.validation, model, train sections) and return where it went."""
+def train(cfg: RecipeConfig, quiet: bool = False, after_checkpoint: tuple[AfterCheckpoint, ...] = ()) -> TrainResult:
+    """Train per `cfg` (data.train / data.validation, model, train sections) and return where it went.
+    `after_checkpoint`: callables (step, checkpoint folder or None) every process calls after each checkpoint."""
     t0 = time.time()
     n_workers = cfg.train.num_workers
     with contextlib.ExitStack() as hold:
@@ -288,9 +286,9 @@ def train(cfg: RecipeConfig, quiet: bool = False) -> TrainResult:
             check_fits(cfg)
         spec = prepare(cfg, n_workers, use_ray=n_workers > 0, quiet=quiet, hold=hold)
         if n_workers == 0:  # in this process: the same recipe reads the same stream itself
-            metrics = run(spec)
+            metrics = run_local(spec, after_checkpoint)
         else:
-            metrics = fit_on_ray(spec)
+            metrics = fit_on_ray(spec, after_checkpoint=after_checkpoint)
         return result_of(spec, metrics, t0)
 
 
@@ -302,43 +300,37 @@ def output_dir_lock(output_dir: str | Path):
     return exclusive_lock(folder / ".train.lock", f"train.output_dir {folder}", wait=False)
 
 
-def result_of(spec: dict[str, Any], metrics: dict[str, Any], t0: float) -> TrainResult:
-    output_dir, uri = Path(spec["output_dir"]), spec.get("output_uri")
-    counts = spec["counts"]
-    if uri:  # what reached the URI is the result (rank 0 may have staged on another node)
-        names = ckpt_io.remote_checkpoints(uri)
-        latest_uri = storage.join(uri, names[-1]) if names else None
-        best = ckpt_io.remote_best(uri)
-        if latest_uri and not metrics:
-            state = json.loads(storage.read_text(storage.join(latest_uri, ckpt_io.TRAINER_STATE)))
-            metrics = state.get("metrics", {})
-            counts["train"]["truncated"] = state.get("truncated", {})
-        return TrainResult(output_dir=uri, checkpoint=latest_uri,
-                           best_checkpoint=storage.join(uri, best) if best else None, metrics=metrics,
-                           data_counts=counts, wall_s=time.time() - t0)
-    latest = ckpt_io.latest_checkpoint(output_dir)
+def result_of(spec: TrainingSpec, metrics: dict[str, Any], t0: float) -> TrainResult:
+    """What reached the output is the result (rank 0 may have staged it on another node)."""
+    where = storage.at(spec.output)
+    counts = {**spec.counts, "train": dict(spec.counts["train"])}
+    names = ckpt_io.checkpoint_names(spec.output)
+    latest = where.join(spec.output, names[-1]) if names else None
     if latest is not None:
-        state = ckpt_io.read_trainer_state(latest)
+        file = where.join(latest, ckpt_io.TRAINER_STATE)
+        state = ckpt_io.parse_trainer_state(where.read_text(file), where.shown(file))
         metrics = metrics or state.get("metrics", {})
         counts["train"]["truncated"] = state.get("truncated", {})
-    return TrainResult(output_dir=output_dir, checkpoint=latest, best_checkpoint=ckpt_io.best_checkpoint(output_dir),
-                       metrics=metrics, data_counts=counts, wall_s=time.time() - t0)
+    return TrainResult(output_dir=where.native(spec.output), checkpoint=where.native(latest) if latest else None,
+                       best_checkpoint=ckpt_io.best_checkpoint(spec.output), metrics=metrics, data_counts=counts,
+                       wall_s=time.time() - t0)
 
 
-def fit_on_ray(spec: dict[str, Any], callbacks: tuple = (), start_retries: int = 0) -> dict[str, Any]:
+def fit_on_ray(spec: TrainingSpec, callbacks: tuple = (), start_retries: int = 0,
+               after_checkpoint: tuple[AfterCheckpoint, ...] = ()) -> dict[str, Any]:
     """The recipe on Ray Train workers (`callbacks`: Ray Train's, e.g. Tune's report callback); the training stream
     split over them in order, validation read by each. `start_retries`: how many times a worker group that did not
     start in time (Ray Train's 60 s) is tried again — a Tune trial waits for other trials to free their CPUs; a
-    plain run checked its resources up front (`check_fits`), so there it stays 0."""
+    plain run checked its resources up front (`check_fits`), so there it stays 0. `after_checkpoint`: as `train`'s,
+    run in the workers."""
     import ray.data
     from ray.data import ExecutionOptions, ExecutionResources
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train import DataConfig as RayDataConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    cfg = RecipeConfig.model_validate(spec["cfg"])
-    plan, output_dir, use_gpu = StreamPlan(**spec["plan"]), Path(spec["output_dir"]), spec["use_gpu"]
-    tokenizer_json, val_files = spec["tokenizer_json"], spec["val_files"]
+    cfg, plan, output_dir, use_gpu = spec.cfg, spec.plan, Path(spec.work_dir), spec.use_gpu
+    tokenizer_json, val_files = spec.tokenizer_json, list(spec.val_files)
     n_workers = cfg.train.num_workers
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order, ctx.target_max_block_size)
@@ -361,10 +353,10 @@ def fit_on_ray(spec: dict[str, Any], callbacks: tuple = (), start_retries: int =
         checkpoint_config=CheckpointConfig(num_to_keep=None),
         failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=start_retries),
         callbacks=list(callbacks),
-        worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
-                                         if k in (CRASH_ENV, "OMP_NUM_THREADS")}})
+        worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k == "OMP_NUM_THREADS"}})
     trainer = TorchTrainer(
-        run, train_loop_config=spec, torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        ray_worker, train_loop_config={"spec": spec, "after_checkpoint": tuple(after_checkpoint)},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=n_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=run_config, datasets=datasets,

@@ -15,9 +15,9 @@ import pytest
 
 from hybrid.core import storage
 from hybrid.training import checkpoints as ckpt_io
-from hybrid.training.recipe import CRASH_ENV
 
 ROOT = Path(__file__).resolve().parents[3]
+DIE_AFTER = str(Path(__file__).with_name("train_then_die.py"))  # a training run that SIGKILLs itself
 
 
 def upload(local: Path, uri: str) -> str:
@@ -35,10 +35,11 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
     args = [sys.executable, "-m", "hybrid", "train",
             *tiny_overrides({"train": train_uri, "validation": val_uri}, out, "train.max_iters=8", "train.eval_every=4",
                             "train.keep_last=1")]
-    first = subprocess.run(args, env={**env, CRASH_ENV: "4"}, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    first = subprocess.run([sys.executable, DIE_AFTER, "4", *args[4:]], env=env, capture_output=True, text=True,
+                           cwd=ROOT, timeout=600)
     assert first.returncode == -9, first.stderr[-2000:]  # killed after step 4's checkpoint
-    assert ckpt_io.remote_checkpoints(out) == ["checkpoint_step_000004"]
-    assert ckpt_io.remote_best(out) == "checkpoint_step_000004"
+    assert ckpt_io.checkpoint_names(out) == ["checkpoint_step_000004"]
+    assert ckpt_io.best_name(out) == "checkpoint_step_000004"
     assert storage.exists(f"{out}/checkpoint_step_000004/model.safetensors")
 
     # another machine: nothing staged locally, everything comes from the store
@@ -50,8 +51,8 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
     assert "resuming from" in second.stdout and f"checkpoints in {out}" in second.stdout
     result = json.loads(summary.read_text())
     assert result["checkpoint"] == f"{out}/checkpoint_step_000008"
-    names = ckpt_io.remote_checkpoints(out)
-    best = ckpt_io.remote_best(out)
+    names = ckpt_io.checkpoint_names(out)
+    best = ckpt_io.best_name(out)
     assert names[-1] == "checkpoint_step_000008" and set(names) == {best, names[-1]}  # keep_last=1, plus best
     records = [json.loads(line) for line in storage.read_text(f"{out}/metrics.jsonl").splitlines()]
     assert sorted({r["step"] for r in records if "val_loss" in r}) == [4, 8]  # one history across the kill
@@ -95,4 +96,4 @@ def test_a_missing_bucket_or_checkpoint_is_one_line(s3_server, io_data, tiny_ove
                               str(io_data["validation"])], env=env, capture_output=True, text=True, cwd=ROOT,
                              timeout=300)
     assert nothing.returncode == 2 and nothing.stderr.strip() == (
-        f"error: {empty}: no checkpoint there (nor a training output folder with one)")
+        f"error: {empty}: no such checkpoint folder")

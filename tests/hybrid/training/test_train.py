@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +19,10 @@ from hybrid.core.errors import HybridError
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.cli.train import register
 from hybrid.training.evaluate import evaluate
-from hybrid.training.recipe import CRASH_ENV
 from hybrid.training.train import train
 
 ROOT = Path(__file__).resolve().parents[3]
+DIE_AFTER = str(Path(__file__).with_name("train_then_die.py"))  # a training run that SIGKILLs itself
 
 
 def cli(argv):
@@ -84,14 +83,12 @@ def test_kill_and_resume_matches_uninterrupted(io_data, tmp_path, tiny_overrides
     was never interrupted (same seed)."""
     whole = train(load_config(tiny_overrides(io_data, tmp_path / "whole", "train.max_iters=8", "train.eval_every=4")).recipe(),
                   quiet=True)
-    args = [sys.executable, "-m", "hybrid", "train",
-            *tiny_overrides(io_data, tmp_path / "killed", "train.max_iters=8", "train.eval_every=4")]
-    env = {**os.environ, CRASH_ENV: "4"}
-    first = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)
+    overrides = tiny_overrides(io_data, tmp_path / "killed", "train.max_iters=8", "train.eval_every=4")
+    first = subprocess.run([sys.executable, DIE_AFTER, "4", *overrides], capture_output=True, text=True, cwd=ROOT)
     assert first.returncode == -9, first.stderr[-2000:]  # really killed
     assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "killed")] == ["checkpoint_step_000004"]
-    env.pop(CRASH_ENV)
-    second = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)
+    second = subprocess.run([sys.executable, "-m", "hybrid", "train", *overrides], capture_output=True, text=True,
+                            cwd=ROOT)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resuming from" in second.stdout
     a = load_file(whole.checkpoint / "model.safetensors")
@@ -151,6 +148,7 @@ def test_corrupt_checkpoints_are_clear_errors(trained, io_data, tmp_path, tiny_o
 def test_retention_keeps_best_and_last(tmp_path):
     for step in (2, 4, 6, 8):
         (tmp_path / ckpt_io.checkpoint_name(step)).mkdir()
+        (tmp_path / ckpt_io.checkpoint_name(step) / ckpt_io.TRAINER_STATE).write_text(f'{{"step": {step}}}\n')
     (tmp_path / ".tmp-checkpoint_step_000010").mkdir()  # left by a crash mid-write
     ckpt_io.set_best(tmp_path, tmp_path / ckpt_io.checkpoint_name(4))
     ckpt_io.prune(tmp_path, keep_last=2)
