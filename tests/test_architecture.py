@@ -152,3 +152,56 @@ def test_imports_inside_functions_only_where_hybrid_help_needs_them():
     modules, _, in_functions = collect_imports()
     below = [(m, t, line) for m, t, line in in_functions if LAYERS[package_of(m, modules)] < 3]
     assert below == [], below
+
+
+def _calls_and_imports(path: Path) -> tuple[set[str], set[str]]:
+    """(the names a module calls — `f(…)` and `x.f(…)` as `f` —, the modules it imports, third-party ones too)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    called, imported = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            called.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+            imported.update(f"{node.module}.{a.name}" for a in node.names)
+            if any(a.name == "is_uri" for a in node.names):
+                called.add("is_uri")  # imported to be called
+    return called, imported
+
+
+def test_only_the_storage_module_tells_paths_from_uris():
+    """One storage interface (hybrid/core/storage.py): no other module opens pyarrow's or fsspec's file systems or
+    asks whether a location is a URI."""
+    modules, _, _ = collect_imports()
+    found = []
+    for name, path in modules.items():
+        if name == "hybrid.core.storage":
+            continue
+        called, imported = _calls_and_imports(path)
+        if "is_uri" in called:
+            found.append((name, "is_uri"))
+        found += [(name, m) for m in imported if m.startswith(("pyarrow.fs", "fsspec"))]
+    assert found == [], found
+
+
+def test_the_training_recipe_does_not_know_its_launcher():
+    """hybrid/training/recipe.py is handed a data source and a reporter (hybrid/training/launchers.py): it imports no
+    launcher (Ray, Ray Train, torchrun's elastic agent) and never asks which one started it."""
+    modules, _, _ = collect_imports()
+    path = modules["hybrid.training.recipe"]
+    _, imported = _calls_and_imports(path)
+    assert not [m for m in imported if m.split(".")[0] == "ray" or m.startswith("torch.distributed.run")], imported
+    assert "launcher" not in {n.attr for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                              if isinstance(n, ast.Attribute)}
+
+
+def test_the_architecture_checks_have_teeth(tmp_path):
+    """The two checks above find what they look for."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("import pyarrow.fs as pafs\nfrom hybrid.core.storage import is_uri\nimport ray.train\n"
+                   "def f(p, ctx):\n    return storage.is_uri(p) or ctx.launcher == 'ray'\n")
+    called, imported = _calls_and_imports(bad)
+    assert "is_uri" in called and "pyarrow.fs" in imported and "ray.train" in imported
