@@ -237,3 +237,56 @@ def test_word_level_tokenizer_run(io_data, tmp_path, tiny_overrides):
     assert metrics["examples"] == 8 and 0 <= metrics["teacher_forced_exact_match"] <= 1
     with pytest.raises(Exception, match="train.tokenizer"):
         load_config(tiny_overrides(io_data, tmp_path / "w", "train.tokenizer=chars"))
+
+
+def test_trainer_state_is_kept_and_old_checkpoints_resume(trained, io_data, tmp_path, tiny_overrides):
+    """trainer_state.json keeps its keys (in their order) and `train_seconds` grows; a checkpoint written before a key
+    existed (here: without train_seconds, first_step_s, truncated) still resumes, and the run adds to its time."""
+    import shutil
+
+    state = json.loads((trained.checkpoint / ckpt_io.TRAINER_STATE).read_text())
+    assert list(state) == ["step", "best_val_loss", "best", "tokens_seen", "train_seconds", "truncated",
+                           "first_step_s", "metrics"]
+    assert state["train_seconds"] > 0 and state["step"] == 6
+    assert ckpt_io.TrainerState.from_json(state).to_json() == state
+    old = tmp_path / "old"
+    shutil.copytree(trained.checkpoint, old)
+    legacy = {k: v for k, v in state.items() if k not in ("train_seconds", "first_step_s", "truncated")}
+    (old / ckpt_io.TRAINER_STATE).write_text(json.dumps({**legacy, "a_key_of_the_future": 1}))
+    res = train(load_config(tiny_overrides(io_data, tmp_path / "resumed", f"train.resume={old}",
+                                           "train.max_iters=7")).recipe(), quiet=True)
+    resumed = ckpt_io.read_trainer_state(res.checkpoint)
+    assert resumed["step"] == 7 and resumed["train_seconds"] > 0 and "a_key_of_the_future" not in resumed
+
+
+def test_a_step_makes_two_collectives(io_data, tmp_path, tiny_overrides):
+    """Per optimizer step the recipe calls two collectives (each one all-gather when distributed) — with a time budget
+    and a log line every step, where it used to make five; validation adds its own one sum."""
+    from hybrid.training import distributed
+    from hybrid.training.launchers import LocalSource, Reporter
+    from hybrid.training.recipe import TrainingRecipe
+    from hybrid.training.train import prepare
+
+    calls = []
+
+    class Counting(distributed.Context):
+        def gather(self, values):
+            calls.append("gather")
+            return super().gather(values)
+
+        def sum(self, values):
+            calls.append("sum")
+            return super().sum(values)
+
+        def max(self, values):
+            calls.append("max")
+            return super().max(values)
+
+    cfg = load_config(tiny_overrides(io_data, tmp_path / "o", "train.max_iters=3", "train.eval_every=100",
+                                     "train.log_every=1", "train.max_minutes=5")).recipe()
+    recipe = TrainingRecipe(prepare(cfg, 0, use_ray=False, quiet=True), LocalSource(), Reporter())
+    recipe.setup()
+    ctx = recipe.ctx
+    recipe.ctx = Counting(ctx.rank, ctx.world, ctx.local_rank, ctx.device, ctx.launcher)
+    assert recipe.train()["step"] == 3
+    assert calls == ["gather", "gather"] * 3 + ["sum"]
