@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Literal
 
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
 from hybrid.core.redact import library_message
-from hybrid.core import storage
 from hybrid.core.storage import shown
 from hybrid.core.text import BadJSONLine, parse_json_line
 
