@@ -89,3 +89,30 @@ def test_uri_errors_are_one_line_without_credentials():
     assert "secret" not in str(e.value) and "token=t" not in str(e.value) and len(str(e.value).splitlines()) == 1
     shown = storage.shown("s3://key:secret@bucket/x?endpoint_override=h")
     assert "secret" not in shown and shown.startswith("s3://") and "bucket/x" in shown
+
+
+def test_the_same_calls_on_s3(s3_server, tmp_path):
+    """moto's S3 server on 127.0.0.1: files, listing, pointers, a published folder with its last file, the data
+    files of a prefix and of a glob (hybrid.data.io_pairs), and a fetched folder."""
+    from hybrid.data.io_pairs import data_files
+
+    root = f"s3://{s3_server.bucket()}/area"
+    where = storage.at(root)
+    assert where.stages and not where.exists(root)
+    for name in ("a.jsonl", "sub/b.parquet", "notes.txt", ".hidden.jsonl"):
+        where.write_text(where.join(root, "data", name), "{}\n")
+    assert [where.base_name(f) for f in data_files(where.join(root, "data"))] == ["a.jsonl", "b.parquet"]
+    assert [where.base_name(f) for f in data_files(where.join(root, "data", "*.jsonl"))] == ["a.jsonl"]
+    with pytest.raises(HybridError, match="no file matches"):
+        data_files(where.join(root, "data", "*.csv"))
+    (tmp_path / "ck").mkdir()
+    for name in ("w.bin", "state.json", "z.txt"):
+        (tmp_path / "ck" / name).write_text(name)
+    where.put_dir(tmp_path / "ck", where.join(root, "run", "ck"), last="state.json")
+    assert sorted(where.list_dir(where.join(root, "run"))) == [("ck", True)]
+    where.set_pointer(where.join(root, "run"), "best", "ck")
+    assert where.read_pointer(where.join(root, "run"), "best") == "ck"
+    got = where.get_dir(where.join(root, "run", "ck"), tmp_path / "back")
+    assert sorted(p.name for p in got.iterdir()) == ["state.json", "w.bin", "z.txt"]
+    where.remove_dir(where.join(root, "run", "ck"))
+    assert not where.exists(where.join(root, "run", "ck", "w.bin"))
