@@ -202,8 +202,9 @@ def build_corpus(s: Settings, data_dir: Path, repos: dict[str, str]) -> Corpus:
 
 def _commit_hash(data_dir: Path, repo: str, number: int) -> str:
     from hybrid.core.io import read_json
+    from hybrid.core.layout import COMMIT_DATA, DatasetLayout
 
-    return read_json(Path(data_dir) / "ast_dataset" / repo / f"commit_{number}" / "commit_data.json")["commit_hash"]
+    return read_json(DatasetLayout(data_dir).local_commit_dir(repo, number) / COMMIT_DATA)["commit_hash"]
 
 
 def repo_texts(path: str, commit: str) -> list[str]:
