@@ -23,7 +23,7 @@ from pathlib import Path
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json, exclusive_lock
-from hybrid.core.layout import DatasetLayout
+from hybrid.core.layout import REGISTRY, DatasetLayout
 from hybrid.core.redact import library_message, redact_url, split_userinfo
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -89,7 +89,7 @@ def _save(entries: list[RepoEntry], cfg: PipelineConfig) -> None:
 
 
 def _valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name)) and ".." not in name and name not in ("registry.json", ".registry.lock")
+    return bool(NAME_RE.match(name)) and ".." not in name and name not in (REGISTRY, ".registry.lock")
 
 
 def validate_name(name: str) -> str:
