@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from hybrid.config.pipeline import PipelineConfig
-from hybrid.core.errors import HybridError
 from hybrid.core import layout
+from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write, atomic_write_json, iter_jsonl, read_json
 from pipelines.declarations import ParsedFile
 from pipelines.fim import FimBuilder

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from hybrid.core import storage
 
@@ -154,7 +155,7 @@ class DatasetLayout:
         folder = self.commit_dir(repo, number)
         return all(storage.exists(storage.join(folder, name)) for name in STAGE_FILES[stage])
 
-    def read_stats(self, repo: str) -> dict | None:
+    def read_stats(self, repo: str) -> dict[str, Any] | None:
         """The repository's stats.json: {} when there is none or it is unreadable (it is rewritten), None when it
         holds JSON that is not an object (not ours to rewrite)."""
         path = self.stats_file(repo)
