@@ -12,6 +12,7 @@ import gc
 import os
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 from hybrid.config.pipeline import PipelineConfig
@@ -124,7 +125,7 @@ class RangeWorker:
         self.prefetch_old = "ast" in step_keys and "ast-diffs" in step_keys
         self.prefetched.clear()
         for number, commit_hash in zip(numbers, hashes):
-            out_dir = self.layout.local_commit_dir(self.repo_name, int(number))
+            out_dir = self.layout.local_commit_path(self.repo_name, int(number))  # (plain text: see the layout)
             todo = [s for s in steps if force or not s.is_done(out_dir)]
             for s in steps:
                 if s not in todo:
@@ -142,7 +143,7 @@ class RangeWorker:
             except FileNotFoundError:
                 os.makedirs(out_dir, exist_ok=True)
             for s in todo:
-                s.run(ctx, out_dir)
+                s.run(ctx, Path(out_dir))  # (a Path: the steps' interface)
         return {s.key: s.stats.to_dict() for s in steps}
 
 

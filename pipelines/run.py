@@ -25,7 +25,7 @@ from hybrid.config.pipeline import PipelineConfig
 from hybrid.core import storage
 from hybrid.core.errors import HybridError, describe_os_error
 from hybrid.core.io import atomic_write_json
-from hybrid.core.layout import COMMIT_DATA, DatasetLayout
+from hybrid.core.layout import COMMIT_DATA, DatasetLayout, done_in
 from hybrid.core.ray_utils import init_ray
 from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
 from pipelines.range_worker import WORKER_KEY, process_range
@@ -117,7 +117,7 @@ def plan_ranges(entry: RepoEntry, cfg: PipelineConfig, range_stages: list[str],
     runs: list[list[int]] = []  # contiguous runs of pending commit numbers
     done, last_done = 0, 0
     for n in range(len(hashes)):
-        if not force and all(layout.is_done(entry.name, n, name) for name in names):
+        if not force and all(done_in(layout.local_commit_path(entry.name, n), name) for name in names):
             done, last_done = done + 1, n
         elif runs and runs[-1][-1] == n - 1:
             runs[-1].append(n)

@@ -26,6 +26,8 @@ def test_the_locations_are_the_seeds_layout(tmp_path):
     assert lay.commit_file("r", 7, L.FIM) == f"{d}/ast_dataset/r/commit_7/fim_dataset.json"
     assert lay.local_commit_dir("r", 7) == Path(d, "ast_dataset", "r", "commit_7")
     assert lay.local(lay.commit_dir("r", 7)) == lay.local_commit_dir("r", 7)
+    assert lay.local_commit_path("r", 7) == str(lay.local_commit_dir("r", 7)) == lay.commit_dir("r", 7)
+    assert lay.local_commit_path("s", 0) == f"{d}/ast_dataset/s/commit_0"  # (a repo dir cached per name)
     # a relative data folder stays relative, as `pipeline.data_dir=data` always wrote it
     assert DatasetLayout("data").commit_dir("r", 0) == "data/ast_dataset/r/commit_0"
     assert DatasetLayout("data/").repo_dir("r") == "data/ast_dataset/r"
@@ -77,7 +79,7 @@ def test_the_done_rule(tmp_path):
     assert lay.is_done("b", 2, "generate-ast") and done_in(folder, "generate-ast")
     assert not lay.is_done("b", 2, "generate-fim")
     (folder / L.FIM).write_text("[]")
-    assert lay.is_done("b", 2, "generate-fim") and done_in(str(folder), "generate-fim")
+    assert lay.is_done("b", 2, "generate-fim") and done_in(lay.local_commit_path("b", 2), "generate-fim")
     assert L.STAGE_FILES["generate-ast"][-1] == L.COMMIT_DATA  # written last: it marks the commit done
     assert set(L.COMMIT_FILES) == {f for files in L.STAGE_FILES.values() for f in files}
 
