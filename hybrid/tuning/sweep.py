@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from hybrid.config.recipe import RecipeConfig
 from hybrid.config.tune import TuneConfig
 from hybrid.core import storage
-from hybrid.core.errors import HybridError
+from hybrid.core.errors import HybridError, root_cause
 from hybrid.core.io import exclusive_lock
 from hybrid.core.ray_utils import fixed_resources, init_ray
 from hybrid.core.redact import library_message
@@ -246,16 +246,7 @@ def collect(grid, tcfg: TuneConfig, output_dir: str, seconds: float) -> Sweep:
 
 def _one_line(error: BaseException) -> str:
     """The root cause of a trial's failure, as one line (HybridError messages are already that)."""
-    seen = set()
-    while id(error) not in seen:
-        seen.add(id(error))
-        nxt = getattr(error, "cause", None) or error.__cause__
-        failures = getattr(error, "worker_failures", None)
-        if failures:
-            nxt = next(iter(failures.values()))
-        if nxt is None:
-            break
-        error = nxt
+    error = root_cause(error)
     text = str(error).strip().splitlines()
     return (text[-1] if text else type(error).__name__)[:300]
 
