@@ -9,6 +9,7 @@ from hybrid.config.recipe import RecipeConfig, with_values
 from hybrid.config.tune import TuneConfig
 from hybrid.core import storage
 from hybrid.core.errors import ConfigError
+from hybrid.core.io import atomic_write_jsonl
 from hybrid.training import recall as rc
 
 
@@ -35,10 +36,10 @@ def recall_base(base: RecipeConfig, tcfg: TuneConfig, output_dir: str, say: Call
     examples = rc.training_examples(recipe, -(-o.train_examples // recipe.batch_size), mix, o.seed * 7919 + 2,
                                     chain_separator=recipe.chain_separator)
     train_file, val_file = folder / "train.jsonl", folder / "val.jsonl"
-    rc.write_jsonl(train_file, [e.record() for e in examples[:o.train_examples]]
-                   + rc.vocabulary_records(examples, recipe.segment_length, o.seed))
-    rc.write_jsonl(val_file, [e.record() for e in rc.eval_examples(recipe, task, o.length, o.eval_examples, o.seed,
-                                                                   "val")])
+    atomic_write_jsonl(train_file, [e.record() for e in examples[:o.train_examples]]
+                       + rc.vocabulary_records(examples, recipe.segment_length, o.seed))
+    atomic_write_jsonl(val_file, [e.record() for e in rc.eval_examples(recipe, task, o.length, o.eval_examples,
+                                                                       o.seed, "val")])
     trained = rc.train_base(recipe, base, folder, o.seed, max_length, say=say)
     values = rc.stage_values(recipe, "both", folder / "unused", train_file, tcfg.max_iters, o.seed + 1, max_length,
                              init_from=trained.checkpoint)
