@@ -54,7 +54,6 @@ def progress_callback(tcfg: TuneConfig, say: Callable[[str], None]):
     return Progress()
 
 
-
 def _trial_error(trial) -> str | None:
     """A failed trial's error as one line, from the text file Tune writes it to before it calls back (its last line
     is the exception, `module.Class: message`; the pickled copy beside it is never loaded)."""

@@ -16,7 +16,6 @@ from hybrid.training import recall as rc
 RECALL_TASKS = {"key_value": "kv", "passkey": "passkey", "two_hop": "facts"}
 
 
-
 def recall_base(base: RecipeConfig, tcfg: TuneConfig, output_dir: str, say: Callable[[str], None]) -> RecipeConfig:
     """`tune.objective=recall`: the recall task's data (<output_dir>/recall: train.jsonl, a length mix of 1x, 2x and
     `length`x with the chain aid; val.jsonl, `length`x from the validation stream) and the shared in-window base

@@ -26,7 +26,6 @@ class TrialRow:
     curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-
 @dataclass
 class Sweep:
     metric: str
@@ -48,7 +47,6 @@ class Sweep:
                 "seconds": self.seconds}
 
 
-
 def write_results(sweep: Sweep, tcfg: TuneConfig) -> None:
     out = sweep.output_dir
     buf = io.StringIO()
@@ -65,10 +63,8 @@ def write_results(sweep: Sweep, tcfg: TuneConfig) -> None:
     storage.write_bytes(storage.join(out, "sweep.png"), plot(sweep))
 
 
-
 def _hashable(value: Any) -> Any:
     return value if isinstance(value, (int, float, str, bool, type(None))) else json.dumps(value, sort_keys=True)
-
 
 
 def _axis(values: list[Any]) -> list[Any]:
@@ -78,7 +74,6 @@ def _axis(values: list[Any]) -> list[Any]:
         return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
 
     return sorted({_hashable(v) for v in values}, key=order)
-
 
 
 def plot(sweep: Sweep) -> bytes:

@@ -29,7 +29,6 @@ def reported(trial_dir: str, time_attr: str, metric: str) -> list[tuple[float, f
     return out
 
 
-
 def resumable_asha(state_dir: str, **kwargs):
     from ray.tune.schedulers import ASHAScheduler
 

@@ -26,11 +26,9 @@ OWNED = {
 }
 
 
-
 def grid_size(tcfg: TuneConfig) -> int:
     """Trials the sweep will have: the grid's points × num_samples."""
     return math.prod(len(spec) for spec in tcfg.space.values() if isinstance(spec, list)) * tcfg.num_samples
-
 
 
 def check_space(base: RecipeConfig, tcfg: TuneConfig) -> None:
@@ -61,7 +59,6 @@ def check_space(base: RecipeConfig, tcfg: TuneConfig) -> None:
             with_values(base, {key: value})
 
 
-
 def check_sweep(base: RecipeConfig, tcfg: TuneConfig, data: bool = True) -> None:
     """What can be known wrong before Ray starts: the metric, the space, the data (`data=False`: the recall objective
     makes its data later) — one line each."""
@@ -78,7 +75,6 @@ def check_sweep(base: RecipeConfig, tcfg: TuneConfig, data: bool = True) -> None
         raise ConfigError("data.train: the trials need training data (data.train=PATH)")
     if tcfg.metric in ("val_loss", "val_exact_match") and not base.data.validation:
         raise ConfigError(f"tune.metric={tcfg.metric}: the trials need validation data (data.validation=PATH)")
-
 
 
 def with_absolute_sweep_paths(base: RecipeConfig, tcfg: TuneConfig, cwd: str | None = None
@@ -101,7 +97,6 @@ def with_absolute_sweep_paths(base: RecipeConfig, tcfg: TuneConfig, cwd: str | N
     output_dir = tcfg.output_dir if storage.is_uri(tcfg.output_dir) else absolute_path("tune.output_dir",
                                                                                         tcfg.output_dir, cwd)
     return with_absolute_paths(base, cwd), tcfg.model_copy(update={"space": space, "output_dir": output_dir})
-
 
 
 def param_space(tcfg: TuneConfig) -> dict[str, Any]:

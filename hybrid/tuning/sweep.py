@@ -54,7 +54,6 @@ def output_dir_of(tcfg: TuneConfig) -> str:
     return tcfg.output_dir.rstrip("/") if storage.is_uri(tcfg.output_dir) else str(Path(tcfg.output_dir).resolve())
 
 
-
 def sweep_lock(output_dir: str):
     """One command at a time per sweep (as per training folder, hybrid/training/train.py:output_dir_lock): a
     `--resume` while the sweep runs would train the same trials into the same folders. A URI's lock is a local file
@@ -66,7 +65,6 @@ def sweep_lock(output_dir: str):
     return exclusive_lock(lock, f"tune.output_dir {storage.shown(output_dir)}", wait=False)
 
 
-
 def holds_sweep(output_dir: str) -> bool:
     """A sweep started here (Tune saved its state): `--resume` continues it, a new sweep is refused. A folder where a
     sweep failed before Tune started (sweep.yaml and nothing else) holds none, and is reused."""
@@ -74,7 +72,6 @@ def holds_sweep(output_dir: str) -> bool:
 
     return storage.exists(storage.join(output_dir, "sweep.yaml")) and tune.Tuner.can_restore(
         storage.join(output_dir, STATE))
-
 
 
 def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
@@ -139,7 +136,6 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
     return sweep
 
 
-
 def _tuner(base: RecipeConfig, tcfg: TuneConfig, output_dir: str, plan: TrialPlan, resume: bool,
            say: Callable[[str], None]):
     """Tune's Tuner for the sweep (restored from its state on resume)."""
@@ -166,7 +162,6 @@ def _tuner(base: RecipeConfig, tcfg: TuneConfig, output_dir: str, plan: TrialPla
             trial_name_creator=trial_name, trial_dirname_creator=trial_name))
 
 
-
 def trials_to_run(state: str, tcfg: TuneConfig) -> int:
     """Trials of the sweep that Tune's saved state does not record as ended (finished, stopped early or failed) —
     none unless Tune's loop was stopped (Ctrl-C). The state is saved before Tune stops the running trials, which it
@@ -178,11 +173,9 @@ def trials_to_run(state: str, tcfg: TuneConfig) -> int:
     return grid_size(tcfg) - len(trials) + sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
-
 # The actors of a trial that train or write: Tune's trial actor (a function trainable), its Train controller and workers
 # (not Ray's helpers, some of them detached for good: Train's state actor, its placement-group cleaner)
 TRIAL_ACTOR_CLASSES = ("ImplicitFunc", "TrainController", "RayTrainWorker")
-
 
 
 def wait_for_trials_to_stop(timeout_s: float = 60.0) -> None:
@@ -202,7 +195,6 @@ def wait_for_trials_to_stop(timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-
 def _read_sweep(path: str) -> tuple[RecipeConfig, TuneConfig]:
     try:
         data = yaml.safe_load(storage.read_text(path))
@@ -210,7 +202,6 @@ def _read_sweep(path: str) -> tuple[RecipeConfig, TuneConfig]:
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValidationError) as e:
         raise HybridError(f"{storage.shown(path)}: not a readable sweep record ({library_message(e, path)})") \
             from None
-
 
 
 def collect(grid, tcfg: TuneConfig, output_dir: str, seconds: float) -> Sweep:
@@ -241,7 +232,6 @@ def collect(grid, tcfg: TuneConfig, output_dir: str, seconds: float) -> Sweep:
     scored = [r for r in rows if r.value is not None]
     best = (min if tcfg.mode == "min" else max)(scored, key=lambda r: r.value) if scored else None
     return Sweep(tcfg.metric, tcfg.mode, output_dir, rows, best, seconds, list(tcfg.space))
-
 
 
 def _one_line(error: BaseException) -> str:

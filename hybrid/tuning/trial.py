@@ -32,11 +32,9 @@ def trial_name(trial) -> str:
     return f"trial_{trial.trial_id.rsplit('_', 1)[-1]}"
 
 
-
 def service_name(base: str, output_dir: str, trial: str) -> str:
     """A memory service of the trial's own: concurrent trials (and sweeps) never share or reset shards."""
     return f"{base}-{hashlib.blake2b(str(output_dir).encode(), digest_size=4).hexdigest()}-{trial}"
-
 
 
 def trial_config(base: RecipeConfig, tcfg: TuneConfig, values: dict[str, Any], name: str,
@@ -56,7 +54,6 @@ def trial_config(base: RecipeConfig, tcfg: TuneConfig, values: dict[str, Any], n
         updates["memory"] = cfg.memory.model_copy(update={"service": service_name(cfg.memory.service, output_dir,
                                                                                      name)})
     return cfg.model_copy(update=updates)
-
 
 
 def run_trial(config: dict[str, Any], base_json: str, tune_json: str, output_dir: str,
@@ -83,7 +80,6 @@ def run_trial(config: dict[str, Any], base_json: str, tune_json: str, output_dir
             stop_memory_service(cfg.memory.service, cfg.memory.num_shards)
 
 
-
 def stop_memory_service(service: str, num_shards: int) -> None:
     """Kill a trial's shard actors (detached: they would outlive it)."""
     import ray
@@ -95,12 +91,10 @@ def stop_memory_service(service: str, num_shards: int) -> None:
             pass  # never started (the trial failed before its first forward pass)
 
 
-
 # What a trial's own Tune actor reserves: no CPU (it only starts the trial's Train run and waits for it), so that
 # N trials of W one-CPU workers fit N × W CPUs — with 0.01 CPU each, two one-worker trials need 2.02 of a 2-CPU
 # machine's 2 and the second trial's worker can never start. (Tune needs a non-empty request: one byte of memory.)
 TRIAL_ACTOR = {"CPU": 0, "memory": 1}
-
 
 
 @dataclass(frozen=True)
@@ -111,7 +105,6 @@ class TrialPlan:
     concurrency: int
     data_cpus: tuple[float, int] | None  # (CPUs per read task, tasks) where data.cpus_per_task is not set
     note: str | None = None  # why the asked concurrency was lowered
-
 
 
 def plan_trials(base: RecipeConfig, tcfg: TuneConfig, cluster: dict[str, float], fixed: bool) -> TrialPlan:
