@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from hybrid.memory.faiss_store import FaissStore
-from hybrid.memory.store import MemoryStore
+from hybrid.memory.faiss_store import FaissStore, index_kind
+from hybrid.memory.store import MemoryStore, layer_namespace, split_layer_namespace
 from hybrid.memory.torch_store import TorchStore
 
 STORES = {"torch": lambda cap: TorchStore(cap), "faiss": lambda cap: FaissStore(cap, index="flat")}
@@ -114,6 +114,22 @@ def test_faiss_ivf_finds_what_flat_finds():
     a, b = flat.search(["n"], q, 4), ivf.search(["n"], q, 4)
     assert torch.equal(a.values, b.values)  # nprobe = nlist: exact
     assert set(b.values[..., 0, 0].flatten().tolist()) <= set(float(i) for i in range(3000 - cap, 3000))
+
+
+def test_index_kind_is_one_rule_for_every_store():
+    assert index_kind("auto", 100, 101) == "flat" and index_kind("auto", 101, 101) == "ivf"
+    assert index_kind("ivf", 1, 101) == "ivf" and index_kind("flat", 10**6, 101) == "flat"
+    assert FaissStore(64, index="auto", ivf_min_chunks=64).kind == "ivf"
+    with pytest.raises(ValueError, match="memory.faiss_index must be auto, flat or ivf, got 'hnsw'"):
+        FaissStore(64, index="hnsw")
+
+
+def test_layer_namespaces_round_trip():
+    assert layer_namespace("call3/row0", 4) == "call3/row0/layer4"
+    assert split_layer_namespace("call3/row0/layer4") == ("call3/row0", 4)
+    assert split_layer_namespace("a/layer1/layer12") == ("a/layer1", 12)  # the last layer part counts
+    assert split_layer_namespace("repo") == ("repo", None)
+    assert split_layer_namespace("repo/layers") == ("repo/layers", None)
 
 
 def test_model_with_faiss_store_matches_torch_store():

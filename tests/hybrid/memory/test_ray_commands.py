@@ -45,6 +45,7 @@ def test_build_stats_and_read_only_evaluation(ray_session, tmp_path, capsys):
 
     from hybrid.cli.config import load_config
     from hybrid.memory.ray_store import RayShardedStore, SharedMemoryView
+    from hybrid.memory.store import MemoryStore
     from hybrid.training.evaluate import load
     from hybrid.training.train import train
 
@@ -73,6 +74,7 @@ def test_build_stats_and_read_only_evaluation(ray_session, tmp_path, capsys):
     with pytest.raises(HybridError, match="unknown namespace 'nope'"):
         SharedMemoryView(store, "nope")
     view = SharedMemoryView(store, "repo")
+    assert isinstance(view, MemoryStore)
     D, Hkv = ck.model.config.head_size, ck.model.config.kv_heads
     res = view.search(["anything/layer1", "other/layer1"], torch.randn(2, Hkv, 3, D), k=2)
     assert res.mask.all()  # every row reads the shared memory
