@@ -42,5 +42,6 @@ _OS_HINTS = {errno.ENOSPC: "the disk is full; free some space and rerun (finishe
 def describe_os_error(e: OSError) -> str:
     """One line for an `OSError`: the path, what went wrong and what to do."""
     where = f"{e.filename}: " if e.filename else ""
-    what = _OS_HINTS.get(e.errno) or e.strerror or str(e) or type(e).__name__
+    hint = _OS_HINTS.get(e.errno) if e.errno is not None else None
+    what = hint or e.strerror or str(e) or type(e).__name__
     return f"{where}{what}"
