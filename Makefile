@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make demo   set everything up, then run the main job on the embedded default repository
-#   make test   set everything up, then run the test suite (what .ci/run runs)
+#   make test   set everything up, lint, then run the test suite (what .ci/run runs)
+#   make lint   ruff (lint + format check) and mypy, as configured in pyproject.toml
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-quick clean
+.PHONY: setup demo lint test test-quick clean
 
 setup: $(STAMP)
 
@@ -26,7 +27,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/hybrid demo
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
 	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest tests -q
 
 test-quick: setup

@@ -47,6 +47,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from hybrid.core.errors import HybridError
     from hybrid.core.ray_utils import ray_log_dir
     from hybrid.core.io import atomic_write_json
+    from hybrid.core.layout import DatasetLayout
     from hybrid.data.export import describe as describe_export
     from hybrid.data.export import export_io_pairs
     from hybrid.training.evaluate import evaluate
@@ -126,8 +127,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     console.rule("[bold]summary")
     console.print(closing_table(entry.name, summary, exported.sizes, result, metrics), highlight=False)
+    layout = DatasetLayout(data_dir)
     # plain print: paths must not be wrapped (copy-paste safe)
-    for label, path in (("repositories", data_dir / "repos"), ("AST dataset", data_dir / "ast_dataset" / entry.name),
+    for label, path in (("repositories", layout.repos_dir), ("AST dataset", layout.repo_dir(entry.name)),
                         ("IO pairs", io_dir), ("checkpoints", run_dir), ("best checkpoint", checkpoint),
                         ("metrics", run_dir / "metrics.jsonl"), ("evaluation", eval_json),
                         ("Ray's logs", ray_log_dir())):

@@ -7,43 +7,41 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core.errors import HybridError
+from hybrid.core.layout import AST, COMMIT_DATA, DIFF_AST, FIM, REASONING, TASKS, DatasetLayout
 from pipelines.repos import validate_name
 
 # flag -> file name in each commit_<N>/ folder
 CLEANABLE = {
-    "ast": "ast.jsonl",
-    "commit_data": "commit_data.json",
-    "diffs": "diff_ast.jsonl",
-    "tasks": "task.json",
-    "reasoning": "reasoning.json",
-    "fim": "fim_dataset.json",
+    "ast": AST,
+    "commit_data": COMMIT_DATA,
+    "diffs": DIFF_AST,
+    "tasks": TASKS,
+    "reasoning": REASONING,
+    "fim": FIM,
 }
-_COMMIT_DIR = re.compile(r"^commit_\d+$")
 _TEMP_FILE = re.compile(r"^\..+\.tmp$")  # left by a run killed between write and rename (hybrid.core.io)
 
 
-def dataset_root(cfg: PipelineConfig) -> Path:
-    return Path(cfg.data_dir) / "ast_dataset"
-
-
-def _repo_dirs(cfg: PipelineConfig, repos: list[str] | None) -> list[Path]:
-    root = dataset_root(cfg)
+def _repos(layout: DatasetLayout, repos: list[str] | None) -> list[str]:
+    """The named repositories, else every one with outputs (a symbolic link to a folder elsewhere is not one)."""
     if repos:
-        dirs = [root / validate_name(r) for r in repos]
-        missing = [d for d in dirs if not d.is_dir()]
+        missing = [r for r in map(validate_name, repos) if not layout.has_repo(r)]
         if missing:
-            raise HybridError(f"{missing[0]}: no dataset for this repo")
-        return dirs
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()) if root.is_dir() else []
+            raise HybridError(f"{layout.repo_dir(missing[0])}: no dataset for this repo")
+        return repos
+    return [r for r in layout.repos() if not layout.local(layout.repo_dir(r)).is_symlink()]
 
 
-def _commit_dirs(repo_dir: Path):
-    for entry in sorted(os.scandir(repo_dir), key=lambda e: e.name):
-        if _COMMIT_DIR.match(entry.name) and entry.is_dir(follow_symlinks=False):
-            yield Path(entry.path)
+def _commit_dirs(layout: DatasetLayout, repo: str) -> Iterator[Path]:
+    """The repository's commit folders, oldest first (never through a symbolic link: cleanup deletes there)."""
+    for n in layout.commits(repo):
+        folder = layout.local_commit_dir(repo, n)
+        if not folder.is_symlink():
+            yield folder
 
 
 def cleanup_dataset(cfg: PipelineConfig, kinds: list[str], repos: list[str] | None = None, temp: bool = False,
@@ -56,10 +54,11 @@ def cleanup_dataset(cfg: PipelineConfig, kinds: list[str], repos: list[str] | No
     if not kinds and not temp:
         raise HybridError("cleanup-dataset: say what to remove (e.g. --tasks --reasoning, or --all)")
     names = {CLEANABLE[k] for k in kinds}
-    root = dataset_root(cfg).resolve()
+    layout = DatasetLayout(cfg.data_dir)
+    root = layout.local(layout.dataset_dir).resolve()
     removed: Counter = Counter()
-    for repo_dir in _repo_dirs(cfg, repos):
-        for cdir in _commit_dirs(repo_dir):
+    for repo in _repos(layout, repos):
+        for cdir in _commit_dirs(layout, repo):
             for entry in os.scandir(cdir):
                 if not entry.is_file(follow_symlinks=False):
                     continue
@@ -79,10 +78,11 @@ def ast_coverage(cfg: PipelineConfig, repos: list[str] | None = None) -> dict[st
     declarations are dropped and counted in `declarations_dropped`), `parse_error` (nothing usable left),
     `skipped:<reason>`, and the `declarations` kept."""
     out: dict[str, dict[str, dict[str, int]]] = {}
-    for repo_dir in _repo_dirs(cfg, repos):
+    layout = DatasetLayout(cfg.data_dir)
+    for repo in _repos(layout, repos):
         per_lang: dict[str, Counter] = {}
-        for cdir in _commit_dirs(repo_dir):
-            path = cdir / "commit_data.json"
+        for cdir in _commit_dirs(layout, repo):
+            path = cdir / COMMIT_DATA
             if not path.exists():
                 continue
             try:
@@ -105,5 +105,5 @@ def ast_coverage(cfg: PipelineConfig, repos: list[str] | None = None) -> dict[st
                     c["parse_error"] += 1
                 else:
                     c[f"skipped:{skipped}"] += 1
-        out[repo_dir.name] = {lang: dict(c) for lang, c in sorted(per_lang.items())}
+        out[repo] = {lang: dict(c) for lang, c in sorted(per_lang.items())}
     return out

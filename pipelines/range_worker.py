@@ -17,6 +17,7 @@ from typing import Callable
 
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core.io import remove_temps
+from hybrid.core.layout import DatasetLayout
 from pipelines.declarations import ParsedFile, parse_declarations, parse_tree, update_declarations
 from pipelines.filters import content_drop_reason, path_drop_reason
 from pipelines.languages import grammar_key, language_of
@@ -31,14 +32,6 @@ class IncrementalMismatch(RuntimeError):
     """An incremental re-parse gave other declarations than a fresh parse (checked when `verify_incremental`)."""
 
 
-def commit_dir(data_dir: str | os.PathLike, repo: str, number: int) -> Path:
-    return Path(data_dir) / "ast_dataset" / repo / f"commit_{number}"
-
-
-def is_done(step_key: str, out_dir: Path) -> bool:
-    return all((out_dir / f).exists() for f in DONE_FILES[step_key])
-
-
 class RangeWorker:
     """Holds an open repository and the parse cache of one worker process, and runs the steps over ranges."""
 
@@ -48,6 +41,7 @@ class RangeWorker:
         import pygit2
 
         self.repo_name, self.repo_path, self.cfg = repo_name, repo_path, cfg
+        self.layout = DatasetLayout(cfg.data_dir)
         # libgit2 hashes every object it reads to check its id (SHA-1 with collision detection): a tenth of
         # this stage's time on a real history. git itself does not (`git log -p` reads the same objects
         # unchecked); pack files are checked as a whole when fetched. Process-wide, so set where the stages run.
@@ -130,9 +124,8 @@ class RangeWorker:
         steps = [s(self) for s in STEPS if s.key in step_keys]
         self.prefetch_old = "ast" in step_keys and "ast-diffs" in step_keys
         self.prefetched.clear()
-        repo_dir = str(Path(self.cfg.data_dir) / "ast_dataset" / self.repo_name)  # (commit_dir, as plain text)
         for number, commit_hash in zip(numbers, hashes):
-            out_dir = f"{repo_dir}/commit_{int(number)}"
+            out_dir = self.layout.local_commit_path(self.repo_name, int(number))  # (plain text: see the layout)
             todo = [s for s in steps if force or not s.is_done(out_dir)]
             for s in steps:
                 if s not in todo:

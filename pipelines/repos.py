@@ -23,6 +23,7 @@ from pathlib import Path
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json, exclusive_lock
+from hybrid.core.layout import REGISTRY, DatasetLayout
 from hybrid.core.redact import library_message, redact_url, split_userinfo
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -37,15 +38,18 @@ class RepoEntry:
     added_at: str
 
     def path(self, cfg: PipelineConfig) -> Path:
-        return repos_dir(cfg) / self.name
+        layout = DatasetLayout(cfg.data_dir)
+        return layout.local(layout.clone_dir(self.name))
 
 
 def repos_dir(cfg: PipelineConfig) -> Path:
-    return Path(cfg.data_dir) / "repos"
+    layout = DatasetLayout(cfg.data_dir)
+    return layout.local(layout.repos_dir)
 
 
 def registry_path(cfg: PipelineConfig) -> Path:
-    return repos_dir(cfg) / "registry.json"
+    layout = DatasetLayout(cfg.data_dir)
+    return layout.local(layout.registry)
 
 
 def registry_lock(cfg: PipelineConfig):
@@ -85,7 +89,7 @@ def _save(entries: list[RepoEntry], cfg: PipelineConfig) -> None:
 
 
 def _valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name)) and ".." not in name and name not in ("registry.json", ".registry.lock")
+    return bool(NAME_RE.match(name)) and ".." not in name and name not in (REGISTRY, ".registry.lock")
 
 
 def validate_name(name: str) -> str:
@@ -210,7 +214,8 @@ def remove_repo(name: str, cfg: PipelineConfig, keep_dataset: bool = True) -> Re
         _save([e for e in entries if e.name != name], cfg)
     shutil.rmtree(repos_dir(cfg) / name, ignore_errors=True)
     if not keep_dataset:
-        shutil.rmtree(Path(cfg.data_dir) / "ast_dataset" / name, ignore_errors=True)
+        layout = DatasetLayout(cfg.data_dir)
+        shutil.rmtree(layout.local(layout.repo_dir(name)), ignore_errors=True)
     return entry
 
 

@@ -22,13 +22,15 @@ from typing import Callable
 
 from hybrid.config.llm import LLMConfig
 from hybrid.config.pipeline import PipelineConfig
+from hybrid.core import storage
 from hybrid.core.errors import HybridError, describe_os_error
 from hybrid.core.io import atomic_write_json
+from hybrid.core.layout import COMMIT_DATA, DatasetLayout, done_in
 from hybrid.core.ray_utils import init_ray
 from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
-from pipelines.range_worker import WORKER_KEY, commit_dir, is_done, process_range
+from pipelines.range_worker import WORKER_KEY, process_range
 from pipelines.repos import RepoEntry, first_parent_hashes, get_repo, list_repos
-from pipelines.steps import OUTPUT_FILES, STEP_KEYS, AstExtractor, DeclarationDiffer, FimSampler, StageStats
+from pipelines.steps import OUTPUT_FILES, STEP_KEYS, STEPS, AstExtractor, DeclarationDiffer, FimSampler, StageStats
 
 # A repository stage runs itself over whole repositories: run(repo names, data_dir, llm_cfg, force) -> stats.
 RepoStageFn = Callable[[list[str], str, LLMConfig, bool], dict]
@@ -110,10 +112,12 @@ def plan_ranges(entry: RepoEntry, cfg: PipelineConfig, range_stages: list[str],
     file's old version first, so the new one is an incremental re-parse): 8 ranges cost what 3 do."""
     pcfg = cfg
     hashes = first_parent_hashes(entry, cfg)
+    layout = DatasetLayout(cfg.data_dir)
+    names = [s.name for s in STEPS if s.key in range_stages]
     runs: list[list[int]] = []  # contiguous runs of pending commit numbers
     done, last_done = 0, 0
     for n in range(len(hashes)):
-        if not force and all(is_done(s, commit_dir(pcfg.data_dir, entry.name, n)) for s in range_stages):
+        if not force and all(done_in(layout.local_commit_path(entry.name, n), name) for name in names):
             done, last_done = done + 1, n
         elif runs and runs[-1][-1] == n - 1:
             runs[-1].append(n)
@@ -146,17 +150,19 @@ def plan_ranges(entry: RepoEntry, cfg: PipelineConfig, range_stages: list[str],
 def _check_history(entry: RepoEntry, cfg: PipelineConfig, hashes: list[str], done_numbers: list[int]) -> None:
     """Commit numbers are positions in the first-parent history: if the history was rewritten (force-push,
     another branch), existing outputs belong to other commits. Checks commit 0 and the last finished one."""
+    layout = DatasetLayout(cfg.data_dir)
     for n in done_numbers:
-        path = commit_dir(cfg.data_dir, entry.name, n) / "commit_data.json"
-        if not path.exists():
+        path = layout.commit_file(entry.name, n, COMMIT_DATA)
+        if not storage.exists(path):
             continue
         try:
-            recorded = json.loads(path.read_text(encoding="utf-8")).get("commit_hash")
-        except (OSError, json.JSONDecodeError):
+            recorded = json.loads(storage.read_text(path)).get("commit_hash")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             continue
         if recorded != hashes[n]:
             raise HybridError(f"{path}: records commit {str(recorded)[:12]} but commit {n} of {entry.name} is now "
-                              f"{hashes[n][:12]} (history rewritten?): remove {path.parent.parent} or rerun with --force")
+                              f"{hashes[n][:12]} (history rewritten?): remove {layout.repo_dir(entry.name)} or rerun "
+                              f"with --force")
 
 
 def _process_row(row: dict) -> dict:
@@ -205,9 +211,8 @@ def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: 
     total = sum(len(r["numbers"]) for r in rows)
     errors: list[str] = []
     if rows:
-        last = OUTPUT_FILES[[s for s in STEP_KEYS if s in range_stages][-1]]
-        markers = [f"{cfg.data_dir}/ast_dataset/{r['repo']}/commit_{n}/{last}" for r in rows
-                   for n in r["numbers"]]
+        last, layout = OUTPUT_FILES[[s for s in STEP_KEYS if s in range_stages][-1]], DatasetLayout(cfg.data_dir)
+        markers = [layout.commit_file(r["repo"], n, last) for r in rows for n in r["numbers"]] if progress else []
         with _progress(progress, label or " + ".join(range_stages), total, markers) as advance:
             for out in _map_rows(rows, cfg, local):
                 if out["error"]:
@@ -299,16 +304,13 @@ class _progress:
 
 def write_stats(entry: RepoEntry, cfg: PipelineConfig, stage_stats: dict[str, dict]) -> None:
     """Merge this run's stats into data/ast_dataset/<repo>/stats.json (the last run of each stage)."""
-    path = Path(cfg.data_dir) / "ast_dataset" / entry.name / "stats.json"
-    old = {}
-    if path.exists():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            old = {}
+    layout = DatasetLayout(cfg.data_dir)
+    old = layout.read_stats(entry.name)
+    if old is None:
+        return  # JSON that is not an object: not ours to rewrite
     for stage, st in stage_stats.items():
         old[stage] = {**st, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_json(path, old)
+    atomic_write_json(layout.local(layout.stats_file(entry.name)), old)
 
 
 def run_pipeline(repo_names: list[str] | None, cfg: PipelineConfig, llm_cfg: LLMConfig | None = None,

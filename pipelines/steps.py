@@ -15,13 +15,13 @@ disks), so a killed run leaves either the old state or the new one.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from hybrid.config.pipeline import PipelineConfig
+from hybrid.core import layout
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write, atomic_write_json, iter_jsonl, read_json
 from pipelines.declarations import ParsedFile
@@ -171,7 +171,7 @@ class RangeStep:
         self.stats = StageStats()
 
     def is_done(self, out_dir: str | Path) -> bool:
-        return all(os.path.exists(f"{out_dir}/{f}") for f in DONE_FILES[self.key])
+        return layout.done_in(out_dir, self.name)
 
     def run(self, commit: CommitContext, out_dir: Path) -> None:
         raise NotImplementedError
@@ -180,7 +180,7 @@ class RangeStep:
 class AstExtractor(RangeStep):
     """Declarations of every file version the commit touched (ast.jsonl) and the commit itself (commit_data.json)."""
 
-    name, key, output = "generate-ast", "ast", "commit_data.json"
+    name, key, output = "generate-ast", "ast", layout.COMMIT_DATA
 
     def run(self, ctx: CommitContext, out_dir: Path) -> None:
         stats, worker = self.stats, self.worker
@@ -236,14 +236,14 @@ class AstExtractor(RangeStep):
         commit_data = {"repo": worker.repo_name, "commit_number": ctx.number, "commit_hash": str(c.id),
                        "parents": [str(p) for p in c.parent_ids], "author": c.author.name, "date": meta["date"],
                        "message": c.message, "files": files, "diff": diff_text, "diff_truncated": truncated}
-        write_text(f"{out_dir}/ast.jsonl", "".join(lines))
-        write_text(f"{out_dir}/commit_data.json", encode(commit_data) + "\n")  # last: marks the commit done
+        write_text(f"{out_dir}/{layout.AST}", "".join(lines))
+        write_text(f"{out_dir}/{layout.COMMIT_DATA}", encode(commit_data) + "\n")  # last: marks the commit done
 
 
 class DeclarationDiffer(RangeStep):
     """Added / modified / deleted declarations of the commit (diff_ast.jsonl)."""
 
-    name, key, output = "generate-ast-diffs", "ast-diffs", "diff_ast.jsonl"
+    name, key, output = "generate-ast-diffs", "ast-diffs", layout.DIFF_AST
 
     def run(self, ctx: CommitContext, out_dir: Path) -> None:
         stats, worker = self.stats, self.worker
@@ -296,17 +296,17 @@ class DeclarationDiffer(RangeStep):
                 stats.lang(ch.language, "decl_parse_error", broken)
         stats.counts["commits"] += 1
         stats.counts["records"] += len(lines)
-        write_text(f"{out_dir}/diff_ast.jsonl", "".join(lines))
+        write_text(f"{out_dir}/{layout.DIFF_AST}", "".join(lines))
 
 
 class FimSampler(RangeStep):
     """Fill-in-the-middle samples of the commit's added and modified declarations (fim_dataset.json)."""
 
-    name, key, output = "generate-fim", "fim", "fim_dataset.json"
+    name, key, output = "generate-fim", "fim", layout.FIM
 
     def run(self, ctx: CommitContext, out_dir: Path) -> None:
         stats, worker = self.stats, self.worker
-        diff_path = out_dir / "diff_ast.jsonl"
+        diff_path = out_dir / layout.DIFF_AST
         if not diff_path.exists():
             stats.drops["no_diff_ast"] += 1  # run generate-ast-diffs first; this commit stays to do
             return
@@ -317,8 +317,8 @@ class FimSampler(RangeStep):
                 raise HybridError(f"{diff_path}:{lineno}: record lacks {', '.join(missing)}; rerun "
                                   f"`hybrid pipeline generate-ast-diffs --force` to rewrite it")
             records.append(r)
-        tasks = read_json(out_dir / "task.json") if (out_dir / "task.json").exists() else None
-        reasoning = read_json(out_dir / "reasoning.json") if (out_dir / "reasoning.json").exists() else None
+        tasks = read_json(out_dir / layout.TASKS) if (out_dir / layout.TASKS).exists() else None
+        reasoning = read_json(out_dir / layout.REASONING) if (out_dir / layout.REASONING).exists() else None
         builder = FimBuilder(self.cfg)
         changes = {ch.path: ch for ch in ctx.changes}
         samples = []
@@ -350,7 +350,7 @@ class FimSampler(RangeStep):
         stats.counts["samples"] += len(samples)
         stats.counts["with_task"] += sum(s["task"] is not None for s in samples)
         stats.counts["with_reasoning"] += sum(s["reasoning"] is not None for s in samples)
-        write_json(out_dir / "fim_dataset.json", samples)
+        write_json(out_dir / layout.FIM, samples)
 
 
 def _hidden_by_errors(key: tuple[str, str], decl: dict, other: ParsedFile) -> bool:
@@ -383,9 +383,8 @@ def _broken_changes(before: ParsedFile | None, after: ParsedFile | None, before_
 STEPS: tuple[type[RangeStep], ...] = (AstExtractor, DeclarationDiffer, FimSampler)  # in the order they run
 STEP_KEYS = tuple(s.key for s in STEPS)
 OUTPUT_FILES = {s.key: s.output for s in STEPS}
-# Every file whose presence a finished commit needs: a deleted ast.jsonl is redone although commit_data.json
-# (written last, the marker) is still there.
-DONE_FILES = {s.key: (s.output,) for s in STEPS} | {AstExtractor.key: ("ast.jsonl", AstExtractor.output)}
+# Every file whose presence a finished commit needs (hybrid/core/layout.py's done rule, by step key)
+DONE_FILES = {s.key: layout.STAGE_FILES[s.name] for s in STEPS}
 _DIFF_KEYS = ("id", "file", "status", "whitespace_only", "language", "kind")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -205,3 +206,35 @@ def test_the_architecture_checks_have_teeth(tmp_path):
                    "def f(p, ctx):\n    return storage.is_uri(p) or ctx.launcher == 'ray'\n")
     called, imported = _calls_and_imports(bad)
     assert "is_uri" in called and "pyarrow.fs" in imported and "ray.train" in imported
+
+
+LAYOUT_MODULE = "hybrid.core.layout"  # the one module that spells the data folder's commit_<N> names
+# commit_, commit_{n}, commit_*, ^commit_\d+, …/commit_{n}; not commit_hash, commit_data.json
+_COMMIT_PATH = re.compile(r"(?:^|[/\\^])commit_(?![a-z])")
+
+
+def commit_paths(source: str) -> list[int]:
+    """Lines where a string literal or an f-string builds or matches a `commit_<N>` folder name (docstrings aside)."""
+    tree = ast.parse(source)
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return sorted({n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                   and id(n) not in docstrings and _COMMIT_PATH.search(n.value)})
+
+
+def test_the_commit_path_finder_finds_commit_paths():
+    found = commit_paths('"""in data/ast_dataset/<repo>/commit_<N>/"""\n'
+                         'a = f"commit_{n}"\nb = root / f"{repo}/commit_{n}/x"\nc = "commit_"\nd = "commit_*"\n'
+                         'e = r"commit_(\\d+)"\nh = "^commit_\\d+$"\n'
+                         'f = {"commit_hash": 1, "commit_number": 2}\ng = "commit_data.json"\n')
+    assert found == [2, 3, 4, 5, 6, 7]
+
+
+def test_only_the_layout_builds_commit_paths():
+    """Every stage, export, cleanup, coverage and bench asks hybrid/core/layout.py for a commit folder (its name,
+    its number, the listing): no other module spells `commit_<N>`."""
+    modules, _, _ = collect_imports()
+    found = [(m, line) for m, path in sorted(modules.items()) if m != LAYOUT_MODULE
+             for line in commit_paths(path.read_text(encoding="utf-8"))]
+    assert found == [], f"commit_<N> spelled outside {LAYOUT_MODULE}: {found}"

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybrid.bench.report import DocTable, load_result, markdown_table, save_figure
 from hybrid.bench.stats import interval, mean_interval
 from hybrid.cli import non_negative_int, positive_int
 from hybrid.core.errors import HybridError
@@ -44,9 +45,8 @@ TITLES = {"none": "no memory", "internal": "internal only", "external": "externa
           "other_repo_memory": "external, one window + another code base's memory",
           "local_only": "external, one window, memory empty"}
 SUBSETS = ("all", "beyond", "within")
-MARK = ("<!-- code-memory-table:start (generated: hybrid bench code-memory --from-json docs/code-memory-results.json "
-        "--write-docs) -->", "<!-- code-memory-table:end -->")
-DOC_FILES = {"README.md": False, "docs/code-memory.md": True}
+DOCS = DocTable("code-memory-table", "hybrid bench code-memory --from-json docs/code-memory-results.json --write-docs",
+                {"README.md": False, "docs/code-memory.md": True})
 SOURCE_SUFFIXES = (".py", ".rs", ".go", ".js", ".jsx", ".ts", ".tsx", ".java", ".c", ".h", ".cc", ".cpp", ".hpp")
 
 
@@ -202,8 +202,9 @@ def build_corpus(s: Settings, data_dir: Path, repos: dict[str, str]) -> Corpus:
 
 def _commit_hash(data_dir: Path, repo: str, number: int) -> str:
     from hybrid.core.io import read_json
+    from hybrid.core.layout import COMMIT_DATA, DatasetLayout
 
-    return read_json(Path(data_dir) / "ast_dataset" / repo / f"commit_{number}" / "commit_data.json")["commit_hash"]
+    return read_json(DatasetLayout(data_dir).local_commit_dir(repo, number) / COMMIT_DATA)["commit_hash"]
 
 
 def repo_texts(path: str, commit: str) -> list[str]:
@@ -434,12 +435,6 @@ def per_seed_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, out
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def markdown_report(result: dict, full: bool = True) -> str:
     st, n = result["settings"], result["n"]
     head = (f"Test split of {', '.join(st['repos'])} (the latest commits), mean over seeds "
@@ -447,33 +442,15 @@ def markdown_report(result: dict, full: bool = True) -> str:
             f"(their {n['far_tokens']} far tokens scored in *far tokens*), {n['within']} within; window "
             f"{st['model']['segment_length']} tokens, examples {st['max_length']} tokens, {st['steps']} steps × "
             f"{st['batch_size']}. Loss in nats per token (lower is better).\n")
-    parts = [head, _markdown(*table_rows(result))]
+    parts = [head, markdown_table(*table_rows(result))]
     if full:
-        parts += ["\nPer seed:\n", _markdown(*per_seed_rows(result))]
+        parts += ["\nPer seed:\n", markdown_table(*per_seed_rows(result))]
     return "".join(parts)
 
 
 def write_docs(result: dict, root: Path = Path(".")) -> list[Path]:
-    from hybrid.core.io import atomic_write_text
-
-    done = []
-    for name, full in DOC_FILES.items():
-        path = root / name
-        text = path.read_text()
-        if MARK[0] not in text or MARK[1] not in text:
-            raise HybridError(f"{path}: no code-memory-table markers ({MARK[0]} … {MARK[1]})")
-        head, rest = text.split(MARK[0], 1)
-        _, tail = rest.split(MARK[1], 1)
-        atomic_write_text(path, f"{head}{MARK[0]}\n{markdown_report(result, full)}{MARK[1]}{tail}")
-        done.append(path)
-    return done
-
-
-def doc_block(path: Path) -> str | None:
-    text = path.read_text()
-    if MARK[0] not in text:
-        return None
-    return text.split(MARK[0], 1)[1].split(MARK[1], 1)[0].lstrip("\n")
+    """Replace the block between the code-memory-table markers of README.md and docs/code-memory.md."""
+    return DOCS.write(lambda full: markdown_report(result, full), root)
 
 
 def draw_plot(result: dict, path: str) -> None:
@@ -497,11 +474,7 @@ def draw_plot(result: dict, path: str) -> None:
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("loss (nats / token)")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def _seed_in_process(job: tuple) -> dict[str, Any]:
@@ -514,14 +487,8 @@ def _seed_in_process(job: tuple) -> dict[str, Any]:
 
 
 def _load_result(path: str) -> dict:
-    import json
-
-    try:
-        result = json.loads(Path(path).read_text())
-        result["settings"]["seeds"], result["results"], result["n"]  # noqa: B018 - the keys a report needs
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise HybridError(f"{path}: not a `hybrid bench code-memory --json` result ({type(e).__name__}: {e})") from None
-    return result
+    return load_result(path, "code-memory",
+                       lambda result: (result["settings"]["seeds"], result["results"], result["n"]))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -70,18 +70,20 @@ def _time_stages(targets: list[tuple[Path, str]], overrides: list[str], local: b
     import pygit2
 
     from hybrid.cli.config import load_config
+    from hybrid.core.layout import DatasetLayout
     from pipelines.run import run_pipeline
 
     work = Path(tempfile.mkdtemp(prefix="bench-datagen-", dir=os.environ.get("HYBRID_BENCH_TMP")))
+    layout = DatasetLayout(work)
     try:
-        (work / "repos").mkdir()
+        layout.local(layout.repos_dir).mkdir()
         registry = []
         for path, name in targets:
             repo = pygit2.Repository(str(path))
-            (work / "repos" / name).symlink_to(Path(repo.path).resolve(), target_is_directory=True)
+            layout.local(layout.clone_dir(name)).symlink_to(Path(repo.path).resolve(), target_is_directory=True)
             registry.append({"name": name, "source": str(path), "default_branch": repo.head.shorthand,
                              "added_at": ""})
-        (work / "repos" / "registry.json").write_text(json.dumps(registry))
+        layout.local(layout.registry).write_text(json.dumps(registry))
         cfg = load_config([f"pipeline.data_dir={work}", *overrides])
         t0, c0 = time.perf_counter(), time.process_time()
         summary = run_pipeline([name for _, name in targets], cfg.pipeline, cfg.llm, force=True,

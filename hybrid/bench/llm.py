@@ -33,17 +33,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _dataset(root, commits: int, functions: int) -> None:
     import json
 
+    from hybrid.core.layout import COMMIT_DATA, DIFF_AST, DatasetLayout
+
+    layout = DatasetLayout(root)
     for n in range(commits):
-        d = root / "ast_dataset" / "bench" / f"commit_{n}"
+        d = layout.local_commit_dir("bench", n)
         d.mkdir(parents=True)
         h = f"{n + 1:040x}"
         names = [f"fn_{n}_{k}" for k in range(functions)]
         diff = "".join(f"diff --git a/src/m{n}.py b/src/m{n}.py\n@@ -0,0 +1,3 @@\n+def {name}(x):\n+    y = x * {k}\n+    return y\n"
                        for k, name in enumerate(names))
-        (d / "commit_data.json").write_text(json.dumps({
+        (d / COMMIT_DATA).write_text(json.dumps({
             "repo": "bench", "commit_number": n, "commit_hash": h, "parents": [f"{n:040x}"], "author": "Bench",
             "date": "2026-01-01T00:00:00+00:00", "message": f"Add helpers batch {n}", "files": [], "diff": diff}))
-        with open(d / "diff_ast.jsonl", "w") as f:
+        with open(d / DIFF_AST, "w") as f:
             for k, name in enumerate(names):
                 status = ("added", "modified", "deleted")[k % 3]
                 code = f"def {name}(x):\n    y = x * {k}\n    return y\n"
@@ -60,9 +63,11 @@ def _lost(root, stage: str, commits: int, functions: int) -> tuple[int, int]:
     """(items lost, items in the failures record)."""
     import json
 
-    repo = root / "ast_dataset" / "bench"
+    from hybrid.core.layout import REASONING, TASKS, DatasetLayout
+
+    layout = DatasetLayout(root)
     failed = set()
-    path = repo / "llm_failures.jsonl"
+    path = layout.local(layout.failures_file("bench"))
     if path.exists():
         for line in path.read_text().splitlines():
             r = json.loads(line)
@@ -70,12 +75,13 @@ def _lost(root, stage: str, commits: int, functions: int) -> tuple[int, int]:
                 failed.add((r["commit_number"], r.get("function_id")))
     lost = 0
     for n in range(commits):
-        d = repo / f"commit_{n}"
+        d = layout.local_commit_dir("bench", n)
         if stage == "generate-tasks":
-            ok = (d / "task.json").exists()
+            ok = (d / TASKS).exists()
             lost += not ok and (n, None) not in failed
         else:
-            have = {e["function_id"] for e in json.loads((d / "reasoning.json").read_text())} if (d / "reasoning.json").exists() else set()
+            have = ({e["function_id"] for e in json.loads((d / REASONING).read_text())} if (d / REASONING).exists()
+                    else set())
             for k in range(functions):
                 fid = f"src/m{n}.py::function::fn_{n}_{k}"
                 lost += fid not in have and (n, fid) not in failed

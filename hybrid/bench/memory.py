@@ -15,6 +15,7 @@ and `.result()` calls as the model sees them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -24,8 +25,8 @@ from hybrid.cli import non_negative_int, positive_float, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vectors", type=positive_int, default=200_000, help="chunk keys in the namespace (the issue asks 1M; "
-                                                                "200k fits a shared 2-core machine)")
+    p.add_argument("--vectors", type=positive_int, default=200_000,
+                   help="chunk keys in the namespace (the issue asks 1M; 200k fits a shared 2-core machine)")
     p.add_argument("--dim", type=positive_int, default=64)
     p.add_argument("--k", type=positive_int, default=8)
     p.add_argument("--batch", type=positive_int, default=1024, help="queries per search call")
@@ -35,12 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="noise per dimension around the unit-norm cluster centers (0.1: IVF is exact; 0.2: the "
                         "data is nearly isotropic and IVF recall drops below 0.6)")
     p.add_argument("--nprobe", type=positive_int, nargs="+", default=[8, 16, 32, 64], help="IVF nprobe values to sweep")
-    p.add_argument("--nlist", type=non_negative_int, default=0, help="IVF lists (0 = 4*sqrt(vectors), as the store does)")
+    p.add_argument("--nlist", type=non_negative_int, default=0,
+                   help="IVF lists (0 = 4*sqrt(vectors), as the store does)")
     p.add_argument("--shards", type=positive_int, nargs="+", default=[1, 2], help="Ray service shard counts")
     p.add_argument("--ray-index", choices=["flat", "ivf"], default="ivf",
                    help="index of the Ray rows (ivf uses the smallest swept nprobe reaching recall >= 0.95)")
     p.add_argument("--skip-torch", action="store_true", help="skip the in-process torch row")
-    p.add_argument("--train-steps", type=non_negative_int, default=6, help="timed training steps per backend (0 = skip)")
+    p.add_argument("--train-steps", type=non_negative_int, default=6,
+                   help="timed training steps per backend (0 = skip)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
@@ -69,7 +72,7 @@ def _time_search(search, queries, k: int, repeats: int) -> tuple[dict, object]:
             "p99_ms": p99 * 1e3}, res
 
 
-def _ids(res) -> "object":
+def _ids(res) -> object:
     return res.values[0, 0, :, :, 0, 0].round().long()  # (Q, k): the payload carries the insertion number
 
 
@@ -107,7 +110,7 @@ def _search_rows(args, log) -> dict:
 
     flat = FaissStore(N, index="flat")
     build = add_timed(flat, "flat")
-    rows["faiss_flat"], exact = _time_search(lambda q, k: flat.search(["bench"], q, k), queries, k, args.repeats)
+    rows["faiss_flat"], exact = _time_search(functools.partial(flat.search, ["bench"]), queries, k, args.repeats)
     rows["faiss_flat"].update(build_s=build, recall=1.0)
     log(f"faiss flat: {rows['faiss_flat']}")
     del flat
@@ -115,7 +118,7 @@ def _search_rows(args, log) -> dict:
     if not args.skip_torch:
         ts = TorchStore(N)
         build = add_timed(ts, "torch")
-        rows["torch"], res = _time_search(lambda q, k: ts.search(["bench"], q, k), queries, k, args.repeats)
+        rows["torch"], res = _time_search(functools.partial(ts.search, ["bench"]), queries, k, args.repeats)
         rows["torch"].update(build_s=build, recall=_recall(res, exact, k))
         log(f"torch: {rows['torch']}")
         del ts
@@ -127,7 +130,7 @@ def _search_rows(args, log) -> dict:
     for nprobe in args.nprobe:
         for index, _ in ivf._banks["bench"].indexes:
             index.nprobe = nprobe
-        row, res = _time_search(lambda q, k: ivf.search(["bench"], q, k), queries, k, args.repeats)
+        row, res = _time_search(functools.partial(ivf.search, ["bench"]), queries, k, args.repeats)
         row.update(build_s=build, nlist=nlist, nprobe=nprobe, recall=_recall(res, exact, k))
         row["speedup_vs_flat"] = row["searches_per_s"] / rows["faiss_flat"]["searches_per_s"]
         rows[f"faiss_ivf_nprobe{nprobe}"] = row
@@ -148,7 +151,7 @@ def _search_rows(args, log) -> dict:
                                 call_timeout_s=600)  # IVF lists per part: 4*sqrt(part size), the store's default
         try:
             build = add_timed(store, f"ray{shards}")
-            row, res = _time_search(lambda q, k: store.search(["bench"], q, k), queries, k, args.repeats)
+            row, res = _time_search(functools.partial(store.search, ["bench"]), queries, k, args.repeats)
             row.update(build_s=build, index=index, recall=_recall(res, exact, k),
                        parts=store.split_factor(1, D))
             if index == "ivf":
@@ -221,7 +224,7 @@ def _training_rows(args, log) -> dict:
         runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3), clock, inner, [], [])
     ids = torch.randint(0, cfg.model.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
     for i in range(args.train_steps + 1):  # round robin: load from other processes hits every backend alike
-        for name, (model, opt, clock, _, step_times, mem_times) in runs.items():
+        for model, opt, clock, _, step_times, mem_times in runs.values():
             clock["memory_s"] = 0.0
             t = time.perf_counter()
             loss = model(ids, labels=ids).loss

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.cli import non_negative_int, positive_int
+from hybrid.bench.report import DocTable, load_result, markdown_table, save_figure
 from hybrid.bench.stats import interval
 from hybrid.core.errors import HybridError
 
@@ -43,9 +44,8 @@ CONTROL_TITLES = {"gates_closed": "both, every memory gate closed at evaluation"
                   "swapped_follows": "both, haystack of another example (the other's answer)",
                   "edited_follows": "both, the asked value edited in the haystack (follows the edit)"}
 FAISS_ROWS = {"faiss_flat": "both, FAISS flat store", "faiss_ivf": "both, FAISS IVF store (nlist 8, nprobe 2)"}
-MARK = ("<!-- recall-table:start (generated: hybrid bench recall --from-json docs/recall-results.json --write-docs) -->",
-        "<!-- recall-table:end -->")
-DOC_FILES = {"README.md": False, "docs/recall.md": True}  # file: the full report (else the main table)
+DOCS = DocTable("recall-table", "hybrid bench recall --from-json docs/recall-results.json --write-docs",
+                {"README.md": False, "docs/recall.md": True})
 
 
 @dataclass
@@ -388,9 +388,7 @@ def control_rows(result: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, rows, text_columns=2)  # variant and task
 
 
 def markdown_report(result: dict, full: bool = True) -> str:
@@ -414,28 +412,7 @@ def markdown_report(result: dict, full: bool = True) -> str:
 
 def write_docs(result: dict, root: Path = Path(".")) -> list[Path]:
     """Replace the block between the recall-table markers of README.md and docs/recall.md with the report."""
-    from hybrid.core.io import atomic_write_text
-
-    done = []
-    for name, full in DOC_FILES.items():
-        path = root / name
-        block = markdown_report(result, full)
-        text = path.read_text()
-        if MARK[0] not in text or MARK[1] not in text:
-            raise HybridError(f"{path}: no recall-table markers ({MARK[0]} … {MARK[1]})")
-        head, rest = text.split(MARK[0], 1)
-        _, tail = rest.split(MARK[1], 1)
-        atomic_write_text(path, f"{head}{MARK[0]}\n{block}{MARK[1]}{tail}")
-        done.append(path)
-    return done
-
-
-def doc_block(path: Path) -> str | None:
-    """The text between a file's recall-table markers (None without them)."""
-    text = path.read_text()
-    if MARK[0] not in text:
-        return None
-    return text.split(MARK[0], 1)[1].split(MARK[1], 1)[0].lstrip("\n")
+    return DOCS.write(lambda full: markdown_report(result, full), root)
 
 
 def render_table(result: dict):
@@ -482,11 +459,7 @@ def draw_plot(result: dict, path: str) -> None:
     axes[0][0].set_ylabel("exact match (95 % interval)")
     axes[0][-1].legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def _seed_in_process(job: tuple) -> dict[str, Any]:
@@ -531,14 +504,7 @@ def merge(results: list[dict]) -> dict:
 
 
 def _load_result(path: str) -> dict:
-    import json
-
-    try:
-        result = json.loads(Path(path).read_text())
-        result["settings"]["variants"], result["accuracy"]  # noqa: B018 - the keys a report needs
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise HybridError(f"{path}: not a `hybrid bench recall --json` result ({type(e).__name__}: {e})") from None
-    return result
+    return load_result(path, "recall", lambda result: (result["settings"]["variants"], result["accuracy"]))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,8 @@ from hybrid.config.section import Section
 class LLMConfig(Section):
     model: str = Field("gpt-4o-mini", min_length=1, description="model asked for when LLM_MODEL_NAME is unset")
     requests_per_minute: float = Field(60, gt=0, description="request rate limit across the whole actor pool")
-    tokens_per_minute: float = Field(200_000, gt=0, description="token rate limit (prompt + completion) across the pool")
+    tokens_per_minute: float = Field(
+        200_000, gt=0, description="token rate limit (prompt + completion) across the pool")
     burst_seconds: float = Field(
         0.3, ge=0, le=10,
         description="how far ahead of the steady rate the limiter may run (catches up after a short pause); "

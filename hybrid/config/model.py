@@ -1,4 +1,4 @@
-"""The `model` section: base family, sizes and memory settings. 
+"""The `model` section: base family, sizes and memory settings.
 
 One schema serves the YAML presets in `configs/model/`, the `key=value` overrides and the model classes
 (`HybridLlamaConfig` / `HybridGPT2Config` are this class with the family fixed). Sizes use HuggingFace names.
@@ -98,7 +98,7 @@ class ModelConfig(Section):
     gradient_checkpointing: bool = Field(False, description="recompute block activations in backward")
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         kv = self.num_key_value_heads or self.num_attention_heads
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "

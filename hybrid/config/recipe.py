@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field, ValidationError
 
@@ -50,7 +50,7 @@ PATH_KEYWORDS = {"train.resume": ("auto", "none", "no", "false", ""), "train.ini
 def path_keys() -> list[str]:
     """The dotted keys of the training config that name files or folders (marked `**PATH` in their schema)."""
     return [f"{section}.{name}" for section in SECTIONS
-            for name, field in RecipeConfig.model_fields[section].annotation.model_fields.items()
+            for name, field in cast("type[Section]", RecipeConfig.model_fields[section].annotation).model_fields.items()
             if is_path_setting(field)]
 
 

@@ -1,16 +1,18 @@
 """The base class of every configuration section: unknown keys and wrong types are errors."""
 
+from typing import Any
+
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
-
+from pydantic.fields import FieldInfo
 
 # Marks a setting that names a file or folder (`Field(..., **PATH)`): a command that runs the setting somewhere other
 # than the folder it was started in (a Tune trial runs in its own folder) makes it absolute first
 # (hybrid.config.recipe.with_absolute_paths). URIs and the setting's keywords (train.resume=auto) stay as they are.
-PATH = {"json_schema_extra": {"path": True}}
+PATH: dict[str, Any] = {"json_schema_extra": {"path": True}}
 
 
-def is_path_setting(field) -> bool:
+def is_path_setting(field: FieldInfo) -> bool:
     return bool((field.json_schema_extra or {}).get("path")) if isinstance(field.json_schema_extra, dict) else False
 
 
@@ -19,7 +21,7 @@ class Section(BaseModel):
 
     def to_yaml(self) -> str:
         """The section as YAML, keys in schema order (what `load_config` and `--config FILE` read back)."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 def describe_error(err: ValidationError, prefix: str = "") -> str:

@@ -82,7 +82,8 @@ class DataConfig(Section):
         "error", description="a bad line (not JSON, no string input/output): error naming file:line, or skip and count")
     shuffle_window: int = Field(
         2_048, ge=1, description="rows shuffled together (a seeded permutation per window and epoch; with "
-                                  "bucket_by_length, the rows batched by length together); bounds what a data task holds")
+                                  "bucket_by_length, the rows batched by length together); bounds what a data task "
+                                  "holds")
     read_ahead_mb: float | None = Field(
         None, gt=0, description="how far (MiB of tokenized rows) the Ray Data stream reads ahead of the training "
                                 "workers (null = 8 shuffle windows of max_length rows, at least 16 MiB); unbounded, a "

@@ -6,7 +6,8 @@
     model.memory_slots: {choice: [4, 16]}           sampled, `num_samples` times
     train.learning_rate: {loguniform: [1e-4, 1e-2]} sampled from a log-uniform range (also `uniform`)
 
-On the command line the whole space is one YAML value: `tune.space={model.retrieval_k: [1, 4], model.memory_slots: [2, 8]}`.
+On the command line the whole space is one YAML value:
+`tune.space={model.retrieval_k: [1, 4], model.memory_slots: [2, 8]}`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class TuneConfig(Section):
     recall: RecallObjective = Field(default_factory=RecallObjective, description="objective: recall")
 
     @model_validator(mode="after")
-    def _check(self) -> "TuneConfig":
+    def _check(self) -> TuneConfig:
         if self.scheduler == "asha" and self.grace_steps > self.max_iters:
             # (Ray's ASHA asserts on it when the sweep starts, after the sweep's folder was made)
             raise ValueError(f"grace_steps: {self.grace_steps} is more than max_iters ({self.max_iters}): ASHA "

@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from hybrid.core.errors import HybridError
 from hybrid.core.text import BadJSONLine, parse_json_line
@@ -32,7 +33,7 @@ def _create_temp(path: str) -> tuple[int, str]:
             continue
 
 
-def remove_temps(folder: str | os.PathLike, names: Iterable[str]) -> None:
+def remove_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> None:
     """Remove the temp files (`_create_temp`'s `.NAME.<pid>-<token>-<n>.tmp`) that a process killed between write and
     rename left beside the files `names` in `folder`. Only for files about to be written again, by the one writer."""
     prefixes = tuple(f".{name}." for name in names)
@@ -45,7 +46,7 @@ def remove_temps(folder: str | os.PathLike, names: Iterable[str]) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, mkdir: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], mkdir: bool = True) -> Iterator[Path]:
     """Yield a unique temp path beside `path`; on success it is renamed over `path`, on failure removed.
     A killed process leaves `path` as it was (and at worst a `.NAME.*.tmp` that `cleanup-dataset --temp`
     removes); two processes writing the same file never share a temp file."""
@@ -63,7 +64,7 @@ def atomic_path(path: str | os.PathLike, mkdir: bool = True) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes | Iterable[str], fsync: bool = True,
+def atomic_write(path: str | os.PathLike[str], data: str | bytes | Iterable[str], fsync: bool = True,
                  mkdir: bool = True) -> None:
     """Write `data` (text as UTF-8, bytes, or an iterable of text pieces) to `path` atomically.
 
@@ -100,7 +101,7 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | Iterable[str], fsy
 
 
 @contextmanager
-def exclusive_lock(lock_path: str | os.PathLike, what: str, wait: bool = True) -> Iterator[None]:
+def exclusive_lock(lock_path: str | os.PathLike[str], what: str, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive advisory lock (`flock`) on `lock_path` for the block: the way two processes that share a
     file (the repository registry, a training output folder) take turns. The kernel drops the lock when the
     process dies, so a killed run never leaves a stale lock. `wait=False`: a `HybridError` naming `what` when
@@ -124,17 +125,17 @@ def exclusive_lock(lock_path: str | os.PathLike, what: str, wait: bool = True) -
         os.close(fd)  # releases the lock
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str, fsync: bool = True) -> None:
     atomic_write(path, text, fsync=fsync)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, fsync: bool = True,
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2, fsync: bool = True,
                       mkdir: bool = True) -> None:
     text = (_encode(obj) if indent is None else json.dumps(obj, indent=indent, ensure_ascii=False)) + "\n"
     atomic_write(path, text, fsync=fsync, mkdir=mkdir)
 
 
-def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[Any], fsync: bool = True,
+def atomic_write_jsonl(path: str | os.PathLike[str], records: Iterable[Any], fsync: bool = True,
                        mkdir: bool = True) -> int:
     """Write one JSON document per line; returns the number of records."""
     lines = [_encode(r) + "\n" for r in records]
@@ -142,7 +143,7 @@ def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[Any], fsync: b
     return len(lines)
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -154,11 +155,11 @@ def read_json(path: str | os.PathLike) -> Any:
         raise HybridError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
     """Yield (line number, record) for each non-blank line; a bad line is an error naming file and line."""
     path = Path(path)
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 (closed by the `with f` below; only open's error is translated)
     except FileNotFoundError:
         raise HybridError(f"{path}: no such file") from None
     with f:
@@ -176,5 +177,5 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             yield lineno, record
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Any]:
+def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
     return [record for _, record in iter_jsonl(path)]

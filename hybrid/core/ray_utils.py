@@ -8,6 +8,7 @@ import re
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from hybrid.core.errors import HybridError
 from hybrid.core.redact import redact_url
@@ -37,7 +38,7 @@ def for_the_user(line: str) -> str:
     return USER_LINE + line if in_worker else line
 
 
-def _show_user_lines(data: dict) -> None:
+def _show_user_lines(data: dict[str, Any]) -> None:
     """Quiet mode's printer of what Ray's workers write (in place of Ray's, which prints every line with its
     `(RayTrainWorker pid=…)` prefix): the lines tagged for the user, bare; the rest stays in the workers' log
     files (<session>/logs/worker-*.out|err). Errors still reach the user: a failed task or run raises in the
@@ -74,7 +75,7 @@ def quiet_ray_logs(before_init: bool = False) -> None:
 
     log_once("ray_data_progress_manager_disabled")  # its warning "Progress bars disabled…", which we chose (Ray 2.60)
     try:  # Ray 2.60's driver-side dispatcher of worker output (ray/_private/worker.py: connect)
-        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher  # type: ignore[attr-defined]
 
         if any(name == "ray_print_logs" for name, _ in dispatcher.handlers):
             dispatcher.remove_handler("ray_print_logs")
@@ -90,7 +91,7 @@ def quiet_ray_logs(before_init: bool = False) -> None:
             return  # a log folder we cannot write is no reason to fail the command
         handler = logging.FileHandler(log_dir / f"hybrid-driver-{os.getpid()}.log", delay=True)
         handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"))
-        handler.hybrid_driver_log = True
+        setattr(handler, "hybrid_driver_log", True)  # noqa: B010 (marks our handler; FileHandler has no such field)
         root.addHandler(handler)
 
 
@@ -144,7 +145,7 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
                           f"{timeout_s:g} s); start one with `ray start --head` or fix RAY_ADDRESS") from None
 
 
-def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwargs) -> None:
+def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwargs: Any) -> None:
     """Join the cluster named by RAY_ADDRESS, else start a local Ray (once per process).
 
     Quiet by default: no usage stats, and Ray's own lines go to its log files, not the terminal
@@ -185,7 +186,7 @@ def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwa
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def fixed_resources() -> dict[str, float] | None:

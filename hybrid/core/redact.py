@@ -11,7 +11,7 @@ used to be printed. The rule over-redacts a URL whose path or query holds an `@`
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.I)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ class BadJSONLine(ValueError):
         self.reason = reason
 
 
-def _strings(value: Any):
+def _strings(value: Any) -> Iterator[str]:
     """Every string in a parsed JSON value (keys too), without recursion (the value may be deep)."""
     stack = [value]
     while stack:

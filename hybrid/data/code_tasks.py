@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 
 from hybrid.core.errors import HybridError
 from hybrid.core.io import iter_jsonl
-from hybrid.data.export import _commit_dirs
+from hybrid.core.layout import DIFF_AST, DatasetLayout
 from hybrid.data.tokenizer import SPECIAL_TOKENS, UNK, TextTokenizer
 
 # A name: an identifier of 3+ characters (shorter ones - i, x, df - are everywhere) or a string literal.
@@ -68,12 +68,13 @@ def long_file_examples(data_dir: str | Path, repo_name: str, repo_path: str | Pa
     from the repository's bare clone (`repo_path`); the records from data/ast_dataset/<repo>/commit_<N>/."""
     import pygit2
 
-    root = Path(data_dir) / "ast_dataset" / repo_name
-    if not root.is_dir():
-        raise HybridError(f"{root}: no pipeline output for {repo_name} (run `hybrid pipeline run {repo_name}`)")
+    layout = DatasetLayout(data_dir)
+    if not layout.has_repo(repo_name):
+        raise HybridError(f"{layout.repo_dir(repo_name)}: no pipeline output for {repo_name} "
+                          f"(run `hybrid pipeline run {repo_name}`)")
     repo = pygit2.Repository(str(repo_path))
-    for number, folder in _commit_dirs(root):
-        diff_file = folder / "diff_ast.jsonl"
+    for number in layout.commits(repo_name):
+        diff_file = layout.local_commit_dir(repo_name, number) / DIFF_AST
         if not diff_file.is_file():
             continue
         blobs: dict[str, bytes | None] = {}

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
+from hybrid.core.layout import DIFF_AST, FIM, REASONING, TASKS, DatasetLayout
 from hybrid.data.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, TASK
 
 SPLITS = ("train", "validation", "test")
@@ -54,14 +56,6 @@ def reasoning_input(function_id: str, operation: str, before: str | None, after:
     return "".join(parts)
 
 
-def _commit_dirs(repo_dir: Path) -> list[tuple[int, Path]]:
-    out = []
-    for d in repo_dir.iterdir():
-        if d.is_dir() and d.name.startswith("commit_") and d.name[7:].isdigit():
-            out.append((int(d.name[7:]), d))
-    return sorted(out)
-
-
 def _tasks_for(task_file: Path) -> tuple[dict[str, list[str]], list[str]]:
     """Task texts by function id, and those for the whole commit."""
     by_function: dict[str, list[str]] = defaultdict(list)
@@ -89,12 +83,13 @@ def _list_file(path: Path) -> list[Any]:
     return data
 
 
-def iter_repo_pairs(repo_dir: Path, kinds: tuple[str, ...], skipped: Counter) -> Iterator[dict[str, Any]]:
-    repo = repo_dir.name
-    for number, cdir in _commit_dirs(repo_dir):
-        tasks_by_fn, whole_tasks = _tasks_for(cdir / "task.json")
-        if "fim" in kinds and (cdir / "fim_dataset.json").is_file():
-            path = cdir / "fim_dataset.json"
+def iter_repo_pairs(layout: DatasetLayout, repo: str, kinds: tuple[str, ...],
+                    skipped: Counter) -> Iterator[dict[str, Any]]:
+    for number in layout.commits(repo):
+        cdir = layout.local_commit_dir(repo, number)
+        tasks_by_fn, whole_tasks = _tasks_for(cdir / TASKS)
+        if "fim" in kinds and (cdir / FIM).is_file():
+            path = cdir / FIM
             for i, rec in enumerate(_list_file(path)):
                 if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str)
                                                         for k in ("fim_prefix", "fim_middle", "fim_suffix")):
@@ -108,13 +103,13 @@ def iter_repo_pairs(repo_dir: Path, kinds: tuple[str, ...], skipped: Counter) ->
                 yield {"input": fim_input(rec["fim_prefix"], rec["fim_suffix"], task), "output": rec["fim_middle"],
                        "repo": repo, "commit_number": rec.get("commit_number", number), "function_id": fid,
                        "kind": "fim", "id": rec.get("id", f"{fid}#{i}")}
-        if "reasoning" in kinds and (cdir / "reasoning.json").is_file():
+        if "reasoning" in kinds and (cdir / REASONING).is_file():
             code: dict[str, tuple[str | None, str | None]] = {}
-            if (cdir / "diff_ast.jsonl").is_file():
-                for _, d in iter_jsonl(cdir / "diff_ast.jsonl"):
+            if (cdir / DIFF_AST).is_file():
+                for _, d in iter_jsonl(cdir / DIFF_AST):
                     if isinstance(d, dict) and d.get("id"):
                         code[d["id"]] = (d.get("before_code"), d.get("after_code"))
-            for rec in _list_file(cdir / "reasoning.json"):
+            for rec in _list_file(cdir / REASONING):
                 if not isinstance(rec, dict) or not isinstance(rec.get("reasoning"), str) or not rec.get("function_id"):
                     skipped["reasoning_missing_fields"] += 1
                     continue
@@ -184,20 +179,21 @@ def export_io_pairs(data_dir: str | Path, output_dir: str | Path = "datasets/io_
                     kinds: tuple[str, ...] = KINDS, validation_fraction: float = 0.1,
                     test_fraction: float = 0.1, repos: list[str] | None = None) -> ExportResult:
     check_fractions(validation_fraction, test_fraction)
-    ast_root = Path(data_dir) / "ast_dataset"
-    if not ast_root.is_dir():
+    layout = DatasetLayout(data_dir)
+    ast_root = layout.dataset_dir
+    if not storage.is_dir(ast_root):
         raise HybridError(f"{ast_root}: no such folder (run `hybrid pipeline run` first)")
-    repo_dirs = sorted(d for d in ast_root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    names = layout.repos()
     if repos:
-        unknown = sorted(set(repos) - {d.name for d in repo_dirs})
+        unknown = sorted(set(repos) - set(names))
         if unknown:
             raise HybridError(f"{ast_root}: no dataset for repo(s) {', '.join(unknown)}")
-        repo_dirs = [d for d in repo_dirs if d.name in repos]
+        names = [n for n in names if n in repos]
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise HybridError(f"--kinds: unknown kind(s) {', '.join(bad)} (choose from {', '.join(KINDS)})")
     skipped: Counter = Counter()
-    records = [rec for d in repo_dirs for rec in iter_repo_pairs(d, kinds, skipped)]
+    records = [rec for n in names for rec in iter_repo_pairs(layout, n, kinds, skipped)]
     if not records:
         raise HybridError(f"{ast_root}: no FIM or reasoning records found (run `hybrid pipeline run` first)")
     splits, split_by = split_records(records, validation_fraction, test_fraction)
@@ -205,7 +201,7 @@ def export_io_pairs(data_dir: str | Path, output_dir: str | Path = "datasets/io_
     for name in SPLITS:
         atomic_write_jsonl(output_dir / f"{name}.jsonl", splits[name])
     result = ExportResult(output_dir=output_dir, sizes={s: len(splits[s]) for s in SPLITS}, split_by=split_by,
-                          repos=[d.name for d in repo_dirs], skipped=skipped)
+                          repos=names, skipped=skipped)
     kinds_count = Counter(r["kind"] for r in records)
     atomic_write_json(output_dir / "stats.json", {
         "sizes": result.sizes, "split_by": split_by, "repos": result.repos, "kinds": dict(kinds_count),

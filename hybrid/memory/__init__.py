@@ -5,15 +5,16 @@ Light to import: the backends load where used."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
 
 from hybrid.config.memory import MemoryConfig
 from hybrid.memory.faiss_store import FaissStore
 from hybrid.memory.ray_store import RayShardedStore
+from hybrid.memory.store import MemoryStore
 from hybrid.memory.torch_store import TorchStore
 
 
-def make_store(memory_cfg: MemoryConfig, capacity: int, chunk_size: int, use_gpu: bool = False) -> Any:
+def make_store(memory_cfg: MemoryConfig, capacity: int, chunk_size: int, use_gpu: bool = False) -> MemoryStore:
     """A store of `capacity` chunks (of `chunk_size` tokens) per namespace and head, per `memory_cfg.backend`."""
     if memory_cfg.backend == "torch":
 
@@ -28,7 +29,7 @@ def make_store(memory_cfg: MemoryConfig, capacity: int, chunk_size: int, use_gpu
 
 
 def store_factory(memory_cfg: MemoryConfig, capacity: int, chunk_size: int,
-                  use_gpu: bool = False) -> Callable[[], Any]:
+                  use_gpu: bool = False) -> Callable[[], MemoryStore]:
     """What `model.store_factory` calls once per forward. In-process stores are fresh per call; the Ray store
     is created once and shared (each call uses its own namespaces and drops them at the end)."""
     if memory_cfg.backend == "ray":

@@ -15,17 +15,29 @@ Head dims below 128 are zero-padded to 128: flat IP search at d=64 was ~7x slowe
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from hybrid.memory.store import SearchResult, check_add, check_search, empty_result
 
+INDEX_KINDS = ("auto", "flat", "ivf")
 
-def _padded_dim(d: int) -> int:
+
+def padded_dim(d: int) -> int:
+    """The head dim a FAISS index stores: `d` zero-padded to a multiple of 128 (see the module docstring)."""
     return d if d % 128 == 0 else 128 * math.ceil(d / 128)
+
+
+def index_kind(index: str, capacity: int, ivf_min_chunks: int) -> str:
+    """The FAISS index a namespace of `capacity` chunks gets: `ivf` when asked for, or for `auto` from
+    `ivf_min_chunks` chunks on; else `flat`. (A GPU store searches flat whatever this says.)"""
+    if index not in INDEX_KINDS:
+        raise ValueError(f"memory.faiss_index must be auto, flat or ivf, got {index!r}")
+    return "ivf" if index == "ivf" or (index == "auto" and capacity >= ivf_min_chunks) else "flat"
 
 
 @dataclass
@@ -47,11 +59,9 @@ class FaissStore:
 
         if capacity < 1:
             raise ValueError(f"FaissStore: capacity must be >= 1 chunk, got {capacity}")
-        if index not in ("auto", "flat", "ivf"):
-            raise ValueError(f"FaissStore: index must be auto, flat or ivf, got {index!r}")
         self.faiss = faiss
         self.capacity = capacity
-        self.kind = "ivf" if index == "ivf" or (index == "auto" and capacity >= ivf_min_chunks) else "flat"
+        self.kind = index_kind(index, capacity, ivf_min_chunks)
         self.nlist = ivf_nlist or max(1, int(4 * math.sqrt(capacity)))
         self.nprobe = ivf_nprobe
         self.gpu = None
@@ -65,11 +75,11 @@ class FaissStore:
         self.searches = 0
 
     # -- writing --------------------------------------------------------------------------------------------
-    def _flat(self, dp: int):
+    def _flat(self, dp: int) -> Any:
         return self.faiss.IndexIDMap2(self.faiss.IndexFlatIP(dp))
 
     def _new_bank(self, H: int, c: int, D: int) -> _Bank:
-        dp = _padded_dim(D)
+        dp = padded_dim(D)
         cap = self.capacity
         bank = _Bank(indexes=[], keys=torch.zeros(H, cap, D), chunk_keys=torch.zeros(H, cap, c, D),
                      chunk_values=torch.zeros(H, cap, c, D))
@@ -93,7 +103,7 @@ class FaissStore:
         out[..., : x.shape[-1]] = x
         return out
 
-    def _active(self, bank: _Bank, h: int):
+    def _active(self, bank: _Bank, h: int) -> Any:
         if self.kind == "ivf":
             return bank.indexes[h][0] if bank.trained else bank.staging[h]
         return bank.indexes[h]
@@ -104,13 +114,13 @@ class FaissStore:
         B, H, C, D = keys.shape
         c = chunk_keys.shape[3]
         keys, chunk_keys, chunk_values = (t.detach().float().cpu() for t in (keys, chunk_keys, chunk_values))
-        if C > self.capacity:
+        if self.capacity < C:
             skip = C - self.capacity
             keys, chunk_keys, chunk_values = keys[:, :, skip:], chunk_keys[:, :, skip:], chunk_values[:, :, skip:]
             C = self.capacity
         else:
             skip = 0
-        dp = _padded_dim(D)
+        dp = padded_dim(D)
         for b, ns in enumerate(namespaces):
             bank = self._banks.get(ns)
             if bank is None:
@@ -151,8 +161,9 @@ class FaissStore:
 
     def _rebuild_gpu(self, bank: _Bank) -> None:
         """GPU: a flat index holding the live chunks in slot order (label = slot)."""
+        assert self.gpu is not None  # only GPU stores mark banks dirty
         n = min(bank.next_id, self.capacity)
-        dp = _padded_dim(bank.keys.shape[2])
+        dp = padded_dim(bank.keys.shape[2])
         bank.indexes = []
         for h in range(bank.keys.shape[0]):
             cpu = self.faiss.IndexFlatIP(dp)
@@ -169,7 +180,7 @@ class FaissStore:
         c = next((bk.chunk_keys.shape[2] for bk in known if bk is not None), 1)
         out = empty_result(B, H, Q, k, c, D, torch.device("cpu"))
         q = queries.detach().float().cpu().numpy()
-        dp = _padded_dim(D)
+        dp = padded_dim(D)
         for b, bank in enumerate(known):
             if bank is None or bank.next_id == 0:
                 continue

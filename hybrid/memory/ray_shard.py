@@ -18,16 +18,16 @@ Arrays travel as float32 NumPy (zero-copy through Ray's object store); wrong dty
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 import warnings
 from collections import OrderedDict, deque
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 
-from hybrid.memory.faiss_store import FaissStore
+from hybrid.memory.faiss_store import FaissStore, padded_dim
 
 # (capacity in chunks, index kind, ivf_min_chunks, ivf_nlist, ivf_nprobe, use_gpu)
 Spec = tuple[int, str, int, int, int, bool]
@@ -37,16 +37,16 @@ _LATENCY_WINDOW = 4096  # search latencies kept for p50/p99
 _RATE_WINDOW_S = 60.0  # searches/s is measured over the last minute
 
 
-def padded_dim(d: int) -> int:
-    return d if d % 128 == 0 else 128 * math.ceil(d / 128)
-
-
 def namespace_bytes(heads: int, capacity: int, chunk_size: int, dim: int) -> int:
     """Bytes one namespace reserves at full capacity: the float32 ring of search keys and chunk keys/values that
     `FaissStore` allocates up front, plus the FAISS index (padded float32 vectors and 8-byte ids twice, IDMap2)."""
     ring = 4 * heads * capacity * dim * (1 + 2 * chunk_size)
     index = heads * capacity * (4 * padded_dim(dim) + 16)
     return ring + index
+
+
+def _spec(spec: Sequence[Any]) -> Spec:
+    return cast(Spec, tuple(spec))
 
 
 def _check_array(name: str, a: Any, ndim: int) -> np.ndarray:
@@ -81,7 +81,7 @@ class MemoryShard:
         # Arrays from Ray's object store are read-only; FaissStore copies what it keeps and never writes to them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.started = time.time()
-        self.stores: dict[Spec, Any] = {}
+        self.stores: dict[Spec, FaissStore] = {}
         self.spec_of: OrderedDict[str, Spec] = OrderedDict()  # namespace -> spec, oldest first
         self.reserved: dict[str, int] = {}  # namespace -> bytes reserved
         self.total_reserved = 0
@@ -122,7 +122,7 @@ class MemoryShard:
             pass
 
     # -- stores and the byte bound -----------------------------------------------------------------------------
-    def _store(self, spec: Spec):
+    def _store(self, spec: Spec) -> FaissStore:
         store = self.stores.get(spec)
         if store is None:
 
@@ -167,7 +167,7 @@ class MemoryShard:
             _check_array(f"add {ns!r}: keys", keys, 3)
             _check_array(f"add {ns!r}: chunk_keys", ck, 4)
             _check_array(f"add {ns!r}: chunk_values", cv, 4)
-            spec = tuple(spec)
+            spec = _spec(spec)
             have = self.spec_of.get(ns)
             if have is not None and have != spec:
                 raise ValueError(f"add: namespace {ns!r} exists on shard {self.shard} with capacity/index {have}, "
@@ -205,8 +205,8 @@ class MemoryShard:
             # another capacity than the writer: `hybrid memory build --capacity-tokens`)
             by_spec: dict[Spec, list[int]] = {}
             for i, ns in enumerate(namespaces):
-                by_spec.setdefault(self.spec_of.get(ns, tuple(spec)), []).append(i)
-            arrays = None
+                by_spec.setdefault(self.spec_of.get(ns, _spec(spec)), []).append(i)
+            arrays: tuple[np.ndarray, ...] | None = None
             for sp, rows in by_spec.items():
                 res = self._store(sp).search([namespaces[i] for i in rows], torch.from_numpy(queries[rows]), k)
                 got = (res.keys.numpy(), res.values.numpy(), res.mask.numpy(), res.scores.numpy())
@@ -268,6 +268,7 @@ class MemoryShard:
         recent = [(t, q) for t, q in self.search_times if t >= now - _RATE_WINDOW_S]
         span = min(_RATE_WINDOW_S, max(1e-3, now - self.started))
         lat = np.array(self.latencies) if self.latencies else None
+        out: dict[str, Any]  # the namespace list is added below
         out = {"shard": self.shard, "service": self.service, "num_shards": self.num_shards,
                "incarnation": self.incarnation,
                "restarted": self.restarted, "namespaces": len(self.spec_of), "vectors": self._chunks(),

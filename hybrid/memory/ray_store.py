@@ -26,20 +26,39 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from hybrid.config.memory import MemoryConfig
 from hybrid.core.errors import HybridError
 from hybrid.core.ray_utils import init_ray
-from hybrid.memory.ray_shard import MemoryShard, namespace_bytes
-from hybrid.memory.store import SearchResult, check_add, check_search, empty_result
+from hybrid.memory.faiss_store import index_kind
+from hybrid.memory.ray_shard import MemoryShard, Spec, namespace_bytes
+from hybrid.memory.store import (
+    SearchResult,
+    check_add,
+    check_search,
+    empty_result,
+    layer_namespace,
+    split_layer_namespace,
+)
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
 
 log = logging.getLogger("hybrid.memory.ray")
 
 RAY_NAMESPACE = "hybrid-memory"
+
+Shape = tuple[int, int, int, int, int, int]  # (B, H, Q, k, c, D) of a search result
+Row = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # one row's keys, values, mask, scores from a shard
+# what one search call to one shard covers, per spec group: stored names, batch rows, (part, parts) of each row
+Group = tuple[list[str], list[int], list[tuple[int, int]]]
+Call = tuple[int, "ObjectRef[dict[str, Any]]", list[Group]]  # (shard, the answer to come, groups)
 
 
 def shard_name(service: str, shard: int) -> str:
@@ -61,7 +80,7 @@ def connect_shards(service: str, num_shards: int, shard_bytes: int = 1 << 30, sh
         log.info("memory service %r: use_gpu_to_search is set but the cluster has no GPU; shards search on CPU",
                  service)
         shard_gpus = 0.0  # asking for one would leave the actors unschedulable (a hang)
-    handles = []
+    handles: list[Any] = []
     for i in range(num_shards):
         name = shard_name(service, i)
         if not create:
@@ -105,14 +124,13 @@ class _Layout:
     chunk_size: int
     dim: int
     parts: list[tuple[int, str]]  # (shard, stored name); one entry when the namespace is not split
-    spec: tuple
+    spec: Spec
     written: dict[str, str] = field(default_factory=dict)  # stored name -> incarnation it was written to
     next_id: int | None = None  # chunks ever added (split namespaces only)
 
 
 class _SearchHandle:
-    def __init__(self, store: "RayShardedStore", calls: list[tuple[int, Any, list]], shape: tuple,
-                 device: torch.device):
+    def __init__(self, store: RayShardedStore, calls: list[Call], shape: Shape, device: torch.device):
         self.store, self.calls, self.shape, self.device = store, calls, shape, device
         self._result: SearchResult | None = None
 
@@ -135,7 +153,7 @@ class RayShardedStore:
             raise ValueError(f"on_shard_failure must be empty or error, got {on_shard_failure!r}")
         self.capacity, self.chunk_size, self.num_shards = capacity, chunk_size, num_shards
         self.service, self.shard_bytes = service, shard_bytes
-        self.kind = "ivf" if index == "ivf" or (index == "auto" and capacity >= ivf_min_chunks) else "flat"
+        self.kind = index_kind(index, capacity, ivf_min_chunks)  # for the whole namespace, even when split
         self.ivf = (ivf_min_chunks, ivf_nlist, ivf_nprobe)
         self.use_gpu = use_gpu
         self.call_timeout_s, self.on_shard_failure = call_timeout_s, on_shard_failure
@@ -148,7 +166,8 @@ class RayShardedStore:
         self.failures = {"failed_calls": 0, "empty_rows": 0, "lost_namespaces": 0, "evicted_rows": 0}
 
     @classmethod
-    def from_config(cls, memory_cfg, capacity: int, chunk_size: int, use_gpu: bool = False) -> "RayShardedStore":
+    def from_config(cls, memory_cfg: MemoryConfig, capacity: int, chunk_size: int,
+                    use_gpu: bool = False) -> RayShardedStore:
         """The store the `memory` config section describes, for namespaces of `capacity` chunks."""
         return cls(capacity, chunk_size, num_shards=memory_cfg.num_shards,
                    service=memory_cfg.service, shard_bytes=memory_cfg.shard_bytes, shard_cpus=memory_cfg.shard_cpus,
@@ -159,7 +178,7 @@ class RayShardedStore:
                    on_shard_failure=memory_cfg.on_shard_failure)
 
     # -- layout ------------------------------------------------------------------------------------------------
-    def _spec(self, capacity: int) -> tuple:
+    def _spec(self, capacity: int) -> Spec:
         return (capacity, self.kind, *self.ivf, self.use_gpu)
 
     def split_factor(self, heads: int, dim: int) -> int:
@@ -211,7 +230,7 @@ class RayShardedStore:
             raise ValueError(f"add: chunks of {c} tokens, but the store was made for chunk_size {self.chunk_size}")
         k_np, ck_np, cv_np = (t.detach().to("cpu", torch.float32).contiguous().numpy()
                               for t in (keys, chunk_keys, chunk_values))
-        per_shard: dict[int, list] = {}
+        per_shard: dict[int, list[tuple[Spec, str, np.ndarray, np.ndarray, np.ndarray]]] = {}
         for b, ns in enumerate(namespaces):
             lay = self._layout(ns, H, D, c)
             if len(lay.parts) == 1:
@@ -304,7 +323,7 @@ class RayShardedStore:
         check_search(namespaces, queries, k)
         B, H, Q, D = queries.shape
         q_np = queries.detach().to("cpu", torch.float32).contiguous().numpy()
-        per_shard: dict[int, dict[tuple, tuple[list, list, list]]] = {}  # shard -> spec -> (names, rows, parts)
+        per_shard: dict[int, dict[Spec, Group]] = {}  # shard -> spec -> (names, rows, parts)
         for b, ns in enumerate(namespaces):
             lay = self._layouts.get(ns)
             if lay is not None and (lay.heads, lay.dim) != (H, D):
@@ -318,7 +337,7 @@ class RayShardedStore:
                 names.append(name)
                 rows.append(b)
                 parts.append((p, len(lay.parts)))
-        calls = []
+        calls: list[Call] = []
         for shard, groups in per_shard.items():
             payload = [(spec, names, q_np[rows]) for spec, (names, rows, _) in groups.items()]
             ref = self.shards[shard].search.remote(payload, k)
@@ -329,7 +348,7 @@ class RayShardedStore:
     def search(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult:
         return self.search_async(namespaces, queries, k).result()
 
-    def _gather(self, calls, shape, device) -> SearchResult:
+    def _gather(self, calls: list[Call], shape: Shape, device: torch.device) -> SearchResult:
         import ray
 
         B, H, Q, k, c, D = shape
@@ -337,7 +356,7 @@ class RayShardedStore:
         self._resolve_pending(deadline)
         out = empty_result(B, H, Q, k, c, D, torch.device("cpu"))
         o_keys, o_values, o_mask, o_scores = (t.numpy() for t in (out.keys, out.values, out.mask, out.scores))
-        split: dict[int, list[tuple[int, tuple]]] = {}  # row -> [(part, (keys, values, mask, scores))]
+        split: dict[int, list[tuple[int, Row]]] = {}  # row -> [(part, (keys, values, mask, scores))]
         for shard, ref, groups in calls:
             try:
                 answer = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
@@ -363,7 +382,7 @@ class RayShardedStore:
                             scores=out.scores.to(device))
 
     @staticmethod
-    def _merge(out: SearchResult, b: int, answers: list[tuple], k: int) -> None:
+    def _merge(out: SearchResult, b: int, answers: list[Row], k: int) -> None:
         """Top k of the parts' top k by score (masked entries last)."""
         keys, values, mask, scores = (torch.from_numpy(np.concatenate([a[j] for a in answers], 2))
                                       for j in range(4))  # (H, Q, P*k, c, D) x2, (H, Q, P*k) x2
@@ -387,13 +406,6 @@ class RayShardedStore:
                 per_shard.setdefault(shard, []).append(name)
         for shard, stored in per_shard.items():
             self.shards[shard].reset.remote(stored)
-
-    def clear_service(self) -> None:
-        """Forget every namespace on every shard (all clients' memories)."""
-        import ray
-
-        ray.get([s.reset.remote(None) for s in self.shards], timeout=self.call_timeout_s)
-        self._layouts.clear()
 
     def shard_stats(self, list_namespaces: bool = False) -> list[dict[str, Any]]:
         import ray
@@ -422,7 +434,7 @@ class RayShardedStore:
 
     def stored_chunks(self, namespace: str) -> int:
         try:
-            return self.namespace_info(namespace)["vectors"]
+            return int(self.namespace_info(namespace)["vectors"])
         except HybridError:
             return 0
 
@@ -472,20 +484,22 @@ class SharedMemoryView:
         if strict:
             store.namespace_info(namespace)
 
-    def add(self, namespaces, keys, chunk_keys, chunk_values) -> None:
+    def add(self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor,
+            chunk_values: torch.Tensor) -> None:
         return None
 
-    def search_async(self, namespaces, queries, k):
+    def search_async(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> _SearchHandle:
         return self.store.search_async([self._shared(ns) for ns in namespaces], queries, k)
 
-    def search(self, namespaces, queries, k):
+    def search(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult:
         return self.search_async(namespaces, queries, k).result()
 
     def _shared(self, ns: str) -> str:
-        # the model asks for "<row namespace>/layer<i>"; the built memory is "<namespace>/layer<i>"
-        return self.namespace + ns[ns.rindex("/layer"):] if "/layer" in ns else self.namespace
+        """A row's layer namespace -> the shared one of the same layer."""
+        _, layer = split_layer_namespace(ns)
+        return self.namespace if layer is None else layer_namespace(self.namespace, layer)
 
-    def reset(self, namespaces=None) -> None:
+    def reset(self, namespaces: Sequence[str] | None = None) -> None:
         return None
 
     def stats(self) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The external-memory store protocol (LongMem-style chunk memory), shared by every backend.
 
-A store holds, per *namespace* (one sequence's memory at one retrieval layer, e.g. ``"call3/row0/layer4"``),
-a FIFO bank of chunks per key/value head. A chunk is ``chunk_size`` consecutive tokens; its search key is the mean
-of their attention keys; its payload is the tokens' keys and values. Capacity is counted in chunks; when full,
-the oldest chunks are evicted first.
+A store holds, per *namespace* (one sequence's memory at one retrieval layer, e.g. ``"call3/row0/layer4"``, see
+`layer_namespace`), a FIFO bank of chunks per key/value head. A chunk is ``chunk_size`` consecutive tokens; its
+search key is the mean of their attention keys; its payload is the tokens' keys and values. Capacity is counted
+in chunks; when full, the oldest chunks are evicted first.
 
 Every call is *batched*: one call covers all rows (namespaces) and all heads of one segment at one retrieval
 layer, so a remote (Ray-sharded) backend makes one actor call per shard per model call. Shapes:
@@ -15,7 +15,8 @@ layer, so a remote (Ray-sharded) backend makes one actor call per shard per mode
         .keys / .values (B,H,Q,k,c,D) float32   the retrieved chunks' tokens (no gradient)
         .mask           (B,H,Q,k)     bool      True where a real chunk was found (fewer than k stored -> False)
         .scores         (B,H,Q,k)     float32   inner products (masked entries are 0, never -3.4e38)
-    search_async(...) -> handle with .result()  (lets a remote store overlap the search with local attention)
+    search_async(...) -> SearchHandle            .result() waits (lets a remote store overlap the search with
+                                                 local attention)
     reset(namespaces=None)                       forget those namespaces (None: all)
     stats() -> dict                              namespaces, chunks, bytes, adds, searches
 
@@ -26,8 +27,9 @@ by its first `add`; searching a namespace never added to returns an all-False ma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -39,8 +41,12 @@ class SearchResult:
     mask: torch.Tensor  # (B, H, Q, k) bool
     scores: torch.Tensor  # (B, H, Q, k) float32
 
-    def result(self) -> "SearchResult":  # a finished search is its own handle
+    def result(self) -> SearchResult:  # a finished search is its own handle
         return self
+
+
+class SearchHandle(Protocol):
+    def result(self) -> SearchResult: ...
 
 
 @runtime_checkable
@@ -50,11 +56,23 @@ class MemoryStore(Protocol):
 
     def search(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult: ...
 
-    def search_async(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> Any: ...
+    def search_async(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchHandle: ...
 
     def reset(self, namespaces: Sequence[str] | None = None) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+
+def layer_namespace(row: str, layer: int) -> str:
+    """The namespace of one row's memory at one retrieval layer: `<row>/layer<i>`. The model names its rows'
+    memories so, and `hybrid memory build` a shared one (row = the shared name)."""
+    return f"{row}/layer{layer}"
+
+
+def split_layer_namespace(namespace: str) -> tuple[str, int | None]:
+    """`layer_namespace`'s inverse: (row, layer); (namespace, None) for a name without a layer part."""
+    row, sep, layer = namespace.rpartition("/layer")
+    return (row, int(layer)) if sep and layer.isdecimal() else (namespace, None)
 
 
 def check_add(namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor,

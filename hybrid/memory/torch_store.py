@@ -7,8 +7,9 @@ Any other combination of namespaces still works (rows are gathered). Each namesp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -64,7 +65,7 @@ class TorchStore:
         if new:
             self._allocate(new, H, c, D, keys.device)
         keys, chunk_keys, chunk_values = (t.detach().float() for t in (keys, chunk_keys, chunk_values))
-        if C > self.capacity:  # only the newest `capacity` chunks survive anyway
+        if self.capacity < C:  # only the newest `capacity` chunks survive anyway
             keys, chunk_keys, chunk_values = keys[:, :, -self.capacity:], chunk_keys[:, :, -self.capacity:], \
                 chunk_values[:, :, -self.capacity:]
             skipped, C = C - self.capacity, self.capacity
@@ -101,7 +102,7 @@ class TorchStore:
             raise ValueError(f"add: namespace {ns!r} holds (heads, chunk_size, head_dim)={want}, got {(H, c, D)}")
 
     # -- reading --------------------------------------------------------------------------------------------
-    def _gather(self, namespaces: Sequence[str]):
+    def _gather(self, namespaces: Sequence[str]) -> tuple[torch.Tensor, ...]:
         """The banks of these namespaces as (B, ...) tensors, without a copy when they are one whole slab."""
         rows = [self._where[ns] for ns in namespaces]
         slab0 = rows[0][0]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrid.config.model import ModelConfig, RopeScaling
+from hybrid.memory.store import MemoryStore
 
 
 class RMSNorm(nn.Module):
@@ -110,7 +111,7 @@ class MLP(nn.Module):
 class ExternalContext:
     """What a retrieval layer needs for one segment: the store, each row's namespace, and whether to write."""
 
-    store: object  # a hybrid.memory.store.MemoryStore
+    store: MemoryStore
     namespaces: Sequence[str]  # one per batch row, for this layer
     write: bool
     read: bool = True  # False when the store is known to be empty (a fresh memory's first segment)

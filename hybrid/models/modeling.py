@@ -22,6 +22,7 @@ from torch import nn
 
 from hybrid.config.model import ModelConfig
 from hybrid.core.errors import ConfigError
+from hybrid.memory.store import MemoryStore, layer_namespace
 from hybrid.memory.torch_store import TorchStore
 from hybrid.models.internal_memory import InternalMemory
 from hybrid.models.layers import MLP, ExternalContext, JointAttention, RotaryEmbedding, make_norm
@@ -118,7 +119,7 @@ class HybridForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         # Creates the external store of a call when the caller passes none; set by build_model from the
         # `memory` config section (torch / faiss / ray). Default: an in-process TorchStore on the input's device.
-        self.store_factory: Callable[[], Any] | None = None
+        self.store_factory: Callable[[], MemoryStore] | None = None
 
     # -- init -----------------------------------------------------------------------------------------------
     def _init_base_weights(self) -> None:
@@ -174,7 +175,7 @@ class HybridForCausalLM(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, memory_store: Any = None,
+                attention_mask: torch.Tensor | None = None, memory_store: MemoryStore | None = None,
                 namespaces: Sequence[str] | None = None,
                 memory_row_order: torch.Tensor | Sequence[int] | None = None) -> CausalLMOutput:
         """input_ids (B, T) of any length; labels (B, T) HuggingFace-style (shifted here, -100 ignored);
@@ -290,7 +291,7 @@ class HybridForCausalLM(nn.Module):
                 store = self.store_factory() if self.store_factory is not None else self._default_store()
                 call = uuid.uuid4().hex[:12]
                 row_ns = [f"{call}/row{b}" for b in range(B)]
-        layer_ns = {i: [f"{ns}/layer{i}" for ns in row_ns] for i in layers} if layers else {}
+        layer_ns = {i: [layer_namespace(ns, i) for ns in row_ns] for i in layers} if layers else {}
         read_ns = layer_ns  # the namespaces each row reads and writes (the reset below drops layer_ns)
         memory = None  # each block starts its own internal memory
         logits = []
@@ -333,7 +334,7 @@ class HybridForCausalLM(nn.Module):
         if layers:
             store = self.store_factory() if self.store_factory is not None else self._default_store()
             call = uuid.uuid4().hex[:12]
-            layer_ns = {i: [f"{call}/row{b}/layer{i}" for b in range(B)] for i in layers}
+            layer_ns = {i: [layer_namespace(f"{call}/row{b}", i) for b in range(B)] for i in layers}
         memory = None  # each block starts its own internal memory
         written = 0  # segments whose memory writes are done
         try:

@@ -13,6 +13,7 @@ from hybrid.core.ray_utils import connect_cluster
 from hybrid.core.text import read_text_lines
 from hybrid.data.io_pairs import read_io_pairs
 from hybrid.memory.ray_store import RayShardedStore
+from hybrid.memory.store import layer_namespace
 from hybrid.training.code_memory import write_corpus
 from hybrid.training.evaluate import load
 
@@ -76,7 +77,7 @@ def build_memory(checkpoint: str | Path, namespace: str, texts: list[str], memor
     connect_cluster()  # the shards must live in the cluster, not in a Ray that ends with this command
     t0 = time.time()
     store = RayShardedStore.from_config(memory_cfg, mcfg.chunks_capacity, mcfg.chunk_size, mcfg.use_gpu_to_search)
-    store.reset([f"{namespace}/layer{i}" for i in mcfg.retrieval_layer_ids])
+    store.reset([layer_namespace(namespace, i) for i in mcfg.retrieval_layer_ids])
     counts = write_corpus(model, tok, store, namespace, texts, batch_segments)
     n, stream_tokens = counts["tokens_written"], counts["tokens"]
     info = store.namespace_info(namespace) if n else {"vectors": 0, "bytes": 0, "parts": 0}

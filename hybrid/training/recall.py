@@ -19,7 +19,6 @@ Every run is a `hybrid train` run on a config built from `base` (the caller's de
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from hybrid.config.recipe import RecipeConfig, with_values
 from hybrid.core.errors import HybridError
-from hybrid.core.io import atomic_write_text
+from hybrid.core.io import atomic_write_jsonl
 from hybrid.data import recall_tasks as rt
 from hybrid.data.encode import collate, encode_pairs
 from hybrid.data.tokenizer import TextTokenizer
@@ -95,13 +94,6 @@ class RecallRecipe:
 
 def layout() -> rt.Layout:
     return rt.Layout(prefix=0, suffix=TEMPLATE_SUFFIX, echo_key=True)
-
-
-def write_jsonl(path: Path, records) -> int:
-    """Write IO-pair records (one JSON object a line) atomically; returns the count."""
-    lines = [json.dumps(r, ensure_ascii=False) for r in records]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return len(lines)
 
 
 def training_examples(r: RecallRecipe, steps: int, lengths: dict[int, float], seed: int,
@@ -189,7 +181,7 @@ def train_base(r: RecallRecipe, base: RecipeConfig, work: Path, seed: int, max_l
     module docstring). Returns its checkpoint (weights + the word-level tokenizer the variants inherit)."""
     examples = training_examples(r, r.base_steps, {1: 1.0}, seed * 7919 + 1)
     data = work / "base_train.jsonl"
-    write_jsonl(data, [e.record() for e in examples] + vocabulary_records(examples, r.segment_length, seed))
+    atomic_write_jsonl(data, [e.record() for e in examples] + vocabulary_records(examples, r.segment_length, seed))
     val = eval_examples(r, "kv", 1, r.val_examples, seed, "val") if "kv" in r.tasks else []
     scores: list[float] = []
     checkpoint: Path | None = None
@@ -209,8 +201,8 @@ def train_base(r: RecallRecipe, base: RecipeConfig, work: Path, seed: int, max_l
 
 def stage2_data(r: RecallRecipe, work: Path, seed: int) -> Path:
     data = work / "stage2_train.jsonl"
-    write_jsonl(data, [e.record() for e in training_examples(r, r.steps, r.length_mix, seed * 7919 + 2,
-                                                             chain_separator=r.chain_separator)])
+    atomic_write_jsonl(data, [e.record() for e in training_examples(r, r.steps, r.length_mix, seed * 7919 + 2,
+                                                                    chain_separator=r.chain_separator)])
     return data
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from hybrid.config.recipe import RecipeConfig
 from hybrid.core import storage
-from hybrid.core.errors import ConfigError, HybridError
+from hybrid.core.errors import ConfigError, HybridError, root_cause
 from hybrid.core.io import atomic_write_json, atomic_write_text, exclusive_lock
 from hybrid.core.ray_utils import fixed_resources, init_ray
 from hybrid.data.io_pairs import data_files
@@ -369,7 +369,7 @@ def fit_on_ray(spec: TrainingSpec, callbacks: tuple = (), start_retries: int = 0
     except HybridError:
         raise
     except Exception as e:
-        cause = _root_cause(e)
+        cause = root_cause(e)
         if isinstance(cause, HybridError):
             raise HybridError(str(cause)) from None
         raise
@@ -387,21 +387,6 @@ def read_ahead_bytes(cfg: RecipeConfig) -> int:
     if cfg.data.read_ahead_mb is not None:
         return int(cfg.data.read_ahead_mb * 2**20)
     return max(16 << 20, 8 * cfg.data.shuffle_window * cfg.data.max_length * 4)
-
-
-def _root_cause(e: BaseException) -> BaseException:
-    seen = set()
-    while id(e) not in seen:
-        seen.add(id(e))
-        failures = getattr(e, "worker_failures", None)
-        if failures:
-            e = next(iter(failures.values()))
-            continue
-        nxt = getattr(e, "cause", None) or e.__cause__
-        if nxt is None:
-            break
-        e = nxt
-    return e
 
 
 def describe(result: TrainResult) -> str:

@@ -12,14 +12,15 @@ from collections import Counter
 from pathlib import Path
 
 from hybrid.config.llm import LLMConfig
+from hybrid.core.layout import DatasetLayout
 from pipelines.llm import stages as st
 from pipelines.llm.runner import run_llm_stage
 from pipelines.llm.settings import NO_LLM_MESSAGE, load_settings
 
 
 def _present(repo_names: list[str], data_dir: str | Path) -> list[str]:
-    root = Path(data_dir) / "ast_dataset"
-    return [name for name in repo_names if (root / name).is_dir()]
+    layout = DatasetLayout(data_dir)
+    return [name for name in repo_names if layout.has_repo(name)]
 
 
 def _counts(summary: dict) -> dict:
@@ -31,9 +32,10 @@ def tasks_from_messages(data_dir: str | Path, repos: list[str], force: bool, max
     """generate-tasks without an LLM: every commit gets task.json from its cleaned message (fast, in-process)."""
     summary: dict = {"commits": 0, "already_done": 0, "ok": 0, "failed": 0, "written": 0}
     all_drops: Counter = Counter()
-    repo_dirs = st.repo_dirs(data_dir, repos)
-    for repo in repo_dirs:
-        todo, done = st.plan_tasks(st.commit_dirs(repo), force, llm=False)
+    layout = DatasetLayout(data_dir)
+    names = st.repo_names(layout, repos)
+    for repo in names:
+        todo, done = st.plan_tasks(st.commit_dirs(layout, repo), force, llm=False)
         drops: Counter = Counter()
         written = 0
         for commit_dir in todo:
@@ -43,11 +45,11 @@ def tasks_from_messages(data_dir: str | Path, repos: list[str], force: bool, max
                 drops[reason] += 1
         repo_summary = {"commits": len(todo), "already_done": done, "ok": len(todo), "failed": 0,
                         "written": written, "source": "commit_message", "drops": dict(drops)}
-        st.update_stats(repo, "generate-tasks", repo_summary)
+        st.update_stats(layout, repo, "generate-tasks", repo_summary)
         for k in ("commits", "already_done", "ok", "written"):
             summary[k] += repo_summary[k]
         all_drops.update(drops)
-    if repo_dirs:
+    if names:
         summary["drops"] = dict(all_drops)
     return summary
 

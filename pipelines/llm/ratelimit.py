@@ -79,9 +79,6 @@ class RateLimiter:
             self.paused_until = until
         self.stats.pauses += 1
 
-    def get_stats(self) -> dict:
-        return dict(self.stats.__dict__)
-
 
 async def call(limiter, method: str, *args):
     """Call a `RateLimiter` method alike on the object in this process or on the handle of its Ray actor

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hybrid.config.llm import LLMConfig
 from hybrid.core.errors import HybridError
+from hybrid.core.layout import DatasetLayout
 from hybrid.core.ray_utils import init_ray
 from pipelines.llm import stages as st
 from pipelines.llm.cache import AnswerCache
@@ -59,17 +60,13 @@ class StageWorker:
             except Exception as e:  # a bad input file (or a bug): this commit is recorded as failed, the run goes on
                 reason = "bad_input" if isinstance(e, HybridError) else "internal_error"
                 detail = str(e) if isinstance(e, HybridError) else f"{type(e).__name__}: {e}"
-                out.update(failures=json.dumps([{"stage": self.stage, "commit_number": _num(commit_dir),
+                out.update(failures=json.dumps([{"stage": self.stage, "commit_number": st.commit_number(commit_dir),
                                                  "function_id": None, "reason": reason,
                                                  "detail": self.client.redact(detail), "attempts": 0}]))
         if self.fatal is not None:
             out.update(status="fatal", error=self.fatal)
         out["stats"] = json.dumps(self.client.stats.snapshot())
         return out
-
-
-def _num(commit_dir: Path) -> int:
-    return int(commit_dir.name.split("_", 1)[1])
 
 
 @dataclass
@@ -131,20 +128,19 @@ def run_llm_stage(stage: str, cfg: LLMConfig, settings: LLMSettings, data_dir: s
 
     console = console or Console(stderr=True)
     runner = runner or cfg.runner
-    repo_paths = st.repo_dirs(data_dir, repos)
+    layout = DatasetLayout(data_dir)
+    names = st.repo_names(layout, repos)
     items: list[dict] = []
     totals = RunTotals(stage)
-    per_repo: dict[str, list[Path]] = {}
-    for repo in repo_paths:
-        commits = st.commit_dirs(repo)
+    for repo in names:
+        commits = st.commit_dirs(layout, repo)
         todo, done = (st.plan_tasks(commits, force, llm=True) if stage == "generate-tasks"
                       else st.plan_reasoning(commits, force))
         totals.done_before += done
-        per_repo[repo.name] = todo
-        items += [{"repo": repo.name, "commit_dir": str(c.resolve())} for c in todo]
+        items += [{"repo": repo, "commit_dir": str(c.resolve())} for c in todo]
     totals.items = len(items)
-    failures: dict[str, list[dict]] = {r.name: [] for r in repo_paths}
-    cache_dir = str(Path(data_dir) / "llm_cache")
+    failures: dict[str, list[dict]] = {r: [] for r in names}
+    cache_dir = str(layout.local(layout.llm_cache))
     fatal: str | None = None
 
     def consume(row: dict, progress, task_id) -> None:
@@ -175,9 +171,9 @@ def run_llm_stage(stage: str, cfg: LLMConfig, settings: LLMSettings, data_dir: s
     if fatal:
         raise HybridError(f"{stage}: {fatal}")
     summary = totals.as_dict()
-    for repo in repo_paths:
-        st.write_failures(repo, stage, failures[repo.name])
-        st.update_stats(repo, stage, {**summary, "failures": len(failures[repo.name])})
+    for repo in names:
+        st.write_failures(layout, repo, stage, failures[repo])
+        st.update_stats(layout, repo, stage, {**summary, "failures": len(failures[repo])})
     return totals
 
 

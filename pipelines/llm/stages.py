@@ -9,13 +9,15 @@ answered, a failure record. Formats: docs/data-format.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from pathlib import Path
 
 from hybrid.config.llm import LLMConfig
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from hybrid.core.layout import COMMIT_DATA, DIFF_AST, REASONING, TASKS, DatasetLayout
+from hybrid.core.layout import commit_number as parse_commit_number
 from pipelines.llm.client import LLMClient, LLMFailure
 from pipelines.llm.commit_messages import tasks_from_message
 from pipelines.llm.prompts import chunk_diff, reasoning_messages, tasks_diff_budget, tasks_messages
@@ -25,41 +27,34 @@ STAGES = ("generate-tasks", "generate-reasoning")
 
 
 # ------------------------------------------------------------------------------------------------- planning
-def dataset_root(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "ast_dataset"
-
-
-def repo_dirs(data_dir: str | Path, repos: list[str]) -> list[Path]:
-    root = dataset_root(data_dir)
+def repo_names(layout: DatasetLayout, repos: list[str]) -> list[str]:
+    """The named repositories (each must have outputs), else every one that has."""
+    for name in repos:
+        if not layout.has_repo(name):
+            raise HybridError(f"{layout.repo_dir(name)}: no such repository in the dataset (run generate-ast first, "
+                              f"or check the name)")
     if repos:
-        out = []
-        for name in repos:
-            path = root / name
-            if not path.is_dir():
-                raise HybridError(f"{path}: no such repository in the dataset (run generate-ast first, or check the name)")
-            out.append(path)
-        return out
-    if not root.is_dir():
-        raise HybridError(f"{root}: no dataset yet (run `hybrid pipeline generate-ast` first)")
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return list(repos)
+    if not storage.is_dir(layout.dataset_dir):
+        raise HybridError(f"{layout.dataset_dir}: no dataset yet (run `hybrid pipeline generate-ast` first)")
+    return layout.repos()
 
 
-def commit_dirs(repo_dir: Path) -> list[Path]:
-    found = []
-    for p in repo_dir.glob("commit_*"):
-        m = re.fullmatch(r"commit_(\d+)", p.name)
-        if m and p.is_dir():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+def commit_dirs(layout: DatasetLayout, repo: str) -> list[Path]:
+    """The repository's commit folders, oldest first (local: the stages read and write files there)."""
+    return [layout.local_commit_dir(repo, n) for n in layout.commits(repo)]
 
 
 def commit_number(commit_dir: Path) -> int:
-    return int(commit_dir.name.split("_", 1)[1])
+    number = parse_commit_number(commit_dir.name)
+    if number is None:
+        raise HybridError(f"{commit_dir}: not a commit folder")
+    return number
 
 
 def changed_functions(commit_dir: Path) -> tuple[list[dict], int]:
     """The diff records that get reasoning (unique ids, whitespace-only changes skipped) and how many were skipped."""
-    path = commit_dir / "diff_ast.jsonl"
+    path = commit_dir / DIFF_AST
     if not path.exists():
         return [], 0
     seen, out, skipped = set(), [], 0
@@ -80,9 +75,9 @@ def plan_tasks(commits: list[Path], force: bool, llm: bool) -> tuple[list[Path],
     """Commits needing task.json; a commit-message task.json is redone once an LLM is configured."""
     todo, done = [], 0
     for c in commits:
-        if not (c / "commit_data.json").exists():
+        if not (c / COMMIT_DATA).exists():
             continue
-        out = c / "task.json"
+        out = c / TASKS
         if out.exists() and not force:
             try:
                 source = read_json(out).get("source")
@@ -96,7 +91,7 @@ def plan_tasks(commits: list[Path], force: bool, llm: bool) -> tuple[list[Path],
 
 
 def existing_reasoning(commit_dir: Path) -> dict[str, dict]:
-    path = commit_dir / "reasoning.json"
+    path = commit_dir / REASONING
     if not path.exists():
         return {}
     try:
@@ -156,7 +151,7 @@ def _failure(stage: str, commit_dir: Path, err: LLMFailure, function_id: str | N
 
 
 async def tasks_for_commit(commit_dir: Path, client: LLMClient, cfg: LLMConfig) -> dict:
-    commit = read_json(commit_dir / "commit_data.json")
+    commit = read_json(commit_dir / COMMIT_DATA)
     functions, _ = changed_functions(commit_dir)
     chunks, truncated = chunk_diff(commit.get("diff") or "", tasks_diff_budget(cfg), cfg.max_chunks_per_commit)
     prompts = [tasks_messages(commit, functions, chunk, i, len(chunks), cfg) for i, chunk in enumerate(chunks, 1)]
@@ -172,31 +167,31 @@ async def tasks_for_commit(commit_dir: Path, client: LLMClient, cfg: LLMConfig) 
     tasks, unknown = merge_tasks([r[0] for r in results], {f["id"] for f in functions}, cfg.max_tasks_per_commit)
     if unknown:
         drops["unknown_function_id"] = unknown
-    atomic_write_json(commit_dir / "task.json", {"commit_number": commit.get("commit_number", commit_number(commit_dir)),
-                                                "commit_hash": commit.get("commit_hash"), "source": "llm",
-                                                "tasks": tasks})
+    atomic_write_json(commit_dir / TASKS, {"commit_number": commit.get("commit_number", commit_number(commit_dir)),
+                                          "commit_hash": commit.get("commit_hash"), "source": "llm",
+                                          "tasks": tasks})
     return {"status": "ok", "written": len(tasks), "failures": [], "drops": drops, "chunks": len(chunks)}
 
 
 def tasks_from_commit_message(commit_dir: Path, max_tasks: int) -> tuple[int, str | None]:
     """No LLM: task.json from the cleaned commit message. Returns (tasks written, drop reason)."""
-    commit = read_json(commit_dir / "commit_data.json")
+    commit = read_json(commit_dir / COMMIT_DATA)
     tasks, reason = tasks_from_message(commit.get("message") or "", commit.get("author") or "",
                                        len(commit.get("parents") or []), max_tasks)
-    atomic_write_json(commit_dir / "task.json", {"commit_number": commit.get("commit_number", commit_number(commit_dir)),
-                                                "commit_hash": commit.get("commit_hash"), "source": "commit_message",
-                                                "tasks": tasks})
+    atomic_write_json(commit_dir / TASKS, {"commit_number": commit.get("commit_number", commit_number(commit_dir)),
+                                          "commit_hash": commit.get("commit_hash"), "source": "commit_message",
+                                          "tasks": tasks})
     return len(tasks), reason
 
 
 def commit_tasks(commit_dir: Path, max_tasks: int) -> list[dict]:
     """The commit's tasks: task.json if there is one, else the cleaned commit message (not written)."""
-    path = commit_dir / "task.json"
+    path = commit_dir / TASKS
     if path.exists():
         data = read_json(path)
         if isinstance(data, dict) and isinstance(data.get("tasks"), list):
             return data["tasks"]
-    commit = read_json(commit_dir / "commit_data.json") if (commit_dir / "commit_data.json").exists() else {}
+    commit = read_json(commit_dir / COMMIT_DATA) if (commit_dir / COMMIT_DATA).exists() else {}
     return tasks_from_message(commit.get("message") or "", commit.get("author") or "",
                               len(commit.get("parents") or []), max_tasks)[0]
 
@@ -227,14 +222,14 @@ async def reasoning_for_commit(commit_dir: Path, client: LLMClient, cfg: LLMConf
     entries = [new.get(f["id"]) or have.get(f["id"]) for f in functions]
     entries = [e for e in entries if e is not None]
     if new:  # successes are kept even when others failed; the next run asks only for the missing ones
-        atomic_write_json(commit_dir / "reasoning.json", entries)
+        atomic_write_json(commit_dir / REASONING, entries)
     status = "ok" if not failures else ("partial" if new or have else "failed")
     return {"status": status, "written": len(new), "failures": failures,
             "drops": {"whitespace_only": skipped} if skipped else {}}
 
 
-def read_failures(repo_dir: Path) -> list[dict]:
-    path = repo_dir / "llm_failures.jsonl"
+def read_failures(layout: DatasetLayout, repo: str) -> list[dict]:
+    path = layout.local(layout.failures_file(repo))
     if not path.exists():
         return []
     try:
@@ -243,28 +238,22 @@ def read_failures(repo_dir: Path) -> list[dict]:
         return []
 
 
-def write_failures(repo_dir: Path, stage: str, failures: list[dict]) -> None:
+def write_failures(layout: DatasetLayout, repo: str, stage: str, failures: list[dict]) -> None:
     """Replace this stage's entries in `<repo>/llm_failures.jsonl` with this run's failures."""
 
-    kept = [r for r in read_failures(repo_dir) if r.get("stage") != stage]
+    kept = [r for r in read_failures(layout, repo) if r.get("stage") != stage]
     rows = kept + sorted(failures, key=lambda r: (r["commit_number"], r.get("function_id") or ""))
-    path = repo_dir / "llm_failures.jsonl"
+    path = layout.local(layout.failures_file(repo))
     if rows:
         atomic_write_jsonl(path, rows)
     elif path.exists():
         path.unlink()
 
 
-def update_stats(repo_dir: Path, stage: str, stats: dict) -> None:
+def update_stats(layout: DatasetLayout, repo: str, stage: str, stats: dict) -> None:
     """Set this stage's entry in `<repo>/stats.json` (other stages' entries are kept)."""
-    path = repo_dir / "stats.json"
-    current: dict = {}
-    if path.exists():
-        try:
-            current = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            current = {}
-    if not isinstance(current, dict):
+    current = layout.read_stats(repo)
+    if current is None:
         return  # not ours to rewrite
     current[stage] = stats
-    atomic_write_json(path, current)
+    atomic_write_json(layout.local(layout.stats_file(repo)), current)

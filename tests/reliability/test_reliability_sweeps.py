@@ -22,8 +22,10 @@ import yaml
 
 from hybrid.cli.config import load_config
 from hybrid.core.errors import ConfigError
-from hybrid.tuning.sweep import (OWNED, Sweep, TrialRow, check_sweep, holds_sweep, plan_trials,
-                                 with_absolute_sweep_paths, write_results)
+from hybrid.tuning.results import Sweep, TrialRow, write_results
+from hybrid.tuning.space import OWNED, check_sweep, with_absolute_sweep_paths
+from hybrid.tuning.sweep import holds_sweep
+from hybrid.tuning.trial import plan_trials
 from tests.hybrid.conftest import make_pairs
 from tests.reliability.conftest import ROOT, assert_one_line_error, cli, run_main, tree
 

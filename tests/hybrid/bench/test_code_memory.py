@@ -196,7 +196,7 @@ def test_committed_results_match_the_docs():
 
     result = b._load_result(str(ROOT / "docs" / "code-memory-results.json"))
     assert len(result["settings"]["seeds"]) >= 3 and len(result["runs"]) == len(result["settings"]["seeds"])
-    for name, full in b.DOC_FILES.items():
-        assert b.doc_block(ROOT / name) == b.markdown_report(result, full), (
+    for name, full in b.DOCS.files.items():
+        assert b.DOCS.block(ROOT / name) == b.markdown_report(result, full), (
             f"{name}: its code-memory table differs from docs/code-memory-results.json; regenerate it with "
             f"`hybrid bench code-memory --from-json docs/code-memory-results.json --write-docs`")

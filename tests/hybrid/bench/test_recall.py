@@ -111,11 +111,11 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
 
     root = tmp_path / "docs_root"
     (root / "docs").mkdir(parents=True)
-    for name in r.DOC_FILES:
-        (root / name).write_text(f"intro\n{r.MARK[0]}\nold\n{r.MARK[1]}\noutro\n")
+    for name in r.DOCS.files:
+        (root / name).write_text(f"intro\n{r.DOCS.start}\nold\n{r.DOCS.end}\noutro\n")
     r.write_docs(result, root)
-    for name, full in r.DOC_FILES.items():
-        assert r.doc_block(root / name) == r.markdown_report(result, full)
+    for name, full in r.DOCS.files.items():
+        assert r.DOCS.block(root / name) == r.markdown_report(result, full)
         assert (root / name).read_text().startswith("intro\n") and (root / name).read_text().endswith("outro\n")
     capsys.readouterr()
     assert main(["bench", "recall", "--from-json", str(out), "--markdown", str(tmp_path / "again.md")]) == 0
@@ -146,8 +146,8 @@ def test_committed_results_match_the_docs():
     result = r._load_result(str(root / "docs" / "recall-results.json"))
     assert len(result["settings"]["seeds"]) >= 3 and result["settings"]["eval_examples"] >= 500
     assert len(result["runs"]) == len(result["settings"]["seeds"])
-    for name, full in r.DOC_FILES.items():
-        assert r.doc_block(root / name) == r.markdown_report(result, full), (
+    for name, full in r.DOCS.files.items():
+        assert r.DOCS.block(root / name) == r.markdown_report(result, full), (
             f"{name}: its recall tables differ from docs/recall-results.json; regenerate them with "
             f"`hybrid bench recall --from-json docs/recall-results.json --write-docs`")
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from hybrid.memory.faiss_store import FaissStore
-from hybrid.memory.store import MemoryStore
+from hybrid.memory.faiss_store import FaissStore, index_kind
+from hybrid.memory.store import MemoryStore, layer_namespace, split_layer_namespace
 from hybrid.memory.torch_store import TorchStore
 
 STORES = {"torch": lambda cap: TorchStore(cap), "faiss": lambda cap: FaissStore(cap, index="flat")}
@@ -34,11 +34,11 @@ def test_eviction_keeps_the_newest_chunks(kind):
     res = store.search(["a", "b"], q, k=cap)
     assert res.mask.all()
     seen = set(res.values[..., 0, 0].flatten().tolist())
-    assert seen == set(float(i) for i in range(7, 15))
+    assert seen == {float(i) for i in range(7, 15)}
     big = _chunks(1, 2, 20, 2, 8, start=100)  # one add larger than the capacity keeps its newest chunks
     store.add(["c"], *big)
     res = store.search(["c"], torch.randn(1, 2, 3, 8), k=cap)
-    assert set(res.values[..., 0, 0].flatten().tolist()) == set(float(i) for i in range(112, 120))
+    assert set(res.values[..., 0, 0].flatten().tolist()) == {float(i) for i in range(112, 120)}
 
 
 def test_torch_and_faiss_return_the_same_top_k():
@@ -113,12 +113,28 @@ def test_faiss_ivf_finds_what_flat_finds():
     q = torch.randn(1, 1, 20, 32)
     a, b = flat.search(["n"], q, 4), ivf.search(["n"], q, 4)
     assert torch.equal(a.values, b.values)  # nprobe = nlist: exact
-    assert set(b.values[..., 0, 0].flatten().tolist()) <= set(float(i) for i in range(3000 - cap, 3000))
+    assert set(b.values[..., 0, 0].flatten().tolist()) <= {float(i) for i in range(3000 - cap, 3000)}
+
+
+def test_index_kind_is_one_rule_for_every_store():
+    assert index_kind("auto", 100, 101) == "flat" and index_kind("auto", 101, 101) == "ivf"
+    assert index_kind("ivf", 1, 101) == "ivf" and index_kind("flat", 10**6, 101) == "flat"
+    assert FaissStore(64, index="auto", ivf_min_chunks=64).kind == "ivf"
+    with pytest.raises(ValueError, match="memory.faiss_index must be auto, flat or ivf, got 'hnsw'"):
+        FaissStore(64, index="hnsw")
+
+
+def test_layer_namespaces_round_trip():
+    assert layer_namespace("call3/row0", 4) == "call3/row0/layer4"
+    assert split_layer_namespace("call3/row0/layer4") == ("call3/row0", 4)
+    assert split_layer_namespace("a/layer1/layer12") == ("a/layer1", 12)  # the last layer part counts
+    assert split_layer_namespace("repo") == ("repo", None)
+    assert split_layer_namespace("repo/layers") == ("repo/layers", None)
 
 
 def test_model_with_faiss_store_matches_torch_store():
-    from hybrid.memory import store_factory
     from hybrid.config.memory import MemoryConfig
+    from hybrid.memory import store_factory
     from tests.hybrid.models.model_helpers import open_gates, tiny_model
 
     model = tiny_model("llama")
@@ -126,7 +142,8 @@ def test_model_with_faiss_store_matches_torch_store():
     ids = torch.randint(0, 97, (2, 56))
     with torch.no_grad():
         ref = model(ids).logits
-        model.store_factory = store_factory(MemoryConfig(backend="faiss"), model.config.chunks_capacity, model.config.chunk_size)
+        model.store_factory = store_factory(MemoryConfig(backend="faiss"), model.config.chunks_capacity,
+                                            model.config.chunk_size)
         out = model(ids).logits
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert not math.isnan(out.sum().item())

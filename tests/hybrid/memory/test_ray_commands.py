@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from hybrid.cli import run_command
-from hybrid.core.errors import HybridError
 from hybrid.cli.memory import register
+from hybrid.core.errors import HybridError
 
 
 def cli(argv):
@@ -40,13 +40,13 @@ def _git_repo(path):
 
 @pytest.mark.slow
 def test_build_stats_and_read_only_evaluation(ray_session, tmp_path, capsys):
-    from tests.hybrid.conftest import make_pairs
-    from tests.hybrid.training.conftest import TINY
-
     from hybrid.cli.config import load_config
     from hybrid.memory.ray_store import RayShardedStore, SharedMemoryView
+    from hybrid.memory.store import MemoryStore
     from hybrid.training.evaluate import load
     from hybrid.training.train import train
+    from tests.hybrid.conftest import make_pairs
+    from tests.hybrid.training.conftest import TINY
 
     data = make_pairs(tmp_path / "train.jsonl", 8, 0)
     run = train(load_config([*TINY, f"data.train={data}", "train.max_iters=1", "train.eval_every=1",
@@ -73,6 +73,7 @@ def test_build_stats_and_read_only_evaluation(ray_session, tmp_path, capsys):
     with pytest.raises(HybridError, match="unknown namespace 'nope'"):
         SharedMemoryView(store, "nope")
     view = SharedMemoryView(store, "repo")
+    assert isinstance(view, MemoryStore)
     D, Hkv = ck.model.config.head_size, ck.model.config.kv_heads
     res = view.search(["anything/layer1", "other/layer1"], torch.randn(2, Hkv, 3, D), k=2)
     assert res.mask.all()  # every row reads the shared memory

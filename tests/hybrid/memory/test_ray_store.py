@@ -67,7 +67,7 @@ def test_two_shards_equal_the_local_faiss_store_with_eviction(make_store):
     _assert_same(remote.search(asked, q, k=5), local.search(asked, q, k=5))
     res = remote.search_async(names, q[:6], k=cap).result()  # k = capacity: every stored chunk comes back
     assert res.mask.all()
-    assert set(res.values[..., 0, 0].flatten().tolist()) == set(float(i) for i in range(8, 20))
+    assert set(res.values[..., 0, 0].flatten().tolist()) == {float(i) for i in range(8, 20)}
     st = remote.stats()
     assert st["namespaces"] == 6 and st["chunks"] == 6 * cap and st["searches"] == 2
     assert sum(s["search_calls"] for s in st["shards"]) == 4  # one call per shard per search
@@ -93,7 +93,7 @@ def test_a_namespace_too_big_for_a_shard_is_split_and_keeps_fifo_order(make_stor
     q = torch.randn(1, H, 6, D)
     _assert_same(remote.search(["big"], q, k=4), local.search(["big"], q, k=4))
     full = remote.search(["big"], q, k=cap)
-    assert set(full.values[..., 0, 0].flatten().tolist()) == set(float(i) for i in range(404, 420))
+    assert set(full.values[..., 0, 0].flatten().tolist()) == {float(i) for i in range(404, 420)}
     info = remote.namespace_info("big")
     assert info["parts"] == 2 and info["vectors"] == cap
     assert all(s["bytes"] <= s["shard_bytes"] for s in remote.stats()["shards"])
@@ -191,11 +191,10 @@ def _wait_for_new_incarnation(store, shard, old, timeout_s=60):
 
 @pytest.mark.slow
 def test_training_with_the_ray_backend_in_a_train_worker_matches_faiss(ray_session, tmp_path):
-    from tests.hybrid.conftest import make_pairs
-    from tests.hybrid.training.conftest import TINY
-
     from hybrid.cli.config import load_config
     from hybrid.training.train import train
+    from tests.hybrid.conftest import make_pairs
+    from tests.hybrid.training.conftest import TINY
 
     data = make_pairs(tmp_path / "train.jsonl", 24, 0)
     service = f"test-train-{uuid.uuid4().hex[:8]}"

@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from hybrid.cli.config import load_config
+from hybrid.config.recipe import with_values
 from hybrid.core import storage
 from hybrid.core.errors import ConfigError, HybridError
-from hybrid.tuning.sweep import check_space, holds_sweep, param_space, run_sweep, with_values
+from hybrid.tuning.space import check_space, param_space
+from hybrid.tuning.sweep import holds_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = ["model=tiny_llama_hybrid", "train=tiny", "train.eval_every=2", "train.log_every=1", "data.max_length=32"]
