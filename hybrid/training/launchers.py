@@ -14,8 +14,9 @@ The recipe (hybrid/training/recipe.py) imports none of this; its callers pick th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from hybrid.data.tokenizer import TextTokenizer
 from hybrid.training.checkpoints import checkpoint_name

@@ -26,8 +26,9 @@ import itertools
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError

@@ -34,7 +34,6 @@ from hybrid.training.datastream import StreamPlan, ray_eval_dataset, ray_train_d
 from hybrid.training.launchers import AfterCheckpoint, ray_worker, run_local
 from hybrid.training.spec import TrainingSpec
 
-
 BLOCK_BYTES = 4 << 20  # Ray Data blocks of the training stream
 
 

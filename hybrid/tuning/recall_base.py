@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hybrid.config.recipe import RecipeConfig, with_values
 from hybrid.config.tune import TuneConfig
@@ -11,7 +11,6 @@ from hybrid.core import storage
 from hybrid.core.errors import ConfigError
 from hybrid.core.io import atomic_write_jsonl
 from hybrid.training import recall as rc
-
 
 RECALL_TASKS = {"key_value": "kv", "passkey": "passkey", "two_hop": "facts"}
 
@@ -21,7 +20,7 @@ def recall_base(base: RecipeConfig, tcfg: TuneConfig, output_dir: str, say: Call
     `length`x with the chain aid; val.jsonl, `length`x from the validation stream) and the shared in-window base
     (hybrid/training/recall.py's stage 1, trained once, here), and the trials' config: the recall recipe's model
     and optimiser (docs/recall.md) starting from the base, validated every `grace_steps` steps."""
-    if storage.is_uri(output_dir):
+    if storage.at(output_dir).stages:  # not a folder of this machine
         raise ConfigError(f"tune.objective=recall: tune.output_dir={output_dir} must be a local folder (the recall "
                           f"data and the base are made on this machine)")
     o = tcfg.recall

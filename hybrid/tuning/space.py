@@ -13,7 +13,6 @@ from hybrid.core import storage
 from hybrid.core.errors import ConfigError
 from hybrid.training.recipe import REPORTED_METRICS
 
-
 # Keys every trial's config gets from the sweep (`trial_config`): swept, they would be silently overwritten
 OWNED = {
     "train.max_iters": "every trial runs tune.max_iters steps (ASHA's budget); set tune.max_iters",
@@ -62,7 +61,7 @@ def check_space(base: RecipeConfig, tcfg: TuneConfig) -> None:
 def check_sweep(base: RecipeConfig, tcfg: TuneConfig, data: bool = True) -> None:
     """What can be known wrong before Ray starts: the metric, the space, the data (`data=False`: the recall objective
     makes its data later) — one line each."""
-    if tcfg.objective == "recall" and storage.is_uri(tcfg.output_dir):
+    if tcfg.objective == "recall" and storage.at(tcfg.output_dir).stages:  # not a folder of this machine
         raise ConfigError(f"tune.objective=recall: tune.output_dir={storage.shown(tcfg.output_dir)} must be a local "
                           f"folder (the recall data and the base are made on this machine)")
     if tcfg.metric not in REPORTED_METRICS:
@@ -94,8 +93,7 @@ def with_absolute_sweep_paths(base: RecipeConfig, tcfg: TuneConfig, cwd: str | N
         return {kind: [absolute_path(key, v, cwd) for v in args]}
 
     space = {key: fix(key, spec) for key, spec in tcfg.space.items()}
-    output_dir = tcfg.output_dir if storage.is_uri(tcfg.output_dir) else absolute_path("tune.output_dir",
-                                                                                        tcfg.output_dir, cwd)
+    output_dir = absolute_path("tune.output_dir", tcfg.output_dir, cwd)  # a URI as it is
     return with_absolute_paths(base, cwd), tcfg.model_copy(update={"space": space, "output_dir": output_dir})
 
 

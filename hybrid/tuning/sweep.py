@@ -24,8 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import yaml
 from pydantic import ValidationError
@@ -46,22 +45,19 @@ from hybrid.tuning.scheduler import resumable_asha
 from hybrid.tuning.space import check_sweep, grid_size, param_space, with_absolute_sweep_paths
 from hybrid.tuning.trial import TRIAL_ACTOR, TrialPlan, plan_trials, run_trial, trial_name
 
-
 STATE = "tune"  # Tune's own folder under output_dir
 
 
 def output_dir_of(tcfg: TuneConfig) -> str:
-    return tcfg.output_dir.rstrip("/") if storage.is_uri(tcfg.output_dir) else str(Path(tcfg.output_dir).resolve())
+    return storage.at(tcfg.output_dir).absolute(tcfg.output_dir)
 
 
 def sweep_lock(output_dir: str):
     """One command at a time per sweep (as per training folder, hybrid/training/train.py:output_dir_lock): a
-    `--resume` while the sweep runs would train the same trials into the same folders. A URI's lock is a local file
-    named after it (one sweep per URI, per machine). The kernel drops the lock with the process."""
-    if storage.is_uri(output_dir):
-        lock = ckpt_io.staging_dir(output_dir).with_name(ckpt_io.staging_dir(output_dir).name + ".sweep.lock")
-    else:
-        lock = Path(output_dir) / ".sweep.lock"
+    `--resume` while the sweep runs would train the same trials into the same folders. The lock is a local file in the
+    folder's work folder (hybrid.core.storage: the folder itself, or a URI's staging folder on this machine: one sweep
+    per URI, per machine). The kernel drops the lock with the process."""
+    lock = storage.at(output_dir).work_dir(output_dir) / ".sweep.lock"
     return exclusive_lock(lock, f"tune.output_dir {storage.shown(output_dir)}", wait=False)
 
 
