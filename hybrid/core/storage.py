@@ -28,7 +28,8 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import IO, Callable, TypeVar
+from typing import IO, TypeVar
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from hybrid.core.errors import HybridError
