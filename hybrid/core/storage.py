@@ -27,9 +27,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypeVar
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from hybrid.core.errors import HybridError
