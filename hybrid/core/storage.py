@@ -29,7 +29,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from hybrid.core.errors import HybridError
@@ -37,7 +37,7 @@ from hybrid.core.io import atomic_write
 from hybrid.core.redact import library_message, redact_url
 
 T = TypeVar("T")
-PathLike = str | os.PathLike
+PathLike = str | os.PathLike[str]
 
 
 def is_uri(path: PathLike) -> bool:
@@ -240,12 +240,13 @@ class ArrowStorage(Storage):
     def base_name(self, path: PathLike) -> str:
         return urlsplit(str(path)).path.rstrip("/").rsplit("/", 1)[-1]
 
-    def filesystem(self, uri: str):
+    def filesystem(self, uri: str) -> tuple[Any, str]:
         """(pyarrow file system, path inside it) of a URI; a one-line error when pyarrow cannot open it."""
         import pyarrow.fs as pafs
 
         try:
-            return pafs.FileSystem.from_uri(uri)
+            fs, inner = pafs.FileSystem.from_uri(uri)
+            return fs, str(inner)
         except Exception as e:  # ArrowInvalid, OSError: an unknown scheme, a malformed URI, …
             raise HybridError(f"{self.shown(uri)}: cannot open ({library_message(e, uri)})") from None
 
@@ -259,26 +260,26 @@ class ArrowStorage(Storage):
         except Exception as e:
             raise HybridError(f"{self.shown(uri)}: cannot {what} ({library_message(e, str(uri))})") from None
 
-    def _type(self, path: PathLike):
+    def _type(self, path: PathLike) -> Any:
         fs, inner = self.filesystem(str(path))
         return self._call(path, "read", lambda: fs.get_file_info(inner).type)
 
     def exists(self, path: PathLike) -> bool:
         import pyarrow.fs as pafs
 
-        return self._type(path) != pafs.FileType.NotFound
+        return bool(self._type(path) != pafs.FileType.NotFound)
 
     def is_dir(self, path: PathLike) -> bool:
         import pyarrow.fs as pafs
 
-        return self._type(path) == pafs.FileType.Directory
+        return bool(self._type(path) == pafs.FileType.Directory)
 
     def list_dir(self, path: PathLike) -> list[tuple[str, bool]]:
         import pyarrow.fs as pafs
 
         fs, inner = self.filesystem(str(path))
 
-        def ls():
+        def ls() -> list[tuple[str, bool]]:
             if fs.get_file_info(inner).type != pafs.FileType.Directory:
                 return []
             infos = fs.get_file_info(pafs.FileSelector(inner.rstrip("/"), recursive=False))
@@ -322,16 +323,16 @@ class ArrowStorage(Storage):
     def read_text(self, path: PathLike) -> str:
         fs, inner = self.filesystem(str(path))
 
-        def read():
+        def read() -> str:
             with fs.open_input_stream(inner) as f:
-                return f.read().decode("utf-8")
+                return str(f.read().decode("utf-8"))
 
         return self._call(path, "read", read)
 
     def write_bytes(self, path: PathLike, data: bytes) -> None:
         fs, inner = self.filesystem(str(path))
 
-        def write():
+        def write() -> None:
             try:
                 out = fs.open_output_stream(inner)
             except FileNotFoundError:  # a file system with real folders (file://, hdfs): make the parent first
@@ -361,7 +362,7 @@ class ArrowStorage(Storage):
         files = sorted(p for p in local.rglob("*") if p.is_file())
         files.sort(key=lambda p: p.name == last)  # stable: `last` moves to the end
 
-        def put():
+        def put() -> None:
             fs.create_dir(inner, recursive=True)
             for p in files:
                 target = f"{inner.rstrip('/')}/{p.relative_to(local).as_posix()}"
