@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import set_test_timeout
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -19,6 +21,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("RAY_ADDRESS", None)  # tests never join a cluster that happens to run on the machine
 for _secret in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL_NAME"):
     os.environ.pop(_secret, None)  # tests set what they need; a developer's .env must not leak in
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item, settings):
+    """pytest-timeout starts a test's timer: `run_command` ends its commands before it runs out."""
+    set_test_timeout(settings.timeout)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item):
+    set_test_timeout(None)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.synthetic import build_synthetic_rust_repo
+from tests.commands import command_timeout, run_command
 from tests.repo_builder import build_sample_repo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,14 +43,15 @@ def job(head, submission_id: str) -> dict:
     return head.get(f"/api/jobs/{submission_id}")
 
 
-def wait_job(head, submission_id: str, timeout: float = 600) -> dict:
+def wait_job(head, submission_id: str, timeout: float = 540) -> dict:
+    timeout = command_timeout(timeout)
     deadline = time.time() + timeout
     while time.time() < deadline:
         info = job(head, submission_id)
         if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
             return info
         time.sleep(2)
-    raise AssertionError(f"job {submission_id} still {info['status']} after {timeout} s")
+    raise AssertionError(f"job {submission_id} still {info['status']} after {timeout:.0f} s")
 
 
 def logs(head, submission_id: str) -> str:
@@ -57,9 +59,9 @@ def logs(head, submission_id: str) -> str:
 
 
 def submit(head, *entrypoint: str, submission_id: str, wait: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT),
-                           "--submission-id", submission_id, *([] if wait else ["--no-wait"]), "--", *entrypoint],
-                          capture_output=True, text=True, env=head.env, cwd=ROOT, timeout=900)
+    return run_command([RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT),
+                        "--submission-id", submission_id, *([] if wait else ["--no-wait"]), "--", *entrypoint],
+                       env=head.env, cwd=ROOT, timeout=540)
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -78,7 +80,7 @@ def test_the_readme_jobs_run_on_a_real_head(ray_head, tmp_path):
         i = args.index("--submission-id") + 1
         args[i] = f"{args[i]}-{suffix}"
         ids.append(args[i])
-        done = subprocess.run(args, capture_output=True, text=True, env=ray_head.env, cwd=ROOT, timeout=900)
+        done = run_command(args, env=ray_head.env, cwd=ROOT, timeout=540)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert job(ray_head, args[i])["status"] == "SUCCEEDED"
 
@@ -129,10 +131,12 @@ def test_a_stopped_job_resubmitted_finishes_with_the_same_outputs(ray_head, tmp_
     build_synthetic_rust_repo(tmp_path / "sample", 1500)  # long enough to stop part-way
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     for data in (reference, resumed):
-        subprocess.run([sys.executable, "-m", "hybrid", "repos", "add", str(tmp_path / "sample"),
-                        f"pipeline.data_dir={data}"], check=True, capture_output=True, cwd=ROOT)
-    subprocess.run([sys.executable, "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={reference}",
-                    "--local", "--no-progress"], check=True, capture_output=True, cwd=ROOT)
+        added = run_command([sys.executable, "-m", "hybrid", "repos", "add", str(tmp_path / "sample"),
+                             f"pipeline.data_dir={data}"], cwd=ROOT, timeout=120)
+        assert added.returncode == 0, added.stderr[-3000:]
+    ran = run_command([sys.executable, "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={reference}",
+                       "--local", "--no-progress"], cwd=ROOT, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
     entry = ["python", "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={resumed}",
              "pipeline.commits_per_task=50", "--no-progress"]
     first = f"hybrid-stop-{uuid.uuid4().hex[:6]}"
