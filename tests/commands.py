@@ -1,4 +1,4 @@
-"""Running a command from a test. `run_command` is `subprocess.run(..., capture_output=True, text=True)` whose timeout
+"""Running a command from a test. `run_process` is `subprocess.run(..., capture_output=True, text=True)` whose timeout
 always ends before the test's own (pytest-timeout's, set in pyproject.toml), so a command that hangs fails its test
 with the end of its output — not with pytest-timeout's dump of a test stuck in `subprocess.run`."""
 
@@ -27,15 +27,15 @@ def command_timeout(timeout: float) -> float:
     return max(1.0, min(timeout, _deadline[0] - time.monotonic() - MARGIN_S))
 
 
-def run_command(args: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:
-    """Run `args` to the end, its output captured as text, in a process group of its own (see `finish`)."""
+def run_process(args: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run `args` to the end, its output captured as text, in a process group of its own (see `finish_process`)."""
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             **kwargs)
-    out, err = finish(proc, timeout)
+    out, err = finish_process(proc, timeout)
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
-def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+def finish_process(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
     """`proc.communicate()` for a command started with `start_new_session=True` and text pipes. Past its timeout
     (`timeout`, or less: see `command_timeout`) the command and everything it started (its process group) are killed
     and the test fails with the last lines of its stdout and stderr."""

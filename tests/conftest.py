@@ -25,7 +25,7 @@ for _secret in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL_NAME"):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_timeout_set_timer(item, settings):
-    """pytest-timeout starts a test's timer: `run_command` ends its commands before it runs out."""
+    """pytest-timeout starts a test's timer: `run_process` ends its commands before it runs out."""
     set_test_timeout(settings.timeout)
 
 

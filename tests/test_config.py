@@ -50,7 +50,7 @@ def test_cli_help_is_light():
     where used)."""
     import sys
 
-    from tests.commands import run_command
+    from tests.commands import run_process
 
     code = (
         "import sys; from hybrid.main import build_parser; build_parser(); "
@@ -58,7 +58,7 @@ def test_cli_help_is_light():
         "'rich', 'hybrid.cli.config') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
-    out = run_command([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, timeout=120)
+    out = run_process([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.synthetic import build_synthetic_rust_repo
-from tests.commands import command_timeout, run_command
+from tests.commands import command_timeout, run_process
 from tests.repo_builder import build_sample_repo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def logs(head, submission_id: str) -> str:
 
 
 def submit(head, *entrypoint: str, submission_id: str, wait: bool = True) -> subprocess.CompletedProcess:
-    return run_command([RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT),
+    return run_process([RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT),
                         "--submission-id", submission_id, *([] if wait else ["--no-wait"]), "--", *entrypoint],
                        env=head.env, cwd=ROOT, timeout=540)
 
@@ -80,7 +80,7 @@ def test_the_readme_jobs_run_on_a_real_head(ray_head, tmp_path):
         i = args.index("--submission-id") + 1
         args[i] = f"{args[i]}-{suffix}"
         ids.append(args[i])
-        done = run_command(args, env=ray_head.env, cwd=ROOT, timeout=540)
+        done = run_process(args, env=ray_head.env, cwd=ROOT, timeout=540)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert job(ray_head, args[i])["status"] == "SUCCEEDED"
 
@@ -131,10 +131,10 @@ def test_a_stopped_job_resubmitted_finishes_with_the_same_outputs(ray_head, tmp_
     build_synthetic_rust_repo(tmp_path / "sample", 1500)  # long enough to stop part-way
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     for data in (reference, resumed):
-        added = run_command([sys.executable, "-m", "hybrid", "repos", "add", str(tmp_path / "sample"),
+        added = run_process([sys.executable, "-m", "hybrid", "repos", "add", str(tmp_path / "sample"),
                              f"pipeline.data_dir={data}"], cwd=ROOT, timeout=120)
         assert added.returncode == 0, added.stderr[-3000:]
-    ran = run_command([sys.executable, "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={reference}",
+    ran = run_process([sys.executable, "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={reference}",
                        "--local", "--no-progress"], cwd=ROOT, timeout=300)
     assert ran.returncode == 0, ran.stderr[-3000:]
     entry = ["python", "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={resumed}",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands import run_command
+from tests.commands import run_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-rel-Q7w9E2r4T6y8-never-print"
@@ -26,7 +26,7 @@ def cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = Non
     for k, v in list(full_env.items()):
         if v is None:
             del full_env[k]
-    return run_command([sys.executable, "-m", "hybrid", *args], env=full_env, cwd=cwd or ROOT, timeout=timeout,
+    return run_process([sys.executable, "-m", "hybrid", *args], env=full_env, cwd=cwd or ROOT, timeout=timeout,
                        preexec_fn=preexec_fn)
 
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.commands import run_command
+from tests.commands import run_process
 from tests.hybrid.conftest import make_pairs
 from tests.reliability.conftest import assert_one_line_error, cli, file_size_limit, tree
 from tests.repo_builder import build_sample_repo
@@ -106,7 +106,7 @@ def test_torchrun_output_dir_under_a_file(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    r = run_command([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={port}",
+    r = run_process([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={port}",
                      "-m", "hybrid.train", *TINY, f"data.train={data}", f"train.output_dir={blocker / 'run'}"],
                     cwd=ROOT, timeout=300)
     assert r.returncode != 0

@@ -24,7 +24,7 @@ from hybrid.cli.config import load_config
 from hybrid.core.errors import ConfigError
 from hybrid.tuning.sweep import (OWNED, Sweep, TrialRow, check_sweep, holds_sweep, plan_trials,
                                  with_absolute_sweep_paths, write_results)
-from tests.commands import finish
+from tests.commands import finish_process
 from tests.hybrid.conftest import make_pairs
 from tests.reliability.conftest import ROOT, assert_one_line_error, cli, run_main, tree
 
@@ -101,7 +101,7 @@ def test_the_readmes_tune_lines_as_written_and_ctrl_c_and_a_second_command_on_a_
     assert_one_line_error(second.returncode, second.stderr, "tune.output_dir", "in use by another process",
                           out=second.stdout)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
-    rest, err = finish(proc, timeout=180)
+    rest, err = finish_process(proc, timeout=180)
     assert proc.returncode == 130, err[-3000:]
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err[-3000:]
     assert "--resume" in rest and not (out / "results.csv").exists()  # no partial results as if it had finished

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands import run_command
+from tests.commands import run_process
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -54,7 +54,7 @@ def test_driver_and_worker_peaks_do_not_grow_with_the_data(tmp_path):
         data.mkdir()
         sizes.append(sum(write_pairs(data / f"part-{i}.jsonl", 3_000, i) for i in range(shards)) / 2**20)
         args += [str(data), str(tmp_path / f"out{shards}")]
-    out = run_command([sys.executable, "-c", DRIVER, *args], cwd=ROOT, timeout=540,
+    out = run_process([sys.executable, "-c", DRIVER, *args], cwd=ROOT, timeout=540,
                       env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
     assert out.returncode == 0, out.stderr[-3000:]
     d1, d10 = json.loads(out.stdout.strip().splitlines()[-1])

@@ -16,7 +16,7 @@ import pytest
 from hybrid.core import storage
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.training.recipe import CRASH_ENV
-from tests.commands import run_command
+from tests.commands import run_process
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -60,7 +60,7 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
 
     # the resumed run equals an uninterrupted local one
     local = tmp_path / "local"
-    whole = run_command([sys.executable, "-m", "hybrid", "train",
+    whole = run_process([sys.executable, "-m", "hybrid", "train",
                          *tiny_overrides(io_data, local, "train.max_iters=8", "train.eval_every=4")],
                         env=env, cwd=ROOT, timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -74,7 +74,7 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
 
     # hybrid eval: the output URI resolves to its best checkpoint; the test data is read from the store too
     report = tmp_path / "eval.json"
-    ev = run_command([sys.executable, "-m", "hybrid", "eval", "--checkpoint", out, "--test-data", val_uri,
+    ev = run_process([sys.executable, "-m", "hybrid", "eval", "--checkpoint", out, "--test-data", val_uri,
                       "--json", str(report), "--max-generate", "0"], env=env, cwd=ROOT, timeout=300)
     assert ev.returncode == 0, ev.stderr[-2000:]
     metrics = json.loads(report.read_text())
@@ -85,12 +85,12 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
 
 def test_a_missing_bucket_or_checkpoint_is_one_line(s3_server, io_data, tiny_overrides, tmp_path):
     env = {**os.environ, **s3_server.env}
-    missing = run_command([sys.executable, "-m", "hybrid", "eval", "--checkpoint", "s3://no-such-bucket/run",
+    missing = run_process([sys.executable, "-m", "hybrid", "eval", "--checkpoint", "s3://no-such-bucket/run",
                            "--test-data", str(io_data["validation"])], env=env, cwd=ROOT, timeout=300)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.startswith("error: s3://no-such-bucket/run") and len(missing.stderr.splitlines()) == 1
     empty = f"s3://{s3_server.bucket()}/nothing"
-    nothing = run_command([sys.executable, "-m", "hybrid", "eval", "--checkpoint", empty, "--test-data",
+    nothing = run_process([sys.executable, "-m", "hybrid", "eval", "--checkpoint", empty, "--test-data",
                            str(io_data["validation"])], env=env, cwd=ROOT, timeout=300)
     assert nothing.returncode == 2 and nothing.stderr.strip() == (
         f"error: {empty}: no checkpoint there (nor a training output folder with one)")

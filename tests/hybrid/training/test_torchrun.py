@@ -13,7 +13,7 @@ import pytest
 from hybrid.cli.config import load_config
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.training.train import train
-from tests.commands import run_command
+from tests.commands import run_process
 
 ROOT = Path(__file__).resolve().parents[3]
 COMMON = ["train.max_iters=4", "train.log_every=1", "train.eval_every=2", "train.warmup_iters=1",
@@ -29,7 +29,7 @@ def test_torchrun_two_processes_match_one(io_data, tmp_path, tiny_overrides):
     one = train(load_config(tiny_overrides(io_data, tmp_path / "one", *COMMON, "train.batch_size=4")).recipe(),
                 quiet=True)
     torchrun = Path(sys.executable).parent / "torchrun"
-    out = run_command([str(torchrun), "--nproc_per_node=2", "--master_port=29617", "-m", "hybrid.train",
+    out = run_process([str(torchrun), "--nproc_per_node=2", "--master_port=29617", "-m", "hybrid.train",
                        *tiny_overrides(io_data, tmp_path / "two", *COMMON, "train.batch_size=2")],
                       cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -42,6 +42,6 @@ def test_torchrun_two_processes_match_one(io_data, tmp_path, tiny_overrides):
     ckpt_io.validate_checkpoint(ck)
     assert ck.name == "checkpoint_step_000004" and (ck / "optimizer.pt").exists()
     # a bad override is one line from rank 0, exit code 2, on every rank
-    bad = run_command([str(torchrun), "--nproc_per_node=2", "--master_port=29618", "-m", "hybrid.train",
+    bad = run_process([str(torchrun), "--nproc_per_node=2", "--master_port=29618", "-m", "hybrid.train",
                        "train.batch_size=abc"], cwd=ROOT, timeout=300)
     assert bad.returncode != 0 and "error: train.batch_size" in bad.stderr
