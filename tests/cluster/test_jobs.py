@@ -108,22 +108,21 @@ def test_the_readme_jobs_run_on_a_real_head(ray_head, tmp_path):
     assert re.search(r'ray_hybrid_memory_vectors\{[^}]*shard="0"', text), text[-2000:]
 
 
-def test_the_job_runs_the_submitted_checkout(ray_head):
-    sid = f"hybrid-which-{uuid.uuid4().hex[:6]}"
-    done = submit(ray_head, "python", "-c", "import hybrid; print('hybrid from', hybrid.__file__)", submission_id=sid)
-    assert done.returncode == 0, done.stderr[-2000:]
-    where = re.search(r"hybrid from (\S+)", logs(ray_head, sid)).group(1)
-    assert "working_dir_files" in where and not where.startswith(str(ROOT)), where
-
-
-def test_a_failing_job_ends_failed_with_its_error_line(ray_head, tmp_path):
+def test_a_job_runs_the_submitted_checkout_and_a_failing_one_ends_failed_with_its_error_line(ray_head, tmp_path):
+    """One job (each costs a working-dir upload and a driver start): it prints where `hybrid` comes from, then runs a
+    training that must fail."""
     sid = f"hybrid-relative-{uuid.uuid4().hex[:6]}"
-    done = submit(ray_head, "python", "-m", "hybrid", "train", f"data.train={tmp_path / 'x.jsonl'}",
-                  "train.output_dir=outputs/lost", submission_id=sid)
+    which = shlex.join(["python", "-c", "import hybrid; print('hybrid from', hybrid.__file__)"])
+    train = shlex.join(["python", "-m", "hybrid", "train", f"data.train={tmp_path / 'x.jsonl'}",
+                        "train.output_dir=outputs/lost"])
+    done = submit(ray_head, "bash", "-c", f"{which} && {train}", submission_id=sid)
     assert done.returncode != 0
     info = job(ray_head, sid)
     assert info["status"] == "FAILED"
-    last = logs(ray_head, sid).strip().splitlines()[-1]
+    text = logs(ray_head, sid)
+    where = re.search(r"hybrid from (\S+)", text).group(1)
+    assert "working_dir_files" in where and not where.startswith(str(ROOT)), where
+    last = text.strip().splitlines()[-1]
     assert last.startswith("error: train.output_dir=outputs/lost: a relative folder inside a Ray job"), last
 
 
