@@ -24,7 +24,6 @@ from hybrid.cli.config import load_config
 from hybrid.core.errors import ConfigError
 from hybrid.tuning.sweep import (OWNED, Sweep, TrialRow, check_sweep, holds_sweep, plan_trials,
                                  with_absolute_sweep_paths, write_results)
-from tests.commands import finish_process
 from tests.hybrid.conftest import make_pairs
 from tests.reliability.conftest import ROOT, assert_one_line_error, cli, run_main, tree
 
@@ -83,6 +82,8 @@ def test_the_readmes_tune_lines_as_written_and_ctrl_c_and_a_second_command_on_a_
     with Ctrl-C once its first trial reported, while a `--resume` of it is refused — then `--resume`, then training
     the winner. (Before: every trial failed, `datasets/io_pairs/train.jsonl: no such file`; Ctrl-C exited 0 with
     partial results; the `--resume` was accepted and trained the same trial twice into one folder.)"""
+    from tests.commands import finish_process
+
     sweep_line, resume_line = (line for line in readme_lines("tune") if "tune=recall" not in line)
     train_line = next(line for line in readme_lines("train") if "best.yaml" in " ".join(line))
     assert "data.train=datasets/io_pairs/train.jsonl" in sweep_line and "--resume" in resume_line
