@@ -29,8 +29,9 @@ def command_timeout(timeout: float) -> float:
 
 def run_process(args: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run `args` to the end, its output captured as text, in a process group of its own (see `finish_process`)."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            **kwargs)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    )
     out, err = finish_process(proc, timeout)
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
@@ -48,5 +49,8 @@ def finish_process(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
         out, err = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:  # a process that left the group still holds the pipes: stop reading
         out, err = "", "(not readable: a process the command started, outside its process group, holds the pipes)"
-    pytest.fail(f"`{' '.join(map(str, proc.args))[:300]}` still ran after {limit:.0f} s: killed.\n"
-                f"--- its stdout ended with:\n{out[-3000:]}\n--- its stderr ended with:\n{err[-5000:]}", pytrace=False)
+    pytest.fail(
+        f"`{' '.join(map(str, proc.args))[:300]}` still ran after {limit:.0f} s: killed.\n"
+        f"--- its stdout ended with:\n{out[-3000:]}\n--- its stderr ended with:\n{err[-5000:]}",
+        pytrace=False,
+    )
