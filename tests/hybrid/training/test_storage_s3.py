@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hybrid.cli.config import load_config
 from hybrid.core import storage
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.training.recipe import CRASH_ENV
-from hybrid.training.train import train
 from tests.commands import run_process
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -60,9 +58,12 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
     assert sorted({r["step"] for r in records if "val_loss" in r}) == [4, 8]  # one history across the kill
     assert storage.list_dir(f"{out}/tensorboard")
 
-    # the resumed run equals an uninterrupted local one (in this process: what the commands above did not test)
+    # the resumed run equals an uninterrupted local one
     local = tmp_path / "local"
-    train(load_config(tiny_overrides(io_data, local, "train.max_iters=8", "train.eval_every=4")).recipe(), quiet=True)
+    whole = run_process([sys.executable, "-m", "hybrid", "train",
+                         *tiny_overrides(io_data, local, "train.max_iters=8", "train.eval_every=4")],
+                        env=env, cwd=ROOT, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
     from safetensors.torch import load_file
     import torch
 
