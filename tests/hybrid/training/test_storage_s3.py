@@ -16,7 +16,6 @@ import pytest
 from hybrid.core import storage
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.training.recipe import CRASH_ENV
-from tests.commands import run_process
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -28,6 +27,8 @@ def upload(local: Path, uri: str) -> str:
 
 @pytest.mark.slow
 def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_path):
+    from tests.commands import run_process
+
     bucket = s3_server.bucket()
     train_uri = upload(io_data["train"], f"s3://{bucket}/data/train.jsonl")
     val_uri = upload(io_data["validation"], f"s3://{bucket}/data/validation.jsonl")
@@ -84,6 +85,8 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
 
 
 def test_a_missing_bucket_or_checkpoint_is_one_line(s3_server, io_data, tiny_overrides, tmp_path):
+    from tests.commands import run_process
+
     env = {**os.environ, **s3_server.env}
     missing = run_process([sys.executable, "-m", "hybrid", "eval", "--checkpoint", "s3://no-such-bucket/run",
                            "--test-data", str(io_data["validation"])], env=env, cwd=ROOT, timeout=300)
