@@ -9,16 +9,32 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import set_test_timeout
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+# A Ray head of the tests' own (`ray start --block`) drains for 30 s on SIGTERM (Ray 2.60, for Kubernetes pods): the
+# drain RPC waits for the GCS, which got the same SIGTERM, so stopping a head took 33.5 s here; 3.6 s without it
+os.environ.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
 # One torch/OpenMP thread per process: the tests' models are tiny, and on 2 shared cores (Ray's processes, a
 # subprocess per `hybrid train`) a second thread per process made small forwards many times slower here.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("RAY_ADDRESS", None)  # tests never join a cluster that happens to run on the machine
 for _secret in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL_NAME"):
     os.environ.pop(_secret, None)  # tests set what they need; a developer's .env must not leak in
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item, settings):
+    """pytest-timeout starts a test's timer: `run_process` ends its commands before it runs out."""
+    set_test_timeout(settings.timeout)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item):
+    set_test_timeout(None)
 
 
 @pytest.fixture(scope="session")

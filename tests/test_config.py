@@ -48,8 +48,9 @@ def test_split_overrides():
 def test_cli_help_is_light():
     """`hybrid --help` must not import torch, ray, faiss or the pydantic config schemas (STYLE: heavy imports
     where used)."""
-    import subprocess
     import sys
+
+    from tests.commands import run_process
 
     code = (
         "import sys; from hybrid.main import build_parser; build_parser(); "
@@ -57,7 +58,7 @@ def test_cli_help_is_light():
         "'rich', 'hybrid.cli.config') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    out = run_process([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -1,15 +1,13 @@
 """The files in cluster/ (Ray launcher configs, KubeRay manifests, Dockerfile) and the install paths
 (environment.yaml, pyproject's [tool.uv]): checked against Ray's own launcher schema, the project's CLI and config,
-and the Ray version pyproject.toml pins. Fast: nothing is launched, no Ray is started.
-
-Set HYBRID_KUBERAY_CRDS to a folder holding KubeRay's ray.io_rayclusters.yaml and ray.io_rayjobs.yaml
-(ray-operator/config/crd/bases in the KubeRay repository) to also validate the manifests against the CRD schemas.
+and the Ray version pyproject.toml pins, and the KubeRay manifests against KubeRay's CRD schemas (shipped in
+kuberay_crds/, see its README). Fast: nothing is launched, no Ray is started.
 """
 
 from __future__ import annotations
 
 import copy
-import os
+import json
 import re
 import shlex
 import tomllib
@@ -23,6 +21,7 @@ CLUSTER = ROOT / "cluster"
 KUBERAY = CLUSTER / "kuberay"
 LAUNCHER_FILES = sorted(CLUSTER.glob("*.yaml"))
 KUBERAY_FILES = sorted(KUBERAY.glob("*.yaml"))
+KUBERAY_CRDS = Path(__file__).resolve().parent / "kuberay_crds"
 RAY_KINDS = {"RayCluster", "RayJob"}
 SHELL_OPERATORS = {"&&", "||", ";", "(", ")", "|", "&"}
 OUTPUT_KEYS = ("pipeline.data_dir", "train.output_dir", "tune.output_dir", "data.train", "data.validation")
@@ -306,7 +305,7 @@ def _subcommands(parser) -> set[str]:
 
 def test_rayjob_entrypoints_parse_with_the_real_cli_and_config():
     """Each `hybrid …` in the entrypoints is accepted by the CLI's parser and its key=value overrides by the config
-    (nothing runs). `hybrid tune` is skipped while this checkout has no tune command."""
+    (nothing runs)."""
     from hybrid.main import build_parser
     from hybrid.cli.config import load_config, split_overrides
 
@@ -315,9 +314,7 @@ def test_rayjob_entrypoints_parse_with_the_real_cli_and_config():
     parsed = 0
     for name, job in _rayjobs().items():
         for command in _commands(job["spec"]["entrypoint"]):
-            if command[1] not in known:
-                assert command[1] == "tune", f"{name}: unknown command {command[1]!r}"
-                continue
+            assert command[1] in known, f"{name}: unknown command {command[1]!r}"
             parser.parse_args(command[1:])
             overrides, _ = split_overrides(command[2:])
             load_config(overrides)
@@ -325,33 +322,46 @@ def test_rayjob_entrypoints_parse_with_the_real_cli_and_config():
     assert parsed >= 5
 
 
-def test_kuberay_manifests_match_the_kuberay_crds():
-    crd_dir = os.environ.get("HYBRID_KUBERAY_CRDS")
-    if not crd_dir:
-        pytest.skip("set HYBRID_KUBERAY_CRDS to KubeRay's ray-operator/config/crd/bases to check against the CRDs")
+def _strict(schema):
+    """Kubernetes prunes unknown fields silently; here they are errors (typos)."""
+    if isinstance(schema, dict):
+        if ("properties" in schema and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema["additionalProperties"] = False
+        for value in schema.values():
+            _strict(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _strict(value)
+    return schema
+
+
+def _crd_errors(doc: dict) -> list[str]:
+    """What KubeRay v1.7.0's CRD schema (kuberay_crds/) says is wrong with a RayCluster or RayJob document."""
     import jsonschema
 
-    def strict(schema):  # Kubernetes prunes unknown fields silently; here they are errors (typos)
-        if isinstance(schema, dict):
-            if ("properties" in schema and "additionalProperties" not in schema
-                    and not schema.get("x-kubernetes-preserve-unknown-fields")):
-                schema["additionalProperties"] = False
-            for value in schema.values():
-                strict(value)
-        elif isinstance(schema, list):
-            for value in schema:
-                strict(value)
-        return schema
+    schema = _strict(json.loads((KUBERAY_CRDS / f"{doc['kind']}.v1.json").read_text()))
+    return [f"{list(e.absolute_path)}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
 
-    schemas = {}
-    for kind, file in (("RayCluster", "ray.io_rayclusters.yaml"), ("RayJob", "ray.io_rayjobs.yaml")):
-        crd = yaml.safe_load((Path(crd_dir) / file).read_text())
-        (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-        schemas[kind] = strict(version["schema"]["openAPIV3Schema"])
+
+def test_kuberay_manifests_match_the_kuberay_crds():
     for name, doc in _ray_documents():
-        errors = [f"{list(e.absolute_path)}: {e.message}" for e in
-                  jsonschema.Draft7Validator(schemas[doc["kind"]]).iter_errors(doc)]
+        errors = _crd_errors(doc)
         assert not errors, f"{name}: {errors[:5]}"
+
+
+def test_the_crd_check_rejects_broken_manifests():
+    """The check above is real: a misspelt field, a wrong type and a missing required field each fail it."""
+    job = copy.deepcopy(_rayjobs()["rayjob-train.yaml"])
+    typo = copy.deepcopy(job)
+    typo["spec"]["shutdownAfterJobFinish"] = typo["spec"].pop("shutdownAfterJobFinishes")
+    wrong_type = copy.deepcopy(job)
+    wrong_type["spec"]["ttlSecondsAfterFinished"] = "an hour"
+    no_containers = copy.deepcopy(job)
+    del no_containers["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    for broken, field in ((typo, "shutdownAfterJobFinish"), (wrong_type, "an hour"), (no_containers, "containers")):
+        errors = _crd_errors(broken)
+        assert errors and any(field in e for e in errors), errors
 
 
 # -- Dockerfile, conda, uv -----------------------------------------------------------------------------------------
@@ -438,8 +448,9 @@ def test_readme_hybrid_commands_parse():
     known = _subcommands(parser)
     from hybrid.cli.config import load_config, split_overrides
 
-    commands = [c for c in _readme_commands("hybrid") if c[1] in known]
+    commands = _readme_commands("hybrid")
     assert len(commands) >= 5
     for words in commands:
+        assert words[1] in known, f"`{' '.join(words)}`: no `{words[1]}` in `hybrid`"
         parser.parse_args(words[1:])
         load_config(split_overrides(words[2:])[0])

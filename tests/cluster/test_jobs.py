@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.synthetic import build_synthetic_rust_repo
+from tests.commands import command_timeout, run_process
 from tests.repo_builder import build_sample_repo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,14 +43,15 @@ def job(head, submission_id: str) -> dict:
     return head.get(f"/api/jobs/{submission_id}")
 
 
-def wait_job(head, submission_id: str, timeout: float = 600) -> dict:
+def wait_job(head, submission_id: str, timeout: float = 540) -> dict:
+    timeout = command_timeout(timeout)
     deadline = time.time() + timeout
     while time.time() < deadline:
         info = job(head, submission_id)
         if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
             return info
         time.sleep(2)
-    raise AssertionError(f"job {submission_id} still {info['status']} after {timeout} s")
+    raise AssertionError(f"job {submission_id} still {info['status']} after {timeout:.0f} s")
 
 
 def logs(head, submission_id: str) -> str:
@@ -57,9 +59,9 @@ def logs(head, submission_id: str) -> str:
 
 
 def submit(head, *entrypoint: str, submission_id: str, wait: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT),
-                           "--submission-id", submission_id, *([] if wait else ["--no-wait"]), "--", *entrypoint],
-                          capture_output=True, text=True, env=head.env, cwd=ROOT, timeout=900)
+    return run_process([RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT),
+                        "--submission-id", submission_id, *([] if wait else ["--no-wait"]), "--", *entrypoint],
+                       env=head.env, cwd=ROOT, timeout=540)
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -78,7 +80,7 @@ def test_the_readme_jobs_run_on_a_real_head(ray_head, tmp_path):
         i = args.index("--submission-id") + 1
         args[i] = f"{args[i]}-{suffix}"
         ids.append(args[i])
-        done = subprocess.run(args, capture_output=True, text=True, env=ray_head.env, cwd=ROOT, timeout=900)
+        done = run_process(args, env=ray_head.env, cwd=ROOT, timeout=540)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert job(ray_head, args[i])["status"] == "SUCCEEDED"
 
@@ -106,22 +108,21 @@ def test_the_readme_jobs_run_on_a_real_head(ray_head, tmp_path):
     assert re.search(r'ray_hybrid_memory_vectors\{[^}]*shard="0"', text), text[-2000:]
 
 
-def test_the_job_runs_the_submitted_checkout(ray_head):
-    sid = f"hybrid-which-{uuid.uuid4().hex[:6]}"
-    done = submit(ray_head, "python", "-c", "import hybrid; print('hybrid from', hybrid.__file__)", submission_id=sid)
-    assert done.returncode == 0, done.stderr[-2000:]
-    where = re.search(r"hybrid from (\S+)", logs(ray_head, sid)).group(1)
-    assert "working_dir_files" in where and not where.startswith(str(ROOT)), where
-
-
-def test_a_failing_job_ends_failed_with_its_error_line(ray_head, tmp_path):
+def test_a_job_runs_the_submitted_checkout_and_a_failing_one_ends_failed_with_its_error_line(ray_head, tmp_path):
+    """One job (each costs a working-dir upload and a driver start): it prints where `hybrid` comes from, then runs a
+    training that must fail."""
     sid = f"hybrid-relative-{uuid.uuid4().hex[:6]}"
-    done = submit(ray_head, "python", "-m", "hybrid", "train", f"data.train={tmp_path / 'x.jsonl'}",
-                  "train.output_dir=outputs/lost", submission_id=sid)
+    which = shlex.join(["python", "-c", "import hybrid; print('hybrid from', hybrid.__file__)"])
+    train = shlex.join(["python", "-m", "hybrid", "train", f"data.train={tmp_path / 'x.jsonl'}",
+                        "train.output_dir=outputs/lost"])
+    done = submit(ray_head, "bash", "-c", f"{which} && {train}", submission_id=sid)
     assert done.returncode != 0
     info = job(ray_head, sid)
     assert info["status"] == "FAILED"
-    last = logs(ray_head, sid).strip().splitlines()[-1]
+    text = logs(ray_head, sid)
+    where = re.search(r"hybrid from (\S+)", text).group(1)
+    assert "working_dir_files" in where and not where.startswith(str(ROOT)), where
+    last = text.strip().splitlines()[-1]
     assert last.startswith("error: train.output_dir=outputs/lost: a relative folder inside a Ray job"), last
 
 
@@ -129,10 +130,12 @@ def test_a_stopped_job_resubmitted_finishes_with_the_same_outputs(ray_head, tmp_
     build_synthetic_rust_repo(tmp_path / "sample", 1500)  # long enough to stop part-way
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     for data in (reference, resumed):
-        subprocess.run([sys.executable, "-m", "hybrid", "repos", "add", str(tmp_path / "sample"),
-                        f"pipeline.data_dir={data}"], check=True, capture_output=True, cwd=ROOT)
-    subprocess.run([sys.executable, "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={reference}",
-                    "--local", "--no-progress"], check=True, capture_output=True, cwd=ROOT)
+        added = run_process([sys.executable, "-m", "hybrid", "repos", "add", str(tmp_path / "sample"),
+                             f"pipeline.data_dir={data}"], cwd=ROOT, timeout=120)
+        assert added.returncode == 0, added.stderr[-3000:]
+    ran = run_process([sys.executable, "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={reference}",
+                       "--local", "--no-progress"], cwd=ROOT, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
     entry = ["python", "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={resumed}",
              "pipeline.commits_per_task=50", "--no-progress"]
     first = f"hybrid-stop-{uuid.uuid4().hex[:6]}"

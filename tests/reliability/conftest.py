@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import run_process
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-rel-Q7w9E2r4T6y8-never-print"
 
@@ -24,8 +26,8 @@ def cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = Non
     for k, v in list(full_env.items()):
         if v is None:
             del full_env[k]
-    return subprocess.run([sys.executable, "-m", "hybrid", *args], env=full_env, cwd=cwd or ROOT, text=True,
-                          capture_output=True, timeout=timeout, preexec_fn=preexec_fn)
+    return run_process([sys.executable, "-m", "hybrid", *args], env=full_env, cwd=cwd or ROOT, timeout=timeout,
+                       preexec_fn=preexec_fn)
 
 
 def assert_one_line_error(rc: int, err: str, *names: str, out: str = "", secrets: tuple[str, ...] = (SECRET,),

@@ -11,6 +11,8 @@ import subprocess
 
 import pytest
 
+from hybrid.main import main
+from tests.commands import run_process
 from tests.hybrid.conftest import make_pairs
 from tests.reliability.conftest import assert_one_line_error, cli, file_size_limit, tree
 from tests.repo_builder import build_sample_repo
@@ -31,12 +33,14 @@ def read_only(folder):
         subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
-@pytest.fixture
-def pipeline_data(tmp_path):
+@pytest.fixture(scope="module")
+def pipeline_data(tmp_path_factory):
+    """A pipeline's outputs, made in this process (not under test); the tests leave them as they found them."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
     src, data = tmp_path / "src", tmp_path / "data"
     build_sample_repo(src)
-    assert cli("repos", "add", str(src), "--name", "s", f"pipeline.data_dir={data}").returncode == 0
-    assert cli("pipeline", "run", "s", "--local", "--no-progress", f"pipeline.data_dir={data}").returncode == 0
+    assert main(["repos", "add", str(src), "--name", "s", f"pipeline.data_dir={data}"]) == 0
+    assert main(["pipeline", "run", "s", "--local", "--no-progress", f"pipeline.data_dir={data}"]) == 0
     return data
 
 
@@ -51,7 +55,7 @@ def test_pipeline_into_a_read_only_folder(pipeline_data):
 
 def test_export_disk_full_and_read_only(pipeline_data, tmp_path):
     dest = tmp_path / "io_pairs"
-    assert cli("pipeline", "export", f"pipeline.data_dir={pipeline_data}", "--output-dir", str(dest)).returncode == 0
+    assert main(["pipeline", "export", f"pipeline.data_dir={pipeline_data}", "--output-dir", str(dest)]) == 0
     before = tree(dest)
     full = cli("pipeline", "export", f"pipeline.data_dir={pipeline_data}", "--output-dir", str(dest),
                preexec_fn=file_size_limit(200))
@@ -70,7 +74,7 @@ def test_checkpointing_disk_full_and_read_only(tmp_path):
     out = tmp_path / "run"
     args = ["train", *TINY, f"data.train={data['train']}", f"data.validation={data['validation']}",
             f"train.output_dir={out}"]
-    assert cli(*args, "train.max_iters=2").returncode == 0  # a good checkpoint at step 2
+    assert main([*args, "train.max_iters=2"]) == 0  # a good checkpoint at step 2 (in this process: not under test)
     before = tree(out / "checkpoint_step_000002")
     # the model is ~1 MB: the next checkpoint cannot be written, the small files before it can
     full = cli(*args, preexec_fn=file_size_limit(200_000))
@@ -83,7 +87,7 @@ def test_checkpointing_disk_full_and_read_only(tmp_path):
         ro = cli(*args)
     assert_one_line_error(ro.returncode, ro.stderr, str(out), out=ro.stdout)
     assert tree(out / "checkpoint_step_000002") == before
-    assert cli(*args).returncode == 0  # with room again it resumes and finishes
+    assert main(args) == 0  # with room again it resumes and finishes
     assert (out / "checkpoint_step_000004").is_dir()
 
 
@@ -105,9 +109,9 @@ def test_torchrun_output_dir_under_a_file(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    r = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={port}",
-                        "-m", "hybrid.train", *TINY, f"data.train={data}", f"train.output_dir={blocker / 'run'}"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = run_process([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={port}",
+                     "-m", "hybrid.train", *TINY, f"data.train={data}", f"train.output_dir={blocker / 'run'}"],
+                    cwd=ROOT, timeout=300)
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and str(blocker) in errors[0], r.stderr[-3000:]

@@ -84,6 +84,8 @@ def test_the_readmes_tune_lines_as_written_and_ctrl_c_and_a_second_command_on_a_
     with Ctrl-C once its first trial reported, while a `--resume` of it is refused — then `--resume`, then training
     the winner. (Before: every trial failed, `datasets/io_pairs/train.jsonl: no such file`; Ctrl-C exited 0 with
     partial results; the `--resume` was accepted and trained the same trial twice into one folder.)"""
+    from tests.commands import finish_process
+
     sweep_line, resume_line = (line for line in readme_lines("tune") if "tune=recall" not in line)
     train_line = next(line for line in readme_lines("train") if "best.yaml" in " ".join(line))
     assert "data.train=datasets/io_pairs/train.jsonl" in sweep_line and "--resume" in resume_line
@@ -102,7 +104,7 @@ def test_the_readmes_tune_lines_as_written_and_ctrl_c_and_a_second_command_on_a_
     assert_one_line_error(second.returncode, second.stderr, "tune.output_dir", "in use by another process",
                           out=second.stdout)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
-    rest, err = proc.communicate(timeout=180)
+    rest, err = finish_process(proc, timeout=180)
     assert proc.returncode == 130, err[-3000:]
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err[-3000:]
     assert "--resume" in rest and not (out / "results.csv").exists()  # no partial results as if it had finished
@@ -110,7 +112,7 @@ def test_the_readmes_tune_lines_as_written_and_ctrl_c_and_a_second_command_on_a_
     time.sleep(8)  # no trial goes on training once the command said it stopped
     assert tree(out / "trials") == before
 
-    resumed = cli(*resume_line, cwd=user_folder, env=env, timeout=600)
+    resumed = cli(*resume_line, cwd=user_folder, env=env, timeout=540)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert len(rows) == 4 and {r["status"] for r in rows} <= {"done", "stopped early"}, rows

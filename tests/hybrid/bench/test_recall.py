@@ -65,8 +65,15 @@ def test_chain_aid_follows_its_links():
             assert ("," in words) == (separator == 1.0)
 
 
-def test_chance_levels():
-    assert rt.CHANCE == {"kv": 1 / 16, "passkey": 1e-5, "facts": 1 / 8}
+def test_chance_levels_are_one_over_the_answers_the_generators_draw_from():
+    """CHANCE is what a uniform guess among the answers the generators produce gets: measured on 400 answers."""
+    answers = {task: [e.output.split() for e in rt.generate(task, 1, 400, L, seed=0)] for task in rt.TASKS}
+    for task in ("kv", "facts"):  # one word from a fixed set: all of it shows up in 400 draws
+        assert rt.CHANCE[task] == pytest.approx(1 / len({a[0] for a in answers[task]})), task
+    digits = {w for a in answers["passkey"] for w in a}  # independent digits, each from the same set
+    (length,) = {len(a) for a in answers["passkey"]}
+    assert rt.CHANCE["passkey"] == pytest.approx(len(digits) ** -length)
+    assert set(rt.CHANCE) == set(rt.TASKS)
 
 
 def test_too_small_segment_is_a_clear_error():

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.commands import run_process
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -40,7 +41,7 @@ def write_pairs(path: Path, n: int, seed: int) -> int:
     words = [f"w{i}" for i in range(400)]
     with open(path, "w") as f:
         for _ in range(n):
-            text = " ".join(rng.choice(words) for _ in range(700))  # ~3.3 KB per pair
+            text = " ".join(rng.choices(words, k=700))  # ~3.3 KB per pair
             f.write(json.dumps({"input": text, "output": " ".join(text.split()[:5])}) + "\n")
     return path.stat().st_size
 
@@ -53,8 +54,8 @@ def test_driver_and_worker_peaks_do_not_grow_with_the_data(tmp_path):
         data.mkdir()
         sizes.append(sum(write_pairs(data / f"part-{i}.jsonl", 3_000, i) for i in range(shards)) / 2**20)
         args += [str(data), str(tmp_path / f"out{shards}")]
-    out = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, cwd=ROOT,
-                         timeout=900, env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
+    out = run_process([sys.executable, "-c", DRIVER, *args], cwd=ROOT, timeout=540,
+                      env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
     assert out.returncode == 0, out.stderr[-3000:]
     d1, d10 = json.loads(out.stdout.strip().splitlines()[-1])
     w1, w10 = (max(r["peak_rss_mb"] for r in map(json.loads, open(tmp_path / f"out{s}" / "metrics.jsonl"))

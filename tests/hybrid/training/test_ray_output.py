@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import run_process
+
 ROOT = Path(__file__).resolve().parents[3]
 
 # a line from Ray's internals: a worker's prefix `(RayTrainWorker pid=…)` / `(MapBatches(_ReadEncode) pid=…)`,
@@ -36,8 +38,7 @@ def test_train_on_ray_prints_ray_lines_only_when_verbose(ray_session, io_data, t
     run = [sys.executable, "-m", "hybrid"]
     args = ["train", "train.num_workers=1", "train.max_iters=2", "train.eval_every=2", "train.log_every=1"]
 
-    quiet = subprocess.run([*run, *args, *tiny_overrides(io_data, tmp_path / "quiet")], env=env,
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    quiet = run_process([*run, *args, *tiny_overrides(io_data, tmp_path / "quiet")], env=env, cwd=ROOT, timeout=300)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     shown = lines(quiet)
     assert [line for line in shown if RAY_LINE.search(line)] == [], "\n".join(shown)
@@ -46,8 +47,7 @@ def test_train_on_ray_prints_ray_lines_only_when_verbose(ray_session, io_data, t
     assert any(re.match(r"step +2 \| validation loss", line) for line in shown), "\n".join(shown)
     assert not any(":info_message:" in line for line in shown)
 
-    loud = subprocess.run([*run, "-v", *args, *tiny_overrides(io_data, tmp_path / "loud")], env=env,
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    loud = run_process([*run, "-v", *args, *tiny_overrides(io_data, tmp_path / "loud")], env=env, cwd=ROOT, timeout=300)
     assert loud.returncode == 0, loud.stderr[-3000:]
     shown = lines(loud)
     assert any(re.match(r"\(RayTrainWorker pid=\d+\) step +1/2 \| loss", line) for line in shown), "\n".join(shown)

@@ -27,6 +27,8 @@ def upload(local: Path, uri: str) -> str:
 
 @pytest.mark.slow
 def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_path):
+    from tests.commands import run_process
+
     bucket = s3_server.bucket()
     train_uri = upload(io_data["train"], f"s3://{bucket}/data/train.jsonl")
     val_uri = upload(io_data["validation"], f"s3://{bucket}/data/validation.jsonl")
@@ -60,9 +62,9 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
 
     # the resumed run equals an uninterrupted local one
     local = tmp_path / "local"
-    whole = subprocess.run([sys.executable, "-m", "hybrid", "train",
-                            *tiny_overrides(io_data, local, "train.max_iters=8", "train.eval_every=4")],
-                           env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    whole = run_process([sys.executable, "-m", "hybrid", "train",
+                         *tiny_overrides(io_data, local, "train.max_iters=8", "train.eval_every=4")],
+                        env=env, cwd=ROOT, timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
     from safetensors.torch import load_file
     import torch
@@ -74,9 +76,8 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
 
     # hybrid eval: the output URI resolves to its best checkpoint; the test data is read from the store too
     report = tmp_path / "eval.json"
-    ev = subprocess.run([sys.executable, "-m", "hybrid", "eval", "--checkpoint", out, "--test-data", val_uri,
-                         "--json", str(report), "--max-generate", "0"], env=env, capture_output=True, text=True,
-                        cwd=ROOT, timeout=600)
+    ev = run_process([sys.executable, "-m", "hybrid", "eval", "--checkpoint", out, "--test-data", val_uri,
+                      "--json", str(report), "--max-generate", "0"], env=env, cwd=ROOT, timeout=300)
     assert ev.returncode == 0, ev.stderr[-2000:]
     metrics = json.loads(report.read_text())
     state = json.loads(storage.read_text(f"{out}/{best}/trainer_state.json"))
@@ -85,15 +86,15 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
 
 
 def test_a_missing_bucket_or_checkpoint_is_one_line(s3_server, io_data, tiny_overrides, tmp_path):
+    from tests.commands import run_process
+
     env = {**os.environ, **s3_server.env}
-    missing = subprocess.run([sys.executable, "-m", "hybrid", "eval", "--checkpoint", "s3://no-such-bucket/run",
-                              "--test-data", str(io_data["validation"])], env=env, capture_output=True, text=True,
-                             cwd=ROOT, timeout=300)
+    missing = run_process([sys.executable, "-m", "hybrid", "eval", "--checkpoint", "s3://no-such-bucket/run",
+                           "--test-data", str(io_data["validation"])], env=env, cwd=ROOT, timeout=300)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.startswith("error: s3://no-such-bucket/run") and len(missing.stderr.splitlines()) == 1
     empty = f"s3://{s3_server.bucket()}/nothing"
-    nothing = subprocess.run([sys.executable, "-m", "hybrid", "eval", "--checkpoint", empty, "--test-data",
-                              str(io_data["validation"])], env=env, capture_output=True, text=True, cwd=ROOT,
-                             timeout=300)
+    nothing = run_process([sys.executable, "-m", "hybrid", "eval", "--checkpoint", empty, "--test-data",
+                           str(io_data["validation"])], env=env, cwd=ROOT, timeout=300)
     assert nothing.returncode == 2 and nothing.stderr.strip() == (
         f"error: {empty}: no such checkpoint folder")
