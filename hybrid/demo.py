@@ -24,16 +24,26 @@ QUICK = ["model=tiny_llama_hybrid", "train=tiny", "train.max_iters=4", "train.ev
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="the main job: pipeline → IO pairs → train → eval on the default repository",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="the main job: pipeline → IO pairs → train → eval on the default repository",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. train.num_workers=2)")
     p.add_argument("--repo", help="git repository to learn from (default: this project's own checkout)")
     p.add_argument("--workdir", default=".", help="where data/, datasets/ and outputs/ go (default: .)")
     p.add_argument("--minutes", type=positive_float, default=5.0, help="training time budget in minutes (default 5)")
-    p.add_argument("--force", action="store_true",
-                   help="redo the pipeline's finished commits (e.g. after the history was amended or rebased)")
-    p.add_argument("--quick", action="store_true",
-                   help="seconds, not minutes: tiny model, 4 steps in-process, no Ray for the pipeline")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="redo the pipeline's finished commits (e.g. after the history was amended or rebased)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="seconds, not minutes: tiny model, 4 steps in-process, no Ray for the pipeline",
+    )
     p.set_defaults(func=run_demo)
 
 
@@ -45,9 +55,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from hybrid.cli.config import load_config, split_overrides
     from hybrid.cli.train import print_eval
     from hybrid.core.errors import HybridError
-    from hybrid.core.ray_utils import ray_log_dir
     from hybrid.core.io import atomic_write_json
     from hybrid.core.layout import DatasetLayout
+    from hybrid.core.ray_utils import ray_log_dir
     from hybrid.data.export import describe as describe_export
     from hybrid.data.export import export_io_pairs
     from hybrid.training.evaluate import evaluate
@@ -66,9 +76,16 @@ def run_demo(args: argparse.Namespace) -> int:
     io_dir = workdir / "datasets" / "io_pairs"
     run_dir = workdir / "outputs" / "demo" / time.strftime("run-%Y%m%d-%H%M%S")
     base = QUICK if args.quick else [*DEMO, f"train.max_minutes={args.minutes}"]
-    cfg = load_config([*base, f"pipeline.data_dir={data_dir}", f"train.output_dir={run_dir}",
-                       f"data.train={io_dir / 'train.jsonl'}", f"data.validation={io_dir / 'validation.jsonl'}",
-                       *overrides])
+    cfg = load_config(
+        [
+            *base,
+            f"pipeline.data_dir={data_dir}",
+            f"train.output_dir={run_dir}",
+            f"data.train={io_dir / 'train.jsonl'}",
+            f"data.validation={io_dir / 'validation.jsonl'}",
+            *overrides,
+        ]
+    )
 
     # 1. the repository
     from pipelines.repos import add_repo, list_repos, update_repo
@@ -116,8 +133,9 @@ def run_demo(args: argparse.Namespace) -> int:
     # 5. evaluation
     console.rule("[bold]5/5 evaluation")
     checkpoint = result.best_checkpoint or result.checkpoint
-    metrics = evaluate(checkpoint, test_path, max_generate=2 if args.quick else 4,
-                       max_new_tokens=8 if args.quick else 24)
+    metrics = evaluate(
+        checkpoint, test_path, max_generate=2 if args.quick else 4, max_new_tokens=8 if args.quick else 24
+    )
     print_eval(metrics)
     from hybrid.training.code_memory import describe_effect, memory_effect
 
@@ -129,14 +147,22 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(closing_table(entry.name, summary, exported.sizes, result, metrics), highlight=False)
     layout = DatasetLayout(data_dir)
     # plain print: paths must not be wrapped (copy-paste safe)
-    for label, path in (("repositories", layout.repos_dir), ("AST dataset", layout.repo_dir(entry.name)),
-                        ("IO pairs", io_dir), ("checkpoints", run_dir), ("best checkpoint", checkpoint),
-                        ("metrics", run_dir / "metrics.jsonl"), ("evaluation", eval_json),
-                        ("Ray's logs", ray_log_dir())):
+    for label, path in (
+        ("repositories", layout.repos_dir),
+        ("AST dataset", layout.repo_dir(entry.name)),
+        ("IO pairs", io_dir),
+        ("checkpoints", run_dir),
+        ("best checkpoint", checkpoint),
+        ("metrics", run_dir / "metrics.jsonl"),
+        ("evaluation", eval_json),
+        ("Ray's logs", ray_log_dir()),
+    ):
         if path is not None:
             print(f"{label:>16}: {path}")
-    print(f"\nnext: hybrid eval --checkpoint {checkpoint} --test-data {test_path}\n"
-          f"      hybrid generate --checkpoint {checkpoint} --prompt 'def add(a, b):'")
+    print(
+        f"\nnext: hybrid eval --checkpoint {checkpoint} --test-data {test_path}\n"
+        f"      hybrid generate --checkpoint {checkpoint} --prompt 'def add(a, b):'"
+    )
     print(f"demo finished in {time.time() - t0:.0f} s", flush=True)
     print(describe_effect(metrics["memory_effect"]), flush=True)
     return 0
@@ -170,18 +196,25 @@ def training_curve(metrics_jsonl: Path, wall_s: float) -> str:
     (last, best)."""
     import json
 
-    rows = [json.loads(line) for line in open(metrics_jsonl)] if metrics_jsonl.exists() else []
+    rows = (
+        [json.loads(line) for line in metrics_jsonl.read_text(encoding="utf-8").splitlines()]
+        if metrics_jsonl.exists()
+        else []
+    )
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
     if not train:
         return "no step logged"
     losses = [loss for _, loss in train]
-    line = (f"{max(r['step'] for r in rows)} steps in {wall_s:.0f} s: train loss {losses[0]:.2f} "
-            f"{sparkline(losses)} {losses[-1]:.2f}")
+    line = (
+        f"{max(r['step'] for r in rows)} steps in {wall_s:.0f} s: train loss {losses[0]:.2f} "
+        f"{sparkline(losses)} {losses[-1]:.2f}"
+    )
     if val:
         best = min(val, key=lambda sv: sv[1])
-        line += f", validation {val[-1][1]:.3f}" + (" (best)" if best == val[-1] else
-                                                     f" (best {best[1]:.3f} at step {best[0]})")
+        line += f", validation {val[-1][1]:.3f}" + (
+            " (best)" if best == val[-1] else f" (best {best[1]:.3f} at step {best[0]})"
+        )
     return line
 
 
@@ -193,13 +226,18 @@ def closing_table(repo: str, summary, sizes: dict[str, int], result, metrics: di
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     commits = summary.stages.get("generate-ast", {}).get("counts", {}).get("commits")
-    table.add_row("data", (f"{commits:,} commits of {repo}" if commits else repo)
-                  + f" → IO pairs: {sizes['train']:,} train, {sizes['validation']:,} validation, {sizes['test']:,} test")
+    table.add_row(
+        "data",
+        (f"{commits:,} commits of {repo}" if commits else repo)
+        + f" → IO pairs: {sizes['train']:,} train, {sizes['validation']:,} validation, {sizes['test']:,} test",
+    )
     table.add_row("training", training_curve(Path(str(result.output_dir)) / "metrics.jsonl", result.wall_s))
     em, tf = metrics.get("exact_match"), metrics.get("teacher_forced_exact_match")
-    table.add_row("evaluation", f"{metrics['examples']:,} test pairs: loss {metrics['loss']:.3f} "
-                                f"(perplexity {metrics['perplexity']:.1f}), exact match "
-                                + (f"{tf:.1%} teacher-forced" if tf is not None else "n/a")
-                                + (f", {metrics['exact_match_count']}/{metrics['generated']} generated"
-                                   if em is not None else ""))
+    table.add_row(
+        "evaluation",
+        f"{metrics['examples']:,} test pairs: loss {metrics['loss']:.3f} "
+        f"(perplexity {metrics['perplexity']:.1f}), exact match "
+        + (f"{tf:.1%} teacher-forced" if tf is not None else "n/a")
+        + (f", {metrics['exact_match_count']}/{metrics['generated']} generated" if em is not None else ""),
+    )
     return table

@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from hybrid import demo
 from hybrid.bench import commands as bench
 from hybrid.cli import memory, pipeline, repos, run_command, train, tune
 from hybrid.core.ray_utils import VERBOSE_ENV
 
-VERBOSE_HELP = ("show Ray's own lines too: its INFO logs, its workers' output with their (… pid=…) prefixes, Ray "
-                "Data's plans and progress bars (quiet, they stay in Ray's log files); or set HYBRID_VERBOSE=1")
+VERBOSE_HELP = (
+    "show Ray's own lines too: its INFO logs, its workers' output with their (… pid=…) prefixes, Ray "
+    "Data's plans and progress bars (quiet, they stay in Ray's log files); or set HYBRID_VERBOSE=1"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +37,7 @@ def _verbose_everywhere(sub: argparse._SubParsersAction) -> None:
     parser leaves the global one alone when its own is not given)."""
     for command in set(sub.choices.values()):
         if not any("--verbose" in a.option_strings for a in command._actions):
-            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                 help=VERBOSE_HELP)
+            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         for action in command._actions:
             if isinstance(action, argparse._SubParsersAction):
                 _verbose_everywhere(action)

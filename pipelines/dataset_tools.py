@@ -6,8 +6,8 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core.errors import HybridError
@@ -44,8 +44,9 @@ def _commit_dirs(layout: DatasetLayout, repo: str) -> Iterator[Path]:
             yield folder
 
 
-def cleanup_dataset(cfg: PipelineConfig, kinds: list[str], repos: list[str] | None = None, temp: bool = False,
-                    dry_run: bool = False) -> dict[str, int]:
+def cleanup_dataset(
+    cfg: PipelineConfig, kinds: list[str], repos: list[str] | None = None, temp: bool = False, dry_run: bool = False
+) -> dict[str, int]:
     """Remove the chosen generated files (and, with `temp`, leftover temp files) from commit folders.
     Returns {file name: count}. Only regular files inside data/ast_dataset/<repo>/commit_<N>/ are touched."""
     unknown = [k for k in kinds if k not in CLEANABLE]

@@ -25,31 +25,71 @@ from pipelines.languages import get_language, get_parser
 # node type -> kind ("" = a scope that names what is inside it but is not a record itself)
 NODE_KINDS: dict[str, dict[str, str]] = {
     "python": {"function_definition": "function", "class_definition": "class"},
-    "rust": {"function_item": "function", "struct_item": "struct", "enum_item": "enum", "union_item": "union",
-             "trait_item": "trait", "impl_item": "", "mod_item": ""},
+    "rust": {
+        "function_item": "function",
+        "struct_item": "struct",
+        "enum_item": "enum",
+        "union_item": "union",
+        "trait_item": "trait",
+        "impl_item": "",
+        "mod_item": "",
+    },
     "go": {"function_declaration": "function", "method_declaration": "method", "type_spec": "type"},
-    "javascript": {"function_declaration": "function", "generator_function_declaration": "function",
-                   "class_declaration": "class", "method_definition": "method", "variable_declarator": "function",
-                   "field_definition": "method"},
-    "typescript": {"function_declaration": "function", "generator_function_declaration": "function",
-                   "class_declaration": "class", "abstract_class_declaration": "class",
-                   "interface_declaration": "interface", "enum_declaration": "enum",
-                   "method_definition": "method", "variable_declarator": "function", "internal_module": "",
-                   "public_field_definition": "method"},
-    "java": {"class_declaration": "class", "record_declaration": "class", "interface_declaration": "interface",
-             "annotation_type_declaration": "interface", "enum_declaration": "enum",
-             "method_declaration": "method", "constructor_declaration": "method"},
-    "c": {"function_definition": "function", "struct_specifier": "struct", "union_specifier": "union",
-          "enum_specifier": "enum"},
-    "cpp": {"function_definition": "function", "class_specifier": "class", "struct_specifier": "struct",
-            "union_specifier": "union", "enum_specifier": "enum", "namespace_definition": ""},
+    "javascript": {
+        "function_declaration": "function",
+        "generator_function_declaration": "function",
+        "class_declaration": "class",
+        "method_definition": "method",
+        "variable_declarator": "function",
+        "field_definition": "method",
+    },
+    "typescript": {
+        "function_declaration": "function",
+        "generator_function_declaration": "function",
+        "class_declaration": "class",
+        "abstract_class_declaration": "class",
+        "interface_declaration": "interface",
+        "enum_declaration": "enum",
+        "method_definition": "method",
+        "variable_declarator": "function",
+        "internal_module": "",
+        "public_field_definition": "method",
+    },
+    "java": {
+        "class_declaration": "class",
+        "record_declaration": "class",
+        "interface_declaration": "interface",
+        "annotation_type_declaration": "interface",
+        "enum_declaration": "enum",
+        "method_declaration": "method",
+        "constructor_declaration": "method",
+    },
+    "c": {
+        "function_definition": "function",
+        "struct_specifier": "struct",
+        "union_specifier": "union",
+        "enum_specifier": "enum",
+    },
+    "cpp": {
+        "function_definition": "function",
+        "class_specifier": "class",
+        "struct_specifier": "struct",
+        "union_specifier": "union",
+        "enum_specifier": "enum",
+        "namespace_definition": "",
+    },
 }
 NODE_KINDS["tsx"] = NODE_KINDS["typescript"]
 
 # Parents whose range is a declaration's code (`_describe`): decorators, `typedef struct {…} Foo;`, Go's
 # `type Foo struct {…}`, JS `const f = () => …`.
-CODE_WRAPPERS = {"decorated_definition", "type_definition", "type_declaration", "lexical_declaration",
-                 "variable_declaration"}
+CODE_WRAPPERS = {
+    "decorated_definition",
+    "type_definition",
+    "type_declaration",
+    "lexical_declaration",
+    "variable_declaration",
+}
 # Kinds whose functions are methods.
 CLASS_LIKE = {"class", "struct", "interface", "trait", "impl", "enum", "union"}
 # JS/TS `const f = () => …` counts as a function; other variable declarators are not captured.
@@ -78,7 +118,7 @@ class ParsedFile:
         return not self.has_error or bool(self.declarations)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _query(key: str):
     import tree_sitter
 
@@ -119,8 +159,15 @@ def _c_declarator_name(node) -> str | None:
     seen = 0
     while node is not None and seen < 20:
         seen += 1
-        if node.type in ("identifier", "field_identifier", "destructor_name", "operator_name",
-                         "qualified_identifier", "type_identifier", "template_function"):
+        if node.type in (
+            "identifier",
+            "field_identifier",
+            "destructor_name",
+            "operator_name",
+            "qualified_identifier",
+            "type_identifier",
+            "template_function",
+        ):
             return _text(node).replace("::", ".")
         inner = node.child_by_field_name("declarator")
         if inner is None:
@@ -159,7 +206,9 @@ def _describe(node, lang: str) -> tuple[str, str, object] | None:
             param = next((c for c in receiver.named_children if c.type == "parameter_declaration"), None)
             if param is not None:
                 rtype = _base_type_name(param.child_by_field_name("type"))
-        name = f"{rtype}.{_text(node.child_by_field_name('name'))}" if rtype else _text(node.child_by_field_name("name"))
+        name = (
+            f"{rtype}.{_text(node.child_by_field_name('name'))}" if rtype else _text(node.child_by_field_name("name"))
+        )
     elif t == "type_spec":
         tnode = node.child_by_field_name("type")
         if tnode is None or tnode.type not in ("struct_type", "interface_type"):
@@ -177,8 +226,11 @@ def _describe(node, lang: str) -> tuple[str, str, object] | None:
     elif t == "variable_declarator":
         name = _text(node.child_by_field_name("name"))
         parent = node.parent
-        if parent is not None and parent.type in ("lexical_declaration", "variable_declaration") \
-                and parent.named_child_count == 1:
+        if (
+            parent is not None
+            and parent.type in ("lexical_declaration", "variable_declaration")
+            and parent.named_child_count == 1
+        ):
             code_node = parent
     else:
         name_node = node.child_by_field_name("name")
@@ -214,7 +266,7 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if a[len(a) - mid:] == b[len(b) - mid:]:
+        if a[len(a) - mid :] == b[len(b) - mid :]:
             lo = mid
         else:
             hi = mid - 1
@@ -243,8 +295,14 @@ def _hunk_edits(old: bytes, new: bytes, hunks) -> list[tuple[int, int, int, int]
     for o_start, o_lines, n_start, n_lines in hunks:
         os_ = at(old_nl, len(old), o_start if o_lines else o_start + 1)
         ns_ = at(new_nl, len(new), n_start if n_lines else n_start + 1)
-        spans.append((os_, at(old_nl, len(old), o_start + o_lines) if o_lines else os_,
-                      ns_, at(new_nl, len(new), n_start + n_lines) if n_lines else ns_))
+        spans.append(
+            (
+                os_,
+                at(old_nl, len(old), o_start + o_lines) if o_lines else os_,
+                ns_,
+                at(new_nl, len(new), n_start + n_lines) if n_lines else ns_,
+            )
+        )
     return spans
 
 
@@ -261,14 +319,26 @@ def edit_tree(tree, old: bytes, new: bytes, hunks=None):
             srow, scol = _point(old, os_)
             rows = seg.count(b"\n")
             end_point = (srow + rows, len(seg) - (seg.rfind(b"\n") + 1) if rows else scol + len(seg))
-            tree.edit(start_byte=os_, old_end_byte=oe, new_end_byte=os_ + (ne - ns_), start_point=(srow, scol),
-                      old_end_point=_point(old, oe), new_end_point=end_point)
+            tree.edit(
+                start_byte=os_,
+                old_end_byte=oe,
+                new_end_byte=os_ + (ne - ns_),
+                start_point=(srow, scol),
+                old_end_point=_point(old, oe),
+                new_end_point=end_point,
+            )
         return tree, (spans[0][0], spans[-1][1], spans[-1][3])
     start = _common_prefix(old, new)
     suffix = _common_suffix(old, new, min(len(old), len(new)) - start)
     old_end, new_end = len(old) - suffix, len(new) - suffix
-    tree.edit(start_byte=start, old_end_byte=old_end, new_end_byte=new_end, start_point=_point(old, start),
-              old_end_point=_point(old, old_end), new_end_point=_point(new, new_end))
+    tree.edit(
+        start_byte=start,
+        old_end_byte=old_end,
+        new_end_byte=new_end,
+        start_point=_point(old, start),
+        old_end_point=_point(old, old_end),
+        new_end_point=_point(new, new_end),
+    )
     return tree, (start, old_end, new_end)
 
 
@@ -282,8 +352,7 @@ def parse_tree(source: bytes, key: str, old_tree=None, old_source: bytes | None 
     return parser.parse(source), None
 
 
-def _extract(root, key: str, source: bytes,
-             byte_range: tuple[int, int] | None = None) -> list[tuple[dict, bool]]:
+def _extract(root, key: str, source: bytes, byte_range: tuple[int, int] | None = None) -> list[tuple[dict, bool]]:
     """(declaration, broken) with qualified names (not yet numbered) from the captures of `root`, all of them or
     those of the nodes that intersect `byte_range` (which include every scope around the range); `broken`: the
     declaration's code holds an ERROR or MISSING node (tree-sitter's `has_error` covers both)."""
@@ -311,12 +380,20 @@ def _extract(root, key: str, source: bytes,
             continue  # impl blocks, modules, namespaces only qualify what they contain
         if kind == "function" and enclosing_kind in CLASS_LIKE:
             kind = "method"
-        out.append(({
-            "kind": kind, "name": qualified,
-            "start_byte": code_node.start_byte, "end_byte": code_node.end_byte,
-            "start_line": code_node.start_point[0] + 1, "end_line": _end_line(code_node),
-            "code": source[code_node.start_byte:code_node.end_byte].decode("utf-8", "replace"),
-        }, code_node.has_error))
+        out.append(
+            (
+                {
+                    "kind": kind,
+                    "name": qualified,
+                    "start_byte": code_node.start_byte,
+                    "end_byte": code_node.end_byte,
+                    "start_line": code_node.start_point[0] + 1,
+                    "end_line": _end_line(code_node),
+                    "code": source[code_node.start_byte : code_node.end_byte].decode("utf-8", "replace"),
+                },
+                code_node.has_error,
+            )
+        )
     return out
 
 
@@ -337,8 +414,14 @@ def _finalize(records: list[tuple[dict, bool]], has_error: bool, source: bytes) 
         else:
             clean.append(d)
             clean_raw.append(raw)
-    return ParsedFile(has_error=has_error, declarations=clean, raw_names=clean_raw, broken=broken,
-                      broken_raw_names=broken_raw, source=source if has_error else None)
+    return ParsedFile(
+        has_error=has_error,
+        declarations=clean,
+        raw_names=clean_raw,
+        broken=broken,
+        broken_raw_names=broken_raw,
+        source=source if has_error else None,
+    )
 
 
 def parse_declarations(source: bytes, key: str, tree=None) -> ParsedFile:
@@ -352,8 +435,9 @@ def parse_declarations(source: bytes, key: str, tree=None) -> ParsedFile:
 def _touched_span(root, a: int, b: int) -> tuple[int, int]:
     """The span of the children of the smallest node around [a, b] that [a, b] touches (or [a, b])."""
     container = root.descendant_for_byte_range(a, b) or root
-    while container.parent is not None and not (container.start_byte <= a and container.end_byte >= b
-                                                 and container.child_count):
+    while container.parent is not None and not (
+        container.start_byte <= a and container.end_byte >= b and container.child_count
+    ):
         container = container.parent
     lo, hi = a, b
     for child in container.children:
@@ -368,14 +452,16 @@ def _widen_to_wrappers(root, key: str, lo: int, hi: int) -> tuple[int, int]:
     node = root.descendant_for_byte_range(lo, hi)
     while node is not None:
         if node.type in CODE_WRAPPERS and not any(
-                c.start_byte <= lo and c.end_byte >= hi and c.type in NODE_KINDS[key] for c in node.named_children):
+            c.start_byte <= lo and c.end_byte >= hi and c.type in NODE_KINDS[key] for c in node.named_children
+        ):
             lo, hi = min(lo, node.start_byte), max(hi, node.end_byte)
         node = node.parent
     return lo, hi
 
 
-def update_declarations(source: bytes, key: str, tree, old: ParsedFile, old_tree, old_source: bytes,
-                        edit: tuple) -> ParsedFile:
+def update_declarations(
+    source: bytes, key: str, tree, old: ParsedFile, old_tree, old_source: bytes, edit: tuple
+) -> ParsedFile:
     """The declarations of `source` given those of an earlier version: the query runs only over the nodes
     around the edited bytes (and the whole of a decorated definition, a typedef … whose wrapper they touch);
     declarations wholly before them are kept, those after are shifted. `edit` is
@@ -387,10 +473,14 @@ def update_declarations(source: bytes, key: str, tree, old: ParsedFile, old_tree
     start, old_end, new_end, edited = edit
     delta = new_end - old_end
     n = len(source)
-    lo_new, hi_new = _widen_to_wrappers(tree.root_node, key, *_touched_span(
-        tree.root_node, max(start - 1, 0), min(new_end + 1, n)))
-    lo_old, hi_old = _widen_to_wrappers(old_tree.root_node, key, *_touched_span(
-        old_tree.root_node, max(start - 1, 0), min(old_end + 1, len(old_source))))
+    lo_new, hi_new = _widen_to_wrappers(
+        tree.root_node, key, *_touched_span(tree.root_node, max(start - 1, 0), min(new_end + 1, n))
+    )
+    lo_old, hi_old = _widen_to_wrappers(
+        old_tree.root_node,
+        key,
+        *_touched_span(old_tree.root_node, max(start - 1, 0), min(old_end + 1, len(old_source))),
+    )
     lo = min(lo_new, lo_old)
     hi = max(hi_new, hi_old + delta)  # in the new file's bytes
     if tree.root_node.has_error or old_tree.root_node.has_error:
@@ -403,9 +493,19 @@ def update_declarations(source: bytes, key: str, tree, old: ParsedFile, old_tree
             if d["end_byte"] <= lo:
                 merged.append(({**d, "name": raw}, is_broken))
             elif d["start_byte"] >= hi - delta:
-                merged.append(({**d, "name": raw, "start_byte": d["start_byte"] + delta,
-                                "end_byte": d["end_byte"] + delta, "start_line": d["start_line"] + line_delta,
-                                "end_line": d["end_line"] + line_delta}, is_broken))
+                merged.append(
+                    (
+                        {
+                            **d,
+                            "name": raw,
+                            "start_byte": d["start_byte"] + delta,
+                            "end_byte": d["end_byte"] + delta,
+                            "start_line": d["start_line"] + line_delta,
+                            "end_line": d["end_line"] + line_delta,
+                        },
+                        is_broken,
+                    )
+                )
     for d, is_broken in _extract(tree.root_node, key, source, (lo, hi)):
         if d["end_byte"] > lo and d["start_byte"] < hi or d["start_byte"] <= lo and d["end_byte"] >= hi:
             merged.append((d, is_broken))

@@ -21,8 +21,19 @@ from pathlib import PurePosixPath
 from hybrid.config.pipeline import PipelineConfig
 from pipelines.languages import language_of
 
-DROP_REASONS = ("submodule", "symlink", "lock_file", "vendored", "binary", "not_source", "too_large", "non_utf8",
-                "generated", "minified", "parse_error")
+DROP_REASONS = (
+    "submodule",
+    "symlink",
+    "lock_file",
+    "vendored",
+    "binary",
+    "not_source",
+    "too_large",
+    "non_utf8",
+    "generated",
+    "minified",
+    "parse_error",
+)
 # Only comment lines (or a docstring's first line) of the header count: code that merely mentions
 # "generated" (like this module) is not generated.
 COMMENT_PREFIXES = ("#", "//", "/*", "*", "--", ";", "<!--", '"""', "'''")

@@ -36,7 +36,6 @@ class FileContext:
 
     def tree(self):
         if self._tree is None and self.grammar:
-
             self._tree = get_parser(self.grammar).parse(self.source)
         return self._tree
 
@@ -59,7 +58,10 @@ class FimBuilder:
 
     def _fits(self, lines: list[str], start: int, end: int) -> bool:
         n = end - start + 1
-        return n <= self.cfg.fim_max_middle_lines and sum(map(len, lines[start - 1:end])) <= self.cfg.fim_max_middle_chars
+        return (
+            n <= self.cfg.fim_max_middle_lines
+            and sum(map(len, lines[start - 1 : end])) <= self.cfg.fim_max_middle_chars
+        )
 
     def _widen(self, fc: FileContext, start: int, end: int, decl_start: int, decl_end: int) -> tuple[int, int]:
         """Whole-node line span around [start, end] inside the declaration, if small enough, else the span."""
@@ -74,13 +76,16 @@ class FimBuilder:
         candidates = []
         if node is not None:
             candidates.append((node.start_point[0] + 1, _end_line(node)))
-            touched = [c for c in node.named_children
-                       if c.start_point[0] + 1 <= end and _end_line(c) >= start]
+            touched = [c for c in node.named_children if c.start_point[0] + 1 <= end and _end_line(c) >= start]
             if touched:
                 candidates.append((touched[0].start_point[0] + 1, _end_line(touched[-1])))
         for s, e in candidates:
-            if decl_start <= s <= start and end <= e <= decl_end and (e - s + 1) <= limit \
-                    and self._fits(fc.lines, s, e):
+            if (
+                decl_start <= s <= start
+                and end <= e <= decl_end
+                and (e - s + 1) <= limit
+                and self._fits(fc.lines, s, e)
+            ):
                 return s, e
         return start, end
 
@@ -103,15 +108,21 @@ class FimBuilder:
         suffix = "".join(fc.lines[e:])
         mp, ms = self.cfg.fim_max_prefix_chars, self.cfg.fim_max_suffix_chars
         if len(prefix) > mp:
-            cut = prefix[len(prefix) - mp:] if mp else ""
+            cut = prefix[len(prefix) - mp :] if mp else ""
             nl = cut.find("\n")
-            prefix = cut[nl + 1:] if nl >= 0 else ""
+            prefix = cut[nl + 1 :] if nl >= 0 else ""
         if len(suffix) > ms:
             cut = suffix[:ms]
             nl = cut.rfind("\n")
             suffix = cut[: nl + 1] if nl >= 0 else ""
-        return {"fim_prefix": prefix, "fim_middle": "".join(fc.lines[s - 1:e]), "fim_suffix": suffix,
-                "middle_start_line": s, "middle_end_line": e, "widened": (s, e) != (start, end)}, None
+        return {
+            "fim_prefix": prefix,
+            "fim_middle": "".join(fc.lines[s - 1 : e]),
+            "fim_suffix": suffix,
+            "middle_start_line": s,
+            "middle_end_line": e,
+            "widened": (s, e) != (start, end),
+        }, None
 
 
 def _end_line(node) -> int:

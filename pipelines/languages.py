@@ -10,14 +10,28 @@ from pathlib import PurePosixPath
 LANGUAGES = ("python", "rust", "go", "javascript", "typescript", "java", "c", "cpp")
 
 EXTENSIONS = {
-    ".py": "python", ".pyi": "python",
+    ".py": "python",
+    ".pyi": "python",
     ".rs": "rust",
     ".go": "go",
-    ".js": "javascript", ".jsx": "javascript", ".mjs": "javascript", ".cjs": "javascript",
-    ".ts": "typescript", ".tsx": "typescript", ".mts": "typescript", ".cts": "typescript",
+    ".js": "javascript",
+    ".jsx": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
+    ".ts": "typescript",
+    ".tsx": "typescript",
+    ".mts": "typescript",
+    ".cts": "typescript",
     ".java": "java",
-    ".c": "c", ".h": "c",
-    ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp", ".c++": "cpp",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".cxx": "cpp",
+    ".hpp": "cpp",
+    ".hh": "cpp",
+    ".hxx": "cpp",
+    ".c++": "cpp",
 }
 
 
@@ -32,34 +46,52 @@ def grammar_key(path: str, language: str) -> str:
     return "tsx" if language == "typescript" and path.lower().endswith(".tsx") else language
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_language(key: str):
     import tree_sitter
 
     if key == "python":
-        import tree_sitter_python as m; ptr = m.language()  # noqa: E702
+        import tree_sitter_python as m
+
+        ptr = m.language()  # noqa: E702
     elif key == "rust":
-        import tree_sitter_rust as m; ptr = m.language()  # noqa: E702
+        import tree_sitter_rust as m
+
+        ptr = m.language()  # noqa: E702
     elif key == "go":
-        import tree_sitter_go as m; ptr = m.language()  # noqa: E702
+        import tree_sitter_go as m
+
+        ptr = m.language()  # noqa: E702
     elif key == "javascript":
-        import tree_sitter_javascript as m; ptr = m.language()  # noqa: E702
+        import tree_sitter_javascript as m
+
+        ptr = m.language()  # noqa: E702
     elif key == "typescript":
-        import tree_sitter_typescript as m; ptr = m.language_typescript()  # noqa: E702
+        import tree_sitter_typescript as m
+
+        ptr = m.language_typescript()  # noqa: E702
     elif key == "tsx":
-        import tree_sitter_typescript as m; ptr = m.language_tsx()  # noqa: E702
+        import tree_sitter_typescript as m
+
+        ptr = m.language_tsx()  # noqa: E702
     elif key == "java":
-        import tree_sitter_java as m; ptr = m.language()  # noqa: E702
+        import tree_sitter_java as m
+
+        ptr = m.language()  # noqa: E702
     elif key == "c":
-        import tree_sitter_c as m; ptr = m.language()  # noqa: E702
+        import tree_sitter_c as m
+
+        ptr = m.language()  # noqa: E702
     elif key == "cpp":
-        import tree_sitter_cpp as m; ptr = m.language()  # noqa: E702
+        import tree_sitter_cpp as m
+
+        ptr = m.language()  # noqa: E702
     else:
         raise KeyError(key)
     return tree_sitter.Language(ptr)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_parser(key: str):
     import tree_sitter
 

@@ -12,8 +12,8 @@ import gc
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core.io import remove_temps
@@ -65,8 +65,9 @@ class RangeWorker:
             facts = self.path_info[path] = (path_drop_reason(path, self.cfg), language_of(path))
         return facts
 
-    def parse(self, blob_id: str, path: str, prev_id: str | None = None,
-              hunks: Callable[[], list] | None = None) -> ParsedFile | str:
+    def parse(
+        self, blob_id: str, path: str, prev_id: str | None = None, hunks: Callable[[], list] | None = None
+    ) -> ParsedFile | str:
         """The declarations of a blob at `path`, or the reason it is not parsed (`parse_error`: syntax errors
         and no clean declaration left; see ParsedFile).
         `prev_id`: the blob this one replaced; when its tree is cached the parse is incremental, with the edits
@@ -166,8 +167,15 @@ def get_worker(repo_name: str, repo_path: str, cfg: PipelineConfig) -> RangeWork
     return worker
 
 
-def process_range(repo_name: str, repo_path: str, numbers: list[int], hashes: list[str], step_keys: list[str],
-                  cfg: PipelineConfig, force: bool = False) -> dict:
+def process_range(
+    repo_name: str,
+    repo_path: str,
+    numbers: list[int],
+    hashes: list[str],
+    step_keys: list[str],
+    cfg: PipelineConfig,
+    force: bool = False,
+) -> dict:
     """One range through this process's worker: {step key: StageStats dict}, and under WORKER_KEY the range's CPU
     seconds and parse-cache numbers."""
     cpu0, thread0 = time.process_time(), time.thread_time()
@@ -183,9 +191,15 @@ def process_range(repo_name: str, repo_path: str, numbers: list[int], hashes: li
     finally:
         if gc_was_enabled:
             gc.enable()
-    hits, misses, incremental = (now - before for now, before in
-                                 zip((worker.cache_hits, worker.cache_misses, worker.incremental), counters0))
+    hits, misses, incremental = (
+        now - before for now, before in zip((worker.cache_hits, worker.cache_misses, worker.incremental), counters0)
+    )
     # cpu_s: the whole process (in a Ray worker also Ray's own threads); thread_cpu_s: the range's own work
-    result[WORKER_KEY] = {"cpu_s": time.process_time() - cpu0, "thread_cpu_s": time.thread_time() - thread0,
-                          "cache_hits": hits, "cache_misses": misses, "incremental_parses": incremental}
+    result[WORKER_KEY] = {
+        "cpu_s": time.process_time() - cpu0,
+        "thread_cpu_s": time.thread_time() - thread0,
+        "cache_hits": hits,
+        "cache_misses": misses,
+        "incremental_parses": incremental,
+    }
     return result

@@ -22,8 +22,10 @@ def _opt(text: str | None) -> str:
 def _range(d: dict | None) -> str:
     if d is None:
         return "null"
-    return (f'{{"start_byte": {d["start_byte"]}, "end_byte": {d["end_byte"]}, "start_line": {d["start_line"]}, '
-            f'"end_line": {d["end_line"]}}}')
+    return (
+        f'{{"start_byte": {d["start_byte"]}, "end_byte": {d["end_byte"]}, "start_line": {d["start_line"]}, '
+        f'"end_line": {d["end_line"]}}}'
+    )
 
 
 class RecordEncoder:
@@ -46,22 +48,37 @@ class RecordEncoder:
     def ast_line(self, path: str, language: str | None, d: dict) -> str:
         """The line of `{"id", "file", "language", **d}` for a declaration `d` of parse_declarations."""
         kind, name = d["kind"], d["name"]
-        return (f'{{"id": {_escape(f"{path}::{kind}::{name}")}, "file": {_escape(path)}, "language": {_opt(language)}, '
-                f'"kind": {_escape(kind)}, "name": {_escape(name)}, "start_byte": {d["start_byte"]}, '
-                f'"end_byte": {d["end_byte"]}, "start_line": {d["start_line"]}, "end_line": {d["end_line"]}, '
-                f'"code": {self.code(d["code"])}}}\n')
+        return (
+            f'{{"id": {_escape(f"{path}::{kind}::{name}")}, "file": {_escape(path)}, "language": {_opt(language)}, '
+            f'"kind": {_escape(kind)}, "name": {_escape(name)}, "start_byte": {d["start_byte"]}, '
+            f'"end_byte": {d["end_byte"]}, "start_line": {d["start_line"]}, "end_line": {d["end_line"]}, '
+            f'"code": {self.code(d["code"])}}}\n'
+        )
 
-    def diff_line(self, file: str, old_file: str | None, language: str | None, kind: str, name: str, status: str,
-                  whitespace_only: bool, before: dict | None, after: dict | None, metadata_json: str) -> str:
+    def diff_line(
+        self,
+        file: str,
+        old_file: str | None,
+        language: str | None,
+        kind: str,
+        name: str,
+        status: str,
+        whitespace_only: bool,
+        before: dict | None,
+        after: dict | None,
+        metadata_json: str,
+    ) -> str:
         """The line of one diff_ast.jsonl record (docs/data-format.md); `metadata_json`: the commit's
         `commit_metadata`, encoded once per commit with `encode`."""
-        return (f'{{"id": {_escape(f"{file}::{kind}::{name}")}, "file": {_escape(file)}, "old_file": {_opt(old_file)}, '
-                f'"language": {_opt(language)}, "kind": {_escape(kind)}, "name": {_escape(name)}, '
-                f'"status": {_escape(status)}, "whitespace_only": {"true" if whitespace_only else "false"}, '
-                f'"before_code": {self.code(before["code"] if before else None)}, '
-                f'"after_code": {self.code(after["code"] if after else None)}, '
-                f'"before_range": {_range(before)}, "after_range": {_range(after)}, '
-                f'"commit_metadata": {metadata_json}}}\n')
+        return (
+            f'{{"id": {_escape(f"{file}::{kind}::{name}")}, "file": {_escape(file)}, "old_file": {_opt(old_file)}, '
+            f'"language": {_opt(language)}, "kind": {_escape(kind)}, "name": {_escape(name)}, '
+            f'"status": {_escape(status)}, "whitespace_only": {"true" if whitespace_only else "false"}, '
+            f'"before_code": {self.code(before["code"] if before else None)}, '
+            f'"after_code": {self.code(after["code"] if after else None)}, '
+            f'"before_range": {_range(before)}, "after_range": {_range(after)}, '
+            f'"commit_metadata": {metadata_json}}}\n'
+        )
 
 
 def encode(obj) -> str:

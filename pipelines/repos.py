@@ -63,16 +63,19 @@ def list_repos(cfg: PipelineConfig) -> list[RepoEntry]:
         return []
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
-        entries = [RepoEntry(**{k: item[k] for k in ("name", "source", "default_branch", "added_at")})
-                   for item in items]
+        entries = [
+            RepoEntry(**{k: item[k] for k in ("name", "source", "default_branch", "added_at")}) for item in items
+        ]
     except UnicodeDecodeError:
         raise HybridError(f"{path}: not UTF-8 text") from None
     except (json.JSONDecodeError, TypeError, KeyError) as e:
         raise HybridError(f"{path}: not a valid registry ({type(e).__name__}: {e})") from None
     for i, e in enumerate(entries):
         if not isinstance(e.name, str) or not _valid_name(e.name):
-            raise HybridError(f"{path}: entry {i}: name {e.name!r} is not a valid repo name (letters, digits, '.', "
-                              f"'_', '-'; no '/' or '..'); fix or remove that entry")
+            raise HybridError(
+                f"{path}: entry {i}: name {e.name!r} is not a valid repo name (letters, digits, '.', "
+                f"'_', '-'; no '/' or '..'); fix or remove that entry"
+            )
     return entries
 
 
@@ -162,8 +165,7 @@ def _credentials(user: str | None, password: str | None):
     return pygit2.RemoteCallbacks(credentials=pygit2.UserPass(user or "git", password or ""))
 
 
-def _add_locked(source: str, name: str, user: str | None, password: str | None,
-                cfg: PipelineConfig) -> RepoEntry:
+def _add_locked(source: str, name: str, user: str | None, password: str | None, cfg: PipelineConfig) -> RepoEntry:
     import pygit2
 
     entries = list_repos(cfg)
@@ -175,16 +177,21 @@ def _add_locked(source: str, name: str, user: str | None, password: str | None,
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repos_dir(cfg)))
     try:
         try:
-            repo = pygit2.clone_repository(source, str(tmp / "clone"), bare=True,
-                                           callbacks=_credentials(user, password))
+            repo = pygit2.clone_repository(
+                source, str(tmp / "clone"), bare=True, callbacks=_credentials(user, password)
+            )
         except (pygit2.GitError, ValueError, OSError) as e:
             raise HybridError(f"{redact_url(source)}: cannot clone ({library_message(e, source)})") from None
         branch = _head_branch(repo, source)
         (tmp / "clone").rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    entry = RepoEntry(name=name, source=source, default_branch=branch,
-                      added_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    entry = RepoEntry(
+        name=name,
+        source=source,
+        default_branch=branch,
+        added_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     _save([*entries, entry], cfg)
     return entry
 
@@ -199,8 +206,9 @@ def update_repo(name: str, cfg: PipelineConfig) -> int:
     try:
         repo.remotes["origin"].fetch(["+refs/heads/*:refs/heads/*"], callbacks=_credentials(None, None))
     except (pygit2.GitError, KeyError) as e:
-        raise HybridError(f"repo {name!r}: cannot fetch from {redact_url(entry.source)} "
-                          f"({library_message(e, entry.source)})") from None
+        raise HybridError(
+            f"repo {name!r}: cannot fetch from {redact_url(entry.source)} ({library_message(e, entry.source)})"
+        ) from None
     return len(first_parent_hashes(entry, cfg, repo)) - len(before)
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from hybrid.config.llm import LLMConfig
 from hybrid.config.pipeline import PipelineConfig
@@ -87,8 +87,14 @@ class Summary:
     processes: dict[str, list[int]] = field(default_factory=dict)  # repo -> ids of the processes that ran its ranges
 
     def to_dict(self) -> dict:
-        return {"repos": self.repos, "stages": self.stages, "per_repo": self.per_repo, "seconds": self.seconds,
-                "worker": self.worker, "processes": self.processes}
+        return {
+            "repos": self.repos,
+            "stages": self.stages,
+            "per_repo": self.per_repo,
+            "seconds": self.seconds,
+            "worker": self.worker,
+            "processes": self.processes,
+        }
 
 
 def select_repos(repo_names: list[str] | None, cfg: PipelineConfig) -> list[RepoEntry]:
@@ -100,8 +106,9 @@ def select_repos(repo_names: list[str] | None, cfg: PipelineConfig) -> list[Repo
     return repos
 
 
-def plan_ranges(entry: RepoEntry, cfg: PipelineConfig, range_stages: list[str],
-                force: bool) -> tuple[list[RangeTask], int]:
+def plan_ranges(
+    entry: RepoEntry, cfg: PipelineConfig, range_stages: list[str], force: bool
+) -> tuple[list[RangeTask], int]:
     """Contiguous ranges of the commits that still need a stage; also returns how many commits are done.
 
     The pending commits are split evenly into a multiple of `num_workers` ranges, none longer than
@@ -141,7 +148,7 @@ def plan_ranges(entry: RepoEntry, cfg: PipelineConfig, range_stages: list[str],
         short, extra = divmod(len(run), parts)
         start = 0
         for i in range(parts):
-            numbers = run[start:start + short + (i >= parts - extra)]
+            numbers = run[start : start + short + (i >= parts - extra)]
             start += len(numbers)
             tasks.append(RangeTask(entry.name, str(entry.path(cfg)), numbers, [hashes[n] for n in numbers]))
     return tasks, done
@@ -160,28 +167,42 @@ def _check_history(entry: RepoEntry, cfg: PipelineConfig, hashes: list[str], don
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             continue
         if recorded != hashes[n]:
-            raise HybridError(f"{path}: records commit {str(recorded)[:12]} but commit {n} of {entry.name} is now "
-                              f"{hashes[n][:12]} (history rewritten?): remove {layout.repo_dir(entry.name)} or rerun "
-                              f"with --force")
+            raise HybridError(
+                f"{path}: records commit {str(recorded)[:12]} but commit {n} of {entry.name} is now "
+                f"{hashes[n][:12]} (history rewritten?): remove {layout.repo_dir(entry.name)} or rerun "
+                f"with --force"
+            )
 
 
 def _process_row(row: dict) -> dict:
     """The Ray Data map function: one range in, its stats out (as JSON, so the schema is fixed)."""
     cfg = PipelineConfig.model_validate_json(row["cfg"])
     try:
-        stats = process_range(row["repo"], row["repo_path"], [int(n) for n in row["numbers"]],
-                              [str(h) for h in row["hashes"]], json.loads(row["stages"]), cfg, bool(row["force"]))
+        stats = process_range(
+            row["repo"],
+            row["repo_path"],
+            [int(n) for n in row["numbers"]],
+            [str(h) for h in row["hashes"]],
+            json.loads(row["stages"]),
+            cfg,
+            bool(row["force"]),
+        )
     except HybridError as e:  # bad input (e.g. a corrupt task.json): one line for the user, not a Ray traceback
         return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e), "pid": os.getpid()}
     except OSError as e:  # the disk: full, read-only, an output folder that is a file — the machine, not a bug
-        return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": describe_os_error(e),
-                "pid": os.getpid()}
-    return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats), "error": "",
-            "pid": os.getpid()}
+        return {
+            "repo": row["repo"],
+            "n": len(row["numbers"]),
+            "stats": "{}",
+            "error": describe_os_error(e),
+            "pid": os.getpid(),
+        }
+    return {"repo": row["repo"], "n": len(row["numbers"]), "stats": json.dumps(stats), "error": "", "pid": os.getpid()}
 
 
-def plan_rows(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[str], force: bool,
-              queue: bool = True) -> tuple[list[dict], dict[str, dict[str, dict]]]:
+def plan_rows(
+    repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[str], force: bool, queue: bool = True
+) -> tuple[list[dict], dict[str, dict[str, dict]]]:
     """The Ray Data rows (one per range) of all the repositories, and {repo: {stage: stats so far}}.
 
     Without `queue` (one process: `--local`), repository after repository, oldest commits first. With it,
@@ -196,16 +217,31 @@ def plan_rows(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[st
         tasks, done = plan_ranges(entry, cfg, range_stages, force)
         per_repo[entry.name] = {s: {"counts": {"skipped_done": done}, "drops": {}} for s in range_stages}
         for t in tasks:
-            rows.append({"repo": t.repo, "repo_path": str(Path(t.repo_path).resolve()), "numbers": t.numbers,
-                         "hashes": t.hashes, "stages": json.dumps(range_stages), "force": force,
-                         "cfg": worker_cfg})
+            rows.append(
+                {
+                    "repo": t.repo,
+                    "repo_path": str(Path(t.repo_path).resolve()),
+                    "numbers": t.numbers,
+                    "hashes": t.hashes,
+                    "stages": json.dumps(range_stages),
+                    "force": force,
+                    "cfg": worker_cfg,
+                }
+            )
     if queue:
         rows.sort(key=lambda r: (-len(r["numbers"]), -r["numbers"][0]))
     return rows, per_repo
 
 
-def run_range_stages(repos: list[RepoEntry], cfg: PipelineConfig, range_stages: list[str], force: bool = False,
-                     local: bool = False, progress: bool = True, label: str = "") -> dict[str, dict[str, dict]]:
+def run_range_stages(
+    repos: list[RepoEntry],
+    cfg: PipelineConfig,
+    range_stages: list[str],
+    force: bool = False,
+    local: bool = False,
+    progress: bool = True,
+    label: str = "",
+) -> dict[str, dict[str, dict]]:
     """Run per-commit stages over every repo's pending commit ranges. Returns {repo: {stage: stats}}."""
     rows, per_repo = plan_rows(repos, cfg, range_stages, force, queue=not local)
     total = sum(len(r["numbers"]) for r in rows)
@@ -266,8 +302,14 @@ class _progress:
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("commits"), TimeElapsedColumn(), transient=False)
+        self._p = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("commits"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
         self._p.__enter__()
         self._task = self._p.add_task(self.label, total=self.total)
         self._stop = threading.Event()
@@ -313,9 +355,15 @@ def write_stats(entry: RepoEntry, cfg: PipelineConfig, stage_stats: dict[str, di
     atomic_write_json(layout.local(layout.stats_file(entry.name)), old)
 
 
-def run_pipeline(repo_names: list[str] | None, cfg: PipelineConfig, llm_cfg: LLMConfig | None = None,
-                 force: bool = False, stages: list[str] | None = None, local: bool = False,
-                 progress: bool = True) -> Summary:
+def run_pipeline(
+    repo_names: list[str] | None,
+    cfg: PipelineConfig,
+    llm_cfg: LLMConfig | None = None,
+    force: bool = False,
+    stages: list[str] | None = None,
+    local: bool = False,
+    progress: bool = True,
+) -> Summary:
     """Run `stages` (default: all of STAGES, in order) over the named repos (default: all registered)."""
     known = stage_names()
     if stages:
@@ -333,8 +381,15 @@ def run_pipeline(repo_names: list[str] | None, cfg: PipelineConfig, llm_cfg: LLM
             while i + len(group) < len(chosen) and chosen[i + len(group)].range_stage:
                 group.append(chosen[i + len(group)])
             by_name = {s.range_stage: s.name for s in group}
-            per_repo = run_range_stages(repos, cfg, [s.range_stage for s in group], force, local, progress,
-                                        label=" + ".join(s.name for s in group))
+            per_repo = run_range_stages(
+                repos,
+                cfg,
+                [s.range_stage for s in group],
+                force,
+                local,
+                progress,
+                label=" + ".join(s.name for s in group),
+            )
             for repo, st in per_repo.items():
                 for k, v in st.pop(WORKER_KEY, {}).items():
                     if k == "pids":

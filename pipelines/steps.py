@@ -16,9 +16,10 @@ disks), so a killed run leaves either the old state or the new one.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core import layout
@@ -52,8 +53,11 @@ class StageStats:
         self.by_language.setdefault(language or "other", Counter())[key] += n
 
     def to_dict(self) -> dict:
-        return {"counts": dict(self.counts), "drops": dict(self.drops),
-                "by_language": {k: dict(v) for k, v in sorted(self.by_language.items())}}
+        return {
+            "counts": dict(self.counts),
+            "drops": dict(self.drops),
+            "by_language": {k: dict(v) for k, v in sorted(self.by_language.items())},
+        }
 
     @staticmethod
     def merge(a: dict, b: dict) -> dict:
@@ -63,8 +67,11 @@ class StageStats:
         for src in (a.get("by_language", {}), b.get("by_language", {})):
             for lang, c in src.items():
                 out["by_language"].setdefault(lang, Counter()).update(c)
-        return {"counts": dict(out["counts"]), "drops": dict(out["drops"]),
-                "by_language": {k: dict(v) for k, v in sorted(out["by_language"].items())}}
+        return {
+            "counts": dict(out["counts"]),
+            "drops": dict(out["drops"]),
+            "by_language": {k: dict(v) for k, v in sorted(out["by_language"].items())},
+        }
 
 
 _SPECIAL_MODES = {0o160000: "submodule", 0o120000: "symlink"}  # gitlinks name a commit of another repo
@@ -96,8 +103,10 @@ class FileChange:
         """(old_start, old_lines, new_start, new_lines) of the commit diff's hunks for this file (3 lines of
         context): the edits an incremental re-parse applies to the old tree. Read on first use."""
         if self._hunks is None:
-            self._hunks = [(h.old_start, h.old_lines, h.new_start, h.new_lines)
-                           for h in (self.patch.hunks if self.patch is not None else ())]
+            self._hunks = [
+                (h.old_start, h.old_lines, h.new_start, h.new_lines)
+                for h in (self.patch.hunks if self.patch is not None else ())
+            ]
         return self._hunks
 
 
@@ -136,8 +145,13 @@ class CommitContext:
         if self._metadata is None:
             c = self.commit
             tz = timezone(timedelta(minutes=c.commit_time_offset))
-            self._metadata = {"repo": repo_name, "commit_number": self.number, "commit_hash": str(c.id),
-                              "date": datetime.fromtimestamp(c.commit_time, tz).isoformat(), "message": c.message}
+            self._metadata = {
+                "repo": repo_name,
+                "commit_number": self.number,
+                "commit_hash": str(c.id),
+                "date": datetime.fromtimestamp(c.commit_time, tz).isoformat(),
+                "message": c.message,
+            }
         return dict(self._metadata)
 
 
@@ -151,8 +165,9 @@ class Worker(Protocol):
     prefetch_old: bool  # generate-ast parses each old version first (see RangeWorker)
     prefetched: set[tuple[str, str]]
 
-    def parse(self, blob_id: str, path: str, prev_id: str | None = None,
-              hunks: Callable[[], list] | None = None) -> ParsedFile | str: ...
+    def parse(
+        self, blob_id: str, path: str, prev_id: str | None = None, hunks: Callable[[], list] | None = None
+    ) -> ParsedFile | str: ...
 
     def path_facts(self, path: str) -> tuple[str | None, str | None]: ...
 
@@ -187,8 +202,15 @@ class AstExtractor(RangeStep):
         lines, files = [], []
         ast_line = worker.encoder.ast_line
         for ch in ctx.changes:
-            entry = {"path": ch.path, "old_path": ch.old_path, "status": ch.status, "language": ch.language,
-                     "binary": False, "skipped": None, "declarations": 0}
+            entry = {
+                "path": ch.path,
+                "old_path": ch.old_path,
+                "status": ch.status,
+                "language": ch.language,
+                "binary": False,
+                "skipped": None,
+                "declarations": 0,
+            }
             blob_id = ch.new_id if ch.status != "deleted" else None
             if ch.special and blob_id is not None:
                 entry["skipped"] = ch.special
@@ -226,16 +248,27 @@ class AstExtractor(RangeStep):
         stats.counts["declarations"] += len(lines)
         diff_text = ctx.patch_text()
         # (a character is at most 4 bytes in UTF-8: most diffs need no encoding to know they fit)
-        truncated = len(diff_text) * 4 > self.cfg.max_diff_bytes and \
-            len(diff_text.encode("utf-8", "replace")) > self.cfg.max_diff_bytes
+        truncated = (
+            len(diff_text) * 4 > self.cfg.max_diff_bytes
+            and len(diff_text.encode("utf-8", "replace")) > self.cfg.max_diff_bytes
+        )
         if truncated:
             diff_text = diff_text.encode("utf-8", "replace")[: self.cfg.max_diff_bytes].decode("utf-8", "ignore")
             stats.counts["diffs_truncated"] += 1
         c = ctx.commit
         meta = ctx.metadata(worker.repo_name)
-        commit_data = {"repo": worker.repo_name, "commit_number": ctx.number, "commit_hash": str(c.id),
-                       "parents": [str(p) for p in c.parent_ids], "author": c.author.name, "date": meta["date"],
-                       "message": c.message, "files": files, "diff": diff_text, "diff_truncated": truncated}
+        commit_data = {
+            "repo": worker.repo_name,
+            "commit_number": ctx.number,
+            "commit_hash": str(c.id),
+            "parents": [str(p) for p in c.parent_ids],
+            "author": c.author.name,
+            "date": meta["date"],
+            "message": c.message,
+            "files": files,
+            "diff": diff_text,
+            "diff_truncated": truncated,
+        }
         write_text(f"{out_dir}/{layout.AST}", "".join(lines))
         write_text(f"{out_dir}/{layout.COMMIT_DATA}", encode(commit_data) + "\n")  # last: marks the commit done
 
@@ -314,8 +347,10 @@ class FimSampler(RangeStep):
         for lineno, r in iter_jsonl(diff_path):
             missing = [k for k in _DIFF_KEYS if not isinstance(r, dict) or k not in r]
             if missing:
-                raise HybridError(f"{diff_path}:{lineno}: record lacks {', '.join(missing)}; rerun "
-                                  f"`hybrid pipeline generate-ast-diffs --force` to rewrite it")
+                raise HybridError(
+                    f"{diff_path}:{lineno}: record lacks {', '.join(missing)}; rerun "
+                    f"`hybrid pipeline generate-ast-diffs --force` to rewrite it"
+                )
             records.append(r)
         tasks = read_json(out_dir / layout.TASKS) if (out_dir / layout.TASKS).exists() else None
         reasoning = read_json(out_dir / layout.REASONING) if (out_dir / layout.REASONING).exists() else None
@@ -340,11 +375,21 @@ class FimSampler(RangeStep):
             if reason:
                 stats.drops[reason] += 1
                 continue
-            sample.update({"id": f"{r['id']}#0", "function_id": r["id"], "repo": worker.repo_name,
-                           "commit_number": ctx.number, "commit_hash": str(ctx.commit.id), "file": r["file"],
-                           "language": r["language"], "kind": r["kind"],
-                           "operation_type": "ADD" if r["status"] == "added" else "UPDATE",
-                           "task": _task_text(tasks, r["id"]), "reasoning": _reasoning_text(reasoning, r["id"])})
+            sample.update(
+                {
+                    "id": f"{r['id']}#0",
+                    "function_id": r["id"],
+                    "repo": worker.repo_name,
+                    "commit_number": ctx.number,
+                    "commit_hash": str(ctx.commit.id),
+                    "file": r["file"],
+                    "language": r["language"],
+                    "kind": r["kind"],
+                    "operation_type": "ADD" if r["status"] == "added" else "UPDATE",
+                    "task": _task_text(tasks, r["id"]),
+                    "reasoning": _reasoning_text(reasoning, r["id"]),
+                }
+            )
             samples.append({k: sample[k] for k in _FIM_KEYS})
         stats.counts["commits"] += 1
         stats.counts["samples"] += len(samples)
@@ -362,8 +407,7 @@ def _hidden_by_errors(key: tuple[str, str], decl: dict, other: ParsedFile) -> bo
     return other.source is not None and decl["code"].encode("utf-8") in other.source
 
 
-def _broken_changes(before: ParsedFile | None, after: ParsedFile | None, before_decls: dict,
-                    after_decls: dict) -> int:
+def _broken_changes(before: ParsedFile | None, after: ParsedFile | None, before_decls: dict, after_decls: dict) -> int:
     """Changes of broken declarations (an error on either side) that are not reported: a broken declaration
     that is new, gone or edited, and not already counted as hiding a clean one (_hidden_by_errors)."""
     before_broken = {(d["kind"], d["name"]): d["code"] for d in (before.broken if before else [])}
@@ -388,16 +432,35 @@ DONE_FILES = {s.key: layout.STAGE_FILES[s.name] for s in STEPS}
 _DIFF_KEYS = ("id", "file", "status", "whitespace_only", "language", "kind")
 
 
-_FIM_KEYS = ("id", "function_id", "repo", "commit_number", "commit_hash", "file", "language", "kind",
-             "operation_type", "fim_prefix", "fim_middle", "fim_suffix", "middle_start_line", "middle_end_line",
-             "widened", "task", "reasoning")
+_FIM_KEYS = (
+    "id",
+    "function_id",
+    "repo",
+    "commit_number",
+    "commit_hash",
+    "file",
+    "language",
+    "kind",
+    "operation_type",
+    "fim_prefix",
+    "fim_middle",
+    "fim_suffix",
+    "middle_start_line",
+    "middle_end_line",
+    "widened",
+    "task",
+    "reasoning",
+)
 
 
 def _task_text(tasks: Any, function_id: str) -> str | None:
     if not isinstance(tasks, dict):
         return None
-    texts = [t.get("description", "") for t in tasks.get("tasks", []) or []
-             if isinstance(t, dict) and (not t.get("function_ids") or function_id in t.get("function_ids", []))]
+    texts = [
+        t.get("description", "")
+        for t in tasks.get("tasks", []) or []
+        if isinstance(t, dict) and (not t.get("function_ids") or function_id in t.get("function_ids", []))
+    ]
     texts = [t for t in texts if t]
     return "\n".join(texts) if texts else None
 
@@ -408,5 +471,3 @@ def _reasoning_text(reasoning: Any, function_id: str) -> str | None:
     texts = [r.get("reasoning", "") for r in reasoning if isinstance(r, dict) and r.get("function_id") == function_id]
     texts = [t for t in texts if t]
     return "\n".join(texts) if texts else None
-
-

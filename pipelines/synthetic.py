@@ -14,8 +14,30 @@ import random
 import subprocess
 from pathlib import Path
 
-WORDS = ("parse", "token", "buffer", "index", "cache", "frame", "route", "packet", "stream", "config", "window",
-         "layer", "vertex", "queue", "sched", "block", "chunk", "entry", "record", "shard", "peer", "hash")
+WORDS = (
+    "parse",
+    "token",
+    "buffer",
+    "index",
+    "cache",
+    "frame",
+    "route",
+    "packet",
+    "stream",
+    "config",
+    "window",
+    "layer",
+    "vertex",
+    "queue",
+    "sched",
+    "block",
+    "chunk",
+    "entry",
+    "record",
+    "shard",
+    "peer",
+    "hash",
+)
 
 
 # lines a syntax-error edit writes (they start like the edited statements, so later edits may replace them)
@@ -37,28 +59,40 @@ class _Crate:
         r, n = self.rng, self.rng.randint(1, 97)
         if self.syntax_errors and r.random() < self.syntax_errors:
             return r.choice(BROKEN_STATEMENTS).format(n=n)
-        return r.choice([
-            f"        total = total.wrapping_add((*value as u64) * {n});",
-            f"        if *value % {n} == 0 {{ continue; }}",
-            f"        acc.push(value.rotate_left({n % 31}));",
-            f"        log::trace!(\"step {{}} of {{}}\", i, {n});",
-            f"        let tmp_{n} = value.checked_mul({n}).unwrap_or(0);",
-            f"        state.update(i, {n})?;",
-        ])
+        return r.choice(
+            [
+                f"        total = total.wrapping_add((*value as u64) * {n});",
+                f"        if *value % {n} == 0 {{ continue; }}",
+                f"        acc.push(value.rotate_left({n % 31}));",
+                f'        log::trace!("step {{}} of {{}}", i, {n});',
+                f"        let tmp_{n} = value.checked_mul({n}).unwrap_or(0);",
+                f"        state.update(i, {n})?;",
+            ]
+        )
 
     def function(self, indent: str = "") -> list[str]:
         name = self.name()
         body = [self.statement() for _ in range(self.rng.randint(2, 12))]
-        lines = [f"/// Computes the {name.replace('_', ' ')} of the input.",
-                 f"pub fn {name}(input: &[u32], state: &mut State) -> Result<u64, Error> {{",
-                 "    let mut total: u64 = 0;", "    let mut acc = Vec::new();",
-                 "    for (i, value) in input.iter().enumerate() {", *body, "    }",
-                 f"    log::debug!(\"{name}: {{}} items\", acc.len());", "    Ok(total)", "}"]
+        lines = [
+            f"/// Computes the {name.replace('_', ' ')} of the input.",
+            f"pub fn {name}(input: &[u32], state: &mut State) -> Result<u64, Error> {{",
+            "    let mut total: u64 = 0;",
+            "    let mut acc = Vec::new();",
+            "    for (i, value) in input.iter().enumerate() {",
+            *body,
+            "    }",
+            f'    log::debug!("{name}: {{}} items", acc.len());',
+            "    Ok(total)",
+            "}",
+        ]
         return [indent + ln if ln else ln for ln in lines]
 
     def struct_with_impl(self) -> list[str]:
         name = "".join(w.capitalize() for w in self.name().split("_")[:2]) + str(self.counter)
-        fields = [f"    pub {self.rng.choice(WORDS)}_{i}: u{self.rng.choice((8, 16, 32, 64))}," for i in range(self.rng.randint(1, 6))]
+        fields = [
+            f"    pub {self.rng.choice(WORDS)}_{i}: u{self.rng.choice((8, 16, 32, 64))},"
+            for i in range(self.rng.randint(1, 6))
+        ]
         lines = ["#[derive(Debug, Clone, Default)]", f"pub struct {name} {{", *fields, "}", "", f"impl {name} {{"]
         for _ in range(self.rng.randint(1, 4)):
             lines += self.function("    ")[1:] + [""]
@@ -88,7 +122,11 @@ class _Crate:
         else:
             for _ in range(r.randint(1, 3)):  # edit statements inside a few items
                 item = items[r.randrange(len(items))]
-                body = [i for i, ln in enumerate(item) if ln.lstrip().startswith(("total", "if", "acc", "log", "let tmp", "state"))]
+                body = [
+                    i
+                    for i, ln in enumerate(item)
+                    if ln.lstrip().startswith(("total", "if", "acc", "log", "let tmp", "state"))
+                ]
                 if not body:
                     continue
                 i = r.choice(body)
@@ -125,8 +163,9 @@ def build_synthetic_rust_repo(path: str | Path, commits: int, seed: int = 0, syn
         mark += 1
         ts += rng.randint(60, 36_000)
         stream.extend(b"commit %s\nmark :%d\n" % (ref.encode(), mark))
-        stream.extend(b"author Bench <bench@example.com> %d +0000\ncommitter Bench <bench@example.com> %d +0000\n"
-                      % (ts, ts))
+        stream.extend(
+            b"author Bench <bench@example.com> %d +0000\ncommitter Bench <bench@example.com> %d +0000\n" % (ts, ts)
+        )
         stream.extend(_data(msg))
         if parent is not None:
             stream.extend(b"from :%d\n" % parent)
@@ -141,9 +180,10 @@ def build_synthetic_rust_repo(path: str | Path, commits: int, seed: int = 0, syn
         return b"M 100644 inline %s\n" % p.encode() + _data(crate.render(p))
 
     def cargo() -> list[bytes]:
-        toml = "[package]\nname = \"synthetic\"\nversion = \"0.1.0\"\n\n[dependencies]\n" + \
-            "".join(f"dep{i} = \"1.{i}\"\n" for i in range(cargo_deps))
-        lock = "".join(f"[[package]]\nname = \"dep{i}\"\nversion = \"1.{i}.0\"\n\n" for i in range(cargo_deps))
+        toml = '[package]\nname = "synthetic"\nversion = "0.1.0"\n\n[dependencies]\n' + "".join(
+            f'dep{i} = "1.{i}"\n' for i in range(cargo_deps)
+        )
+        lock = "".join(f'[[package]]\nname = "dep{i}"\nversion = "1.{i}.0"\n\n' for i in range(cargo_deps))
         return [b"M 100644 inline Cargo.toml\n" + _data(toml), b"M 100644 inline Cargo.lock\n" + _data(lock)]
 
     first = [crate.new_file() for _ in range(3)]

@@ -70,8 +70,13 @@ class RayHead:
 
     def __init__(self, address: str, dashboard: str, temp_dir: str, metrics_port: int = 0):
         self.address, self.dashboard, self.temp_dir, self.metrics_port = address, dashboard, temp_dir, metrics_port
-        self.env = {**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled",
-                    "RAY_API_SERVER_ADDRESS": dashboard, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+        self.env = {
+            **os.environ,
+            "RAY_ADDRESS": address,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_API_SERVER_ADDRESS": dashboard,
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        }
 
     def get(self, path: str):
         """GET a dashboard REST path (the State and Jobs APIs) as JSON."""
@@ -120,22 +125,46 @@ def ray_head(s3_server):
     gcs, dash, agent_http, agent_grpc, metrics, node_mgr, obj_mgr, runtime_env, client = ports
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: socket paths have a length limit
     ray_bin = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, **s3_server.env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           # Train V2's placement-group cleaner finds its controller through the State API; with two Rays on the
-           # machine it cannot guess which dashboard is its own
-           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
-           # jobs run `python` / `hybrid` from the PATH the head was started with: this venv's
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        **s3_server.env,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Train V2's placement-group cleaner finds its controller through the State API; with two Rays on the
+        # machine it cannot guess which dashboard is its own
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
+        # jobs run `python` / `hybrid` from the PATH the head was started with: this venv's
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.pop("RAY_ADDRESS", None)
-    log = open(Path(temp_dir) / "head.log", "w")
+    log = open(Path(temp_dir) / "head.log", "w")  # noqa: SIM115 (the head's output while it runs; closed at teardown)
     proc = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--num-cpus=2", f"--port={gcs}", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
-         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-         f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
-         f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
-         f"--min-worker-port={worker_low}", f"--max-worker-port={worker_low + 99}", f"--temp-dir={temp_dir}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=2",
+            f"--port={gcs}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent_http}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--node-manager-port={node_mgr}",
+            f"--object-manager-port={obj_mgr}",
+            f"--runtime-env-agent-port={runtime_env}",
+            f"--ray-client-server-port={client}",
+            f"--min-worker-port={worker_low}",
+            f"--max-worker-port={worker_low + 99}",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     head = RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, metrics)
     deadline = time.time() + 120
     while True:
@@ -146,7 +175,9 @@ def ray_head(s3_server):
         except Exception:
             if proc.poll() is not None or time.time() > deadline:
                 log.close()
-                raise RuntimeError(f"the test's Ray head did not start: {(Path(temp_dir) / 'head.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"the test's Ray head did not start: {(Path(temp_dir) / 'head.log').read_text()[-2000:]}"
+                ) from None
             time.sleep(1)
     yield head
     stop_process_group(proc)
@@ -166,11 +197,20 @@ class S3Server:
 
         self.port = free_ports(1)[0]
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.env = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
-                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
-        self.log = open(tmp / "moto.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "testing-key-id",
+            "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        self.log = open(tmp / "moto.log", "w")  # noqa: SIM115 (the server's output while it runs; closed in stop())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + 60
         while True:
             try:
@@ -178,7 +218,8 @@ class S3Server:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"moto server did not start: {(tmp / 'moto.log').read_text()[-2000:]}")
+                    log = (tmp / "moto.log").read_text()[-2000:]
+                    raise RuntimeError(f"moto server did not start: {log}") from None
                 time.sleep(0.3)
         self._n = 0
 
@@ -187,9 +228,13 @@ class S3Server:
 
         self._n += 1
         name = f"bucket-{self._n}"
-        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                     aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-                     aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=name)
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        ).create_bucket(Bucket=name)
         return name
 
     def stop(self) -> None:

@@ -16,10 +16,16 @@ PROJECT = ("hybrid", "pipelines")
 LAYERS = {
     "hybrid.core": 0,  # errors, atomic IO, URL redaction, starting Ray
     "hybrid.config": 1,  # the config sections (leaves)
-    "pipelines": 2, "pipelines.llm": 2, "hybrid.memory": 2, "hybrid.models": 2, "hybrid.data": 2,
-    "hybrid.training": 2, "hybrid.tuning": 2,  # the libraries
+    "pipelines": 2,
+    "pipelines.llm": 2,
+    "hybrid.memory": 2,
+    "hybrid.models": 2,
+    "hybrid.data": 2,
+    "hybrid.training": 2,
+    "hybrid.tuning": 2,  # the libraries
     "hybrid.cli": 3,  # the command layer: parsing, printing, exit codes, the whole Config
-    "hybrid.bench": 4, "hybrid": 4,  # benchmarks, the demo, the `hybrid` program (hybrid/main.py)
+    "hybrid.bench": 4,
+    "hybrid": 4,  # benchmarks, the demo, the `hybrid` program (hybrid/main.py)
 }
 
 
@@ -133,8 +139,12 @@ def test_every_package_has_a_layer_and_imports_point_down():
     modules, edges, _ = collect_imports()
     packages = {package_of(m, modules) for m in modules}
     assert packages <= set(LAYERS), f"packages without a layer in this test: {sorted(packages - set(LAYERS))}"
-    upward = [(a, b) for a, targets in edges.items() for b in targets
-              if LAYERS[package_of(b, modules)] > LAYERS[package_of(a, modules)]]
+    upward = [
+        (a, b)
+        for a, targets in edges.items()
+        for b in targets
+        if LAYERS[package_of(b, modules)] > LAYERS[package_of(a, modules)]
+    ]
     assert upward == [], upward
 
 
@@ -195,15 +205,18 @@ def test_the_training_recipe_does_not_know_its_launcher():
     path = modules["hybrid.training.recipe"]
     _, imported = _calls_and_imports(path)
     assert not [m for m in imported if m.split(".")[0] == "ray" or m.startswith("torch.distributed.run")], imported
-    assert "launcher" not in {n.attr for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-                              if isinstance(n, ast.Attribute)}
+    assert "launcher" not in {
+        n.attr for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(n, ast.Attribute)
+    }
 
 
 def test_the_architecture_checks_have_teeth(tmp_path):
     """The two checks above find what they look for."""
     bad = tmp_path / "bad.py"
-    bad.write_text("import pyarrow.fs as pafs\nfrom hybrid.core.storage import is_uri\nimport ray.train\n"
-                   "def f(p, ctx):\n    return storage.is_uri(p) or ctx.launcher == 'ray'\n")
+    bad.write_text(
+        "import pyarrow.fs as pafs\nfrom hybrid.core.storage import is_uri\nimport ray.train\n"
+        "def f(p, ctx):\n    return storage.is_uri(p) or ctx.launcher == 'ray'\n"
+    )
     called, imported = _calls_and_imports(bad)
     assert "is_uri" in called and "pyarrow.fs" in imported and "ray.train" in imported
 
@@ -216,18 +229,33 @@ _COMMIT_PATH = re.compile(r"(?:^|[/\\^])commit_(?![a-z])")
 def commit_paths(source: str) -> list[int]:
     """Lines where a string literal or an f-string builds or matches a `commit_<N>` folder name (docstrings aside)."""
     tree = ast.parse(source)
-    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-    return sorted({n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                   and id(n) not in docstrings and _COMMIT_PATH.search(n.value)})
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    return sorted(
+        {
+            n.lineno
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)
+            and id(n) not in docstrings
+            and _COMMIT_PATH.search(n.value)
+        }
+    )
 
 
 def test_the_commit_path_finder_finds_commit_paths():
-    found = commit_paths('"""in data/ast_dataset/<repo>/commit_<N>/"""\n'
-                         'a = f"commit_{n}"\nb = root / f"{repo}/commit_{n}/x"\nc = "commit_"\nd = "commit_*"\n'
-                         'e = r"commit_(\\d+)"\nh = "^commit_\\d+$"\n'
-                         'f = {"commit_hash": 1, "commit_number": 2}\ng = "commit_data.json"\n')
+    found = commit_paths(
+        '"""in data/ast_dataset/<repo>/commit_<N>/"""\n'
+        'a = f"commit_{n}"\nb = root / f"{repo}/commit_{n}/x"\nc = "commit_"\nd = "commit_*"\n'
+        'e = r"commit_(\\d+)"\nh = "^commit_\\d+$"\n'
+        'f = {"commit_hash": 1, "commit_number": 2}\ng = "commit_data.json"\n'
+    )
     assert found == [2, 3, 4, 5, 6, 7]
 
 
@@ -235,6 +263,10 @@ def test_only_the_layout_builds_commit_paths():
     """Every stage, export, cleanup, coverage and bench asks hybrid/core/layout.py for a commit folder (its name,
     its number, the listing): no other module spells `commit_<N>`."""
     modules, _, _ = collect_imports()
-    found = [(m, line) for m, path in sorted(modules.items()) if m != LAYOUT_MODULE
-             for line in commit_paths(path.read_text(encoding="utf-8"))]
+    found = [
+        (m, line)
+        for m, path in sorted(modules.items())
+        if m != LAYOUT_MODULE
+        for line in commit_paths(path.read_text(encoding="utf-8"))
+    ]
     assert found == [], f"commit_<N> spelled outside {LAYOUT_MODULE}: {found}"

@@ -21,9 +21,10 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 FAULTS = ("ok", "429", "500", "hang", "malformed_body", "bad_json", "schema_mismatch", "truncated")
 _ID_RE = re.compile(r"`([^`\s]+::[^`\s]+::[^`\s]+)`")
@@ -42,7 +43,6 @@ class RecordedRequest:
     auth_ok: bool = True
     answered: bool = False  # the whole response was written
 
-
     def prompt_text(self) -> str:
         return "\n".join(str(m.get("content") or "") for m in self.messages)
 
@@ -53,21 +53,39 @@ def default_answer(body: dict, schema_name: str | None) -> Any:
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     if schema_name == "tasks":
         ids = list(dict.fromkeys(_ID_RE.findall(text)))
-        return {"tasks": [{"description": f"Implement the change described by the commit (variant {digest}).",
-                           "function_ids": ids[:3]}]}
+        return {
+            "tasks": [
+                {
+                    "description": f"Implement the change described by the commit (variant {digest}).",
+                    "function_ids": ids[:3],
+                }
+            ]
+        }
     if schema_name == "reasoning":
-        return {"reasoning": f"I changed this function because the task asked for it; I kept the interface stable "
-                             f"and made the smallest edit that works ({digest})."}
+        return {
+            "reasoning": f"I changed this function because the task asked for it; I kept the interface stable "
+            f"and made the smallest edit that works ({digest})."
+        }
     if schema_name == "ping":
         return {"ok": True, "word": "pong"}
     return {"answer": digest}
 
 
 class ChatServer:
-    def __init__(self, *, latency: float | Callable[[], float] = 0.0, p429: float = 0.0, p500: float = 0.0,
-                 retry_after: float | None = 1.0, retry_after_ms: float | None = None, seed: int = 0,
-                 api_key: str | None = None, models: tuple[str, ...] = ("test-model",), hang_s: float = 60.0,
-                 supports_json_schema: bool = True):
+    def __init__(
+        self,
+        *,
+        latency: float | Callable[[], float] = 0.0,
+        p429: float = 0.0,
+        p500: float = 0.0,
+        retry_after: float | None = 1.0,
+        retry_after_ms: float | None = None,
+        seed: int = 0,
+        api_key: str | None = None,
+        models: tuple[str, ...] = ("test-model",),
+        hang_s: float = 60.0,
+        supports_json_schema: bool = True,
+    ):
         self.latency = latency
         self.p429, self.p500 = p429, p500
         self.retry_after, self.retry_after_ms = retry_after, retry_after_ms
@@ -130,7 +148,7 @@ class ChatServer:
         assert self._httpd is not None, "server not started"
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
-    def start(self) -> "ChatServer":
+    def start(self) -> ChatServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -167,8 +185,12 @@ class ChatServer:
                 with server._lock:
                     server.requests.append(RecordedRequest(t, "GET", self.path, "ok", status, auth_ok=ok))
                 if not ok:
-                    return self._send(401, json.dumps({"error": {"message": "Incorrect API key provided",
-                                                                 "type": "invalid_request_error"}}).encode())
+                    return self._send(
+                        401,
+                        json.dumps(
+                            {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+                        ).encode(),
+                    )
                 if self.path.rstrip("/").endswith("/models"):
                     data = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in server.models]
                     return self._send(200, json.dumps({"object": "list", "data": data}).encode())
@@ -188,8 +210,17 @@ class ChatServer:
                 schema_name = (fmt.get("json_schema") or {}).get("name") if fmt.get("type") == "json_schema" else None
                 is_chat = self.path.rstrip("/").endswith("/chat/completions")
                 fault = server._next_fault(body) if (is_chat and ok) else "ok"
-                record = RecordedRequest(t, "POST", self.path, fault, 200, schema_name, body.get("model"),
-                                         list(body.get("messages") or []), ok)
+                record = RecordedRequest(
+                    t,
+                    "POST",
+                    self.path,
+                    fault,
+                    200,
+                    schema_name,
+                    body.get("model"),
+                    list(body.get("messages") or []),
+                    ok,
+                )
                 self._record = record
                 with server._lock:
                     server.requests.append(record)
@@ -198,16 +229,38 @@ class ChatServer:
                     return self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}).encode())
                 if not ok:
                     record.status = 401
-                    return self._send(401, json.dumps({"error": {"message": "Incorrect API key provided",
-                                                                 "type": "invalid_request_error"}}).encode())
+                    return self._send(
+                        401,
+                        json.dumps(
+                            {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+                        ).encode(),
+                    )
                 if body.get("model") not in server.models:
                     record.status = 404
-                    return self._send(404, json.dumps({"error": {"message": f"model {body.get('model')!r} not found",
-                                                                 "type": "invalid_request_error"}}).encode())
+                    return self._send(
+                        404,
+                        json.dumps(
+                            {
+                                "error": {
+                                    "message": f"model {body.get('model')!r} not found",
+                                    "type": "invalid_request_error",
+                                }
+                            }
+                        ).encode(),
+                    )
                 if fmt.get("type") == "json_schema" and not server.supports_json_schema:
                     record.status = 400
-                    return self._send(400, json.dumps({"error": {"message": "response_format json_schema is not supported",
-                                                                 "type": "invalid_request_error"}}).encode())
+                    return self._send(
+                        400,
+                        json.dumps(
+                            {
+                                "error": {
+                                    "message": "response_format json_schema is not supported",
+                                    "type": "invalid_request_error",
+                                }
+                            }
+                        ).encode(),
+                    )
                 latency = server.latency() if callable(server.latency) else server.latency
                 if fault == "hang":
                     server._stop.wait(server.hang_s)  # the client times out first
@@ -222,12 +275,25 @@ class ChatServer:
                         headers["retry-after"] = f"{server.retry_after:g}"
                     if server.retry_after_ms is not None:
                         headers["retry-after-ms"] = f"{server.retry_after_ms:g}"
-                    return self._send(429, json.dumps({"error": {"message": "Rate limit reached", "type": "requests",
-                                                                 "code": "rate_limit_exceeded"}}).encode(), headers)
+                    return self._send(
+                        429,
+                        json.dumps(
+                            {
+                                "error": {
+                                    "message": "Rate limit reached",
+                                    "type": "requests",
+                                    "code": "rate_limit_exceeded",
+                                }
+                            }
+                        ).encode(),
+                        headers,
+                    )
                 if fault == "500":
                     record.status = 500
-                    return self._send(500, json.dumps({"error": {"message": "The server had an error",
-                                                                 "type": "server_error"}}).encode())
+                    return self._send(
+                        500,
+                        json.dumps({"error": {"message": "The server had an error", "type": "server_error"}}).encode(),
+                    )
                 if fault == "malformed_body":
                     return self._send(200, b'{"id": "chatcmpl-x", "choices": [ {"mess')
                 if fault == "bad_json":
@@ -244,10 +310,18 @@ class ChatServer:
                 usage = {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": len(content) // 4 + 1}
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
                 payload = {
-                    "id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion", "created": int(time.time()),
+                    "id": f"chatcmpl-{len(server.requests)}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
                     "model": body.get("model"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                 "finish_reason": finish, "logprobs": None}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": finish,
+                            "logprobs": None,
+                        }
+                    ],
                     "usage": usage,
                 }
                 self._send(200, json.dumps(payload).encode())
@@ -265,7 +339,7 @@ class ChatServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "ChatServer":
+    def __enter__(self) -> ChatServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

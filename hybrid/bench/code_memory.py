@@ -40,13 +40,22 @@ from hybrid.core.errors import HybridError
 
 VARIANTS = ("none", "internal", "external", "both", "full")
 CONTROLS = ("repo_memory", "other_repo_memory", "local_only")
-TITLES = {"none": "no memory", "internal": "internal only", "external": "external only", "both": "both",
-          "full": "full attention (upper bound)", "repo_memory": "external, one window + this repository's memory",
-          "other_repo_memory": "external, one window + another code base's memory",
-          "local_only": "external, one window, memory empty"}
+TITLES = {
+    "none": "no memory",
+    "internal": "internal only",
+    "external": "external only",
+    "both": "both",
+    "full": "full attention (upper bound)",
+    "repo_memory": "external, one window + this repository's memory",
+    "other_repo_memory": "external, one window + another code base's memory",
+    "local_only": "external, one window, memory empty",
+}
 SUBSETS = ("all", "beyond", "within")
-DOCS = DocTable("code-memory-table", "hybrid bench code-memory --from-json docs/code-memory-results.json --write-docs",
-                {"README.md": False, "docs/code-memory.md": True})
+DOCS = DocTable(
+    "code-memory-table",
+    "hybrid bench code-memory --from-json docs/code-memory-results.json --write-docs",
+    {"README.md": False, "docs/code-memory.md": True},
+)
 SOURCE_SUFFIXES = (".py", ".rs", ".go", ".js", ".jsx", ".ts", ".tsx", ".java", ".c", ".h", ".cc", ".cpp", ".hpp")
 
 
@@ -71,44 +80,92 @@ class Settings:
     evals: int = 3  # validation passes per run (the best is kept)
     repo_memory: bool = True
     repo_memory_tokens: int = 200_000  # at most this many tokens of a code base in the repository memory
-    model: dict[str, Any] = field(default_factory=lambda: {
-        "family": "llama", "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "segment_length": 64, "max_position_embeddings": 64,
-        "memory_slots": 8, "num_mem_heads": 4, "external_memory_size": 512, "retrieval_k": 4, "chunk_size": 4,
-        "retrieval_layers": [1]})
+    model: dict[str, Any] = field(
+        default_factory=lambda: {
+            "family": "llama",
+            "hidden_size": 128,
+            "intermediate_size": 344,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "segment_length": 64,
+            "max_position_embeddings": 64,
+            "memory_slots": 8,
+            "num_mem_heads": 4,
+            "external_memory_size": 512,
+            "retrieval_k": 4,
+            "chunk_size": 4,
+            "retrieval_layers": [1],
+        }
+    )
 
     @property
     def segment_length(self) -> int:
         return int(self.model["segment_length"])
 
 
-QUICK = {"seeds": [0], "steps": 6, "batch_size": 4, "max_length": 128, "max_train": 64, "max_test": 24, "evals": 1,
-         "vocab_size": 512, "repo_memory_tokens": 4096,
-         "model": {"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                   "num_attention_heads": 2, "num_key_value_heads": 2, "segment_length": 32,
-                   "max_position_embeddings": 32, "memory_slots": 2, "num_mem_heads": 2, "external_memory_size": 128,
-                   "retrieval_k": 2, "chunk_size": 4, "retrieval_layers": [1]}}
+QUICK = {
+    "seeds": [0],
+    "steps": 6,
+    "batch_size": 4,
+    "max_length": 128,
+    "max_train": 64,
+    "max_test": 24,
+    "evals": 1,
+    "vocab_size": 512,
+    "repo_memory_tokens": 4096,
+    "model": {
+        "family": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "segment_length": 32,
+        "max_position_embeddings": 32,
+        "memory_slots": 2,
+        "num_mem_heads": 2,
+        "external_memory_size": 128,
+        "retrieval_k": 2,
+        "chunk_size": 4,
+        "retrieval_layers": [1],
+    },
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("repos", nargs="*", metavar="REPO",
-                   help="registered repositories to learn from (default: this checkout, registered as the demo does)")
+    p.add_argument(
+        "repos",
+        nargs="*",
+        metavar="REPO",
+        help="registered repositories to learn from (default: this checkout, registered as the demo does)",
+    )
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps of every variant (default 600)")
     p.add_argument("--max-length", type=positive_int, default=None, help="tokens per example (default 384)")
     p.add_argument("--data-dir", default="data", help="the pipeline's data folder (default: data)")
-    p.add_argument("--other-repo", default=None,
-                   help="a git repository or folder for the other-memory control (default: the next REPO, else the "
-                        "Python standard library)")
+    p.add_argument(
+        "--other-repo",
+        default=None,
+        help="a git repository or folder for the other-memory control (default: the next REPO, else the "
+        "Python standard library)",
+    )
     p.add_argument("--no-repo-memory", action="store_true", help="skip the repository-memory rows")
     p.add_argument("--quick", action="store_true", help="a smoke run in about a minute (tiny model, one seed)")
-    p.add_argument("--jobs", type=non_negative_int, default=0,
-                   help="seeds trained at once, one single-threaded process each (default 0: every seed at once)")
+    p.add_argument(
+        "--jobs",
+        type=non_negative_int,
+        default=0,
+        help="seeds trained at once, one single-threaded process each (default 0: every seed at once)",
+    )
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     p.add_argument("--from-json", default=None, help="render a saved result instead of training")
-    p.add_argument("--write-docs", action="store_true",
-                   help="put the table into README.md and docs/code-memory.md (between their markers)")
+    p.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="put the table into README.md and docs/code-memory.md (between their markers)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -125,8 +182,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         s.steps = args.steps
     if args.max_length:
         if args.max_length < 2 * s.segment_length:
-            raise HybridError(f"--max-length: {args.max_length} leaves nothing beyond the window "
-                              f"({s.segment_length} tokens); use at least {2 * s.segment_length}")
+            raise HybridError(
+                f"--max-length: {args.max_length} leaves nothing beyond the window "
+                f"({s.segment_length} tokens); use at least {2 * s.segment_length}"
+            )
         s.max_length = args.max_length
     s.repo_memory = not args.no_repo_memory
     return s
@@ -167,10 +226,13 @@ def prepare_repos(names: list[str], data_dir: Path, log=print) -> dict[str, str]
         known[entry.name] = entry
     missing = [n for n in names if n not in known]
     if missing:
-        raise HybridError(f"{missing[0]}: not a registered repository in {data_dir} (hybrid repos add …; "
-                          f"registered: {', '.join(sorted(known)) or 'none'})")
-    run_pipeline(names, cfg.pipeline, cfg.llm, stages=["generate-ast", "generate-ast-diffs"], local=True,
-                 progress=False)
+        raise HybridError(
+            f"{missing[0]}: not a registered repository in {data_dir} (hybrid repos add …; "
+            f"registered: {', '.join(sorted(known)) or 'none'})"
+        )
+    run_pipeline(
+        names, cfg.pipeline, cfg.llm, stages=["generate-ast", "generate-ast-diffs"], local=True, progress=False
+    )
     return {n: str(known[n].path(cfg.pipeline)) for n in names}
 
 
@@ -183,20 +245,24 @@ def build_corpus(s: Settings, data_dir: Path, repos: dict[str, str]) -> Corpus:
         examples = list(long_file_examples(data_dir, name, path, s.max_input_chars, s.max_output_chars))
         parts = time_split(examples, s.validation_fraction, s.test_fraction)
         if not all(parts.values()):
-            raise HybridError(f"{name}: too little history for a time split ({len(examples)} changed declarations "
-                              f"in {len({e.commit_number for e in examples})} commits: train "
-                              f"{len(parts['train'])}, validation {len(parts['validation'])}, test {len(parts['test'])})")
+            raise HybridError(
+                f"{name}: too little history for a time split ({len(examples)} changed declarations "
+                f"in {len({e.commit_number for e in examples})} commits: train "
+                f"{len(parts['train'])}, validation {len(parts['validation'])}, test {len(parts['test'])})"
+            )
         before_test = parts["validation"] or parts["train"]
         snapshot[name] = _commit_hash(data_dir, name, max(e.commit_number for e in before_test))
-        commits[name] = {k: [min(e.commit_number for e in v), max(e.commit_number for e in v)] if v else None
-                         for k, v in parts.items()}
+        commits[name] = {
+            k: [min(e.commit_number for e in v), max(e.commit_number for e in v)] if v else None
+            for k, v in parts.items()
+        }
         for k, v in parts.items():
             splits[k] += [e.record() for e in v]
     if s.max_train:
-        splits["train"] = splits["train"][-s.max_train:]
+        splits["train"] = splits["train"][-s.max_train :]
     if s.max_test:
-        splits["test"] = splits["test"][:s.max_test]
-        splits["validation"] = splits["validation"][:s.max_test]
+        splits["test"] = splits["test"][: s.max_test]
+        splits["validation"] = splits["validation"][: s.max_test]
     return Corpus(splits, repos, snapshot, commits)
 
 
@@ -257,7 +323,7 @@ def clip_texts(tokenizer, texts: list[str], budget: int) -> tuple[list[str], int
         if total + n > budget:
             room = budget - total
             if room > 64:
-                out.append(tokenizer.decode(tokenizer.encode(text)[:room - 1]))
+                out.append(tokenizer.decode(tokenizer.encode(text)[: room - 1]))
                 total += room
             break
         out.append(text)
@@ -273,20 +339,39 @@ def training_values(s: Settings, variant: str, data: Path, validation: Path, out
     from hybrid.training.code_memory import model_values
 
     values = model_values(s.model, variant, s.max_length)
-    values.update({
-        "model.pretrained": None, "data.train": str(data), "data.validation": str(validation),
-        "data.max_length": s.max_length, "train.tokenizer": "bpe", "train.tokenizer_vocab_size": s.vocab_size,
-        "train.num_workers": 0, "train.precision": "fp32", "train.resume": "none", "train.output_dir": str(out),
-        "train.max_iters": s.steps, "train.batch_size": s.batch_size, "train.gradient_accumulation_steps": 1,
-        "train.learning_rate": s.learning_rate, "train.warmup_iters": s.warmup, "train.min_lr_ratio": 0.1,
-        "train.seed": seed, "train.eval_every": max(1, s.steps // s.evals), "train.eval_batches": 1_000_000,
-        "train.log_every": max(1, s.steps // 4), "train.keep_last": 1, "train.max_minutes": None,
-        "train.init_from": None})
+    values.update(
+        {
+            "model.pretrained": None,
+            "data.train": str(data),
+            "data.validation": str(validation),
+            "data.max_length": s.max_length,
+            "train.tokenizer": "bpe",
+            "train.tokenizer_vocab_size": s.vocab_size,
+            "train.num_workers": 0,
+            "train.precision": "fp32",
+            "train.resume": "none",
+            "train.output_dir": str(out),
+            "train.max_iters": s.steps,
+            "train.batch_size": s.batch_size,
+            "train.gradient_accumulation_steps": 1,
+            "train.learning_rate": s.learning_rate,
+            "train.warmup_iters": s.warmup,
+            "train.min_lr_ratio": 0.1,
+            "train.seed": seed,
+            "train.eval_every": max(1, s.steps // s.evals),
+            "train.eval_batches": 1_000_000,
+            "train.log_every": max(1, s.steps // 4),
+            "train.keep_last": 1,
+            "train.max_minutes": None,
+            "train.init_from": None,
+        }
+    )
     return values
 
 
-def run_seed(s: Settings, corpus: Corpus, other: tuple[str, list[str]], seed: int, work: Path,
-             log=print) -> dict[str, Any]:
+def run_seed(
+    s: Settings, corpus: Corpus, other: tuple[str, list[str]], seed: int, work: Path, log=print
+) -> dict[str, Any]:
     """Train every variant for `seed` and score the test split: {"seed", "scores": {row: `summarize`},
     "metrics": {variant: the run's last metrics (step, tokens_seen, val_loss, …)}, "seconds": {variant: s}}."""
     from hybrid.cli.config import load_config
@@ -307,8 +392,9 @@ def run_seed(s: Settings, corpus: Corpus, other: tuple[str, list[str]], seed: in
     checkpoints = {}
     for variant in VARIANTS:
         t0 = time.time()
-        cfg = with_values(base, training_values(s, variant, data, validation, work / variant, seed),
-                          where="bench code-memory")
+        cfg = with_values(
+            base, training_values(s, variant, data, validation, work / variant, seed), where="bench code-memory"
+        )
         result = train(cfg, quiet=True)
         checkpoint = result.best_checkpoint or result.checkpoint
         if checkpoint is None:
@@ -325,8 +411,10 @@ def run_seed(s: Settings, corpus: Corpus, other: tuple[str, list[str]], seed: in
         out["scores"][variant] = cm.summarize(cm.score_rows(model, rows, far, tok.pad_id))
         out["metrics"][variant] = result.metrics
         out["seconds"][variant] = round(time.time() - t0, 1)
-        log(f"  seed {seed} {variant}: test loss {out['scores'][variant]['all']['loss']:.3f}, beyond far-token loss "
-            f"{out['scores'][variant]['beyond']['far_loss'] or float('nan'):.3f} ({out['seconds'][variant]:.0f} s)")
+        log(
+            f"  seed {seed} {variant}: test loss {out['scores'][variant]['all']['loss']:.3f}, beyond far-token loss "
+            f"{out['scores'][variant]['beyond']['far_loss'] or float('nan'):.3f} ({out['seconds'][variant]:.0f} s)"
+        )
     if s.repo_memory:
         t0 = time.time()
         out["scores"].update(repository_rows(s, corpus, other, checkpoints["external"], rows, far))
@@ -334,8 +422,9 @@ def run_seed(s: Settings, corpus: Corpus, other: tuple[str, list[str]], seed: in
     return out
 
 
-def repository_rows(s: Settings, corpus: Corpus, other: tuple[str, list[str]], checkpoint: Path, rows, far
-                    ) -> dict[str, Any]:
+def repository_rows(
+    s: Settings, corpus: Corpus, other: tuple[str, list[str]], checkpoint: Path, rows, far
+) -> dict[str, Any]:
     """The `external` model on one window of local context, with the memory filled from this repository, from the
     other code base (the same number of tokens), or empty."""
     from hybrid.data.tokenizer import TextTokenizer
@@ -357,8 +446,17 @@ def repository_rows(s: Settings, corpus: Corpus, other: tuple[str, list[str]], c
         store = TorchStore(model.config.chunks_capacity)
         if texts:
             cm.write_corpus(model, tok, store, "corpus", texts, read=False)  # one retrieval layer: the same chunks
-        out[row] = cm.summarize(cm.score_rows(model, local, local_far, tok.pad_id, batch_size=1,
-                                              memory_store=cm.ReadOnlyStore(store), namespace="corpus"))
+        out[row] = cm.summarize(
+            cm.score_rows(
+                model,
+                local,
+                local_far,
+                tok.pad_id,
+                batch_size=1,
+                memory_store=cm.ReadOnlyStore(store),
+                namespace="corpus",
+            )
+        )
         out[row]["memory_tokens"] = n_own if row == "repo_memory" else (n_other if texts else 0)
     return out
 
@@ -390,13 +488,17 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         ratios[row] = {}
         for subset, metric in (("beyond", "far_loss"), ("beyond", "loss"), ("within", "loss"), ("all", "loss")):
-            per_seed = [_ratio(run["scores"][row][subset][metric], run["scores"]["none"][subset][metric])
-                        for run in runs]
+            per_seed = [
+                _ratio(run["scores"][row][subset][metric], run["scores"]["none"][subset][metric]) for run in runs
+            ]
             if any(v is None for v in per_seed):
                 continue
             lo, hi = mean_interval(per_seed)
-            ratios[row][f"{subset}_{metric}"] = {"mean": sum(per_seed) / len(per_seed), "per_seed": per_seed,
-                                                 "ci95": [lo, hi]}
+            ratios[row][f"{subset}_{metric}"] = {
+                "mean": sum(per_seed) / len(per_seed),
+                "per_seed": per_seed,
+                "ci95": [lo, hi],
+            }
     n = {subset: runs[0]["scores"]["none"][subset]["examples"] for subset in SUBSETS}
     n["far_tokens"] = runs[0]["scores"]["none"]["beyond"]["far_tokens"]
     return {"results": results, "ratio_to_none": ratios, "n": n}
@@ -417,9 +519,17 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     out = []
     for row, cells in result["results"].items():
         ratio = result["ratio_to_none"].get(row, {}).get("beyond_far_loss")
-        out.append([TITLES[row], _fmt(cells["all"]["loss"]), _fmt(cells["beyond"]["loss"]),
-                    _fmt(cells["within"]["loss"]), _fmt(cells["beyond"]["far_loss"]), _fmt(ratio) if ratio else "1",
-                    f"{cells['all']['exact_match']['mean']:.3f}" if cells["all"]["exact_match"] else "–"])
+        out.append(
+            [
+                TITLES[row],
+                _fmt(cells["all"]["loss"]),
+                _fmt(cells["beyond"]["loss"]),
+                _fmt(cells["within"]["loss"]),
+                _fmt(cells["beyond"]["far_loss"]),
+                _fmt(ratio) if ratio else "1",
+                f"{cells['all']['exact_match']['mean']:.3f}" if cells["all"]["exact_match"] else "–",
+            ]
+        )
     return header, out
 
 
@@ -430,18 +540,25 @@ def per_seed_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     for row, cells in result["results"].items():
         far = cells["beyond"]["far_loss"]
         within = cells["within"]["loss"]
-        out.append([TITLES[row], *(f"{v:.3f}" for v in (far["per_seed"] if far else [])),
-                    *(f"{v:.3f}" for v in (within["per_seed"] if within else []))])
+        out.append(
+            [
+                TITLES[row],
+                *(f"{v:.3f}" for v in (far["per_seed"] if far else [])),
+                *(f"{v:.3f}" for v in (within["per_seed"] if within else [])),
+            ]
+        )
     return header, out
 
 
 def markdown_report(result: dict, full: bool = True) -> str:
     st, n = result["settings"], result["n"]
-    head = (f"Test split of {', '.join(st['repos'])} (the latest commits), mean over seeds "
-            f"{', '.join(map(str, st['seeds']))} [95 % interval]: {n['all']} examples, {n['beyond']} beyond "
-            f"(their {n['far_tokens']} far tokens scored in *far tokens*), {n['within']} within; window "
-            f"{st['model']['segment_length']} tokens, examples {st['max_length']} tokens, {st['steps']} steps × "
-            f"{st['batch_size']}. Loss in nats per token (lower is better).\n")
+    head = (
+        f"Test split of {', '.join(st['repos'])} (the latest commits), mean over seeds "
+        f"{', '.join(map(str, st['seeds']))} [95 % interval]: {n['all']} examples, {n['beyond']} beyond "
+        f"(their {n['far_tokens']} far tokens scored in *far tokens*), {n['within']} within; window "
+        f"{st['model']['segment_length']} tokens, examples {st['max_length']} tokens, {st['steps']} steps × "
+        f"{st['batch_size']}. Loss in nats per token (lower is better).\n"
+    )
     parts = [head, markdown_table(*table_rows(result))]
     if full:
         parts += ["\nPer seed:\n", markdown_table(*per_seed_rows(result))]
@@ -461,15 +578,25 @@ def draw_plot(result: dict, path: str) -> None:
 
     rows = list(result["results"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, (subset, metric, title) in zip(axes, (("beyond", "far_loss", "far tokens (beyond the window)"),
-                                                  ("beyond", "loss", "all output tokens, beyond subset"),
-                                                  ("within", "loss", "all output tokens, within subset"))):
+    for ax, (subset, metric, title) in zip(
+        axes,
+        (
+            ("beyond", "far_loss", "far tokens (beyond the window)"),
+            ("beyond", "loss", "all output tokens, beyond subset"),
+            ("within", "loss", "all output tokens, within subset"),
+        ),
+    ):
         for i, row in enumerate(rows):
             cell = result["results"][row][subset][metric]
             if cell is None:
                 continue
-            ax.errorbar([i], [cell["mean"]], yerr=[[cell["mean"] - cell["ci95"][0]], [cell["ci95"][1] - cell["mean"]]],
-                        marker="o", capsize=3)
+            ax.errorbar(
+                [i],
+                [cell["mean"]],
+                yerr=[[cell["mean"] - cell["ci95"][0]], [cell["ci95"][1] - cell["mean"]]],
+                marker="o",
+                capsize=3,
+            )
         ax.set_xticks(range(len(rows)), rows, rotation=35, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("loss (nats / token)")
@@ -487,8 +614,9 @@ def _seed_in_process(job: tuple) -> dict[str, Any]:
 
 
 def _load_result(path: str) -> dict:
-    return load_result(path, "code-memory",
-                       lambda result: (result["settings"]["seeds"], result["results"], result["n"]))
+    return load_result(
+        path, "code-memory", lambda result: (result["settings"]["seeds"], result["results"], result["n"])
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -510,8 +638,10 @@ def run(args: argparse.Namespace) -> int:
         repos = prepare_repos(s.repos, data_dir, log)
         s.repos = list(repos)
         corpus = build_corpus(s, data_dir, repos)
-        log(f"tasks: train {len(corpus.splits['train'])}, validation {len(corpus.splits['validation'])}, "
-            f"test {len(corpus.splits['test'])} (commits by split: {corpus.commits})")
+        log(
+            f"tasks: train {len(corpus.splits['train'])}, validation {len(corpus.splits['validation'])}, "
+            f"test {len(corpus.splits['test'])} (commits by split: {corpus.commits})"
+        )
         other = other_texts(s, corpus, args.other_repo) if s.repo_memory else ("", [])
         jobs = min(len(s.seeds), args.jobs or len(s.seeds))
         if jobs > 1:
@@ -528,10 +658,19 @@ def run(args: argparse.Namespace) -> int:
             for seed in s.seeds:
                 with tempfile.TemporaryDirectory(prefix=f"hybrid-code-memory-{seed}-") as tmp:
                     runs.append(run_seed(s, corpus, other, seed, Path(tmp), log=log))
-        result = {"bench": "code-memory", "settings": asdict(s), **aggregate(runs), "runs": runs,
-                  "other_memory": other[0], "snapshot": corpus.snapshot, "commits": corpus.commits,
-                  "seconds": round(time.time() - t0, 1), "jobs": jobs,
-                  "load_average": {"before": load_before, "after": os.getloadavg()}, "cpu_count": os.cpu_count()}
+        result = {
+            "bench": "code-memory",
+            "settings": asdict(s),
+            **aggregate(runs),
+            "runs": runs,
+            "other_memory": other[0],
+            "snapshot": corpus.snapshot,
+            "commits": corpus.commits,
+            "seconds": round(time.time() - t0, 1),
+            "jobs": jobs,
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "cpu_count": os.cpu_count(),
+        }
     console.print(markdown_report(result), markup=False, highlight=False)
     if "seconds" in result and "load_average" in result:
         la = result["load_average"]

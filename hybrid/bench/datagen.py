@@ -27,8 +27,12 @@ from hybrid.cli import non_negative_int, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("repo_paths", nargs="*", metavar="REPO_PATH",
-                   help="git repositories to time (default: the current one unless --synthetic-rust is given)")
+    p.add_argument(
+        "repo_paths",
+        nargs="*",
+        metavar="REPO_PATH",
+        help="git repositories to time (default: the current one unless --synthetic-rust is given)",
+    )
     p.add_argument("--synthetic-rust", type=positive_int, metavar="N", help="also build and time an N-commit Rust repo")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the synthetic repository")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -36,8 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--commits-per-task", type=positive_int, default=None, help="pipeline.commits_per_task")
     p.add_argument("--single-process", action="store_true", help="also time the same stages in one process")
     p.add_argument("--repeat", type=positive_int, default=3, help="git log runs (the best is kept)")
-    p.add_argument("--ours-repeat", type=positive_int, default=1,
-                   help="runs of our stages per row (the fastest is kept, as for git: fairer on a busy machine)")
+    p.add_argument(
+        "--ours-repeat",
+        type=positive_int,
+        default=1,
+        help="runs of our stages per row (the fastest is kept, as for git: fairer on a busy machine)",
+    )
     p.add_argument("--no-ray", action="store_true", help="time only the single-process path (no Ray at all)")
 
 
@@ -49,16 +57,21 @@ def _git_log_seconds(path: Path, repeat: int) -> tuple[float, float]:
     for _ in range(max(1, repeat)):
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        subprocess.run(["git", "-C", str(path), "log", "-p", "--first-parent", "HEAD"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["git", "-C", str(path), "log", "-p", "--first-parent", "HEAD"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         best = min(best, time.perf_counter() - t0)
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         best_cpu = min(best_cpu, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
     return best, best_cpu
 
 
-def _best_time_stages(targets: list[tuple[Path, str]], overrides: list[str], local: bool,
-                      repeat: int) -> tuple[float, float, dict]:
+def _best_time_stages(
+    targets: list[tuple[Path, str]], overrides: list[str], local: bool, repeat: int
+) -> tuple[float, float, dict]:
     """_time_stages `repeat` times; the run with the shortest wall time."""
     return min((_time_stages(targets, overrides, local) for _ in range(max(1, repeat))), key=lambda r: r[0])
 
@@ -81,19 +94,34 @@ def _time_stages(targets: list[tuple[Path, str]], overrides: list[str], local: b
         for path, name in targets:
             repo = pygit2.Repository(str(path))
             layout.local(layout.clone_dir(name)).symlink_to(Path(repo.path).resolve(), target_is_directory=True)
-            registry.append({"name": name, "source": str(path), "default_branch": repo.head.shorthand,
-                             "added_at": ""})
+            registry.append({"name": name, "source": str(path), "default_branch": repo.head.shorthand, "added_at": ""})
         layout.local(layout.registry).write_text(json.dumps(registry))
         cfg = load_config([f"pipeline.data_dir={work}", *overrides])
         t0, c0 = time.perf_counter(), time.process_time()
-        summary = run_pipeline([name for _, name in targets], cfg.pipeline, cfg.llm, force=True,
-                               stages=["generate-ast", "generate-ast-diffs"], local=local, progress=False)
+        summary = run_pipeline(
+            [name for _, name in targets],
+            cfg.pipeline,
+            cfg.llm,
+            force=True,
+            stages=["generate-ast", "generate-ast-diffs"],
+            local=local,
+            progress=False,
+        )
         wall, driver_cpu = time.perf_counter() - t0, time.process_time() - c0
         cpu = driver_cpu if local else driver_cpu + summary.worker.get("cpu_s", 0.0)
-        return wall, cpu, {**summary.stages, "_cpu": {
-            "driver_cpu_s": round(driver_cpu, 3), "ranges_cpu_s": round(summary.worker.get("cpu_s", 0.0), 3),
-            "ranges_thread_cpu_s": round(summary.worker.get("thread_cpu_s", 0.0), 3),
-            "worker_processes": len({p for pids in summary.processes.values() for p in pids})}}
+        return (
+            wall,
+            cpu,
+            {
+                **summary.stages,
+                "_cpu": {
+                    "driver_cpu_s": round(driver_cpu, 3),
+                    "ranges_cpu_s": round(summary.worker.get("cpu_s", 0.0), 3),
+                    "ranges_thread_cpu_s": round(summary.worker.get("thread_cpu_s", 0.0), 3),
+                    "worker_processes": len({p for pids in summary.processes.values() for p in pids}),
+                },
+            },
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -111,7 +139,8 @@ def _warm_up(workers: int) -> None:
     import ray
 
     ray.data.range(workers, override_num_blocks=workers).map(
-        _import_stages, compute=ray.data.TaskPoolStrategy(size=workers)).materialize()
+        _import_stages, compute=ray.data.TaskPoolStrategy(size=workers)
+    ).materialize()
 
 
 def _commits(path: Path) -> int:
@@ -131,20 +160,30 @@ def _overrides(args) -> list[str]:
     return overrides
 
 
-def _result(name: str, repo: str, commits: int, git_s: float, git_cpu: float, ours_s: float, ours_cpu: float,
-            stats: dict, args) -> dict:
+def _result(
+    name: str, repo: str, commits: int, git_s: float, git_cpu: float, ours_s: float, ours_cpu: float, stats: dict, args
+) -> dict:
     workers = 1 if args.no_ray else args.workers
     git_cpu = max(git_cpu, 1e-3)
-    return {"repo": repo, "name": name, "commits": commits, "git_log_p_s": round(git_s, 3),
-            "git_cpu_s": round(git_cpu, 3), "ast_diffs_s": round(ours_s, 3), "ast_diffs_cpu_s": round(ours_cpu, 3),
-            "workers": workers,
-            "commits_per_s": round(commits / ours_s, 1), "git_commits_per_s": round(commits / git_s, 1),
-            "ratio": round(ours_s / git_s, 2),
-            # what the wall ratio would be with `workers` free cores: CPU split over the workers vs git's CPU
-            "cpu_ratio_per_worker": round(ours_cpu / workers / git_cpu, 2),
-            "load_average": round(os.getloadavg()[0], 1), **stats["_cpu"],
-            "declarations": stats["generate-ast"]["counts"].get("declarations", 0),
-            "diff_records": stats["generate-ast-diffs"]["counts"].get("records", 0)}
+    return {
+        "repo": repo,
+        "name": name,
+        "commits": commits,
+        "git_log_p_s": round(git_s, 3),
+        "git_cpu_s": round(git_cpu, 3),
+        "ast_diffs_s": round(ours_s, 3),
+        "ast_diffs_cpu_s": round(ours_cpu, 3),
+        "workers": workers,
+        "commits_per_s": round(commits / ours_s, 1),
+        "git_commits_per_s": round(commits / git_s, 1),
+        "ratio": round(ours_s / git_s, 2),
+        # what the wall ratio would be with `workers` free cores: CPU split over the workers vs git's CPU
+        "cpu_ratio_per_worker": round(ours_cpu / workers / git_cpu, 2),
+        "load_average": round(os.getloadavg()[0], 1),
+        **stats["_cpu"],
+        "declarations": stats["generate-ast"]["counts"].get("declarations", 0),
+        "diff_records": stats["generate-ast-diffs"]["counts"].get("records", 0),
+    }
 
 
 def bench_repo(path: Path, name: str, args) -> dict:
@@ -167,8 +206,17 @@ def bench_together(targets: list[tuple[Path, str]], alone: list[dict], args) -> 
     `git log -p` times (git runs them one after another: one process each)."""
     ours_s, ours_cpu, stats = _best_time_stages(targets, _overrides(args), args.no_ray, args.ours_repeat)
     git_s, git_cpu = sum(r["git_log_p_s"] for r in alone), sum(r["git_cpu_s"] for r in alone)
-    return _result(f"{len(targets)} together", " ".join(str(p) for p, _ in targets),
-                   sum(r["commits"] for r in alone), git_s, git_cpu, ours_s, ours_cpu, stats, args)
+    return _result(
+        f"{len(targets)} together",
+        " ".join(str(p) for p, _ in targets),
+        sum(r["commits"] for r in alone),
+        git_s,
+        git_cpu,
+        ours_s,
+        ours_cpu,
+        stats,
+        args,
+    )
 
 
 def _argv(args) -> list[str]:
@@ -211,8 +259,10 @@ def run(args: argparse.Namespace) -> int:
             tmp_repo = Path(tempfile.mkdtemp(prefix="synthetic-rust-"))
             t0 = time.perf_counter()
             build_synthetic_rust_repo(tmp_repo / "repo", args.synthetic_rust, seed=args.seed)
-            console.print(f"built a synthetic Rust repository of {args.synthetic_rust} commits in "
-                          f"{time.perf_counter() - t0:.1f} s")
+            console.print(
+                f"built a synthetic Rust repository of {args.synthetic_rust} commits in "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
             targets.append((tmp_repo / "repo", f"synthetic-rust-{args.synthetic_rust}"))
         import pygit2
 
@@ -238,8 +288,17 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"AST + diffs vs git log -p --first-parent (Ray start-up and warm-up {ray_start:.1f} s, not counted)")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     single = any("single_process_ratio" in r for r in results)
-    columns = ["repo", "commits", "git s\nwall/CPU", "ours s\nwall/CPU", "commits/s\nours", "wall\nratio",
-               "CPU per\nworker", *(["1 proc\nwall/CPU"] if single else []), "load"]
+    columns = [
+        "repo",
+        "commits",
+        "git s\nwall/CPU",
+        "ours s\nwall/CPU",
+        "commits/s\nours",
+        "wall\nratio",
+        "CPU per\nworker",
+        *(["1 proc\nwall/CPU"] if single else []),
+        "load",
+    ]
     for col in columns:
         table.add_column(col, no_wrap=col == "repo")
 
@@ -247,18 +306,30 @@ def run(args: argparse.Namespace) -> int:
         return "/".join(f"{x:.2f}" if x < 10 else f"{x:.1f}" for x in (wall, cpu))
 
     for r in results:
-        row = [r["name"], str(r["commits"]), pair(r["git_log_p_s"], r["git_cpu_s"]),
-               pair(r["ast_diffs_s"], r["ast_diffs_cpu_s"]), f"{r['commits_per_s']:.0f}", f"{r['ratio']}x",
-               f"{r['cpu_ratio_per_worker']}x"]
+        row = [
+            r["name"],
+            str(r["commits"]),
+            pair(r["git_log_p_s"], r["git_cpu_s"]),
+            pair(r["ast_diffs_s"], r["ast_diffs_cpu_s"]),
+            f"{r['commits_per_s']:.0f}",
+            f"{r['ratio']}x",
+            f"{r['cpu_ratio_per_worker']}x",
+        ]
         if single:
-            row.append(f"{r['single_process_ratio']}x/{r['single_process_cpu_ratio']}x" if "single_process_ratio" in r
-                       else "-")
+            row.append(
+                f"{r['single_process_ratio']}x/{r['single_process_cpu_ratio']}x" if "single_process_ratio" in r else "-"
+            )
         table.add_row(*row, str(r["load_average"]))
     console.print(table)
     if args.json:
         from hybrid.core.io import atomic_write_json
 
-        atomic_write_json(args.json, {"ray_startup_s": None if args.no_ray else round(ray_start, 2),
-                                      "command": "hybrid bench datagen " + " ".join(_argv(args)),
-                                      "results": results})
+        atomic_write_json(
+            args.json,
+            {
+                "ray_startup_s": None if args.no_ray else round(ray_start, 2),
+                "command": "hybrid bench datagen " + " ".join(_argv(args)),
+                "results": results,
+            },
+        )
     return 0

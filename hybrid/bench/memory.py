@@ -25,25 +25,39 @@ from hybrid.cli import non_negative_int, positive_float, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vectors", type=positive_int, default=200_000,
-                   help="chunk keys in the namespace (the issue asks 1M; 200k fits a shared 2-core machine)")
+    p.add_argument(
+        "--vectors",
+        type=positive_int,
+        default=200_000,
+        help="chunk keys in the namespace (the issue asks 1M; 200k fits a shared 2-core machine)",
+    )
     p.add_argument("--dim", type=positive_int, default=64)
     p.add_argument("--k", type=positive_int, default=8)
     p.add_argument("--batch", type=positive_int, default=1024, help="queries per search call")
     p.add_argument("--repeats", type=positive_int, default=8, help="timed search calls per row")
     p.add_argument("--clusters", type=positive_int, default=1024, help="Gaussian clusters the data is drawn from")
-    p.add_argument("--spread", type=positive_float, default=0.15,
-                   help="noise per dimension around the unit-norm cluster centers (0.1: IVF is exact; 0.2: the "
-                        "data is nearly isotropic and IVF recall drops below 0.6)")
+    p.add_argument(
+        "--spread",
+        type=positive_float,
+        default=0.15,
+        help="noise per dimension around the unit-norm cluster centers (0.1: IVF is exact; 0.2: the "
+        "data is nearly isotropic and IVF recall drops below 0.6)",
+    )
     p.add_argument("--nprobe", type=positive_int, nargs="+", default=[8, 16, 32, 64], help="IVF nprobe values to sweep")
-    p.add_argument("--nlist", type=non_negative_int, default=0,
-                   help="IVF lists (0 = 4*sqrt(vectors), as the store does)")
+    p.add_argument(
+        "--nlist", type=non_negative_int, default=0, help="IVF lists (0 = 4*sqrt(vectors), as the store does)"
+    )
     p.add_argument("--shards", type=positive_int, nargs="+", default=[1, 2], help="Ray service shard counts")
-    p.add_argument("--ray-index", choices=["flat", "ivf"], default="ivf",
-                   help="index of the Ray rows (ivf uses the smallest swept nprobe reaching recall >= 0.95)")
+    p.add_argument(
+        "--ray-index",
+        choices=["flat", "ivf"],
+        default="ivf",
+        help="index of the Ray rows (ivf uses the smallest swept nprobe reaching recall >= 0.95)",
+    )
     p.add_argument("--skip-torch", action="store_true", help="skip the in-process torch row")
-    p.add_argument("--train-steps", type=non_negative_int, default=6,
-                   help="timed training steps per backend (0 = skip)")
+    p.add_argument(
+        "--train-steps", type=non_negative_int, default=6, help="timed training steps per backend (0 = skip)"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
@@ -68,8 +82,11 @@ def _time_search(search, queries, k: int, repeats: int) -> tuple[dict, object]:
     lat_sorted = sorted(lat)
     n_q = queries.shape[2]
     p99 = lat_sorted[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
-    return {"searches_per_s": n_q * len(lat) / sum(lat), "p50_ms": statistics.median(lat) * 1e3,
-            "p99_ms": p99 * 1e3}, res
+    return {
+        "searches_per_s": n_q * len(lat) / sum(lat),
+        "p50_ms": statistics.median(lat) * 1e3,
+        "p99_ms": p99 * 1e3,
+    }, res
 
 
 def _ids(res) -> object:
@@ -97,8 +114,10 @@ def _search_rows(args, log) -> dict:
     queries = torch.from_numpy(_data(args.batch, D, args.clusters, args.spread, 1)).view(1, 1, args.batch, D)
     chunk_keys = keys.view(1, 1, N, 1, D)
     payload = torch.arange(N, dtype=torch.float32).view(1, 1, N, 1, 1).expand(1, 1, N, 1, D).contiguous()
-    log(f"data: {N:,} x {D} in {args.clusters} clusters (spread {args.spread}), {args.batch} queries "
-        f"({time.perf_counter() - t0:.1f} s)")
+    log(
+        f"data: {N:,} x {D} in {args.clusters} clusters (spread {args.spread}), {args.batch} queries "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     rows: dict[str, dict] = {}
 
     def add_timed(store, name):
@@ -123,7 +142,7 @@ def _search_rows(args, log) -> dict:
         log(f"torch: {rows['torch']}")
         del ts
 
-    nlist = args.nlist or max(1, int(4 * N ** 0.5))
+    nlist = args.nlist or max(1, int(4 * N**0.5))
     ivf = FaissStore(N, index="ivf", ivf_nlist=nlist)
     build = add_timed(ivf, "ivf")
     chosen = None
@@ -145,23 +164,39 @@ def _search_rows(args, log) -> dict:
     for shards in args.shards:
         index = args.ray_index
         nprobe = chosen or args.nprobe[-1]
-        store = RayShardedStore(N, 1, num_shards=shards, service=f"bench-memory-{os.getpid()}-{shards}",
-                                shard_bytes=nb // shards + (1 << 20), shard_cpus=max(1, cpus // shards),
-                                threads=max(1, cpus // shards), index=index, ivf_nprobe=nprobe,
-                                call_timeout_s=600)  # IVF lists per part: 4*sqrt(part size), the store's default
+        store = RayShardedStore(
+            N,
+            1,
+            num_shards=shards,
+            service=f"bench-memory-{os.getpid()}-{shards}",
+            shard_bytes=nb // shards + (1 << 20),
+            shard_cpus=max(1, cpus // shards),
+            threads=max(1, cpus // shards),
+            index=index,
+            ivf_nprobe=nprobe,
+            call_timeout_s=600,
+        )  # IVF lists per part: 4*sqrt(part size), the store's default
         try:
             build = add_timed(store, f"ray{shards}")
             row, res = _time_search(functools.partial(store.search, ["bench"]), queries, k, args.repeats)
-            row.update(build_s=build, index=index, recall=_recall(res, exact, k),
-                       parts=store.split_factor(1, D))
+            row.update(build_s=build, index=index, recall=_recall(res, exact, k), parts=store.split_factor(1, D))
             if index == "ivf":
                 row.update(nprobe=nprobe, nlist_per_part=max(1, int(4 * (N // shards) ** 0.5)))
             rows[f"ray_{shards}_shard{'s' if shards > 1 else ''}"] = row
             log(f"ray {shards} shard(s): {row}")
         finally:
             store.shutdown()
-    return {"vectors": N, "dim": D, "k": k, "clusters": args.clusters, "spread": args.spread, "batch": args.batch,
-            "nlist": nlist, "ivf_nprobe_for_0.95": chosen, "rows": rows}
+    return {
+        "vectors": N,
+        "dim": D,
+        "k": k,
+        "clusters": args.clusters,
+        "spread": args.spread,
+        "batch": args.batch,
+        "nlist": nlist,
+        "ivf_nprobe_for_0.95": chosen,
+        "rows": rows,
+    }
 
 
 class _TimedStore:
@@ -211,8 +246,11 @@ def _training_rows(args, log) -> dict:
     variants = {"torch": ["memory.backend=torch"], "faiss": ["memory.backend=faiss"]}
     for shards in args.shards:
         variants[f"ray_{shards}_shard{'s' if shards > 1 else ''}"] = [
-            "memory.backend=ray", f"memory.num_shards={shards}", f"memory.service=bench-train-{os.getpid()}-{shards}",
-            "memory.shard_cpus=0"]
+            "memory.backend=ray",
+            f"memory.num_shards={shards}",
+            f"memory.service=bench-train-{os.getpid()}-{shards}",
+            "memory.shard_cpus=0",
+        ]
     runs = {}
     for name, extra in variants.items():
         cfg = load_config([*base, *extra])
@@ -220,7 +258,7 @@ def _training_rows(args, log) -> dict:
         model = build_model(cfg.model, memory_cfg=cfg.memory)
         clock = {"memory_s": 0.0}
         inner = model.store_factory
-        model.store_factory = (lambda f, c: (lambda: _TimedStore(f(), c)))(inner, clock)
+        model.store_factory = (lambda f, c: lambda: _TimedStore(f(), c))(inner, clock)
         runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3), clock, inner, [], [])
     ids = torch.randint(0, cfg.model.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
     for i in range(args.train_steps + 1):  # round robin: load from other processes hits every backend alike
@@ -242,8 +280,14 @@ def _training_rows(args, log) -> dict:
         store = inner()
         if hasattr(store, "shutdown"):
             store.shutdown()
-    return {"model": "tiny_llama_hybrid", "batch": batch, "seq_len": seq,
-            "segment_length": 16, "external_memory_size": 128, "rows": out}
+    return {
+        "model": "tiny_llama_hybrid",
+        "batch": batch,
+        "seq_len": seq,
+        "segment_length": 16,
+        "external_memory_size": 128,
+        "rows": out,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -272,12 +316,16 @@ def _print(result: dict) -> None:
     print(f"\nsearch: {s['vectors']:,} vectors x {s['dim']}, k={s['k']}, batches of {s['batch']} queries")
     print(f"{'store':<24}{'searches/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'recall@k':>10}{'build s':>9}")
     for name, r in s["rows"].items():
-        print(f"{name:<24}{r['searches_per_s']:>12,.0f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}"
-              f"{r['recall']:>10.3f}{r['build_s']:>9.1f}")
+        print(
+            f"{name:<24}{r['searches_per_s']:>12,.0f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}"
+            f"{r['recall']:>10.3f}{r['build_s']:>9.1f}"
+        )
     if "training" in result:
         t = result["training"]
         print(f"\ntraining step ({t['model']}, batch {t['batch']} x {t['seq_len']} tokens): share waiting on memory")
         for name, r in t["rows"].items():
-            print(f"{name:<24}step {r['step_s'] * 1e3:8.1f} ms   memory {r['memory_wait_s'] * 1e3:8.1f} ms   "
-                  f"{100 * r['memory_share']:5.1f} %")
+            print(
+                f"{name:<24}step {r['step_s'] * 1e3:8.1f} ms   memory {r['memory_wait_s'] * 1e3:8.1f} ms   "
+                f"{100 * r['memory_share']:5.1f} %"
+            )
     print(json.dumps({"wall_s": round(result["wall_s"], 1)}))

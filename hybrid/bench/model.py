@@ -32,8 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=non_negative_int, default=2)
     p.add_argument("--device", default="cuda_if_available", help="cpu, cuda, or cuda_if_available")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
-    p.add_argument("--threads", type=non_negative_int, default=0,
-                   help="CPU threads for torch (0 = torch's default); 1 gives steadier numbers on a busy machine")
+    p.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=0,
+        help="CPU threads for torch (0 = torch's default); 1 gives steadier numbers on a busy machine",
+    )
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers anchor")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
@@ -69,11 +73,21 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(dev_name)
     autocast_dtype = torch.bfloat16 if args.dtype == "bf16" else None
     S, n_seg, B = args.segment_length, args.segments, args.batch_size
-    base = dict(vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-                num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                max_position_embeddings=max(S * n_seg, 2048), segment_length=S, retrieval_k=args.retrieval_k,
-                chunk_size=args.chunk_size, retrieval_layers=args.retrieval_layers, memory_slots=args.memory_slots,
-                external_memory_size=S * n_seg)
+    base = dict(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=max(S * n_seg, 2048),
+        segment_length=S,
+        retrieval_k=args.retrieval_k,
+        chunk_size=args.chunk_size,
+        retrieval_layers=args.retrieval_layers,
+        memory_slots=args.memory_slots,
+        external_memory_size=S * n_seg,
+    )
     torch.manual_seed(0)
     short = torch.randint(0, args.vocab_size, (B, S), device=device)
     long = torch.randint(0, args.vocab_size, (B, S * n_seg), device=device)
@@ -82,29 +96,50 @@ def run(args: argparse.Namespace) -> int:
     def measure(name: str, model, ids) -> None:
         entries.append((name, model.to(device).train(), ids))
 
-    print(f"fwd+bwd on {device} ({args.dtype}), d={args.hidden_size} L={args.layers} H={args.heads}/"
-          f"{args.kv_heads} V={args.vocab_size} B={B} segment={S}, memory variants on {n_seg} segments, "
-          f"threads={torch.get_num_threads()}", flush=True)
+    print(
+        f"fwd+bwd on {device} ({args.dtype}), d={args.hidden_size} L={args.layers} H={args.heads}/"
+        f"{args.kv_heads} V={args.vocab_size} B={B} segment={S}, memory variants on {n_seg} segments, "
+        f"threads={torch.get_num_threads()}",
+        flush=True,
+    )
     if not args.no_transformers:
         try:
             import transformers
         except ImportError:
-            raise HybridError("the transformers anchor needs `pip install transformers` (or --no-transformers)")
+            raise HybridError(
+                "the transformers anchor needs `pip install transformers` (or --no-transformers)"
+            ) from None
         hf_cfg = transformers.LlamaConfig(
-            vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-            num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-            max_position_embeddings=max(S * n_seg, 2048), attn_implementation="sdpa")
+            vocab_size=args.vocab_size,
+            hidden_size=args.hidden_size,
+            intermediate_size=args.intermediate_size,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            num_key_value_heads=args.kv_heads,
+            max_position_embeddings=max(S * n_seg, 2048),
+            attn_implementation="sdpa",
+        )
         torch.manual_seed(0)
         measure("transformers LlamaForCausalLM, 1 segment", transformers.LlamaForCausalLM(hf_cfg), short)
     cfg = lambda **kw: HybridLlamaConfig(**{**base, **kw})  # noqa: E731
-    measure("ours: base, 1 segment", HybridLlamaForCausalLM(cfg(use_internal_memory=False,
-                                                                use_external_memory=False)), short)
-    variants = [("ours: base (no memory)", False, False), ("ours: internal memory only", True, False),
-                ("ours: external memory only", False, True), ("ours: both memories (hybrid)", True, True)]
+    measure(
+        "ours: base, 1 segment",
+        HybridLlamaForCausalLM(cfg(use_internal_memory=False, use_external_memory=False)),
+        short,
+    )
+    variants = [
+        ("ours: base (no memory)", False, False),
+        ("ours: internal memory only", True, False),
+        ("ours: external memory only", False, True),
+        ("ours: both memories (hybrid)", True, True),
+    ]
     for name, internal, external in variants:
         torch.manual_seed(0)
-        measure(f"{name}, {n_seg} segments", HybridLlamaForCausalLM(cfg(use_internal_memory=internal,
-                                                                        use_external_memory=external)), long)
+        measure(
+            f"{name}, {n_seg} segments",
+            HybridLlamaForCausalLM(cfg(use_internal_memory=internal, use_external_memory=external)),
+            long,
+        )
     # Round-robin: one step of every variant in turn, so load from other processes hits all variants alike.
     times: dict[str, list[float]] = {name: [] for name, _, _ in entries}
     for i in range(args.warmup + args.steps):
@@ -115,16 +150,29 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name, _, ids in entries:
         med, best = statistics.median(times[name]), min(times[name])
-        rows.append({"variant": name, "tokens": int(ids.numel()), "seconds_median": med, "seconds_min": best,
-                     "tokens_per_s": ids.numel() / med, "tokens_per_s_best": ids.numel() / best})
-        print(f"  {name:<44} {ids.numel() / med:>9.0f} tok/s median {ids.numel() / best:>9.0f} best "
-              f"({med * 1000:.0f} ms/step)", flush=True)
+        rows.append(
+            {
+                "variant": name,
+                "tokens": int(ids.numel()),
+                "seconds_median": med,
+                "seconds_min": best,
+                "tokens_per_s": ids.numel() / med,
+                "tokens_per_s_best": ids.numel() / best,
+            }
+        )
+        print(
+            f"  {name:<44} {ids.numel() / med:>9.0f} tok/s median {ids.numel() / best:>9.0f} best "
+            f"({med * 1000:.0f} ms/step)",
+            flush=True,
+        )
     ratios: dict[str, float] = {}
     best_ratios: dict[str, float] = {}
     for key, out in (("tokens_per_s", ratios), ("tokens_per_s_best", best_ratios)):
         by = {r["variant"]: r[key] for r in rows}
         if not args.no_transformers:
-            out["ours base / transformers"] = by["ours: base, 1 segment"] / by["transformers LlamaForCausalLM, 1 segment"]
+            out["ours base / transformers"] = (
+                by["ours: base, 1 segment"] / by["transformers LlamaForCausalLM, 1 segment"]
+            )
         long_base = by[f"ours: base (no memory), {n_seg} segments"]
         for name, _, _ in variants[1:]:
             out[f"{name.split(': ')[1]} / ours base"] = by[f"{name}, {n_seg} segments"] / long_base
@@ -134,7 +182,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from hybrid.core.io import atomic_write_json
 
-        atomic_write_json(args.json, {"device": str(device), "dtype": args.dtype, "args": vars(args) | {"func": None},
-                                      "rows": rows, "ratios": ratios, "ratios_best": best_ratios})
+        atomic_write_json(
+            args.json,
+            {
+                "device": str(device),
+                "dtype": args.dtype,
+                "args": vars(args) | {"func": None},
+                "rows": rows,
+                "ratios": ratios,
+                "ratios_best": best_ratios,
+            },
+        )
         print(f"wrote {args.json}")
     return 0

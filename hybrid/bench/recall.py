@@ -31,21 +31,26 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hybrid.cli import non_negative_int, positive_int
 from hybrid.bench.report import DocTable, load_result, markdown_table, save_figure
 from hybrid.bench.stats import interval
+from hybrid.cli import non_negative_int, positive_int
 from hybrid.core.errors import HybridError
 
 VARIANTS = ("none", "internal", "external", "both")  # hybrid.training.recall.VARIANTS (imported late: `hybrid --help`)
 VARIANT_TITLES = {"none": "no memory", "internal": "internal only", "external": "external only", "both": "both"}
 
-CONTROL_TITLES = {"gates_closed": "both, every memory gate closed at evaluation",
-                  "swapped": "both, haystack of another example (own answer)",
-                  "swapped_follows": "both, haystack of another example (the other's answer)",
-                  "edited_follows": "both, the asked value edited in the haystack (follows the edit)"}
+CONTROL_TITLES = {
+    "gates_closed": "both, every memory gate closed at evaluation",
+    "swapped": "both, haystack of another example (own answer)",
+    "swapped_follows": "both, haystack of another example (the other's answer)",
+    "edited_follows": "both, the asked value edited in the haystack (follows the edit)",
+}
 FAISS_ROWS = {"faiss_flat": "both, FAISS flat store", "faiss_ivf": "both, FAISS IVF store (nlist 8, nprobe 2)"}
-DOCS = DocTable("recall-table", "hybrid bench recall --from-json docs/recall-results.json --write-docs",
-                {"README.md": False, "docs/recall.md": True})
+DOCS = DocTable(
+    "recall-table",
+    "hybrid bench recall --from-json docs/recall-results.json --write-docs",
+    {"README.md": False, "docs/recall.md": True},
+)
 
 
 @dataclass
@@ -81,11 +86,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw accuracy vs length, one line per variant")
     p.add_argument("--markdown", metavar="FILE.md", help="write the tables as markdown")
-    p.add_argument("--from-json", metavar="FILE[,FILE…]",
-                   help="render the results saved in FILE (no training); several files of the same settings and "
-                        "different seeds are merged")
-    p.add_argument("--write-docs", action="store_true",
-                   help="put the tables into README.md and docs/recall.md between their recall-table markers")
+    p.add_argument(
+        "--from-json",
+        metavar="FILE[,FILE…]",
+        help="render the results saved in FILE (no training); several files of the same settings and "
+        "different seeds are merged",
+    )
+    p.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="put the tables into README.md and docs/recall.md between their recall-table markers",
+    )
     p.add_argument("--seeds", help="comma-separated seeds of the data and the weights (default 0,1,2)")
     p.add_argument("--seed", type=non_negative_int, help="one seed (same as --seeds N)")
     p.add_argument("--base-steps", type=positive_int, help="stage 1: steps per round (default 1500)")
@@ -97,14 +108,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-examples", type=positive_int, help="test examples per task and length (default 500)")
     p.add_argument("--no-controls", action="store_true", help="skip the control rows")
     p.add_argument("--no-faiss", action="store_true", help="skip the FAISS rows")
-    p.add_argument("--jobs", type=non_negative_int, default=0,
-                   help="seeds trained at once, each in its own single-threaded process (default 0: every seed at "
-                        "once; 1: one after another in this process)")
-    p.add_argument("--threads", type=non_negative_int, default=1,
-                   help="torch CPU threads (default %(default)s: the tiny model gains nothing from more, and on a "
-                        "busy machine extra threads make each step many times slower)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="model.<key>=value or bench.<key>=value (e.g. model.hidden_size=128 bench.learning_rate=1e-3)")
+    p.add_argument(
+        "--jobs",
+        type=non_negative_int,
+        default=0,
+        help="seeds trained at once, each in its own single-threaded process (default 0: every seed at "
+        "once; 1: one after another in this process)",
+    )
+    p.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=1,
+        help="torch CPU threads (default %(default)s: the tiny model gains nothing from more, and on a "
+        "busy machine extra threads make each step many times slower)",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="model.<key>=value or bench.<key>=value (e.g. model.hidden_size=128 bench.learning_rate=1e-3)",
+    )
 
 
 def _csv(text: str | None, cast=str) -> list | None:
@@ -181,6 +204,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 # ----------------------------------------------------------------------------------------------------------
 # Statistics
 
+
 def summary(per_seed: list[float], n: int) -> dict[str, Any]:
     lo, hi = interval(per_seed, n)
     return {"mean": sum(per_seed) / len(per_seed), "per_seed": per_seed, "ci95": [lo, hi], "n_per_seed": n}
@@ -212,24 +236,36 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
     base = rc.train_base(r, base_cfg, work, seed, max_length, say=log)
     seconds["base"] = round(time.time() - t0, 1)
     if not base.passed:
-        log(f"  the base missed the bar: in-window key-value {base.val_kv_1x[-1]:.2f} < {r.base_bar} after "
-            f"{base.rounds} rounds (reported; the variants still start from it)")
+        log(
+            f"  the base missed the bar: in-window key-value {base.val_kv_1x[-1]:.2f} < {r.base_bar} after "
+            f"{base.rounds} rounds (reported; the variants still start from it)"
+        )
     data = rc.stage2_data(r, work, seed)
     tests = {(t, n): rc.eval_examples(r, t, n, s.eval_examples, seed, "test") for t in r.tasks for n in s.lengths}
-    tests.update({(t, n): rc.eval_examples(r, t, n, s.long_examples, seed, "test")
-                  for t in r.tasks if t in LONG_TASKS for n in s.long_lengths})
+    tests.update(
+        {
+            (t, n): rc.eval_examples(r, t, n, s.long_examples, seed, "test")
+            for t in r.tasks
+            if t in LONG_TASKS
+            for n in s.long_lengths
+        }
+    )
     val_n = max(r.length_mix)
     vals = {t: rc.eval_examples(r, t, val_n, r.val_examples, seed, "val") for t in r.tasks}
-    mentioned = {t: {str(n): sum(map(rt.mentioned_chance, ex)) / len(ex) for (tt, n), ex in tests.items() if tt == t}
-                 for t in r.tasks}
+    mentioned = {
+        t: {str(n): sum(map(rt.mentioned_chance, ex)) / len(ex) for (tt, n), ex in tests.items() if tt == t}
+        for t in r.tasks
+    }
     cells: dict[str, Any] = {}
     validation: dict[str, Any] = {}
     controls: dict[str, Any] = {}
     faiss: dict[str, Any] = {}
     for variant in s.variants:
         t1 = time.time()
-        log(f"[seed {seed}] {VARIANT_TITLES[variant]}: {r.steps} steps on the length mix (hybrid train, init from "
-            f"the base)")
+        log(
+            f"[seed {seed}] {VARIANT_TITLES[variant]}: {r.steps} steps on the length mix (hybrid train, init from "
+            f"the base)"
+        )
         ckpt = rc.train_variant(r, base_cfg, variant, base.checkpoint, work, data, seed, max_length)
         cells[variant] = {t: {} for t in r.tasks}
         with rc.loaded(ckpt) as (model, tok):
@@ -238,25 +274,45 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
                 cells[variant][t][str(n)] = _scores_cell(sc)
                 if t == "passkey":  # diagnosis: a lookup keyed on the digit before is ambiguous when a digit repeats
                     ok = [x for x, e in zip(sc.exact, ex) if len(set(e.output.split())) == len(e.output.split())]
-                    cells[variant][t][str(n)]["distinct_digits"] = {"examples": len(ok), "exact": sum(ok) / max(1, len(ok))}
+                    cells[variant][t][str(n)]["distinct_digits"] = {
+                        "examples": len(ok),
+                        "exact": sum(ok) / max(1, len(ok)),
+                    }
             validation[variant] = {t: {str(val_n): rc.score(model, tok, ex).exact_match} for t, ex in vals.items()}
             if variant == "both" and s.controls:
                 controls = _controls(s, model, tok, tests, seed)
         if variant == "both" and s.faiss:
-            for name, memory in (("faiss_flat", MemoryConfig(backend="faiss", faiss_index="flat")),
-                                 ("faiss_ivf", MemoryConfig(backend="faiss", faiss_index="ivf", ivf_nlist=8,
-                                                            ivf_nprobe=2))):
+            for name, memory in (
+                ("faiss_flat", MemoryConfig(backend="faiss", faiss_index="flat")),
+                ("faiss_ivf", MemoryConfig(backend="faiss", faiss_index="ivf", ivf_nlist=8, ivf_nprobe=2)),
+            ):
                 with rc.loaded(ckpt, memory=memory) as (model, tok):
-                    faiss[name] = {t: {str(n): _scores_cell(rc.score(model, tok, ex[:s.control_examples]))
-                                       for (tt, n), ex in tests.items() if tt == t and n >= 16}
-                                   for t in r.tasks if t in LONG_TASKS}
+                    faiss[name] = {
+                        t: {
+                            str(n): _scores_cell(rc.score(model, tok, ex[: s.control_examples]))
+                            for (tt, n), ex in tests.items()
+                            if tt == t and n >= 16
+                        }
+                        for t in r.tasks
+                        if t in LONG_TASKS
+                    }
         seconds[variant] = round(time.time() - t1, 1)
-        log(f"  [{variant}] exact match " + ", ".join(
-            f"{t} {n}x {cells[variant][t][n]['exact']:.2f}" for t in cells[variant] for n in cells[variant][t])
-            + f" ({seconds[variant]:.0f}s)")
-    return {"base": {"rounds": base.rounds, "val_kv_1x": base.val_kv_1x, "passed": base.passed},
-            "cells": cells, "validation": validation, "controls": controls, "faiss": faiss, "mentioned": mentioned,
-            "seconds": seconds}
+        log(
+            f"  [{variant}] exact match "
+            + ", ".join(
+                f"{t} {n}x {cells[variant][t][n]['exact']:.2f}" for t in cells[variant] for n in cells[variant][t]
+            )
+            + f" ({seconds[variant]:.0f}s)"
+        )
+    return {
+        "base": {"rounds": base.rounds, "val_kv_1x": base.val_kv_1x, "passed": base.passed},
+        "cells": cells,
+        "validation": validation,
+        "controls": controls,
+        "faiss": faiss,
+        "mentioned": mentioned,
+        "seconds": seconds,
+    }
 
 
 def _controls(s: Settings, model, tok, tests: dict, seed: int) -> dict[str, Any]:
@@ -270,7 +326,7 @@ def _controls(s: Settings, model, tok, tests: dict, seed: int) -> dict[str, Any]
     for (t, n), ex in tests.items():
         if t not in CONTROL_TASKS or n == 1 or n in s.long_lengths:
             continue
-        ex = ex[:s.control_examples]
+        ex = ex[: s.control_examples]
         with memory_gates_closed(model):
             out["gates_closed"].setdefault(t, {})[str(n)] = _scores_cell(rc.score(model, tok, ex))
         donors = ex[1:] + ex[:1]
@@ -292,6 +348,7 @@ def _controls(s: Settings, model, tok, tests: dict, seed: int) -> dict[str, Any]
 def aggregate(st: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-seed results (`run_seed`'s) → mean, per-seed values and 95 % interval per cell (exact match; value
     accuracy beside); `st` the settings (as in the JSON)."""
+
     def cell(get, n_examples):
         exact = [get(run)["exact"] for run in runs]
         out = summary(exact, n_examples)
@@ -303,25 +360,55 @@ def aggregate(st: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
         return min(n_examples, limit) if limit else n_examples
 
     first = runs[0]
-    accuracy = {v: {t: {n: cell(lambda run, v=v, t=t, n=n: run["cells"][v][t][n], n_of(n)) for n in by_n}
-                    for t, by_n in first["cells"][v].items()} for v in first["cells"]}
+    accuracy = {
+        v: {
+            t: {n: cell(lambda run, v=v, t=t, n=n: run["cells"][v][t][n], n_of(n)) for n in by_n}
+            for t, by_n in first["cells"][v].items()
+        }
+        for v in first["cells"]
+    }
     controls = {}
     for name, by_t in first["controls"].items():
         # A row scored on a subset (the other's answer: examples whose key the donor holds) pools the fewest
         # examples any seed had, so its interval is not narrower than the data allow.
-        controls[name] = {t: {n: cell(lambda run, name=name, t=t, n=n: run["controls"][name][t][n],
-                                      min(run["controls"][name][t][n].get("examples", n_of(n, st["control_examples"]))
-                                          for run in runs))
-                              for n in by_n} for t, by_n in by_t.items()}
-    faiss = {name: {t: {n: cell(lambda run, name=name, t=t, n=n: run["faiss"][name][t][n],
-                                n_of(n, st["control_examples"])) for n in by_n}
-                    for t, by_n in by_t.items()} for name, by_t in first["faiss"].items()}
-    mentioned = {t: {n: sum(run["mentioned"][t][n] for run in runs) / len(runs) for n in by_n}
-                 for t, by_n in first["mentioned"].items()}
-    validation = {v: {t: {n: sum(run["validation"][v][t][n] for run in runs) / len(runs) for n in by_n}
-                      for t, by_n in first["validation"][v].items()} for v in first["validation"]}
-    return {"accuracy": accuracy, "controls": controls, "faiss": faiss, "mentioned": mentioned,
-            "validation": validation}
+        controls[name] = {
+            t: {
+                n: cell(
+                    lambda run, name=name, t=t, n=n: run["controls"][name][t][n],
+                    min(run["controls"][name][t][n].get("examples", n_of(n, st["control_examples"])) for run in runs),
+                )
+                for n in by_n
+            }
+            for t, by_n in by_t.items()
+        }
+    faiss = {
+        name: {
+            t: {
+                n: cell(lambda run, name=name, t=t, n=n: run["faiss"][name][t][n], n_of(n, st["control_examples"]))
+                for n in by_n
+            }
+            for t, by_n in by_t.items()
+        }
+        for name, by_t in first["faiss"].items()
+    }
+    mentioned = {
+        t: {n: sum(run["mentioned"][t][n] for run in runs) / len(runs) for n in by_n}
+        for t, by_n in first["mentioned"].items()
+    }
+    validation = {
+        v: {
+            t: {n: sum(run["validation"][v][t][n] for run in runs) / len(runs) for n in by_n}
+            for t, by_n in first["validation"][v].items()
+        }
+        for v in first["validation"]
+    }
+    return {
+        "accuracy": accuracy,
+        "controls": controls,
+        "faiss": faiss,
+        "mentioned": mentioned,
+        "validation": validation,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -351,9 +438,15 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
             if n not in result["accuracy"][st["variants"][0]].get(t, {}):
                 continue
             beyond = " (beyond training)" if int(n) in st["long_lengths"] else ""
-            rows.append([TASK_TITLES[t], f"{n}× ({int(n) * L} tokens){beyond}", f"{CHANCE[t]:.3g}",
-                         f"{result['mentioned'][t][n]:.3g}"]
-                        + [_fmt(result["accuracy"][v][t][n]) for v in st["variants"]])
+            rows.append(
+                [
+                    TASK_TITLES[t],
+                    f"{n}× ({int(n) * L} tokens){beyond}",
+                    f"{CHANCE[t]:.3g}",
+                    f"{result['mentioned'][t][n]:.3g}",
+                ]
+                + [_fmt(result["accuracy"][v][t][n]) for v in st["variants"]]
+            )
     return header, rows
 
 
@@ -361,16 +454,28 @@ def per_seed_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     from hybrid.data.recall_tasks import TASK_TITLES
 
     st = result["settings"]
-    header = ["task", "length", "variant", "exact match per seed (" + ", ".join(map(str, st["seeds"])) + ")",
-              "value tokens per seed"]
+    header = [
+        "task",
+        "length",
+        "variant",
+        "exact match per seed (" + ", ".join(map(str, st["seeds"])) + ")",
+        "value tokens per seed",
+    ]
     rows = []
     for t in st["recipe"]["tasks"]:
         for n in _lengths_of(result):
             for v in st["variants"]:
                 c = result["accuracy"][v].get(t, {}).get(n)
                 if c is not None:
-                    rows.append([TASK_TITLES[t], f"{n}×", VARIANT_TITLES[v], " ".join(f"{x:.2f}" for x in c["per_seed"]),
-                                 " ".join(f"{x:.2f}" for x in c["value"]["per_seed"])])
+                    rows.append(
+                        [
+                            TASK_TITLES[t],
+                            f"{n}×",
+                            VARIANT_TITLES[v],
+                            " ".join(f"{x:.2f}" for x in c["per_seed"]),
+                            " ".join(f"{x:.2f}" for x in c["value"]["per_seed"]),
+                        ]
+                    )
     return header, rows
 
 
@@ -394,16 +499,24 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 def markdown_report(result: dict, full: bool = True) -> str:
     """The tables as GitHub markdown: main (means and intervals), then (`full`) controls and FAISS, per seed."""
     st = result["settings"]
-    base = "; ".join(f"seed {seed}: {b['rounds']} round(s), in-window key-value {b['val_kv_1x'][-1]:.2f}"
-                     f"{'' if b['passed'] else ' (missed the bar)'}"
-                     for seed, b in zip(st["seeds"], result["base"]) if b["val_kv_1x"])
-    parts = [f"Exact match, mean over seeds {', '.join(map(str, st['seeds']))} [95 % interval]; "
-             f"{st['eval_examples']} test examples per cell and seed ({st['long_examples']} beyond training).\n",
-             _markdown(*table_rows(result))]
+    base = "; ".join(
+        f"seed {seed}: {b['rounds']} round(s), in-window key-value {b['val_kv_1x'][-1]:.2f}"
+        f"{'' if b['passed'] else ' (missed the bar)'}"
+        for seed, b in zip(st["seeds"], result["base"])
+        if b["val_kv_1x"]
+    )
+    parts = [
+        f"Exact match, mean over seeds {', '.join(map(str, st['seeds']))} [95 % interval]; "
+        f"{st['eval_examples']} test examples per cell and seed ({st['long_examples']} beyond training).\n",
+        _markdown(*table_rows(result)),
+    ]
     if not full:
         return "".join(parts)
     if result["controls"] or result["faiss"]:
-        parts += ["\nControls (the `both` variant) and the external memory in FAISS:\n", _markdown(*control_rows(result))]
+        parts += [
+            "\nControls (the `both` variant) and the external memory in FAISS:\n",
+            _markdown(*control_rows(result)),
+        ]
     parts += ["\nPer seed:\n", _markdown(*per_seed_rows(result))]
     if base:
         parts.append(f"\nStage 1 (bar {st['recipe']['base_bar']}): {base}.\n")
@@ -419,8 +532,10 @@ def render_table(result: dict):
     from rich.table import Table
 
     header, rows = table_rows(result)
-    table = Table(title=f"exact match, mean over seeds {result['settings']['seeds']} [95 % interval] "
-                        f"(segment_length {result['settings']['recipe']['segment_length']}; window = 1 segment)")
+    table = Table(
+        title=f"exact match, mean over seeds {result['settings']['seeds']} [95 % interval] "
+        f"(segment_length {result['settings']['recipe']['segment_length']}; window = 1 segment)"
+    )
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i < 2 else "right")
     for r in rows:
@@ -476,9 +591,15 @@ def result_of(st: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON of a run: settings, the aggregates, and every seed's own results (`runs`, for merging)."""
     from hybrid.data.recall_tasks import CHANCE
 
-    return {"bench": "recall", "settings": st, "chance": {t: CHANCE[t] for t in st["recipe"]["tasks"]},
-            **aggregate(st, runs), "base": [run["base"] for run in runs],
-            "seconds": [run["seconds"] for run in runs], "runs": runs}
+    return {
+        "bench": "recall",
+        "settings": st,
+        "chance": {t: CHANCE[t] for t in st["recipe"]["tasks"]},
+        **aggregate(st, runs),
+        "base": [run["base"] for run in runs],
+        "seconds": [run["seconds"] for run in runs],
+        "runs": runs,
+    }
 
 
 def merge(results: list[dict]) -> dict:
@@ -533,8 +654,9 @@ def run(args: argparse.Namespace) -> int:
             import concurrent.futures
             import multiprocessing
 
-            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(s.seeds)),
-                                                        mp_context=multiprocessing.get_context("spawn")) as pool:
+            with concurrent.futures.ProcessPoolExecutor(
+                min(jobs, len(s.seeds)), mp_context=multiprocessing.get_context("spawn")
+            ) as pool:
                 runs = list(pool.map(_seed_in_process, [(s, seed, args.threads) for seed in s.seeds]))
         else:
             runs = []
@@ -542,16 +664,24 @@ def run(args: argparse.Namespace) -> int:
                 with tempfile.TemporaryDirectory(prefix=f"hybrid-recall-{seed}-") as tmp:
                     runs.append(run_seed(s, seed, Path(tmp), log=log))
         result = result_of(asdict(s), runs)
-        result.update({"total_seconds": round(time.time() - t0, 1), "jobs": min(jobs, len(s.seeds)),
-                       "load_average": {"before": load_before, "after": os.getloadavg()}, "cpu_count": os.cpu_count()})
+        result.update(
+            {
+                "total_seconds": round(time.time() - t0, 1),
+                "jobs": min(jobs, len(s.seeds)),
+                "load_average": {"before": load_before, "after": os.getloadavg()},
+                "cpu_count": os.cpu_count(),
+            }
+        )
     console.print(render_table(result))
     header, rows = control_rows(result)
     if rows:
         console.print(_markdown(header, rows), markup=False, highlight=False)
     if "total_seconds" in result:
         la = result.get("load_average", {})
-        console.print(f"total {result['total_seconds']:.0f}s (load average {la.get('before', [0])[0]:.1f} → "
-                      f"{la.get('after', [0])[0]:.1f})")
+        console.print(
+            f"total {result['total_seconds']:.0f}s (load average {la.get('before', [0])[0]:.1f} → "
+            f"{la.get('after', [0])[0]:.1f})"
+        )
     if args.json and not args.from_json:
         atomic_write_json(args.json, result)
         console.print(f"wrote {args.json}")

@@ -5,9 +5,9 @@ check the docs carry the committed results); `--plot` saves its figure."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_text
@@ -26,8 +26,10 @@ def load_result(path: str, command: str, needs: Callable[[dict], object]) -> dic
 
 def markdown_table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
     """A GitHub markdown table: the first `text_columns` columns left-aligned, the rest (numbers) right-aligned."""
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i < text_columns else "---:" for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < text_columns else "---:" for i in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 

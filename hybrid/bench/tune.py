@@ -41,7 +41,6 @@ def _pairs(path, n: int, seed: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import itertools
-    import json
     import os
     import subprocess
     import sys
@@ -62,9 +61,17 @@ def run(args: argparse.Namespace) -> int:
         tmp = Path(tmp)
         _pairs(tmp / "train.jsonl", args.pairs, 0)
         _pairs(tmp / "validation.jsonl", max(8, args.pairs // 10), 1)
-        common = ["model=tiny_llama_hybrid", "train=tiny", f"train.max_iters={args.steps}",
-                  f"train.eval_every={args.steps}", "train.log_every=1", "data.max_length=48",
-                  f"data.train={tmp / 'train.jsonl'}", f"data.validation={tmp / 'validation.jsonl'}", *args.overrides]
+        common = [
+            "model=tiny_llama_hybrid",
+            "train=tiny",
+            f"train.max_iters={args.steps}",
+            f"train.eval_every={args.steps}",
+            "train.log_every=1",
+            "data.max_length=48",
+            f"data.train={tmp / 'train.jsonl'}",
+            f"data.validation={tmp / 'validation.jsonl'}",
+            *args.overrides,
+        ]
 
         def timed(cmd: list[str], what: str) -> float:
             t0 = time.time()
@@ -75,27 +82,61 @@ def run(args: argparse.Namespace) -> int:
 
         sequential = []
         for i, point in enumerate(points):
-            print(f"hybrid train {i + 1}/{len(points)} ({', '.join(f'{k}={v}' for k, v in point.items())}) …",
-                  flush=True)
-            sequential.append(timed([sys.executable, "-m", "hybrid", "train", *common, "train.num_workers=1",
-                                     *[f"{k}={v}" for k, v in point.items()], f"train.output_dir={tmp / f'run{i}'}"],
-                                    "hybrid train"))
+            print(
+                f"hybrid train {i + 1}/{len(points)} ({', '.join(f'{k}={v}' for k, v in point.items())}) …", flush=True
+            )
+            sequential.append(
+                timed(
+                    [
+                        sys.executable,
+                        "-m",
+                        "hybrid",
+                        "train",
+                        *common,
+                        "train.num_workers=1",
+                        *[f"{k}={v}" for k, v in point.items()],
+                        f"train.output_dir={tmp / f'run{i}'}",
+                    ],
+                    "hybrid train",
+                )
+            )
         space = "tune.space={" + ", ".join(f"{k}: {v}" for k, v in GRID.items()) + "}"
         sweeps = {}
         for concurrent in (1, 2):
             print(f"hybrid tune, {concurrent} trial(s) at a time …", flush=True)
             sweeps[concurrent] = timed(
-                [sys.executable, "-m", "hybrid", "tune", *common, "tune.scheduler=fifo", f"tune.max_iters={args.steps}",
-                 f"tune.max_concurrent_trials={concurrent}", space, f"tune.output_dir={tmp / f'sweep{concurrent}'}"],
-                "hybrid tune")
+                [
+                    sys.executable,
+                    "-m",
+                    "hybrid",
+                    "tune",
+                    *common,
+                    "tune.scheduler=fifo",
+                    f"tune.max_iters={args.steps}",
+                    f"tune.max_concurrent_trials={concurrent}",
+                    space,
+                    f"tune.output_dir={tmp / f'sweep{concurrent}'}",
+                ],
+                "hybrid tune",
+            )
     load_after = os.getloadavg()
     n = len(points)
-    result = {"trials": n, "steps": args.steps, "sequential_s": sequential, "sequential_total_s": sum(sequential),
-              "sweep_1_s": sweeps[1], "sweep_2_s": sweeps[2],
-              "overhead_per_trial_s": (sweeps[1] - sum(sequential)) / n, "speedup_2_concurrent": sweeps[1] / sweeps[2],
-              "load_average": {"before": load_before, "after": load_after}, "cpu_count": os.cpu_count()}
-    table = Table(title=f"hybrid tune vs hybrid train: {n} trials × {args.steps} steps; load average "
-                        f"{load_before[0]:.1f} → {load_after[0]:.1f}, {os.cpu_count()} CPUs")
+    result = {
+        "trials": n,
+        "steps": args.steps,
+        "sequential_s": sequential,
+        "sequential_total_s": sum(sequential),
+        "sweep_1_s": sweeps[1],
+        "sweep_2_s": sweeps[2],
+        "overhead_per_trial_s": (sweeps[1] - sum(sequential)) / n,
+        "speedup_2_concurrent": sweeps[1] / sweeps[2],
+        "load_average": {"before": load_before, "after": load_after},
+        "cpu_count": os.cpu_count(),
+    }
+    table = Table(
+        title=f"hybrid tune vs hybrid train: {n} trials × {args.steps} steps; load average "
+        f"{load_before[0]:.1f} → {load_after[0]:.1f}, {os.cpu_count()} CPUs"
+    )
     for col in ("way", "wall s", "per trial s"):
         table.add_column(col, justify="right")
     table.add_row("hybrid train, one after another", f"{sum(sequential):.0f}", f"{sum(sequential) / n:.1f}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from hybrid.core.errors import HybridError, describe_os_error
 from hybrid.core.redact import redact_text
@@ -33,8 +33,9 @@ class IntermixedParser(argparse.ArgumentParser):
             self._busy = False
 
 
-def _number(kind: type, low: float | None, high: float | None, what: str, low_open: bool = False,
-            high_open: bool = False) -> Callable[[str], int | float]:
+def _number(
+    kind: type, low: float | None, high: float | None, what: str, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], int | float]:
     """An argparse `type` that parses a number and checks its range, so `--batch-size 0` is a one-line usage
     error instead of a wrong result or a traceback later."""
 
@@ -45,8 +46,12 @@ def _number(kind: type, low: float | None, high: float | None, what: str, low_op
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if value != value or value in (float("inf"), float("-inf")):  # nan, inf
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        if low is not None and (value <= low if low_open else value < low) or \
-                high is not None and (value >= high if high_open else value > high):
+        if (
+            low is not None
+            and (value <= low if low_open else value < low)
+            or high is not None
+            and (value >= high if high_open else value > high)
+        ):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
@@ -82,8 +87,9 @@ def check_arguments(argv: Sequence[str]) -> None:
         previous = word
 
 
-def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
-                argv: Sequence[str] = ()) -> int:
+def run_command(
+    func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, argv: Sequence[str] = ()
+) -> int:
     """Run a command; a HybridError is one line on stderr and exit code 2, never a traceback. `argv`: the words
     the command was given, checked first (`check_arguments`)."""
     try:
@@ -105,8 +111,6 @@ def error_line(e: HybridError | OSError) -> str:
     return redact_text(" ".join(text.split()))
 
 
-
-
 def config_and_words(words: Sequence[str], base: str | None = None, outputs: Sequence[str] = ()):
     """(the whole `Config` after the `key=value` overrides among `words` — on top of the config file `base` when
     given — and the other words). The config schemas are pydantic models whose import costs ~0.4 s, so they load
@@ -123,8 +127,9 @@ def config_and_words(words: Sequence[str], base: str | None = None, outputs: Seq
     return cfg, rest
 
 
-def console_main(add_parser: Callable[[argparse._SubParsersAction, str], None], name: str,
-                 argv: Sequence[str] | None = None) -> int:
+def console_main(
+    add_parser: Callable[[argparse._SubParsersAction, str], None], name: str, argv: Sequence[str] | None = None
+) -> int:
     """Run one subcommand as its own console script (`generate-ast` = `hybrid pipeline generate-ast`).
     `add_parser(subparsers, name)` adds the command's parser under `name`."""
     parser = argparse.ArgumentParser(prog=name)

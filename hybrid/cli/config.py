@@ -14,8 +14,9 @@ hands each library the sections it reads — never the whole `Config`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -106,7 +107,9 @@ def _check_text(tree: dict[str, Any], prefix: str = "") -> None:
                 raise ConfigError(f"{dotted}: {printable(v)} is {not_unicode(v)}")
 
 
-def load_config(overrides: Iterable[str] = (), config_dir: Path | None = None, base: str | Path | None = None) -> Config:
+def load_config(
+    overrides: Iterable[str] = (), config_dir: Path | None = None, base: str | Path | None = None
+) -> Config:
     """Compose configs/config.yaml's defaults — or start from the whole config in the YAML file `base` (a checkpoint's
     config.yaml, a sweep's best.yaml; sections it lacks take the defaults) — then apply group choices
     (`model=gpt2_hybrid` replaces that section with the preset) and dotted overrides, and validate."""

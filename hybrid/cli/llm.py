@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from hybrid.cli import positive_int, config_and_words, console_main
+from hybrid.cli import config_and_words, console_main, positive_int
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("items", nargs="*", metavar="REPO|key=value",
-                   help="repositories to process (default: all in the dataset) and config overrides, "
-                        "e.g. llm.requests_per_minute=120 llm.runner=local")
+    p.add_argument(
+        "items",
+        nargs="*",
+        metavar="REPO|key=value",
+        help="repositories to process (default: all in the dataset) and config overrides, "
+        "e.g. llm.requests_per_minute=120 llm.runner=local",
+    )
     p.add_argument("--force", action="store_true", help="redo commits whose output exists")
     p.add_argument("--json", metavar="FILE", help="also write the run's summary as JSON")
 
@@ -24,9 +28,10 @@ def add_parser(sub, name: str) -> None:
         p.add_argument("--requests", type=positive_int, default=3, help="completions to time for the latency figure")
         p.set_defaults(func=test_llm)
         return
-    helps = {"generate-tasks": "task.json per commit: tasks by an LLM, else from commit messages",
-             "generate-reasoning": "reasoning.json per commit: first-person reasoning per changed function "
-                                   "(needs an LLM)"}
+    helps = {
+        "generate-tasks": "task.json per commit: tasks by an LLM, else from commit messages",
+        "generate-reasoning": "reasoning.json per commit: first-person reasoning per changed function (needs an LLM)",
+    }
     p = sub.add_parser(name, help=helps[name])
     _add_common(p)
     p.set_defaults(func=lambda args: run_stage(name, args))
@@ -57,8 +62,11 @@ def run_stage(stage: str, args: argparse.Namespace) -> int:
         if stage == "generate-reasoning":
             raise HybridError(f"generate-reasoning needs an LLM: {NO_LLM_MESSAGE}")
         summary = tasks_from_messages(cfg.pipeline.data_dir, repos, args.force, cfg.llm.max_tasks_per_commit)
-        console.print("generate-tasks: no LLM configured, tasks from cleaned commit messages "
-                      "(source: commit_message)", highlight=False, soft_wrap=True)
+        console.print(
+            "generate-tasks: no LLM configured, tasks from cleaned commit messages (source: commit_message)",
+            highlight=False,
+            soft_wrap=True,
+        )
         _print_summary(stage, summary, console, args.json)
         return 0
     from pipelines.llm.runner import run_llm_stage

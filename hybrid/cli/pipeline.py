@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from hybrid.cli import fraction, IntermixedParser, config_and_words, console_main, llm
+from hybrid.cli import IntermixedParser, config_and_words, console_main, fraction, llm
 from hybrid.core.io import atomic_write_json
 
 STAGE_COMMANDS = {
@@ -35,8 +35,12 @@ def summary_table(summary):
 
 # -- run and the structural stages ------------------------------------------------------------------------------
 def _add_common(p) -> None:
-    p.add_argument("words", nargs="*", metavar="[REPO…] [key=value…]",
-                   help="repository names (default: all registered) and config overrides")
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="[REPO…] [key=value…]",
+        help="repository names (default: all registered) and config overrides",
+    )
     p.add_argument("--force", action="store_true", help="redo commits whose output already exists")
     p.add_argument("--local", action="store_true", help="run in this process instead of on Ray Data")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
@@ -49,8 +53,15 @@ def _run_stages(args, stages: list[str] | None) -> int:
     from pipelines.run import run_pipeline
 
     cfg, names = config_and_words(args.words, outputs=("pipeline.data_dir",))
-    summary = run_pipeline(names or None, cfg.pipeline, cfg.llm, force=args.force, stages=stages,
-                           local=args.local, progress=not args.no_progress and sys.stderr.isatty())
+    summary = run_pipeline(
+        names or None,
+        cfg.pipeline,
+        cfg.llm,
+        force=args.force,
+        stages=stages,
+        local=args.local,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
     Console().print(summary_table(summary))
     if args.json:
         atomic_write_json(args.json, summary.to_dict())
@@ -83,8 +94,14 @@ def _cleanup(args) -> int:
 def add_cleanup_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="remove generated files from DATA_DIR/ast_dataset (only there)")
     p.add_argument("words", nargs="*", metavar="[REPO…] [key=value…]")
-    for flag, text in (("tasks", "task.json"), ("reasoning", "reasoning.json"), ("fim", "fim_dataset.json"),
-                       ("diffs", "diff_ast.jsonl"), ("ast", "ast.jsonl"), ("commit-data", "commit_data.json")):
+    for flag, text in (
+        ("tasks", "task.json"),
+        ("reasoning", "reasoning.json"),
+        ("fim", "fim_dataset.json"),
+        ("diffs", "diff_ast.jsonl"),
+        ("ast", "ast.jsonl"),
+        ("commit-data", "commit_data.json"),
+    ):
         p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action="store_true", help=f"remove {text}")
     p.add_argument("--temp", action="store_true", help="remove temp files left by killed runs")
     p.add_argument("--all", action="store_true", help="remove every generated file")
@@ -102,22 +119,39 @@ def _coverage(args) -> int:
     cov = ast_coverage(cfg.pipeline, names or None)
     if args.json:
         atomic_write_json(args.json, cov)
-    table = Table("repo", "language", "parsed cleanly", "recovered from syntax errors",
-                  "unusable (parse_error)", "skipped (by reason)", "declarations", "declarations dropped",
-                  title="AST coverage (file versions touched by commits)")
+    table = Table(
+        "repo",
+        "language",
+        "parsed cleanly",
+        "recovered from syntax errors",
+        "unusable (parse_error)",
+        "skipped (by reason)",
+        "declarations",
+        "declarations dropped",
+        title="AST coverage (file versions touched by commits)",
+    )
     for repo, langs in cov.items():
         for lang, c in langs.items():
             skipped = ", ".join(f"{k.split(':', 1)[1]}={v}" for k, v in sorted(c.items()) if k.startswith("skipped:"))
-            table.add_row(repo, lang, str(c.get("parsed", 0)), str(c.get("recovered", 0)),
-                          str(c.get("parse_error", 0)), skipped or "-", str(c.get("declarations", 0)),
-                          str(c.get("declarations_dropped", 0)))
+            table.add_row(
+                repo,
+                lang,
+                str(c.get("parsed", 0)),
+                str(c.get("recovered", 0)),
+                str(c.get("parse_error", 0)),
+                skipped or "-",
+                str(c.get("declarations", 0)),
+                str(c.get("declarations_dropped", 0)),
+            )
     Console().print(table)
     return 0
 
 
 def add_coverage_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="per repo and language: files parsed cleanly, recovered from syntax errors, "
-                                  "unusable, skipped by reason")
+    p = sub.add_parser(
+        name,
+        help="per repo and language: files parsed cleanly, recovered from syntax errors, unusable, skipped by reason",
+    )
     p.add_argument("words", nargs="*", metavar="[REPO…] [key=value…]")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     p.set_defaults(func=_coverage)
@@ -130,10 +164,14 @@ def _export(args) -> int:
 
     cfg, repos = config_and_words(args.repos, outputs=("pipeline.data_dir",))
     require_lasting("--output-dir", args.output_dir)
-    result = export_io_pairs(cfg.pipeline.data_dir, args.output_dir,
-                             kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
-                             validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
-                             repos=repos or None)
+    result = export_io_pairs(
+        cfg.pipeline.data_dir,
+        args.output_dir,
+        kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
+        validation_fraction=args.validation_fraction,
+        test_fraction=args.test_fraction,
+        repos=repos or None,
+    )
     print(describe(result))
     return 0
 
@@ -150,8 +188,9 @@ def add_export_parser(sub, name: str = "export") -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("pipeline", help="data-generation stages and `pipeline run`")
-    pipeline_sub = p.add_subparsers(dest="pipeline_command", required=True, metavar="STAGE",
-                                    parser_class=IntermixedParser)
+    pipeline_sub = p.add_subparsers(
+        dest="pipeline_command", required=True, metavar="STAGE", parser_class=IntermixedParser
+    )
     run = pipeline_sub.add_parser("run", help="run the stages in order on Ray Data and print a summary")
     _add_common(run)
     run.add_argument("--stages", help="comma-separated subset of the stages (default: all, in order)")

@@ -78,8 +78,11 @@ def _update(args) -> int:
 
 
 def add_parser(sub, name: str = "repos") -> None:
-    p = sub.add_parser(name, help="add, list, update or remove repositories (manage-repos)",
-                       description="Repositories are cloned bare into DATA_DIR/repos/<name>.")
+    p = sub.add_parser(
+        name,
+        help="add, list, update or remove repositories (manage-repos)",
+        description="Repositories are cloned bare into DATA_DIR/repos/<name>.",
+    )
     rsub = p.add_subparsers(dest="repos_command", required=True, metavar="ACTION", parser_class=IntermixedParser)
     a = rsub.add_parser("add", help="clone a URL or a local git repository and register it")
     a.add_argument("source", help="a git URL or the path of a local git repository")

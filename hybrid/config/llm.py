@@ -15,9 +15,12 @@ class LLMConfig(Section):
     model: str = Field("gpt-4o-mini", min_length=1, description="model asked for when LLM_MODEL_NAME is unset")
     requests_per_minute: float = Field(60, gt=0, description="request rate limit across the whole actor pool")
     tokens_per_minute: float = Field(
-        200_000, gt=0, description="token rate limit (prompt + completion) across the pool")
+        200_000, gt=0, description="token rate limit (prompt + completion) across the pool"
+    )
     burst_seconds: float = Field(
-        0.3, ge=0, le=10,
+        0.3,
+        ge=0,
+        le=10,
         description="how far ahead of the steady rate the limiter may run (catches up after a short pause); "
         "any 10-s window sees at most (10 + burst_seconds) seconds' worth of requests",
     )
@@ -27,8 +30,12 @@ class LLMConfig(Section):
     timeout_s: float = Field(60, gt=0, description="per-request timeout in seconds")
     max_retries: int = Field(6, ge=0, le=50, description="retries per request on 429, 5xx, timeouts, connection errors")
     circuit_breaker_failures: int = Field(
-        8, ge=1, le=1000, description="stop the stage after this many connection failures in a row (the endpoint is "
-                                      "down: failing fast beats retrying every item)")
+        8,
+        ge=1,
+        le=1000,
+        description="stop the stage after this many connection failures in a row (the endpoint is "
+        "down: failing fast beats retrying every item)",
+    )
     backoff_base_s: float = Field(0.25, gt=0, description="first backoff on 5xx/timeouts; doubles, with full jitter")
     backoff_max_s: float = Field(16, gt=0, description="largest backoff between retries")
     max_retry_after_s: float = Field(120, gt=0, description="cap on a server's retry-after")

@@ -43,15 +43,21 @@ def with_values(base: RecipeConfig, values: dict[str, Any], where: str = "tune.s
 
 
 # values of path settings that are not paths (train.resume=auto, an MLflow store named by a word)
-PATH_KEYWORDS = {"train.resume": ("auto", "none", "no", "false", ""), "train.init_from": ("none", ""),
-                 "train.mlflow_uri": ("databricks", "databricks-uc")}
+PATH_KEYWORDS = {
+    "train.resume": ("auto", "none", "no", "false", ""),
+    "train.init_from": ("none", ""),
+    "train.mlflow_uri": ("databricks", "databricks-uc"),
+}
 
 
 def path_keys() -> list[str]:
     """The dotted keys of the training config that name files or folders (marked `**PATH` in their schema)."""
-    return [f"{section}.{name}" for section in SECTIONS
-            for name, field in cast("type[Section]", RecipeConfig.model_fields[section].annotation).model_fields.items()
-            if is_path_setting(field)]
+    return [
+        f"{section}.{name}"
+        for section in SECTIONS
+        for name, field in cast("type[Section]", RecipeConfig.model_fields[section].annotation).model_fields.items()
+        if is_path_setting(field)
+    ]
 
 
 def absolute_path(key: str, value: Any, cwd: str) -> Any:

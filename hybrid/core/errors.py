@@ -29,14 +29,16 @@ def root_cause(e: BaseException) -> BaseException:
     return e
 
 
-_OS_HINTS = {errno.ENOSPC: "the disk is full; free some space and rerun (finished outputs are kept)",
-             errno.EFBIG: "the file is too large for this file system or ulimit -f; free space or raise the limit",
-             errno.EDQUOT: "the disk quota is exhausted; free some space and rerun",
-             errno.EROFS: "the file system is read-only; pick a writable folder",
-             errno.EACCES: "permission denied; pick a folder you can write",
-             errno.ENOTDIR: "a path component is a file, not a folder",
-             errno.EISDIR: "is a folder, not a file",
-             errno.EEXIST: "already exists and is not a folder (a file where a folder is needed); move it away"}
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space and rerun (finished outputs are kept)",
+    errno.EFBIG: "the file is too large for this file system or ulimit -f; free space or raise the limit",
+    errno.EDQUOT: "the disk quota is exhausted; free some space and rerun",
+    errno.EROFS: "the file system is read-only; pick a writable folder",
+    errno.EACCES: "permission denied; pick a folder you can write",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.EEXIST: "already exists and is not a folder (a file where a folder is needed); move it away",
+}
 
 
 def describe_os_error(e: OSError) -> str:

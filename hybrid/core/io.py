@@ -64,8 +64,9 @@ def atomic_path(path: str | os.PathLike[str], mkdir: bool = True) -> Iterator[Pa
             tmp_path.unlink()
 
 
-def atomic_write(path: str | os.PathLike[str], data: str | bytes | Iterable[str], fsync: bool = True,
-                 mkdir: bool = True) -> None:
+def atomic_write(
+    path: str | os.PathLike[str], data: str | bytes | Iterable[str], fsync: bool = True, mkdir: bool = True
+) -> None:
     """Write `data` (text as UTF-8, bytes, or an iterable of text pieces) to `path` atomically.
 
     fsync=False skips forcing the bytes to disk before the rename — for many small files on a hot path (the
@@ -84,7 +85,7 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes | Iterable[str]
     try:
         view = memoryview(raw)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if fsync:
             os.fsync(fd)
         os.close(fd)
@@ -116,8 +117,9 @@ def exclusive_lock(lock_path: str | os.PathLike[str], what: str, wait: bool = Tr
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode("utf-8", "replace").strip() or "?"
-            raise HybridError(f"{what} is in use by another process (pid {holder}); wait for it to finish or "
-                              f"use another folder") from None
+            raise HybridError(
+                f"{what} is in use by another process (pid {holder}); wait for it to finish or use another folder"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -129,14 +131,16 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, fsync: bool = Tru
     atomic_write(path, text, fsync=fsync)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2, fsync: bool = True,
-                      mkdir: bool = True) -> None:
+def atomic_write_json(
+    path: str | os.PathLike[str], obj: Any, indent: int | None = 2, fsync: bool = True, mkdir: bool = True
+) -> None:
     text = (_encode(obj) if indent is None else json.dumps(obj, indent=indent, ensure_ascii=False)) + "\n"
     atomic_write(path, text, fsync=fsync, mkdir=mkdir)
 
 
-def atomic_write_jsonl(path: str | os.PathLike[str], records: Iterable[Any], fsync: bool = True,
-                       mkdir: bool = True) -> int:
+def atomic_write_jsonl(
+    path: str | os.PathLike[str], records: Iterable[Any], fsync: bool = True, mkdir: bool = True
+) -> int:
     """Write one JSON document per line; returns the number of records."""
     lines = [_encode(r) + "\n" for r in records]
     atomic_write(path, lines, fsync=fsync, mkdir=mkdir)

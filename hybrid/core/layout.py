@@ -71,7 +71,7 @@ def commit_name(number: int) -> str:
 def commit_number(name: str) -> int | None:
     """N of a folder named `commit_<N>` exactly as `commit_name` writes it (ASCII digits, no leading zeros), else
     None: the one parse rule of commit folders."""
-    digits = name[len(COMMIT_PREFIX):] if name.startswith(COMMIT_PREFIX) else ""
+    digits = name[len(COMMIT_PREFIX) :] if name.startswith(COMMIT_PREFIX) else ""
     if not (digits.isascii() and digits.isdigit()) or commit_name(int(digits)) != name:
         return None
     return int(digits)
@@ -149,8 +149,9 @@ class DatasetLayout:
     # -- what is there ----------------------------------------------------------------------------------------------
     def repos(self) -> list[str]:
         """The repositories with outputs (folders of ast_dataset/, not hidden), sorted by name; [] when none."""
-        return sorted(name for name, is_dir in storage.list_dir(self.dataset_dir)
-                      if is_dir and not name.startswith("."))
+        return sorted(
+            name for name, is_dir in storage.list_dir(self.dataset_dir) if is_dir and not name.startswith(".")
+        )
 
     def has_repo(self, repo: str) -> bool:
         return storage.is_dir(self.repo_dir(repo))

@@ -51,8 +51,11 @@ def _show_user_lines(data: dict[str, Any]) -> None:
 
 
 def _console_handlers(name: str) -> list[logging.Handler]:
-    return [h for h in logging.getLogger(name).handlers
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    return [
+        h
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
 
 
 def quiet_ray_logs(before_init: bool = False) -> None:
@@ -141,8 +144,10 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
             pass
     except OSError as e:
         why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
-        raise HybridError(f"RAY_ADDRESS={redact_url(address)}: no Ray cluster answers there ({why} within "
-                          f"{timeout_s:g} s); start one with `ray start --head` or fix RAY_ADDRESS") from None
+        raise HybridError(
+            f"RAY_ADDRESS={redact_url(address)}: no Ray cluster answers there ({why} within "
+            f"{timeout_s:g} s); start one with `ray start --head` or fix RAY_ADDRESS"
+        ) from None
 
 
 def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwargs: Any) -> None:
@@ -197,8 +202,10 @@ def fixed_resources() -> dict[str, float] | None:
     return dict(ray.cluster_resources()) if _started_here and ray.is_initialized() else None
 
 
-HOW_TO_START = ("start one with `ray start --head --port=6379` and set RAY_ADDRESS=127.0.0.1:6379 (or the "
-                "address of the cluster to use)")
+HOW_TO_START = (
+    "start one with `ray start --head --port=6379` and set RAY_ADDRESS=127.0.0.1:6379 (or the "
+    "address of the cluster to use)"
+)
 
 
 def started_cluster_address() -> str | None:
@@ -226,14 +233,17 @@ def connect_cluster() -> None:
     if address is None:
         address = started_cluster_address()
         if address is None:
-            raise HybridError(f"no Ray cluster for the memory service: RAY_ADDRESS is unset and `ray start` has "
-                              f"started none on this machine; {HOW_TO_START}")
+            raise HybridError(
+                f"no Ray cluster for the memory service: RAY_ADDRESS is unset and `ray start` has "
+                f"started none on this machine; {HOW_TO_START}"
+            )
         try:
             check_reachable(address)
         except HybridError:
-            raise HybridError(f"no Ray cluster for the memory service: RAY_ADDRESS is unset and the cluster "
-                              f"`ray start` started at {redact_url(address)} does not answer; {HOW_TO_START}") \
-                from None
+            raise HybridError(
+                f"no Ray cluster for the memory service: RAY_ADDRESS is unset and the cluster "
+                f"`ray start` started at {redact_url(address)} does not answer; {HOW_TO_START}"
+            ) from None
     else:
         check_reachable(address)
     try:
@@ -241,7 +251,11 @@ def connect_cluster() -> None:
         ray.init(address=address, log_to_driver=verbose())
         quiet_ray_logs()
     except ConnectionError:
-        named = (f"RAY_ADDRESS={redact_url(address)}" if os.environ.get("RAY_ADDRESS") else
-                 f"the cluster `ray start` started at {redact_url(address)}")
-        raise HybridError(f"no Ray cluster to keep the memory service in: {named} cannot be joined; "
-                          f"{HOW_TO_START}") from None
+        named = (
+            f"RAY_ADDRESS={redact_url(address)}"
+            if os.environ.get("RAY_ADDRESS")
+            else f"the cluster `ray start` started at {redact_url(address)}"
+        )
+        raise HybridError(
+            f"no Ray cluster to keep the memory service in: {named} cannot be joined; {HOW_TO_START}"
+        ) from None

@@ -25,7 +25,7 @@ def _userinfo_split(url: str) -> tuple[str, str | None, str]:
     m = _SCHEME.match(url)
     if not m:
         return "", None, url
-    rest = url[m.end():]
+    rest = url[m.end() :]
     head, at, tail = rest.rpartition("@")
     return (m.group(0), head, tail) if at else (m.group(0), None, rest)
 
@@ -84,11 +84,11 @@ def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
         return url, None, None
     user, colon, password = userinfo.partition(":")
     if not colon or "/" in user:  # not `user:password`: only an RFC userinfo (no `/?#`) counts
-        m = re.match(r"^([^/?#]*)@", url[len(scheme):])
+        m = re.match(r"^([^/?#]*)@", url[len(scheme) :])
         if not m:
             return url, None, None
         userinfo = m.group(1)
-        rest = url[len(scheme) + m.end():]
+        rest = url[len(scheme) + m.end() :]
         user, _, password = userinfo.partition(":")
     return scheme + rest, user or None, password or None
 

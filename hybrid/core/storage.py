@@ -293,14 +293,18 @@ class ArrowStorage(Storage):
         import pyarrow.fs as pafs
 
         fs, _ = self.filesystem(uri)
-        found = self._call(uri, "list", lambda: fs.get_file_info(pafs.FileSelector(root.rstrip("/"), recursive=True,
-                                                                                      allow_not_found=True)))
-        files = sorted(f.path for f in found
-                       if f.type == pafs.FileType.File and not f.base_name.startswith(".") and keep(f.path))
+        found = self._call(
+            uri,
+            "list",
+            lambda: fs.get_file_info(pafs.FileSelector(root.rstrip("/"), recursive=True, allow_not_found=True)),
+        )
+        files = sorted(
+            f.path for f in found if f.type == pafs.FileType.File and not f.base_name.startswith(".") and keep(f.path)
+        )
         parts = urlsplit(uri)
         host = parts.hostname or ""
         # s3/gs paths start with the bucket (the URI's host); others (hdfs) with the path alone
-        return [parts._replace(path=f[len(host):] if host and f.startswith(host + "/") else f).geturl() for f in files]
+        return [parts._replace(path=f[len(host) :] if host and f.startswith(host + "/") else f).geturl() for f in files]
 
     def files_under(self, path: PathLike) -> list[str]:
         _, inner = self.filesystem(str(path))
@@ -378,8 +382,13 @@ class ArrowStorage(Storage):
 
         fs, inner = self.filesystem(str(src))
         local.mkdir(parents=True, exist_ok=True)
-        self._call(src, "read", lambda: pafs.copy_files(inner, str(local), source_filesystem=fs,
-                                                         destination_filesystem=pafs.LocalFileSystem()))
+        self._call(
+            src,
+            "read",
+            lambda: pafs.copy_files(
+                inner, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+            ),
+        )
         return local
 
     def set_pointer(self, folder: PathLike, name: str, target: str) -> None:
@@ -412,9 +421,11 @@ def require_lasting(where: str, value: PathLike) -> None:
     """Inside a Ray job the working directory is a temporary copy that goes away with the job: an output folder
     given as a relative path would vanish with it. A one-line error naming the setting, before anything runs."""
     if in_ray_job() and not is_uri(value) and not Path(value).is_absolute():
-        raise HybridError(f"{where}={value}: a relative folder inside a Ray job lands in the job's temporary working "
-                          f"dir and is lost when the job ends; give an absolute folder every node sees "
-                          f"(e.g. {where}=/shared/…) or a URI (s3://…)")
+        raise HybridError(
+            f"{where}={value}: a relative folder inside a Ray job lands in the job's temporary working "
+            f"dir and is lost when the job ends; give an absolute folder every node sees "
+            f"(e.g. {where}=/shared/…) or a URI (s3://…)"
+        )
 
 
 # -- the same operations for one path ---------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def read_text_lines(path: str | Path, what: str = "") -> list[str]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
+        line = data[: e.start].count(b"\n") + 1
         raise HybridError(f"{where}{path}:{line}: not UTF-8 text") from None
     return [line for line in text.splitlines() if line.strip()]
 

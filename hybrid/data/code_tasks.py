@@ -18,9 +18,10 @@ window: `segment_length` tokens, the attention span of the memory variants."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from hybrid.core.errors import HybridError
 from hybrid.core.io import iter_jsonl
@@ -29,12 +30,82 @@ from hybrid.data.tokenizer import SPECIAL_TOKENS, UNK, TextTokenizer
 
 # A name: an identifier of 3+ characters (shorter ones - i, x, df - are everywhere) or a string literal.
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}|\"[^\"\n]{2,80}\"|'[^'\n]{2,80}'")
-KEYWORDS = frozenset("""
-and as assert async await break class continue def del elif else except false finally for from global if import in
-is lambda none nonlocal not or pass raise return self true try while with yield let mut pub fn impl use mod struct
-enum match const static func var package type interface return void int char bool string new this null public
-private protected extends implements function export default typeof instanceof
-""".split())
+KEYWORDS = frozenset(
+    [
+        "and",
+        "as",
+        "assert",
+        "async",
+        "await",
+        "break",
+        "class",
+        "continue",
+        "def",
+        "del",
+        "elif",
+        "else",
+        "except",
+        "false",
+        "finally",
+        "for",
+        "from",
+        "global",
+        "if",
+        "import",
+        "in",
+        "is",
+        "lambda",
+        "none",
+        "nonlocal",
+        "not",
+        "or",
+        "pass",
+        "raise",
+        "return",
+        "self",
+        "true",
+        "try",
+        "while",
+        "with",
+        "yield",
+        "let",
+        "mut",
+        "pub",
+        "fn",
+        "impl",
+        "use",
+        "mod",
+        "struct",
+        "enum",
+        "match",
+        "const",
+        "static",
+        "func",
+        "var",
+        "package",
+        "type",
+        "interface",
+        "return",
+        "void",
+        "int",
+        "char",
+        "bool",
+        "string",
+        "new",
+        "this",
+        "null",
+        "public",
+        "private",
+        "protected",
+        "extends",
+        "implements",
+        "function",
+        "export",
+        "default",
+        "typeof",
+        "instanceof",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -58,20 +129,26 @@ def _declaration_split(decl: str, max_output_chars: int) -> tuple[str, str] | No
         return None
     if len(rest) > max_output_chars:
         cut = rest.rfind("\n", 0, max_output_chars)
-        rest = rest[:cut + 1] if cut > 0 else rest[:max_output_chars]
+        rest = rest[: cut + 1] if cut > 0 else rest[:max_output_chars]
     return first + "\n", rest
 
 
-def long_file_examples(data_dir: str | Path, repo_name: str, repo_path: str | Path, max_input_chars: int = 6000,
-                       max_output_chars: int = 400) -> Iterator[CodeExample]:
+def long_file_examples(
+    data_dir: str | Path,
+    repo_name: str,
+    repo_path: str | Path,
+    max_input_chars: int = 6000,
+    max_output_chars: int = 400,
+) -> Iterator[CodeExample]:
     """Long-file change examples of one repository (see the module docstring), oldest commit first. The files come
     from the repository's bare clone (`repo_path`); the records from data/ast_dataset/<repo>/commit_<N>/."""
     import pygit2
 
     layout = DatasetLayout(data_dir)
     if not layout.has_repo(repo_name):
-        raise HybridError(f"{layout.repo_dir(repo_name)}: no pipeline output for {repo_name} "
-                          f"(run `hybrid pipeline run {repo_name}`)")
+        raise HybridError(
+            f"{layout.repo_dir(repo_name)}: no pipeline output for {repo_name} (run `hybrid pipeline run {repo_name}`)"
+        )
     repo = pygit2.Repository(str(repo_path))
     for number in layout.commits(repo_name):
         diff_file = layout.local_commit_dir(repo_name, number) / DIFF_AST
@@ -80,7 +157,11 @@ def long_file_examples(data_dir: str | Path, repo_name: str, repo_path: str | Pa
         blobs: dict[str, bytes | None] = {}
         commit = None
         for _, rec in iter_jsonl(diff_file):
-            if rec.get("status") not in ("added", "modified") or not rec.get("after_range") or rec.get("whitespace_only"):
+            if (
+                rec.get("status") not in ("added", "modified")
+                or not rec.get("after_range")
+                or rec.get("whitespace_only")
+            ):
                 continue
             if commit is None:
                 commit = repo[rec["commit_metadata"]["commit_hash"]] if "commit_metadata" in rec else None
@@ -107,8 +188,9 @@ def long_file_examples(data_dir: str | Path, repo_name: str, repo_path: str | Pa
             yield CodeExample(prefix + parts[0], parts[1], repo_name, number, path, rec.get("id", ""))
 
 
-def time_split(examples: Sequence[CodeExample], validation: float = 0.1,
-               test: float = 0.1) -> dict[str, list[CodeExample]]:
+def time_split(
+    examples: Sequence[CodeExample], validation: float = 0.1, test: float = 0.1
+) -> dict[str, list[CodeExample]]:
     """Train on the earliest commits, validation on the next, test on the latest: whole commits go to one split
     (a commit's examples never straddle two): a commit goes where the middle of its examples falls in the running
     count."""

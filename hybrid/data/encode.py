@@ -8,8 +8,9 @@ than `max_length` loses tokens from the left of its input — never dropped — 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from hybrid.data.tokenizer import TextTokenizer
 
@@ -31,8 +32,9 @@ class Encoded:
         return sum(len(ids) - p for ids, p in zip(self.input_ids, self.prompt_lengths))
 
 
-def fit_to_length(input_ids: list[int], output_ids: list[int], sep_id: int, eos_id: int,
-                  max_length: int) -> tuple[list[int], int, str | None]:
+def fit_to_length(
+    input_ids: list[int], output_ids: list[int], sep_id: int, eos_id: int, max_length: int
+) -> tuple[list[int], int, str | None]:
     """(ids, prompt length, what was truncated or None). Keeps at least the separator and one input token; a
     too-long output keeps its beginning."""
     output = output_ids + [eos_id]
@@ -43,7 +45,7 @@ def fit_to_length(input_ids: list[int], output_ids: list[int], sep_id: int, eos_
         truncated = "output_truncated"
     room_for_input = max_length - 1 - len(output)
     if len(input_ids) > room_for_input:
-        input_ids = input_ids[len(input_ids) - room_for_input:]
+        input_ids = input_ids[len(input_ids) - room_for_input :]
         truncated = truncated or "input_truncated_left"
     prompt = input_ids + [sep_id]
     return prompt + output, len(prompt), truncated
@@ -55,8 +57,9 @@ def _clip_chars(tokenizer: TextTokenizer, max_length: int) -> int:
     return (max_length + 8) * tokenizer.max_token_chars + 256
 
 
-def encode_clipped(tokenizer: TextTokenizer, texts: Sequence[str], max_length: int,
-                   keep: str = "end") -> list[list[int]]:
+def encode_clipped(
+    tokenizer: TextTokenizer, texts: Sequence[str], max_length: int, keep: str = "end"
+) -> list[list[int]]:
     """Token ids of each text where only its last (`keep="end"`) or first (`keep="start"`) `max_length` tokens
     matter — the same ids as tokenizing the whole text and cutting, without tokenizing megabytes that are cut
     anyway (a 10 MB line cost ~2 GB). A clipped text that gives too few tokens (a tokenizer that maps a long run
@@ -79,7 +82,9 @@ def encode_clipped(tokenizer: TextTokenizer, texts: Sequence[str], max_length: i
     return out
 
 
-def encode_record(tokenizer: TextTokenizer, record: dict[str, Any], max_length: int) -> tuple[list[int], int, str | None]:
+def encode_record(
+    tokenizer: TextTokenizer, record: dict[str, Any], max_length: int
+) -> tuple[list[int], int, str | None]:
     """(ids, prompt length, what was truncated or None) of one IO pair: `input <|sep|> output <|endoftext|>`."""
     (inp,) = encode_clipped(tokenizer, [record["input"]], max_length, keep="end")
     (out,) = encode_clipped(tokenizer, [record["output"]], max_length, keep="start")

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hybrid.core import storage
 from hybrid.core.errors import HybridError
@@ -45,8 +46,9 @@ def fim_input(prefix: str, suffix: str, task: str | None = None) -> str:
     return f"{head}{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}"
 
 
-def reasoning_input(function_id: str, operation: str, before: str | None, after: str | None,
-                    task: str | None = None) -> str:
+def reasoning_input(
+    function_id: str, operation: str, before: str | None, after: str | None, task: str | None = None
+) -> str:
     parts = [f"{TASK}{task.strip()}\n" if task and task.strip() else "", f"{operation} {function_id}\n"]
     if before:
         parts.append(f"Before:\n{before}\n")
@@ -83,16 +85,18 @@ def _list_file(path: Path) -> list[Any]:
     return data
 
 
-def iter_repo_pairs(layout: DatasetLayout, repo: str, kinds: tuple[str, ...],
-                    skipped: Counter) -> Iterator[dict[str, Any]]:
+def iter_repo_pairs(
+    layout: DatasetLayout, repo: str, kinds: tuple[str, ...], skipped: Counter
+) -> Iterator[dict[str, Any]]:
     for number in layout.commits(repo):
         cdir = layout.local_commit_dir(repo, number)
         tasks_by_fn, whole_tasks = _tasks_for(cdir / TASKS)
         if "fim" in kinds and (cdir / FIM).is_file():
             path = cdir / FIM
             for i, rec in enumerate(_list_file(path)):
-                if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str)
-                                                        for k in ("fim_prefix", "fim_middle", "fim_suffix")):
+                if not isinstance(rec, dict) or not all(
+                    isinstance(rec.get(k), str) for k in ("fim_prefix", "fim_middle", "fim_suffix")
+                ):
                     skipped["fim_missing_fields"] += 1
                     continue
                 if not rec["fim_middle"].strip():
@@ -100,9 +104,15 @@ def iter_repo_pairs(layout: DatasetLayout, repo: str, kinds: tuple[str, ...],
                     continue
                 fid = rec.get("function_id") or rec.get("id") or f"{path}#{i}"
                 task = rec.get("task") or "\n".join(tasks_by_fn.get(fid, []) + whole_tasks) or None
-                yield {"input": fim_input(rec["fim_prefix"], rec["fim_suffix"], task), "output": rec["fim_middle"],
-                       "repo": repo, "commit_number": rec.get("commit_number", number), "function_id": fid,
-                       "kind": "fim", "id": rec.get("id", f"{fid}#{i}")}
+                yield {
+                    "input": fim_input(rec["fim_prefix"], rec["fim_suffix"], task),
+                    "output": rec["fim_middle"],
+                    "repo": repo,
+                    "commit_number": rec.get("commit_number", number),
+                    "function_id": fid,
+                    "kind": "fim",
+                    "id": rec.get("id", f"{fid}#{i}"),
+                }
         if "reasoning" in kinds and (cdir / REASONING).is_file():
             code: dict[str, tuple[str | None, str | None]] = {}
             if (cdir / DIFF_AST).is_file():
@@ -119,9 +129,15 @@ def iter_repo_pairs(layout: DatasetLayout, repo: str, kinds: tuple[str, ...],
                 fid = rec["function_id"]
                 before, after = code.get(fid, (None, None))
                 task = "\n".join(tasks_by_fn.get(fid, []) + whole_tasks) or None
-                yield {"input": reasoning_input(fid, rec.get("operation_type", "UPDATE"), before, after, task),
-                       "output": rec["reasoning"], "repo": repo, "commit_number": number, "function_id": fid,
-                       "kind": "reasoning", "id": f"{fid}@{number}:reasoning"}
+                yield {
+                    "input": reasoning_input(fid, rec.get("operation_type", "UPDATE"), before, after, task),
+                    "output": rec["reasoning"],
+                    "repo": repo,
+                    "commit_number": number,
+                    "function_id": fid,
+                    "kind": "reasoning",
+                    "id": f"{fid}@{number}:reasoning",
+                }
 
 
 def _take_from_end(groups: list[tuple[Any, list]], target: int, minimum_groups: int) -> int:
@@ -135,8 +151,9 @@ def _take_from_end(groups: list[tuple[Any, list]], target: int, minimum_groups: 
     return n
 
 
-def split_records(records: list[dict[str, Any]], validation_fraction: float,
-                  test_fraction: float) -> tuple[dict[str, list[dict[str, Any]]], str]:
+def split_records(
+    records: list[dict[str, Any]], validation_fraction: float, test_fraction: float
+) -> tuple[dict[str, list[dict[str, Any]]], str]:
     repos = sorted({r["repo"] for r in records})
     if len(repos) >= 3:
         split_by = "repository"
@@ -170,14 +187,21 @@ def check_fractions(validation_fraction: float, test_fraction: float) -> None:
         if not 0 <= value < 1:
             raise HybridError(f"{option}: must be in [0, 1), got {value}")
     if validation_fraction + test_fraction >= 1:
-        raise HybridError(f"--validation-fraction {validation_fraction:g} + --test-fraction {test_fraction:g} = "
-                          f"{validation_fraction + test_fraction:g} leaves nothing to train on: the two together "
-                          f"must be less than 1")
+        raise HybridError(
+            f"--validation-fraction {validation_fraction:g} + --test-fraction {test_fraction:g} = "
+            f"{validation_fraction + test_fraction:g} leaves nothing to train on: the two together "
+            f"must be less than 1"
+        )
 
 
-def export_io_pairs(data_dir: str | Path, output_dir: str | Path = "datasets/io_pairs",
-                    kinds: tuple[str, ...] = KINDS, validation_fraction: float = 0.1,
-                    test_fraction: float = 0.1, repos: list[str] | None = None) -> ExportResult:
+def export_io_pairs(
+    data_dir: str | Path,
+    output_dir: str | Path = "datasets/io_pairs",
+    kinds: tuple[str, ...] = KINDS,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    repos: list[str] | None = None,
+) -> ExportResult:
     check_fractions(validation_fraction, test_fraction)
     layout = DatasetLayout(data_dir)
     ast_root = layout.dataset_dir
@@ -200,12 +224,24 @@ def export_io_pairs(data_dir: str | Path, output_dir: str | Path = "datasets/io_
     output_dir = Path(output_dir)
     for name in SPLITS:
         atomic_write_jsonl(output_dir / f"{name}.jsonl", splits[name])
-    result = ExportResult(output_dir=output_dir, sizes={s: len(splits[s]) for s in SPLITS}, split_by=split_by,
-                          repos=names, skipped=skipped)
+    result = ExportResult(
+        output_dir=output_dir,
+        sizes={s: len(splits[s]) for s in SPLITS},
+        split_by=split_by,
+        repos=names,
+        skipped=skipped,
+    )
     kinds_count = Counter(r["kind"] for r in records)
-    atomic_write_json(output_dir / "stats.json", {
-        "sizes": result.sizes, "split_by": split_by, "repos": result.repos, "kinds": dict(kinds_count),
-        "skipped": dict(skipped)})
+    atomic_write_json(
+        output_dir / "stats.json",
+        {
+            "sizes": result.sizes,
+            "split_by": split_by,
+            "repos": result.repos,
+            "kinds": dict(kinds_count),
+            "skipped": dict(skipped),
+        },
+    )
     return result
 
 

@@ -9,9 +9,10 @@ reason when the caller asks for `on_bad="skip"`.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Literal
+from typing import IO, Any, Literal
 
 from hybrid.core import storage
 from hybrid.core.errors import HybridError
@@ -85,8 +86,9 @@ def _bad(on_bad: OnBad, skipped: Counter, reason: str, message: str) -> None:
     skipped[reason] += 1
 
 
-def iter_pairs(path: str, on_bad: OnBad = "error", skipped: Counter | None = None,
-               check=check_record) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_pairs(
+    path: str, on_bad: OnBad = "error", skipped: Counter | None = None, check=check_record
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, or row number for Parquet, counted from 1; record) for each usable record of one file.
     `check(record)` says why a record is unusable (default: not an IO pair)."""
     skipped = Counter() if skipped is None else skipped

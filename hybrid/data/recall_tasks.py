@@ -27,8 +27,8 @@ not the right one: one of the values (key-value) or places (two-hop facts) the h
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from hybrid.core.errors import HybridError
 
@@ -41,13 +41,20 @@ PLACES = ["kitchen", "garden", "office", "hallway", "bedroom", "bathroom", "cell
 OBJECTS = ["apple", "ball", "book", "milk", "pen", "cup", "hat", "box"]
 # Filler: words used by no task's facts or questions, so nothing in it can be mistaken for an answer.
 FILLER = [
-    "grass grows here .", "the sky stays high .", "the sun burns far away .", "water flows down .",
-    "wind blows over hills .", "birds sing at dawn .", "old trees stand still .", "rain falls again .",
-    "clouds drift by slowly .", "stars shine at night .",
+    "grass grows here .",
+    "the sky stays high .",
+    "the sun burns far away .",
+    "water flows down .",
+    "wind blows over hills .",
+    "birds sing at dawn .",
+    "old trees stand still .",
+    "rain falls again .",
+    "clouds drift by slowly .",
+    "stars shine at night .",
 ]
 
 TASKS = ("kv", "passkey", "facts")
-CHANCE = {"kv": 1 / len(VALUES), "passkey": 10.0 ** -PASSKEY_DIGITS, "facts": 1 / len(PLACES)}
+CHANCE = {"kv": 1 / len(VALUES), "passkey": 10.0**-PASSKEY_DIGITS, "facts": 1 / len(PLACES)}
 TASK_TITLES = {"kv": "key-value recall", "passkey": "passkey", "facts": "two-hop facts"}
 
 
@@ -56,7 +63,7 @@ def vocabulary() -> list[str]:
     words: list[str] = ["?"]
     for group in (KEYS, VALUES, DIGITS, PEOPLE, PLACES, OBJECTS):
         words += group
-    words += "the pass key is what remember it went to took where , .".split()
+    words += ["the", "pass", "key", "is", "what", "remember", "it", "went", "to", "took", "where", ",", "."]
     for sentence in FILLER:
         words += sentence.split()
     return list(dict.fromkeys(words))
@@ -80,8 +87,9 @@ def _filler(rng: random.Random, count: int) -> list[str]:
     return words[:count]
 
 
-def _place(rng: random.Random, facts: list[list[str]], n: int, segment_length: int, tail: int,
-           layout: "Layout") -> list[str]:
+def _place(
+    rng: random.Random, facts: list[list[str]], n: int, segment_length: int, tail: int, layout: Layout
+) -> list[str]:
     """Lay `facts` (word lists) at random positions, none straddling a segment boundary, in the haystack
     (segments 0..n-2, or the space before the tail when n == 1), filler elsewhere; `tail` words are left free
     at the end for the question and the answer. `layout` counts the tokens the tokenizer adds around the
@@ -90,13 +98,16 @@ def _place(rng: random.Random, facts: list[list[str]], n: int, segment_length: i
     if n == 1:
         regions = [(0, total - tail)]
     else:
-        regions = [(max(0, s * segment_length - layout.prefix), (s + 1) * segment_length - layout.prefix)
-                   for s in range(n - 1)]
+        regions = [
+            (max(0, s * segment_length - layout.prefix), (s + 1) * segment_length - layout.prefix) for s in range(n - 1)
+        ]
     need = sum(len(f) for f in facts)
     room = sum(b - a for a, b in regions)
     if need > room or (n > 1 and regions[-1][1] > total - tail):
-        raise HybridError(f"recall task: {need} fact words do not fit {room} haystack words "
-                          f"(segment_length {segment_length} too small for this task)")
+        raise HybridError(
+            f"recall task: {need} fact words do not fit {room} haystack words "
+            f"(segment_length {segment_length} too small for this task)"
+        )
     # Assign each fact to a region with enough space left, then spread facts inside each region at random gaps.
     for _ in range(1000):
         free = [b - a for a, b in regions]
@@ -139,8 +150,9 @@ class Layout:
     echo_key: bool = False
 
 
-def kv_example(rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(),
-               n_pairs: int | tuple[int, int] = 8) -> Example:
+def kv_example(
+    rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(), n_pairs: int | tuple[int, int] = 8
+) -> Example:
     if isinstance(n_pairs, tuple):  # a range (training ladder: fewer pairs are easier lookups)
         n_pairs = rng.randint(*n_pairs)
     keys = rng.sample(KEYS, n_pairs)
@@ -148,21 +160,23 @@ def kv_example(rng: random.Random, n: int, segment_length: int, layout: Layout =
     asked = rng.randrange(n_pairs)
     question = ["?", keys[asked]]
     answer = [keys[asked]] * layout.echo_key + [values[asked]]
-    words = _place(rng, [[k, v] for k, v in zip(keys, values)], n, segment_length, tail=len(question) + len(answer),
-                   layout=layout)
+    words = _place(
+        rng, [[k, v] for k, v in zip(keys, values)], n, segment_length, tail=len(question) + len(answer), layout=layout
+    )
     return Example(" ".join(words + question), " ".join(answer), "kv", n)
 
 
 def passkey_example(rng: random.Random, n: int, segment_length: int, layout: Layout = Layout()) -> Example:
     digits = [rng.choice(DIGITS) for _ in range(PASSKEY_DIGITS)]
-    fact = "the pass key is".split() + digits + ["."]
-    question = "what is the pass key ? the pass key is".split()
+    fact = ["the", "pass", "key", "is"] + digits + ["."]
+    question = ["what", "is", "the", "pass", "key", "?", "the", "pass", "key", "is"]
     words = _place(rng, [fact], n, segment_length, tail=len(question) + PASSKEY_DIGITS, layout=layout)
     return Example(" ".join(words + question), " ".join(digits), "passkey", n)
 
 
-def facts_example(rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(),
-                  n_people: int = 3, n_objects: int = 2) -> Example:
+def facts_example(
+    rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(), n_people: int = 3, n_objects: int = 2
+) -> Example:
     people = rng.sample(PEOPLE, n_people)
     places = rng.sample(PLACES, n_people)
     objects = rng.sample(OBJECTS, n_objects)
@@ -179,8 +193,14 @@ def facts_example(rng: random.Random, n: int, segment_length: int, layout: Layou
     return Example(" ".join(words + question), answer, "facts", n)
 
 
-def chain_example(rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(),
-                  links: tuple[int, int] = (1, 6), separator: float = 1.0) -> Example:
+def chain_example(
+    rng: random.Random,
+    n: int,
+    segment_length: int,
+    layout: Layout = Layout(),
+    links: tuple[int, int] = (1, 6),
+    separator: float = 1.0,
+) -> Example:
     """A training aid, not a benchmark task: links `x y ,` scattered in filler in random order, then `? x0` ->
     the chain `x1 x2 ... xm` that following the links from x0 gives. Every output token is one key-value lookup
     (the token after the earlier occurrence of the current one) at a random place, so, unlike the benchmark
@@ -199,8 +219,12 @@ def chain_example(rng: random.Random, n: int, segment_length: int, layout: Layou
     return Example(" ".join(words + question), " ".join(answer), "chain", n)
 
 
-GENERATORS: dict[str, Callable[..., Example]] = {"kv": kv_example, "passkey": passkey_example,
-                                                 "facts": facts_example, "chain": chain_example}
+GENERATORS: dict[str, Callable[..., Example]] = {
+    "kv": kv_example,
+    "passkey": passkey_example,
+    "facts": facts_example,
+    "chain": chain_example,
+}
 TRAINING_AIDS = ("chain",)
 
 
@@ -214,8 +238,16 @@ def task_seed(base_seed: int, task: str, n: int, split: str) -> int:
     return (base_seed * 1_000_003 + list(GENERATORS).index(task) * 10_007 + n * 101 + SPLITS[split]) % 2**31
 
 
-def generate(task: str, n: int, count: int, segment_length: int, seed: int, split: str = "train",
-             layout: Layout = Layout(), **options) -> Iterator[Example]:
+def generate(
+    task: str,
+    n: int,
+    count: int,
+    segment_length: int,
+    seed: int,
+    split: str = "train",
+    layout: Layout = Layout(),
+    **options,
+) -> Iterator[Example]:
     """`count` examples of `task` at `n` segments; `options` go to the task's generator (e.g. n_pairs=(1, 8))."""
     if task not in GENERATORS:
         raise HybridError(f"recall task {task!r}: unknown (choose from {', '.join(TASKS)})")

@@ -5,8 +5,8 @@ uses (end of text, input/output separator, fill-in-the-middle markers) and is sa
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from hybrid.core.errors import HybridError
 
@@ -22,9 +22,13 @@ TOKENIZER_FILE = "tokenizer.json"
 
 def write_tokenizer_config(folder: Path) -> None:
     """The HuggingFace-style tokenizer_config.json naming our special tokens (beside tokenizer.json)."""
-    (Path(folder) / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": EOS, "pad_token": EOS, "sep_token": SEP, "additional_special_tokens": list(SPECIAL_TOKENS)},
-        indent=2) + "\n")
+    (Path(folder) / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"eos_token": EOS, "pad_token": EOS, "sep_token": SEP, "additional_special_tokens": list(SPECIAL_TOKENS)},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 class TextTokenizer:
@@ -70,7 +74,7 @@ class TextTokenizer:
         write_tokenizer_config(folder)
 
     @classmethod
-    def from_json(cls, text: str) -> "TextTokenizer":
+    def from_json(cls, text: str) -> TextTokenizer:
         """The tokenizer a `tokenizer.json` text describes (what a run hands its workers)."""
         from tokenizers import Tokenizer
 
@@ -80,7 +84,7 @@ class TextTokenizer:
         return self.tokenizer.to_str()
 
     @classmethod
-    def load(cls, folder: str | Path) -> "TextTokenizer":
+    def load(cls, folder: str | Path) -> TextTokenizer:
         from tokenizers import Tokenizer
 
         path = Path(folder) / TOKENIZER_FILE
@@ -101,8 +105,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> TextTokenizer:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return TextTokenizer(tokenizer)
 
@@ -142,6 +150,7 @@ def pretrained_tokenizer(folder: str | Path) -> TextTokenizer:
     if not path.is_file():
         raise HybridError(f"{path}: no such file (model.pretrained must hold tokenizer.json)")
     tokenizer = Tokenizer.from_file(str(path))
-    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS
-                                  if tokenizer.token_to_id(t) is None])
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True) for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
+    )
     return TextTokenizer(tokenizer)

@@ -17,19 +17,24 @@ from hybrid.memory.torch_store import TorchStore
 def make_store(memory_cfg: MemoryConfig, capacity: int, chunk_size: int, use_gpu: bool = False) -> MemoryStore:
     """A store of `capacity` chunks (of `chunk_size` tokens) per namespace and head, per `memory_cfg.backend`."""
     if memory_cfg.backend == "torch":
-
         return TorchStore(capacity)
     if memory_cfg.backend == "faiss":
-
-        return FaissStore(capacity, index=memory_cfg.faiss_index, ivf_min_chunks=memory_cfg.ivf_min_chunks,
-                          ivf_nlist=memory_cfg.ivf_nlist, ivf_nprobe=memory_cfg.ivf_nprobe,
-                          use_gpu=use_gpu, threads=memory_cfg.search_threads)
+        return FaissStore(
+            capacity,
+            index=memory_cfg.faiss_index,
+            ivf_min_chunks=memory_cfg.ivf_min_chunks,
+            ivf_nlist=memory_cfg.ivf_nlist,
+            ivf_nprobe=memory_cfg.ivf_nprobe,
+            use_gpu=use_gpu,
+            threads=memory_cfg.search_threads,
+        )
 
     return RayShardedStore.from_config(memory_cfg, capacity, chunk_size, use_gpu)
 
 
-def store_factory(memory_cfg: MemoryConfig, capacity: int, chunk_size: int,
-                  use_gpu: bool = False) -> Callable[[], MemoryStore]:
+def store_factory(
+    memory_cfg: MemoryConfig, capacity: int, chunk_size: int, use_gpu: bool = False
+) -> Callable[[], MemoryStore]:
     """What `model.store_factory` calls once per forward. In-process stores are fresh per call; the Ray store
     is created once and shared (each call uses its own namespaces and drops them at the end)."""
     if memory_cfg.backend == "ray":

@@ -53,8 +53,16 @@ class _Bank:
 
 
 class FaissStore:
-    def __init__(self, capacity: int, index: str = "auto", ivf_min_chunks: int = 65536, ivf_nlist: int = 0,
-                 ivf_nprobe: int = 16, use_gpu: bool = False, threads: int = 0):
+    def __init__(
+        self,
+        capacity: int,
+        index: str = "auto",
+        ivf_min_chunks: int = 65536,
+        ivf_nlist: int = 0,
+        ivf_nprobe: int = 16,
+        use_gpu: bool = False,
+        threads: int = 0,
+    ):
         import faiss
 
         if capacity < 1:
@@ -81,8 +89,12 @@ class FaissStore:
     def _new_bank(self, H: int, c: int, D: int) -> _Bank:
         dp = padded_dim(D)
         cap = self.capacity
-        bank = _Bank(indexes=[], keys=torch.zeros(H, cap, D), chunk_keys=torch.zeros(H, cap, c, D),
-                     chunk_values=torch.zeros(H, cap, c, D))
+        bank = _Bank(
+            indexes=[],
+            keys=torch.zeros(H, cap, D),
+            chunk_keys=torch.zeros(H, cap, c, D),
+            chunk_values=torch.zeros(H, cap, c, D),
+        )
         if self.kind == "ivf":
             for _ in range(H):
                 quantizer = self.faiss.IndexFlatIP(dp)
@@ -108,8 +120,9 @@ class FaissStore:
             return bank.indexes[h][0] if bank.trained else bank.staging[h]
         return bank.indexes[h]
 
-    def add(self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor,
-            chunk_values: torch.Tensor) -> None:
+    def add(
+        self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor
+    ) -> None:
         check_add(namespaces, keys, chunk_keys, chunk_values)
         B, H, C, D = keys.shape
         c = chunk_keys.shape[3]
@@ -145,8 +158,7 @@ class FaissStore:
                 if oldest > 0:
                     index.remove_ids(self.faiss.IDSelectorRange(0, oldest))
                 index.add_with_ids(vecs[h], ids)
-            if self.kind == "ivf" and not bank.trained and bank.next_id - oldest >= min(self.capacity,
-                                                                                         39 * self.nlist):
+            if self.kind == "ivf" and not bank.trained and bank.next_id - oldest >= min(self.capacity, 39 * self.nlist):
                 self._train_ivf(bank, dp, oldest)
         self.adds += 1
 
@@ -185,8 +197,10 @@ class FaissStore:
             if bank is None or bank.next_id == 0:
                 continue
             if bank.keys.shape[0] != H or bank.keys.shape[2] != D:
-                raise ValueError(f"search: queries have (heads, dim)=({H}, {D}), namespace {namespaces[b]!r} "
-                                 f"holds ({bank.keys.shape[0]}, {bank.keys.shape[2]})")
+                raise ValueError(
+                    f"search: queries have (heads, dim)=({H}, {D}), namespace {namespaces[b]!r} "
+                    f"holds ({bank.keys.shape[0]}, {bank.keys.shape[2]})"
+                )
             if self.gpu is not None and bank.dirty:
                 self._rebuild_gpu(bank)
             qb = self._pad(q[b], dp)  # (H, Q, dp)
@@ -200,8 +214,9 @@ class FaissStore:
                 out.mask[b, h] = mask
                 out.scores[b, h] = torch.from_numpy(np.where(valid, scores, 0.0).astype(np.float32))
         dev = queries.device
-        return SearchResult(keys=out.keys.to(dev), values=out.values.to(dev), mask=out.mask.to(dev),
-                            scores=out.scores.to(dev))
+        return SearchResult(
+            keys=out.keys.to(dev), values=out.values.to(dev), mask=out.mask.to(dev), scores=out.scores.to(dev)
+        )
 
     def search_async(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult:
         return self.search(namespaces, queries, k)
@@ -220,7 +235,15 @@ class FaissStore:
 
     def stats(self) -> dict[str, Any]:
         nbytes = sum(t.numel() * 4 for bk in self._banks.values() for t in (bk.keys, bk.chunk_keys, bk.chunk_values))
-        return {"backend": "faiss", "index": self.kind, "gpu": self.gpu is not None,
-                "namespaces": len(self._banks), "chunks": sum(self.stored_chunks(n) for n in self._banks),
-                "bytes": nbytes, "capacity_chunks": self.capacity, "adds": self.adds, "searches": self.searches,
-                "dtypes": ["torch.float32"] if self._banks else []}
+        return {
+            "backend": "faiss",
+            "index": self.kind,
+            "gpu": self.gpu is not None,
+            "namespaces": len(self._banks),
+            "chunks": sum(self.stored_chunks(n) for n in self._banks),
+            "bytes": nbytes,
+            "capacity_chunks": self.capacity,
+            "adds": self.adds,
+            "searches": self.searches,
+            "dtypes": ["torch.float32"] if self._banks else [],
+        }

@@ -98,13 +98,18 @@ class MemoryShard:
 
             tags = {"service": self.service, "shard": str(self.shard)}
             keys = tuple(tags)
-            m = {"searches": Counter("hybrid_memory_search_queries", "queries searched", tag_keys=keys),
-                 "latency": Histogram("hybrid_memory_search_seconds", "search call latency in the shard",
-                                      boundaries=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
-                                      tag_keys=keys),
-                 "vectors": Gauge("hybrid_memory_vectors", "chunks stored", tag_keys=keys),
-                 "bytes": Gauge("hybrid_memory_bytes", "bytes reserved", tag_keys=keys),
-                 "namespaces": Gauge("hybrid_memory_namespaces", "namespaces held", tag_keys=keys)}
+            m = {
+                "searches": Counter("hybrid_memory_search_queries", "queries searched", tag_keys=keys),
+                "latency": Histogram(
+                    "hybrid_memory_search_seconds",
+                    "search call latency in the shard",
+                    boundaries=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
+                    tag_keys=keys,
+                ),
+                "vectors": Gauge("hybrid_memory_vectors", "chunks stored", tag_keys=keys),
+                "bytes": Gauge("hybrid_memory_bytes", "bytes reserved", tag_keys=keys),
+                "namespaces": Gauge("hybrid_memory_namespaces", "namespaces held", tag_keys=keys),
+            }
             for metric in m.values():
                 metric.set_default_tags(tags)
             return m
@@ -125,10 +130,15 @@ class MemoryShard:
     def _store(self, spec: Spec) -> FaissStore:
         store = self.stores.get(spec)
         if store is None:
-
             capacity, index, ivf_min_chunks, ivf_nlist, ivf_nprobe, use_gpu = spec
-            store = self.stores[spec] = FaissStore(capacity, index=index, ivf_min_chunks=ivf_min_chunks,
-                                                   ivf_nlist=ivf_nlist, ivf_nprobe=ivf_nprobe, use_gpu=use_gpu)
+            store = self.stores[spec] = FaissStore(
+                capacity,
+                index=index,
+                ivf_min_chunks=ivf_min_chunks,
+                ivf_nlist=ivf_nlist,
+                ivf_nprobe=ivf_nprobe,
+                use_gpu=use_gpu,
+            )
         return store
 
     def _drop(self, ns: str) -> None:
@@ -139,8 +149,10 @@ class MemoryShard:
 
     def _make_room(self, ns: str, need: int, protect: set[str]) -> None:
         if need > self.shard_bytes:
-            raise ValueError(f"memory shard {self.shard} of {self.service!r}: namespace {ns!r} needs {need} bytes, "
-                             f"more than memory.shard_bytes={self.shard_bytes}")
+            raise ValueError(
+                f"memory shard {self.shard} of {self.service!r}: namespace {ns!r} needs {need} bytes, "
+                f"more than memory.shard_bytes={self.shard_bytes}"
+            )
         for old in list(self.spec_of):
             if self.total_reserved + need <= self.shard_bytes:
                 break
@@ -152,9 +164,11 @@ class MemoryShard:
             while len(self.evicted) > _EVICTED_REMEMBERED:
                 self.evicted.popitem(last=False)
         if self.total_reserved + need > self.shard_bytes:
-            raise ValueError(f"memory shard {self.shard} of {self.service!r}: no room for namespace {ns!r} "
-                             f"({need} bytes): the namespaces of this very call hold {self.total_reserved} of "
-                             f"memory.shard_bytes={self.shard_bytes}; raise memory.shard_bytes or memory.num_shards")
+            raise ValueError(
+                f"memory shard {self.shard} of {self.service!r}: no room for namespace {ns!r} "
+                f"({need} bytes): the namespaces of this very call hold {self.total_reserved} of "
+                f"memory.shard_bytes={self.shard_bytes}; raise memory.shard_bytes or memory.num_shards"
+            )
 
     # -- the store protocol, batched over namespaces -----------------------------------------------------------
     def add(self, items: list[tuple[Spec, str, np.ndarray, np.ndarray, np.ndarray]]) -> str:
@@ -170,8 +184,9 @@ class MemoryShard:
             spec = _spec(spec)
             have = self.spec_of.get(ns)
             if have is not None and have != spec:
-                raise ValueError(f"add: namespace {ns!r} exists on shard {self.shard} with capacity/index {have}, "
-                                 f"got {spec}")
+                raise ValueError(
+                    f"add: namespace {ns!r} exists on shard {self.shard} with capacity/index {have}, got {spec}"
+                )
             if have is None:
                 H, _, D = keys.shape
                 need = namespace_bytes(H, spec[0], ck.shape[2], D)
@@ -180,8 +195,9 @@ class MemoryShard:
                 self.reserved[ns] = need
                 self.total_reserved += need
                 self.evicted.pop(ns, None)
-            self._store(spec).add([ns], torch.from_numpy(keys)[None], torch.from_numpy(ck)[None],
-                                  torch.from_numpy(cv)[None])
+            self._store(spec).add(
+                [ns], torch.from_numpy(keys)[None], torch.from_numpy(ck)[None], torch.from_numpy(cv)[None]
+            )
         self.counts["add_calls"] += 1
         self._update_gauges()
         return self.incarnation
@@ -269,15 +285,30 @@ class MemoryShard:
         span = min(_RATE_WINDOW_S, max(1e-3, now - self.started))
         lat = np.array(self.latencies) if self.latencies else None
         out: dict[str, Any]  # the namespace list is added below
-        out = {"shard": self.shard, "service": self.service, "num_shards": self.num_shards,
-               "incarnation": self.incarnation,
-               "restarted": self.restarted, "namespaces": len(self.spec_of), "vectors": self._chunks(),
-               "bytes": self.total_reserved, "shard_bytes": self.shard_bytes, **self.counts,
-               "searches_per_s": sum(q for _, q in recent) / span, "search_calls_per_s": len(recent) / span,
-               "p50_ms": None if lat is None else float(np.percentile(lat, 50) * 1e3),
-               "p99_ms": None if lat is None else float(np.percentile(lat, 99) * 1e3)}
+        out = {
+            "shard": self.shard,
+            "service": self.service,
+            "num_shards": self.num_shards,
+            "incarnation": self.incarnation,
+            "restarted": self.restarted,
+            "namespaces": len(self.spec_of),
+            "vectors": self._chunks(),
+            "bytes": self.total_reserved,
+            "shard_bytes": self.shard_bytes,
+            **self.counts,
+            "searches_per_s": sum(q for _, q in recent) / span,
+            "search_calls_per_s": len(recent) / span,
+            "p50_ms": None if lat is None else float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": None if lat is None else float(np.percentile(lat, 99) * 1e3),
+        }
         if list_namespaces:
-            out["namespace_list"] = {ns: {"vectors": self.stores[spec].stored_chunks(ns), "bytes": self.reserved[ns],
-                                          "capacity": spec[0], "index": self.stores[spec].kind}
-                                     for ns, spec in self.spec_of.items()}
+            out["namespace_list"] = {
+                ns: {
+                    "vectors": self.stores[spec].stored_chunks(ns),
+                    "bytes": self.reserved[ns],
+                    "capacity": spec[0],
+                    "index": self.stores[spec].kind,
+                }
+                for ns, spec in self.spec_of.items()
+            }
         return out

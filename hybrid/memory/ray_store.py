@@ -70,15 +70,23 @@ def home_shard(namespace: str, num_shards: int) -> int:
     return int.from_bytes(hashlib.blake2b(namespace.encode(), digest_size=8).digest(), "little") % num_shards
 
 
-def connect_shards(service: str, num_shards: int, shard_bytes: int = 1 << 30, shard_cpus: float = 0.0,
-                   shard_gpus: float = 0.0, threads: int = 0, create: bool = True) -> list[Any]:
+def connect_shards(
+    service: str,
+    num_shards: int,
+    shard_bytes: int = 1 << 30,
+    shard_cpus: float = 0.0,
+    shard_gpus: float = 0.0,
+    threads: int = 0,
+    create: bool = True,
+) -> list[Any]:
     """Handles to the service's shard actors, created when missing (`create`) or looked up by name."""
     import ray
 
     init_ray()
     if shard_gpus and not ray.cluster_resources().get("GPU", 0):
-        log.info("memory service %r: use_gpu_to_search is set but the cluster has no GPU; shards search on CPU",
-                 service)
+        log.info(
+            "memory service %r: use_gpu_to_search is set but the cluster has no GPU; shards search on CPU", service
+        )
         shard_gpus = 0.0  # asking for one would leave the actors unschedulable (a hang)
     handles: list[Any] = []
     for i in range(num_shards):
@@ -87,15 +95,24 @@ def connect_shards(service: str, num_shards: int, shard_bytes: int = 1 << 30, sh
             try:
                 handles.append(ray.get_actor(name, namespace=RAY_NAMESPACE))
             except ValueError:
-                raise HybridError(f"memory service {service!r}: no shard actor {name!r} in Ray namespace "
-                                  f"{RAY_NAMESPACE!r} (is memory.num_shards right? was the service started?)") \
-                    from None
+                raise HybridError(
+                    f"memory service {service!r}: no shard actor {name!r} in Ray namespace "
+                    f"{RAY_NAMESPACE!r} (is memory.num_shards right? was the service started?)"
+                ) from None
             continue
         cls = ray.remote(MemoryShard)
-        handles.append(cls.options(
-            name=name, namespace=RAY_NAMESPACE, get_if_exists=True, lifetime="detached",
-            max_restarts=-1, max_task_retries=0, num_cpus=shard_cpus, num_gpus=shard_gpus,
-        ).remote(i, service, shard_bytes, threads or max(1, int(shard_cpus)), num_shards))
+        handles.append(
+            cls.options(
+                name=name,
+                namespace=RAY_NAMESPACE,
+                get_if_exists=True,
+                lifetime="detached",
+                max_restarts=-1,
+                max_task_retries=0,
+                num_cpus=shard_cpus,
+                num_gpus=shard_gpus,
+            ).remote(i, service, shard_bytes, threads or max(1, int(shard_cpus)), num_shards)
+        )
     check_layout(service, num_shards, handles)
     return handles
 
@@ -108,14 +125,18 @@ def check_layout(service: str, num_shards: int, handles: list[Any], timeout_s: f
     try:
         layouts = ray.get([h.layout.remote() for h in handles], timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
-        raise HybridError(f"memory service {service!r}: its shards did not answer within {timeout_s:g} s "
-                          f"(is the cluster overloaded, or the actors unschedulable?)") from None
+        raise HybridError(
+            f"memory service {service!r}: its shards did not answer within {timeout_s:g} s "
+            f"(is the cluster overloaded, or the actors unschedulable?)"
+        ) from None
     for i, lay in enumerate(layouts):
         recorded = int(lay.get("num_shards") or 0)
         if recorded and recorded != num_shards:
-            raise HybridError(f"memory service {service!r} was built with memory.num_shards={recorded}, but this "
-                              f"run asks for {num_shards} (shard {i} says so): set memory.num_shards={recorded}, "
-                              f"or use another memory.service name")
+            raise HybridError(
+                f"memory service {service!r} was built with memory.num_shards={recorded}, but this "
+                f"run asks for {num_shards} (shard {i} says so): set memory.num_shards={recorded}, "
+                f"or use another memory.service name"
+            )
 
 
 @dataclass
@@ -141,14 +162,30 @@ class _SearchHandle:
 
 
 class RayShardedStore:
-    def __init__(self, capacity: int, chunk_size: int, num_shards: int = 2, service: str = "hybrid-memory",
-                 shard_bytes: int = 1 << 30, shard_cpus: float = 0.0, shard_gpus: float = 0.0,
-                 index: str = "auto", ivf_min_chunks: int = 65536, ivf_nlist: int = 0, ivf_nprobe: int = 16,
-                 use_gpu: bool = False, threads: int = 0, call_timeout_s: float = 60.0,
-                 on_shard_failure: str = "empty", shards: list[Any] | None = None):
+    def __init__(
+        self,
+        capacity: int,
+        chunk_size: int,
+        num_shards: int = 2,
+        service: str = "hybrid-memory",
+        shard_bytes: int = 1 << 30,
+        shard_cpus: float = 0.0,
+        shard_gpus: float = 0.0,
+        index: str = "auto",
+        ivf_min_chunks: int = 65536,
+        ivf_nlist: int = 0,
+        ivf_nprobe: int = 16,
+        use_gpu: bool = False,
+        threads: int = 0,
+        call_timeout_s: float = 60.0,
+        on_shard_failure: str = "empty",
+        shards: list[Any] | None = None,
+    ):
         if capacity < 1 or chunk_size < 1 or num_shards < 1:
-            raise ValueError(f"RayShardedStore: capacity {capacity}, chunk_size {chunk_size} and num_shards "
-                             f"{num_shards} must be >= 1")
+            raise ValueError(
+                f"RayShardedStore: capacity {capacity}, chunk_size {chunk_size} and num_shards "
+                f"{num_shards} must be >= 1"
+            )
         if on_shard_failure not in ("empty", "error"):
             raise ValueError(f"on_shard_failure must be empty or error, got {on_shard_failure!r}")
         self.capacity, self.chunk_size, self.num_shards = capacity, chunk_size, num_shards
@@ -157,8 +194,11 @@ class RayShardedStore:
         self.ivf = (ivf_min_chunks, ivf_nlist, ivf_nprobe)
         self.use_gpu = use_gpu
         self.call_timeout_s, self.on_shard_failure = call_timeout_s, on_shard_failure
-        self.shards = shards if shards is not None else connect_shards(
-            service, num_shards, shard_bytes, shard_cpus, shard_gpus if use_gpu else 0.0, threads)
+        self.shards = (
+            shards
+            if shards is not None
+            else connect_shards(service, num_shards, shard_bytes, shard_cpus, shard_gpus if use_gpu else 0.0, threads)
+        )
         self._layouts: dict[str, _Layout] = {}
         self._pending: list[tuple[int, Any, list[str]]] = []  # unresolved add calls: (shard, ref, stored names)
         self.adds = 0
@@ -166,16 +206,27 @@ class RayShardedStore:
         self.failures = {"failed_calls": 0, "empty_rows": 0, "lost_namespaces": 0, "evicted_rows": 0}
 
     @classmethod
-    def from_config(cls, memory_cfg: MemoryConfig, capacity: int, chunk_size: int,
-                    use_gpu: bool = False) -> RayShardedStore:
+    def from_config(
+        cls, memory_cfg: MemoryConfig, capacity: int, chunk_size: int, use_gpu: bool = False
+    ) -> RayShardedStore:
         """The store the `memory` config section describes, for namespaces of `capacity` chunks."""
-        return cls(capacity, chunk_size, num_shards=memory_cfg.num_shards,
-                   service=memory_cfg.service, shard_bytes=memory_cfg.shard_bytes, shard_cpus=memory_cfg.shard_cpus,
-                   shard_gpus=1.0 if use_gpu else 0.0, index=memory_cfg.faiss_index,
-                   ivf_min_chunks=memory_cfg.ivf_min_chunks, ivf_nlist=memory_cfg.ivf_nlist,
-                   ivf_nprobe=memory_cfg.ivf_nprobe, use_gpu=use_gpu,
-                   threads=memory_cfg.search_threads, call_timeout_s=memory_cfg.call_timeout_s,
-                   on_shard_failure=memory_cfg.on_shard_failure)
+        return cls(
+            capacity,
+            chunk_size,
+            num_shards=memory_cfg.num_shards,
+            service=memory_cfg.service,
+            shard_bytes=memory_cfg.shard_bytes,
+            shard_cpus=memory_cfg.shard_cpus,
+            shard_gpus=1.0 if use_gpu else 0.0,
+            index=memory_cfg.faiss_index,
+            ivf_min_chunks=memory_cfg.ivf_min_chunks,
+            ivf_nlist=memory_cfg.ivf_nlist,
+            ivf_nprobe=memory_cfg.ivf_nprobe,
+            use_gpu=use_gpu,
+            threads=memory_cfg.search_threads,
+            call_timeout_s=memory_cfg.call_timeout_s,
+            on_shard_failure=memory_cfg.on_shard_failure,
+        )
 
     # -- layout ------------------------------------------------------------------------------------------------
     def _spec(self, capacity: int) -> Spec:
@@ -184,29 +235,38 @@ class RayShardedStore:
     def split_factor(self, heads: int, dim: int) -> int:
         """Parts a namespace of (heads, dim) is split into: the fewest that divide the capacity and fit a shard."""
         for parts in range(1, self.num_shards + 1):
-            if self.capacity % parts == 0 and \
-                    namespace_bytes(heads, self.capacity // parts, self.chunk_size, dim) <= self.shard_bytes:
+            if (
+                self.capacity % parts == 0
+                and namespace_bytes(heads, self.capacity // parts, self.chunk_size, dim) <= self.shard_bytes
+            ):
                 return parts
         need = namespace_bytes(heads, self.capacity, self.chunk_size, dim)
-        raise HybridError(f"memory service {self.service!r}: one namespace needs {need} bytes "
-                          f"({heads} heads x {self.capacity} chunks of {self.chunk_size}x{dim}), more than "
-                          f"memory.num_shards={self.num_shards} shards of memory.shard_bytes={self.shard_bytes} "
-                          f"can hold (split parts must divide the capacity)")
+        raise HybridError(
+            f"memory service {self.service!r}: one namespace needs {need} bytes "
+            f"({heads} heads x {self.capacity} chunks of {self.chunk_size}x{dim}), more than "
+            f"memory.num_shards={self.num_shards} shards of memory.shard_bytes={self.shard_bytes} "
+            f"can hold (split parts must divide the capacity)"
+        )
 
     def _layout(self, ns: str, heads: int, dim: int, chunk_size: int | None = None) -> _Layout:
         lay = self._layouts.get(ns)
         if lay is None:
             parts = self.split_factor(heads, dim)
             home = home_shard(ns, self.num_shards)
-            names = [(home, ns)] if parts == 1 else [((home + p) % self.num_shards, f"{ns}@part{p}of{parts}")
-                                                     for p in range(parts)]
+            names = (
+                [(home, ns)]
+                if parts == 1
+                else [((home + p) % self.num_shards, f"{ns}@part{p}of{parts}") for p in range(parts)]
+            )
             lay = _Layout(heads, chunk_size or self.chunk_size, dim, names, self._spec(self.capacity // parts))
             self._layouts[ns] = lay
             return lay
         if (lay.heads, lay.dim) != (heads, dim) or (chunk_size is not None and lay.chunk_size != chunk_size):
             got = (heads, chunk_size or lay.chunk_size, dim)
-            raise ValueError(f"namespace {ns!r} holds (heads, chunk_size, head_dim)="
-                             f"{(lay.heads, lay.chunk_size, lay.dim)}, got {got}")
+            raise ValueError(
+                f"namespace {ns!r} holds (heads, chunk_size, head_dim)="
+                f"{(lay.heads, lay.chunk_size, lay.dim)}, got {got}"
+            )
         return lay
 
     @staticmethod
@@ -217,8 +277,9 @@ class RayShardedStore:
             raise TypeError(f"{name}: expected a floating-point tensor (stored as float32), got {t.dtype}")
 
     # -- writing -----------------------------------------------------------------------------------------------
-    def add(self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor,
-            chunk_values: torch.Tensor) -> None:
+    def add(
+        self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor
+    ) -> None:
         for name, t in (("add: keys", keys), ("add: chunk_keys", chunk_keys), ("add: chunk_values", chunk_values)):
             self._check_dtype(name, t)
         check_add(namespaces, keys, chunk_keys, chunk_values)
@@ -228,8 +289,9 @@ class RayShardedStore:
         c = chunk_keys.shape[3]
         if c != self.chunk_size:
             raise ValueError(f"add: chunks of {c} tokens, but the store was made for chunk_size {self.chunk_size}")
-        k_np, ck_np, cv_np = (t.detach().to("cpu", torch.float32).contiguous().numpy()
-                              for t in (keys, chunk_keys, chunk_values))
+        k_np, ck_np, cv_np = (
+            t.detach().to("cpu", torch.float32).contiguous().numpy() for t in (keys, chunk_keys, chunk_values)
+        )
         per_shard: dict[int, list[tuple[Spec, str, np.ndarray, np.ndarray, np.ndarray]]] = {}
         for b, ns in enumerate(namespaces):
             lay = self._layout(ns, H, D, c)
@@ -245,8 +307,14 @@ class RayShardedStore:
                 sel = np.nonzero(ids % P == p)[0]
                 if len(sel):
                     per_shard.setdefault(shard, []).append(
-                        (lay.spec, name, np.ascontiguousarray(k_np[b][:, sel]),
-                         np.ascontiguousarray(ck_np[b][:, sel]), np.ascontiguousarray(cv_np[b][:, sel])))
+                        (
+                            lay.spec,
+                            name,
+                            np.ascontiguousarray(k_np[b][:, sel]),
+                            np.ascontiguousarray(ck_np[b][:, sel]),
+                            np.ascontiguousarray(cv_np[b][:, sel]),
+                        )
+                    )
             lay.next_id += C
         for shard, items in per_shard.items():
             self._pending.append((shard, self.shards[shard].add.remote(items), [it[1] for it in items]))
@@ -260,8 +328,9 @@ class RayShardedStore:
         try:
             answers = ray.get(refs, timeout=self.call_timeout_s)
         except Exception as e:
-            raise HybridError(f"memory service {self.service!r}: could not read a split namespace's size: {e}") \
-                from None
+            raise HybridError(
+                f"memory service {self.service!r}: could not read a split namespace's size: {e}"
+            ) from None
         return sum(a["next_ids"][name] for a, (_, name) in zip(answers, lay.parts))
 
     def flush(self) -> None:
@@ -290,8 +359,10 @@ class RayShardedStore:
         if not isinstance(exc, (rex.RayActorError, rex.ActorUnavailableError, rex.GetTimeoutError)):
             raise exc
         kind = "timed out" if isinstance(exc, rex.GetTimeoutError) else "is dead or restarting"
-        msg = (f"memory service {self.service!r}: shard {shard} ({shard_name(self.service, shard)}) {kind} "
-               f"during {what}; {rows} row(s) get an empty memory")
+        msg = (
+            f"memory service {self.service!r}: shard {shard} ({shard_name(self.service, shard)}) {kind} "
+            f"during {what}; {rows} row(s) get an empty memory"
+        )
         self.failures["failed_calls"] += 1
         self.failures["empty_rows"] += rows if what == "search" else 0
         if self.on_shard_failure == "error":
@@ -308,8 +379,10 @@ class RayShardedStore:
             before = lay.written.get(name)
             if before is not None and before != incarnation:
                 self.failures["lost_namespaces"] += 1
-                msg = (f"memory service {self.service!r}: shard {shard} was restarted; namespace {ns!r} lost what "
-                       f"was written before (rebuild it: see docs/memory.md)")
+                msg = (
+                    f"memory service {self.service!r}: shard {shard} was restarted; namespace {ns!r} lost what "
+                    f"was written before (rebuild it: see docs/memory.md)"
+                )
                 lay.next_id = None  # re-read from the parts
                 if self.on_shard_failure == "error":
                     lay.written[name] = incarnation
@@ -327,8 +400,9 @@ class RayShardedStore:
         for b, ns in enumerate(namespaces):
             lay = self._layouts.get(ns)
             if lay is not None and (lay.heads, lay.dim) != (H, D):
-                raise ValueError(f"search: queries have (heads, dim)=({H}, {D}), namespace {ns!r} holds "
-                                 f"({lay.heads}, {lay.dim})")
+                raise ValueError(
+                    f"search: queries have (heads, dim)=({H}, {D}), namespace {ns!r} holds ({lay.heads}, {lay.dim})"
+                )
             if lay is None:
                 lay = self._layout(ns, H, D)
                 del self._layouts[ns]  # not written by this client: don't keep a layout for it
@@ -365,9 +439,14 @@ class RayShardedStore:
                 continue
             if answer.get("evicted"):
                 self.failures["evicted_rows"] += len(answer["evicted"])
-                log.warning("memory service %r: shard %d evicted namespace(s) %s to stay within memory.shard_bytes=%d; "
-                            "they read as empty", self.service, shard, ", ".join(answer["evicted"][:5]),
-                            self.shard_bytes)
+                log.warning(
+                    "memory service %r: shard %d evicted namespace(s) %s to stay within memory.shard_bytes=%d; "
+                    "they read as empty",
+                    self.service,
+                    shard,
+                    ", ".join(answer["evicted"][:5]),
+                    self.shard_bytes,
+                )
             for (names, rows, parts), arrays in zip(groups, answer["results"]):
                 self._note_incarnation(shard, names, answer["incarnation"])
                 keys, values, mask, scores = arrays  # read-only NumPy views of Ray's object store
@@ -378,14 +457,19 @@ class RayShardedStore:
                         split.setdefault(b, []).append((p, (keys[i], values[i], mask[i], scores[i])))
         for b, answers in split.items():
             self._merge(out, b, [a for _, a in sorted(answers, key=lambda x: x[0])], k)
-        return SearchResult(keys=out.keys.to(device), values=out.values.to(device), mask=out.mask.to(device),
-                            scores=out.scores.to(device))
+        return SearchResult(
+            keys=out.keys.to(device),
+            values=out.values.to(device),
+            mask=out.mask.to(device),
+            scores=out.scores.to(device),
+        )
 
     @staticmethod
     def _merge(out: SearchResult, b: int, answers: list[Row], k: int) -> None:
         """Top k of the parts' top k by score (masked entries last)."""
-        keys, values, mask, scores = (torch.from_numpy(np.concatenate([a[j] for a in answers], 2))
-                                      for j in range(4))  # (H, Q, P*k, c, D) x2, (H, Q, P*k) x2
+        keys, values, mask, scores = (
+            torch.from_numpy(np.concatenate([a[j] for a in answers], 2)) for j in range(4)
+        )  # (H, Q, P*k, c, D) x2, (H, Q, P*k) x2
         ranked = scores.masked_fill(~mask, float("-inf"))
         top = torch.sort(ranked, dim=-1, descending=True, stable=True).indices[..., :k]  # (H, Q, k)
         idx = top[..., None, None].expand(*top.shape, *keys.shape[-2:])
@@ -423,14 +507,24 @@ class RayShardedStore:
         import ray
 
         per = ray.get([s.stats.remote(True) for s in self.shards], timeout=self.call_timeout_s)
-        found = {name: info for st in per for name, info in st["namespace_list"].items()
-                 if name == namespace or name.startswith((namespace + "@part", namespace + "/"))}
+        found = {
+            name: info
+            for st in per
+            for name, info in st["namespace_list"].items()
+            if name == namespace or name.startswith((namespace + "@part", namespace + "/"))
+        }
         if not found:
             known = sorted({n.split("@part", 1)[0] for st in per for n in st["namespace_list"]})
-            raise HybridError(f"memory service {self.service!r}: unknown namespace {namespace!r} "
-                              f"(known: {', '.join(known[:10]) or 'none'}{' ...' if len(known) > 10 else ''})")
-        return {"namespace": namespace, "parts": len(found), "vectors": sum(i["vectors"] for i in found.values()),
-                "bytes": sum(i["bytes"] for i in found.values())}
+            raise HybridError(
+                f"memory service {self.service!r}: unknown namespace {namespace!r} "
+                f"(known: {', '.join(known[:10]) or 'none'}{' ...' if len(known) > 10 else ''})"
+            )
+        return {
+            "namespace": namespace,
+            "parts": len(found),
+            "vectors": sum(i["vectors"] for i in found.values()),
+            "bytes": sum(i["bytes"] for i in found.values()),
+        }
 
     def stored_chunks(self, namespace: str) -> int:
         try:
@@ -442,10 +536,21 @@ class RayShardedStore:
         self.flush()
         shards = self.shard_stats()
         ok = [s for s in shards if "error" not in s]
-        return {"backend": "ray", "service": self.service, "index": self.kind, "num_shards": self.num_shards,
-                "namespaces": sum(s["namespaces"] for s in ok), "chunks": sum(s["vectors"] for s in ok),
-                "bytes": sum(s["bytes"] for s in ok), "capacity_chunks": self.capacity, "adds": self.adds,
-                "searches": self.searches, **self.failures, "dtypes": ["torch.float32"], "shards": shards}
+        return {
+            "backend": "ray",
+            "service": self.service,
+            "index": self.kind,
+            "num_shards": self.num_shards,
+            "namespaces": sum(s["namespaces"] for s in ok),
+            "chunks": sum(s["vectors"] for s in ok),
+            "bytes": sum(s["bytes"] for s in ok),
+            "capacity_chunks": self.capacity,
+            "adds": self.adds,
+            "searches": self.searches,
+            **self.failures,
+            "dtypes": ["torch.float32"],
+            "shards": shards,
+        }
 
     def wait_ready(self, timeout_s: float | None = None) -> list[str]:
         """Block until every shard answers (e.g. after a restart); returns their incarnations."""
@@ -461,8 +566,10 @@ class RayShardedStore:
                     break
                 except rex.ActorUnavailableError:  # restarting: ask again
                     if time.monotonic() > deadline:
-                        raise HybridError(f"memory service {self.service!r}: shard {i} did not come back within "
-                                          f"{timeout_s or self.call_timeout_s} s") from None
+                        raise HybridError(
+                            f"memory service {self.service!r}: shard {i} did not come back within "
+                            f"{timeout_s or self.call_timeout_s} s"
+                        ) from None
                     time.sleep(0.2)
         return out
 
@@ -484,8 +591,9 @@ class SharedMemoryView:
         if strict:
             store.namespace_info(namespace)
 
-    def add(self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor,
-            chunk_values: torch.Tensor) -> None:
+    def add(
+        self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor
+    ) -> None:
         return None
 
     def search_async(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> _SearchHandle:

@@ -51,8 +51,9 @@ class SearchHandle(Protocol):
 
 @runtime_checkable
 class MemoryStore(Protocol):
-    def add(self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor,
-            chunk_values: torch.Tensor) -> None: ...
+    def add(
+        self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor
+    ) -> None: ...
 
     def search(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult: ...
 
@@ -75,8 +76,9 @@ def split_layer_namespace(namespace: str) -> tuple[str, int | None]:
     return (row, int(layer)) if sep and layer.isdecimal() else (namespace, None)
 
 
-def check_add(namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor,
-              chunk_values: torch.Tensor) -> None:
+def check_add(
+    namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor
+) -> None:
     """Shape checks shared by the backends (a wrong shape here is a programming error: fail loudly)."""
     if keys.dim() != 4 or keys.shape[0] != len(namespaces):
         raise ValueError(f"add: keys must be (B={len(namespaces)}, H, C, D), got {tuple(keys.shape)}")
@@ -96,5 +98,9 @@ def check_search(namespaces: Sequence[str], queries: torch.Tensor, k: int) -> No
 
 def empty_result(B: int, H: int, Q: int, k: int, c: int, D: int, device: torch.device) -> SearchResult:
     z = torch.zeros(B, H, Q, k, c, D, device=device)
-    return SearchResult(keys=z, values=z.clone(), mask=torch.zeros(B, H, Q, k, dtype=torch.bool, device=device),
-                        scores=torch.zeros(B, H, Q, k, device=device))
+    return SearchResult(
+        keys=z,
+        values=z.clone(),
+        mask=torch.zeros(B, H, Q, k, dtype=torch.bool, device=device),
+        scores=torch.zeros(B, H, Q, k, device=device),
+    )

@@ -49,13 +49,16 @@ class TorchStore:
             chunk_keys=torch.zeros(R, H, cap, c, D, device=device),
             chunk_values=torch.zeros(R, H, cap, c, D, device=device),
             ids=torch.full((R, cap), -1, dtype=torch.long, device=device),
-            next_id=[0] * R, namespaces=list(namespaces))
+            next_id=[0] * R,
+            namespaces=list(namespaces),
+        )
         self._slabs.append(slab)
         for row, ns in enumerate(namespaces):
             self._where[ns] = (slab, row)
 
-    def add(self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor,
-            chunk_values: torch.Tensor) -> None:
+    def add(
+        self, namespaces: Sequence[str], keys: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor
+    ) -> None:
         check_add(namespaces, keys, chunk_keys, chunk_values)
         if len(set(namespaces)) != len(namespaces):
             raise ValueError("add: a namespace appears twice in one call")
@@ -66,15 +69,21 @@ class TorchStore:
             self._allocate(new, H, c, D, keys.device)
         keys, chunk_keys, chunk_values = (t.detach().float() for t in (keys, chunk_keys, chunk_values))
         if self.capacity < C:  # only the newest `capacity` chunks survive anyway
-            keys, chunk_keys, chunk_values = keys[:, :, -self.capacity:], chunk_keys[:, :, -self.capacity:], \
-                chunk_values[:, :, -self.capacity:]
+            keys, chunk_keys, chunk_values = (
+                keys[:, :, -self.capacity :],
+                chunk_keys[:, :, -self.capacity :],
+                chunk_values[:, :, -self.capacity :],
+            )
             skipped, C = C - self.capacity, self.capacity
         else:
             skipped = 0
         slab0, _ = self._where[namespaces[0]]
         rows = [self._where[ns] for ns in namespaces]
-        if all(s is slab0 for s, _ in rows) and [r for _, r in rows] == list(range(len(slab0.next_id))) \
-                and len(set(slab0.next_id)) == 1:
+        if (
+            all(s is slab0 for s, _ in rows)
+            and [r for _, r in rows] == list(range(len(slab0.next_id)))
+            and len(set(slab0.next_id)) == 1
+        ):
             self._check_shape(slab0, H, c, D, namespaces[0])
             start = slab0.next_id[0] + skipped  # all rows in lockstep: one vectorised write
             slots = (start + torch.arange(C, device=slab0.ids.device)) % self.capacity
@@ -134,8 +143,9 @@ class TorchStore:
             return out
         keys, chunk_keys, chunk_values, ids = self._gather(namespaces)
         if keys.shape[1] != H or keys.shape[3] != D:
-            raise ValueError(f"search: queries have (heads, dim)=({H}, {D}), memory holds "
-                             f"({keys.shape[1]}, {keys.shape[3]})")
+            raise ValueError(
+                f"search: queries have (heads, dim)=({H}, {D}), memory holds ({keys.shape[1]}, {keys.shape[3]})"
+            )
         device = keys.device
         q = queries.detach().float().to(device)
         cap, c = keys.shape[2], chunk_keys.shape[3]
@@ -144,7 +154,7 @@ class TorchStore:
         step = max(1, _MAX_SCORE_ELEMENTS // max(1, B * H * cap))
         top_scores, top_idx = [], []
         for q0 in range(0, Q, step):
-            scores = torch.matmul(q[:, :, q0:q0 + step], keys.transpose(-1, -2))  # (B, H, q, cap)
+            scores = torch.matmul(q[:, :, q0 : q0 + step], keys.transpose(-1, -2))  # (B, H, q, cap)
             scores = scores.masked_fill(~valid, float("-inf"))
             s, i = scores.topk(kk, dim=-1)  # (B, H, q, kk)
             top_scores.append(s)
@@ -162,8 +172,9 @@ class TorchStore:
             mask = torch.cat([mask, mask.new_zeros(B, H, Q, pad)], 3)
             s = torch.cat([s, s.new_zeros(B, H, Q, pad)], 3)
         out_device = queries.device
-        return SearchResult(keys=rk.to(out_device), values=rv.to(out_device), mask=mask.to(out_device),
-                            scores=s.to(out_device))
+        return SearchResult(
+            keys=rk.to(out_device), values=rv.to(out_device), mask=mask.to(out_device), scores=s.to(out_device)
+        )
 
     def search_async(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult:
         return self.search(namespaces, queries, k)
@@ -190,8 +201,17 @@ class TorchStore:
 
     def stats(self) -> dict[str, Any]:
         chunks = sum(self.stored_chunks(ns) for ns in self._where)
-        nbytes = sum(t.numel() * t.element_size() for s in self._slabs
-                     for t in (s.keys, s.chunk_keys, s.chunk_values, s.ids))
+        nbytes = sum(
+            t.numel() * t.element_size() for s in self._slabs for t in (s.keys, s.chunk_keys, s.chunk_values, s.ids)
+        )
         dtypes = sorted({str(s.keys.dtype) for s in self._slabs})
-        return {"backend": "torch", "namespaces": len(self._where), "chunks": chunks, "bytes": nbytes,
-                "capacity_chunks": self.capacity, "adds": self.adds, "searches": self.searches, "dtypes": dtypes}
+        return {
+            "backend": "torch",
+            "namespaces": len(self._where),
+            "chunks": chunks,
+            "bytes": nbytes,
+            "capacity_chunks": self.capacity,
+            "adds": self.adds,
+            "searches": self.searches,
+            "dtypes": dtypes,
+        }

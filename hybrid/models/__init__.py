@@ -28,8 +28,7 @@ from typing import Any
 from hybrid.config.memory import MemoryConfig
 from hybrid.config.model import MEMORY_FIELDS, ModelConfig
 from hybrid.memory import store_factory
-from hybrid.models.controls import (  # noqa: F401 (public: the benchmarks' controls)
-    memory_gates_closed, memory_read_gates, restore_memory_gates, set_memory_gates)
+from hybrid.models.controls import memory_gates_closed, memory_read_gates, restore_memory_gates, set_memory_gates  # noqa: F401 (public: the benchmarks' controls)
 from hybrid.models.hybrid_gpt2 import HybridGPT2ForCausalLM  # noqa: F401 (defines the family)
 from hybrid.models.hybrid_llama import HybridLlamaForCausalLM  # noqa: F401 (defines the family)
 from hybrid.models.modeling import HybridForCausalLM
@@ -47,8 +46,9 @@ def model_class(family: str) -> type[HybridForCausalLM]:
     return HybridForCausalLM.for_family(family)
 
 
-def build_model(model_cfg: ModelConfig, vocab_size: int | None = None,
-                memory_cfg: MemoryConfig | None = None) -> HybridForCausalLM:
+def build_model(
+    model_cfg: ModelConfig, vocab_size: int | None = None, memory_cfg: MemoryConfig | None = None
+) -> HybridForCausalLM:
     """The model `model_cfg` describes. With `pretrained`, sizes come from the checkpoint and the memory,
     segment and training fields from `model_cfg`; a `vocab_size` (the tokenizer's) larger than the checkpoint's
     grows its embeddings. Without, a random init with `vocab_size` replacing `model_cfg.vocab_size`."""
@@ -77,6 +77,8 @@ def trainable_parameters(model: Any) -> list[tuple[str, Any]]:
 
 def count_parameters(model: Any) -> dict[str, int]:
     params = list(model.named_parameters())
-    return {"total": sum(p.numel() for _, p in params),
-            "trainable": sum(p.numel() for _, p in params if p.requires_grad),
-            "memory": sum(p.numel() for n, p in params if is_memory_param(n))}
+    return {
+        "total": sum(p.numel() for _, p in params),
+        "trainable": sum(p.numel() for _, p in params if p.requires_grad),
+        "memory": sum(p.numel() for n, p in params if is_memory_param(n)),
+    }

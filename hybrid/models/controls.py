@@ -15,8 +15,8 @@ last segment, is `model(input_ids, memory_row_order=...)`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

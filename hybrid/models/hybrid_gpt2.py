@@ -1,7 +1,7 @@
 """The GPT-2 family: LayerNorm, learned positions, GELU MLP — plus both memories.
 
-    from hybrid.models.hybrid_gpt2 import HybridGPT2Config, HybridGPT2ForCausalLM
-    model = HybridGPT2ForCausalLM.from_pretrained("path/to/hf-gpt2", use_internal_memory=True)
+from hybrid.models.hybrid_gpt2 import HybridGPT2Config, HybridGPT2ForCausalLM
+model = HybridGPT2ForCausalLM.from_pretrained("path/to/hf-gpt2", use_internal_memory=True)
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The Llama family: RMSNorm, RoPE, SwiGLU, grouped-query attention — plus both memories.
 
-    from hybrid.models.hybrid_llama import HybridLlamaConfig, HybridLlamaForCausalLM
-    model = HybridLlamaForCausalLM(HybridLlamaConfig(hidden_size=64, num_hidden_layers=2, ...))
-    model = HybridLlamaForCausalLM.from_pretrained("path/to/hf-llama", use_external_memory=True, retrieval_k=4)
+from hybrid.models.hybrid_llama import HybridLlamaConfig, HybridLlamaForCausalLM
+model = HybridLlamaForCausalLM(HybridLlamaConfig(hidden_size=64, num_hidden_layers=2, ...))
+model = HybridLlamaForCausalLM.from_pretrained("path/to/hf-llama", use_external_memory=True, retrieval_k=4)
 """
 
 from __future__ import annotations

@@ -38,8 +38,18 @@ class InternalMemory(nn.Module):
         self.write_q, self.write_k, self.write_v = (nn.Linear(d, d, bias=False) for _ in range(3))
         self.input_gate = nn.Linear(2 * d, d)
         self.forget_gate = nn.Linear(2 * d, d)
-        for lin in (self.read_q, self.read_k, self.read_v, self.read_o, self.out_gate, self.write_q, self.write_k,
-                    self.write_v, self.input_gate, self.forget_gate):
+        for lin in (
+            self.read_q,
+            self.read_k,
+            self.read_v,
+            self.read_o,
+            self.out_gate,
+            self.write_q,
+            self.write_k,
+            self.write_v,
+            self.input_gate,
+            self.forget_gate,
+        ):
             nn.init.normal_(lin.weight, std=std)
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)

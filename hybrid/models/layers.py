@@ -7,8 +7,8 @@ identity key map; GPT-2 keys are mapped by the table in `hybrid/models/pretraine
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -146,8 +146,13 @@ class JointAttention(nn.Module):
             self.retrieval_k = config.retrieval_k
             self.chunk_size = config.chunk_size
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                attn_mask: torch.Tensor | None = None, external: ExternalContext | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        attn_mask: torch.Tensor | None = None,
+        external: ExternalContext | None = None,
+    ) -> torch.Tensor:
         # B batch, T tokens of the segment, H heads, Hkv kv heads, G = H/Hkv, D head dim, K retrieved tokens
         B, T, _ = x.shape
         H, Hkv, D = self.H, self.Hkv, self.D
@@ -167,8 +172,9 @@ class JointAttention(nn.Module):
         if attn_mask is None:
             local = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop, enable_gqa=Hkv != H)
         else:
-            local = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop,
-                                                   enable_gqa=Hkv != H)  # (B, H, T, D)
+            local = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=drop, enable_gqa=Hkv != H
+            )  # (B, H, T, D)
         if external is not None:
             if handle is not None:
                 local = self._fuse(local, q_raw, handle.result())

@@ -12,9 +12,10 @@ call and every batch row unless the caller passes its own store and namespaces.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,11 +55,21 @@ class DecoderBlock(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, h: torch.Tensor, rope, attn_mask: torch.Tensor | None, memory: torch.Tensor | None,
-                external: ExternalContext | None, write_memory: bool, key_mask: torch.Tensor | None):
+    def forward(
+        self,
+        h: torch.Tensor,
+        rope,
+        attn_mask: torch.Tensor | None,
+        memory: torch.Tensor | None,
+        external: ExternalContext | None,
+        write_memory: bool,
+        key_mask: torch.Tensor | None,
+    ):
         h = h + self.dropout(self.self_attn(self.input_layernorm(h), rope, attn_mask, external))
         if self.internal_memory is not None:
-            if memory is None:  # a sequence's first segment; made here, where the block's (maybe sharded) weights are whole
+            if (
+                memory is None
+            ):  # a sequence's first segment; made here, where the block's (maybe sharded) weights are whole
                 memory = self.internal_memory.initial_state(h.shape[0])
             x = self.memory_layernorm(h)
             h = h + self.dropout(self.internal_memory.read(x, memory))
@@ -91,7 +102,7 @@ class HybridForCausalLM(nn.Module):
 
     family: str | None = None
     config_class: type[ModelConfig] = ModelConfig
-    _by_family: dict[str, type["HybridForCausalLM"]] = {}  # filled as the family classes are defined
+    _by_family: dict[str, type[HybridForCausalLM]] = {}  # filled as the family classes are defined
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -99,13 +110,14 @@ class HybridForCausalLM(nn.Module):
             HybridForCausalLM._by_family[cls.family] = cls
 
     @classmethod
-    def for_family(cls, family: str) -> type["HybridForCausalLM"]:
+    def for_family(cls, family: str) -> type[HybridForCausalLM]:
         """The class of a family ('llama', 'gpt2'); `hybrid.models` defines both when it is imported."""
         try:
             return HybridForCausalLM._by_family[family]
         except KeyError:
-            raise ConfigError(f"model.family: unknown family {family!r} "
-                              f"({' or '.join(sorted(HybridForCausalLM._by_family))})") from None
+            raise ConfigError(
+                f"model.family: unknown family {family!r} ({' or '.join(sorted(HybridForCausalLM._by_family))})"
+            ) from None
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -165,8 +177,10 @@ class HybridForCausalLM(nn.Module):
     def freeze_base(self) -> None:
         """Train only the memory parameters (LongMem's recipe)."""
         if not self.memory_parameters():
-            raise ConfigError("model.freeze_base: the model has no memory parameters to train "
-                              "(enable use_internal_memory or use_external_memory)")
+            raise ConfigError(
+                "model.freeze_base: the model has no memory parameters to train "
+                "(enable use_internal_memory or use_external_memory)"
+            )
         for name, p in self.named_parameters():
             p.requires_grad_(is_memory_param(name))
 
@@ -174,10 +188,15 @@ class HybridForCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # -- forward --------------------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, memory_store: MemoryStore | None = None,
-                namespaces: Sequence[str] | None = None,
-                memory_row_order: torch.Tensor | Sequence[int] | None = None) -> CausalLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        memory_store: MemoryStore | None = None,
+        namespaces: Sequence[str] | None = None,
+        memory_row_order: torch.Tensor | Sequence[int] | None = None,
+    ) -> CausalLMOutput:
         """input_ids (B, T) of any length; labels (B, T) HuggingFace-style (shifted here, -100 ignored);
         attention_mask (B, T) 1 = token, 0 = padding (right padding needs no mask: it is causally invisible).
 
@@ -209,15 +228,16 @@ class HybridForCausalLM(nn.Module):
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels {tuple(labels.shape)} != input_ids {tuple(input_ids.shape)}")
         loss_sum, n = causal_lm_loss_sum(logits, labels)
-        return CausalLMOutput(logits=logits, loss=loss_sum / max(n, 1), loss_sum=loss_sum, num_tokens=n,
-                              internal_memory=memory)
+        return CausalLMOutput(
+            logits=logits, loss=loss_sum / max(n, 1), loss_sum=loss_sum, num_tokens=n, internal_memory=memory
+        )
 
     def _embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
         T = ids.shape[1]
         h = self.model.embed_tokens(ids)  # (B, T, d)
         rope = None
         if self.model.embed_positions is not None:
-            if T > self.config.max_position_embeddings:
+            if self.config.max_position_embeddings < T:
                 raise ValueError(f"segment of {T} tokens exceeds max_position_embeddings")
             h = h + self.model.embed_positions(torch.arange(T, device=ids.device))
         else:
@@ -228,7 +248,7 @@ class HybridForCausalLM(nn.Module):
         """(B or 1, 1, T, T) bool mask: causal, within the sliding window (Mistral) when the segment is longer than
         it, without padded keys (the diagonal stays on so no row is empty). None: plain causal."""
         window = self.config.sliding_window
-        banded = window is not None and T > window
+        banded = window is not None and window < T
         if not banded and (key_mask is None or bool(key_mask.all())):
             return None
         i = torch.arange(T, device=device)
@@ -241,8 +261,12 @@ class HybridForCausalLM(nn.Module):
         return allowed | torch.eye(T, dtype=torch.bool, device=device)
 
     def _run_block(self, layer: DecoderBlock, *args):
-        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled() \
-                and not layer.self_attn.retrieval:  # a retrieval layer talks to the store: never re-run it
+        if (
+            self.config.gradient_checkpointing
+            and self.training
+            and torch.is_grad_enabled()
+            and not layer.self_attn.retrieval
+        ):  # a retrieval layer talks to the store: never re-run it
             from torch.utils.checkpoint import checkpoint
 
             return checkpoint(layer, *args, use_reentrant=False)
@@ -259,8 +283,8 @@ class HybridForCausalLM(nn.Module):
             km = None if key_mask is None else key_mask[:, : n * S].reshape(B * n, S)
             pieces.append(self._run_segment(ids, km, None, None, False)[0].view(B, n * S, -1))
         if rest:
-            km = None if key_mask is None else key_mask[:, n * S:]
-            pieces.append(self._run_segment(input_ids[:, n * S:], km, None, None, False)[0])
+            km = None if key_mask is None else key_mask[:, n * S :]
+            pieces.append(self._run_segment(input_ids[:, n * S :], km, None, None, False)[0])
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
 
     def _run_segment(self, ids, key_mask, memory, externals, write):
@@ -303,10 +327,12 @@ class HybridForCausalLM(nn.Module):
                         index = torch.tensor(row_order, device=input_ids.device)
                         memory = [None if m is None else m.index_select(0, index.to(m.device)) for m in memory]
                     read_ns = {i: [ns[j] for j in row_order] for i, ns in layer_ns.items()}
-                ids = input_ids[:, s * S:(s + 1) * S]
-                km = None if key_mask is None else key_mask[:, s * S:(s + 1) * S]
-                externals = {i: ExternalContext(store, read_ns[i], write=persistent or not last,
-                                                read=persistent or s > 0) for i in layers}
+                ids = input_ids[:, s * S : (s + 1) * S]
+                km = None if key_mask is None else key_mask[:, s * S : (s + 1) * S]
+                externals = {
+                    i: ExternalContext(store, read_ns[i], write=persistent or not last, read=persistent or s > 0)
+                    for i in layers
+                }
                 out, memory = self._run_segment(ids, km, memory, externals, write=not last)
                 logits.append(out)
         finally:
@@ -343,12 +369,12 @@ class HybridForCausalLM(nn.Module):
             for _ in range(max_new_tokens):
                 current = (ids.shape[1] - 1) // S  # the segment of the last position
                 while cfg.has_memory and written < current:  # finished segments: run once, keep their writes
-                    seg = ids[:, written * S:(written + 1) * S]
+                    seg = ids[:, written * S : (written + 1) * S]
                     ext = {i: ExternalContext(store, layer_ns[i], write=True, read=written > 0) for i in layers}
                     _, memory = self._run_segment(seg, None, memory, ext, write=True)
                     written += 1
                 ext = {i: ExternalContext(store, layer_ns[i], write=False, read=current > 0) for i in layers}
-                logits, _ = self._run_segment(ids[:, current * S:], None, memory, ext if layers else None, False)
+                logits, _ = self._run_segment(ids[:, current * S :], None, memory, ext if layers else None, False)
                 nxt = logits[:, -1].argmax(-1)  # (B,)
                 if eos_token_id is not None:
                     nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
@@ -367,7 +393,7 @@ class HybridForCausalLM(nn.Module):
         save_checkpoint(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> "HybridForCausalLM":
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> HybridForCausalLM:
         """Load our checkpoint or a HuggingFace Llama / GPT-2 folder; `overrides` set config fields
         (memory settings, segment_length, …)."""
         return load_checkpoint(cls, directory, **overrides)
@@ -397,8 +423,9 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     validation and `hybrid eval` all use it. Labels are shifted (padded with -100) rather than the logits sliced,
     which saves a (B, T, V) copy."""
     shifted = scored_labels(labels).to(logits.device)  # (B, T)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=-100,
-                           reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     return loss, int((shifted != -100).sum())
 
 

@@ -26,8 +26,9 @@ FORMAT_VERSION = 1
 MEMORY_WEIGHTS = "memory.safetensors"
 MEMORY_CONFIG = "memory_config.json"
 MEMORY_FORMAT_KEY = "hybrid_memory_format"
-EXPORTED_MEMORY_FIELDS = tuple(f for f in MEMORY_FIELDS
-                               if f not in ("freeze_base", "dropout", "gradient_checkpointing", "use_gpu_to_search"))
+EXPORTED_MEMORY_FIELDS = tuple(
+    f for f in MEMORY_FIELDS if f not in ("freeze_base", "dropout", "gradient_checkpointing", "use_gpu_to_search")
+)
 
 # (HF key regex, our key, transform). Transforms: "T" = transpose (GPT-2 Conv1D stores (in, out)),
 # "qkv" = GPT-2's fused c_attn, split into q/k/v and transposed. Llama names are ours already.
@@ -54,6 +55,7 @@ GPT2_KEY_MAP: list[tuple[str, str, str | None]] = [
     (r"^lm_head\.weight$", "lm_head.weight", None),
 ]
 GPT2_IGNORED = (r"\.attn\.bias$", r"\.attn\.masked_bias$")
+
 
 def map_hf_state_dict(family: str, state: dict[str, torch.Tensor], n_heads: int | None = None) -> dict:
     """HF parameter names and layouts -> ours. Unknown keys are an error (nothing is guessed)."""
@@ -106,9 +108,14 @@ def hf_config_to_ours(hf: dict[str, Any], path: Path) -> dict[str, Any]:
     hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf.get("head_dim")
     cfg = dict(
-        family="llama", hf_model_type=kind, vocab_size=hf["vocab_size"], hidden_size=hidden,
-        intermediate_size=hf["intermediate_size"], num_hidden_layers=hf["num_hidden_layers"],
-        num_attention_heads=heads, num_key_value_heads=hf.get("num_key_value_heads") or heads,
+        family="llama",
+        hf_model_type=kind,
+        vocab_size=hf["vocab_size"],
+        hidden_size=hidden,
+        intermediate_size=hf["intermediate_size"],
+        num_hidden_layers=hf["num_hidden_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=hf.get("num_key_value_heads") or heads,
         head_dim=head_dim if head_dim and head_dim != hidden // heads else None,
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
@@ -136,9 +143,14 @@ def _gpt2_config(hf: dict[str, Any], path: Path) -> dict[str, Any]:
         raise HybridError(f"{path}: scale_attn_weights=false is not supported")
     hidden = hf["n_embd"]
     cfg = dict(
-        family="gpt2", hf_model_type="gpt2", vocab_size=hf["vocab_size"], hidden_size=hidden,
-        intermediate_size=hf.get("n_inner") or 4 * hidden, num_hidden_layers=hf["n_layer"],
-        num_attention_heads=hf["n_head"], num_key_value_heads=None,
+        family="gpt2",
+        hf_model_type="gpt2",
+        vocab_size=hf["vocab_size"],
+        hidden_size=hidden,
+        intermediate_size=hf.get("n_inner") or 4 * hidden,
+        num_hidden_layers=hf["n_layer"],
+        num_attention_heads=hf["n_head"],
+        num_key_value_heads=None,
         max_position_embeddings=hf.get("n_positions", 1024),
         rms_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
@@ -234,21 +246,31 @@ def _load_state(model, state: dict[str, torch.Tensor], directory: Path) -> None:
     tied = model.config.tie_word_embeddings
     unexpected = [k for k in state if k not in own]
     if unexpected:
-        raise HybridError(f"{directory}: unexpected parameter {unexpected[0]!r}"
-                          + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
-                          + " — does the config match the weights?")
+        raise HybridError(
+            f"{directory}: unexpected parameter {unexpected[0]!r}"
+            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+            + " — does the config match the weights?"
+        )
     # A memory module absent from the checkpoint altogether (a base model, or ours saved with that memory off)
     # keeps its no-op initialisation; one present only in part is an error.
     saved_modules = {memory_module(k) for k in state} - {None}
-    missing = [k for k in own if k not in state and not (tied and k == "lm_head.weight")
-               and not (is_memory_param(k) and memory_module(k) not in saved_modules)]
+    missing = [
+        k
+        for k in own
+        if k not in state
+        and not (tied and k == "lm_head.weight")
+        and not (is_memory_param(k) and memory_module(k) not in saved_modules)
+    ]
     if missing:
-        raise HybridError(f"{directory}: missing parameter {missing[0]!r}"
-                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise HybridError(
+            f"{directory}: missing parameter {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     for k, t in state.items():
         if tuple(t.shape) != tuple(own[k].shape):
-            raise HybridError(f"{directory}: parameter {k!r} has shape {tuple(t.shape)}, the config expects "
-                              f"{tuple(own[k].shape)}")
+            raise HybridError(
+                f"{directory}: parameter {k!r} has shape {tuple(t.shape)}, the config expects {tuple(own[k].shape)}"
+            )
     with torch.no_grad():
         params = dict(model.named_parameters(remove_duplicate=False))
         buffers = dict(model.named_buffers())
@@ -270,8 +292,11 @@ def save_weights(state: dict[str, torch.Tensor], config: ModelConfig, class_name
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in state.items()
-             if not (config.tie_word_embeddings and k == "lm_head.weight")}
+    state = {
+        k: v.detach().contiguous().cpu()
+        for k, v in state.items()
+        if not (config.tie_word_embeddings and k == "lm_head.weight")
+    }
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", FORMAT_KEY: str(FORMAT_VERSION)})
     cfg = config.model_dump(mode="json")
@@ -281,26 +306,45 @@ def save_weights(state: dict[str, torch.Tensor], config: ModelConfig, class_name
 
 # -- back to HuggingFace (`hybrid export-hf`) ---------------------------------------------------------------------
 
+
 def hf_config_of(config: ModelConfig, eos_token_id: int | None = None) -> dict[str, Any]:
     """The HuggingFace config.json of a model's base (memory left out): the architecture it came from, or the
     family's when it was trained from scratch."""
     kind = config.hf_model_type or config.family
     if config.family == "gpt2":
-        hf = dict(vocab_size=config.vocab_size, n_embd=config.hidden_size, n_layer=config.num_hidden_layers,
-                  n_head=config.num_attention_heads, n_inner=config.intermediate_size,
-                  n_positions=config.max_position_embeddings, layer_norm_epsilon=config.rms_norm_eps,
-                  activation_function=config.activation, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        hf = dict(
+            vocab_size=config.vocab_size,
+            n_embd=config.hidden_size,
+            n_layer=config.num_hidden_layers,
+            n_head=config.num_attention_heads,
+            n_inner=config.intermediate_size,
+            n_positions=config.max_position_embeddings,
+            layer_norm_epsilon=config.rms_norm_eps,
+            activation_function=config.activation,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
     else:
         if config.qkv_bias and kind != "qwen2" or config.sliding_window and kind != "mistral":
             raise HybridError(f"a {kind} model with qkv_bias / sliding_window has no HuggingFace equivalent")
         if config.attention_bias and kind != "llama":
             raise HybridError(f"a {kind} model with attention_bias has no HuggingFace equivalent")
-        hf = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-                  intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
-                  num_attention_heads=config.num_attention_heads, num_key_value_heads=config.kv_heads,
-                  head_dim=config.head_size, max_position_embeddings=config.max_position_embeddings,
-                  rms_norm_eps=config.rms_norm_eps, hidden_act=config.activation, attention_dropout=0.0,
-                  rope_theta=config.rope_theta, rope_scaling=None)
+        hf = dict(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            num_key_value_heads=config.kv_heads,
+            head_dim=config.head_size,
+            max_position_embeddings=config.max_position_embeddings,
+            rms_norm_eps=config.rms_norm_eps,
+            hidden_act=config.activation,
+            attention_dropout=0.0,
+            rope_theta=config.rope_theta,
+            rope_scaling=None,
+        )
         if config.rope_scaling is not None:  # v4's name; transformers 5 reads it too (tested)
             hf["rope_scaling"] = config.rope_scaling.model_dump()
         if kind == "llama":
@@ -309,8 +353,12 @@ def hf_config_of(config: ModelConfig, eos_token_id: int | None = None) -> dict[s
             hf.update(sliding_window=config.sliding_window)
         else:
             hf.update(use_sliding_window=False, sliding_window=None)
-    hf.update(model_type=kind, architectures=[HF_ARCHITECTURES[kind]], tie_word_embeddings=config.tie_word_embeddings,
-              torch_dtype="float32")
+    hf.update(
+        model_type=kind,
+        architectures=[HF_ARCHITECTURES[kind]],
+        tie_word_embeddings=config.tie_word_embeddings,
+        torch_dtype="float32",
+    )
     if eos_token_id is not None:
         hf.update(eos_token_id=eos_token_id, pad_token_id=eos_token_id)
     return hf
@@ -320,8 +368,11 @@ def hf_state_dict(model) -> dict[str, torch.Tensor]:
     """The base's parameters under HuggingFace names and layouts (the inverse of `map_hf_state_dict`); the memory's
     are left out, and a tied head is saved once, as the embedding (as transformers saves it)."""
     config = model.config
-    base = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not is_memory_param(k)
-            and not (config.tie_word_embeddings and k == "lm_head.weight")}
+    base = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not is_memory_param(k) and not (config.tie_word_embeddings and k == "lm_head.weight")
+    }
     if config.family == "gpt2":
         return _gpt2_to_hf(base)
     return base  # Llama, Mistral, Qwen2: our names are theirs
@@ -352,8 +403,9 @@ def _gpt2_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if m:
             if m.group(2) == "q":  # q, k, v (3 x (d, d)) -> c_attn (d, 3d), Conv1D's (in, out) layout
                 fused = torch.cat([state[key.replace(".q_proj.", f".{p}_proj.")] for p in "qkv"], 0)
-                out[f"transformer.h.{m.group(1)}.attn.c_attn.{m.group(3)}"] = \
+                out[f"transformer.h.{m.group(1)}.attn.c_attn.{m.group(3)}"] = (
                     fused.t().contiguous() if fused.dim() == 2 else fused
+                )
             continue
         for pattern, target, transform in GPT2_EXPORT_MAP:
             m = re.match(pattern, key)

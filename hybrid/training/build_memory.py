@@ -59,8 +59,14 @@ def texts_from_demonstrations(path: str) -> list[str]:
     return [f"{r['input']}\n{r['output']}" for r in read_io_pairs(path).records]
 
 
-def build_memory(checkpoint: str | Path, namespace: str, texts: list[str], memory_cfg: MemoryConfig,
-                 capacity_tokens: int | None = None, batch_segments: int = 4) -> dict[str, Any]:
+def build_memory(
+    checkpoint: str | Path,
+    namespace: str,
+    texts: list[str],
+    memory_cfg: MemoryConfig,
+    capacity_tokens: int | None = None,
+    batch_segments: int = 4,
+) -> dict[str, Any]:
     """Fill `namespace` (replaced if it exists) with the checkpoint's retrieval-layer chunks of `texts`."""
     if not texts:
         raise HybridError("memory build: the corpus has no text")
@@ -71,8 +77,7 @@ def build_memory(checkpoint: str | Path, namespace: str, texts: list[str], memor
         raise HybridError(f"{ck.path}: the model has no external-memory retrieval layers to build a memory for")
     if capacity_tokens is not None:
         if capacity_tokens < mcfg.chunk_size:
-            raise HybridError(f"--capacity-tokens: {capacity_tokens} is smaller than the chunk size "
-                              f"{mcfg.chunk_size}")
+            raise HybridError(f"--capacity-tokens: {capacity_tokens} is smaller than the chunk size {mcfg.chunk_size}")
         mcfg.external_memory_size = capacity_tokens
     connect_cluster()  # the shards must live in the cluster, not in a Ray that ends with this command
     t0 = time.time()
@@ -81,6 +86,15 @@ def build_memory(checkpoint: str | Path, namespace: str, texts: list[str], memor
     counts = write_corpus(model, tok, store, namespace, texts, batch_segments)
     n, stream_tokens = counts["tokens_written"], counts["tokens"]
     info = store.namespace_info(namespace) if n else {"vectors": 0, "bytes": 0, "parts": 0}
-    return {"namespace": namespace, "service": memory_cfg.service, "texts": len(texts), "tokens": stream_tokens,
-            "tokens_written": n, "retrieval_layers": mcfg.retrieval_layer_ids, "chunks_capacity": mcfg.chunks_capacity,
-            "vectors": info["vectors"], "bytes": info["bytes"], "seconds": round(time.time() - t0, 2)}
+    return {
+        "namespace": namespace,
+        "service": memory_cfg.service,
+        "texts": len(texts),
+        "tokens": stream_tokens,
+        "tokens_written": n,
+        "retrieval_layers": mcfg.retrieval_layer_ids,
+        "chunks_capacity": mcfg.chunks_capacity,
+        "vectors": info["vectors"],
+        "bytes": info["bytes"],
+        "seconds": round(time.time() - t0, 2),
+    }

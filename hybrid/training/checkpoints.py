@@ -3,7 +3,8 @@
     <output_dir>/checkpoint_step_000050/
         config.json, *.safetensors   the model (`save_pretrained`; loads with `from_pretrained`)
         optimizer.pt, scheduler.pt   state dicts of tensors and numbers (torch.load(weights_only=True));
-        optimizer/                   instead of optimizer.pt under FSDP: each rank's shard (torch.distributed.checkpoint)
+        optimizer/                   instead of optimizer.pt under FSDP: each rank's shard
+                                     (torch.distributed.checkpoint)
         trainer_state.json           step, epoch position, best validation loss, metrics
         config.yaml                  the resolved run configuration
         tokenizer.json, tokenizer_config.json
@@ -49,15 +50,17 @@ def checkpoint_name(step: int) -> str:
 
 
 def _is_checkpoint_name(name: str) -> bool:
-    return name.startswith(PREFIX) and name[len(PREFIX):].isdigit()
+    return name.startswith(PREFIX) and name[len(PREFIX) :].isdigit()
 
 
 def checkpoint_names(output: str | Path) -> list[str]:
     """Names of the complete checkpoints in a training output folder or URI (those whose trainer_state.json is
     there), oldest first."""
     where = storage.at(output)
-    names = sorted((n for n, is_dir in where.list_dir(output) if is_dir and _is_checkpoint_name(n)),
-                   key=lambda n: int(n[len(PREFIX):]))
+    names = sorted(
+        (n for n, is_dir in where.list_dir(output) if is_dir and _is_checkpoint_name(n)),
+        key=lambda n: int(n[len(PREFIX) :]),
+    )
     return [n for n in names if where.exists(where.join(output, n, TRAINER_STATE))]
 
 
@@ -98,8 +101,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     where = storage.at(path)
     if not where.exists(path):
         raise HybridError(f"{where.shown(path)}: no such checkpoint folder")
-    if where.is_dir(path) and not where.exists(where.join(path, TRAINER_STATE)) \
-            and not where.exists(where.join(path, "config.json")):
+    if (
+        where.is_dir(path)
+        and not where.exists(where.join(path, TRAINER_STATE))
+        and not where.exists(where.join(path, "config.json"))
+    ):
         best, names = best_name(path), checkpoint_names(path)
         if best:
             path = where.absolute(where.join(path, best))
@@ -177,9 +183,17 @@ def temp_checkpoint_dir(output_dir: str | Path, step: int, run_id: str) -> Path:
     return Path(output_dir) / f".tmp-{run_id}-{checkpoint_name(step)}"
 
 
-def write_checkpoint(tmp: Path, model_state: dict[str, Any], model_config, class_name: str,
-                     optimizer_state: dict[str, Any] | None, scheduler_state: dict[str, Any],
-                     trainer_state: TrainerState, config_yaml: str, tokenizer_json: str) -> None:
+def write_checkpoint(
+    tmp: Path,
+    model_state: dict[str, Any],
+    model_config,
+    class_name: str,
+    optimizer_state: dict[str, Any] | None,
+    scheduler_state: dict[str, Any],
+    trainer_state: TrainerState,
+    config_yaml: str,
+    tokenizer_json: str,
+) -> None:
     """Everything but sharded optimizer state into `tmp` (created here): the model folder (`from_pretrained` loads
     it), optimizer.pt (unless the optimizer is sharded: each rank then writes optimizer/ with DCP), scheduler.pt,
     trainer_state.json, config.yaml, the tokenizer."""
@@ -238,15 +252,16 @@ def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     for file in _safetensors_files(Path(path)):
         try:
             with safe_open(str(file), framework="pt") as f:
-                for k in f.keys():
+                for k in f.keys():  # noqa: SIM118 (a safetensors file handle: keys() is its API, no __contains__/__iter__)
                     shapes[k] = tuple(f.get_slice(k).get_shape())
         except Exception as e:
             raise HybridError(f"{file}: corrupt checkpoint file ({str(e).splitlines()[0][:200]})") from None
     return shapes
 
 
-def plan_init(own_shapes: dict[str, tuple[int, ...]], saved_shapes: dict[str, tuple[int, ...]], path: Path,
-              tied: bool) -> tuple[list[str], list[str], list[str]]:
+def plan_init(
+    own_shapes: dict[str, tuple[int, ...]], saved_shapes: dict[str, tuple[int, ...]], path: Path, tied: bool
+) -> tuple[list[str], list[str], list[str]]:
     """(loaded, fresh, unused) parameter names for initialising a model with `own_shapes` from `path`.
 
     fresh: in the model, not in the checkpoint (they keep their initialisation, e.g. memory parameters when the
@@ -260,8 +275,10 @@ def plan_init(own_shapes: dict[str, tuple[int, ...]], saved_shapes: dict[str, tu
         if k not in saved_shapes:
             fresh.append(k)
         elif tuple(saved_shapes[k]) != tuple(shape):
-            raise HybridError(f"train.init_from: parameter {k!r} has shape {tuple(saved_shapes[k])} in {path}, "
-                              f"but this run's model expects {tuple(shape)}")
+            raise HybridError(
+                f"train.init_from: parameter {k!r} has shape {tuple(saved_shapes[k])} in {path}, "
+                f"but this run's model expects {tuple(shape)}"
+            )
         else:
             loaded.append(k)
     unused = [k for k in saved_shapes if k not in own_shapes and k not in skip]
@@ -281,9 +298,12 @@ def init_weights_from(model, path: str | Path) -> tuple[list[str], list[str], li
         raise
     except Exception as e:
         raise HybridError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    loaded, fresh, unused = plan_init({k: tuple(v.shape) for k, v in own.items()},
-                                      {k: tuple(v.shape) for k, v in state.items()}, path,
-                                      bool(model.config.tie_word_embeddings))
+    loaded, fresh, unused = plan_init(
+        {k: tuple(v.shape) for k, v in own.items()},
+        {k: tuple(v.shape) for k, v in state.items()},
+        path,
+        bool(model.config.tie_word_embeddings),
+    )
     with torch.no_grad():
         for k in loaded:
             own[k].copy_(state[k].to(own[k].dtype))
@@ -304,8 +324,11 @@ def fetch_checkpoint(location: str | Path, dest: Path | None = None) -> Path:
     """A local, validated copy of the checkpoint at `location`: the folder itself when it is local, else a download
     into `dest` (by default a cache folder; downloaded once, a partial download redone)."""
     where = storage.at(location)
-    dest = Path(dest) if dest else storage.cache_root() / "checkpoints" / hashlib.blake2b(
-        str(location).encode(), digest_size=8).hexdigest()
+    dest = (
+        Path(dest)
+        if dest
+        else storage.cache_root() / "checkpoints" / hashlib.blake2b(str(location).encode(), digest_size=8).hexdigest()
+    )
     if dest.is_dir():
         try:
             validate_checkpoint(dest)
@@ -333,8 +356,12 @@ def publish_checkpoint(local: Path, output: str | Path) -> Path | str:
     return where.native(dest)
 
 
-def publish_files(local_dir: Path, output: str | Path, names: tuple[str, ...] = ("metrics.jsonl",),
-                  folders: tuple[str, ...] = ("tensorboard",)) -> None:
+def publish_files(
+    local_dir: Path,
+    output: str | Path,
+    names: tuple[str, ...] = ("metrics.jsonl",),
+    folders: tuple[str, ...] = ("tensorboard",),
+) -> None:
     """The run's own files (each one whole write) and folders next to the checkpoints in `output`."""
     where = storage.at(output)
     for name in names:

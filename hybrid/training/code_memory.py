@@ -14,8 +14,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -57,8 +58,9 @@ def model_values(model: dict[str, Any], variant: str, max_length: int) -> dict[s
     return values
 
 
-def encode_examples(tokenizer: TextTokenizer, records: Sequence[dict[str, Any]], max_length: int,
-                    segment_length: int) -> tuple[list[tuple[list[int], int]], list[list[int]]]:
+def encode_examples(
+    tokenizer: TextTokenizer, records: Sequence[dict[str, Any]], max_length: int, segment_length: int
+) -> tuple[list[tuple[list[int], int]], list[list[int]]]:
     """(rows = (ids, prompt length), far token positions per row) for `records` at `max_length` tokens; far is judged
     against windows of `segment_length` tokens."""
     enc = encode_pairs(tokenizer, records, max_length)
@@ -66,8 +68,9 @@ def encode_examples(tokenizer: TextTokenizer, records: Sequence[dict[str, Any]],
     return rows, [far_tokens(tokenizer, ids, p, segment_length).far for ids, p in rows]
 
 
-def local_rows(rows: Sequence[tuple[list[int], int]], far: Sequence[list[int]],
-               window: int) -> tuple[list[tuple[list[int], int]], list[list[int]]]:
+def local_rows(
+    rows: Sequence[tuple[list[int], int]], far: Sequence[list[int]], window: int
+) -> tuple[list[tuple[list[int], int]], list[list[int]]]:
     """The rows cut to their last `window` prompt tokens (the output kept whole), far positions moved along: the
     repository-memory task, where the input is only the local context."""
     out_rows, out_far = [], []
@@ -78,8 +81,15 @@ def local_rows(rows: Sequence[tuple[list[int], int]], far: Sequence[list[int]],
     return out_rows, out_far
 
 
-def score_rows(model, rows: Sequence[tuple[list[int], int]], far: Sequence[list[int]], pad_id: int,
-               batch_size: int = 8, memory_store: Any = None, namespace: str | None = None) -> list[ExampleScore]:
+def score_rows(
+    model,
+    rows: Sequence[tuple[list[int], int]],
+    far: Sequence[list[int]],
+    pad_id: int,
+    batch_size: int = 8,
+    memory_store: Any = None,
+    namespace: str | None = None,
+) -> list[ExampleScore]:
     """Per row: loss, exact match and far-token loss from one teacher-forced forward (rows batched by length). With
     `memory_store` + `namespace`, every row reads that shared namespace (wrap it in `ReadOnlyStore`)."""
     import torch.nn.functional as F
@@ -89,9 +99,11 @@ def score_rows(model, rows: Sequence[tuple[list[int], int]], far: Sequence[list[
     device = next(model.parameters()).device
     with torch.no_grad():
         for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
+            idx = order[b : b + batch_size]
             ids, labels, mask = (t.to(device) for t in collate([rows[i] for i in idx], pad_id))
-            kwargs = {} if memory_store is None else {"memory_store": memory_store, "namespaces": [namespace] * len(idx)}
+            kwargs = (
+                {} if memory_store is None else {"memory_store": memory_store, "namespaces": [namespace] * len(idx)}
+            )
             logits = model(ids, attention_mask=mask, **kwargs).logits.float()
             # position t predicts token t + 1
             nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
@@ -99,9 +111,14 @@ def score_rows(model, rows: Sequence[tuple[list[int], int]], far: Sequence[list[
             for k, i in enumerate(idx):
                 scored = labels[k, 1:] != -100
                 far_pos = [p - 1 for p in far[i]]  # token p is predicted at position p - 1
-                scores[i] = ExampleScore(loss=float(nll[k][scored].sum()), tokens=int(scored.sum()),
-                                         far_loss=float(nll[k, far_pos].sum()) if far_pos else 0.0, far=len(far_pos),
-                                         exact=bool(hit[k].all()), beyond=bool(far[i]))
+                scores[i] = ExampleScore(
+                    loss=float(nll[k][scored].sum()),
+                    tokens=int(scored.sum()),
+                    far_loss=float(nll[k, far_pos].sum()) if far_pos else 0.0,
+                    far=len(far_pos),
+                    exact=bool(hit[k].all()),
+                    beyond=bool(far[i]),
+                )
     return [s for s in scores if s is not None]
 
 
@@ -117,13 +134,23 @@ def summarize(scores: Sequence[ExampleScore]) -> dict[str, dict[str, float | int
             "loss": sum(s.loss for s in chosen) / tokens if tokens else None,
             "exact_match": sum(s.exact for s in chosen) / len(chosen) if chosen else None,
             "far_loss": sum(s.far_loss for s in chosen) / far if far else None,
-            "examples": len(chosen), "tokens": tokens, "far_tokens": far}
+            "examples": len(chosen),
+            "tokens": tokens,
+            "far_tokens": far,
+        }
     return out
 
 
 # -- repository memory ------------------------------------------------------------------------------------------------
-def write_corpus(model, tokenizer: TextTokenizer, store: Any, namespace: str, texts: Sequence[str],
-                 batch_segments: int = 4, read: bool = True) -> dict[str, int]:
+def write_corpus(
+    model,
+    tokenizer: TextTokenizer,
+    store: Any,
+    namespace: str,
+    texts: Sequence[str],
+    batch_segments: int = 4,
+    read: bool = True,
+) -> dict[str, int]:
     """Run `model` over `texts` (each closed by end-of-text, all as one stream) and keep its retrieval layers' chunks
     in `namespace` of `store` — `hybrid memory build`'s work, on any store. Whole segments only. Returns the counts.
 
@@ -141,7 +168,7 @@ def write_corpus(model, tokenizer: TextTokenizer, store: Any, namespace: str, te
     device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, n, window):
-            ids = torch.tensor([stream[start:min(n, start + window)]], dtype=torch.long, device=device)
+            ids = torch.tensor([stream[start : min(n, start + window)]], dtype=torch.long, device=device)
             model(ids, memory_store=store, namespaces=[namespace])
     flush = getattr(store, "flush", None)
     if flush is not None:
@@ -217,13 +244,21 @@ def describe_effect(effect: dict[str, Any]) -> str:
     if not effect["memory"]:
         return "memory: this model has none (nothing to compare)"
     if not on["beyond"]["far_tokens"]:
-        return (f"memory: none of the {effect['examples']} test pairs names anything found only beyond the "
-                f"{effect['window']}-token window; loss with the memory read {on['all']['loss']:.3f}, "
-                f"closed {off['all']['loss']:.3f}")
+        return (
+            f"memory: none of the {effect['examples']} test pairs names anything found only beyond the "
+            f"{effect['window']}-token window; loss with the memory read {on['all']['loss']:.3f}, "
+            f"closed {off['all']['loss']:.3f}"
+        )
     ratio = on["beyond"]["far_loss"] / off["beyond"]["far_loss"]
-    within = (f"; the {on['within']['examples']} pairs within the window {on['within']['loss']:.3f} vs "
-              f"{off['within']['loss']:.3f}" if on["within"]["examples"] else "")
-    return (f"memory: on {effect['examples']} test pairs, the loss on the {on['beyond']['far_tokens']} tokens of names "
-            f"seen only beyond the {effect['window']}-token window ({on['beyond']['examples']} pairs) is "
-            f"{on['beyond']['far_loss']:.3f} with the memory read vs {off['beyond']['far_loss']:.3f} with every memory "
-            f"gate closed ({ratio:.2f}×){within} (nats/token, lower is better)")
+    within = (
+        f"; the {on['within']['examples']} pairs within the window {on['within']['loss']:.3f} vs "
+        f"{off['within']['loss']:.3f}"
+        if on["within"]["examples"]
+        else ""
+    )
+    return (
+        f"memory: on {effect['examples']} test pairs, the loss on the {on['beyond']['far_tokens']} tokens of names "
+        f"seen only beyond the {effect['window']}-token window ({on['beyond']['examples']} pairs) is "
+        f"{on['beyond']['far_loss']:.3f} with the memory read vs {off['beyond']['far_loss']:.3f} with every memory "
+        f"gate closed ({ratio:.2f}×){within} (nats/token, lower is better)"
+    )

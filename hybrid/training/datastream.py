@@ -34,8 +34,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -127,8 +128,9 @@ def scan(files: list[str], on_bad: str, sample_records: int, seed: int, use_ray:
     for r in results:
         quota = round(sample_records * r["rows"] / rows) if sample_records else 0
         sample.extend(r["sample"][: 2 * quota])
-    return Scan(files=list(files), rows=rows, per_file=[r["rows"] for r in results], skipped=dict(skipped),
-                sample=sample)
+    return Scan(
+        files=list(files), rows=rows, per_file=[r["rows"] for r in results], skipped=dict(skipped), sample=sample
+    )
 
 
 # -- the plan ---------------------------------------------------------------------------------------------------------
@@ -146,8 +148,19 @@ class StreamPlan:
     on_bad: str
 
     @classmethod
-    def for_run(cls, files: list[str], rows: int, micro_batches: int, seed: int, window: int, micro_batch: int,
-                workers: int, bucket_width: int | None, max_length: int, on_bad: str) -> "StreamPlan":
+    def for_run(
+        cls,
+        files: list[str],
+        rows: int,
+        micro_batches: int,
+        seed: int,
+        window: int,
+        micro_batch: int,
+        workers: int,
+        bucket_width: int | None,
+        max_length: int,
+        on_bad: str,
+    ) -> StreamPlan:
         """A plan whose stream holds at least `micro_batches` global micro-batches."""
         G = micro_batch * max(1, workers)
         epochs = max(1, math.ceil(micro_batches * G / rows))
@@ -163,8 +176,9 @@ def epoch_items(plan: StreamPlan) -> list[dict[str, Any]]:
     return items
 
 
-def window_order(lengths: np.ndarray, key: tuple[int, int], seed: int, global_batch: int,
-                 bucket_width: int | None) -> np.ndarray:
+def window_order(
+    lengths: np.ndarray, key: tuple[int, int], seed: int, global_batch: int, bucket_width: int | None
+) -> np.ndarray:
     """Row indices for one window (repeats allowed): a seeded permutation, or — bucketing — global micro-batches of
     one length bucket each (bucket = ceil(length / bucket_width)), every batch full, in a seeded order."""
     rng = np.random.default_rng([seed, key[0], key[1]])
@@ -181,13 +195,16 @@ def window_order(lengths: np.ndarray, key: tuple[int, int], seed: int, global_ba
     return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
 
 
-def order_window(lengths: np.ndarray, epochs: np.ndarray, uids: np.ndarray, seed: int, global_batch: int,
-                 bucket_width: int | None) -> np.ndarray:
+def order_window(
+    lengths: np.ndarray, epochs: np.ndarray, uids: np.ndarray, seed: int, global_batch: int, bucket_width: int | None
+) -> np.ndarray:
     """Row indices for one window of the stream: each run of rows of one epoch (a window at an epoch's end holds the
     next epoch's first rows, which stay after it) ordered by `window_order`, keyed by its first row."""
     starts = [0] + [i for i in range(1, len(epochs)) if epochs[i] != epochs[i - 1]] + [len(epochs)]
-    parts = [a + window_order(lengths[a:b], (int(epochs[a]), int(uids[a])), seed, global_batch, bucket_width)
-             for a, b in zip(starts, starts[1:])]
+    parts = [
+        a + window_order(lengths[a:b], (int(epochs[a]), int(uids[a])), seed, global_batch, bucket_width)
+        for a, b in zip(starts, starts[1:])
+    ]
     return np.concatenate(parts)
 
 
@@ -204,8 +221,9 @@ def _tokenizer(tokenizer_json: str) -> TextTokenizer:
     return tok
 
 
-def encoded_rows(item: dict[str, Any], tokenizer: TextTokenizer, max_length: int,
-                 on_bad: str) -> Iterator[list[dict[str, Any]]]:
+def encoded_rows(
+    item: dict[str, Any], tokenizer: TextTokenizer, max_length: int, on_bad: str
+) -> Iterator[list[dict[str, Any]]]:
     """Chunks of encoded rows of one file of one epoch: ids, prompt length, epoch, uid, trunc (see TRUNCATED)."""
     chunk: list[tuple[int, dict]] = []
 
@@ -214,10 +232,18 @@ def encoded_rows(item: dict[str, Any], tokenizer: TextTokenizer, max_length: int
         ids = tokenizer.encode_batch(texts)
         rows = []
         for k, (line, _) in enumerate(chunk):
-            seq, prompt_len, trunc = fit_to_length(ids[2 * k], ids[2 * k + 1], tokenizer.sep_id, tokenizer.eos_id,
-                                                   max_length)
-            rows.append({"ids": seq, "prompt_len": prompt_len, "epoch": item["epoch"],
-                         "uid": (item["file_index"] << UID_LINE_BITS) | line, "trunc": TRUNCATED.index(trunc or "")})
+            seq, prompt_len, trunc = fit_to_length(
+                ids[2 * k], ids[2 * k + 1], tokenizer.sep_id, tokenizer.eos_id, max_length
+            )
+            rows.append(
+                {
+                    "ids": seq,
+                    "prompt_len": prompt_len,
+                    "epoch": item["epoch"],
+                    "uid": (item["file_index"] << UID_LINE_BITS) | line,
+                    "trunc": TRUNCATED.index(trunc or ""),
+                }
+            )
         return rows
 
     for line, record in iter_pairs(item["file"], on_bad):
@@ -241,37 +267,58 @@ def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 # -- in process -------------------------------------------------------------------------------------------------------
-def local_micro_batches(plan: StreamPlan, tokenizer: TextTokenizer, rank: int = 0,
-                        world: int = 1) -> Iterator[list[dict[str, Any]]]:
+def local_micro_batches(
+    plan: StreamPlan, tokenizer: TextTokenizer, rank: int = 0, world: int = 1
+) -> Iterator[list[dict[str, Any]]]:
     """This rank's micro-batches (lists of B rows), in order, as the Ray Data executor would hand them to it."""
-    rows = (row for item in epoch_items(plan)
-            for chunk in encoded_rows(item, tokenizer, plan.max_length, plan.on_bad) for row in chunk)
-    ordered = (window[i] for window in _chunks(rows, plan.window)
-               for i in order_window(np.array([len(r["ids"]) for r in window]), np.array([r["epoch"] for r in window]),
-                                     np.array([r["uid"] for r in window]), plan.seed, plan.global_batch,
-                                     plan.bucket_width))
+    rows = (
+        row
+        for item in epoch_items(plan)
+        for chunk in encoded_rows(item, tokenizer, plan.max_length, plan.on_bad)
+        for row in chunk
+    )
+    ordered = (
+        window[i]
+        for window in _chunks(rows, plan.window)
+        for i in order_window(
+            np.array([len(r["ids"]) for r in window]),
+            np.array([r["epoch"] for r in window]),
+            np.array([r["uid"] for r in window]),
+            plan.seed,
+            plan.global_batch,
+            plan.bucket_width,
+        )
+    )
     for k, block in enumerate(_chunks(ordered, plan.micro_batch)):
         if k % world == rank and len(block) == plan.micro_batch:
             yield block
 
 
-def local_eval_rows(files: list[str], tokenizer: TextTokenizer, max_length: int,
-                    on_bad: str) -> Iterator[dict[str, Any]]:
+def local_eval_rows(
+    files: list[str], tokenizer: TextTokenizer, max_length: int, on_bad: str
+) -> Iterator[dict[str, Any]]:
     """Every row of an evaluation set, in file order."""
     for i, f in enumerate(files):
-        yield from (row for chunk in encoded_rows({"epoch": 0, "file_index": i, "file": f}, tokenizer, max_length,
-                                                  on_bad) for row in chunk)
+        yield from (
+            row
+            for chunk in encoded_rows({"epoch": 0, "file_index": i, "file": f}, tokenizer, max_length, on_bad)
+            for row in chunk
+        )
 
 
 # -- Ray Data ---------------------------------------------------------------------------------------------------------
 def _rows_table(rows: list[dict[str, Any]]):
     import pyarrow as pa
 
-    return pa.table({"ids": pa.array([r["ids"] for r in rows], type=pa.list_(pa.int32())),
-                     "prompt_len": pa.array([r["prompt_len"] for r in rows], type=pa.int32()),
-                     "epoch": pa.array([r["epoch"] for r in rows], type=pa.int32()),
-                     "uid": pa.array([r["uid"] for r in rows], type=pa.int64()),
-                     "trunc": pa.array([r["trunc"] for r in rows], type=pa.int8())})
+    return pa.table(
+        {
+            "ids": pa.array([r["ids"] for r in rows], type=pa.list_(pa.int32())),
+            "prompt_len": pa.array([r["prompt_len"] for r in rows], type=pa.int32()),
+            "epoch": pa.array([r["epoch"] for r in rows], type=pa.int32()),
+            "uid": pa.array([r["uid"] for r in rows], type=pa.int64()),
+            "trunc": pa.array([r["trunc"] for r in rows], type=pa.int8()),
+        }
+    )
 
 
 class _ReadEncode:
@@ -298,8 +345,16 @@ class _OrderWindow:
         import pyarrow.compute as pc
 
         lengths = pc.list_value_length(table["ids"]).to_numpy()
-        return table.take(order_window(lengths, table["epoch"].to_numpy(), table["uid"].to_numpy(), self.seed,
-                                       self.global_batch, self.bucket_width))
+        return table.take(
+            order_window(
+                lengths,
+                table["epoch"].to_numpy(),
+                table["uid"].to_numpy(),
+                self.seed,
+                self.global_batch,
+                self.bucket_width,
+            )
+        )
 
 
 def _exact_blocks(ds, rows: int):
@@ -320,27 +375,44 @@ def ray_train_dataset(plan: StreamPlan, tokenizer_json: str, cpus_per_task: floa
 
     items = epoch_items(plan)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(_ReadEncode(tokenizer_json, plan.max_length, plan.on_bad), batch_size=1,
-                        batch_format="numpy", num_cpus=cpus_per_task,
-                        compute=ray.data.TaskPoolStrategy(size=read_tasks))
+    ds = ds.map_batches(
+        _ReadEncode(tokenizer_json, plan.max_length, plan.on_bad),
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=cpus_per_task,
+        compute=ray.data.TaskPoolStrategy(size=read_tasks),
+    )
     ds = _exact_blocks(ds, plan.window)
-    ds = ds.map_batches(_OrderWindow(plan.seed, plan.global_batch, plan.bucket_width), batch_size=plan.window,
-                        batch_format="pyarrow", num_cpus=0, compute=ray.data.TaskPoolStrategy(size=read_tasks))
+    ds = ds.map_batches(
+        _OrderWindow(plan.seed, plan.global_batch, plan.bucket_width),
+        batch_size=plan.window,
+        batch_format="pyarrow",
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=read_tasks),
+    )
     return _exact_blocks(ds, plan.micro_batch)
 
 
-def ray_eval_dataset(files: list[str], tokenizer_json: str, max_length: int, on_bad: str, cpus_per_task: float,
-                     read_tasks: int):
+def ray_eval_dataset(
+    files: list[str], tokenizer_json: str, max_length: int, on_bad: str, cpus_per_task: float, read_tasks: int
+):
     """An evaluation set in file order (every worker reads it whole and scores its share)."""
     import ray.data
 
     items = [{"epoch": 0, "file_index": i, "file": f} for i, f in enumerate(files)]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    return ds.map_batches(_ReadEncode(tokenizer_json, max_length, on_bad), batch_size=1, batch_format="numpy",
-                          num_cpus=cpus_per_task, compute=ray.data.TaskPoolStrategy(size=read_tasks))
+    return ds.map_batches(
+        _ReadEncode(tokenizer_json, max_length, on_bad),
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=cpus_per_task,
+        compute=ray.data.TaskPoolStrategy(size=read_tasks),
+    )
 
 
 def table_rows(table) -> list[dict[str, Any]]:
     """Rows of a pyarrow batch from the Ray Data pipeline, as the in-process executor yields them."""
-    return [{"ids": ids, "prompt_len": p, "trunc": t} for ids, p, t in
-            zip(table["ids"].to_pylist(), table["prompt_len"].to_pylist(), table["trunc"].to_pylist())]
+    return [
+        {"ids": ids, "prompt_len": p, "trunc": t}
+        for ids, p, t in zip(table["ids"].to_pylist(), table["prompt_len"].to_pylist(), table["trunc"].to_pylist())
+    ]

@@ -4,8 +4,8 @@
                 it from RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR), or alone
     strategies  ddp        DistributedDataParallel (Ray Train's prepare_model under Ray, the same class under
                            torchrun): bucketed gradient all-reduce overlapped with backward, no_sync while accumulating
-                fsdp       FSDP2 (`fully_shard` on every decoder block and the root): parameters, gradients and optimizer
-                           state sharded over the workers
+                fsdp       FSDP2 (`fully_shard` on every decoder block and the root): parameters, gradients and
+                           optimizer state sharded over the workers
                 allreduce  the project's first scheme, kept for `hybrid bench train`: full replicas, one flat all-reduce
                            of the summed gradients after backward
 
@@ -109,7 +109,8 @@ def wrap(model: torch.nn.Module, strategy: str, ctx: Context) -> torch.nn.Module
             return prepare_model(model, parallel_strategy="ddp", parallel_strategy_kwargs=kwargs)
         model.to(ctx.device)
         return torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, **kwargs)
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, **kwargs
+        )
     if strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -139,6 +140,7 @@ def no_sync(model: torch.nn.Module, strategy: str, sync: bool):
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return model.no_sync()
     if strategy == "fsdp" and hasattr(model, "set_requires_gradient_sync"):
+
         @contextlib.contextmanager
         def fsdp_no_sync():
             model.set_requires_gradient_sync(False)
@@ -146,6 +148,7 @@ def no_sync(model: torch.nn.Module, strategy: str, sync: bool):
                 yield
             finally:
                 model.set_requires_gradient_sync(True)
+
         return fsdp_no_sync()
     return contextlib.nullcontext()
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from hybrid.core.errors import HybridError
 from hybrid.data.encode import collate, encode_pairs, encode_prompt
@@ -50,25 +51,33 @@ def generate_texts(ck: LoadedCheckpoint, inputs: Sequence[str], max_new_tokens: 
     import torch
 
     if max_new_tokens < 1 or max_new_tokens > ck.max_length - 2:
-        raise HybridError(f"max_new_tokens={max_new_tokens}: must be 1..{ck.max_length - 2} — the model reads at "
-                          f"most {ck.max_length} tokens (its data.max_length), and the prompt needs at least one "
-                          f"token and the separator")
+        raise HybridError(
+            f"max_new_tokens={max_new_tokens}: must be 1..{ck.max_length - 2} — the model reads at "
+            f"most {ck.max_length} tokens (its data.max_length), and the prompt needs at least one "
+            f"token and the separator"
+        )
     device = next(ck.model.parameters()).device
     outs = []
     for text in inputs:
         prompt = encode_prompt(ck.tokenizer, text, ck.max_length, max_new_tokens)
         ids = torch.tensor([prompt], dtype=torch.long, device=device)
         seq = ck.model.generate(ids, max_new_tokens=max_new_tokens, eos_token_id=ck.tokenizer.eos_id)[0].tolist()
-        new = seq[len(prompt):]
+        new = seq[len(prompt) :]
         if ck.tokenizer.eos_id in new:
-            new = new[:new.index(ck.tokenizer.eos_id)]
+            new = new[: new.index(ck.tokenizer.eos_id)]
         outs.append(ck.tokenizer.decode(new))
     return outs
 
 
-def score_batches(model, batches: Iterable[Sequence[tuple[Sequence[int], int]]], pad_id: int, device,
-                  autocast=contextlib.nullcontext, matches: bool = False,
-                  pad_length=lambda longest: longest) -> tuple[float, int, list[bool]]:
+def score_batches(
+    model,
+    batches: Iterable[Sequence[tuple[Sequence[int], int]]],
+    pad_id: int,
+    device,
+    autocast=contextlib.nullcontext,
+    matches: bool = False,
+    pad_length=lambda longest: longest,
+) -> tuple[float, int, list[bool]]:
     """The evaluation loop — training's validation and `hybrid eval` both run it. For batches of rows (ids, prompt
     length): (sum of the model's loss over the output tokens, their count, per row whether every output token is the
     argmax — only when `matches`). Right padding never changes a real token's logits; `pad_length(longest)` says how
@@ -89,8 +98,9 @@ def score_batches(model, batches: Iterable[Sequence[tuple[Sequence[int], int]]],
     return loss_sum, n_tokens, found
 
 
-def teacher_forced(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int,
-                   batch_size: int = 8) -> tuple[float, int, list[bool]]:
+def teacher_forced(
+    model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int, batch_size: int = 8
+) -> tuple[float, int, list[bool]]:
     """(loss sum, output-token count, per-row exact match) of `rows` = (ids, prompt length), in batches.
 
     A row matches when the argmax at every output position equals the reference token. Given the same prompt
@@ -100,7 +110,7 @@ def teacher_forced(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int
     order of `rows`."""
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # batch similar lengths: little padding
-    batches = ([rows[i] for i in order[b:b + batch_size]] for b in range(0, len(rows), batch_size))
+    batches = ([rows[i] for i in order[b : b + batch_size]] for b in range(0, len(rows), batch_size))
     loss_sum, n_tokens, found = score_batches(model, batches, pad_id, device, matches=True)
     matched = [False] * len(rows)
     for i, m in zip(order, found):
@@ -108,9 +118,16 @@ def teacher_forced(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int
     return loss_sum, n_tokens, matched
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 8, max_generate: int | None = 64,
-             max_new_tokens: int | None = None, num_examples: int = 3, device: str | None = None,
-             on_bad_record: str = "error") -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    batch_size: int = 8,
+    max_generate: int | None = 64,
+    max_new_tokens: int | None = None,
+    num_examples: int = 3,
+    device: str | None = None,
+    on_bad_record: str = "error",
+) -> dict[str, Any]:
     """Metrics of `checkpoint` on the IO pairs at `data`.
 
     loss / perplexity: mean cross-entropy over output tokens (+ the closing end-of-text), all examples.
@@ -127,7 +144,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 8, max_
     ck = load(checkpoint, device)
     enc = encode_pairs(ck.tokenizer, pairs.records, ck.max_length)
     loss_sum, n_tokens, tf_matches = teacher_forced(
-        ck.model, list(zip(enc.input_ids, enc.prompt_lengths)), ck.tokenizer.pad_id, batch_size)
+        ck.model, list(zip(enc.input_ids, enc.prompt_lengths)), ck.tokenizer.pad_id, batch_size
+    )
     if n_tokens == 0:  # a loss over nothing is not 0.0
         raise HybridError(f"{data}: no output tokens to score")
     loss = loss_sum / n_tokens
@@ -143,11 +161,19 @@ def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 8, max_
         if len(examples) < num_examples:
             examples.append({"input": rec["input"][-300:], "output": rec["output"], "generated": pred, "match": ok})
     return {
-        "checkpoint": str(ck.path), "data": str(data), "examples": len(pairs), "output_tokens": n_tokens,
-        "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-        "exact_match": matches / n_gen if n_gen else None, "exact_match_count": matches, "generated": n_gen,
+        "checkpoint": str(ck.path),
+        "data": str(data),
+        "examples": len(pairs),
+        "output_tokens": n_tokens,
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "exact_match": matches / n_gen if n_gen else None,
+        "exact_match_count": matches,
+        "generated": n_gen,
         "teacher_forced_exact_match": sum(tf_matches) / len(tf_matches) if tf_matches else None,
         "teacher_forced_exact_match_count": sum(tf_matches),
         "input_truncated_left": enc.counts.get("input_truncated_left", 0),
-        "skipped": dict(pairs.skipped), "samples": examples, "seconds": time.time() - t0,
+        "skipped": dict(pairs.skipped),
+        "samples": examples,
+        "seconds": time.time() - t0,
     }

@@ -49,22 +49,34 @@ def export_hf(checkpoint: str | Path, output: str | Path) -> dict[str, Any]:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return {"checkpoint": str(path), "output": str(output), "files": sorted(p.name for p in output.iterdir()),
-            "model_type": model.config.hf_model_type or model.config.family}
+    return {
+        "checkpoint": str(path),
+        "output": str(output),
+        "files": sorted(p.name for p in output.iterdir()),
+        "model_type": model.config.hf_model_type or model.config.family,
+    }
 
 
 def _tokenizer_config() -> dict[str, Any]:
     """Our special tokens, and the plain fast tokenizer class: tokenizer.json is used as it is (a model-specific
     class would add its own BOS/prefix rules that training never saw)."""
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "pad_token": EOS, "sep_token": SEP,
-            "additional_special_tokens": list(SPECIAL_TOKENS)}
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": EOS,
+        "pad_token": EOS,
+        "sep_token": SEP,
+        "additional_special_tokens": list(SPECIAL_TOKENS),
+    }
 
 
 def readme(config, checkpoint: Path, has_memory: bool) -> str:
     kind = config.hf_model_type or config.family
-    memory = (f"- `{MEMORY_WEIGHTS}`: the memory's weights under our parameter names (LM2 internal memory, "
-              "LongMem retrieval gates); `transformers` ignores it.\n" if has_memory else
-              "- (no memory weights: this model was trained with both memories off)\n")
+    memory = (
+        f"- `{MEMORY_WEIGHTS}`: the memory's weights under our parameter names (LM2 internal memory, "
+        "LongMem retrieval gates); `transformers` ignores it.\n"
+        if has_memory
+        else "- (no memory weights: this model was trained with both memories off)\n"
+    )
     return f"""# A hybrid model, exported
 
 Exported by `hybrid export-hf` from `{checkpoint}`: a {kind} base trained with LM2 internal memory and LongMem

@@ -30,13 +30,15 @@ AfterCheckpoint = Callable[[int, Path | None], None]
 class LocalSource:
     """The stream read in this process: rank r of `world` takes its share of every global batch."""
 
-    def train_batches(self, plan: StreamPlan, tokenizer: TextTokenizer, rank: int,
-                      world: int) -> Iterator[list[dict[str, Any]]]:
+    def train_batches(
+        self, plan: StreamPlan, tokenizer: TextTokenizer, rank: int, world: int
+    ) -> Iterator[list[dict[str, Any]]]:
         yield from local_micro_batches(plan, tokenizer, rank, world)
 
     def eval_rows(self, spec: TrainingSpec, tokenizer: TextTokenizer) -> Iterator[dict[str, Any]]:
-        yield from local_eval_rows(list(spec.val_files), tokenizer, spec.cfg.data.max_length,
-                                   spec.cfg.data.on_bad_record)
+        yield from local_eval_rows(
+            list(spec.val_files), tokenizer, spec.cfg.data.max_length, spec.cfg.data.on_bad_record
+        )
 
 
 class Reporter:
@@ -52,8 +54,9 @@ class Reporter:
 class RaySource:
     """This worker's shard of the Ray Data streams `fit_on_ray` passed to the trainer."""
 
-    def train_batches(self, plan: StreamPlan, tokenizer: TextTokenizer, rank: int,
-                      world: int) -> Iterator[list[dict[str, Any]]]:
+    def train_batches(
+        self, plan: StreamPlan, tokenizer: TextTokenizer, rank: int, world: int
+    ) -> Iterator[list[dict[str, Any]]]:
         import ray.train
 
         shard = ray.train.get_dataset_shard("train")
@@ -79,9 +82,12 @@ class RayReporter(Reporter):
         import ray.train
         from ray.train import Checkpoint, CheckpointUploadMode
 
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(checkpoint)) if checkpoint else None,
-                         checkpoint_dir_name=checkpoint_name(step),
-                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+        ray.train.report(
+            metrics,
+            checkpoint=Checkpoint.from_directory(str(checkpoint)) if checkpoint else None,
+            checkpoint_dir_name=checkpoint_name(step),
+            checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+        )
 
 
 def run_local(spec: TrainingSpec, after_checkpoint: tuple[AfterCheckpoint, ...] = ()) -> dict[str, Any]:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from hybrid.config.recipe import RecipeConfig, with_values
 from hybrid.core.errors import HybridError
@@ -69,19 +70,39 @@ class RecallRecipe:
     # Stage 2: the chance that a chain link ends with `,` (stage 1 always separates links).
     chain_separator: float = 0.5
     val_examples: int = 200  # validation examples per task and length
-    model: dict[str, Any] = field(default_factory=lambda: {
-        "family": "llama", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "memory_slots": 8, "num_mem_heads": 4, "chunk_size": 1, "retrieval_k": 8,
-        "retrieval_layers": [1], "external_memory_size": 1024, "max_position_embeddings": 64,
-        # the internal read gate opened at the start of stage 2 (a closed gate gets almost no gradient)
-        "memory_gate_init": 0.5, "external_gate_init": 0.0})
+    model: dict[str, Any] = field(
+        default_factory=lambda: {
+            "family": "llama",
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "memory_slots": 8,
+            "num_mem_heads": 4,
+            "chunk_size": 1,
+            "retrieval_k": 8,
+            "retrieval_layers": [1],
+            "external_memory_size": 1024,
+            "max_position_embeddings": 64,
+            # the internal read gate opened at the start of stage 2 (a closed gate gets almost no gradient)
+            "memory_gate_init": 0.5,
+            "external_gate_init": 0.0,
+        }
+    )
 
     def check(self, where: str = "bench") -> None:
-        if not isinstance(self.length_mix, dict) or not self.length_mix or not all(
+        if (
+            not isinstance(self.length_mix, dict)
+            or not self.length_mix
+            or not all(
                 isinstance(n, int) and n >= 1 and isinstance(w, (int, float)) and w > 0
-                for n, w in self.length_mix.items()):
-            raise HybridError(f"{where}.length_mix: expected {{segments: weight}} with positive integers and weights, "
-                              f"got {self.length_mix!r}")
+                for n, w in self.length_mix.items()
+            )
+        ):
+            raise HybridError(
+                f"{where}.length_mix: expected {{segments: weight}} with positive integers and weights, "
+                f"got {self.length_mix!r}"
+            )
         for name in ("steps", "base_steps", "base_rounds", "batch_size", "val_examples"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise HybridError(f"{where}.{name}: must be a positive integer, got {getattr(self, name)!r}")
@@ -96,8 +117,9 @@ def layout() -> rt.Layout:
     return rt.Layout(prefix=0, suffix=TEMPLATE_SUFFIX, echo_key=True)
 
 
-def training_examples(r: RecallRecipe, steps: int, lengths: dict[int, float], seed: int,
-                      chain_separator: float = 1.0) -> list[rt.Example]:
+def training_examples(
+    r: RecallRecipe, steps: int, lengths: dict[int, float], seed: int, chain_separator: float = 1.0
+) -> list[rt.Example]:
     """steps x batch_size fresh examples (tasks and training aids mixed) from seeded train streams, each example's
     length drawn from `lengths` ({segments: weight}): the curriculum as a data mix."""
     rng = random.Random(seed)
@@ -125,7 +147,7 @@ def vocabulary_records(examples: list, segment_length: int, seed: int) -> list[d
     room = segment_length - TEMPLATE_SUFFIX - 1  # input words of one 1x example
     records = []
     for i in range(0, len(missing), room):
-        words = missing[i:i + room]
+        words = missing[i : i + room]
         words += rt._filler(rng, room - len(words))
         records.append({"input": " ".join(words), "output": ".", "task": "vocabulary", "segments": 1})
     return records
@@ -136,23 +158,52 @@ def eval_examples(r: RecallRecipe, task: str, n: int, count: int, seed: int, spl
 
 
 # -- training ---------------------------------------------------------------------------------------------------------
-def stage_values(r: RecallRecipe, variant: str, output_dir: Path, data: Path, steps: int, seed: int, max_length: int,
-                 init_from: Path | None = None) -> dict[str, Any]:
+def stage_values(
+    r: RecallRecipe,
+    variant: str,
+    output_dir: Path,
+    data: Path,
+    steps: int,
+    seed: int,
+    max_length: int,
+    init_from: Path | None = None,
+) -> dict[str, Any]:
     """The training-config keys of one stage: the model of `variant`, the recipe's optimizer settings."""
     model = dict(r.model)
     model.update(VARIANTS[variant])
     model["segment_length"] = r.segment_length
     model.setdefault("num_key_value_heads", model.get("num_attention_heads", 4))
     values = {f"model.{k}": v for k, v in model.items()}
-    values.update({
-        "model.pretrained": None, "data.train": str(data), "data.validation": None, "data.bucket_by_length": True,
-        "data.max_length": max_length, "train.tokenizer": "word", "train.num_workers": 0, "train.precision": "fp32",
-        "train.resume": "none", "train.output_dir": str(output_dir), "train.max_iters": steps,
-        "train.batch_size": r.batch_size, "train.gradient_accumulation_steps": 1,
-        "train.learning_rate": r.learning_rate, "train.warmup_iters": r.warmup, "train.min_lr_ratio": 0.1,
-        "train.weight_decay": 0.01, "train.beta1": 0.9, "train.beta2": 0.98, "train.grad_clip": 1.0,
-        "train.seed": seed, "train.eval_every": steps, "train.log_every": max(1, steps // 8), "train.keep_last": 1,
-        "train.max_minutes": None, "train.init_from": str(init_from) if init_from else None})
+    values.update(
+        {
+            "model.pretrained": None,
+            "data.train": str(data),
+            "data.validation": None,
+            "data.bucket_by_length": True,
+            "data.max_length": max_length,
+            "train.tokenizer": "word",
+            "train.num_workers": 0,
+            "train.precision": "fp32",
+            "train.resume": "none",
+            "train.output_dir": str(output_dir),
+            "train.max_iters": steps,
+            "train.batch_size": r.batch_size,
+            "train.gradient_accumulation_steps": 1,
+            "train.learning_rate": r.learning_rate,
+            "train.warmup_iters": r.warmup,
+            "train.min_lr_ratio": 0.1,
+            "train.weight_decay": 0.01,
+            "train.beta1": 0.9,
+            "train.beta2": 0.98,
+            "train.grad_clip": 1.0,
+            "train.seed": seed,
+            "train.eval_every": steps,
+            "train.log_every": max(1, steps // 8),
+            "train.keep_last": 1,
+            "train.max_minutes": None,
+            "train.init_from": str(init_from) if init_from else None,
+        }
+    )
     return values
 
 
@@ -175,8 +226,9 @@ class BaseResult:
         return len(self.val_kv_1x)
 
 
-def train_base(r: RecallRecipe, base: RecipeConfig, work: Path, seed: int, max_length: int,
-               say: Callable[[str], None] = print) -> BaseResult:
+def train_base(
+    r: RecallRecipe, base: RecipeConfig, work: Path, seed: int, max_length: int, say: Callable[[str], None] = print
+) -> BaseResult:
     """Stage 1: the memory-free model trained in-window until key-value on validation reaches the bar (see the
     module docstring). Returns its checkpoint (weights + the word-level tokenizer the variants inherit)."""
     examples = training_examples(r, r.base_steps, {1: 1.0}, seed * 7919 + 1)
@@ -186,8 +238,19 @@ def train_base(r: RecallRecipe, base: RecipeConfig, work: Path, seed: int, max_l
     scores: list[float] = []
     checkpoint: Path | None = None
     for round_ in range(r.base_rounds):
-        checkpoint = train_stage(base, stage_values(r, "none", work / f"base{round_}", data, r.base_steps,
-                                                    seed + 7 * round_, max_length, init_from=checkpoint))
+        checkpoint = train_stage(
+            base,
+            stage_values(
+                r,
+                "none",
+                work / f"base{round_}",
+                data,
+                r.base_steps,
+                seed + 7 * round_,
+                max_length,
+                init_from=checkpoint,
+            ),
+        )
         if not val:
             return BaseResult(checkpoint, [], True)
         with loaded(checkpoint) as (model, tokenizer):
@@ -201,16 +264,30 @@ def train_base(r: RecallRecipe, base: RecipeConfig, work: Path, seed: int, max_l
 
 def stage2_data(r: RecallRecipe, work: Path, seed: int) -> Path:
     data = work / "stage2_train.jsonl"
-    atomic_write_jsonl(data, [e.record() for e in training_examples(r, r.steps, r.length_mix, seed * 7919 + 2,
-                                                                    chain_separator=r.chain_separator)])
+    atomic_write_jsonl(
+        data,
+        [
+            e.record()
+            for e in training_examples(r, r.steps, r.length_mix, seed * 7919 + 2, chain_separator=r.chain_separator)
+        ],
+    )
     return data
 
 
-def train_variant(r: RecallRecipe, base: RecipeConfig, variant: str, base_checkpoint: Path, work: Path, data: Path,
-                  seed: int, max_length: int) -> Path:
+def train_variant(
+    r: RecallRecipe,
+    base: RecipeConfig,
+    variant: str,
+    base_checkpoint: Path,
+    work: Path,
+    data: Path,
+    seed: int,
+    max_length: int,
+) -> Path:
     """Stage 2: `train.init_from=<base>`, `steps` steps on the length mix. Returns the final checkpoint."""
-    return train_stage(base, stage_values(r, variant, work / variant, data, r.steps, seed + 1, max_length,
-                                          init_from=base_checkpoint))
+    return train_stage(
+        base, stage_values(r, variant, work / variant, data, r.steps, seed + 1, max_length, init_from=base_checkpoint)
+    )
 
 
 # -- scoring ----------------------------------------------------------------------------------------------------------
@@ -253,7 +330,6 @@ def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32
     """Teacher-forced argmax at every output position (see the module docstring), in batches of one length."""
     import torch
 
-
     records = [e.record() for e in examples]
     max_length = max(len(e.input.split()) + len(e.output.split()) for e in examples) + TEMPLATE_SUFFIX
     enc = encode_pairs(tokenizer, records, max_length)
@@ -262,12 +338,12 @@ def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32
     exact, value = [], []
     with torch.no_grad():
         for b in range(0, len(examples), batch_size):
-            rows = list(zip(enc.input_ids[b:b + batch_size], enc.prompt_lengths[b:b + batch_size]))
+            rows = list(zip(enc.input_ids[b : b + batch_size], enc.prompt_lengths[b : b + batch_size]))
             ids, labels, mask = collate(rows, tokenizer.pad_id)
             logits = model(ids, attention_mask=mask).logits
             target = scored_labels(labels)
             pred = logits.argmax(-1)
-            for k, (row_ids, prompt_len) in enumerate(rows):
+            for k in range(len(rows)):
                 positions = (target[k] != -100).nonzero().flatten()
                 got = pred[k, positions].tolist()
                 want = target[k, positions].tolist()
@@ -275,7 +351,7 @@ def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32
                 exact.append(got == want)
                 n_values = len(value_words(ex))
                 start = len(ex.output.split()) - n_values  # value words follow the echo; end-of-text is last
-                value.append(got[start:start + n_values] == want[start:start + n_values])
+                value.append(got[start : start + n_values] == want[start : start + n_values])
     return Scores(exact, value)
 
 
@@ -300,18 +376,20 @@ def edited_haystack(example: rt.Example, rng: random.Random) -> tuple[rt.Example
         new = [rng.choice([v for v in rt.VALUES if v != words[pos + 1]])]
         words[pos + 1] = new[0]
     elif example.task == "passkey":  # the first `the pass key is` states it (the question's comes last)
-        pos = next(i for i in range(len(words)) if words[i:i + 4] == ["the", "pass", "key", "is"])
-        old = words[pos + 4:pos + 4 + rt.PASSKEY_DIGITS]
+        pos = next(i for i in range(len(words)) if words[i : i + 4] == ["the", "pass", "key", "is"])
+        old = words[pos + 4 : pos + 4 + rt.PASSKEY_DIGITS]
         new = old
         while new == old:
             new = [rng.choice(rt.DIGITS) for _ in old]
-        words[pos + 4:pos + 4 + rt.PASSKEY_DIGITS] = new
+        words[pos + 4 : pos + 4 + rt.PASSKEY_DIGITS] = new
     else:
         raise HybridError(f"recall: no edit control for task {example.task!r}")
     return rt.Example(" ".join(words), example.output, example.task, example.n), new
 
 
-def swapped_haystack(example: rt.Example, donor: rt.Example, segment_length: int) -> tuple[rt.Example, list[str] | None]:
+def swapped_haystack(
+    example: rt.Example, donor: rt.Example, segment_length: int
+) -> tuple[rt.Example, list[str] | None]:
     """The example's last segment (filler, question) after the haystack of `donor` (same task and length): the
     example's own answer is no longer in its input; returns it and the donor's answer to the same question when
     the donor's haystack has one (passkey: always; key-value: when the donor has the asked key)."""

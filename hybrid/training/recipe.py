@@ -57,8 +57,9 @@ REPORTED_METRICS = ("val_loss", "val_exact_match", "train_loss", "best_val_loss"
 class DataSource(Protocol):
     """Where this rank's data comes from (hybrid/training/launchers.py: read in-process, or Ray Data's shards)."""
 
-    def train_batches(self, plan: StreamPlan, tokenizer: TextTokenizer, rank: int,
-                      world: int) -> Iterator[list[dict[str, Any]]]: ...
+    def train_batches(
+        self, plan: StreamPlan, tokenizer: TextTokenizer, rank: int, world: int
+    ) -> Iterator[list[dict[str, Any]]]: ...
 
     def eval_rows(self, spec: TrainingSpec, tokenizer: TextTokenizer) -> Iterator[dict[str, Any]]: ...
 
@@ -112,8 +113,13 @@ def _fmt_eta(seconds: float) -> str:
 
 
 class TrainingRecipe:
-    def __init__(self, spec: TrainingSpec, source: DataSource, reporter: Reporter,
-                 after_checkpoint: tuple[AfterCheckpoint, ...] = ()):
+    def __init__(
+        self,
+        spec: TrainingSpec,
+        source: DataSource,
+        reporter: Reporter,
+        after_checkpoint: tuple[AfterCheckpoint, ...] = (),
+    ):
         """`spec` (built by `hybrid.training.train.prepare`): the resolved config, where outputs go, the tokenizer,
         the data plan, what to resume from; `source` and `reporter`: the launcher's (hybrid/training/launchers.py)."""
         self.spec, self.source, self.reporter = spec, source, reporter
@@ -164,8 +170,9 @@ class TrainingRecipe:
             try:
                 model.load_state_dict(loaded.state_dict())
             except RuntimeError as e:
-                raise HybridError(f"{self.resume_path}: does not fit this run's model "
-                                  f"({str(e).splitlines()[-1].strip()[:200]})") from None
+                raise HybridError(
+                    f"{self.resume_path}: does not fit this run's model ({str(e).splitlines()[-1].strip()[:200]})"
+                ) from None
             del loaded
             self.state = TrainerState.from_json(ckpt_io.read_trainer_state(self.resume_path))
         elif self.spec.init_from:  # weights only: optimizer, scheduler and step start fresh
@@ -183,7 +190,8 @@ class TrainingRecipe:
         self.params = decay + no_decay
         self.optimizer = torch.optim.AdamW(groups, lr=tcfg.learning_rate, betas=(tcfg.beta1, tcfg.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(tcfg.warmup_iters, tcfg.max_iters, tcfg.min_lr_ratio))
+            self.optimizer, lr_lambda(tcfg.warmup_iters, tcfg.max_iters, tcfg.min_lr_ratio)
+        )
         if self.resume_path is None:
             return
         if self.strategy == "fsdp" and self.ctx.distributed:
@@ -192,15 +200,19 @@ class TrainingRecipe:
 
             shards = self.resume_path / "optimizer"
             if not shards.is_dir():
-                raise HybridError(f"{self.resume_path}: has no sharded optimizer state (optimizer/): it was not "
-                                  f"written by train.strategy=fsdp; resume it with the strategy that wrote it")
+                raise HybridError(
+                    f"{self.resume_path}: has no sharded optimizer state (optimizer/): it was not "
+                    f"written by train.strategy=fsdp; resume it with the strategy that wrote it"
+                )
             state = {"optim": get_optimizer_state_dict(self.model, self.optimizer)}
             dcp.load(state, checkpoint_id=str(shards))
             set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
         else:
             if not (self.resume_path / "optimizer.pt").exists() and (self.resume_path / "optimizer").is_dir():
-                raise HybridError(f"{self.resume_path}: its optimizer state is sharded (written by "
-                                  f"train.strategy=fsdp); resume it with train.strategy=fsdp")
+                raise HybridError(
+                    f"{self.resume_path}: its optimizer state is sharded (written by "
+                    f"train.strategy=fsdp); resume it with train.strategy=fsdp"
+                )
             self.optimizer.load_state_dict(ckpt_io.load_state_file(self.resume_path / "optimizer.pt"))
         self.scheduler.load_state_dict(ckpt_io.load_state_file(self.resume_path / "scheduler.pt"))
 
@@ -252,15 +264,18 @@ class TrainingRecipe:
                 elapsed = time.time() - t_start
                 # the step's second collective: the loss, and what the log line shows (maxima over the ranks)
                 cuda_mb = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else 0.0
-                ranks = ctx.gather([loss_sum, float(budget_s is not None and elapsed >= budget_s), peak_rss_mb(),
-                                    cuda_mb, data_wait_s])
+                ranks = ctx.gather(
+                    [loss_sum, float(budget_s is not None and elapsed >= budget_s), peak_rss_mb(), cuda_mb, data_wait_s]
+                )
                 loss = sum(r[0] for r in ranks) / max(1.0, info["output_tokens"])
                 out_of_time = any(r[1] > 0 for r in ranks)
                 rss_mb, cuda_mb, wait_s = (max(r[i] for r in ranks) for i in (2, 3, 4))
                 if not math.isfinite(loss):  # diverged: stop before anything of it is saved (or becomes `best`)
-                    raise HybridError(f"step {step + 1}: the training loss is {loss} — training diverged; lower "
-                                      f"train.learning_rate (now {tcfg.learning_rate:g}) or check the data; the "
-                                      f"checkpoints written before stay as they were")
+                    raise HybridError(
+                        f"step {step + 1}: the training loss is {loss} — training diverged; lower "
+                        f"train.learning_rate (now {tcfg.learning_rate:g}) or check the data; the "
+                        f"checkpoints written before stay as they were"
+                    )
                 step += 1
                 self.state.step = step
                 self.state.tokens_seen += info["tokens"]
@@ -278,15 +293,29 @@ class TrainingRecipe:
                     eta = (tcfg.max_iters - step) * elapsed / max(1, step - first_step)
                     if budget_s is not None:
                         eta = min(eta, budget_s - elapsed)
-                    self.tracker.log({"step": step, "loss": loss, "lr": info["lr"], "grad_norm": info["grad_norm"],
-                                      "tokens_per_s": tok_s, "tokens": info["tokens"], "padded_tokens": info["padded"],
-                                      "output_tokens": info["output_tokens"], "elapsed_s": elapsed,
-                                      "data_wait_s": wait_s,
-                                      "peak_rss_mb": rss_mb, "peak_cuda_mb": cuda_mb,
-                                      "first_step_s": self.state.first_step_s, **truncated})
+                    self.tracker.log(
+                        {
+                            "step": step,
+                            "loss": loss,
+                            "lr": info["lr"],
+                            "grad_norm": info["grad_norm"],
+                            "tokens_per_s": tok_s,
+                            "tokens": info["tokens"],
+                            "padded_tokens": info["padded"],
+                            "output_tokens": info["output_tokens"],
+                            "elapsed_s": elapsed,
+                            "data_wait_s": wait_s,
+                            "peak_rss_mb": rss_mb,
+                            "peak_cuda_mb": cuda_mb,
+                            "first_step_s": self.state.first_step_s,
+                            **truncated,
+                        }
+                    )
                     if self.is_main:
-                        say(f"step {step:>5}/{tcfg.max_iters} | loss {loss:.4f} | lr {info['lr']:.2e} | "
-                            f"{tok_s:,.0f} tok/s | ETA {_fmt_eta(eta)}")
+                        say(
+                            f"step {step:>5}/{tcfg.max_iters} | loss {loss:.4f} | lr {info['lr']:.2e} | "
+                            f"{tok_s:,.0f} tok/s | ETA {_fmt_eta(eta)}"
+                        )
                 if step % tcfg.eval_every == 0 or step == tcfg.max_iters or out_of_time:
                     last_metrics = self._evaluate_and_save(step, loss, info["lr"])
                 if out_of_time:
@@ -316,28 +345,34 @@ class TrainingRecipe:
         tcfg, ctx = self.cfg.train, self.ctx
         n = tcfg.gradient_accumulation_steps
         full = len(micro_batches) == n
-        tensors = [collate([(r["ids"], r["prompt_len"]) for r in rows], self.tokenizer.pad_id)
-                   for rows in micro_batches]
+        tensors = [
+            collate([(r["ids"], r["prompt_len"]) for r in rows], self.tokenizer.pad_id) for rows in micro_batches
+        ]
         trunc = [0] * len(TRUNCATED)
         for rows in micro_batches:
             for r in rows:
                 trunc[r["trunc"]] += 1
         lengths = [float(ids.shape[1]) for ids, _, _ in tensors] + [0.0] * (n - len(tensors))
         sizes = [float(ids.shape[0]) for ids, _, _ in tensors] + [0.0] * (n - len(tensors))
-        local = [float(not full), sum(count_scored(lab) for _, lab, _ in tensors),
-                 sum(int(m.sum()) for _, _, m in tensors)]
+        local = [
+            float(not full),
+            sum(count_scored(lab) for _, lab, _ in tensors),
+            sum(int(m.sum()) for _, _, m in tensors),
+        ]
         # the step's first collective: every rank's counts, sizes and lengths (summed or maxed below, on each rank)
         ranks = ctx.gather(local + trunc + sizes + lengths)
         if any(r[0] > 0 for r in ranks):
             return None
         total = [sum(col) for col in zip(*ranks)]
-        global_out, global_all, trunc = total[1], total[2], total[3:3 + len(TRUNCATED)]
+        global_out, global_all, trunc = total[1], total[2], total[3 : 3 + len(TRUNCATED)]
         k = 3 + len(TRUNCATED)
         if self._needs_common_length():
             common = [max(r[k + n + j] for r in ranks) for j in range(n)]
             global_padded = sum(r[k + j] * common[j] for r in ranks for j in range(n))
-            tensors = [collate([(r["ids"], r["prompt_len"]) for r in rows], self.tokenizer.pad_id, int(common[j]))
-                       for j, rows in enumerate(micro_batches)]
+            tensors = [
+                collate([(r["ids"], r["prompt_len"]) for r in rows], self.tokenizer.pad_id, int(common[j]))
+                for j, rows in enumerate(micro_batches)
+            ]
         else:
             global_padded = sum(r[k + j] * r[k + n + j] for r in ranks for j in range(n))
         tensors = [tuple(t.to(ctx.device) for t in batch) for batch in tensors]
@@ -360,8 +395,13 @@ class TrainingRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         truncated = {name: int(n) for name, n in zip(TRUNCATED, trunc) if name}
         return loss_sum, {
-            "lr": lr, "grad_norm": float(grad_norm), "tokens": int(global_all), "padded": int(global_padded),
-            "output_tokens": int(global_out), "truncated": truncated}
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens": int(global_all),
+            "padded": int(global_padded),
+            "output_tokens": int(global_out),
+            "truncated": truncated,
+        }
 
     # -- validation ------------------------------------------------------------------------------------------------
     def validate(self) -> dict[str, float | None]:
@@ -382,15 +422,22 @@ class TrainingRecipe:
         def mine() -> Iterator[list[tuple[list[int], int]]]:
             for _ in range(n_batches):
                 chunk = list(itertools.islice(rows, G))
-                part = [(r["ids"], r["prompt_len"]) for r in chunk[ctx.rank * B:(ctx.rank + 1) * B]]
+                part = [(r["ids"], r["prompt_len"]) for r in chunk[ctx.rank * B : (ctx.rank + 1) * B]]
                 real[0] += len(part)
                 # every rank runs the same number of forward passes (FSDP's collectives need it): an empty share is a
                 # one-token row without labels (it never matches: it has no output)
                 yield part or [([self.tokenizer.pad_id], 1)]
 
         self.model.eval()
-        loss_sum, n_tokens, matches = score_batches(self.model, mine(), self.tokenizer.pad_id, ctx.device,
-                                                    self._autocast, matches=True, pad_length=self._pad_length)
+        loss_sum, n_tokens, matches = score_batches(
+            self.model,
+            mine(),
+            self.tokenizer.pad_id,
+            ctx.device,
+            self._autocast,
+            matches=True,
+            pad_length=self._pad_length,
+        )
         self.model.train()
         loss_sum, n_tokens, matched, examples = ctx.sum([loss_sum, n_tokens, sum(matches), real[0]])
         return {"val_loss": loss_sum / max(1.0, n_tokens), "val_exact_match": matched / max(1.0, examples)}
@@ -399,13 +446,18 @@ class TrainingRecipe:
     def _evaluate_and_save(self, step: int, loss: float, lr: float) -> dict[str, Any]:
         val = self.validate()
         if val["val_loss"] is not None and not math.isfinite(val["val_loss"]):
-            raise HybridError(f"step {step}: the validation loss is {val['val_loss']} — training diverged; lower "
-                              f"train.learning_rate (now {self.cfg.train.learning_rate:g}); nothing saved for this step")
+            raise HybridError(
+                f"step {step}: the validation loss is {val['val_loss']} — training diverged; lower "
+                f"train.learning_rate (now {self.cfg.train.learning_rate:g}); nothing saved for this step"
+            )
         metrics = {"step": step, "train_loss": loss, **val, "lr": lr, "tokens_seen": self.state.tokens_seen}
         self.tracker.log({"step": step, **val})
         if self.is_main and val["val_loss"] is not None:
-            say(f"step {step:>5} | validation loss {val['val_loss']:.4f} (ppl {math.exp(min(val['val_loss'], 50)):.2f}) "
-                f"| exact match {val['val_exact_match']:.1%}")
+            say(
+                f"step {step:>5} | validation loss {val['val_loss']:.4f} "
+                f"(ppl {math.exp(min(val['val_loss'], 50)):.2f}) "
+                f"| exact match {val['val_exact_match']:.1%}"
+            )
         self.save_checkpoint(step, metrics)
         return metrics
 
@@ -425,8 +477,9 @@ class TrainingRecipe:
         improved = self._improves(metrics)
         if improved:
             self.state.best = metrics[self.cfg.train.best_by]
-        if metrics.get("val_loss") is not None and (self.state.best_val_loss is None
-                                                    or metrics["val_loss"] < self.state.best_val_loss):
+        if metrics.get("val_loss") is not None and (
+            self.state.best_val_loss is None or metrics["val_loss"] < self.state.best_val_loss
+        ):
             self.state.best_val_loss = metrics["val_loss"]
         self.state.metrics = metrics
         # the whole model's weights: a collective under FSDP (rank 0 gets them), a copy of the replica otherwise
@@ -437,22 +490,36 @@ class TrainingRecipe:
             if tmp.exists():
                 shutil.rmtree(tmp)
             try:
-                ckpt_io.write_checkpoint(tmp, model_state, self.model_config, self.model_class,
-                                         None if fsdp else self.optimizer.state_dict(), self.scheduler.state_dict(),
-                                         self.state, self.spec.config_yaml, self.spec.tokenizer_json)
+                ckpt_io.write_checkpoint(
+                    tmp,
+                    model_state,
+                    self.model_config,
+                    self.model_class,
+                    None if fsdp else self.optimizer.state_dict(),
+                    self.scheduler.state_dict(),
+                    self.state,
+                    self.spec.config_yaml,
+                    self.spec.tokenizer_json,
+                )
             except (OSError, RuntimeError, SafetensorError) as e:  # how torch and safetensors report a failed write
                 shutil.rmtree(tmp, ignore_errors=True)
-                why = (describe_os_error(e) if isinstance(e, OSError) else
-                       f"{str(e).splitlines()[0][:160]}: the disk is full or the folder is not writable")
-                raise HybridError(f"{self.output_dir}: cannot write the checkpoint of step {step} ({why}); the earlier "
-                                  f"checkpoints are intact — free space and rerun to resume") from None
+                why = (
+                    describe_os_error(e)
+                    if isinstance(e, OSError)
+                    else f"{str(e).splitlines()[0][:160]}: the disk is full or the folder is not writable"
+                )
+                raise HybridError(
+                    f"{self.output_dir}: cannot write the checkpoint of step {step} ({why}); the earlier "
+                    f"checkpoints are intact — free space and rerun to resume"
+                ) from None
         if fsdp:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
             ctx.barrier()  # the folder exists
-            dcp.save({"optim": get_optimizer_state_dict(self.model, self.optimizer)},
-                     checkpoint_id=str(tmp / "optimizer"))
+            dcp.save(
+                {"optim": get_optimizer_state_dict(self.model, self.optimizer)}, checkpoint_id=str(tmp / "optimizer")
+            )
             ctx.barrier()
         if self.is_main:
             path = ckpt_io.commit_checkpoint(tmp, step)
@@ -469,8 +536,9 @@ class TrainingRecipe:
             callback(step, path)
 
 
-def run(spec: TrainingSpec, source: DataSource, reporter: Reporter,
-        after_checkpoint: tuple[AfterCheckpoint, ...] = ()) -> dict[str, Any]:
+def run(
+    spec: TrainingSpec, source: DataSource, reporter: Reporter, after_checkpoint: tuple[AfterCheckpoint, ...] = ()
+) -> dict[str, Any]:
     """Set up and train: what every process of a run calls, with its launcher's data source and reporter."""
     recipe = TrainingRecipe(spec, source, reporter, after_checkpoint)
     recipe.setup()

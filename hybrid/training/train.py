@@ -53,8 +53,10 @@ def resolve_resume(resume: str, output: str, work_dir: Path) -> Path | None:
     value = (resume or "").strip()
     if value.lower() in ("none", "no", "false", ""):
         if ckpt_io.checkpoint_names(output):
-            raise ConfigError(f"train.resume=none: {storage.shown(output)} already holds "
-                              f"checkpoints; pick a new train.output_dir or use train.resume=auto to continue")
+            raise ConfigError(
+                f"train.resume=none: {storage.shown(output)} already holds "
+                f"checkpoints; pick a new train.output_dir or use train.resume=auto to continue"
+            )
         return None
     if value.lower() == "auto":
         names = ckpt_io.checkpoint_names(output)
@@ -72,11 +74,16 @@ def output_location(cfg: RecipeConfig, hold: contextlib.ExitStack | None = None)
     if not where.stages:
         return work_dir, output
     if strategy_of(cfg) == "fsdp":
-        raise ConfigError(f"train.output_dir={where.shown(output)}: train.strategy=fsdp writes each rank's optimizer "
-                          f"shard into one folder, which needs a folder every node sees; use a shared path")
+        raise ConfigError(
+            f"train.output_dir={where.shown(output)}: train.strategy=fsdp writes each rank's optimizer "
+            f"shard into one folder, which needs a folder every node sees; use a shared path"
+        )
     if hold is not None:
-        hold.enter_context(exclusive_lock(work_dir.with_name(work_dir.name + ".lock"),
-                                          f"train.output_dir {where.shown(output)}", wait=False))
+        hold.enter_context(
+            exclusive_lock(
+                work_dir.with_name(work_dir.name + ".lock"), f"train.output_dir {where.shown(output)}", wait=False
+            )
+        )
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     return work_dir, output
@@ -86,8 +93,9 @@ def needs_tokenizer_training(cfg: RecipeConfig, resume_from: Path | None, init_f
     return resume_from is None and init_from is None and not cfg.model.pretrained
 
 
-def get_tokenizer(cfg: RecipeConfig, resume_from: Path | None, sample_texts: list[str],
-                  init_from: Path | None = None) -> TextTokenizer:
+def get_tokenizer(
+    cfg: RecipeConfig, resume_from: Path | None, sample_texts: list[str], init_from: Path | None = None
+) -> TextTokenizer:
     """The run's tokenizer: the checkpoint's (resume, init_from), the base's (model.pretrained), else one trained on
     the sample of training texts."""
     if resume_from is not None:
@@ -96,8 +104,9 @@ def get_tokenizer(cfg: RecipeConfig, resume_from: Path | None, sample_texts: lis
         return TextTokenizer.load(init_from)
     if cfg.model.pretrained:
         if cfg.train.tokenizer != "bpe":
-            raise ConfigError(f"train.tokenizer={cfg.train.tokenizer}: model.pretrained brings its own tokenizer "
-                              f"(drop one of them)")
+            raise ConfigError(
+                f"train.tokenizer={cfg.train.tokenizer}: model.pretrained brings its own tokenizer (drop one of them)"
+            )
         return pretrained_tokenizer(cfg.model.pretrained)
     if cfg.train.tokenizer == "word":
         return train_word_level(sample_texts)
@@ -117,9 +126,11 @@ def check_resume_fits(resume_from: Path, cfg: RecipeConfig) -> None:
         if key in ("gradient_checkpointing", "use_gpu_to_search", "pretrained"):
             continue  # how to run it, not what it is
         if saved.get(key) != now.get(key):
-            raise ConfigError(f"model.{key}: {now.get(key)!r} here, but {resume_from} was trained with "
-                              f"{saved.get(key)!r} (use the same model settings, or train.resume=none with a "
-                              f"new train.output_dir)")
+            raise ConfigError(
+                f"model.{key}: {now.get(key)!r} here, but {resume_from} was trained with "
+                f"{saved.get(key)!r} (use the same model settings, or train.resume=none with a "
+                f"new train.output_dir)"
+            )
 
 
 def resolve_init_from(cfg: RecipeConfig) -> Path | None:
@@ -140,8 +151,9 @@ def check_init_fits(init_from: Path, cfg: RecipeConfig) -> str:
     with torch.device("meta"):  # shapes only: no memory, no init cost
         model = build_model(cfg.model, vocab_size=cfg.model.vocab_size)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    plan = ckpt_io.plan_init(own, ckpt_io.checkpoint_shapes(init_from), init_from,
-                             bool(model.config.tie_word_embeddings))
+    plan = ckpt_io.plan_init(
+        own, ckpt_io.checkpoint_shapes(init_from), init_from, bool(model.config.tie_word_embeddings)
+    )
     return ckpt_io.describe_init(init_from, *plan)
 
 
@@ -190,17 +202,23 @@ def check_fits(cfg: RecipeConfig, what: str = "") -> None:
     t = cfg.train
     need = t.num_workers * t.cpus_per_worker + (cfg.data.cpus_per_task or 0)
     asked = f"train.num_workers={t.num_workers} × train.cpus_per_worker={t.cpus_per_worker:g}" + (
-        f" + data.cpus_per_task={cfg.data.cpus_per_task:g}" if cfg.data.cpus_per_task else "")
+        f" + data.cpus_per_task={cfg.data.cpus_per_task:g}" if cfg.data.cpus_per_task else ""
+    )
     if need > res.get("CPU", 0) + 1e-9:
-        raise ConfigError(f"{what}{asked} asks for {need:g} CPUs, but the local Ray has {res.get('CPU', 0):g}; lower "
-                          f"train.num_workers or train.cpus_per_worker (or join a larger cluster with RAY_ADDRESS)")
+        raise ConfigError(
+            f"{what}{asked} asks for {need:g} CPUs, but the local Ray has {res.get('CPU', 0):g}; lower "
+            f"train.num_workers or train.cpus_per_worker (or join a larger cluster with RAY_ADDRESS)"
+        )
     if t.use_gpu is True and t.num_workers > res.get("GPU", 0):
-        raise ConfigError(f"{what}train.num_workers={t.num_workers} with train.use_gpu=true asks for {t.num_workers} "
-                          f"GPUs, but the local Ray has {res.get('GPU', 0):g}")
+        raise ConfigError(
+            f"{what}train.num_workers={t.num_workers} with train.use_gpu=true asks for {t.num_workers} "
+            f"GPUs, but the local Ray has {res.get('GPU', 0):g}"
+        )
 
 
-def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False,
-            hold: contextlib.ExitStack | None = None) -> TrainingSpec:
+def prepare(
+    cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False, hold: contextlib.ExitStack | None = None
+) -> TrainingSpec:
     """Everything before the loop, on the driver (or torchrun's rank 0): resolve, scan, tokenizer, checks, the
     run folder's config.yaml / data_stats.json / tokenizer, the plan. Returns the spec every process of the run gets.
     `hold`: the output folder's lock goes on this stack, taken once the checks have passed (a run refused by a
@@ -224,19 +242,27 @@ def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False,
     tokenizer = get_tokenizer(cfg, resume_from, train_scan.sample, init_from)
     train_scan.sample = []  # trained on: the driver keeps no texts
 
-    model_cfg = cfg.model.model_copy(update={
-        "vocab_size": tokenizer.vocab_size,
-        "gradient_checkpointing": cfg.model.gradient_checkpointing or tcfg.activation_checkpointing})
+    model_cfg = cfg.model.model_copy(
+        update={
+            "vocab_size": tokenizer.vocab_size,
+            "gradient_checkpointing": cfg.model.gradient_checkpointing or tcfg.activation_checkpointing,
+        }
+    )
     cfg = cfg.model_copy(update={"model": model_cfg})
     if resume_from is not None:
         check_resume_fits(resume_from, cfg)
     init_line = check_init_fits(init_from, cfg) if init_from is not None else None
     strategy = strategy_of(cfg)
     counts = {
-        "train": {"files": len(train_files), "examples": train_scan.rows, "skipped": train_scan.skipped,
-                  "tokenizer_sample": sample and min(sample, train_scan.rows)},
-        "validation": ({"files": len(val_files), "examples": val_scan.rows, "skipped": val_scan.skipped}
-                       if val_scan else None),
+        "train": {
+            "files": len(train_files),
+            "examples": train_scan.rows,
+            "skipped": train_scan.skipped,
+            "tokenizer_sample": sample and min(sample, train_scan.rows),
+        },
+        "validation": (
+            {"files": len(val_files), "examples": val_scan.rows, "skipped": val_scan.skipped} if val_scan else None
+        ),
     }
     config_yaml = cfg.to_yaml()
     if hold is not None and not where.stages:  # a staging folder was locked when it was made
@@ -244,34 +270,65 @@ def prepare(cfg: RecipeConfig, workers: int, use_ray: bool, quiet: bool = False,
     atomic_write_text(output_dir / "config.yaml", config_yaml)
     atomic_write_json(output_dir / "data_stats.json", counts)
     tokenizer.save(output_dir)
-    ckpt_io.publish_files(output_dir, output, names=("config.yaml", "data_stats.json", "tokenizer.json",
-                                                     "tokenizer_config.json"), folders=())
+    ckpt_io.publish_files(
+        output_dir,
+        output,
+        names=("config.yaml", "data_stats.json", "tokenizer.json", "tokenizer_config.json"),
+        folders=(),
+    )
     if resume_from is not None:
         ckpt_io.fetch_run_files(output, output_dir)
     if not quiet:
         t = counts["train"]
-        origin = (f"trained on a sample of {t['tokenizer_sample']:,} pairs" if sample else "from the checkpoint"
-                  if resume_from or init_from else "the base model's")
+        origin = (
+            f"trained on a sample of {t['tokenizer_sample']:,} pairs"
+            if sample
+            else "from the checkpoint"
+            if resume_from or init_from
+            else "the base model's"
+        )
         skipped = f" ({sum(t['skipped'].values())} bad records skipped)" if t["skipped"] else ""
-        print(f"train: {t['examples']:,} IO pairs in {t['files']} file(s){skipped}; tokenizer {origin}, "
-              f"vocabulary {tokenizer.vocab_size:,}"
-              + (f"; validation: {counts['validation']['examples']:,} IO pairs" if val_scan else "")
-              + (f"; {workers} workers ({strategy})" if workers > 1 else ""), flush=True)
+        print(
+            f"train: {t['examples']:,} IO pairs in {t['files']} file(s){skipped}; tokenizer {origin}, "
+            f"vocabulary {tokenizer.vocab_size:,}"
+            + (f"; validation: {counts['validation']['examples']:,} IO pairs" if val_scan else "")
+            + (f"; {workers} workers ({strategy})" if workers > 1 else ""),
+            flush=True,
+        )
         if resume_from:
             print(f"resuming from {resume_from}", flush=True)
         if init_line:
             print(init_line, flush=True)
     plan = StreamPlan.for_run(
-        train_files, train_scan.rows, tcfg.max_iters * tcfg.gradient_accumulation_steps, tcfg.seed,
-        cfg.data.shuffle_window, tcfg.batch_size, max(1, workers),
-        cfg.model.segment_length if cfg.data.bucket_by_length else None, cfg.data.max_length, on_bad)
-    return TrainingSpec(cfg=cfg, output=output, work_dir=str(output_dir), config_yaml=config_yaml,
-                        tokenizer_json=tokenizer.to_json(), vocab_size=tokenizer.vocab_size, use_gpu=_use_gpu(cfg),
-                        strategy=strategy, plan=plan, val_files=tuple(val_files),
-                        val_rows=val_scan.rows if val_scan else 0,
-                        resume_from=str(resume_from) if resume_from else None,
-                        init_from=str(init_from) if init_from else None, run_id=uuid.uuid4().hex[:12], t0=t0,
-                        counts=counts)
+        train_files,
+        train_scan.rows,
+        tcfg.max_iters * tcfg.gradient_accumulation_steps,
+        tcfg.seed,
+        cfg.data.shuffle_window,
+        tcfg.batch_size,
+        max(1, workers),
+        cfg.model.segment_length if cfg.data.bucket_by_length else None,
+        cfg.data.max_length,
+        on_bad,
+    )
+    return TrainingSpec(
+        cfg=cfg,
+        output=output,
+        work_dir=str(output_dir),
+        config_yaml=config_yaml,
+        tokenizer_json=tokenizer.to_json(),
+        vocab_size=tokenizer.vocab_size,
+        use_gpu=_use_gpu(cfg),
+        strategy=strategy,
+        plan=plan,
+        val_files=tuple(val_files),
+        val_rows=val_scan.rows if val_scan else 0,
+        resume_from=str(resume_from) if resume_from else None,
+        init_from=str(init_from) if init_from else None,
+        run_id=uuid.uuid4().hex[:12],
+        t0=t0,
+        counts=counts,
+    )
 
 
 def train(cfg: RecipeConfig, quiet: bool = False, after_checkpoint: tuple[AfterCheckpoint, ...] = ()) -> TrainResult:
@@ -281,7 +338,9 @@ def train(cfg: RecipeConfig, quiet: bool = False, after_checkpoint: tuple[AfterC
     n_workers = cfg.train.num_workers
     with contextlib.ExitStack() as hold:
         if n_workers:
-            init_ray(include_dashboard=True)  # the dashboard shows the run; Ray Train's placement-group cleaner needs it
+            init_ray(
+                include_dashboard=True
+            )  # the dashboard shows the run; Ray Train's placement-group cleaner needs it
             check_fits(cfg)
         spec = prepare(cfg, n_workers, use_ray=n_workers > 0, quiet=quiet, hold=hold)
         if n_workers == 0:  # in this process: the same recipe reads the same stream itself
@@ -310,13 +369,22 @@ def result_of(spec: TrainingSpec, metrics: dict[str, Any], t0: float) -> TrainRe
         state = ckpt_io.parse_trainer_state(where.read_text(file), where.shown(file))
         metrics = metrics or state.get("metrics", {})
         counts["train"]["truncated"] = state.get("truncated", {})
-    return TrainResult(output_dir=where.native(spec.output), checkpoint=where.native(latest) if latest else None,
-                       best_checkpoint=ckpt_io.best_checkpoint(spec.output), metrics=metrics, data_counts=counts,
-                       wall_s=time.time() - t0)
+    return TrainResult(
+        output_dir=where.native(spec.output),
+        checkpoint=where.native(latest) if latest else None,
+        best_checkpoint=ckpt_io.best_checkpoint(spec.output),
+        metrics=metrics,
+        data_counts=counts,
+        wall_s=time.time() - t0,
+    )
 
 
-def fit_on_ray(spec: TrainingSpec, callbacks: tuple = (), start_retries: int = 0,
-               after_checkpoint: tuple[AfterCheckpoint, ...] = ()) -> dict[str, Any]:
+def fit_on_ray(
+    spec: TrainingSpec,
+    callbacks: tuple = (),
+    start_retries: int = 0,
+    after_checkpoint: tuple[AfterCheckpoint, ...] = (),
+) -> dict[str, Any]:
     """The recipe on Ray Train workers (`callbacks`: Ray Train's, e.g. Tune's report callback); the training stream
     split over them in order, validation read by each. `start_retries`: how many times a worker group that did not
     start in time (Ray Train's 60 s) is tried again — a Tune trial waits for other trials to free their CPUs; a
@@ -341,28 +409,37 @@ def fit_on_ray(spec: TrainingSpec, callbacks: tuple = (), start_retries: int = 0
     cpus, tasks = data_resources(cfg)
     datasets = {"train": ray_train_dataset(plan, tokenizer_json, cpus, tasks)}
     if val_files:
-        datasets["validation"] = ray_eval_dataset(val_files, tokenizer_json, cfg.data.max_length,
-                                                  cfg.data.on_bad_record, cpus, tasks)
+        datasets["validation"] = ray_eval_dataset(
+            val_files, tokenizer_json, cfg.data.max_length, cfg.data.on_bad_record, cpus, tasks
+        )
     # What to resume from is decided above (train.resume); Ray's bookkeeping of an earlier fit in this folder
     # would reference checkpoints our retention removed (Ray then refuses to start), so it starts afresh.
     (output_dir / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
     run_config = RunConfig(
-        name=output_dir.name, storage_path=str(output_dir.parent),
+        name=output_dir.name,
+        storage_path=str(output_dir.parent),
         # retention (the last few + `best`) is ours: Ray's policy keeps either the latest or the top-scored
         checkpoint_config=CheckpointConfig(num_to_keep=None),
         failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=start_retries),
         callbacks=list(callbacks),
-        worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k == "OMP_NUM_THREADS"}})
+        worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k == "OMP_NUM_THREADS"}},
+    )
     trainer = TorchTrainer(
-        ray_worker, train_loop_config={"spec": spec, "after_checkpoint": tuple(after_checkpoint)},
+        ray_worker,
+        train_loop_config={"spec": spec, "after_checkpoint": tuple(after_checkpoint)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=n_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=run_config, datasets=datasets,
-        dataset_config=RayDataConfig(datasets_to_split=["train"],
-                                     execution_options=ExecutionOptions(
-                                         preserve_order=True,
-                                         resource_limits=ExecutionResources(object_store_memory=read_ahead_bytes(cfg)))))
+        scaling_config=ScalingConfig(
+            num_workers=n_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
+        ),
+        run_config=run_config,
+        datasets=datasets,
+        dataset_config=RayDataConfig(
+            datasets_to_split=["train"],
+            execution_options=ExecutionOptions(
+                preserve_order=True, resource_limits=ExecutionResources(object_store_memory=read_ahead_bytes(cfg))
+            ),
+        ),
+    )
     try:
         result = trainer.fit()
     except HybridError:
@@ -399,4 +476,3 @@ def describe(result: TrainResult) -> str:
         parts.append(f"train loss {m['train_loss']:.4f}")
     parts.append(f"{result.wall_s:.0f} s")
     return " | ".join(parts)
-

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hybrid.config.tune import TuneConfig
 from hybrid.tuning.trial import trial_name
@@ -66,4 +66,3 @@ def _trial_error(trial) -> str | None:
     except OSError:
         return None  # unreadable here: the results still carry the error (`collect`)
     return None
-

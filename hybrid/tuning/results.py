@@ -38,13 +38,33 @@ class Sweep:
 
     def to_json(self) -> dict[str, Any]:
         def row(t: TrialRow) -> dict[str, Any]:
-            return {"trial_id": t.trial_id, "config": t.config, self.metric: t.value, "steps": t.steps,
-                    "status": t.status, "checkpoint": t.checkpoint, "error": t.error}
+            return {
+                "trial_id": t.trial_id,
+                "config": t.config,
+                self.metric: t.value,
+                "steps": t.steps,
+                "status": t.status,
+                "checkpoint": t.checkpoint,
+                "error": t.error,
+            }
 
-        best = None if self.best is None else {"trial_id": self.best.trial_id, "config": self.best.config,
-                                               self.metric: self.best.value, "checkpoint": self.best.checkpoint}
-        return {"metric": self.metric, "mode": self.mode, "trials": [row(t) for t in self.trials], "best": best,
-                "seconds": self.seconds}
+        best = (
+            None
+            if self.best is None
+            else {
+                "trial_id": self.best.trial_id,
+                "config": self.best.config,
+                self.metric: self.best.value,
+                "checkpoint": self.best.checkpoint,
+            }
+        )
+        return {
+            "metric": self.metric,
+            "mode": self.mode,
+            "trials": [row(t) for t in self.trials],
+            "best": best,
+            "seconds": self.seconds,
+        }
 
 
 def write_results(sweep: Sweep, tcfg: TuneConfig) -> None:
@@ -53,8 +73,17 @@ def write_results(sweep: Sweep, tcfg: TuneConfig) -> None:
     writer = csv.writer(buf)
     writer.writerow(["trial_id", "status", "steps", *sweep.keys, sweep.metric, "checkpoint", "error"])
     for t in sweep.trials:
-        writer.writerow([t.trial_id, t.status, t.steps, *[t.config.get(k) for k in sweep.keys],
-                         "" if t.value is None else f"{t.value:.6g}", t.checkpoint or "", t.error or ""])
+        writer.writerow(
+            [
+                t.trial_id,
+                t.status,
+                t.steps,
+                *[t.config.get(k) for k in sweep.keys],
+                "" if t.value is None else f"{t.value:.6g}",
+                t.checkpoint or "",
+                t.error or "",
+            ]
+        )
     storage.write_text(storage.join(out, "results.csv"), buf.getvalue())
     if sweep.best is not None:
         cfg_path = storage.join(out, "trials", sweep.best.trial_id, "config.yaml")
@@ -70,6 +99,7 @@ def _hashable(value: Any) -> Any:
 def _axis(values: list[Any]) -> list[Any]:
     """A swept key's values in axis order: numbers by value, then anything else (`bpe`, `word`, null) as text — a
     categorical axis, one tick per value."""
+
     def order(v):
         return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
 

@@ -44,4 +44,3 @@ def resumable_asha(state_dir: str, **kwargs):
                 bracket.on_result(trial, t, self._metric_op * value)  # records; the decision was made back then
 
     return ResumableASHA(**kwargs)
-

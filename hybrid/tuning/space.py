@@ -19,7 +19,7 @@ OWNED = {
     "train.output_dir": "each trial trains into <tune.output_dir>/trials/<trial>",
     "train.resume": "each trial resumes its own checkpoints (auto), so a retried or resumed trial continues",
     "train.num_workers": "the sweep's concurrency and each trial's CPUs are counted from it; set it for every trial "
-                         "outside tune.space",
+    "outside tune.space",
     "train.best_by": "it follows tune.metric",
     "memory.service": "each trial gets a memory service of its own (<service>-<sweep>-<trial>)",
 }
@@ -35,25 +35,31 @@ def check_space(base: RecipeConfig, tcfg: TuneConfig) -> None:
     tune.max_trials, and every value a key can take is valid — before any trial starts."""
     for key in tcfg.space:
         if key in OWNED:
-            raise ConfigError(f"tune.space: {key}: set by the sweep for every trial, so it cannot be swept ({OWNED[key]})")
+            raise ConfigError(
+                f"tune.space: {key}: set by the sweep for every trial, so it cannot be swept ({OWNED[key]})"
+            )
     trials = grid_size(tcfg)
     if trials > tcfg.max_trials:
         points = " × ".join(str(len(v)) for v in tcfg.space.values() if isinstance(v, list))
-        raise ConfigError(f"tune.space: {trials:,} trials ({points} grid points × tune.num_samples {tcfg.num_samples}) "
-                          f"is more than tune.max_trials ({tcfg.max_trials:,}); narrow the space or raise "
-                          f"tune.max_trials")
+        raise ConfigError(
+            f"tune.space: {trials:,} trials ({points} grid points × tune.num_samples {tcfg.num_samples}) "
+            f"is more than tune.max_trials ({tcfg.max_trials:,}); narrow the space or raise "
+            f"tune.max_trials"
+        )
     for key, spec in tcfg.space.items():
         if isinstance(spec, list):
             candidates = spec
         else:
-            (kind, args), = spec.items()
+            ((kind, args),) = spec.items()
             candidates = args
             if kind in ("uniform", "loguniform"):
                 section, _, name = key.partition(".")
                 fields = type(getattr(base, section)).model_fields if section in SECTIONS else {}
                 if name in fields and fields[name].annotation in (int, "int"):
-                    raise ConfigError(f"tune.space: {key}: {kind} draws fractions, but {key} is an integer "
-                                      f"(give a list or {{choice: [...]}})")
+                    raise ConfigError(
+                        f"tune.space: {key}: {kind} draws fractions, but {key} is an integer "
+                        f"(give a list or {{choice: [...]}})"
+                    )
         for value in candidates:
             with_values(base, {key: value})
 
@@ -62,11 +68,14 @@ def check_sweep(base: RecipeConfig, tcfg: TuneConfig, data: bool = True) -> None
     """What can be known wrong before Ray starts: the metric, the space, the data (`data=False`: the recall objective
     makes its data later) — one line each."""
     if tcfg.objective == "recall" and storage.at(tcfg.output_dir).stages:  # not a folder of this machine
-        raise ConfigError(f"tune.objective=recall: tune.output_dir={storage.shown(tcfg.output_dir)} must be a local "
-                          f"folder (the recall data and the base are made on this machine)")
+        raise ConfigError(
+            f"tune.objective=recall: tune.output_dir={storage.shown(tcfg.output_dir)} must be a local "
+            f"folder (the recall data and the base are made on this machine)"
+        )
     if tcfg.metric not in REPORTED_METRICS:
-        raise ConfigError(f"tune.metric={tcfg.metric}: not a metric a trial reports (one of "
-                          f"{', '.join(REPORTED_METRICS)})")
+        raise ConfigError(
+            f"tune.metric={tcfg.metric}: not a metric a trial reports (one of {', '.join(REPORTED_METRICS)})"
+        )
     check_space(base, tcfg)
     if not data:
         return
@@ -76,8 +85,9 @@ def check_sweep(base: RecipeConfig, tcfg: TuneConfig, data: bool = True) -> None
         raise ConfigError(f"tune.metric={tcfg.metric}: the trials need validation data (data.validation=PATH)")
 
 
-def with_absolute_sweep_paths(base: RecipeConfig, tcfg: TuneConfig, cwd: str | None = None
-                              ) -> tuple[RecipeConfig, TuneConfig]:
+def with_absolute_sweep_paths(
+    base: RecipeConfig, tcfg: TuneConfig, cwd: str | None = None
+) -> tuple[RecipeConfig, TuneConfig]:
     """Every path setting (data.*, model.pretrained, train.init_from, tune.output_dir, …, and swept values of them)
     made absolute against the folder the command started in: Tune runs each trial in its own folder, where a
     relative `data.train=datasets/io_pairs/train.jsonl` names nothing."""
@@ -89,7 +99,7 @@ def with_absolute_sweep_paths(base: RecipeConfig, tcfg: TuneConfig, cwd: str | N
             return spec
         if isinstance(spec, list):
             return [absolute_path(key, v, cwd) for v in spec]
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         return {kind: [absolute_path(key, v, cwd) for v in args]}
 
     space = {key: fix(key, spec) for key, spec in tcfg.space.items()}
@@ -106,7 +116,6 @@ def param_space(tcfg: TuneConfig) -> dict[str, Any]:
         if isinstance(spec, list):
             out[key] = tune.grid_search(spec)
         else:
-            (kind, args), = spec.items()
+            ((kind, args),) = spec.items()
             out[key] = make[kind](args)
     return out
-

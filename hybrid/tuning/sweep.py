@@ -67,11 +67,11 @@ def holds_sweep(output_dir: str) -> bool:
     from ray import tune
 
     return storage.exists(storage.join(output_dir, "sweep.yaml")) and tune.Tuner.can_restore(
-        storage.join(output_dir, STATE))
+        storage.join(output_dir, STATE)
+    )
 
 
-def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
-              say: Callable[[str], None] = print) -> Sweep:
+def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False, say: Callable[[str], None] = print) -> Sweep:
     """Run (or resume) the sweep and write its results; see the module docstring. Everything that can be checked is
     checked before sweep.yaml is written (a refused sweep leaves no record that blocks the next one)."""
     import contextlib
@@ -92,8 +92,9 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
             base, tcfg = _read_sweep(saved)
         else:
             if holds_sweep(output_dir):
-                raise HybridError(f"{shown}: holds a sweep already; continue it with --resume, or choose another "
-                                  f"tune.output_dir")
+                raise HybridError(
+                    f"{shown}: holds a sweep already; continue it with --resume, or choose another tune.output_dir"
+                )
             if tcfg.objective == "recall":
                 base = recall_base(base, tcfg, output_dir, say)
                 check_sweep(base, tcfg)
@@ -102,8 +103,12 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
         init_ray(include_dashboard=True, log_to_driver=False)
         fixed = fixed_resources()
         if fixed is not None:
-            check_fits(base.model_copy(update={"train": base.train.model_copy(
-                update={"num_workers": max(1, base.train.num_workers)})}), what="each trial's ")
+            check_fits(
+                base.model_copy(
+                    update={"train": base.train.model_copy(update={"num_workers": max(1, base.train.num_workers)})}
+                ),
+                what="each trial's ",
+            )
         import ray
 
         plan = plan_trials(base, tcfg, fixed or ray.cluster_resources(), fixed is not None)
@@ -111,8 +116,12 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
             say(plan.note)
         tuner = _tuner(base, tcfg, output_dir, plan, resume, say)
         if not resume:
-            storage.write_text(saved, yaml.safe_dump({"base": base.model_dump(mode="json"),
-                                                     "tune": tcfg.model_dump(mode="json")}, sort_keys=False))
+            storage.write_text(
+                saved,
+                yaml.safe_dump(
+                    {"base": base.model_dump(mode="json"), "tune": tcfg.model_dump(mode="json")}, sort_keys=False
+                ),
+            )
         # one line per failed trial (the progress line above, the error column of the results), not Tune's traceback
         # on stderr for each: the whole of it stays in the trial's error.txt under <output_dir>/tune
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
@@ -132,30 +141,55 @@ def run_sweep(base: RecipeConfig, tcfg: TuneConfig, resume: bool = False,
     return sweep
 
 
-def _tuner(base: RecipeConfig, tcfg: TuneConfig, output_dir: str, plan: TrialPlan, resume: bool,
-           say: Callable[[str], None]):
+def _tuner(
+    base: RecipeConfig, tcfg: TuneConfig, output_dir: str, plan: TrialPlan, resume: bool, say: Callable[[str], None]
+):
     """Tune's Tuner for the sweep (restored from its state on resume)."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     state = storage.join(output_dir, STATE)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base_json=base.model_dump_json(), tune_json=tcfg.model_dump_json(),
-                             output_dir=output_dir, data_cpus=plan.data_cpus), TRIAL_ACTOR)
+        tune.with_parameters(
+            run_trial,
+            base_json=base.model_dump_json(),
+            tune_json=tcfg.model_dump_json(),
+            output_dir=output_dir,
+            data_cpus=plan.data_cpus,
+        ),
+        TRIAL_ACTOR,
+    )
     if resume:  # (with the callbacks it was started with: Tune saved them)
         return tune.Tuner.restore(state, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    scheduler = (resumable_asha(state, time_attr="step", grace_period=tcfg.grace_steps,
-                                 reduction_factor=tcfg.reduction_factor, max_t=tcfg.max_iters)
-                 if tcfg.scheduler == "asha" else None)
-    run_config = tune.RunConfig(name=STATE, storage_path=output_dir, verbose=0,
-                                callbacks=[progress_callback(tcfg, say)])
+    scheduler = (
+        resumable_asha(
+            state,
+            time_attr="step",
+            grace_period=tcfg.grace_steps,
+            reduction_factor=tcfg.reduction_factor,
+            max_t=tcfg.max_iters,
+        )
+        if tcfg.scheduler == "asha"
+        else None
+    )
+    run_config = tune.RunConfig(
+        name=STATE, storage_path=output_dir, verbose=0, callbacks=[progress_callback(tcfg, say)]
+    )
     return tune.Tuner(
-        trainable, param_space=param_space(tcfg), run_config=run_config,
+        trainable,
+        param_space=param_space(tcfg),
+        run_config=run_config,
         tune_config=tune.TuneConfig(
-            metric=tcfg.metric, mode=tcfg.mode, scheduler=scheduler, num_samples=tcfg.num_samples,
+            metric=tcfg.metric,
+            mode=tcfg.mode,
+            scheduler=scheduler,
+            num_samples=tcfg.num_samples,
             # (Tune applies max_concurrent_trials to a searcher it makes itself, not to one given to it)
             search_alg=BasicVariantGenerator(random_state=tcfg.seed, max_concurrent=plan.concurrency),
-            trial_name_creator=trial_name, trial_dirname_creator=trial_name))
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+    )
 
 
 def trials_to_run(state: str, tcfg: TuneConfig) -> int:
@@ -196,8 +230,7 @@ def _read_sweep(path: str) -> tuple[RecipeConfig, TuneConfig]:
         data = yaml.safe_load(storage.read_text(path))
         return RecipeConfig.model_validate(data["base"]), TuneConfig.model_validate(data["tune"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValidationError) as e:
-        raise HybridError(f"{storage.shown(path)}: not a readable sweep record ({library_message(e, path)})") \
-            from None
+        raise HybridError(f"{storage.shown(path)}: not a readable sweep record ({library_message(e, path)})") from None
 
 
 def collect(grid, tcfg: TuneConfig, output_dir: str, seconds: float) -> Sweep:
@@ -208,8 +241,11 @@ def collect(grid, tcfg: TuneConfig, output_dir: str, seconds: float) -> Sweep:
         frame = result.metrics_dataframe
         curve: list[tuple[int, float]] = []
         if frame is not None and tcfg.metric in frame and "step" in frame:
-            curve = [(int(s), float(v)) for s, v in zip(frame["step"], frame[tcfg.metric])
-                     if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            curve = [
+                (int(s), float(v))
+                for s, v in zip(frame["step"], frame[tcfg.metric])
+                if v is not None and not (isinstance(v, float) and math.isnan(v))
+            ]
         steps = int(frame["step"].max()) if frame is not None and "step" in frame and len(frame) else 0
         value, at = None, None
         if curve:
@@ -235,4 +271,3 @@ def _one_line(error: BaseException) -> str:
     error = root_cause(error)
     text = str(error).strip().splitlines()
     return (text[-1] if text else type(error).__name__)[:300]
-

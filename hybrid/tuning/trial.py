@@ -21,7 +21,6 @@ from hybrid.memory.ray_store import RAY_NAMESPACE, shard_name
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.training.train import fit_on_ray, prepare
 
-
 # A trial's worker group that does not start within Ray Train's 60 s (other trials hold the CPUs) is started again
 # this many times — waiting is what it needs, not being recorded `failed`
 START_RETRIES = 5
@@ -37,41 +36,59 @@ def service_name(base: str, output_dir: str, trial: str) -> str:
     return f"{base}-{hashlib.blake2b(str(output_dir).encode(), digest_size=4).hexdigest()}-{trial}"
 
 
-def trial_config(base: RecipeConfig, tcfg: TuneConfig, values: dict[str, Any], name: str,
-                 output_dir: str, data_cpus: tuple[float, int] | None = None) -> RecipeConfig:
+def trial_config(
+    base: RecipeConfig,
+    tcfg: TuneConfig,
+    values: dict[str, Any],
+    name: str,
+    output_dir: str,
+    data_cpus: tuple[float, int] | None = None,
+) -> RecipeConfig:
     """The trial's training config. `data_cpus`: (CPUs per read task, tasks) its data stream reserves, decided for
     the whole sweep (`TrialPlan`), where data.cpus_per_task is not set."""
     cfg = with_values(base, values)
-    train_update = {"max_iters": tcfg.max_iters, "output_dir": storage.join(output_dir, "trials", name), "resume": "auto",
-                    "num_workers": max(1, cfg.train.num_workers)}
+    train_update = {
+        "max_iters": tcfg.max_iters,
+        "output_dir": storage.join(output_dir, "trials", name),
+        "resume": "auto",
+        "num_workers": max(1, cfg.train.num_workers),
+    }
     if tcfg.metric in ("val_loss", "val_exact_match"):
         train_update["best_by"] = tcfg.metric  # the checkpoint kept as `best` is the one at the trial's best metric
     updates = {"train": cfg.train.model_copy(update=train_update)}
     if data_cpus is not None and cfg.data.cpus_per_task is None:
-        updates["data"] = cfg.data.model_copy(update={"cpus_per_task": data_cpus[0],
-                                                      "read_tasks": cfg.data.read_tasks or data_cpus[1]})
+        updates["data"] = cfg.data.model_copy(
+            update={"cpus_per_task": data_cpus[0], "read_tasks": cfg.data.read_tasks or data_cpus[1]}
+        )
     if cfg.memory.backend == "ray":
-        updates["memory"] = cfg.memory.model_copy(update={"service": service_name(cfg.memory.service, output_dir,
-                                                                                     name)})
+        updates["memory"] = cfg.memory.model_copy(
+            update={"service": service_name(cfg.memory.service, output_dir, name)}
+        )
     return cfg.model_copy(update=updates)
 
 
-def run_trial(config: dict[str, Any], base_json: str, tune_json: str, output_dir: str,
-              data_cpus: tuple[float, int] | None = None) -> None:
+def run_trial(
+    config: dict[str, Any], base_json: str, tune_json: str, output_dir: str, data_cpus: tuple[float, int] | None = None
+) -> None:
     """The Tune trainable: this trial's training run on Ray Train, reporting through TuneReportCallback."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     name = tune.get_context().get_trial_name()
-    cfg = trial_config(RecipeConfig.model_validate_json(base_json), TuneConfig.model_validate_json(tune_json),
-                       config, name, output_dir, data_cpus)
+    cfg = trial_config(
+        RecipeConfig.model_validate_json(base_json),
+        TuneConfig.model_validate_json(tune_json),
+        config,
+        name,
+        output_dir,
+        data_cpus,
+    )
     state = ckpt_io.latest_state(cfg.train.output_dir)
-    if state is not None:
-        if state["step"] >= cfg.train.max_iters and state.get("metrics"):
-            # finished before a kill reached Tune's state: nothing to train, report where it ended so Tune can
-            # close the trial (a trial that reports nothing is an error to Tune)
-            tune.report({**state["metrics"], "best_val_loss": state.get("best_val_loss")})
-            return
+    if state is not None and state["step"] >= cfg.train.max_iters and state.get("metrics"):
+        # finished before a kill reached Tune's state: nothing to train, report where it ended so Tune can
+        # close the trial (a trial that reports nothing is an error to Tune)
+        tune.report({**state["metrics"], "best_val_loss": state.get("best_val_loss")})
+        return
     try:
         spec = prepare(cfg, cfg.train.num_workers, use_ray=True, quiet=True)
         fit_on_ray(spec, callbacks=[TuneReportCallback()], start_retries=START_RETRIES)
@@ -115,17 +132,19 @@ def plan_trials(base: RecipeConfig, tcfg: TuneConfig, cluster: dict[str, float],
     is lowered to one that does — else the extra trials' workers wait 60 s and fail."""
     cpus = cluster.get("CPU", 0.0)
     workers = max(1, base.train.num_workers) * base.train.cpus_per_worker
-    own_data = (base.data.cpus_per_task * max(1, base.data.read_tasks)
-                if base.data.cpus_per_task is not None else None)
+    own_data = base.data.cpus_per_task * max(1, base.data.read_tasks) if base.data.cpus_per_task is not None else None
     per_trial = workers + (own_data or 0.0)
     fits = max(1, int((cpus + 1e-9) // per_trial))
     if base.train.use_gpu is True or (base.train.use_gpu == "auto" and cluster.get("GPU", 0)):
         fits = max(1, min(fits, int(cluster.get("GPU", 0) // max(1, base.train.num_workers))))
     concurrency, note = tcfg.max_concurrent_trials or fits, None
     if fixed and concurrency > fits:
-        note = (f"tune.max_concurrent_trials={concurrency}: the local Ray's {cpus:g} CPUs fit {fits} trial(s) of "
-                f"{workers:g} worker CPU(s)" + (f" + {own_data:g} data CPU(s)" if own_data else "")
-                + f"; running {fits} at once")
+        note = (
+            f"tune.max_concurrent_trials={concurrency}: the local Ray's {cpus:g} CPUs fit {fits} trial(s) of "
+            f"{workers:g} worker CPU(s)"
+            + (f" + {own_data:g} data CPU(s)" if own_data else "")
+            + f"; running {fits} at once"
+        )
         concurrency = fits
     data_cpus = None
     if own_data is None:
@@ -133,4 +152,3 @@ def plan_trials(base: RecipeConfig, tcfg: TuneConfig, cluster: dict[str, float],
         per_task = 1.0 if spare >= 1 else 0.5 if spare >= 0.5 else 0.0
         data_cpus = (per_task, max(1, int(spare // per_task)) if per_task else 1)
     return TrialPlan(concurrency, data_cpus, note)
-

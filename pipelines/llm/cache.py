@@ -16,8 +16,11 @@ from hybrid.core.io import atomic_write_json
 
 
 def cache_key(model: str, messages: list[dict], schema: dict | None, temperature: float, max_tokens: int) -> str:
-    payload = json.dumps({"model": model, "messages": messages, "schema": schema, "temperature": temperature,
-                          "max_tokens": max_tokens}, sort_keys=True, ensure_ascii=False)
+    payload = json.dumps(
+        {"model": model, "messages": messages, "schema": schema, "temperature": temperature, "max_tokens": max_tokens},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 

@@ -102,8 +102,7 @@ class Redactor:
 
 
 class LLMClient:
-    def __init__(self, settings: LLMSettings, cfg: LLMConfig, limiter, cache: AnswerCache,
-                 seed: int | None = None):
+    def __init__(self, settings: LLMSettings, cfg: LLMConfig, limiter, cache: AnswerCache, seed: int | None = None):
         from openai import AsyncOpenAI
 
         self.cfg = cfg
@@ -111,10 +110,15 @@ class LLMClient:
         self.limiter = limiter
         self.cache = cache
         self.stats = ClientStats()
-        self.redact = Redactor(settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None,
-                               settings.LLM_BASE_URL)
-        self._client = AsyncOpenAI(api_key=settings.api_key_value(), base_url=settings.LLM_BASE_URL or None,
-                                   max_retries=0, timeout=cfg.timeout_s)
+        self.redact = Redactor(
+            settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None, settings.LLM_BASE_URL
+        )
+        self._client = AsyncOpenAI(
+            api_key=settings.api_key_value(),
+            base_url=settings.LLM_BASE_URL or None,
+            max_retries=0,
+            timeout=cfg.timeout_s,
+        )
         self._sem = asyncio.Semaphore(cfg.concurrency_per_actor)
         self._rng = random.Random(seed)
         self.endpoint = settings.endpoint_text()  # redacted
@@ -128,8 +132,10 @@ class LLMClient:
 
     def _check_breaker(self) -> None:
         if self._unreachable_in_a_row >= self.cfg.circuit_breaker_failures:
-            raise LLMFatal(f"{self.endpoint}: unreachable ({self._unreachable_in_a_row} connection failures in a row); "
-                           f"check LLM_BASE_URL and that the server runs (`hybrid pipeline test-llm`)")
+            raise LLMFatal(
+                f"{self.endpoint}: unreachable ({self._unreachable_in_a_row} connection failures in a row); "
+                f"check LLM_BASE_URL and that the server runs (`hybrid pipeline test-llm`)"
+            )
 
     async def close(self) -> None:
         await self._client.close()
@@ -168,9 +174,15 @@ class LLMClient:
             self.stats.invalid_answers += 1
             if round_ < self.cfg.validation_retries:
                 self.stats.retries += 1
-                convo = [*messages, {"role": "assistant", "content": content[:4000]},
-                         {"role": "user", "content": f"That answer was invalid: {last_error}. Reply again with only "
-                                                     "a JSON object that matches the schema."}]
+                convo = [
+                    *messages,
+                    {"role": "assistant", "content": content[:4000]},
+                    {
+                        "role": "user",
+                        "content": f"That answer was invalid: {last_error}. Reply again with only "
+                        "a JSON object that matches the schema.",
+                    },
+                ]
         self._fail("invalid_answer")
         raise LLMFailure("invalid_answer", self.redact(last_error), attempts)
 
@@ -180,7 +192,7 @@ class LLMClient:
         self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
 
     def _backoff(self, retry: int) -> float:
-        return self._rng.uniform(0, min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * (2 ** retry)))
+        return self._rng.uniform(0, min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * (2**retry)))
 
     def _estimate_tokens(self, messages: list[dict]) -> float:
         chars = sum(len(m.get("content") or "") for m in messages)
@@ -190,7 +202,10 @@ class LLMClient:
         """Send one completion (retrying transport faults); returns (content, usage, attempts)."""
         import openai
 
-        response_format = {"type": "json_schema", "json_schema": {"name": schema_name, "schema": schema, "strict": True}}
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": schema_name, "schema": schema, "strict": True},
+        }
         reason, detail = "", ""
         for attempt in range(self.cfg.max_retries + 1):
             self._check_breaker()  # tripped by another request while this one waited
@@ -204,8 +219,12 @@ class LLMClient:
                 t0 = time.monotonic()
                 try:
                     response = await self._client.chat.completions.create(
-                        model=self.model, messages=messages, response_format=response_format,
-                        temperature=self.cfg.temperature, max_tokens=self.cfg.max_output_tokens)
+                        model=self.model,
+                        messages=messages,
+                        response_format=response_format,
+                        temperature=self.cfg.temperature,
+                        max_tokens=self.cfg.max_output_tokens,
+                    )
                 except openai.RateLimitError as e:
                     self._unreachable_in_a_row = 0
                     self.stats.rate_limited += 1
@@ -228,10 +247,14 @@ class LLMClient:
                     self._unreachable_in_a_row = 0
                     status = e.status_code
                     if status in (401, 403):
-                        raise LLMFatal(f"the endpoint refused the API key (HTTP {status}); check OPENAI_API_KEY") from None
+                        raise LLMFatal(
+                            f"the endpoint refused the API key (HTTP {status}); check OPENAI_API_KEY"
+                        ) from None
                     if status == 404:
-                        raise LLMFatal(f"HTTP 404 from the endpoint: unknown model {self.model!r} or wrong "
-                                       f"LLM_BASE_URL ({self.redact(e.message)})") from None
+                        raise LLMFatal(
+                            f"HTTP 404 from the endpoint: unknown model {self.model!r} or wrong "
+                            f"LLM_BASE_URL ({self.redact(e.message)})"
+                        ) from None
                     if status >= 500 or status in (408, 409):
                         self.stats.server_errors += 1
                         await call(self.limiter, "settle", estimate, 0)  # nothing was generated: give the tokens back
@@ -239,7 +262,9 @@ class LLMClient:
                         delay = self._backoff(attempt)
                     else:
                         self._fail("bad_request")
-                        raise LLMFailure("bad_request", f"HTTP {status}: {self.redact(e.message)}", attempt + 1) from None
+                        raise LLMFailure(
+                            "bad_request", f"HTTP {status}: {self.redact(e.message)}", attempt + 1
+                        ) from None
                 except (openai.APIResponseValidationError, ValueError) as e:  # a body that is not JSON
                     self.stats.server_errors += 1
                     reason, detail = "malformed_response", self.redact(f"{type(e).__name__}: {e}")
@@ -267,7 +292,11 @@ class LLMClient:
                     else:
                         # an answer cut short (finish_reason "length") fails validation and is asked again
                         content = choices[0].message.content or ""
-                        return content, {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}, attempt + 1
+                        return (
+                            content,
+                            {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+                            attempt + 1,
+                        )
             if delay > 0 and attempt < self.cfg.max_retries:
                 await asyncio.sleep(delay)
         self._fail(reason)

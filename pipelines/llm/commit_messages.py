@@ -8,19 +8,52 @@ import re
 
 TRAILER_RE = re.compile(
     r"^\s*(signed-off-by|co-authored-by|reviewed-by|acked-by|tested-by|reported-by|suggested-by|cc|change-id|"
-    r"reviewed-on|git-svn-id|bug|fixes|closes|resolves|see-also|helped-by)\s*:.*$", re.I)
+    r"reviewed-on|git-svn-id|bug|fixes|closes|resolves|see-also|helped-by)\s*:.*$",
+    re.I,
+)
 URL_RE = re.compile(r"(https?://|www\.)\S+", re.I)
 SHA_RE = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b", re.I)
 REF_RE = re.compile(r"\((?:#|gh-|GH-)\d+\)|(?<!\w)(?:#|gh-|GH-)\d+\b")
 TAG_RE = re.compile(r"\[(?:skip ci|ci skip|no ci|skip-ci|wip)\]", re.I)
-BOT_AUTHOR_RE = re.compile(r"\[bot\]|\bbot\b|dependabot|renovate|github-actions|greenkeeper|snyk-bot|pre-commit-ci", re.I)
-BOT_MESSAGE_RE = re.compile(r"^(bump \S+ from \S+ to \S+|update dependency\b|chore\(deps\)|\[bot\]|"
-                            r"\[pre-commit\.ci\]|pre-commit autoupdate|auto-?generated|automated (commit|update))", re.I)
+BOT_AUTHOR_RE = re.compile(
+    r"\[bot\]|\bbot\b|dependabot|renovate|github-actions|greenkeeper|snyk-bot|pre-commit-ci", re.I
+)
+BOT_MESSAGE_RE = re.compile(
+    r"^(bump \S+ from \S+ to \S+|update dependency\b|chore\(deps\)|\[bot\]|"
+    r"\[pre-commit\.ci\]|pre-commit autoupdate|auto-?generated|automated (commit|update))",
+    re.I,
+)
 MERGE_RE = re.compile(r"^(merge (pull request|branch|remote-tracking|tag|commit|\S+ into)|merged? \S+ into)", re.I)
 WIP_RE = re.compile(r"^(wip\b|work in progress|fixup!|squash!|amend!|tmp\b|temp commit|checkpoint\b)", re.I)
-UNINFORMATIVE = {"update", "updates", "updated", "fix", "fixes", "fixed", "changes", "change", "minor", "misc",
-                 "cleanup", "clean up", "test", "tests", "typo", "stuff", "commit", "initial commit", "first commit",
-                 "init", "save", "more", "wip", "done", "asdf", "..", "."}
+UNINFORMATIVE = {
+    "update",
+    "updates",
+    "updated",
+    "fix",
+    "fixes",
+    "fixed",
+    "changes",
+    "change",
+    "minor",
+    "misc",
+    "cleanup",
+    "clean up",
+    "test",
+    "tests",
+    "typo",
+    "stuff",
+    "commit",
+    "initial commit",
+    "first commit",
+    "init",
+    "save",
+    "more",
+    "wip",
+    "done",
+    "asdf",
+    "..",
+    ".",
+}
 BULLET_RE = re.compile(r"^\s*[-*•]\s+(.*\S)\s*$")
 
 
@@ -65,8 +98,9 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
 
 
-def tasks_from_message(message: str, author: str = "", parents: int = 1,
-                       max_tasks: int = 10) -> tuple[list[dict], str | None]:
+def tasks_from_message(
+    message: str, author: str = "", parents: int = 1, max_tasks: int = 10
+) -> tuple[list[dict], str | None]:
     """(tasks, drop reason). Tasks apply to the whole commit (`function_ids: []`)."""
     reason = drop_reason(message, author, parents)
     if reason:

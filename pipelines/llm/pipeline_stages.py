@@ -43,8 +43,15 @@ def tasks_from_messages(data_dir: str | Path, repos: list[str], force: bool, max
             written += n
             if reason:
                 drops[reason] += 1
-        repo_summary = {"commits": len(todo), "already_done": done, "ok": len(todo), "failed": 0,
-                        "written": written, "source": "commit_message", "drops": dict(drops)}
+        repo_summary = {
+            "commits": len(todo),
+            "already_done": done,
+            "ok": len(todo),
+            "failed": 0,
+            "written": written,
+            "source": "commit_message",
+            "drops": dict(drops),
+        }
         st.update_stats(layout, repo, "generate-tasks", repo_summary)
         for k in ("commits", "already_done", "ok", "written"):
             summary[k] += repo_summary[k]
@@ -55,8 +62,10 @@ def tasks_from_messages(data_dir: str | Path, repos: list[str], force: bool, max
 
 
 def _llm_summary(summary: dict) -> dict:
-    return {"counts": _counts(summary),
-            "drops": {**summary["drops"], **{f"failed:{k}": v for k, v in summary["failures_by_reason"].items()}}}
+    return {
+        "counts": _counts(summary),
+        "drops": {**summary["drops"], **{f"failed:{k}": v for k, v in summary["failures_by_reason"].items()}},
+    }
 
 
 def run_generate_tasks(repo_names: list[str], data_dir: str | Path, llm_cfg: LLMConfig, force: bool = False) -> dict:
@@ -66,16 +75,21 @@ def run_generate_tasks(repo_names: list[str], data_dir: str | Path, llm_cfg: LLM
     settings = load_settings()
     if not settings.configured:
         summary = tasks_from_messages(data_dir, names, force, llm_cfg.max_tasks_per_commit)
-        print("generate-tasks: no LLM configured, tasks from cleaned commit messages (source: commit_message)",
-              file=sys.stderr)
-        return {"counts": {**_counts(summary), "from_commit_message": int(summary["commits"])},
-                "drops": dict(summary.get("drops", {}))}
+        print(
+            "generate-tasks: no LLM configured, tasks from cleaned commit messages (source: commit_message)",
+            file=sys.stderr,
+        )
+        return {
+            "counts": {**_counts(summary), "from_commit_message": int(summary["commits"])},
+            "drops": dict(summary.get("drops", {})),
+        }
 
     return _llm_summary(run_llm_stage("generate-tasks", llm_cfg, settings, data_dir, names, force).as_dict())
 
 
-def run_generate_reasoning(repo_names: list[str], data_dir: str | Path, llm_cfg: LLMConfig,
-                           force: bool = False) -> dict:
+def run_generate_reasoning(
+    repo_names: list[str], data_dir: str | Path, llm_cfg: LLMConfig, force: bool = False
+) -> dict:
     names = _present(repo_names, data_dir)
     if not names:
         return {"counts": {}, "drops": {}}

@@ -32,8 +32,9 @@ from pipelines.llm.stages import reasoning_for_commit, tasks_for_commit
 class StageWorker:
     """One commit per call; the same class is the Ray Data actor and the local worker."""
 
-    def __init__(self, stage: str, settings: LLMSettings, cfg: dict, limiter, cache_dir: str | None,
-                 force: bool = False):
+    def __init__(
+        self, stage: str, settings: LLMSettings, cfg: dict, limiter, cache_dir: str | None, force: bool = False
+    ):
 
         self.stage = stage
         self.cfg = LLMConfig.model_validate(cfg)
@@ -45,24 +46,48 @@ class StageWorker:
     async def __call__(self, row: dict) -> dict:
 
         commit_dir = Path(row["commit_dir"])
-        out = {"repo": row["repo"], "commit_dir": row["commit_dir"], "status": "failed", "written": 0,
-               "failures": "[]", "drops": "{}", "error": "", "worker": self.worker_id, "stats": "{}"}
+        out = {
+            "repo": row["repo"],
+            "commit_dir": row["commit_dir"],
+            "status": "failed",
+            "written": 0,
+            "failures": "[]",
+            "drops": "{}",
+            "error": "",
+            "worker": self.worker_id,
+            "stats": "{}",
+        }
         if self.fatal is None:
             try:
                 if self.stage == "generate-tasks":
                     result = await tasks_for_commit(commit_dir, self.client, self.cfg)
                 else:
                     result = await reasoning_for_commit(commit_dir, self.client, self.cfg, self.force)
-                out.update(status=result["status"], written=result["written"],
-                           failures=json.dumps(result["failures"]), drops=json.dumps(result["drops"]))
+                out.update(
+                    status=result["status"],
+                    written=result["written"],
+                    failures=json.dumps(result["failures"]),
+                    drops=json.dumps(result["drops"]),
+                )
             except LLMFatal as e:
                 self.fatal = str(e)
             except Exception as e:  # a bad input file (or a bug): this commit is recorded as failed, the run goes on
                 reason = "bad_input" if isinstance(e, HybridError) else "internal_error"
                 detail = str(e) if isinstance(e, HybridError) else f"{type(e).__name__}: {e}"
-                out.update(failures=json.dumps([{"stage": self.stage, "commit_number": st.commit_number(commit_dir),
-                                                 "function_id": None, "reason": reason,
-                                                 "detail": self.client.redact(detail), "attempts": 0}]))
+                out.update(
+                    failures=json.dumps(
+                        [
+                            {
+                                "stage": self.stage,
+                                "commit_number": st.commit_number(commit_dir),
+                                "function_id": None,
+                                "reason": reason,
+                                "detail": self.client.redact(detail),
+                                "attempts": 0,
+                            }
+                        ]
+                    )
+                )
         if self.fatal is not None:
             out.update(status="fatal", error=self.fatal)
         out["stats"] = json.dumps(self.client.stats.snapshot())
@@ -99,30 +124,55 @@ class RunTotals:
         client = {name: c.get(name, 0) for name in ClientStats.counter_names()}
         client = {k: (round(v, 3) if isinstance(v, float) else int(v)) for k, v in client.items()}
         return {
-            "commits": self.items, "already_done": self.done_before, "ok": self.ok, "partial": self.partial,
-            "failed": self.failed, "written": self.written, **client,
-            "elapsed_s": round(elapsed, 2), "requests_per_s": round(c.get("requests", 0) / elapsed, 3) if elapsed else 0,
-            "drops": dict(self.drops), "failures_by_reason": dict(self.failure_reasons),
+            "commits": self.items,
+            "already_done": self.done_before,
+            "ok": self.ok,
+            "partial": self.partial,
+            "failed": self.failed,
+            "written": self.written,
+            **client,
+            "elapsed_s": round(elapsed, 2),
+            "requests_per_s": round(c.get("requests", 0) / elapsed, 3) if elapsed else 0,
+            "drops": dict(self.drops),
+            "failures_by_reason": dict(self.failure_reasons),
         }
 
 
 def _progress(console, total: int, stage: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[info]}"), console=console, transient=False,
-                    disable=total == 0 or not console.is_terminal and os.environ.get("HYBRID_PROGRESS") != "1")
+    return Progress(
+        TextColumn(f"[bold]{stage}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+        disable=total == 0 or not console.is_terminal and os.environ.get("HYBRID_PROGRESS") != "1",
+    )
 
 
 def _info(totals: RunTotals) -> str:
     c = totals.client_totals()
     dt = max(time.monotonic() - totals.started, 1e-6)
-    return (f"{c.get('requests', 0) / dt:.1f} req/s  {(c.get('prompt_tokens', 0) + c.get('completion_tokens', 0)) / dt:.0f} tok/s  "
-            f"retries {int(c.get('retries', 0))}  failed {totals.failed + totals.partial}")
+    tokens = c.get("prompt_tokens", 0) + c.get("completion_tokens", 0)
+    return (
+        f"{c.get('requests', 0) / dt:.1f} req/s  {tokens / dt:.0f} tok/s  "
+        f"retries {int(c.get('retries', 0))}  failed {totals.failed + totals.partial}"
+    )
 
 
-def run_llm_stage(stage: str, cfg: LLMConfig, settings: LLMSettings, data_dir: str | Path, repos: list[str],
-                  force: bool = False, console=None, runner: str | None = None) -> RunTotals:
+def run_llm_stage(
+    stage: str,
+    cfg: LLMConfig,
+    settings: LLMSettings,
+    data_dir: str | Path,
+    repos: list[str],
+    force: bool = False,
+    console=None,
+    runner: str | None = None,
+) -> RunTotals:
     """Plan, run and record one LLM stage; returns the totals (also written to each repo's stats.json)."""
     from rich.console import Console
 
@@ -134,8 +184,9 @@ def run_llm_stage(stage: str, cfg: LLMConfig, settings: LLMSettings, data_dir: s
     totals = RunTotals(stage)
     for repo in names:
         commits = st.commit_dirs(layout, repo)
-        todo, done = (st.plan_tasks(commits, force, llm=True) if stage == "generate-tasks"
-                      else st.plan_reasoning(commits, force))
+        todo, done = (
+            st.plan_tasks(commits, force, llm=True) if stage == "generate-tasks" else st.plan_reasoning(commits, force)
+        )
         totals.done_before += done
         items += [{"repo": repo, "commit_dir": str(c.resolve())} for c in todo]
     totals.items = len(items)
@@ -157,14 +208,17 @@ def run_llm_stage(stage: str, cfg: LLMConfig, settings: LLMSettings, data_dir: s
         totals.drops.update(json.loads(row["drops"]))
         # cumulative per actor, but rows come back in block order, not finish order: keep the largest counts
         snapshot, seen = json.loads(row["stats"]), totals.worker_stats.get(row["worker"], {})
-        totals.worker_stats[row["worker"]] = {k: max(v, seen.get(k, v)) if isinstance(v, (int, float)) else v
-                                              for k, v in snapshot.items()}
+        totals.worker_stats[row["worker"]] = {
+            k: max(v, seen.get(k, v)) if isinstance(v, (int, float)) else v for k, v in snapshot.items()
+        }
         progress.update(task_id, advance=1, info=_info(totals))
 
     with _progress(console, len(items), stage) as progress:
         task_id = progress.add_task(stage, total=len(items), info="")
         if items and runner == "local":
-            asyncio.run(_run_local(stage, cfg, settings, items, cache_dir, force, lambda r: consume(r, progress, task_id)))
+            asyncio.run(
+                _run_local(stage, cfg, settings, items, cache_dir, force, lambda r: consume(r, progress, task_id))
+            )
         elif items:
             _run_ray(stage, cfg, settings, items, cache_dir, force, lambda r: consume(r, progress, task_id))
     totals.elapsed_s = time.monotonic() - totals.started
@@ -201,10 +255,19 @@ def _run_ray(stage, cfg, settings, items, cache_dir, force, consume) -> None:
     limiter = start_limiter_actor(cfg.requests_per_minute, cfg.tokens_per_minute, cfg.burst_seconds)
     try:
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), cfg.num_actors * 4)))
-        ds = ds.map(StageWorker,
-                    fn_constructor_kwargs={"stage": stage, "settings": settings, "cfg": cfg.model_dump(),
-                                           "limiter": limiter, "cache_dir": os.path.abspath(cache_dir), "force": force},
-                    compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_cpus=cfg.actor_num_cpus)
+        ds = ds.map(
+            StageWorker,
+            fn_constructor_kwargs={
+                "stage": stage,
+                "settings": settings,
+                "cfg": cfg.model_dump(),
+                "limiter": limiter,
+                "cache_dir": os.path.abspath(cache_dir),
+                "force": force,
+            },
+            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+            num_cpus=cfg.actor_num_cpus,
+        )
         for row in ds.iter_rows():
             consume(dict(row))
     finally:

@@ -32,9 +32,15 @@ TASKS_SCHEMA = {
             "items": {
                 "type": "object",
                 "properties": {
-                    "description": {"type": "string", "description": "one task, imperative, as a developer would be asked"},
-                    "function_ids": {"type": "array", "items": {"type": "string"},
-                                     "description": "ids of the changed functions this task needs; [] for the whole commit"},
+                    "description": {
+                        "type": "string",
+                        "description": "one task, imperative, as a developer would be asked",
+                    },
+                    "function_ids": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "ids of the changed functions this task needs; [] for the whole commit",
+                    },
                 },
                 "required": ["description", "function_ids"],
                 "additionalProperties": False,

@@ -3,8 +3,6 @@ are masked, and nothing here ever formats its value into a message."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,12 +11,11 @@ from hybrid.core.redact import redact_url, split_userinfo
 
 
 class LLMSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
-                                      case_sensitive=True)
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True)
 
-    OPENAI_API_KEY: Optional[SecretStr] = None
-    LLM_BASE_URL: Optional[str] = None
-    LLM_MODEL_NAME: Optional[str] = None
+    OPENAI_API_KEY: SecretStr | None = None
+    LLM_BASE_URL: str | None = None
+    LLM_MODEL_NAME: str | None = None
 
     @field_validator("OPENAI_API_KEY", mode="before")
     @classmethod
@@ -35,8 +32,10 @@ class LLMSettings(BaseSettings):
         key = v.get_secret_value()
         bad = next((i for i, c in enumerate(key) if not " " <= c <= "~"), None)
         if bad is not None:
-            raise ValueError(f"holds a character that is not printable ASCII (at position {bad + 1} of "
-                             f"{len(key)}; an HTTP header carries ASCII only): retype or re-copy the key")
+            raise ValueError(
+                f"holds a character that is not printable ASCII (at position {bad + 1} of "
+                f"{len(key)}; an HTTP header carries ASCII only): retype or re-copy the key"
+            )
         return v
 
     @field_validator("LLM_BASE_URL", "LLM_MODEL_NAME", mode="before")
@@ -81,8 +80,10 @@ class LLMSettings(BaseSettings):
         return redact_url(self.LLM_BASE_URL) if self.LLM_BASE_URL else "https://api.openai.com/v1"
 
 
-NO_LLM_MESSAGE = ("no LLM configured: set OPENAI_API_KEY (and LLM_BASE_URL for a local OpenAI-compatible server) "
-                  "in .env or the environment; see docs/llm.md")
+NO_LLM_MESSAGE = (
+    "no LLM configured: set OPENAI_API_KEY (and LLM_BASE_URL for a local OpenAI-compatible server) "
+    "in .env or the environment; see docs/llm.md"
+)
 
 
 def load_settings() -> LLMSettings:
@@ -99,6 +100,8 @@ def load_settings() -> LLMSettings:
         if loc == "LLM_BASE_URL":  # not the secret: safe to say why, and to show the URL redacted
             import os
 
-            why = f" ({redact_url(os.environ.get('LLM_BASE_URL', ''))!s}: {first.get('msg', '').removeprefix('Value error, ')}; " \
-                  f"expected like http://127.0.0.1:8000/v1)"
+            msg = first.get("msg", "").removeprefix("Value error, ")
+            why = (
+                f" ({redact_url(os.environ.get('LLM_BASE_URL', ''))!s}: {msg}; expected like http://127.0.0.1:8000/v1)"
+            )
         raise HybridError(f".env / environment: invalid value for {loc}{why}") from None

@@ -31,8 +31,10 @@ def repo_names(layout: DatasetLayout, repos: list[str]) -> list[str]:
     """The named repositories (each must have outputs), else every one that has."""
     for name in repos:
         if not layout.has_repo(name):
-            raise HybridError(f"{layout.repo_dir(name)}: no such repository in the dataset (run generate-ast first, "
-                              f"or check the name)")
+            raise HybridError(
+                f"{layout.repo_dir(name)}: no such repository in the dataset (run generate-ast first, "
+                f"or check the name)"
+            )
     if repos:
         return list(repos)
     if not storage.is_dir(layout.dataset_dir):
@@ -98,7 +100,11 @@ def existing_reasoning(commit_dir: Path) -> dict[str, dict]:
         entries = read_json(path)
     except HybridError:
         return {}
-    return {e["function_id"]: e for e in entries if isinstance(e, dict) and "function_id" in e} if isinstance(entries, list) else {}
+    return (
+        {e["function_id"]: e for e in entries if isinstance(e, dict) and "function_id" in e}
+        if isinstance(entries, list)
+        else {}
+    )
 
 
 def plan_reasoning(commits: list[Path], force: bool) -> tuple[list[Path], int]:
@@ -146,8 +152,14 @@ def merge_tasks(answers: list, known_ids: set[str], max_tasks: int) -> tuple[lis
 
 
 def _failure(stage: str, commit_dir: Path, err: LLMFailure, function_id: str | None = None) -> dict:
-    return {"stage": stage, "commit_number": commit_number(commit_dir), "function_id": function_id,
-            "reason": err.reason, "detail": err.detail, "attempts": err.attempts}
+    return {
+        "stage": stage,
+        "commit_number": commit_number(commit_dir),
+        "function_id": function_id,
+        "reason": err.reason,
+        "detail": err.detail,
+        "attempts": err.attempts,
+    }
 
 
 async def tasks_for_commit(commit_dir: Path, client: LLMClient, cfg: LLMConfig) -> dict:
@@ -162,25 +174,42 @@ async def tasks_for_commit(commit_dir: Path, client: LLMClient, cfg: LLMConfig) 
             raise r
     failed = [r for r in results if isinstance(r, LLMFailure)]
     if failed:  # answered chunks are cached: the retry only asks the failed ones
-        return {"status": "failed", "written": 0, "failures": [_failure("generate-tasks", commit_dir, failed[0])],
-                "drops": drops}
+        return {
+            "status": "failed",
+            "written": 0,
+            "failures": [_failure("generate-tasks", commit_dir, failed[0])],
+            "drops": drops,
+        }
     tasks, unknown = merge_tasks([r[0] for r in results], {f["id"] for f in functions}, cfg.max_tasks_per_commit)
     if unknown:
         drops["unknown_function_id"] = unknown
-    atomic_write_json(commit_dir / TASKS, {"commit_number": commit.get("commit_number", commit_number(commit_dir)),
-                                          "commit_hash": commit.get("commit_hash"), "source": "llm",
-                                          "tasks": tasks})
+    atomic_write_json(
+        commit_dir / TASKS,
+        {
+            "commit_number": commit.get("commit_number", commit_number(commit_dir)),
+            "commit_hash": commit.get("commit_hash"),
+            "source": "llm",
+            "tasks": tasks,
+        },
+    )
     return {"status": "ok", "written": len(tasks), "failures": [], "drops": drops, "chunks": len(chunks)}
 
 
 def tasks_from_commit_message(commit_dir: Path, max_tasks: int) -> tuple[int, str | None]:
     """No LLM: task.json from the cleaned commit message. Returns (tasks written, drop reason)."""
     commit = read_json(commit_dir / COMMIT_DATA)
-    tasks, reason = tasks_from_message(commit.get("message") or "", commit.get("author") or "",
-                                       len(commit.get("parents") or []), max_tasks)
-    atomic_write_json(commit_dir / TASKS, {"commit_number": commit.get("commit_number", commit_number(commit_dir)),
-                                          "commit_hash": commit.get("commit_hash"), "source": "commit_message",
-                                          "tasks": tasks})
+    tasks, reason = tasks_from_message(
+        commit.get("message") or "", commit.get("author") or "", len(commit.get("parents") or []), max_tasks
+    )
+    atomic_write_json(
+        commit_dir / TASKS,
+        {
+            "commit_number": commit.get("commit_number", commit_number(commit_dir)),
+            "commit_hash": commit.get("commit_hash"),
+            "source": "commit_message",
+            "tasks": tasks,
+        },
+    )
     return len(tasks), reason
 
 
@@ -192,8 +221,9 @@ def commit_tasks(commit_dir: Path, max_tasks: int) -> list[dict]:
         if isinstance(data, dict) and isinstance(data.get("tasks"), list):
             return data["tasks"]
     commit = read_json(commit_dir / COMMIT_DATA) if (commit_dir / COMMIT_DATA).exists() else {}
-    return tasks_from_message(commit.get("message") or "", commit.get("author") or "",
-                              len(commit.get("parents") or []), max_tasks)[0]
+    return tasks_from_message(
+        commit.get("message") or "", commit.get("author") or "", len(commit.get("parents") or []), max_tasks
+    )[0]
 
 
 def relevant_tasks(function_id: str, tasks: list[dict]) -> list[dict]:
@@ -209,7 +239,9 @@ async def reasoning_for_commit(commit_dir: Path, client: LLMClient, cfg: LLMConf
 
     async def one(record: dict):
         op = OPERATION[record["status"]]
-        answer, _ = await client.ask(reasoning_messages(record, op, relevant_tasks(record["id"], tasks), cfg), "reasoning")
+        answer, _ = await client.ask(
+            reasoning_messages(record, op, relevant_tasks(record["id"], tasks), cfg), "reasoning"
+        )
         return {"function_id": record["id"], "operation_type": op, "reasoning": answer.reasoning.strip()}
 
     results = await asyncio.gather(*(one(f) for f in todo), return_exceptions=True)
@@ -217,15 +249,22 @@ async def reasoning_for_commit(commit_dir: Path, client: LLMClient, cfg: LLMConf
         if isinstance(r, BaseException) and not isinstance(r, LLMFailure):
             raise r
     new = {r["function_id"]: r for r in results if isinstance(r, dict)}
-    failures = [_failure("generate-reasoning", commit_dir, r, f["id"])
-                for f, r in zip(todo, results) if isinstance(r, LLMFailure)]
+    failures = [
+        _failure("generate-reasoning", commit_dir, r, f["id"])
+        for f, r in zip(todo, results)
+        if isinstance(r, LLMFailure)
+    ]
     entries = [new.get(f["id"]) or have.get(f["id"]) for f in functions]
     entries = [e for e in entries if e is not None]
     if new:  # successes are kept even when others failed; the next run asks only for the missing ones
         atomic_write_json(commit_dir / REASONING, entries)
     status = "ok" if not failures else ("partial" if new or have else "failed")
-    return {"status": status, "written": len(new), "failures": failures,
-            "drops": {"whitespace_only": skipped} if skipped else {}}
+    return {
+        "status": status,
+        "written": len(new),
+        "failures": failures,
+        "drops": {"whitespace_only": skipped} if skipped else {},
+    }
 
 
 def read_failures(layout: DatasetLayout, repo: str) -> list[dict]:

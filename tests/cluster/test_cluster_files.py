@@ -10,10 +10,10 @@ import copy
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,8 +54,13 @@ def test_pyproject_pins_ray_and_the_installed_ray_matches():
 
 def test_the_files_are_there():
     assert {p.name for p in LAUNCHER_FILES} >= {"aws.yaml", "gcp.yaml"}
-    assert {p.name for p in KUBERAY_FILES} >= {"raycluster.yaml", "rayjob-pipeline.yaml", "rayjob-train.yaml",
-                                               "rayjob-tune.yaml", "shared-pvc.yaml"}
+    assert {p.name for p in KUBERAY_FILES} >= {
+        "raycluster.yaml",
+        "rayjob-pipeline.yaml",
+        "rayjob-train.yaml",
+        "rayjob-tune.yaml",
+        "shared-pvc.yaml",
+    }
     for name in ("Dockerfile", "README.md"):
         assert (CLUSTER / name).is_file(), name
     assert (ROOT / "environment.yaml").is_file()
@@ -63,14 +68,18 @@ def test_the_files_are_there():
 
 def test_no_file_names_another_ray_version():
     """Every Ray version written anywhere in cluster/ (images, pins, rayVersion) is the pinned one."""
-    pattern = re.compile(r"(?:rayproject/ray:|ray\[[a-z,]+\]==|rayVersion:\s*\"?|ray==|RAY_VERSION=|hybrid-llm-trainer:ray)"
-                         r"(\d+\.\d+\.\d+)")
+    pattern = re.compile(
+        r"(?:rayproject/ray:|ray\[[a-z,]+\]==|rayVersion:\s*\"?|ray==|RAY_VERSION=|hybrid-llm-trainer:ray)"
+        r"(\d+\.\d+\.\d+)"
+    )
     seen = 0
     for path in [*CLUSTER.rglob("*"), ROOT / "environment.yaml"]:
         if path.is_file() and path.suffix in {".yaml", ".md", ""}:
             for version in pattern.findall(path.read_text()):
                 seen += 1
-                assert version == RAY_VERSION, f"{path.relative_to(ROOT)} names Ray {version}, pyproject pins {RAY_VERSION}"
+                assert version == RAY_VERSION, (
+                    f"{path.relative_to(ROOT)} names Ray {version}, pyproject pins {RAY_VERSION}"
+                )
     assert seen >= 20
 
 
@@ -93,8 +102,11 @@ def _worker_types(config: dict) -> dict:
 
 
 def _gpu_types(config: dict) -> dict:
-    return {k: v for k, v in _worker_types(config).items()
-            if v.get("docker", {}).get("worker_image", config["docker"]["image"]).endswith("-gpu")}
+    return {
+        k: v
+        for k, v in _worker_types(config).items()
+        if v.get("docker", {}).get("worker_image", config["docker"]["image"]).endswith("-gpu")
+    }
 
 
 @pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
@@ -113,8 +125,11 @@ def test_the_launcher_schema_check_rejects_broken_configs():
     no_resources = copy.deepcopy(good)
     del no_resources["available_node_types"]["ray.worker.gpu1"]["resources"]
     bad_head = {**copy.deepcopy(good), "head_node_type": "ray.head.missing"}
-    for broken, error in ((bad_key, jsonschema.ValidationError), (no_resources, jsonschema.ValidationError),
-                          (bad_head, ValueError)):
+    for broken, error in (
+        (bad_key, jsonschema.ValidationError),
+        (no_resources, jsonschema.ValidationError),
+        (bad_head, ValueError),
+    ):
         with pytest.raises(error):
             _validate_launcher(broken)
 
@@ -167,7 +182,8 @@ def test_launcher_turns_on_token_auth_and_mounts_shared(path):
         assert len(start) == 1 and "export RAY_AUTH_MODE=token;" in start[0], key
     assert "-v /shared:/shared" in config["docker"]["run_options"]
     init_lists = [config["initialization_commands"]] + [
-        n["initialization_commands"] for n in config["available_node_types"].values() if "initialization_commands" in n]
+        n["initialization_commands"] for n in config["available_node_types"].values() if "initialization_commands" in n
+    ]
     for commands in init_lists:  # docker would create a root-owned /shared the container user cannot write
         assert any("mkdir -p /shared" in c for c in commands)
 
@@ -236,8 +252,11 @@ def test_kuberay_clusters_run_the_pinned_ray_with_auth_and_shared_volume():
         assert spec["authOptions"] == {"mode": "token"}, name
         for group_name, group in _groups(spec):
             pod = group["template"]["spec"]
-            claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
-                      for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+            claims = {
+                v["name"]: v["persistentVolumeClaim"]["claimName"]
+                for v in pod.get("volumes", [])
+                if "persistentVolumeClaim" in v
+            }
             for container in pod["containers"]:
                 where = f"{name} {group_name} {container['name']}"
                 image = container["image"]
@@ -258,8 +277,11 @@ def test_kuberay_has_a_gpu_worker_group_in_raycluster_train_and_tune():
     for name, doc in _ray_documents():
         if name != "rayjob-pipeline.yaml":
             groups = dict(_groups(_cluster_spec(doc)))
-            assert any("nvidia.com/gpu" in c["resources"]["limits"]
-                       for g in groups.values() for c in g["template"]["spec"]["containers"]), name
+            assert any(
+                "nvidia.com/gpu" in c["resources"]["limits"]
+                for g in groups.values()
+                for c in g["template"]["spec"]["containers"]
+            ), name
 
 
 def test_rayjobs_run_hybrid_and_clean_up():
@@ -280,8 +302,9 @@ def test_rayjobs_run_hybrid_and_clean_up():
     assert any(r.startswith("hybrid train") for r in runs["rayjob-train.yaml"])
     assert "memory.backend=ray" in _commands(jobs["rayjob-train.yaml"]["spec"]["entrypoint"])[0]
     assert any(r.startswith("hybrid tune") for r in runs["rayjob-tune.yaml"])
-    assert any(w.startswith("tune.output_dir=") for c in _commands(jobs["rayjob-tune.yaml"]["spec"]["entrypoint"])
-               for w in c)
+    assert any(
+        w.startswith("tune.output_dir=") for c in _commands(jobs["rayjob-tune.yaml"]["spec"]["entrypoint"]) for w in c
+    )
 
 
 def test_rayjob_outputs_go_to_shared_absolute_paths():
@@ -306,8 +329,8 @@ def _subcommands(parser) -> set[str]:
 def test_rayjob_entrypoints_parse_with_the_real_cli_and_config():
     """Each `hybrid …` in the entrypoints is accepted by the CLI's parser and its key=value overrides by the config
     (nothing runs)."""
-    from hybrid.main import build_parser
     from hybrid.cli.config import load_config, split_overrides
+    from hybrid.main import build_parser
 
     parser = build_parser()
     known = _subcommands(parser)
@@ -325,8 +348,11 @@ def test_rayjob_entrypoints_parse_with_the_real_cli_and_config():
 def _strict(schema):
     """Kubernetes prunes unknown fields silently; here they are errors (typos)."""
     if isinstance(schema, dict):
-        if ("properties" in schema and "additionalProperties" not in schema
-                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         for value in schema.values():
             _strict(value)
@@ -377,7 +403,9 @@ def test_dockerfile_builds_on_the_pinned_gpu_image_and_installs_the_project():
     assert {".venv", "data", "outputs", ".env"} <= set(ignored) and ".git" not in ignored
     # the manifests run the image's checkout
     pipeline = _rayjobs()["rayjob-pipeline.yaml"]["spec"]["entrypoint"]
-    assert re.search(r"^WORKDIR /home/ray/hybrid-llm-trainer$", text, re.M) and "/home/ray/hybrid-llm-trainer" in pipeline
+    assert (
+        re.search(r"^WORKDIR /home/ray/hybrid-llm-trainer$", text, re.M) and "/home/ray/hybrid-llm-trainer" in pipeline
+    )
 
 
 def test_conda_environment_matches_pyproject():
@@ -416,8 +444,8 @@ def _readme_commands(prefix: str) -> list[list[str]]:
                     command = command[1:]
                 if command[:1] == [prefix]:
                     found.append(command)
-                if command[:1] == ["ray"] and "--" in command and command[command.index("--") + 1:][:1] == [prefix]:
-                    found.append(command[command.index("--") + 1:])
+                if command[:1] == ["ray"] and "--" in command and command[command.index("--") + 1 :][:1] == [prefix]:
+                    found.append(command[command.index("--") + 1 :])
     return found
 
 

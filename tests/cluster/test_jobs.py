@@ -29,14 +29,16 @@ pytestmark = pytest.mark.slow
 def readme_jobs() -> list[list[str]]:
     """The `ray job submit` lines of the README's "On a cluster" section, as argument lists."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## On a cluster"):text.index("## Benchmarks")]
+    section = text[text.index("## On a cluster") : text.index("## Benchmarks")]
     return [shlex.split(line) for line in section.splitlines() if line.startswith("ray job submit ")]
 
 
 def localized(args: list[str], head, shared: Path) -> list[str]:
     dashboard = head.dashboard.removeprefix("http://")
-    return [RAY if a == "ray" and i == 0 else a.replace("HEAD:8265", dashboard).replace("/shared", str(shared))
-            for i, a in enumerate(args)]
+    return [
+        RAY if a == "ray" and i == 0 else a.replace("HEAD:8265", dashboard).replace("/shared", str(shared))
+        for i, a in enumerate(args)
+    ]
 
 
 def job(head, submission_id: str) -> dict:
@@ -59,9 +61,25 @@ def logs(head, submission_id: str) -> str:
 
 
 def submit(head, *entrypoint: str, submission_id: str, wait: bool = True) -> subprocess.CompletedProcess:
-    return run_process([RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT),
-                        "--submission-id", submission_id, *([] if wait else ["--no-wait"]), "--", *entrypoint],
-                       env=head.env, cwd=ROOT, timeout=540)
+    return run_process(
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            head.dashboard,
+            "--working-dir",
+            str(ROOT),
+            "--submission-id",
+            submission_id,
+            *([] if wait else ["--no-wait"]),
+            "--",
+            *entrypoint,
+        ],
+        env=head.env,
+        cwd=ROOT,
+        timeout=540,
+    )
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -96,8 +114,9 @@ def test_the_readme_jobs_run_on_a_real_head(ray_head, tmp_path):
 
     # the memory service's shards: named actors in the State API, their metrics on the Prometheus endpoint
     actors = ray_head.get("/api/v0/actors?limit=1000&detail=false")["data"]["result"]["result"]
-    shards = sorted(a["name"] for a in actors if a.get("name", "").startswith("hybrid-memory") and
-                    a["state"] == "ALIVE")
+    shards = sorted(
+        a["name"] for a in actors if a.get("name", "").startswith("hybrid-memory") and a["state"] == "ALIVE"
+    )
     assert len(shards) == 2, [a.get("name") for a in actors]
     text = ""
     deadline = time.time() + 90  # actors report metrics every few seconds
@@ -113,8 +132,9 @@ def test_a_job_runs_the_submitted_checkout_and_a_failing_one_ends_failed_with_it
     training that must fail."""
     sid = f"hybrid-relative-{uuid.uuid4().hex[:6]}"
     which = shlex.join(["python", "-c", "import hybrid; print('hybrid from', hybrid.__file__)"])
-    train = shlex.join(["python", "-m", "hybrid", "train", f"data.train={tmp_path / 'x.jsonl'}",
-                        "train.output_dir=outputs/lost"])
+    train = shlex.join(
+        ["python", "-m", "hybrid", "train", f"data.train={tmp_path / 'x.jsonl'}", "train.output_dir=outputs/lost"]
+    )
     done = submit(ray_head, "bash", "-c", f"{which} && {train}", submission_id=sid)
     assert done.returncode != 0
     info = job(ray_head, sid)
@@ -130,14 +150,39 @@ def test_a_stopped_job_resubmitted_finishes_with_the_same_outputs(ray_head, tmp_
     build_synthetic_rust_repo(tmp_path / "sample", 1500)  # long enough to stop part-way
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     for data in (reference, resumed):
-        added = run_process([sys.executable, "-m", "hybrid", "repos", "add", str(tmp_path / "sample"),
-                             f"pipeline.data_dir={data}"], cwd=ROOT, timeout=120)
+        added = run_process(
+            [sys.executable, "-m", "hybrid", "repos", "add", str(tmp_path / "sample"), f"pipeline.data_dir={data}"],
+            cwd=ROOT,
+            timeout=120,
+        )
         assert added.returncode == 0, added.stderr[-3000:]
-    ran = run_process([sys.executable, "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={reference}",
-                       "--local", "--no-progress"], cwd=ROOT, timeout=300)
+    ran = run_process(
+        [
+            sys.executable,
+            "-m",
+            "hybrid",
+            "pipeline",
+            "run",
+            "sample",
+            f"pipeline.data_dir={reference}",
+            "--local",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        timeout=300,
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
-    entry = ["python", "-m", "hybrid", "pipeline", "run", "sample", f"pipeline.data_dir={resumed}",
-             "pipeline.commits_per_task=50", "--no-progress"]
+    entry = [
+        "python",
+        "-m",
+        "hybrid",
+        "pipeline",
+        "run",
+        "sample",
+        f"pipeline.data_dir={resumed}",
+        "pipeline.commits_per_task=50",
+        "--no-progress",
+    ]
     first = f"hybrid-stop-{uuid.uuid4().hex[:6]}"
     assert submit(ray_head, *entry, submission_id=first, wait=False).returncode == 0
     deadline = time.time() + 300

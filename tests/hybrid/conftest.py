@@ -11,7 +11,7 @@ import pytest
 def make_pairs(path, n, seed):
     """`n` IO pairs of a few words each (the output: the first three input words reversed)."""
     rng = random.Random(seed)
-    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
     with open(path, "w") as f:
         for _ in range(n):
             a = [rng.choice(words) for _ in range(rng.randint(3, 24))]

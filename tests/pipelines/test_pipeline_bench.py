@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from hybrid.main import main
 from hybrid.cli.config import load_config
+from hybrid.main import main
 from pipelines.dataset_tools import ast_coverage
 from pipelines.repos import add_repo
 from pipelines.run import run_pipeline
@@ -18,20 +18,27 @@ from pipelines.synthetic import build_synthetic_rust_repo
 
 def test_synthetic_rust_repo_is_a_real_history_that_parses(tmp_path):
     repo = build_synthetic_rust_repo(tmp_path / "syn", 120, seed=3)
-    log = subprocess.run(["git", "-C", str(repo), "log", "--first-parent", "--format=%H %P"], capture_output=True,
-                         text=True, check=True).stdout.splitlines()
+    log = subprocess.run(
+        ["git", "-C", str(repo), "log", "--first-parent", "--format=%H %P"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert len(log) == 120
     assert any(len(line.split()) == 3 for line in log), "expected a merge commit"
     cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}"])
     add_repo(str(repo), "syn", cfg.pipeline)
-    s = run_pipeline(["syn"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
+    s = run_pipeline(
+        ["syn"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"]
+    )
     cov = ast_coverage(cfg.pipeline)["syn"]
     assert cov["rust"]["parsed"] > 120 and cov["rust"].get("parse_error", 0) == 0
     diffs = s.stages["generate-ast-diffs"]["counts"]
     assert diffs["added"] > 0 and diffs["modified"] > 0 and diffs["deleted"] > 0
     assert s.stages["generate-ast"]["drops"]["lock_file"] > 0  # Cargo.lock changes now and then
-    renamed = [f for p in (tmp_path / "data/ast_dataset/syn").glob("commit_*/commit_data.json")
-               for f in json.loads(p.read_text())["files"] if f["status"] == "renamed"]
+    renamed = [
+        f
+        for p in (tmp_path / "data/ast_dataset/syn").glob("commit_*/commit_data.json")
+        for f in json.loads(p.read_text())["files"]
+        if f["status"] == "renamed"
+    ]
     assert renamed
 
 
@@ -44,8 +51,9 @@ def test_incremental_parsing_matches_fresh_parsing(tmp_path):
     # every incremental update is compared with a fresh parse; a difference raises IncrementalMismatch
     RangeWorker.verify_incremental = True
     try:
-        s = run_pipeline(["syn"], cfg.pipeline, cfg.llm, local=True, progress=False,
-                         stages=["generate-ast", "generate-ast-diffs"])
+        s = run_pipeline(
+            ["syn"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"]
+        )
     finally:
         RangeWorker.verify_incremental = False
     assert s.worker["incremental_parses"] > 100
@@ -58,8 +66,10 @@ def test_an_edit_in_a_decorator_or_a_typedef_name_keeps_the_declaration(tmp_path
     from tests.repo_builder import RepoBuilder
 
     rb = RepoBuilder(tmp_path / "src")
-    py = ("import functools\n\n\n@functools.lru_cache(\n    maxsize=1,\n    typed=False,\n)\ndef cached(n):\n"
-          "    return n\n\n\ndef plain():\n    pass\n")
+    py = (
+        "import functools\n\n\n@functools.lru_cache(\n    maxsize=1,\n    typed=False,\n)\ndef cached(n):\n"
+        "    return n\n\n\ndef plain():\n    pass\n"
+    )
     c = "typedef struct {\n    int x;\n} Point;\n\nint area(int w) {\n    return w;\n}\n"
     rb.write("cache.py", py)
     rb.write("geo.c", c)
@@ -71,15 +81,18 @@ def test_an_edit_in_a_decorator_or_a_typedef_name_keeps_the_declaration(tmp_path
     add_repo(str(tmp_path / "src"), "wrap", cfg.pipeline)
     rw.RangeWorker.verify_incremental = True
     try:
-        s = run_pipeline(["wrap"], cfg.pipeline, cfg.llm, local=True, progress=False,
-                         stages=["generate-ast", "generate-ast-diffs"])
+        s = run_pipeline(
+            ["wrap"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"]
+        )
     finally:
         rw.RangeWorker.verify_incremental = False
     assert s.worker["incremental_parses"] == 2
     diffs = (tmp_path / "data/ast_dataset/wrap/commit_1/diff_ast.jsonl").read_text().splitlines()
     assert [(r["id"], r["status"]) for r in map(json.loads, diffs)] == [
-        ("cache.py::function::cached", "modified"), ("geo.c::struct::Vec2", "added"),
-        ("geo.c::struct::Point", "deleted")]
+        ("cache.py::function::cached", "modified"),
+        ("geo.c::struct::Vec2", "added"),
+        ("geo.c::struct::Point", "deleted"),
+    ]
 
 
 def test_the_incremental_check_can_fail(tmp_path, monkeypatch):
@@ -100,8 +113,9 @@ def test_the_incremental_check_can_fail(tmp_path, monkeypatch):
     monkeypatch.setattr(rw.RangeWorker, "verify_incremental", True)
     rw._WORKERS.clear()  # no worker (and parse cache) left from an earlier test
     with pytest.raises(rw.IncrementalMismatch):
-        run_pipeline(["syn"], cfg.pipeline, cfg.llm, local=True, progress=False,
-                     stages=["generate-ast", "generate-ast-diffs"])
+        run_pipeline(
+            ["syn"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"]
+        )
 
 
 def test_bench_datagen_reports_rates_and_ratio(tmp_path, capsys):
@@ -116,12 +130,29 @@ def test_bench_datagen_reports_rates_and_ratio(tmp_path, capsys):
 
 
 def test_bench_datagen_times_several_repositories_alone_and_together(tmp_path, capsys):
-    repos = [build_synthetic_rust_repo(tmp_path / name, n, seed=i)
-             for i, (name, n) in enumerate((("a", 30), ("b", 50), ("c", 20)))]
+    repos = [
+        build_synthetic_rust_repo(tmp_path / name, n, seed=i)
+        for i, (name, n) in enumerate((("a", 30), ("b", 50), ("c", 20)))
+    ]
     out = tmp_path / "bench.json"
     load_before = os.getloadavg()[0]
-    assert main(["bench", "datagen", *map(str, repos), "--no-ray", "--repeat", "1", "--ours-repeat", "2",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "datagen",
+                *map(str, repos),
+                "--no-ray",
+                "--repeat",
+                "1",
+                "--ours-repeat",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     loads = (load_before, os.getloadavg()[0])
     assert json.loads(out.read_text())["command"].endswith("--no-ray --repeat 1 --ours-repeat 2")
     results = json.loads(out.read_text())["results"]
@@ -148,8 +179,18 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_files(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     for data in (killed, clean):
         assert main(["repos", "add", str(repo), "--name", "syn", f"pipeline.data_dir={data}"]) == 0
-    cmd = [sys.executable, "-m", "hybrid", "pipeline", "run", "--local", "--no-progress", "--stages",
-           "generate-ast,generate-ast-diffs", f"pipeline.data_dir={killed}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hybrid",
+        "pipeline",
+        "run",
+        "--local",
+        "--no-progress",
+        "--stages",
+        "generate-ast,generate-ast-diffs",
+        f"pipeline.data_dir={killed}",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = killed / "ast_dataset/syn/commit_30/diff_ast.jsonl"
     deadline = time.time() + 120
@@ -159,10 +200,34 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_files(tmp_path):
     proc.wait()
     last = killed / "ast_dataset/syn/commit_399/diff_ast.jsonl"
     assert not last.exists(), "the run finished before the kill: nothing was interrupted"
-    assert main(["pipeline", "run", "--local", "--no-progress", "--stages", "generate-ast,generate-ast-diffs",
-                 f"pipeline.data_dir={killed}"]) == 0
-    assert main(["pipeline", "run", "--local", "--no-progress", "--stages", "generate-ast,generate-ast-diffs",
-                 f"pipeline.data_dir={clean}"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "run",
+                "--local",
+                "--no-progress",
+                "--stages",
+                "generate-ast,generate-ast-diffs",
+                f"pipeline.data_dir={killed}",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "pipeline",
+                "run",
+                "--local",
+                "--no-progress",
+                "--stages",
+                "generate-ast,generate-ast-diffs",
+                f"pipeline.data_dir={clean}",
+            ]
+        )
+        == 0
+    )
     for n in range(400):
         for name in ("commit_data.json", "ast.jsonl", "diff_ast.jsonl"):
             a = (killed / f"ast_dataset/syn/commit_{n}/{name}").read_bytes()

@@ -29,11 +29,20 @@ def _digests(root: Path) -> dict[str, str]:
     cfg = load_config([f"pipeline.data_dir={root / 'data'}"])
     add_repo(str(root / "sample"), "sample", cfg.pipeline)
     add_repo(str(root / "syn"), "syn", cfg.pipeline)
-    run_pipeline(["sample", "syn"], cfg.pipeline, cfg.llm, local=True, progress=False,
-                 stages=["generate-ast", "generate-ast-diffs", "generate-fim"])
+    run_pipeline(
+        ["sample", "syn"],
+        cfg.pipeline,
+        cfg.llm,
+        local=True,
+        progress=False,
+        stages=["generate-ast", "generate-ast-diffs", "generate-fim"],
+    )
     out = root / "data" / "ast_dataset"
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "stats.json"}
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "stats.json"
+    }
 
 
 def test_outputs_are_byte_identical_to_the_reference(tmp_path):

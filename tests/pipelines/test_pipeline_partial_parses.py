@@ -18,7 +18,7 @@ from tests.repo_builder import RepoBuilder
 
 STRUCTURAL = ["generate-ast", "generate-ast-diffs", "generate-fim"]
 
-LIB_RS_V0 = '''pub fn parse_args(args: &[String]) -> Option<String> {
+LIB_RS_V0 = """pub fn parse_args(args: &[String]) -> Option<String> {
     args.get(1).cloned()
 }
 
@@ -31,9 +31,9 @@ pub fn count_lines(path: &str) -> Result<usize, std::io::Error> {
     let text = std::fs::read_to_string(path)?;
     Ok(text.lines().count())
 }
-'''
+"""
 # `run` edited, `count_lines` rewritten with the 2015 `try!` macro, a new `read_all` with `try!`, a new `version`
-LIB_RS_V1 = '''pub fn parse_args(args: &[String]) -> Option<String> {
+LIB_RS_V1 = """pub fn parse_args(args: &[String]) -> Option<String> {
     args.get(1).cloned()
 }
 
@@ -55,9 +55,9 @@ pub fn read_all(path: &str) -> Result<String, std::io::Error> {
 pub fn version() -> &'static str {
     "1.0"
 }
-'''
+"""
 LIB_RS_V2 = LIB_RS_V1.replace("args.get(1).cloned()", "args.get(2).cloned()")
-APP_PY_V0 = '''def good(x):
+APP_PY_V0 = """def good(x):
     return x + 1
 
 
@@ -67,9 +67,9 @@ def fragile(x):
 
 def other():
     return 3
-'''
+"""
 # `good` edited, one syntax error inside `fragile`, a new `extra`
-APP_PY_V1 = '''def good(x):
+APP_PY_V1 = """def good(x):
     return x + 2
 
 
@@ -83,9 +83,9 @@ def other():
 
 def extra():
     return 4
-'''
+"""
 APP_PY_V2 = APP_PY_V1.replace("return x *\n", "return x * 3\n").replace("return 3", "return 5")
-STORE_PY_V0 = '''class Store:
+STORE_PY_V0 = """class Store:
     def get(self, key):
         return self.items[key]
 
@@ -94,7 +94,7 @@ STORE_PY_V0 = '''class Store:
 
     def size(self):
         return len(self.items)
-'''
+"""
 # an unclosed bracket in `put`: tree-sitter folds the next method into the broken one
 STORE_PY_V1 = STORE_PY_V0.replace("self.items[key] = value", "self.items[key] = [value,")
 
@@ -142,26 +142,41 @@ def recovered(tmp_path_factory):
 def test_the_clean_functions_next_to_try_and_a_syntax_error_are_found(recovered):
     data_dir, summary = recovered
     assert _diffs(data_dir, "partial", 1) == [
-        ("app.py::function::good", "modified"), ("app.py::function::extra", "added"),
-        ("src/lib.rs::function::run", "modified"), ("src/lib.rs::function::version", "added")]
+        ("app.py::function::good", "modified"),
+        ("app.py::function::extra", "added"),
+        ("src/lib.rs::function::run", "modified"),
+        ("src/lib.rs::function::version", "added"),
+    ]
     ast = {r["id"] for r in _read(data_dir, "partial", 1, "ast.jsonl")}
-    assert ast == {"app.py::function::good", "app.py::function::other", "app.py::function::extra",
-                   "src/lib.rs::function::parse_args", "src/lib.rs::function::run", "src/lib.rs::function::version"}
+    assert ast == {
+        "app.py::function::good",
+        "app.py::function::other",
+        "app.py::function::extra",
+        "src/lib.rs::function::parse_args",
+        "src/lib.rs::function::run",
+        "src/lib.rs::function::version",
+    }
     files = {f["path"]: f for f in _read(data_dir, "partial", 1, "commit_data.json")["files"]}
     assert files["src/lib.rs"]["skipped"] is None and files["src/lib.rs"]["declarations"] == 3
     assert files["src/lib.rs"]["declarations_dropped"] == 2  # count_lines, read_all
     assert files["app.py"]["declarations_dropped"] == 1  # fragile
     fim = {s["function_id"] for s in _read(data_dir, "partial", 1, "fim_dataset.json")}
-    assert fim == {"app.py::function::good", "app.py::function::extra", "src/lib.rs::function::run",
-                   "src/lib.rs::function::version"}
+    assert fim == {
+        "app.py::function::good",
+        "app.py::function::extra",
+        "src/lib.rs::function::run",
+        "src/lib.rs::function::version",
+    }
 
 
 def test_broken_declarations_are_counted_not_reported(recovered):
     data_dir, summary = recovered
     # commit 2: the fixed `fragile` had no clean version before (not "added"); `Store.size` sits inside the
     # broken `Store.put` now (not "deleted"); the clean edits next to them are found
-    assert _diffs(data_dir, "partial", 2) == [("app.py::function::other", "modified"),
-                                              ("src/lib.rs::function::parse_args", "modified")]
+    assert _diffs(data_dir, "partial", 2) == [
+        ("app.py::function::other", "modified"),
+        ("src/lib.rs::function::parse_args", "modified"),
+    ]
     ast, diffs = summary.stages["generate-ast"], summary.stages["generate-ast-diffs"]
     # generate-ast: count_lines + read_all + fragile (commit 1), count_lines + read_all (2), Store + Store.put (2)
     assert ast["drops"] == {"decl_parse_error": 7}
@@ -188,8 +203,15 @@ def test_a_file_with_nothing_clean_left_is_still_a_parse_error(tmp_path):
     s = run_pipeline(["unusable"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=STRUCTURAL)
     assert s.stages["generate-ast"]["drops"] == {"parse_error": 1}
     files = {f["path"]: f for f in _read(tmp_path / "data", "unusable", 0, "commit_data.json")["files"]}
-    assert files["broken.py"] == {"path": "broken.py", "old_path": None, "status": "added", "language": "python",
-                                  "binary": False, "skipped": "parse_error", "declarations": 0}
+    assert files["broken.py"] == {
+        "path": "broken.py",
+        "old_path": None,
+        "status": "added",
+        "language": "python",
+        "binary": False,
+        "skipped": "parse_error",
+        "declarations": 0,
+    }
     assert "declarations_dropped" not in files["ok.py"]  # clean files' entries are as they always were
 
 
@@ -201,8 +223,9 @@ def test_incremental_parsing_matches_fresh_parsing_through_syntax_errors(tmp_pat
     add_repo(str(repo), "syn", cfg.pipeline)
     RangeWorker.verify_incremental = True
     try:
-        s = run_pipeline(["syn"], cfg.pipeline, cfg.llm, local=True, progress=False,
-                         stages=["generate-ast", "generate-ast-diffs"])
+        s = run_pipeline(
+            ["syn"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"]
+        )
     finally:
         RangeWorker.verify_incremental = False
     assert s.worker["incremental_parses"] > 100

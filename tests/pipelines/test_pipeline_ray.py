@@ -16,8 +16,9 @@ from tests.repo_builder import build_sample_repo
 def test_ray_data_run_matches_the_local_run_and_resumes(ray_session, tmp_path):
     build_sample_repo(tmp_path / "src")
     local = load_config([f"pipeline.data_dir={tmp_path / 'local'}"])
-    on_ray = load_config([f"pipeline.data_dir={tmp_path / 'ray'}", "pipeline.commits_per_task=3",
-                          "pipeline.num_workers=2"])
+    on_ray = load_config(
+        [f"pipeline.data_dir={tmp_path / 'ray'}", "pipeline.commits_per_task=3", "pipeline.num_workers=2"]
+    )
     for cfg in (local, on_ray):
         add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
     expected = run_pipeline(["sample"], local.pipeline, local.llm, local=True, progress=False)
@@ -30,14 +31,21 @@ def test_ray_data_run_matches_the_local_run_and_resumes(ray_session, tmp_path):
     got = run_pipeline(["sample"], on_ray.pipeline, on_ray.llm, progress=False)
     assert got.stages["generate-ast"]["counts"]["skipped_done"] == 3
     assert got.stages["generate-ast"]["counts"]["commits"] == 5
-    done_samples = sum(len(json.loads((tmp_path / "local" / "ast_dataset" / "sample" / f"commit_{n}" /
-                                       "fim_dataset.json").read_text())) for n in range(3))
-    assert got.stages["generate-fim"]["counts"]["samples"] + done_samples == \
-        expected.stages["generate-fim"]["counts"]["samples"]
+    done_samples = sum(
+        len(
+            json.loads((tmp_path / "local" / "ast_dataset" / "sample" / f"commit_{n}" / "fim_dataset.json").read_text())
+        )
+        for n in range(3)
+    )
+    assert (
+        got.stages["generate-fim"]["counts"]["samples"] + done_samples
+        == expected.stages["generate-fim"]["counts"]["samples"]
+    )
     for n in range(8):
         for name in ("commit_data.json", "ast.jsonl", "diff_ast.jsonl", "fim_dataset.json"):
-            assert (tmp_path / "ray" / "ast_dataset" / "sample" / f"commit_{n}" / name).read_bytes() == \
-                (tmp_path / "local" / "ast_dataset" / "sample" / f"commit_{n}" / name).read_bytes(), (n, name)
+            assert (tmp_path / "ray" / "ast_dataset" / "sample" / f"commit_{n}" / name).read_bytes() == (
+                tmp_path / "local" / "ast_dataset" / "sample" / f"commit_{n}" / name
+            ).read_bytes(), (n, name)
 
 
 def _register_three(tmp_path, *overrides):
@@ -70,7 +78,9 @@ def test_several_repositories_form_one_queue_longest_ranges_first(tmp_path):
     for name, total in (("sample", 8), ("syn_a", 40), ("syn_b", 90)):  # every commit once, ranges contiguous
         numbers = sorted(n for r in rows if r["repo"] == name for n in r["numbers"])
         assert numbers == list(range(total))
-        assert all(r["numbers"] == list(range(r["numbers"][0], r["numbers"][-1] + 1)) for r in rows if r["repo"] == name)
+        assert all(
+            r["numbers"] == list(range(r["numbers"][0], r["numbers"][-1] + 1)) for r in rows if r["repo"] == name
+        )
 
 
 @pytest.mark.slow
@@ -86,6 +96,12 @@ def test_several_repositories_run_together_over_all_workers(ray_session, tmp_pat
     for name in ("sample", "syn_a", "syn_b"):
         for path in sorted((tmp_path / "local" / "data" / "ast_dataset" / name).rglob("*.json*")):
             if path.name != "stats.json":
-                twin = tmp_path / "ray" / "data" / "ast_dataset" / name / path.relative_to(
-                    tmp_path / "local" / "data" / "ast_dataset" / name)
+                twin = (
+                    tmp_path
+                    / "ray"
+                    / "data"
+                    / "ast_dataset"
+                    / name
+                    / path.relative_to(tmp_path / "local" / "data" / "ast_dataset" / name)
+                )
                 assert twin.read_bytes() == path.read_bytes(), twin

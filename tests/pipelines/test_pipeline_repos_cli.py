@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hybrid.main import main
 from hybrid.cli.config import load_config
 from hybrid.core.errors import ConfigError, HybridError
+from hybrid.main import main
 from pipelines.repos import add_repo, first_parent_hashes, list_repos, remove_repo, update_repo
 from tests.repo_builder import RepoBuilder, build_sample_repo
 
@@ -48,8 +48,9 @@ def _closed_port() -> int:
     return port
 
 
-@pytest.mark.parametrize("case", ["not_a_repo", "missing_path", "duplicate", "traversal", "slash", "unreachable",
-                                  "empty_repo"])
+@pytest.mark.parametrize(
+    "case", ["not_a_repo", "missing_path", "duplicate", "traversal", "slash", "unreachable", "empty_repo"]
+)
 def test_bad_adds_fail_with_one_line_and_change_nothing(case, tmp_path, src, capsys):
     data = tmp_path / "data"
     cfg = load_config([f"pipeline.data_dir={data}"])
@@ -115,11 +116,14 @@ def test_stage_commands_and_console_scripts(tmp_path, src, capsys):
     assert "unknown stage 'generate-nothing'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override, message", [
-    ("pipeline.bogus=1", "pipeline.bogus: unknown key"),
-    ("pipeline.num_workers=abc", "pipeline.num_workers"),
-    ("pipeline.max_file_bytes=0", "pipeline.max_file_bytes"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("pipeline.bogus=1", "pipeline.bogus: unknown key"),
+        ("pipeline.num_workers=abc", "pipeline.num_workers"),
+        ("pipeline.max_file_bytes=0", "pipeline.max_file_bytes"),
+    ],
+)
 def test_bad_config_names_the_key(override, message, capsys):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config([override])
@@ -131,8 +135,18 @@ def test_pipeline_help_lists_every_stage(capsys):
     with pytest.raises(SystemExit):
         main(["pipeline", "--help"])
     out = capsys.readouterr().out
-    for stage in ("run", "generate-ast", "generate-ast-diffs", "generate-fim", "cleanup-dataset",
-                  "check-ast-coverage", "generate-tasks", "generate-reasoning", "test-llm", "export"):
+    for stage in (
+        "run",
+        "generate-ast",
+        "generate-ast-diffs",
+        "generate-fim",
+        "cleanup-dataset",
+        "check-ast-coverage",
+        "generate-tasks",
+        "generate-reasoning",
+        "test-llm",
+        "export",
+    ):
         assert stage in out
 
 

@@ -15,7 +15,6 @@ from pipelines.run import run_pipeline
 from pipelines.steps import DeclarationDiffer
 from tests.repo_builder import build_sample_repo
 
-
 STRUCTURAL = ["generate-ast", "generate-ast-diffs", "generate-fim"]  # (pipeline run also has the LLM stages)
 
 
@@ -58,39 +57,65 @@ def test_ast_records(sample):
     data_dir, _, _ = sample
     ast = _read(data_dir, 1, "ast.jsonl")
     assert [r["id"] for r in ast] == [
-        "lib/vec.c::struct::vec", "lib/vec.c::function::vec_len", "lib/vec.c::function::clamp",
-        "lib/widget.cpp::class::ui.Widget", "lib/widget.cpp::method::ui.Widget.draw",
+        "lib/vec.c::struct::vec",
+        "lib/vec.c::function::vec_len",
+        "lib/vec.c::function::clamp",
+        "lib/widget.cpp::class::ui.Widget",
+        "lib/widget.cpp::method::ui.Widget.draw",
         "lib/widget.cpp::method::ui.Widget.size",
-        "src/Main.java::class::Main", "src/Main.java::method::Main.main", "src/Main.java::method::Main.greet",
-        "tools.py::function::outer", "tools.py::function::outer.inner",
-        "web/types.ts::interface::Shape", "web/types.ts::enum::Color", "web/types.ts::class::Circle",
-        "web/types.ts::method::Circle.constructor", "web/types.ts::method::Circle.area",
-        "web/util.js::function::total", "web/util.js::class::Cart", "web/util.js::method::Cart.add",
-        "web/util.js::function::double"]
+        "src/Main.java::class::Main",
+        "src/Main.java::method::Main.main",
+        "src/Main.java::method::Main.greet",
+        "tools.py::function::outer",
+        "tools.py::function::outer.inner",
+        "web/types.ts::interface::Shape",
+        "web/types.ts::enum::Color",
+        "web/types.ts::class::Circle",
+        "web/types.ts::method::Circle.constructor",
+        "web/types.ts::method::Circle.area",
+        "web/util.js::function::total",
+        "web/util.js::class::Cart",
+        "web/util.js::method::Cart.add",
+        "web/util.js::function::double",
+    ]
     outer = next(r for r in ast if r["name"] == "outer")
     assert outer["code"].startswith("@functools.lru_cache(maxsize=None)\ndef outer(n):")
     assert (outer["start_line"], outer["end_line"], outer["language"]) == (4, 8, "python")
     src = (Path(data_dir).parent / "src" / "tools.py").read_bytes()
-    assert src[outer["start_byte"]:outer["end_byte"]].decode() == outer["code"]
+    assert src[outer["start_byte"] : outer["end_byte"]].decode() == outer["code"]
 
 
 def test_diff_statuses(sample):
     data_dir, _, _ = sample
-    got = {n: [(r["id"], r["status"], r["whitespace_only"], r["old_file"]) for r in _read(data_dir, n, "diff_ast.jsonl")]
-           for n in (2, 3, 5, 6, 7)}
-    assert got[2] == [("app.py::class::Parser", "modified", False, None),
-                      ("app.py::method::Parser.parse", "modified", False, None),
-                      ("app.py::function::helper", "added", False, None),
-                      ("app.py::function::old", "deleted", False, None),
-                      ("src/main.rs::function::run", "modified", True, None)]
+    got = {
+        n: [(r["id"], r["status"], r["whitespace_only"], r["old_file"]) for r in _read(data_dir, n, "diff_ast.jsonl")]
+        for n in (2, 3, 5, 6, 7)
+    }
+    assert got[2] == [
+        ("app.py::class::Parser", "modified", False, None),
+        ("app.py::method::Parser.parse", "modified", False, None),
+        ("app.py::function::helper", "added", False, None),
+        ("app.py::function::old", "deleted", False, None),
+        ("src/main.rs::function::run", "modified", True, None),
+    ]
     assert got[3] == [("cmd/server.go::method::Server.Start", "modified", False, "server.go")]
-    assert got[5] == [("src/Main.java::class::Main", "modified", False, None),
-                      ("src/Main.java::method::Main.farewell", "added", False, None)]
+    assert got[5] == [
+        ("src/Main.java::class::Main", "modified", False, None),
+        ("src/Main.java::method::Main.farewell", "added", False, None),
+    ]
     assert got[6] == [("lib/vec.c::function::clamp", "modified", False, None)]
-    assert got[7] == [(f"web/types.ts::{k}", "deleted", False, None) for k in (
-        "interface::Shape", "enum::Color", "class::Circle", "method::Circle.constructor", "method::Circle.area")]
+    assert got[7] == [
+        (f"web/types.ts::{k}", "deleted", False, None)
+        for k in (
+            "interface::Shape",
+            "enum::Color",
+            "class::Circle",
+            "method::Circle.constructor",
+            "method::Circle.area",
+        )
+    ]
     parse = next(r for r in _read(data_dir, 2, "diff_ast.jsonl") if r["name"] == "Parser.parse")
-    assert 'text.split()' in parse["before_code"] and 'text.split(",")' in parse["after_code"]
+    assert "text.split()" in parse["before_code"] and 'text.split(",")' in parse["after_code"]
     assert parse["commit_metadata"]["commit_number"] == 2
     old = next(r for r in _read(data_dir, 2, "diff_ast.jsonl") if r["name"] == "old")
     assert old["after_code"] is None and old["after_range"] is None and old["before_range"]["start_line"] == 4
@@ -99,8 +124,12 @@ def test_diff_statuses(sample):
 
 def test_fim_middles(sample):
     data_dir, _, _ = sample
-    fim = {s["function_id"]: s for n in range(8) for s in _read(data_dir, n, "fim_dataset.json")
-           if s["commit_number"] == n and n in (2, 3, 5, 6)}
+    fim = {
+        s["function_id"]: s
+        for n in range(8)
+        for s in _read(data_dir, n, "fim_dataset.json")
+        if s["commit_number"] == n and n in (2, 3, 5, 6)
+    }
     parse = fim["app.py::method::Parser.parse"]
     assert parse["fim_middle"] == '        tokens = text.split(",")\n'
     assert parse["operation_type"] == "UPDATE" and parse["commit_number"] == 2
@@ -110,8 +139,10 @@ def test_fim_middles(sample):
     assert fim["app.py::function::helper"]["operation_type"] == "ADD"
     assert fim["cmd/server.go::method::Server.Start"]["fim_middle"] == "\treturn listen(s.addr)\n"
     # the added blank line before the new method is not part of the class's middle
-    assert fim["src/Main.java::class::Main"]["fim_middle"] == \
-        '    static String farewell(String name) {\n        return "bye " + name;\n    }\n'
+    assert (
+        fim["src/Main.java::class::Main"]["fim_middle"]
+        == '    static String farewell(String name) {\n        return "bye " + name;\n    }\n'
+    )
     # only the `if` line changed: the middle is widened to the whole if statement (AST-FIM)
     clamp = fim["lib/vec.c::function::clamp"]
     assert clamp["fim_middle"] == "    if (v >= 10)\n        return 10;\n" and clamp["widened"]
@@ -131,8 +162,17 @@ def test_prefix_middle_suffix_rebuild_the_file(sample):
 def test_drop_counts(sample):
     _, _, summary = sample
     ast = summary.stages["generate-ast"]
-    assert ast["drops"] == {"not_source": 1, "binary": 2, "lock_file": 1, "too_large": 1, "parse_error": 1,
-                            "generated": 1, "non_utf8": 1, "vendored": 1, "minified": 1}
+    assert ast["drops"] == {
+        "not_source": 1,
+        "binary": 2,
+        "lock_file": 1,
+        "too_large": 1,
+        "parse_error": 1,
+        "generated": 1,
+        "non_utf8": 1,
+        "vendored": 1,
+        "minified": 1,
+    }
     assert ast["counts"]["commits"] == 8 and ast["counts"]["files_parsed"] == 14
     assert ast["counts"]["declarations"] == 51
     diffs = summary.stages["generate-ast-diffs"]["counts"]
@@ -146,8 +186,14 @@ def test_drop_counts(sample):
 def test_coverage_per_language(sample):
     data_dir, _, _ = sample
     cov = ast_coverage(_cfg(data_dir).pipeline)["sample"]
-    assert cov["python"] == {"parsed": 3, "declarations": 10, "skipped:too_large": 1, "parse_error": 1,
-                             "skipped:generated": 1, "skipped:non_utf8": 1}
+    assert cov["python"] == {
+        "parsed": 3,
+        "declarations": 10,
+        "skipped:too_large": 1,
+        "parse_error": 1,
+        "skipped:generated": 1,
+        "skipped:non_utf8": 1,
+    }
     assert cov["javascript"] == {"parsed": 1, "declarations": 4, "skipped:vendored": 1, "skipped:minified": 1}
     assert cov["other"] == {"skipped:not_source": 1, "skipped:binary": 2, "skipped:lock_file": 1}
     assert set(cov) == {"c", "cpp", "go", "java", "javascript", "other", "python", "rust", "typescript"}
@@ -161,9 +207,12 @@ def test_rerun_skips_finished_commits_and_force_redoes_them(sample, tmp_path):
     for name in ("generate-ast", "generate-ast-diffs", "generate-fim"):  # (other stages may be registered)
         st = again.stages[name]
         assert st["counts"].get("skipped_done") == 8 and st["counts"].get("commits", 0) == 0
-    forced = run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, force=True,
-                          stages=["generate-ast-diffs"])
-    assert list(forced.stages) == ["generate-ast-diffs"] and forced.stages["generate-ast-diffs"]["counts"]["commits"] == 8
+    forced = run_pipeline(
+        ["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, force=True, stages=["generate-ast-diffs"]
+    )
+    assert (
+        list(forced.stages) == ["generate-ast-diffs"] and forced.stages["generate-ast-diffs"]["counts"]["commits"] == 8
+    )
     assert _read(data_dir, 2, "diff_ast.jsonl") == before
 
 
@@ -175,12 +224,14 @@ def test_resume_after_an_interrupted_run(tmp_path, monkeypatch):
     run_pipeline(["sample"], clean.pipeline, clean.llm, local=True, progress=False)
 
     real = DeclarationDiffer.run
+
     def killed_at_commit_5(self, ctx, out_dir):
         if ctx.number == 5:
             # what a kill leaves behind: a temp file that never got renamed
             (out_dir / ".diff_ast.jsonl.x1y2.tmp").write_text('{"half": ')
             raise KeyboardInterrupt
         return real(self, ctx, out_dir)
+
     monkeypatch.setattr(DeclarationDiffer, "run", killed_at_commit_5)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(["sample"], broken.pipeline, broken.llm, local=True, progress=False)
@@ -193,8 +244,9 @@ def test_resume_after_an_interrupted_run(tmp_path, monkeypatch):
     assert resumed.stages["generate-ast-diffs"]["counts"]["commits"] == 3  # 5, 6, 7
     for n in range(len(hashes)):
         for name in ("commit_data.json", "ast.jsonl", "diff_ast.jsonl", "task.json", "fim_dataset.json"):
-            assert (tmp_path / f"broken/ast_dataset/sample/commit_{n}/{name}").read_bytes() == \
-                (tmp_path / f"clean/ast_dataset/sample/commit_{n}/{name}").read_bytes(), (n, name)
+            assert (tmp_path / f"broken/ast_dataset/sample/commit_{n}/{name}").read_bytes() == (
+                tmp_path / f"clean/ast_dataset/sample/commit_{n}/{name}"
+            ).read_bytes(), (n, name)
     # the resumed run removed the temp file the kill left beside the diff it redid
     assert not (tmp_path / "broken/ast_dataset/sample/commit_5/.diff_ast.jsonl.x1y2.tmp").exists()
     stray = tmp_path / "broken/ast_dataset/sample/commit_2/.fim_dataset.json.x1y2.tmp"  # in a finished commit
@@ -206,13 +258,32 @@ def test_fim_attaches_tasks_and_reasoning(tmp_path):
     build_sample_repo(tmp_path / "src")
     cfg = _cfg(tmp_path / "data")
     add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
-    run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
+    run_pipeline(
+        ["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"]
+    )
     c2 = tmp_path / "data/ast_dataset/sample/commit_2"
-    (c2 / "task.json").write_text(json.dumps({"commit_number": 2, "commit_hash": "x", "source": "llm", "tasks": [
-        {"id": "task_1", "description": "Split on commas.", "function_ids": ["app.py::method::Parser.parse"]},
-        {"id": "task_2", "description": "Tidy up.", "function_ids": []}]}))
-    (c2 / "reasoning.json").write_text(json.dumps([{"function_id": "app.py::function::helper",
-                                                    "operation_type": "ADD", "reasoning": "I added a helper."}]))
+    (c2 / "task.json").write_text(
+        json.dumps(
+            {
+                "commit_number": 2,
+                "commit_hash": "x",
+                "source": "llm",
+                "tasks": [
+                    {
+                        "id": "task_1",
+                        "description": "Split on commas.",
+                        "function_ids": ["app.py::method::Parser.parse"],
+                    },
+                    {"id": "task_2", "description": "Tidy up.", "function_ids": []},
+                ],
+            }
+        )
+    )
+    (c2 / "reasoning.json").write_text(
+        json.dumps(
+            [{"function_id": "app.py::function::helper", "operation_type": "ADD", "reasoning": "I added a helper."}]
+        )
+    )
     run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-fim"])
     fim = {s["function_id"]: s for s in json.loads((c2 / "fim_dataset.json").read_text())}
     assert fim["app.py::method::Parser.parse"]["task"] == "Split on commas.\nTidy up."
@@ -253,7 +324,9 @@ def test_a_corrupt_task_file_is_one_clear_error_and_the_rest_is_done(tmp_path):
     build_sample_repo(tmp_path / "src")
     cfg = _cfg(tmp_path / "data", "pipeline.commits_per_task=4")
     add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
-    run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"])
+    run_pipeline(
+        ["sample"], cfg.pipeline, cfg.llm, local=True, progress=False, stages=["generate-ast", "generate-ast-diffs"]
+    )
     bad = tmp_path / "data/ast_dataset/sample/commit_2/task.json"
     bad.write_text('{"tasks": [')
     with pytest.raises(HybridError, match=r"commit_2/task\.json: line 1: not valid JSON"):

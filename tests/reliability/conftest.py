@@ -19,19 +19,22 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-rel-Q7w9E2r4T6y8-never-print"
 
 
-def cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = None, timeout: float = 240,
-        preexec_fn=None) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, env: dict | None = None, cwd: str | os.PathLike | None = None, timeout: float = 240, preexec_fn=None
+) -> subprocess.CompletedProcess:
     """`python -m hybrid ARGS` in a fresh process (what a user runs)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
     for k, v in list(full_env.items()):
         if v is None:
             del full_env[k]
-    return run_process([sys.executable, "-m", "hybrid", *args], env=full_env, cwd=cwd or ROOT, timeout=timeout,
-                       preexec_fn=preexec_fn)
+    return run_process(
+        [sys.executable, "-m", "hybrid", *args], env=full_env, cwd=cwd or ROOT, timeout=timeout, preexec_fn=preexec_fn
+    )
 
 
-def assert_one_line_error(rc: int, err: str, *names: str, out: str = "", secrets: tuple[str, ...] = (SECRET,),
-                          code: int | None = 2) -> str:
+def assert_one_line_error(
+    rc: int, err: str, *names: str, out: str = "", secrets: tuple[str, ...] = (SECRET,), code: int | None = 2
+) -> str:
     """The failure contract: exit code `code` (any non-zero when None), no traceback, the last line of stderr an
     `error: …` line that names each of `names`, and no secret anywhere in the output. Returns that line."""
     assert rc != 0, f"exit 0 for a failure\nstdout: {out}\nstderr: {err}"
@@ -63,8 +66,11 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def tree(path: Path) -> dict[str, bytes]:
     """Every file under `path` with its bytes (to show that nothing changed)."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} \
-        if path.exists() else {}
+    return (
+        {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+        if path.exists()
+        else {}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -78,15 +84,24 @@ def tiny_checkpoint(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tiny")
     rng = random.Random(0)
-    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
     data = d / "pairs.jsonl"
     with open(data, "w") as f:
         for _ in range(24):
             a = [rng.choice(words) for _ in range(rng.randint(3, 12))]
             f.write(json.dumps({"input": " ".join(a), "output": " ".join(reversed(a[:3]))}) + "\n")
-    cfg = load_config(["model=tiny_llama_hybrid", "train=tiny", "data.max_length=40", f"data.train={data}",
-                       f"data.validation={data}", f"train.output_dir={d / 'run'}", "train.max_iters=4",
-                       "train.eval_every=2"])
+    cfg = load_config(
+        [
+            "model=tiny_llama_hybrid",
+            "train=tiny",
+            "data.max_length=40",
+            f"data.train={data}",
+            f"data.validation={data}",
+            f"train.output_dir={d / 'run'}",
+            "train.max_iters=4",
+            "train.eval_every=2",
+        ]
+    )
     result = train(cfg.recipe(), quiet=True)
     return result.best_checkpoint, data
 

@@ -38,20 +38,43 @@ def main(n: int = 10, folder: str | None = None) -> int:
     for i in range(1, n + 1):
         before, t0 = loadavg(), time.time()
         out = f"outputs/row-{i}"
-        run = subprocess.run([sys.executable, "-m", "hybrid", "tune", "tune=small", "model=tiny_llama_hybrid",
-                              "train=tiny", "train.eval_every=2", "tune.max_concurrent_trials=2",
-                              "data.train=datasets/io_pairs/train.jsonl",
-                              "data.validation=datasets/io_pairs/validation.jsonl", f"tune.output_dir={out}"],
-                             cwd=work, env=env, capture_output=True, text=True, timeout=1200)
-        rows = list(csv.DictReader((work / out / "results.csv").open())) if (work / out / "results.csv").exists() else []
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hybrid",
+                "tune",
+                "tune=small",
+                "model=tiny_llama_hybrid",
+                "train=tiny",
+                "train.eval_every=2",
+                "tune.max_concurrent_trials=2",
+                "data.train=datasets/io_pairs/train.jsonl",
+                "data.validation=datasets/io_pairs/validation.jsonl",
+                f"tune.output_dir={out}",
+            ],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        rows = (
+            list(csv.DictReader((work / out / "results.csv").open())) if (work / out / "results.csv").exists() else []
+        )
         count = {s: sum(r["status"] == s for r in rows) for s in ("done", "stopped early", "failed")}
         failed = count["failed"] + (4 - len(rows))
         lost += failed
-        print(f"| {i} | {count['done']} | {count['stopped early']} | {failed} | {time.time() - t0:.0f} | {before} | "
-              f"{loadavg()} |", flush=True)
+        print(
+            f"| {i} | {count['done']} | {count['stopped early']} | {failed} | {time.time() - t0:.0f} | {before} | "
+            f"{loadavg()} |",
+            flush=True,
+        )
         if run.returncode != 0 or failed:
-            print(f"  exit {run.returncode}: {run.stderr.strip().splitlines()[-1:] if run.stderr.strip() else ''}",
-                  flush=True)
+            print(
+                f"  exit {run.returncode}: {run.stderr.strip().splitlines()[-1:] if run.stderr.strip() else ''}",
+                flush=True,
+            )
     print(f"{n} sweeps, {lost} trial(s) lost")
     return 1 if lost else 0
 

@@ -18,8 +18,10 @@ NUMERIC = [
     (["eval", "--checkpoint", "x", "--test-data", "y", "--max-generate", "-2"], "--max-generate"),
     (["generate", "--checkpoint", "x", "--prompt", "p", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["pipeline", "test-llm", "--requests", "0"], "--requests"),
-    (["memory", "build", "--checkpoint", "x", "--namespace", "n", "--repo", ".", "--batch-segments", "0"],
-     "--batch-segments"),
+    (
+        ["memory", "build", "--checkpoint", "x", "--namespace", "n", "--repo", ".", "--batch-segments", "0"],
+        "--batch-segments",
+    ),
     (["pipeline", "export", "--validation-fraction", "1.5"], "--validation-fraction"),
     (["demo", "--minutes", "-1"], "--minutes"),
     (["bench", "train", "--steps", "0"], "--steps"),
@@ -57,8 +59,16 @@ def test_wrongly_typed_config_value(capsys):
 def test_non_utf8_training_data(tmp_path, capsys):
     data = tmp_path / "train.jsonl"
     data.write_bytes(b'{"input": "a", "output": "b"}\n{"input": "caf\xe9", "output": "b"}\n')
-    rc, out, err = run_main(["train", "model=tiny_llama_hybrid", "train=tiny", f"data.train={data}",
-                             f"train.output_dir={tmp_path / 'run'}"], capsys)
+    rc, out, err = run_main(
+        [
+            "train",
+            "model=tiny_llama_hybrid",
+            "train=tiny",
+            f"data.train={data}",
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+        capsys,
+    )
     assert_one_line_error(rc, err, f"{data}:2", "UTF-8")
     assert not list((tmp_path / "run").glob("checkpoint_step_*"))
 
@@ -73,8 +83,9 @@ def test_non_utf8_generate_input_file(tmp_path, tiny_checkpoint, capsys):
 
 def test_generate_budget_longer_than_the_model_reads(tiny_checkpoint, capsys):
     ckpt, _ = tiny_checkpoint  # data.max_length=40
-    rc, out, err = run_main(["generate", "--checkpoint", str(ckpt), "--prompt", "alpha beta", "--max-new-tokens",
-                             "40"], capsys)
+    rc, out, err = run_main(
+        ["generate", "--checkpoint", str(ckpt), "--prompt", "alpha beta", "--max-new-tokens", "40"], capsys
+    )
     assert_one_line_error(rc, err, "max_new_tokens=40", "40 tokens")
     assert out == ""
 
@@ -95,7 +106,7 @@ def test_ten_megabyte_input_line_is_clipped_before_tokenizing(tiny_checkpoint):
 
     ckpt, _ = tiny_checkpoint
     tok = TextTokenizer.load(ckpt)
-    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
     medium = {"input": " ".join(words[i % 8] for i in range(20_000)), "output": "beta alpha"}
     whole = fit_to_length(tok.encode(medium["input"]), tok.encode(medium["output"]), tok.sep_id, tok.eos_id, 40)
     assert encode_record(tok, medium, 40) == whole
@@ -129,8 +140,11 @@ def test_hand_edited_registry_name_is_refused_wherever_read(tmp_path, registry, 
     entries[0]["name"] = "../../../escaped"
     reg.write_text(json.dumps(entries))
     capsys.readouterr()
-    for argv in (["repos", "list"], ["pipeline", "run", "--local", "--stages", "generate-ast"],
-                 ["pipeline", "generate-ast", "--local", "../../../escaped"]):
+    for argv in (
+        ["repos", "list"],
+        ["pipeline", "run", "--local", "--stages", "generate-ast"],
+        ["pipeline", "generate-ast", "--local", "../../../escaped"],
+    ):
         rc, out, err = run_main([*argv, f"pipeline.data_dir={registry}"], capsys)
         assert_one_line_error(rc, err, "../../../escaped")
     assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
@@ -146,11 +160,15 @@ def test_registry_that_is_not_json(registry, capsys):
 
 
 def test_diff_ast_record_missing_fields(registry, capsys):
-    rc, out, err = run_main(["pipeline", "run", "--local", "--stages", "generate-ast,generate-ast-diffs",
-                             f"pipeline.data_dir={registry}"], capsys)
+    rc, out, err = run_main(
+        ["pipeline", "run", "--local", "--stages", "generate-ast,generate-ast-diffs", f"pipeline.data_dir={registry}"],
+        capsys,
+    )
     assert rc == 0, err
-    diffs = sorted((registry / "ast_dataset" / "sample").glob("commit_*/diff_ast.jsonl"),
-                   key=lambda p: int(p.parent.name.split("_")[1]))
+    diffs = sorted(
+        (registry / "ast_dataset" / "sample").glob("commit_*/diff_ast.jsonl"),
+        key=lambda p: int(p.parent.name.split("_")[1]),
+    )
     target = next(p for p in diffs if p.read_text().strip())
     lines = target.read_text().splitlines()
     record = json.loads(lines[0])
@@ -175,7 +193,14 @@ def test_deleted_ast_jsonl_is_redone(registry, capsys):
 def test_temp_files_of_a_killed_run_are_removed_when_the_commit_is_redone(registry, capsys):
     """A run killed between write and rename leaves `.NAME.<pid>-<token>-<n>.tmp`; the run that redoes the commit
     removes it (and leaves other files alone)."""
-    argv = ["pipeline", "run", "--local", "--stages", "generate-ast,generate-ast-diffs", f"pipeline.data_dir={registry}"]
+    argv = [
+        "pipeline",
+        "run",
+        "--local",
+        "--stages",
+        "generate-ast,generate-ast-diffs",
+        f"pipeline.data_dir={registry}",
+    ]
     assert run_main(argv, capsys)[0] == 0
     folder = registry / "ast_dataset" / "sample" / "commit_3"
     before = (folder / "diff_ast.jsonl").read_bytes()
@@ -202,11 +227,33 @@ def test_llm_base_url_that_is_not_a_url(url):
 def test_export_fractions_that_leave_nothing_to_train(registry, tmp_path, validation, test, capsys):
     """Each fraction was checked alone, so 0.6 + 0.6 was accepted (and validation got 0 records). The training
     split's share is what is left, 1 - validation - test: it must be more than 0."""
-    rc, out, err = run_main(["pipeline", "run", "--local", "--no-progress", "--stages",
-                             "generate-ast,generate-ast-diffs,generate-fim", f"pipeline.data_dir={registry}"], capsys)
+    rc, out, err = run_main(
+        [
+            "pipeline",
+            "run",
+            "--local",
+            "--no-progress",
+            "--stages",
+            "generate-ast,generate-ast-diffs,generate-fim",
+            f"pipeline.data_dir={registry}",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     dest = tmp_path / "io_pairs"
-    rc, out, err = run_main(["pipeline", "export", "--validation-fraction", validation, "--test-fraction", test,
-                             "--output-dir", str(dest), f"pipeline.data_dir={registry}"], capsys)
+    rc, out, err = run_main(
+        [
+            "pipeline",
+            "export",
+            "--validation-fraction",
+            validation,
+            "--test-fraction",
+            test,
+            "--output-dir",
+            str(dest),
+            f"pipeline.data_dir={registry}",
+        ],
+        capsys,
+    )
     assert_one_line_error(rc, err, f"--validation-fraction {validation}", f"--test-fraction {test}")
     assert not dest.exists()

@@ -45,18 +45,23 @@ def test_concurrent_add_and_remove_keep_the_other_entries(tmp_path):
     add_repo(str(srcs[0]), None, cfg)
     add_repo(str(srcs[1]), None, cfg)
     with ThreadPoolExecutor(3) as pool:  # threads share nothing but the registry file (and its lock)
-        futures = [pool.submit(remove_repo, "r0", cfg), pool.submit(add_repo, str(srcs[2]), None, cfg),
-                   pool.submit(add_repo, str(srcs[3]), None, cfg)]
+        futures = [
+            pool.submit(remove_repo, "r0", cfg),
+            pool.submit(add_repo, str(srcs[2]), None, cfg),
+            pool.submit(add_repo, str(srcs[3]), None, cfg),
+        ]
         for f in futures:
             f.result()
     assert sorted(e.name for e in list_repos(cfg)) == ["r1", "r2", "r3"]
 
 
 def _hold_lock(path, seconds: float = 60) -> subprocess.Popen:
-    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
-            f"from hybrid.core.io import exclusive_lock\n"
-            f"with exclusive_lock({str(path)!r}, 'x'):\n"
-            f"    print('held', flush=True); time.sleep({seconds})\n")
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+        f"from hybrid.core.io import exclusive_lock\n"
+        f"with exclusive_lock({str(path)!r}, 'x'):\n"
+        f"    print('held', flush=True); time.sleep({seconds})\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -68,10 +73,17 @@ def test_second_training_into_the_same_output_dir_is_refused(tmp_path):
     try:
         data = tmp_path / "pairs.jsonl"
         data.write_text("".join(json.dumps({"input": f"a b {i}", "output": "b a"}) + "\n" for i in range(8)))
-        r = cli("train", "model=tiny_llama_hybrid", "train=tiny", f"data.train={data}", f"train.output_dir={run}",
-                timeout=120)
-        assert_one_line_error(r.returncode, r.stderr, f"train.output_dir {run}", "in use", f"pid {holder.pid}",
-                              out=r.stdout)
+        r = cli(
+            "train",
+            "model=tiny_llama_hybrid",
+            "train=tiny",
+            f"data.train={data}",
+            f"train.output_dir={run}",
+            timeout=120,
+        )
+        assert_one_line_error(
+            r.returncode, r.stderr, f"train.output_dir {run}", "in use", f"pid {holder.pid}", out=r.stdout
+        )
         assert not list(run.glob("checkpoint_step_*")) and not (run / "config.yaml").exists()
     finally:
         holder.kill()

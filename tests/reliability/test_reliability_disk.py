@@ -20,8 +20,6 @@ from tests.repo_builder import build_sample_repo
 TINY = ["model=tiny_llama_hybrid", "train=tiny", "data.max_length=40", "train.eval_every=2", "train.max_iters=4"]
 
 
-
-
 @contextlib.contextmanager
 def read_only(folder):
     """`folder` immutable for the block (root ignores permission bits, not this flag)."""
@@ -57,8 +55,14 @@ def test_export_disk_full_and_read_only(pipeline_data, tmp_path):
     dest = tmp_path / "io_pairs"
     assert main(["pipeline", "export", f"pipeline.data_dir={pipeline_data}", "--output-dir", str(dest)]) == 0
     before = tree(dest)
-    full = cli("pipeline", "export", f"pipeline.data_dir={pipeline_data}", "--output-dir", str(dest),
-               preexec_fn=file_size_limit(200))
+    full = cli(
+        "pipeline",
+        "export",
+        f"pipeline.data_dir={pipeline_data}",
+        "--output-dir",
+        str(dest),
+        preexec_fn=file_size_limit(200),
+    )
     last = assert_one_line_error(full.returncode, full.stderr, out=full.stdout)
     assert "disk is full" in last or "too large" in last, last
     assert tree(dest) == before and not list(dest.glob("*.tmp*")) and not list(dest.glob(".*"))
@@ -69,11 +73,18 @@ def test_export_disk_full_and_read_only(pipeline_data, tmp_path):
 
 
 def test_checkpointing_disk_full_and_read_only(tmp_path):
-    data = {"train": make_pairs(tmp_path / "train.jsonl", 48, 0),
-            "validation": make_pairs(tmp_path / "validation.jsonl", 8, 1)}
+    data = {
+        "train": make_pairs(tmp_path / "train.jsonl", 48, 0),
+        "validation": make_pairs(tmp_path / "validation.jsonl", 8, 1),
+    }
     out = tmp_path / "run"
-    args = ["train", *TINY, f"data.train={data['train']}", f"data.validation={data['validation']}",
-            f"train.output_dir={out}"]
+    args = [
+        "train",
+        *TINY,
+        f"data.train={data['train']}",
+        f"data.validation={data['validation']}",
+        f"train.output_dir={out}",
+    ]
     assert main([*args, "train.max_iters=2"]) == 0  # a good checkpoint at step 2 (in this process: not under test)
     before = tree(out / "checkpoint_step_000002")
     # the model is ~1 MB: the next checkpoint cannot be written, the small files before it can
@@ -109,9 +120,20 @@ def test_torchrun_output_dir_under_a_file(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    r = run_process([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={port}",
-                     "-m", "hybrid.train", *TINY, f"data.train={data}", f"train.output_dir={blocker / 'run'}"],
-                    cwd=ROOT, timeout=300)
+    r = run_process(
+        [
+            str(Path(sys.executable).parent / "torchrun"),
+            "--nproc_per_node=2",
+            f"--master_port={port}",
+            "-m",
+            "hybrid.train",
+            *TINY,
+            f"data.train={data}",
+            f"train.output_dir={blocker / 'run'}",
+        ],
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and str(blocker) in errors[0], r.stderr[-3000:]

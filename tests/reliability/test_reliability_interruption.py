@@ -16,9 +16,11 @@ from tests.repo_builder import RepoBuilder
 def test_a_killed_lock_holder_leaves_no_stale_lock(tmp_path):
     data = tmp_path / "data"
     lock = data / "repos" / ".registry.lock"
-    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
-            f"from hybrid.core.io import exclusive_lock\n"
-            f"with exclusive_lock({str(lock)!r}, 'x'):\n    print('held', flush=True); time.sleep(60)\n")
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+        f"from hybrid.core.io import exclusive_lock\n"
+        f"with exclusive_lock({str(lock)!r}, 'x'):\n    print('held', flush=True); time.sleep(60)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     os.kill(holder.pid, signal.SIGKILL)
@@ -32,12 +34,23 @@ def test_a_killed_lock_holder_leaves_no_stale_lock(tmp_path):
 
 def test_nan_loss_stops_training_and_never_becomes_best(tmp_path):
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"input": f"alpha beta {i % 3}", "output": "beta alpha"}) + "\n"
-                            for i in range(16)))
+    data.write_text(
+        "".join(json.dumps({"input": f"alpha beta {i % 3}", "output": "beta alpha"}) + "\n" for i in range(16))
+    )
     run = tmp_path / "run"
-    r = cli("train", "model=tiny_llama_hybrid", "train=tiny", f"data.train={data}", f"data.validation={data}",
-            f"train.output_dir={run}", "train.learning_rate=1e30", "train.eval_every=1", "train.max_iters=6",
-            "train.warmup_iters=0", timeout=300)
+    r = cli(
+        "train",
+        "model=tiny_llama_hybrid",
+        "train=tiny",
+        f"data.train={data}",
+        f"data.validation={data}",
+        f"train.output_dir={run}",
+        "train.learning_rate=1e30",
+        "train.eval_every=1",
+        "train.max_iters=6",
+        "train.warmup_iters=0",
+        timeout=300,
+    )
     assert_one_line_error(r.returncode, r.stderr, "diverged", "train.learning_rate", out=r.stdout)
     best = run / "best"
     if best.exists():  # the last finite step, never a NaN one

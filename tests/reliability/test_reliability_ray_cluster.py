@@ -27,8 +27,18 @@ def test_memory_commands_without_a_cluster(tmp_path, tiny_checkpoint):
     env = {"RAY_ADDRESS": None, "RAY_TMPDIR": str(tmp_path)}
     r = cli("memory", "stats", env=env, timeout=120)
     assert_one_line_error(r.returncode, r.stderr, *NO_CLUSTER, out=r.stdout)
-    r = cli("memory", "build", "--checkpoint", str(ckpt), "--namespace", "n", "--demonstrations", str(pairs),
-            env=env, timeout=120)
+    r = cli(
+        "memory",
+        "build",
+        "--checkpoint",
+        str(ckpt),
+        "--namespace",
+        "n",
+        "--demonstrations",
+        str(pairs),
+        env=env,
+        timeout=120,
+    )
     assert_one_line_error(r.returncode, r.stderr, *NO_CLUSTER, out=r.stdout)
     assert list(tmp_path.iterdir()) == []  # no Ray session was started
 
@@ -48,15 +58,33 @@ def other_ray(tmp_path_factory):
     temp_dir = root / "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    log = open(root / "head.log", "w")
+    log = open(root / "head.log", "w")  # noqa: SIM115 (the head's output while it runs; closed at teardown)
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus=1", f"--port={gcs}",
-         "--include-dashboard=false", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
-         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-         f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
-         f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
-         f"--min-worker-port={worker_low}", f"--max-worker-port={worker_low + 39}", f"--temp-dir={temp_dir}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=1",
+            f"--port={gcs}",
+            "--include-dashboard=false",
+            f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent_http}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--node-manager-port={node_mgr}",
+            f"--object-manager-port={obj_mgr}",
+            f"--runtime-env-agent-port={runtime_env}",
+            f"--ray-client-server-port={client}",
+            f"--min-worker-port={worker_low}",
+            f"--max-worker-port={worker_low + 39}",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while not (temp_dir / "ray_current_cluster").exists():  # `ray start` writes it once the head is up
@@ -84,7 +112,12 @@ def test_memory_stats_never_joins_a_ray_it_was_not_given(tmp_path, other_ray):
     assert_one_line_error(r.returncode, r.stderr, *NO_CLUSTER, out=r.stdout)
     assert drivers(temp_dir) == before, "joined a Ray nobody named"
     # the cluster `ray start` started (its address where Ray keeps it) is joined without RAY_ADDRESS
-    r = cli("memory", "stats", "memory.service=nothing-here", env={"RAY_ADDRESS": None, "RAY_TMPDIR": str(root)},
-            timeout=120)
+    r = cli(
+        "memory",
+        "stats",
+        "memory.service=nothing-here",
+        env={"RAY_ADDRESS": None, "RAY_TMPDIR": str(root)},
+        timeout=120,
+    )
     assert_one_line_error(r.returncode, r.stderr, "no shard actor 'nothing-here-shard0'", out=r.stdout)
     assert len(drivers(temp_dir)) == len(before) + 1

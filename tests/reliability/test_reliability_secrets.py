@@ -4,7 +4,6 @@ in our messages, not in a third party's (pyarrow's, git's) that we pass on as on
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.reliability.conftest import SECRET, assert_one_line_error, closed_port, run_main, tree
@@ -20,12 +19,15 @@ def pieces(secret: str) -> tuple[str, ...]:
     return (secret, *[p for p in re.split(r"[/#?:@]", secret) if len(p) >= 4])
 
 
-@pytest.mark.parametrize("url,secret", [
-    ("http://user:pa/ssw0rd@host/v1", "pa/ssw0rd"),
-    ("https://user:pa#ss?w:rd@host:8000/v1?key=k", "pa#ss?w:rd"),
-    (f"s3://{AWS_KEY_ID}:{AWS_SECRET}@bucket/x.jsonl", AWS_SECRET),
-    (f"https://{AWS_KEY_ID}:{AWS_SECRET}@host/x.git", AWS_SECRET),
-])
+@pytest.mark.parametrize(
+    "url,secret",
+    [
+        ("http://user:pa/ssw0rd@host/v1", "pa/ssw0rd"),
+        ("https://user:pa#ss?w:rd@host:8000/v1?key=k", "pa#ss?w:rd"),
+        (f"s3://{AWS_KEY_ID}:{AWS_SECRET}@bucket/x.jsonl", AWS_SECRET),
+        (f"https://{AWS_KEY_ID}:{AWS_SECRET}@host/x.git", AWS_SECRET),
+    ],
+)
 def test_redact_url_takes_the_userinfo_up_to_the_last_at(url, secret):
     from hybrid.core.redact import redact_text, redact_url, split_userinfo
 
@@ -51,8 +53,10 @@ def test_llm_base_url_with_a_slash_in_its_password(tmp_path, monkeypatch, capsys
 def test_training_data_uri_with_a_slash_in_the_secret_key(tmp_path, capsys):
     """Our message and pyarrow's (`Cannot parse URI: '…'`) both showed the key."""
     uri = f"s3://{AWS_KEY_ID}:{AWS_SECRET}@bucket/x.jsonl"
-    rc, out, err = run_main(["train", "model=tiny_llama_hybrid", "train=tiny", f"data.train={uri}",
-                             f"train.output_dir={tmp_path / 'run'}"], capsys)
+    rc, out, err = run_main(
+        ["train", "model=tiny_llama_hybrid", "train=tiny", f"data.train={uri}", f"train.output_dir={tmp_path / 'run'}"],
+        capsys,
+    )
     assert_one_line_error(rc, err, "s3://***@bucket", out=out, secrets=(SECRET, *pieces(AWS_SECRET), AWS_KEY_ID))
     assert tree(tmp_path) == {}
 
@@ -60,8 +64,9 @@ def test_training_data_uri_with_a_slash_in_the_secret_key(tmp_path, capsys):
 def test_repos_add_with_a_slash_in_the_token(tmp_path, capsys):
     data = tmp_path / "data"
     token = "to/ken-Q7w9E2r4T6y8"
-    rc, out, err = run_main(["repos", "add", f"https://user:{token}@127.0.0.1:{closed_port()}/x.git",
-                             f"pipeline.data_dir={data}"], capsys)
+    rc, out, err = run_main(
+        ["repos", "add", f"https://user:{token}@127.0.0.1:{closed_port()}/x.git", f"pipeline.data_dir={data}"], capsys
+    )
     assert_one_line_error(rc, err, "cannot clone", out=out, secrets=pieces(token))
     assert tree(data) == {}
 

@@ -59,10 +59,20 @@ def user_folder(tmp_path, monkeypatch):
 
 # -- 1. relative paths ----------------------------------------------------------------------------------------------
 def test_every_path_setting_is_made_absolute_against_the_folder_the_command_started_in(tmp_path):
-    cfg = load_config([*TINY, "data.train=datasets/io_pairs/train.jsonl", "data.validation=val/*.jsonl",
-                       "model.pretrained=bases/llama", "train.init_from=runs/a", "train.resume=auto",
-                       "train.mlflow_uri=mlruns", "train.output_dir=outputs/x", "tune.output_dir=outputs/sweep",
-                       "tune.space={data.train: [a.jsonl, s3://b/c.jsonl], model.retrieval_k: [1, 2]}"])
+    cfg = load_config(
+        [
+            *TINY,
+            "data.train=datasets/io_pairs/train.jsonl",
+            "data.validation=val/*.jsonl",
+            "model.pretrained=bases/llama",
+            "train.init_from=runs/a",
+            "train.resume=auto",
+            "train.mlflow_uri=mlruns",
+            "train.output_dir=outputs/x",
+            "tune.output_dir=outputs/sweep",
+            "tune.space={data.train: [a.jsonl, s3://b/c.jsonl], model.retrieval_k: [1, 2]}",
+        ]
+    )
     base, tcfg = with_absolute_sweep_paths(cfg.recipe(), cfg.tune, cwd=str(tmp_path))
     assert base.data.train == str(tmp_path / "datasets/io_pairs/train.jsonl")
     assert base.data.validation == str(tmp_path / "val/*.jsonl")  # a glob keeps its pattern
@@ -92,8 +102,15 @@ def test_the_readmes_tune_lines_as_written_and_ctrl_c_and_a_second_command_on_a_
     env = {**ray_head.env, "PYTHONPATH": str(ROOT)}
     out = user_folder / "outputs" / "tune-small"
 
-    proc = subprocess.Popen([sys.executable, "-m", "hybrid", *sweep_line], cwd=user_folder, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybrid", *sweep_line],
+        cwd=user_folder,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -101,8 +118,9 @@ def test_the_readmes_tune_lines_as_written_and_ctrl_c_and_a_second_command_on_a_
             break
     assert seen and seen[-1].startswith("trial_00000 step 2"), "".join(seen) + proc.stderr.read()[-3000:]
     second = cli(*resume_line, cwd=user_folder, env=env, timeout=120)  # while the sweep runs
-    assert_one_line_error(second.returncode, second.stderr, "tune.output_dir", "in use by another process",
-                          out=second.stdout)
+    assert_one_line_error(
+        second.returncode, second.stderr, "tune.output_dir", "in use by another process", out=second.stdout
+    )
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
     rest, err = finish_process(proc, timeout=180)
     assert proc.returncode == 130, err[-3000:]
@@ -128,17 +146,30 @@ def test_the_readmes_tune_lines_as_written_and_ctrl_c_and_a_second_command_on_a_
 
 # -- 3, 6, 7: refused before anything starts -----------------------------------------------------------------------
 def _tune(user_folder, capsys, *overrides):
-    rc, out, err = run_main(["tune", *TINY, "data.train=datasets/io_pairs/train.jsonl",
-                             "data.validation=datasets/io_pairs/validation.jsonl", "tune.output_dir=outputs/s",
-                             *overrides], capsys)
+    rc, out, err = run_main(
+        [
+            "tune",
+            *TINY,
+            "data.train=datasets/io_pairs/train.jsonl",
+            "data.validation=datasets/io_pairs/validation.jsonl",
+            "tune.output_dir=outputs/s",
+            *overrides,
+        ],
+        capsys,
+    )
     return rc, out, err
 
 
 @pytest.mark.parametrize("key", sorted(OWNED))
 def test_a_key_the_sweep_sets_itself_cannot_be_swept(key, user_folder, capsys):
-    value = {"train.max_iters": "[1, 2]", "train.output_dir": "[a, b]", "train.resume": "[auto, none]",
-             "train.num_workers": "[1, 2]", "train.best_by": "[val_loss, val_exact_match]",
-             "memory.service": "[a, b]"}[key]
+    value = {
+        "train.max_iters": "[1, 2]",
+        "train.output_dir": "[a, b]",
+        "train.resume": "[auto, none]",
+        "train.num_workers": "[1, 2]",
+        "train.best_by": "[val_loss, val_exact_match]",
+        "memory.service": "[a, b]",
+    }[key]
     rc, out, err = _tune(user_folder, capsys, f"tune.space={{{key}: {value}}}")
     line = assert_one_line_error(rc, err, f"tune.space: {key}: set by the sweep", out=out)
     assert "(" in line  # and why
@@ -148,15 +179,34 @@ def test_a_key_the_sweep_sets_itself_cannot_be_swept(key, user_folder, capsys):
 def test_a_grid_too_large_to_generate_is_refused_with_its_count(user_folder, capsys):
     values = "[" + ", ".join(str(i) for i in range(1, 1001)) + "]"
     t0 = time.time()
-    rc, out, err = _tune(user_folder, capsys, f"tune.space={{model.retrieval_k: {values}, model.memory_slots: {values}}}")
+    rc, out, err = _tune(
+        user_folder, capsys, f"tune.space={{model.retrieval_k: {values}, model.memory_slots: {values}}}"
+    )
     assert_one_line_error(rc, err, "1,000,000 trials", "tune.max_trials (1,000)", out=out)
     assert time.time() - t0 < 30 and not (user_folder / "outputs").exists()
     base = load_config([*TINY, "data.train=x"]).recipe()
-    check_sweep(base, load_config(["tune.max_trials=4", "tune.metric=train_loss",
-                                   "tune.space={model.retrieval_k: [1, 2], model.memory_slots: [2, 4]}"]).tune)
+    check_sweep(
+        base,
+        load_config(
+            [
+                "tune.max_trials=4",
+                "tune.metric=train_loss",
+                "tune.space={model.retrieval_k: [1, 2], model.memory_slots: [2, 4]}",
+            ]
+        ).tune,
+    )
     with pytest.raises(ConfigError, match=r"8 trials \(2 × 2 grid points × tune.num_samples 2\)"):
-        check_sweep(base, load_config(["tune.max_trials=4", "tune.num_samples=2", "tune.metric=train_loss",
-                                       "tune.space={model.retrieval_k: [1, 2], model.memory_slots: [2, 4]}"]).tune)
+        check_sweep(
+            base,
+            load_config(
+                [
+                    "tune.max_trials=4",
+                    "tune.num_samples=2",
+                    "tune.metric=train_loss",
+                    "tune.space={model.retrieval_k: [1, 2], model.memory_slots: [2, 4]}",
+                ]
+            ).tune,
+        )
 
 
 def test_an_unknown_metric_and_asha_grace_past_the_budget_are_one_line_config_errors(user_folder, capsys):
@@ -165,8 +215,15 @@ def test_an_unknown_metric_and_asha_grace_past_the_budget_are_one_line_config_er
     rc, out, err = _tune(user_folder, capsys, "tune=small", "tune.max_iters=2", "tune.grace_steps=5")
     assert_one_line_error(rc, err, "tune.grace_steps", "max_iters (2)", out=out)
     assert not (user_folder / "outputs").exists()
-    rc, out, err = _tune(user_folder, capsys, "tune=small", "tune.scheduler=fifo", "tune.max_iters=2",
-                         "tune.grace_steps=5", "tune.metric=bogus")  # fifo has no grace: only the metric is wrong
+    rc, out, err = _tune(
+        user_folder,
+        capsys,
+        "tune=small",
+        "tune.scheduler=fifo",
+        "tune.max_iters=2",
+        "tune.grace_steps=5",
+        "tune.metric=bogus",
+    )  # fifo has no grace: only the metric is wrong
     assert_one_line_error(rc, err, "tune.metric=bogus", out=out)
 
 
@@ -175,9 +232,17 @@ def test_a_sweep_that_cannot_start_leaves_nothing_that_blocks_the_next(user_fold
     # in a fresh process: this test process may hold the suite's Ray already, which a command joins as it is
     env = {"RAY_ADDRESS": "127.0.0.1:9"}  # nothing listens on the discard port: refused at once
     for _ in range(2):  # the second is not "holds a sweep already"
-        done = cli("tune", *TINY, "tune=small", "data.train=datasets/io_pairs/train.jsonl",
-                   "data.validation=datasets/io_pairs/validation.jsonl", "tune.output_dir=outputs/s",
-                   cwd=user_folder, env=env, timeout=120)
+        done = cli(
+            "tune",
+            *TINY,
+            "tune=small",
+            "data.train=datasets/io_pairs/train.jsonl",
+            "data.validation=datasets/io_pairs/validation.jsonl",
+            "tune.output_dir=outputs/s",
+            cwd=user_folder,
+            env=env,
+            timeout=120,
+        )
         assert_one_line_error(done.returncode, done.stderr, "RAY_ADDRESS=127.0.0.1:9", out=done.stdout)
     out_dir = user_folder / "outputs" / "s"
     assert not (out_dir / "sweep.yaml").exists()
@@ -208,25 +273,36 @@ def test_trials_are_planned_to_fit_the_cpus_their_workers_and_data_tasks_need():
 
 
 @pytest.mark.slow
-def test_training_on_more_cpus_than_the_local_ray_has_is_one_line_before_anything_starts(ray_session, tmp_path,
-                                                                                       capsys):
+def test_training_on_more_cpus_than_the_local_ray_has_is_one_line_before_anything_starts(ray_session, tmp_path, capsys):
     """(Before: Ray Train waited 60 s and printed a 95-line ControllerError.)"""
     data = make_pairs(tmp_path / "pairs.jsonl", 8, 0)
     cpus = int(ray_session.cluster_resources()["CPU"])
     t0 = time.time()
-    rc, out, err = run_main(["train", *TINY, f"data.train={data}", f"train.output_dir={tmp_path / 'run'}",
-                             f"train.num_workers={cpus + 2}"], capsys)
-    assert_one_line_error(rc, err, f"train.num_workers={cpus + 2}", f"asks for {cpus + 2} CPUs",
-                          f"the local Ray has {cpus}", out=out)
+    rc, out, err = run_main(
+        ["train", *TINY, f"data.train={data}", f"train.output_dir={tmp_path / 'run'}", f"train.num_workers={cpus + 2}"],
+        capsys,
+    )
+    assert_one_line_error(
+        rc, err, f"train.num_workers={cpus + 2}", f"asks for {cpus + 2} CPUs", f"the local Ray has {cpus}", out=out
+    )
     assert time.time() - t0 < 30 and not (tmp_path / "run").exists()
 
 
 # -- 6. a categorical swept key in the plot ------------------------------------------------------------------------
 def test_a_non_numeric_swept_key_is_a_categorical_axis_of_the_plot(tmp_path):
     keys = ["train.tokenizer", "model.retrieval_k"]
-    trials = [TrialRow(f"trial_0000{i}", "done", 4, {"train.tokenizer": tok, "model.retrieval_k": k}, 5.0 - i, None,
-                       curve=[(2, 5.5), (4, 5.0 - i)])
-              for i, (tok, k) in enumerate([("bpe", 1), ("bpe", 4), ("word", 1), ("word", 4)])]
+    trials = [
+        TrialRow(
+            f"trial_0000{i}",
+            "done",
+            4,
+            {"train.tokenizer": tok, "model.retrieval_k": k},
+            5.0 - i,
+            None,
+            curve=[(2, 5.5), (4, 5.0 - i)],
+        )
+        for i, (tok, k) in enumerate([("bpe", 1), ("bpe", 4), ("word", 1), ("word", 4)])
+    ]
     sweep = Sweep("val_loss", "min", str(tmp_path), trials, trials[-1], 1.0, keys)
     write_results(sweep, load_config([]).tune)
     assert (tmp_path / "sweep.png").stat().st_size > 10_000

@@ -35,8 +35,10 @@ def test_lone_surrogate_in_training_data(tmp_path, tiny_checkpoint, capsys):
 def test_lone_surrogate_in_eval_and_generate_data(tmp_path, tiny_checkpoint, capsys):
     ckpt, pairs = tiny_checkpoint
     data = with_line(tmp_path, pairs, SURROGATE_LINE)
-    for argv in (["eval", "--checkpoint", str(ckpt), "--test-data", str(data)],
-                 ["generate", "--checkpoint", str(ckpt), "--input-file", str(data), "--max-new-tokens", "4"]):
+    for argv in (
+        ["eval", "--checkpoint", str(ckpt), "--test-data", str(data)],
+        ["generate", "--checkpoint", str(ckpt), "--input-file", str(data), "--max-new-tokens", "4"],
+    ):
         rc, out, err = run_main(argv, capsys)
         assert_one_line_error(rc, err, f"{data}:3", "Unicode")
 
@@ -45,8 +47,9 @@ def test_lone_surrogate_in_eval_and_generate_data(tmp_path, tiny_checkpoint, cap
 def test_prompt_that_is_not_utf8(tiny_checkpoint, capsys):
     ckpt, _ = tiny_checkpoint
     prompt = os.fsdecode(b"alpha beta \xff")  # what `--prompt $'alpha beta \xff'` becomes in sys.argv
-    rc, out, err = run_main(["generate", "--checkpoint", str(ckpt), "--prompt", prompt, "--max-new-tokens", "4"],
-                            capsys)
+    rc, out, err = run_main(
+        ["generate", "--checkpoint", str(ckpt), "--prompt", prompt, "--max-new-tokens", "4"], capsys
+    )
     assert_one_line_error(rc, err, "--prompt", "UTF-8")
     assert out == ""
 
@@ -61,12 +64,15 @@ def test_output_dir_that_is_not_utf8_leaves_nothing(tmp_path, tiny_checkpoint, c
 
 def test_demonstrations_that_are_not_utf8(tmp_path, tiny_checkpoint, capsys):
     ckpt, _ = tiny_checkpoint
-    for name, content in (("demo.txt", b"alpha beta\ncaf\xe9 gamma\n"),
-                          ("demo.jsonl", b'{"input": "a", "output": "b"}\n{"input": "caf\xe9", "output": "b"}\n')):
+    for name, content in (
+        ("demo.txt", b"alpha beta\ncaf\xe9 gamma\n"),
+        ("demo.jsonl", b'{"input": "a", "output": "b"}\n{"input": "caf\xe9", "output": "b"}\n'),
+    ):
         path = tmp_path / name
         path.write_bytes(content)
-        rc, out, err = run_main(["memory", "build", "--checkpoint", str(ckpt), "--namespace", "n",
-                                 "--demonstrations", str(path)], capsys)
+        rc, out, err = run_main(
+            ["memory", "build", "--checkpoint", str(ckpt), "--namespace", "n", "--demonstrations", str(path)], capsys
+        )
         assert_one_line_error(rc, err, f"{path}:2", "UTF-8")
 
 
@@ -89,8 +95,10 @@ def test_deeply_nested_json_line(tmp_path, tiny_checkpoint, capsys):
     rc, out, err = run_main(["train", *TINY, f"data.train={data}", f"train.output_dir={tmp_path / 'run'}"], capsys)
     assert_one_line_error(rc, err, f"{data}:3", "nested")
     # with data.on_bad_record=skip the line is skipped and counted, and the run finishes
-    rc, out, err = run_main(["train", *TINY, f"data.train={data}", "data.on_bad_record=skip",
-                             f"train.output_dir={tmp_path / 'run'}"], capsys)
+    rc, out, err = run_main(
+        ["train", *TINY, f"data.train={data}", "data.on_bad_record=skip", f"train.output_dir={tmp_path / 'run'}"],
+        capsys,
+    )
     assert rc == 0, err
     stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
     assert stats["train"]["skipped"] == {"too_deep": 1}, stats

@@ -16,8 +16,11 @@ from hybrid.models.modeling import HybridForCausalLM
 from hybrid.training import code_memory as cm
 
 ROOT = Path(__file__).resolve().parents[3]
-TEXTS = ["def total(items):\n    return sum(items)\n", "class Box:\n    def open(self):\n        return self.lid\n",
-         "for item in items:\n    print(item.name)\n"] * 4
+TEXTS = [
+    "def total(items):\n    return sum(items)\n",
+    "class Box:\n    def open(self):\n        return self.lid\n",
+    "for item in items:\n    print(item.name)\n",
+] * 4
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +29,26 @@ def tok():
 
 
 def tiny(tok, **kw):
-    cfg = dict(family="llama", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16, segment_length=16,
-               use_internal_memory=False, use_external_memory=True, memory_slots=2, num_mem_heads=2,
-               external_memory_size=4096, retrieval_k=2, chunk_size=4, retrieval_layers=[1], external_gate_init=0.5)
+    cfg = dict(
+        family="llama",
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        segment_length=16,
+        use_internal_memory=False,
+        use_external_memory=True,
+        memory_slots=2,
+        num_mem_heads=2,
+        external_memory_size=4096,
+        retrieval_k=2,
+        chunk_size=4,
+        retrieval_layers=[1],
+        external_gate_init=0.5,
+    )
     cfg.update(kw)
     torch.manual_seed(0)
     return HybridForCausalLM.for_family("llama")(ModelConfig(**cfg)).eval()
@@ -53,7 +72,7 @@ def test_scores_add_up_to_the_models_loss(tok):
 
 def test_local_rows_keep_the_output_and_move_far_positions():
     rows = [(list(range(40)), 30)]
-    (ids, p), = cm.local_rows(rows, [[31, 35]], 8)[0]
+    ((ids, p),) = cm.local_rows(rows, [[31, 35]], 8)[0]
     assert ids == list(range(22, 40)) and p == 8
     assert cm.local_rows(rows, [[31, 35]], 8)[1] == [[9, 13]]
 
@@ -80,8 +99,7 @@ def test_a_write_only_build_keeps_the_same_chunks_and_a_read_only_view_changes_n
     again = cm.score_rows(model, rows, far, tok.pad_id, memory_store=view, namespace="repo")
     assert _chunks(writing, "repo/layer1")[1] == n  # scoring wrote nothing into the built memory
     assert first[0].loss == pytest.approx(again[0].loss)
-    empty = cm.score_rows(model, rows, far, tok.pad_id, memory_store=cm.ReadOnlyStore(TorchStore(64)),
-                          namespace="repo")
+    empty = cm.score_rows(model, rows, far, tok.pad_id, memory_store=cm.ReadOnlyStore(TorchStore(64)), namespace="repo")
     assert empty[0].loss != pytest.approx(first[0].loss)  # the read gate is open: the memory's content matters
 
 
@@ -115,9 +133,12 @@ def _small_history(path: Path, commits: int = 24) -> None:
     bodies = [1, 1, 1]
     for c in range(commits):
         bodies[c % 3] = c % 5 + 1
-        funcs = "".join(f"def step_{j}(args):\n" + "".join(f"    value_{k} = helper(args[{k}])[:LIMIT]\n"
-                                                             for k in range(n)) + "    return value_0\n\n\n"
-                        for j, n in enumerate(bodies))
+        funcs = "".join(
+            f"def step_{j}(args):\n"
+            + "".join(f"    value_{k} = helper(args[{k}])[:LIMIT]\n" for k in range(n))
+            + "    return value_0\n\n\n"
+            for j, n in enumerate(bodies)
+        )
         rb.write("m.py", header + funcs)
         rb.commit(f"change {c}")
 
@@ -132,18 +153,42 @@ def test_quick_run_trains_every_variant_alike_and_writes_the_json(tmp_path):
     data = tmp_path / "data"
     assert main(["repos", "add", str(tmp_path / "src"), "--name", "small", f"pipeline.data_dir={data}"]) == 0
     out = tmp_path / "r.json"
-    code = main(["bench", "code-memory", "small", "--quick", "--data-dir", str(data), "--json", str(out),
-                 "--other-repo", str(ROOT), "--plot", str(tmp_path / "p.png")])
+    code = main(
+        [
+            "bench",
+            "code-memory",
+            "small",
+            "--quick",
+            "--data-dir",
+            str(data),
+            "--json",
+            str(out),
+            "--other-repo",
+            str(ROOT),
+            "--plot",
+            str(tmp_path / "p.png"),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
-    assert set(result["results"]) == {"none", "internal", "external", "both", "full", "repo_memory",
-                                      "other_repo_memory", "local_only"}
-    for variant, subsets in result["results"].items():
+    assert set(result["results"]) == {
+        "none",
+        "internal",
+        "external",
+        "both",
+        "full",
+        "repo_memory",
+        "other_repo_memory",
+        "local_only",
+    }
+    for subsets in result["results"].values():
         assert set(subsets) == {"all", "beyond", "within"}
         cell = subsets["all"]["loss"]
         assert set(cell) == {"mean", "per_seed", "ci95"} and cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1]
-    assert set(result["n"]) >= {"all", "beyond", "within"} and result["n"]["all"] == result["n"]["beyond"] + result[
-        "n"]["within"] > 0
+    assert (
+        set(result["n"]) >= {"all", "beyond", "within"}
+        and result["n"]["all"] == result["n"]["beyond"] + result["n"]["within"] > 0
+    )
     metrics = result["runs"][0]["metrics"]
     assert {m["step"] for m in metrics.values()} == {result["settings"]["steps"]}
     assert len({m["tokens_seen"] for m in metrics.values()}) == 1  # the same tokens for every variant
@@ -181,8 +226,9 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
 
     data = tmp_path / "data"
     assert main(["bench", "code-memory", "nosuch", "--data-dir", str(data)]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: nosuch: not a registered repository in {data} (hybrid repos "
-                                               f"add …; registered: none)")
+    assert capsys.readouterr().err.strip() == (
+        f"error: nosuch: not a registered repository in {data} (hybrid repos add …; registered: none)"
+    )
     assert main(["bench", "code-memory", "--quick", "--max-length", "40", "--data-dir", str(data)]) == 2
     assert "--max-length: 40 leaves nothing beyond the window" in capsys.readouterr().err
     assert main(["bench", "code-memory", "--seeds", "0,0"]) == 2
@@ -199,4 +245,5 @@ def test_committed_results_match_the_docs():
     for name, full in b.DOCS.files.items():
         assert b.DOCS.block(ROOT / name) == b.markdown_report(result, full), (
             f"{name}: its code-memory table differs from docs/code-memory-results.json; regenerate it with "
-            f"`hybrid bench code-memory --from-json docs/code-memory-results.json --write-docs`")
+            f"`hybrid bench code-memory --from-json docs/code-memory-results.json --write-docs`"
+        )

@@ -41,15 +41,15 @@ def test_answer_lies_outside_the_last_segment(n):
         key = words[-1]
         pos = words.index(key)  # the pair (key first occurrence) precedes the question
         assert words[pos + 1] == ex.output and _segment_of(words, pos) == _segment_of(words, pos + 1) < n - 1
-        assert ex.output not in words[(n - 1) * L:]
+        assert ex.output not in words[(n - 1) * L :]
     for ex in rt.generate("passkey", n, 50, L, seed=0):
         words = ex.input.split()
         digits = ex.output.split()
-        last = " ".join(words[(n - 1) * L:])
+        last = " ".join(words[(n - 1) * L :])
         assert " ".join(digits) not in last
     for ex in rt.generate("facts", n, 50, L, seed=0):
         words = ex.input.split()
-        assert ex.output not in words[(n - 1) * L:]
+        assert ex.output not in words[(n - 1) * L :]
         assert ex.output in words[: (n - 1) * L]
 
 
@@ -85,9 +85,27 @@ def test_too_small_segment_is_a_clear_error():
 
 def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     out, plot, md = tmp_path / "recall.json", tmp_path / "recall.png", tmp_path / "recall.md"
-    rc = main(["bench", "recall", "--quick", "--steps", "6", "--eval-examples", "4", "--json", str(out),
-               "--markdown", str(md), "--plot", str(plot), "--base-steps", "6", "bench.batch_size=4",
-               "bench.val_examples=4"])
+    rc = main(
+        [
+            "bench",
+            "recall",
+            "--quick",
+            "--steps",
+            "6",
+            "--eval-examples",
+            "4",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+            "--plot",
+            str(plot),
+            "--base-steps",
+            "6",
+            "bench.batch_size=4",
+            "bench.val_examples=4",
+        ]
+    )
     assert rc == 0
     result = json.loads(out.read_text())
     variants = ["none", "internal", "external", "both"]
@@ -156,7 +174,8 @@ def test_committed_results_match_the_docs():
     for name, full in r.DOCS.files.items():
         assert r.DOCS.block(root / name) == r.markdown_report(result, full), (
             f"{name}: its recall tables differ from docs/recall-results.json; regenerate them with "
-            f"`hybrid bench recall --from-json docs/recall-results.json --write-docs`")
+            f"`hybrid bench recall --from-json docs/recall-results.json --write-docs`"
+        )
 
 
 def test_interval_covers_pooled_sampling_and_seed_spread():
@@ -187,7 +206,7 @@ def test_controls_edit_and_swap_the_haystack():
             assert rc.value_words(e) != new
             follows = rc.answering(edited, new)  # scored with the answer memory now gives, the key echo kept
             assert follows.input == edited.input and rc.value_words(follows) == new
-            assert follows.output.split()[:len(e.output.split()) - len(new)] == e.output.split()[:-len(new)]
+            assert follows.output.split()[: len(e.output.split()) - len(new)] == e.output.split()[: -len(new)]
         for e, d in zip(ex, ex[1:]):
             swapped, other = rc.swapped_haystack(e, d, r.segment_length)
             cut = 3 * r.segment_length
@@ -201,7 +220,7 @@ def test_the_bench_names_the_recipes_variants():
     from hybrid.bench import recall as r
     from hybrid.training import recall as rc
 
-    assert r.VARIANTS == tuple(rc.VARIANTS) and set(r.VARIANT_TITLES) == set(rc.VARIANTS)
+    assert tuple(rc.VARIANTS) == r.VARIANTS and set(r.VARIANT_TITLES) == set(rc.VARIANTS)
 
 
 def test_validation_and_test_streams_differ():
@@ -228,8 +247,12 @@ def test_training_template_gives_exactly_n_segments_of_tokens():
     from hybrid.data.tokenizer import train_word_level
     from hybrid.training import recall as rc
 
-    records = [e.record() for t in rt.TASKS + rt.TRAINING_AIDS for n in (1, 2, 4, 16)
-               for e in rt.generate(t, n, 10, L, 0, "train", rc.layout())]
+    records = [
+        e.record()
+        for t in rt.TASKS + rt.TRAINING_AIDS
+        for n in (1, 2, 4, 16)
+        for e in rt.generate(t, n, 10, L, 0, "train", rc.layout())
+    ]
     tok = train_word_level(w for rec in records for w in (rec["input"], rec["output"]))
     enc = encode_pairs(tok, records, 16 * L)
     assert [len(ids) for ids in enc.input_ids] == [rec["segments"] * L for rec in records]
@@ -258,8 +281,11 @@ def test_gate_init_keys_open_the_gates_of_stage_two(tmp_path):
     r.learning_rate = 1e-9
     ckpt = rc.train_variant(r, base_cfg, "both", base, tmp_path, data, 0, 4 * L)
     model = ckpt_io.load_model(ckpt)
-    gates = {n: torch.tanh(p).flatten() for n, p in model.named_parameters() if n.endswith("gate")
-             and ("internal_memory" in n or "memory_gate" in n)}
+    gates = {
+        n: torch.tanh(p).flatten()
+        for n, p in model.named_parameters()
+        if n.endswith("gate") and ("internal_memory" in n or "memory_gate" in n)
+    }
     assert any(n.endswith(".internal_memory.gate") for n in gates) and any(n.endswith("memory_gate") for n in gates)
     for n, g in gates.items():
         want = 0.5 if n.endswith(".internal_memory.gate") else 0.25

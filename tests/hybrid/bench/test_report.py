@@ -13,8 +13,9 @@ from hybrid.core.errors import HybridError
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.mark.parametrize("bench, results", [(recall, "docs/recall-results.json"),
-                                            (code_memory, "docs/code-memory-results.json")])
+@pytest.mark.parametrize(
+    "bench, results", [(recall, "docs/recall-results.json"), (code_memory, "docs/code-memory-results.json")]
+)
 def test_write_docs_from_the_committed_results_changes_no_byte(bench, results, tmp_path):
     (tmp_path / "docs").mkdir()
     for name in bench.DOCS.files:
@@ -30,8 +31,9 @@ def test_a_new_block_replaces_only_what_is_between_the_markers(tmp_path):
     for name in table.files:
         (tmp_path / name).write_text(f"intro\n{table.start}\nold\nrows\n{table.end}\noutro\n")
     table.write(lambda full: "full\n" if full else "main\n", tmp_path)
-    assert (tmp_path / "a.md").read_text() == ("intro\n<!-- t-table:start (generated: make it) -->\nmain\n"
-                                               "<!-- t-table:end -->\noutro\n")
+    assert (tmp_path / "a.md").read_text() == (
+        "intro\n<!-- t-table:start (generated: make it) -->\nmain\n<!-- t-table:end -->\noutro\n"
+    )
     assert table.block(tmp_path / "b.md") == "full\n"
 
 
@@ -45,8 +47,10 @@ def test_a_file_without_both_markers_is_a_one_line_error_and_is_left_alone(tmp_p
 
 
 def test_markdown_table_aligns_text_columns_left_and_numbers_right():
-    assert (markdown_table(["a", "b", "c"], [["x", "y", "1"]], text_columns=2)
-            == "| a | b | c |\n|---|---|---:|\n| x | y | 1 |\n")
+    assert (
+        markdown_table(["a", "b", "c"], [["x", "y", "1"]], text_columns=2)
+        == "| a | b | c |\n|---|---|---:|\n| x | y | 1 |\n"
+    )
     assert markdown_table(["a", "n"], []) == "| a | n |\n|---|---:|\n"
 
 

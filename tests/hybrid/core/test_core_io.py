@@ -22,7 +22,7 @@ def test_text_bytes_and_pieces_are_written_exactly(tmp_path):
     atomic_write_json(tmp_path / "e.json", {"k": [1, 2]}, indent=None)
     assert (tmp_path / "e.json").read_text() == '{"k": [1, 2]}\n'
     assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == 0o600  # as tempfile.mkstemp made them
-    assert not [p for p in tmp_path.rglob(".*.tmp")]
+    assert not list(tmp_path.rglob(".*.tmp"))
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
@@ -32,10 +32,9 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
         atomic_write(target, "bad \udcc3 surrogate\n")
     assert target.read_text() == "old\n"
     assert not list(tmp_path.glob(".*.tmp"))
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert target.read_text() == "old\n" and not list(tmp_path.glob(".*.tmp"))
 
 

@@ -33,11 +33,24 @@ def test_the_locations_are_the_seeds_layout(tmp_path):
     assert DatasetLayout("data/").repo_dir("r") == "data/ast_dataset/r"
 
 
-@pytest.mark.parametrize("name, number", [
-    ("commit_0", 0), ("commit_7", 7), ("commit_1234", 1234),
-    ("commit_", None), ("commit_x", None), ("commit_-1", None), ("commit_01", None), ("commit_1 ", None),
-    ("commit_1\n", None), ("commit_²", None), ("commit_١", None), ("Commit_1", None), ("stats.json", None),
-])
+@pytest.mark.parametrize(
+    "name, number",
+    [
+        ("commit_0", 0),
+        ("commit_7", 7),
+        ("commit_1234", 1234),
+        ("commit_", None),
+        ("commit_x", None),
+        ("commit_-1", None),
+        ("commit_01", None),
+        ("commit_1 ", None),
+        ("commit_1\n", None),
+        ("commit_²", None),
+        ("commit_١", None),
+        ("Commit_1", None),
+        ("stats.json", None),
+    ],
+)
 def test_one_parse_rule_for_commit_folders(name, number):
     assert commit_number(name) == number
     if number is not None:

@@ -38,8 +38,9 @@ def test_files_folders_and_pointers_behave_alike(root, tmp_path):
     assert sorted(where.list_dir(run)) == [("ckpt_1", True), ("metrics.jsonl", False)]
     assert where.list_dir(where.join(root, "nothing")) == []
     assert where.base_name(where.join(run, "ckpt_1")) == "ckpt_1"
-    assert [where.base_name(f) for f in where.files_under(run)] == ["w.bin", "metrics.jsonl"] or \
-        sorted(where.base_name(f) for f in where.files_under(run)) == ["metrics.jsonl", "w.bin"]
+    assert [where.base_name(f) for f in where.files_under(run)] == ["w.bin", "metrics.jsonl"] or sorted(
+        where.base_name(f) for f in where.files_under(run)
+    ) == ["metrics.jsonl", "w.bin"]
     assert [where.base_name(f) for f in where.glob(where.join(run, "*.jsonl"))] == ["metrics.jsonl"]
     with where.open_input(where.join(run, "ckpt_1", "w.bin")) as f:
         assert f.read() == b"\x00\x01"

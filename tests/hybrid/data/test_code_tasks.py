@@ -12,8 +12,12 @@ S = 16  # the window of these tests, in tokens
 
 @pytest.fixture(scope="module")
 def tok():
-    corpus = ["def zebra_total(items):\n    return sum(items)\n", "x = 1\n" * 50, "value = compute(value)\n" * 20,
-              "print('hello world')\n" * 10]
+    corpus = [
+        "def zebra_total(items):\n    return sum(items)\n",
+        "x = 1\n" * 50,
+        "value = compute(value)\n" * 20,
+        "print('hello world')\n" * 10,
+    ]
     return train_bpe(corpus * 5, 400)
 
 
@@ -58,7 +62,9 @@ def test_a_name_just_inside_the_window_is_within_and_just_outside_is_far(tok, ou
     output = "zebra_total(items)\n"
     window = "def zebra_total(items):\n"
     n = len(tok.encode(window))
-    assert tok.decode(tok.encode(window)[:1]) == "def" and tok.decode(tok.encode(window)[1:2]).strip().startswith("zebra")
+    assert tok.decode(tok.encode(window)[:1]) == "def" and tok.decode(tok.encode(window)[1:2]).strip().startswith(
+        "zebra"
+    )
     fill = _pad_to_boundary(tok, 0, n, n + 1 - outside)
     ids, p = _sequence(tok, "", fill, window, output)
     assert p - p % S == (p - 1 - n) + outside  # the window starts `outside` tokens into the earlier occurrence
@@ -109,8 +115,9 @@ def test_long_file_examples_come_from_the_file_before_the_declaration(tmp_path):
     rb.commit("limit the name")
     cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}"])
     add_repo(str(rb.path), "m", cfg.pipeline)
-    run_pipeline(["m"], cfg.pipeline, cfg.llm, stages=["generate-ast", "generate-ast-diffs"], local=True,
-                 progress=False)
+    run_pipeline(
+        ["m"], cfg.pipeline, cfg.llm, stages=["generate-ast", "generate-ast-diffs"], local=True, progress=False
+    )
     examples = list(long_file_examples(tmp_path / "data", "m", tmp_path / "data" / "repos" / "m"))
     changed = [e for e in examples if e.commit_number == 1]
     assert [e.function_id for e in changed] == ["m.py::function::main"]

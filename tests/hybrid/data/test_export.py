@@ -1,16 +1,30 @@
 import json
+
 import pytest
 
-from hybrid.data.export import export_io_pairs, fim_input
-from hybrid.data.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, TASK
 from hybrid.core.errors import HybridError
 from hybrid.core.io import read_jsonl
+from hybrid.data.export import export_io_pairs, fim_input
+from hybrid.data.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, TASK
 
 
 def fim(repo, n, fid, middle, task=None):
-    return {"id": f"{fid}#0", "function_id": fid, "repo": repo, "commit_number": n, "commit_hash": "0" * 40,
-            "file": "a.py", "language": "python", "kind": "function", "operation_type": "ADD",
-            "fim_prefix": f"def {fid}():\n", "fim_middle": middle, "fim_suffix": "\n", "task": task, "reasoning": None}
+    return {
+        "id": f"{fid}#0",
+        "function_id": fid,
+        "repo": repo,
+        "commit_number": n,
+        "commit_hash": "0" * 40,
+        "file": "a.py",
+        "language": "python",
+        "kind": "function",
+        "operation_type": "ADD",
+        "fim_prefix": f"def {fid}():\n",
+        "fim_middle": middle,
+        "fim_suffix": "\n",
+        "task": task,
+        "reasoning": None,
+    }
 
 
 def make_dataset(root, repos):
@@ -22,13 +36,22 @@ def make_dataset(root, repos):
             (d / "fim_dataset.json").write_text(json.dumps(recs))
             if recs:
                 fid = recs[0]["function_id"]
-                (d / "reasoning.json").write_text(json.dumps(
-                    [{"function_id": fid, "operation_type": "UPDATE", "reasoning": f"I changed {fid}."}]))
-                (d / "diff_ast.jsonl").write_text(json.dumps(
-                    {"id": fid, "before_code": "old", "after_code": "new"}) + "\n")
-                (d / "task.json").write_text(json.dumps(
-                    {"commit_number": n, "commit_hash": "0" * 40, "source": "llm",
-                     "tasks": [{"id": "task_1", "description": f"Improve {fid}", "function_ids": [fid]}]}))
+                (d / "reasoning.json").write_text(
+                    json.dumps([{"function_id": fid, "operation_type": "UPDATE", "reasoning": f"I changed {fid}."}])
+                )
+                (d / "diff_ast.jsonl").write_text(
+                    json.dumps({"id": fid, "before_code": "old", "after_code": "new"}) + "\n"
+                )
+                (d / "task.json").write_text(
+                    json.dumps(
+                        {
+                            "commit_number": n,
+                            "commit_hash": "0" * 40,
+                            "source": "llm",
+                            "tasks": [{"id": "task_1", "description": f"Improve {fid}", "function_ids": [fid]}],
+                        }
+                    )
+                )
 
 
 def test_time_split_keeps_functions_in_one_split(tmp_path):
@@ -58,7 +81,9 @@ def test_repo_split_with_three_repos(tmp_path):
     make_dataset(tmp_path / "data", {name: [[fim(name, 0, f"{name}_f", "x = 1")]] for name in ("a", "b", "c", "d")})
     res = export_io_pairs(tmp_path / "data", tmp_path / "out", kinds=("fim",))
     assert res.split_by == "repository"
-    repos = {s: {r["repo"] for r in read_jsonl(tmp_path / "out" / f"{s}.jsonl")} for s in ("train", "validation", "test")}
+    repos = {
+        s: {r["repo"] for r in read_jsonl(tmp_path / "out" / f"{s}.jsonl")} for s in ("train", "validation", "test")
+    }
     assert all(repos.values()) and not (repos["train"] & repos["test"]) and not (repos["validation"] & repos["test"])
 
 
@@ -77,8 +102,9 @@ def test_export_command(tmp_path, capsys):
     make_dataset(tmp_path / "data", {"r": [[fim("r", n, f"f{n}", "pass")] for n in range(5)]})
     parser = argparse.ArgumentParser()
     register_export(parser.add_subparsers())
-    args = parser.parse_args(["export", f"pipeline.data_dir={tmp_path / 'data'}", "--output-dir", str(tmp_path / "io"),
-                              "--kinds", "fim"])
+    args = parser.parse_args(
+        ["export", f"pipeline.data_dir={tmp_path / 'data'}", "--output-dir", str(tmp_path / "io"), "--kinds", "fim"]
+    )
     assert run_command(args.func, args) == 0
     assert "train 3, validation 1, test 1" in capsys.readouterr().out
     args = parser.parse_args(["export", f"pipeline.data_dir={tmp_path / 'data'}", "--kinds", "fim,poems"])

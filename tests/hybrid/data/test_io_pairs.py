@@ -2,10 +2,10 @@ import json
 
 import pytest
 
+from hybrid.core.errors import HybridError
 from hybrid.data.encode import IGNORE_INDEX, collate, encode_pairs, fit_to_length
 from hybrid.data.io_pairs import read_io_pairs
 from hybrid.data.tokenizer import EOS, FIM_MIDDLE, SEP, TextTokenizer, train_bpe
-from hybrid.core.errors import HybridError
 
 
 def write(path, lines):
@@ -17,20 +17,26 @@ def test_reads_jsonl_parquet_and_folders(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    write(tmp_path / "a.jsonl", [json.dumps({"input": "x", "output": "y", "repo": "r"}), "", json.dumps({"input": "", "output": "z"})])
+    write(
+        tmp_path / "a.jsonl",
+        [json.dumps({"input": "x", "output": "y", "repo": "r"}), "", json.dumps({"input": "", "output": "z"})],
+    )
     pq.write_table(pa.table({"input": ["p"], "output": ["q"]}), tmp_path / "b.parquet")
     pairs = read_io_pairs(tmp_path)
     assert [r["output"] for r in pairs.records] == ["y", "z", "q"]
     assert len(read_io_pairs(tmp_path / "b.parquet")) == 1
 
 
-@pytest.mark.parametrize("lines, message", [
-    (['{"input": "a", "output": "b"}', "{not json"], r"bad\.jsonl:2: not valid JSON"),
-    (['{"input": "a"}'], r"bad\.jsonl:1: record has no 'output'"),
-    (['{"input": "a", "output": 3}'], r"bad\.jsonl:1: 'output' must be a string"),
-    (['["a", "b"]'], r"bad\.jsonl:1: expected a JSON object"),
-    ([], r"bad\.jsonl: empty file"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"input": "a", "output": "b"}', "{not json"], r"bad\.jsonl:2: not valid JSON"),
+        (['{"input": "a"}'], r"bad\.jsonl:1: record has no 'output'"),
+        (['{"input": "a", "output": 3}'], r"bad\.jsonl:1: 'output' must be a string"),
+        (['["a", "b"]'], r"bad\.jsonl:1: expected a JSON object"),
+        ([], r"bad\.jsonl: empty file"),
+    ],
+)
 def test_bad_data_names_file_and_line(tmp_path, lines, message):
     write(tmp_path / "bad.jsonl", lines)
     with pytest.raises(HybridError, match=message):
@@ -60,7 +66,7 @@ def test_bpe_tokenizer_roundtrip_and_special_tokens(tmp_path):
 def test_left_truncation_keeps_output_and_is_counted():
     ids, prompt_len, why = fit_to_length(list(range(10, 30)), [1, 2, 3], sep_id=5, eos_id=0, max_length=10)
     assert ids[-4:] == [1, 2, 3, 0] and ids[prompt_len - 1] == 5 and len(ids) == 10
-    assert ids[:prompt_len - 1] == list(range(24, 30))[-(prompt_len - 1):]  # the input's right end survives
+    assert ids[: prompt_len - 1] == list(range(24, 30))[-(prompt_len - 1) :]  # the input's right end survives
     assert why == "input_truncated_left"
     ids, prompt_len, why = fit_to_length([7], list(range(100, 120)), sep_id=5, eos_id=0, max_length=8)
     assert len(ids) == 8 and why == "output_truncated" and ids[:2] == [7, 5]
@@ -79,4 +85,4 @@ def test_encode_and_collate_label_only_the_output():
         assert labels[row, p:n].tolist() == enc.input_ids[row][p:]
         assert labels[row, n - 1] == tok.eos_id and input_ids[row, p - 1] == tok.sep_id
         assert mask[row].sum() == n
-    assert tok.decode(labels[0, enc.prompt_lengths[0]:len(enc.input_ids[0])].tolist()) == "ccc"
+    assert tok.decode(labels[0, enc.prompt_lengths[0] : len(enc.input_ids[0])].tolist()) == "ccc"

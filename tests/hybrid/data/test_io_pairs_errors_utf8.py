@@ -2,8 +2,8 @@
 
 import pytest
 
-from hybrid.data.io_pairs import data_files, read_io_pairs
 from hybrid.core.errors import HybridError
+from hybrid.data.io_pairs import data_files, read_io_pairs
 
 
 def test_non_utf8_line_is_a_clear_error_or_a_counted_skip(tmp_path):

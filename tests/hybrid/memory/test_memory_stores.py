@@ -142,8 +142,9 @@ def test_model_with_faiss_store_matches_torch_store():
     ids = torch.randint(0, 97, (2, 56))
     with torch.no_grad():
         ref = model(ids).logits
-        model.store_factory = store_factory(MemoryConfig(backend="faiss"), model.config.chunks_capacity,
-                                            model.config.chunk_size)
+        model.store_factory = store_factory(
+            MemoryConfig(backend="faiss"), model.config.chunks_capacity, model.config.chunk_size
+        )
         out = model(ids).logits
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert not math.isnan(out.sum().item())

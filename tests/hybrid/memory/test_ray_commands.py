@@ -49,14 +49,45 @@ def test_build_stats_and_read_only_evaluation(ray_session, tmp_path, capsys):
     from tests.hybrid.training.conftest import TINY
 
     data = make_pairs(tmp_path / "train.jsonl", 8, 0)
-    run = train(load_config([*TINY, f"data.train={data}", "train.max_iters=1", "train.eval_every=1",
-                             "train.num_workers=0", f"train.output_dir={tmp_path / 'run'}"]).recipe(), quiet=True)
+    run = train(
+        load_config(
+            [
+                *TINY,
+                f"data.train={data}",
+                "train.max_iters=1",
+                "train.eval_every=1",
+                "train.num_workers=0",
+                f"train.output_dir={tmp_path / 'run'}",
+            ]
+        ).recipe(),
+        quiet=True,
+    )
     repo = _git_repo(tmp_path / "repo")
     service = f"test-build-{uuid.uuid4().hex[:8]}"
     conf = [f"memory.service={service}", "memory.num_shards=2", "memory.shard_cpus=0"]
     out = tmp_path / "build.json"
-    assert cli(["memory", "build", *conf, "--checkpoint", str(run.output_dir), "--namespace", "repo",
-                "--repo", str(repo), "--commit", "HEAD~1", "--capacity-tokens", "4096", "--json", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "memory",
+                "build",
+                *conf,
+                "--checkpoint",
+                str(run.output_dir),
+                "--namespace",
+                "repo",
+                "--repo",
+                str(repo),
+                "--commit",
+                "HEAD~1",
+                "--capacity-tokens",
+                "4096",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     built = json.loads(out.read_text())
     assert built["texts"] == 2 and built["tokens_written"] > 0 and built["vectors"] > 0
     assert "'repo'" in capsys.readouterr().out
@@ -68,8 +99,9 @@ def test_build_stats_and_read_only_evaluation(ray_session, tmp_path, capsys):
     assert sum(s["vectors"] for s in shards) == built["vectors"]
 
     ck = load(run.output_dir, device="cpu")
-    store = RayShardedStore(ck.model.config.chunks_capacity, ck.model.config.chunk_size, num_shards=2,
-                            service=service, shard_cpus=0)
+    store = RayShardedStore(
+        ck.model.config.chunks_capacity, ck.model.config.chunk_size, num_shards=2, service=service, shard_cpus=0
+    )
     with pytest.raises(HybridError, match="unknown namespace 'nope'"):
         SharedMemoryView(store, "nope")
     view = SharedMemoryView(store, "repo")
@@ -81,7 +113,23 @@ def test_build_stats_and_read_only_evaluation(ray_session, tmp_path, capsys):
     with torch.no_grad():
         ck.model(ids, memory_store=view, namespaces=["repo"])
     assert store.namespace_info("repo")["vectors"] == built["vectors"]  # evaluation never writes
-    assert cli(["memory", "build", *conf, "--checkpoint", str(run.output_dir), "--namespace", "x", "--repo",
-                str(repo), "--commit", "nosuchrev"]) == 2
+    assert (
+        cli(
+            [
+                "memory",
+                "build",
+                *conf,
+                "--checkpoint",
+                str(run.output_dir),
+                "--namespace",
+                "x",
+                "--repo",
+                str(repo),
+                "--commit",
+                "nosuchrev",
+            ]
+        )
+        == 2
+    )
     assert "--commit: 'nosuchrev' is not a commit of" in capsys.readouterr().err
     store.shutdown()

@@ -169,8 +169,9 @@ def test_killed_shard_is_restarted_and_callers_get_an_empty_counted_result(make_
     again = remote.search(names, q, k=2)
     assert again.mask.all()
     # the strict mode raises instead of answering empty
-    strict = RayShardedStore(cap, c, num_shards=2, service=remote.service, shards=remote.shards,
-                             on_shard_failure="error", call_timeout_s=30)
+    strict = RayShardedStore(
+        cap, c, num_shards=2, service=remote.service, shards=remote.shards, on_shard_failure="error", call_timeout_s=30
+    )
     strict.add(names, *_chunks(8, H, 2, c, D))
     strict.flush()
     ray.kill(remote.shards[victim], no_restart=False)
@@ -198,21 +199,36 @@ def test_training_with_the_ray_backend_in_a_train_worker_matches_faiss(ray_sessi
 
     data = make_pairs(tmp_path / "train.jsonl", 24, 0)
     service = f"test-train-{uuid.uuid4().hex[:8]}"
-    common = [*TINY, f"data.train={data}", "train.max_iters=4", "train.eval_every=4", "train.learning_rate=0.05",
-              "train.log_every=1",
-              "model.segment_length=8", "model.external_memory_size=16"]
+    common = [
+        *TINY,
+        f"data.train={data}",
+        "train.max_iters=4",
+        "train.eval_every=4",
+        "train.learning_rate=0.05",
+        "train.log_every=1",
+        "model.segment_length=8",
+        "model.external_memory_size=16",
+    ]
     losses = {}
     for backend in ("faiss", "ray"):
         out = tmp_path / backend
         extra = [f"memory.backend={backend}", "train.num_workers=0"]
         if backend == "ray":  # in a Ray Train worker, which reaches the shards by name
-            extra = [f"memory.backend={backend}", "train.num_workers=1", f"memory.service={service}",
-                     "memory.shard_cpus=0", "memory.num_shards=2"]
+            extra = [
+                f"memory.backend={backend}",
+                "train.num_workers=1",
+                f"memory.service={service}",
+                "memory.shard_cpus=0",
+                "memory.num_shards=2",
+            ]
         train(load_config([*common, *extra, f"train.output_dir={out}"]).recipe(), quiet=True)
         import json
 
-        losses[backend] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-                           if "loss" in json.loads(line)]
+        losses[backend] = [
+            json.loads(line)["loss"]
+            for line in (out / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)
+        ]
     # With this learning rate the memory gate opens enough that turning external memory off changes the losses of
     # steps 2-4 by 2e-4..5e-3 (relative, measured): the tolerance below is far tighter than that.
     assert len(losses["ray"]) == 4

@@ -1,12 +1,24 @@
-"""Helpers for the model tests. Tiny configurations (2 layers, 64 wide, 16-token segments) so every model test runs in about a second."""
+"""Helpers for the model tests. Tiny configurations (2 layers, 64 wide, 16-token segments) so every model test
+runs in about a second."""
 
 from __future__ import annotations
 
 import torch
 
-TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            segment_length=16, memory_slots=4, num_mem_heads=2, external_memory_size=64, retrieval_k=2,
-            chunk_size=2, retrieval_layers=[1])
+TINY = dict(
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    segment_length=16,
+    memory_slots=4,
+    num_mem_heads=2,
+    external_memory_size=64,
+    retrieval_k=2,
+    chunk_size=2,
+    retrieval_layers=[1],
+)
 
 
 def tiny_config(family: str = "llama", **kw):
@@ -42,10 +54,23 @@ FAMILIES = ["llama", "gpt2"]
 
 # Tiny HuggingFace bases, built with `transformers` (the callers skip without it) and saved to a folder.
 VOCAB = 101
-SIZES = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6)
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 16}  # 16: wavelengths of 2π..~2e4 fall in all three bands
+SIZES = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+)
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}  # 16: wavelengths of 2π..~2e4 fall in all three bands
 
 
 def hf_base(folder, kind: str, seed: int = 0, **kw):
@@ -54,11 +79,27 @@ def hf_base(folder, kind: str, seed: int = 0, **kw):
     import transformers
 
     if kind == "gpt2":
-        cfg = transformers.GPT2Config(**{**dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0), **kw})
+        cfg = transformers.GPT2Config(
+            **{
+                **dict(
+                    vocab_size=VOCAB,
+                    n_embd=64,
+                    n_layer=2,
+                    n_head=4,
+                    n_positions=64,
+                    resid_pdrop=0.0,
+                    embd_pdrop=0.0,
+                    attn_pdrop=0.0,
+                ),
+                **kw,
+            }
+        )
     else:
-        config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-                        "mistral": transformers.MistralConfig}[kind]
+        config_class = {
+            "llama": transformers.LlamaConfig,
+            "qwen2": transformers.Qwen2Config,
+            "mistral": transformers.MistralConfig,
+        }[kind]
         cfg = config_class(**{**SIZES, **kw})
     torch.manual_seed(seed)
     hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
@@ -70,4 +111,3 @@ def hf_base(folder, kind: str, seed: int = 0, **kw):
                 p.normal_(0, 0.1)
     hf.save_pretrained(folder, safe_serialization=True)
     return hf
-

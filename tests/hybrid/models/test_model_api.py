@@ -15,14 +15,16 @@ def test_labels_follow_the_huggingface_convention():
     labels = ids.clone()
     labels[:, :10] = -100  # e.g. the input part of an IO pair
     out = model(ids, labels=labels)
-    manual = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1),
-                                               ignore_index=-100)
+    manual = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
     torch.testing.assert_close(out.loss, manual)
     assert model(ids).loss is None
 
 
-@pytest.mark.parametrize("family, memory, prompt_len, new", [
-    ("gpt2", True, 20, 5), ("llama", True, 10, 25), ("llama", False, 10, 25)])
+@pytest.mark.parametrize(
+    "family, memory, prompt_len, new", [("gpt2", True, 20, 5), ("llama", True, 10, 25), ("llama", False, 10, 25)]
+)
 def test_generate_is_greedy_and_stops_at_eos(family, memory, prompt_len, new):
     model = tiny_model(family, use_internal_memory=memory, use_external_memory=memory)
     open_gates(model)
@@ -94,15 +96,18 @@ def test_right_padding_needs_no_mask_and_a_full_mask_is_a_noop():
     torch.testing.assert_close(c[:, 3:16], d[:, 3:16])
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(hidden_size=66), "divisible by num_attention_heads"),
-    (dict(num_key_value_heads=3), "multiple of num_key_value_heads"),
-    (dict(num_mem_heads=3), "num_mem_heads"),
-    (dict(chunk_size=3), "multiple of chunk_size"),
-    (dict(retrieval_layers=[2]), "retrieval_layers"),
-    (dict(external_memory_size=1), "smaller than chunk_size"),
-    (dict(bogus=1), "bogus"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(hidden_size=66), "divisible by num_attention_heads"),
+        (dict(num_key_value_heads=3), "multiple of num_key_value_heads"),
+        (dict(num_mem_heads=3), "num_mem_heads"),
+        (dict(chunk_size=3), "multiple of chunk_size"),
+        (dict(retrieval_layers=[2]), "retrieval_layers"),
+        (dict(external_memory_size=1), "smaller than chunk_size"),
+        (dict(bogus=1), "bogus"),
+    ],
+)
 def test_config_validation(bad, message):
     with pytest.raises(ValidationError, match=message):
         tiny_config("llama", **bad)

@@ -109,8 +109,9 @@ def test_memories_are_a_noop_at_init_on_each_base(tmp_path, name):
 
     kind, kw = BASES[name]
     hf = hf_base(tmp_path, kind, **kw)
-    ours = from_pretrained(tmp_path, segment_length=T, retrieval_layers=[1], use_external_memory=True,
-                           retrieval_k=4).eval()
+    ours = from_pretrained(
+        tmp_path, segment_length=T, retrieval_layers=[1], use_external_memory=True, retrieval_k=4
+    ).eval()
     assert ours.config.use_internal_memory and ours.config.retrieval_k == 4
     ids = _ids()
     with torch.no_grad():
@@ -141,8 +142,9 @@ def test_unsupported_bases_are_one_line_errors(tmp_path):
     _write_config(tmp_path, architectures=["LlamaForCausalLM"], rope_parameters={"rope_type": "yarn", "factor": 2.0})
     with pytest.raises(HybridError, match="rope type 'yarn' is not supported"):
         from_pretrained(tmp_path)
-    _write_config(tmp_path, model_type="qwen2", architectures=["Qwen2ForCausalLM"], rope_parameters=None,
-                  use_sliding_window=True)
+    _write_config(
+        tmp_path, model_type="qwen2", architectures=["Qwen2ForCausalLM"], rope_parameters=None, use_sliding_window=True
+    )
     with pytest.raises(HybridError, match="use_sliding_window"):
         from_pretrained(tmp_path)
 
@@ -163,8 +165,9 @@ def test_saved_hf_folder_loads_in_transformers(tmp_path, name):
 
     kind, kw = EXPORTS[name]
     hf_base(tmp_path / "base", kind, **kw)
-    ours = from_pretrained(tmp_path / "base", segment_length=32, retrieval_layers=[1], memory_slots=4,
-                           num_mem_heads=2, chunk_size=2).eval()
+    ours = from_pretrained(
+        tmp_path / "base", segment_length=32, retrieval_layers=[1], memory_slots=4, num_mem_heads=2, chunk_size=2
+    ).eval()
     with torch.no_grad():  # as if trained: open gates, moved memory
         for n, p in ours.named_parameters():
             if "memory" in n:

@@ -57,8 +57,11 @@ def test_noop_at_init_on_pretrained_base_and_gates_get_gradient(family, tmp_path
     assert diff <= 1e-5
     hybrid.train()
     hybrid(ids, labels=ids).loss.backward()
-    gates = {n: p.grad for n, p in hybrid.named_parameters()
-             if n.endswith("internal_memory.gate") or n.endswith("memory_gate")}
+    gates = {
+        n: p.grad
+        for n, p in hybrid.named_parameters()
+        if n.endswith("internal_memory.gate") or n.endswith("memory_gate")
+    }
     assert len(gates) == 2 + 1  # one internal gate per layer, one external gate at the retrieval layer
     for name, grad in gates.items():
         assert grad is not None and grad.abs().sum() > 0, f"{name} gets no gradient at init"

@@ -12,9 +12,36 @@ def test_bench_model_tiny(tmp_path, capsys):
     from hybrid.main import main
 
     out = tmp_path / "bench.json"
-    rc = main(["bench", "model", "--hidden-size", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1",
-               "--intermediate-size", "64", "--vocab-size", "64", "--segment-length", "16", "--segments", "2",
-               "--steps", "1", "--warmup", "0", "--device", "cpu", "--json", str(out)])
+    rc = main(
+        [
+            "bench",
+            "model",
+            "--hidden-size",
+            "32",
+            "--layers",
+            "2",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+            "--intermediate-size",
+            "64",
+            "--vocab-size",
+            "64",
+            "--segment-length",
+            "16",
+            "--segments",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     rows = {r["variant"]: r for r in data["rows"]}
@@ -27,10 +54,16 @@ def test_bench_model_tiny(tmp_path, capsys):
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds_median"])
     # the ratios are those of the rows they name
     assert data["ratios"]["ours base / transformers"] == pytest.approx(
-        rows["ours: base, 1 segment"]["tokens_per_s"] / rows["transformers LlamaForCausalLM, 1 segment"]["tokens_per_s"])
+        rows["ours: base, 1 segment"]["tokens_per_s"] / rows["transformers LlamaForCausalLM, 1 segment"]["tokens_per_s"]
+    )
     assert data["ratios"]["both memories (hybrid) / ours base"] == pytest.approx(
         rows["ours: both memories (hybrid), 2 segments"]["tokens_per_s"]
-        / rows["ours: base (no memory), 2 segments"]["tokens_per_s"])
-    assert set(data["ratios"]) == {"ours base / transformers", "internal memory only / ours base",
-                                   "external memory only / ours base", "both memories (hybrid) / ours base"}
+        / rows["ours: base (no memory), 2 segments"]["tokens_per_s"]
+    )
+    assert set(data["ratios"]) == {
+        "ours base / transformers",
+        "internal memory only / ours base",
+        "external memory only / ours base",
+        "both memories (hybrid) / ours base",
+    }
     assert "ratios (median" in capsys.readouterr().out

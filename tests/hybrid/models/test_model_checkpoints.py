@@ -14,9 +14,18 @@ transformers = pytest.importorskip("transformers")
 
 
 def _hf_llama(tmp_path, tie=False):
-    cfg = transformers.LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   rms_norm_eps=1e-6, rope_theta=500.0, tie_word_embeddings=tie)
+    cfg = transformers.LlamaConfig(
+        vocab_size=101,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        rope_theta=500.0,
+        tie_word_embeddings=tie,
+    )
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # random norms too, so a misplaced norm would show
@@ -28,8 +37,9 @@ def _hf_llama(tmp_path, tie=False):
 
 
 def _hf_gpt2(tmp_path):
-    cfg = transformers.GPT2Config(vocab_size=101, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = transformers.GPT2Config(
+        vocab_size=101, n_embd=64, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
@@ -45,8 +55,9 @@ def test_llama_parity_with_transformers(tmp_path, tie):
     from hybrid.models.hybrid_llama import HybridLlamaForCausalLM
 
     hf = _hf_llama(tmp_path, tie)
-    ours = HybridLlamaForCausalLM.from_pretrained(tmp_path, use_internal_memory=False, use_external_memory=False,
-                                                  segment_length=40).eval()
+    ours = HybridLlamaForCausalLM.from_pretrained(
+        tmp_path, use_internal_memory=False, use_external_memory=False, segment_length=40
+    ).eval()
     assert ours.config.num_key_value_heads == 2 and ours.config.rope_theta == 500.0
     ids = torch.randint(0, 101, (2, 40))
     with torch.no_grad():
@@ -60,8 +71,9 @@ def test_gpt2_parity_with_transformers(tmp_path):
     from hybrid.models.hybrid_gpt2 import HybridGPT2ForCausalLM
 
     hf = _hf_gpt2(tmp_path)
-    ours = HybridGPT2ForCausalLM.from_pretrained(tmp_path, use_internal_memory=False, use_external_memory=False,
-                                                 segment_length=64).eval()
+    ours = HybridGPT2ForCausalLM.from_pretrained(
+        tmp_path, use_internal_memory=False, use_external_memory=False, segment_length=64
+    ).eval()
     ids = torch.randint(0, 101, (2, 64))
     with torch.no_grad():
         ref = hf(ids, labels=ids)
@@ -106,8 +118,9 @@ def test_build_model_from_config_sections(tmp_path):
 
     base = tiny_model("llama", use_internal_memory=False, use_external_memory=False)
     base.save_pretrained(tmp_path)
-    cfg = load_config(["model=tiny_llama_hybrid", f"model.pretrained={tmp_path}", "model.freeze_base=true",
-                       "model.memory_slots=3"])
+    cfg = load_config(
+        ["model=tiny_llama_hybrid", f"model.pretrained={tmp_path}", "model.freeze_base=true", "model.memory_slots=3"]
+    )
     model = build_model(cfg.model, vocab_size=50, memory_cfg=cfg.memory)
     assert model.config.memory_slots == 3 and model.config.vocab_size == 97  # sizes from the checkpoint
     counts = count_parameters(model)
@@ -168,7 +181,8 @@ def test_gpt2_key_map_covers_every_hf_key(tmp_path):
 
     hf = _hf_gpt2(tmp_path)
     mapped = map_hf_state_dict("gpt2", read_safetensors(tmp_path))
-    assert torch.equal(mapped["model.layers.1.self_attn.k_proj.weight"],
-                       hf.transformer.h[1].attn.c_attn.weight[:, 64:128].t())
+    assert torch.equal(
+        mapped["model.layers.1.self_attn.k_proj.weight"], hf.transformer.h[1].attn.c_attn.weight[:, 64:128].t()
+    )
     with pytest.raises(HybridError, match="no mapping"):
         map_hf_state_dict("gpt2", {"transformer.h.0.attn.rotary.weight": torch.zeros(1)})

@@ -12,7 +12,9 @@ def _mha(q, k, v, heads, key_mask=None):
     B, Tq, d = q.shape
     split = lambda t: t.view(B, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask).transpose(1, 2).reshape(B, Tq, d)
+    return (
+        F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask).transpose(1, 2).reshape(B, Tq, d)
+    )
 
 
 def test_read_and_write_match_reference_attention():

@@ -22,8 +22,13 @@ TEETH = 1e-3  # well above float noise: the haystack visibly reaches the last se
 
 
 def control_model(family: str, memory: str = "both"):
-    model = tiny_model(family, num_hidden_layers=3, retrieval_layers=[1, 2],
-                       use_internal_memory=memory != "external", use_external_memory=memory != "internal")
+    model = tiny_model(
+        family,
+        num_hidden_layers=3,
+        retrieval_layers=[1, 2],
+        use_internal_memory=memory != "external",
+        use_external_memory=memory != "internal",
+    )
     generator = torch.Generator().manual_seed(11)
     with torch.no_grad():
         for p in model.parameters():

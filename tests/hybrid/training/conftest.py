@@ -12,7 +12,12 @@ def tiny_overrides():
     """tiny_overrides(io_data, output_dir, *extra) -> the key=value list of a tiny training run."""
 
     def make(io_data, output_dir, *extra):
-        return [*TINY, f"data.train={io_data['train']}", f"data.validation={io_data['validation']}",
-                f"train.output_dir={output_dir}", *extra]
+        return [
+            *TINY,
+            f"data.train={io_data['train']}",
+            f"data.validation={io_data['validation']}",
+            f"train.output_dir={output_dir}",
+            *extra,
+        ]
 
     return make

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from tests.hybrid.models.model_helpers import hf_base
 
-BASE_TEXT = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs",
-             "sphinx of black quartz judge my vow"] * 20
+BASE_TEXT = [
+    "the quick brown fox jumps over the lazy dog",
+    "pack my box with five dozen liquor jugs",
+    "sphinx of black quartz judge my vow",
+] * 20
 
 
 def base_tokenizer(vocab_size: int = 300):
@@ -16,8 +19,12 @@ def base_tokenizer(vocab_size: int = 300):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(BASE_TEXT, trainer=trainer)
     return tokenizer
 

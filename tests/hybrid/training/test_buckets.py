@@ -18,8 +18,9 @@ from hybrid.training.train import train
 
 def test_window_batches_are_single_bucket_full_and_seeded():
     rng = random.Random(0)
-    lengths = np.array([rng.choice([rng.randint(5, 16), rng.randint(60, 64), rng.randint(250, 256)])
-                        for _ in range(37)])
+    lengths = np.array(
+        [rng.choice([rng.randint(5, 16), rng.randint(60, 64), rng.randint(250, 256)]) for _ in range(37)]
+    )
     order = window_order(lengths, (0, 123), seed=3, global_batch=4, bucket_width=16)
     batches = order.reshape(-1, 4)
     buckets = -(-lengths // 16)
@@ -34,7 +35,7 @@ def test_window_batches_are_single_bucket_full_and_seeded():
 @pytest.fixture(scope="module")
 def mixed_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("mixed")
-    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 
     def make(path, n, seed):
         rng = random.Random(seed)
@@ -52,19 +53,37 @@ def steps(out):
 
 
 def test_bucketed_training_pads_little_and_resumes_exactly(mixed_data, tmp_path, tiny_overrides):
-    common = ["train.tokenizer=word", "data.max_length=64", "train.batch_size=4", "train.max_iters=6",
-              "train.eval_every=3", "train.log_every=1", "train.keep_last=2"]
+    common = [
+        "train.tokenizer=word",
+        "data.max_length=64",
+        "train.batch_size=4",
+        "train.max_iters=6",
+        "train.eval_every=3",
+        "train.log_every=1",
+        "train.keep_last=2",
+    ]
     S = 16  # tiny_llama_hybrid's segment_length
-    whole = train(load_config(tiny_overrides(mixed_data, tmp_path / "whole", *common, "data.bucket_by_length=true")).recipe(),
-                  quiet=True)
+    whole = train(
+        load_config(tiny_overrides(mixed_data, tmp_path / "whole", *common, "data.bucket_by_length=true")).recipe(),
+        quiet=True,
+    )
     for r in steps(whole.output_dir):  # every row is padded by less than one segment
         assert r["padded_tokens"] - r["tokens"] < 4 * S, r
     plain = train(load_config(tiny_overrides(mixed_data, tmp_path / "plain", *common)).recipe(), quiet=True)
     assert any(r["padded_tokens"] - r["tokens"] >= 4 * S for r in steps(plain.output_dir))  # the check has teeth
 
-    resumed = train(load_config(tiny_overrides(
-        mixed_data, tmp_path / "resumed", *common, "data.bucket_by_length=true",
-        f"train.resume={whole.output_dir / 'checkpoint_step_000003'}")).recipe(), quiet=True)
+    resumed = train(
+        load_config(
+            tiny_overrides(
+                mixed_data,
+                tmp_path / "resumed",
+                *common,
+                "data.bucket_by_length=true",
+                f"train.resume={whole.output_dir / 'checkpoint_step_000003'}",
+            )
+        ).recipe(),
+        quiet=True,
+    )
     assert [r["step"] for r in steps(resumed.output_dir)] == [4, 5, 6]
     for a, b in zip(steps(whole.output_dir)[3:], steps(resumed.output_dir)):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["padded_tokens"] == b["padded_tokens"]

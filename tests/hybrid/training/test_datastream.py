@@ -16,7 +16,7 @@ from hybrid.data.io_pairs import data_files
 from hybrid.data.tokenizer import train_word_level
 from hybrid.training.datastream import StreamPlan, local_micro_batches, scan
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta".split()
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 
 
 def write_jsonl(path, rows):
@@ -25,8 +25,10 @@ def write_jsonl(path, rows):
 
 
 def pairs(n, start=0):
-    return [{"input": " ".join(WORDS[(i + j) % 8] for j in range(1 + i % 7)), "output": f"w{i}"}
-            for i in range(start, start + n)]
+    return [
+        {"input": " ".join(WORDS[(i + j) % 8] for j in range(1 + i % 7)), "output": f"w{i}"}
+        for i in range(start, start + n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def plan_for(folder, micro_batch, workers, steps=20, window=10, bucket=None, see
 
 
 def outputs(batch, tok):
-    return [tok.decode(r["ids"][r["prompt_len"]:-1]) for r in batch]
+    return [tok.decode(r["ids"][r["prompt_len"] : -1]) for r in batch]
 
 
 @pytest.mark.parametrize("bucket", [None, 4])
@@ -59,8 +61,13 @@ def test_the_global_batch_is_the_same_for_any_number_of_workers(folder, tok, buc
     one = [outputs(b, tok) for b in local_micro_batches(plan_for(folder, 4, 1, bucket=bucket), tok)]
     assert len(one) >= 20
     for workers in (2, 4):
-        per_rank = [[outputs(b, tok) for b in local_micro_batches(plan_for(folder, 4 // workers, workers, bucket=bucket),
-                                                                  tok, rank, workers)] for rank in range(workers)]
+        per_rank = [
+            [
+                outputs(b, tok)
+                for b in local_micro_batches(plan_for(folder, 4 // workers, workers, bucket=bucket), tok, rank, workers)
+            ]
+            for rank in range(workers)
+        ]
         for step, batch in enumerate(one[:20]):
             assert [x for rank in per_rank for x in rank[step]] == batch, (workers, step)
 
@@ -68,7 +75,7 @@ def test_the_global_batch_is_the_same_for_any_number_of_workers(folder, tok, buc
 def test_epochs_cover_every_example_and_are_reshuffled(folder, tok):
     stream = [x for b in local_micro_batches(plan_for(folder, 1, 1, steps=46 * 3), tok) for x in outputs(b, tok)]
     everything = sorted(r["output"] for r in pairs(23) + pairs(9, 100) + pairs(14, 200))
-    epochs = [stream[i * 46:(i + 1) * 46] for i in range(3)]
+    epochs = [stream[i * 46 : (i + 1) * 46] for i in range(3)]
     assert all(sorted(e) == everything for e in epochs)
     assert epochs[0] != epochs[1] != epochs[2]
     again = [x for b in local_micro_batches(plan_for(folder, 1, 1, steps=46 * 3), tok) for x in outputs(b, tok)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,8 +22,15 @@ from safetensors.torch import load_file
 from hybrid.cli.config import load_config
 from hybrid.training.train import train
 
-COMMON = ["train.max_iters=4", "train.log_every=1", "train.eval_every=2", "train.keep_last=1", "train.warmup_iters=1",
-          "train.learning_rate=3e-3", "data.max_length=32"]
+COMMON = [
+    "train.max_iters=4",
+    "train.log_every=1",
+    "train.eval_every=2",
+    "train.keep_last=1",
+    "train.warmup_iters=1",
+    "train.learning_rate=3e-3",
+    "data.max_length=32",
+]
 
 
 def losses(output_dir):
@@ -33,7 +41,7 @@ def losses(output_dir):
 def mixed_folder(io_data, tmp_path_factory):
     """The training pairs as a folder of one JSONL and one Parquet file."""
     d = tmp_path_factory.mktemp("mixed")
-    rows = [json.loads(line) for line in open(io_data["train"])]
+    rows = [json.loads(line) for line in Path(io_data["train"]).read_text(encoding="utf-8").splitlines()]
     (d / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
     pq.write_table(pa.Table.from_pylist(rows[30:]), d / "part-1.parquet")
     return {"train": d, "validation": io_data["validation"]}
@@ -44,13 +52,26 @@ def run(data, out, tiny_overrides, *extra):
 
 
 @pytest.mark.slow
-def test_in_process_and_two_workers_ddp_and_fsdp_match(ray_session, mixed_folder, tmp_path,
-                                                                     tiny_overrides):
-    runs = {"in process": run(mixed_folder, tmp_path / "local", tiny_overrides, "train.batch_size=4"),
-            "2 workers ddp": run(mixed_folder, tmp_path / "ddp", tiny_overrides, "train.num_workers=2",
-                                 "train.batch_size=2", "train.strategy=ddp"),
-            "2 workers fsdp": run(mixed_folder, tmp_path / "fsdp", tiny_overrides, "train.num_workers=2",
-                                  "train.batch_size=2", "train.strategy=fsdp")}
+def test_in_process_and_two_workers_ddp_and_fsdp_match(ray_session, mixed_folder, tmp_path, tiny_overrides):
+    runs = {
+        "in process": run(mixed_folder, tmp_path / "local", tiny_overrides, "train.batch_size=4"),
+        "2 workers ddp": run(
+            mixed_folder,
+            tmp_path / "ddp",
+            tiny_overrides,
+            "train.num_workers=2",
+            "train.batch_size=2",
+            "train.strategy=ddp",
+        ),
+        "2 workers fsdp": run(
+            mixed_folder,
+            tmp_path / "fsdp",
+            tiny_overrides,
+            "train.num_workers=2",
+            "train.batch_size=2",
+            "train.strategy=fsdp",
+        ),
+    }
     curves = {name: losses(r.output_dir) for name, r in runs.items()}
     reference = curves["in process"]
     assert [s for s, _ in reference] == [1, 2, 3, 4] and reference[-1][1] < reference[0][1]  # it learns
@@ -67,14 +88,21 @@ def test_in_process_and_two_workers_ddp_and_fsdp_match(ray_session, mixed_folder
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     # and FSDP resumes from its own sharded checkpoint
-    more = run(mixed_folder, tmp_path / "fsdp", tiny_overrides, "train.num_workers=2", "train.batch_size=2",
-               "train.strategy=fsdp", "train.max_iters=5", "train.eval_every=5")
+    more = run(
+        mixed_folder,
+        tmp_path / "fsdp",
+        tiny_overrides,
+        "train.num_workers=2",
+        "train.batch_size=2",
+        "train.strategy=fsdp",
+        "train.max_iters=5",
+        "train.eval_every=5",
+    )
     assert more.checkpoint.name == "checkpoint_step_000005"
 
 
 @pytest.mark.slow
-def test_bucketed_streamed_runs_match_and_resume_exactly_on_two_workers(ray_session, io_data, tmp_path,
-                                                                         tiny_overrides):
+def test_bucketed_streamed_runs_match_and_resume_exactly_on_two_workers(ray_session, io_data, tmp_path, tiny_overrides):
     """data.bucket_by_length on two workers: both take their slices of the same single-bucket global batch (the
     in-process run is the reference), and a run resumed from its step-3 checkpoint ends with the same weights."""
     common = ["train.max_iters=6", "train.eval_every=3", "train.keep_last=2", "data.bucket_by_length=true"]
@@ -83,8 +111,13 @@ def test_bucketed_streamed_runs_match_and_resume_exactly_on_two_workers(ray_sess
     whole = run(io_data, tmp_path / "whole", tiny_overrides, *two)
     for (s, x), (t, y) in zip(losses(local.output_dir), losses(whole.output_dir), strict=True):
         assert s == t and math.isclose(x, y, rel_tol=1e-4), (s, x, y)
-    resumed = run(io_data, tmp_path / "resumed", tiny_overrides, *two,
-                  f"train.resume={whole.output_dir / 'checkpoint_step_000003'}")
+    resumed = run(
+        io_data,
+        tmp_path / "resumed",
+        tiny_overrides,
+        *two,
+        f"train.resume={whole.output_dir / 'checkpoint_step_000003'}",
+    )
     assert [s for s, _ in losses(resumed.output_dir)] == [4, 5, 6]
     for (_, x), (_, y) in zip(losses(whole.output_dir)[3:], losses(resumed.output_dir)):
         assert x == pytest.approx(y, rel=1e-6)

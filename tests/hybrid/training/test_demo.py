@@ -22,14 +22,16 @@ def test_demo_quick_on_a_tiny_repo(tmp_path, capsys):
     out = capsys.readouterr().out
     io = tmp_path / "w" / "datasets" / "io_pairs"
     sizes = json.loads((io / "stats.json").read_text())["sizes"]
-    assert sizes["train"] > 0 and sum(sizes.values()) == sum(1 for s in sizes for _ in open(io / f"{s}.jsonl"))
+    assert sizes["train"] > 0 and sum(sizes.values()) == sum(
+        1 for s in sizes for _ in (io / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()
+    )
     (run,) = (tmp_path / "w" / "outputs" / "demo").iterdir()
     metrics = json.loads((run / "eval.json").read_text())
     assert metrics["examples"] > 0 and metrics["loss"] > 0 and metrics["generated"] == 2
     assert (run / "best").exists() and "demo finished" in out and f"evaluation: {run / 'eval.json'}" in out
     assert (tmp_path / "w" / "data" / "ast_dataset").is_dir()
     # the closing summary: the data, the training curve, the evaluation, then where things went
-    summary = out[out.rindex("summary ─"):]
+    summary = out[out.rindex("summary ─") :]
     assert "commits of" in summary and f"{sizes['train']:,} train" in summary
     assert "4 steps in" in summary and f"{metrics['examples']:,} test pairs: loss {metrics['loss']:.3f}" in summary
     # the last line says what the memory changed on the run's test split, with the counts
@@ -55,11 +57,18 @@ def test_demo_rejects_bad_flags(tmp_path, capsys):
 
 def test_training_curve_line(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
-    rows = [{"step": 1, "loss": 7.5}, {"step": 10, "loss": 6.0}, {"step": 10, "val_loss": 6.2},
-            {"step": 20, "loss": 5.0}, {"step": 20, "val_loss": 6.4}, {"step": 23, "val_loss": 6.3}]
+    rows = [
+        {"step": 1, "loss": 7.5},
+        {"step": 10, "loss": 6.0},
+        {"step": 10, "val_loss": 6.2},
+        {"step": 20, "loss": 5.0},
+        {"step": 20, "val_loss": 6.4},
+        {"step": 23, "val_loss": 6.3},
+    ]
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert training_curve(metrics, 61.2) == ("23 steps in 61 s: train loss 7.50 █▄▁ 5.00, validation 6.300 "
-                                             "(best 6.200 at step 10)")
+    assert training_curve(metrics, 61.2) == (
+        "23 steps in 61 s: train loss 7.50 █▄▁ 5.00, validation 6.300 (best 6.200 at step 10)"
+    )
     metrics.write_text(json.dumps({"step": 3, "loss": 2.0}) + "\n" + json.dumps({"step": 3, "val_loss": 1.0}) + "\n")
     assert training_curve(metrics, 1) == "3 steps in 1 s: train loss 2.00 ▁ 2.00, validation 1.000 (best)"
     assert training_curve(tmp_path / "none.jsonl", 1) == "no step logged"

@@ -25,9 +25,20 @@ def runs(io_data, tmp_path_factory, tiny_overrides):
     for kind, kw in (("llama", {}), ("qwen2", {"tie_word_embeddings": True})):
         root = tmp_path_factory.mktemp(f"export-{kind}")
         make_base(root / "base", kind, **kw)
-        train(load_config(tiny_overrides(io_data, root / "run", f"model.pretrained={root / 'base'}",
-                                         "train.max_iters=2", "train.eval_every=2", "data.max_length=32",
-                                         "train.learning_rate=3e-2")).recipe(), quiet=True)
+        train(
+            load_config(
+                tiny_overrides(
+                    io_data,
+                    root / "run",
+                    f"model.pretrained={root / 'base'}",
+                    "train.max_iters=2",
+                    "train.eval_every=2",
+                    "data.max_length=32",
+                    "train.learning_rate=3e-2",
+                )
+            ).recipe(),
+            quiet=True,
+        )
         out[kind] = (root / "base", root / "run")
     return out
 
@@ -44,9 +55,15 @@ def test_export_hf_roundtrip(runs, tmp_path, capsys, kind):
         out.mkdir()  # an empty folder is fine too
     assert main(["export-hf", "--checkpoint", str(run), "--output", str(out)]) == 0
     assert f"→ {out}" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "memory.safetensors",
-                                               "memory_config.json", "tokenizer.json", "tokenizer_config.json",
-                                               "README.md"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "memory.safetensors",
+        "memory_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    }
     ckpt = ckpt_io.resolve_checkpoint(run)
     ours = ckpt_io.load_model(ckpt).eval()
     trained_gates = [p for n, p in ours.named_parameters() if n.endswith("gate")]
@@ -54,8 +71,11 @@ def test_export_hf_roundtrip(runs, tmp_path, capsys, kind):
 
     cfg = json.loads((out / "config.json").read_text())
     base_cfg = json.loads((base / "config.json").read_text())
-    assert (cfg["model_type"], cfg["architectures"], cfg["tie_word_embeddings"]) == \
-        (base_cfg["model_type"], base_cfg["architectures"], base_cfg["tie_word_embeddings"])
+    assert (cfg["model_type"], cfg["architectures"], cfg["tie_word_embeddings"]) == (
+        base_cfg["model_type"],
+        base_cfg["architectures"],
+        base_cfg["tie_word_embeddings"],
+    )
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert (hf.lm_head.weight is hf.get_input_embeddings().weight) == (kind == "qwen2")
     ids = torch.randint(0, ours.config.vocab_size, (2, ours.config.segment_length))  # one segment

@@ -20,17 +20,27 @@ NO_MEMORY = ["model.use_internal_memory=false", "model.use_external_memory=false
 @pytest.fixture(scope="module")
 def base(io_data, tmp_path_factory, tiny_overrides):
     out = tmp_path_factory.mktemp("base") / "train"
-    return train(load_config(tiny_overrides(io_data, out, *NO_MEMORY, "train.max_iters=2", "train.eval_every=2")).recipe(),
-                 quiet=True)
+    return train(
+        load_config(tiny_overrides(io_data, out, *NO_MEMORY, "train.max_iters=2", "train.eval_every=2")).recipe(),
+        quiet=True,
+    )
 
 
 def test_init_from_a_no_memory_checkpoint(base, io_data, tmp_path, tiny_overrides, capsys):
     # lr 1e-30: one real optimizer step that cannot move a float32 weight, so what was loaded stays visible
-    cfg = load_config(tiny_overrides(io_data, tmp_path / "both", f"train.init_from={base.output_dir}",
-                                     "train.max_iters=1", "train.eval_every=1", "train.learning_rate=1e-30",
-                                     "train.warmup_iters=0"))
+    cfg = load_config(
+        tiny_overrides(
+            io_data,
+            tmp_path / "both",
+            f"train.init_from={base.output_dir}",
+            "train.max_iters=1",
+            "train.eval_every=1",
+            "train.learning_rate=1e-30",
+            "train.warmup_iters=0",
+        )
+    )
     res = train(cfg.recipe())
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("init from "))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("init from "))
     assert str(base.best_checkpoint) in line and ".internal_memory." in line and "unused" not in line
     assert res.checkpoint.name == "checkpoint_step_000001"  # a fresh step counter (the base was at step 2)
     assert ckpt_io.read_trainer_state(res.checkpoint)["step"] == 1
@@ -50,18 +60,32 @@ def test_init_from_a_no_memory_checkpoint(base, io_data, tmp_path, tiny_override
     assert not all(torch.equal(old[k], fresh[k]) for k in old)  # loading changed something
 
     # and it trains: a real learning rate moves the weights, the loss is finite
-    more = train(load_config(tiny_overrides(io_data, tmp_path / "trained", f"train.init_from={base.best_checkpoint}",
-                                            "train.max_iters=2", "train.eval_every=2")).recipe(), quiet=True)
+    more = train(
+        load_config(
+            tiny_overrides(
+                io_data,
+                tmp_path / "trained",
+                f"train.init_from={base.best_checkpoint}",
+                "train.max_iters=2",
+                "train.eval_every=2",
+            )
+        ).recipe(),
+        quiet=True,
+    )
     assert torch.isfinite(torch.tensor(more.metrics["train_loss"]))
     moved = load_file(more.checkpoint / "model.safetensors")
     assert any(not torch.equal(moved[k], old[k]) for k in old)
 
 
 def test_init_from_checks_shapes_before_anything_is_written(base, io_data, tmp_path, tiny_overrides):
-    cfg = load_config(tiny_overrides(io_data, tmp_path / "o", f"train.init_from={base.output_dir}",
-                                     "model.intermediate_size=96"))
-    with pytest.raises(HybridError, match=r"train\.init_from: parameter 'model\.layers\.0\.mlp\.\w+_proj\.weight' "
-                                          r"has shape \(\d+, \d+\) in .*, but this run's model expects"):
+    cfg = load_config(
+        tiny_overrides(io_data, tmp_path / "o", f"train.init_from={base.output_dir}", "model.intermediate_size=96")
+    )
+    with pytest.raises(
+        HybridError,
+        match=r"train\.init_from: parameter 'model\.layers\.0\.mlp\.\w+_proj\.weight' "
+        r"has shape \(\d+, \d+\) in .*, but this run's model expects",
+    ):
         train(cfg.recipe(), quiet=True)
     assert not (tmp_path / "o").exists()
     with pytest.raises(HybridError, match="nowhere: no such checkpoint folder"):

@@ -14,8 +14,10 @@ def test_loss_counts_output_tokens_only():
     """The training loss equals a hand-computed mean of -log p(token) over output (+ end-of-text) tokens."""
     torch.manual_seed(0)
     tok = train_bpe(["aa bb cc dd ee ff"] * 10, vocab_size=300)
-    records = [{"input": "aa bb cc dd ee ff aa bb cc dd ee ff aa bb", "output": "cc dd"},
-               {"input": "ff", "output": "ee dd cc bb aa"}]
+    records = [
+        {"input": "aa bb cc dd ee ff aa bb cc dd ee ff aa bb", "output": "cc dd"},
+        {"input": "ff", "output": "ee dd cc bb aa"},
+    ]
     enc = encode_pairs(tok, records, max_length=64)
     cfg = load_config(["model=tiny_llama_hybrid"])
     model = build_model(cfg.model, vocab_size=tok.vocab_size).eval()
@@ -50,4 +52,3 @@ def test_schedule():
     f = lr_lambda(warmup=4, max_iters=20, min_ratio=0.1)
     assert [round(f(s), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert math.isclose(f(20), 0.1) and f(12) < f(8) < 1.0
-

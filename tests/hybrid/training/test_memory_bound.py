@@ -54,12 +54,22 @@ def test_driver_and_worker_peaks_do_not_grow_with_the_data(tmp_path):
         data.mkdir()
         sizes.append(sum(write_pairs(data / f"part-{i}.jsonl", 3_000, i) for i in range(shards)) / 2**20)
         args += [str(data), str(tmp_path / f"out{shards}")]
-    out = run_process([sys.executable, "-c", DRIVER, *args], cwd=ROOT, timeout=540,
-                      env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
+    out = run_process(
+        [sys.executable, "-c", DRIVER, *args],
+        cwd=ROOT,
+        timeout=540,
+        env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     d1, d10 = json.loads(out.stdout.strip().splitlines()[-1])
-    w1, w10 = (max(r["peak_rss_mb"] for r in map(json.loads, open(tmp_path / f"out{s}" / "metrics.jsonl"))
-                   if "peak_rss_mb" in r) for s in (1, 10))
+    w1, w10 = (
+        max(
+            r["peak_rss_mb"]
+            for r in map(json.loads, (tmp_path / f"out{s}" / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
+            if "peak_rss_mb" in r
+        )
+        for s in (1, 10)
+    )
     peaks = {"data MiB": sizes, "driver": (d1, d10), "worker": (w1, w10)}
     # the bound, and one with teeth whatever the baseline (a process's peak varies with what it imported):
     # the extra 9·N records, held in Python with their token ids (at least twice the JSON: a token id costs a list

@@ -17,8 +17,15 @@ transformers = pytest.importorskip("transformers")
 def hf_llama(folder, vocab_size):
     import torch
 
-    cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
 
@@ -29,8 +36,19 @@ def test_train_from_a_pretrained_base_uses_its_tokenizer(io_data, tmp_path, tiny
     records = read_io_pairs(io_data["train"]).records
     tok = train_bpe((t for r in records for t in (r["input"], r["output"])), vocab_size=320)
     tok.save(base)
-    res = train(load_config(tiny_overrides(io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=2",
-                                           "train.eval_every=2", "data.max_length=32")).recipe(), quiet=True)
+    res = train(
+        load_config(
+            tiny_overrides(
+                io_data,
+                tmp_path / "o",
+                f"model.pretrained={base}",
+                "train.max_iters=2",
+                "train.eval_every=2",
+                "data.max_length=32",
+            )
+        ).recipe(),
+        quiet=True,
+    )
     saved = TextTokenizer.load(res.checkpoint)
     assert saved.tokenizer.to_str() == TextTokenizer.load(base).tokenizer.to_str()
 
@@ -48,8 +66,14 @@ def test_a_tokenizer_bigger_than_the_base_grows_its_embeddings(io_data, tmp_path
     train_bpe((t for r in records for t in (r["input"], r["output"])), vocab_size=400).save(base)
     n_tokens = TextTokenizer.load(base).vocab_size
     assert n_tokens > 100
-    res = train(load_config(tiny_overrides(io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=1",
-                                           "train.learning_rate=1e-30")).recipe(), quiet=True)
+    res = train(
+        load_config(
+            tiny_overrides(
+                io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=1", "train.learning_rate=1e-30"
+            )
+        ).recipe(),
+        quiet=True,
+    )
     assert json.loads((res.checkpoint / "config.json").read_text())["vocab_size"] == n_tokens
     emb = load_file(str(res.checkpoint / "model.safetensors"))["model.embed_tokens.weight"]
     base_emb = load_file(str(base / "model.safetensors"))["model.embed_tokens.weight"]
@@ -69,8 +93,19 @@ def test_a_run_on_a_base_keeps_its_vocabulary_and_appends_our_special_tokens(io_
     base = tmp_path / "base"
     base_tok = make_base(base)
     n_base = base_tok.get_vocab_size()
-    res = train(load_config(tiny_overrides(io_data, tmp_path / "o", f"model.pretrained={base}", "train.max_iters=2",
-                                           "train.eval_every=2", "data.max_length=32")).recipe(), quiet=True)
+    res = train(
+        load_config(
+            tiny_overrides(
+                io_data,
+                tmp_path / "o",
+                f"model.pretrained={base}",
+                "train.max_iters=2",
+                "train.eval_every=2",
+                "data.max_length=32",
+            )
+        ).recipe(),
+        quiet=True,
+    )
     for folder in (res.output_dir, res.checkpoint):  # the run's tokenizer, and the checkpoint's
         vocab = TextTokenizer.load(folder).tokenizer.get_vocab(with_added_tokens=True)
         assert {t: vocab[t] for t in base_tok.get_vocab()} == base_tok.get_vocab()

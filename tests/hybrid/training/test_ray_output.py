@@ -23,7 +23,8 @@ RAY_LINE = re.compile(
     r"^\((?:[^()]|\([^()]*\))*pid=\d+[^)]*\)|^\((?:raylet|autoscaler)"
     r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\s+(?:DEBUG|INFO|WARNING|ERROR)\s+\S+:\d+ --"
     r"|^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\]"
-    r"|Reporting training result|Execution plan of Dataset|Starting execution of Dataset")
+    r"|Reporting training result|Execution plan of Dataset|Starting execution of Dataset"
+)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

@@ -34,11 +34,22 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
     val_uri = upload(io_data["validation"], f"s3://{bucket}/data/validation.jsonl")
     out = f"s3://{bucket}/runs/tiny"
     env = {**os.environ, **s3_server.env, "HYBRID_CACHE_DIR": str(tmp_path / "cache")}
-    args = [sys.executable, "-m", "hybrid", "train",
-            *tiny_overrides({"train": train_uri, "validation": val_uri}, out, "train.max_iters=8", "train.eval_every=4",
-                            "train.keep_last=1")]
-    first = subprocess.run([sys.executable, DIE_AFTER, "4", *args[4:]], env=env, capture_output=True, text=True,
-                           cwd=ROOT, timeout=600)
+    args = [
+        sys.executable,
+        "-m",
+        "hybrid",
+        "train",
+        *tiny_overrides(
+            {"train": train_uri, "validation": val_uri},
+            out,
+            "train.max_iters=8",
+            "train.eval_every=4",
+            "train.keep_last=1",
+        ),
+    ]
+    first = subprocess.run(
+        [sys.executable, DIE_AFTER, "4", *args[4:]], env=env, capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert first.returncode == -9, first.stderr[-2000:]  # killed after step 4's checkpoint
     assert ckpt_io.checkpoint_names(out) == ["checkpoint_step_000004"]
     assert ckpt_io.best_name(out) == "checkpoint_step_000004"
@@ -47,8 +58,9 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
     # another machine: nothing staged locally, everything comes from the store
     shutil.rmtree(tmp_path / "cache")
     summary = tmp_path / "train.json"
-    second = subprocess.run([*args, "--json", str(summary)], env=env, capture_output=True, text=True, cwd=ROOT,
-                            timeout=600)
+    second = subprocess.run(
+        [*args, "--json", str(summary)], env=env, capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resuming from" in second.stdout and f"checkpoints in {out}" in second.stdout
     result = json.loads(summary.read_text())
@@ -62,12 +74,21 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
 
     # the resumed run equals an uninterrupted local one
     local = tmp_path / "local"
-    whole = run_process([sys.executable, "-m", "hybrid", "train",
-                         *tiny_overrides(io_data, local, "train.max_iters=8", "train.eval_every=4")],
-                        env=env, cwd=ROOT, timeout=300)
+    whole = run_process(
+        [
+            sys.executable,
+            "-m",
+            "hybrid",
+            "train",
+            *tiny_overrides(io_data, local, "train.max_iters=8", "train.eval_every=4"),
+        ],
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert whole.returncode == 0, whole.stderr[-2000:]
-    from safetensors.torch import load_file
     import torch
+    from safetensors.torch import load_file
 
     remote = ckpt_io.fetch_checkpoint(f"{out}/checkpoint_step_000008")
     a, b = load_file(local / "checkpoint_step_000008" / "model.safetensors"), load_file(remote / "model.safetensors")
@@ -76,8 +97,25 @@ def test_train_resume_and_eval_on_s3(s3_server, io_data, tiny_overrides, tmp_pat
 
     # hybrid eval: the output URI resolves to its best checkpoint; the test data is read from the store too
     report = tmp_path / "eval.json"
-    ev = run_process([sys.executable, "-m", "hybrid", "eval", "--checkpoint", out, "--test-data", val_uri,
-                      "--json", str(report), "--max-generate", "0"], env=env, cwd=ROOT, timeout=300)
+    ev = run_process(
+        [
+            sys.executable,
+            "-m",
+            "hybrid",
+            "eval",
+            "--checkpoint",
+            out,
+            "--test-data",
+            val_uri,
+            "--json",
+            str(report),
+            "--max-generate",
+            "0",
+        ],
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert ev.returncode == 0, ev.stderr[-2000:]
     metrics = json.loads(report.read_text())
     state = json.loads(storage.read_text(f"{out}/{best}/trainer_state.json"))
@@ -89,12 +127,28 @@ def test_a_missing_bucket_or_checkpoint_is_one_line(s3_server, io_data, tiny_ove
     from tests.commands import run_process
 
     env = {**os.environ, **s3_server.env}
-    missing = run_process([sys.executable, "-m", "hybrid", "eval", "--checkpoint", "s3://no-such-bucket/run",
-                           "--test-data", str(io_data["validation"])], env=env, cwd=ROOT, timeout=300)
+    missing = run_process(
+        [
+            sys.executable,
+            "-m",
+            "hybrid",
+            "eval",
+            "--checkpoint",
+            "s3://no-such-bucket/run",
+            "--test-data",
+            str(io_data["validation"]),
+        ],
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.startswith("error: s3://no-such-bucket/run") and len(missing.stderr.splitlines()) == 1
     empty = f"s3://{s3_server.bucket()}/nothing"
-    nothing = run_process([sys.executable, "-m", "hybrid", "eval", "--checkpoint", empty, "--test-data",
-                           str(io_data["validation"])], env=env, cwd=ROOT, timeout=300)
-    assert nothing.returncode == 2 and nothing.stderr.strip() == (
-        f"error: {empty}: no such checkpoint folder")
+    nothing = run_process(
+        [sys.executable, "-m", "hybrid", "eval", "--checkpoint", empty, "--test-data", str(io_data["validation"])],
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert nothing.returncode == 2 and nothing.stderr.strip() == (f"error: {empty}: no such checkpoint folder")

@@ -16,8 +16,14 @@ from hybrid.training.train import train
 from tests.commands import run_process
 
 ROOT = Path(__file__).resolve().parents[3]
-COMMON = ["train.max_iters=4", "train.log_every=1", "train.eval_every=2", "train.warmup_iters=1",
-          "train.learning_rate=3e-3", "data.max_length=32"]
+COMMON = [
+    "train.max_iters=4",
+    "train.log_every=1",
+    "train.eval_every=2",
+    "train.warmup_iters=1",
+    "train.learning_rate=3e-3",
+    "data.max_length=32",
+]
 
 
 def losses(output_dir):
@@ -26,12 +32,22 @@ def losses(output_dir):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(io_data, tmp_path, tiny_overrides):
-    one = train(load_config(tiny_overrides(io_data, tmp_path / "one", *COMMON, "train.batch_size=4")).recipe(),
-                quiet=True)
+    one = train(
+        load_config(tiny_overrides(io_data, tmp_path / "one", *COMMON, "train.batch_size=4")).recipe(), quiet=True
+    )
     torchrun = Path(sys.executable).parent / "torchrun"
-    out = run_process([str(torchrun), "--nproc_per_node=2", "--master_port=29617", "-m", "hybrid.train",
-                       *tiny_overrides(io_data, tmp_path / "two", *COMMON, "train.batch_size=2")],
-                      cwd=ROOT, timeout=300)
+    out = run_process(
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "--master_port=29617",
+            "-m",
+            "hybrid.train",
+            *tiny_overrides(io_data, tmp_path / "two", *COMMON, "train.batch_size=2"),
+        ],
+        cwd=ROOT,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "checkpoints in" in out.stdout
     a, b = losses(one.output_dir), losses(tmp_path / "two")
@@ -42,6 +58,9 @@ def test_torchrun_two_processes_match_one(io_data, tmp_path, tiny_overrides):
     ckpt_io.validate_checkpoint(ck)
     assert ck.name == "checkpoint_step_000004" and (ck / "optimizer.pt").exists()
     # a bad override is one line from rank 0, exit code 2, on every rank
-    bad = run_process([str(torchrun), "--nproc_per_node=2", "--master_port=29618", "-m", "hybrid.train",
-                       "train.batch_size=abc"], cwd=ROOT, timeout=300)
+    bad = run_process(
+        [str(torchrun), "--nproc_per_node=2", "--master_port=29618", "-m", "hybrid.train", "train.batch_size=abc"],
+        cwd=ROOT,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "error: train.batch_size" in bad.stderr

@@ -16,10 +16,21 @@ def test_tensorboard_and_mlflow_record_the_run(io_data, tmp_path, tiny_overrides
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     store = f"file://{tmp_path / 'mlruns'}"
-    res = train(load_config(tiny_overrides(io_data, tmp_path / "run", "train.max_iters=4", "train.eval_every=2",
-                                           "train.log_every=1", f"train.mlflow_uri={store}",
-                                           "train.mlflow_experiment=tracking-test")).recipe(), quiet=True)
-    logged = [json.loads(line) for line in open(res.output_dir / "metrics.jsonl")]
+    res = train(
+        load_config(
+            tiny_overrides(
+                io_data,
+                tmp_path / "run",
+                "train.max_iters=4",
+                "train.eval_every=2",
+                "train.log_every=1",
+                f"train.mlflow_uri={store}",
+                "train.mlflow_experiment=tracking-test",
+            )
+        ).recipe(),
+        quiet=True,
+    )
+    logged = [json.loads(line) for line in (res.output_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     losses = [r["loss"] for r in logged if "loss" in r]
     vals = [r["val_loss"] for r in logged if "val_loss" in r]
 
@@ -39,6 +50,8 @@ def test_tensorboard_and_mlflow_record_the_run(io_data, tmp_path, tiny_overrides
 
 
 def test_tensorboard_can_be_turned_off(io_data, tmp_path, tiny_overrides):
-    res = train(load_config(tiny_overrides(io_data, tmp_path / "run", "train.max_iters=1",
-                                           "train.tensorboard=false")).recipe(), quiet=True)
+    res = train(
+        load_config(tiny_overrides(io_data, tmp_path / "run", "train.max_iters=1", "train.tensorboard=false")).recipe(),
+        quiet=True,
+    )
     assert not (res.output_dir / "tensorboard").exists() and (res.output_dir / "metrics.jsonl").exists()

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 from hybrid.cli import run_command
 from hybrid.cli.config import load_config
+from hybrid.cli.train import register
 from hybrid.core.errors import HybridError
 from hybrid.training import checkpoints as ckpt_io
-from hybrid.cli.train import register
 from hybrid.training.evaluate import evaluate
 from hybrid.training.train import train
 
@@ -46,30 +46,66 @@ def test_train_writes_checkpoints_best_and_metrics(trained):
     assert names[-1] == "checkpoint_step_000006" and trained.checkpoint.name == names[-1]
     assert best is not None and set(names) == {best.name, names[-1]}  # keep_last=1, plus the best
     state = ckpt_io.read_trainer_state(best)
-    assert state["best_val_loss"] == min(json.loads(l)["val_loss"] for l in open(out / "metrics.jsonl") if "val_loss" in l)
+    assert state["best_val_loss"] == min(
+        json.loads(x)["val_loss"]
+        for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        if "val_loss" in x
+    )
     for f in ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "config.yaml", "tokenizer.json"):
         assert (trained.checkpoint / f).is_file(), f
     assert not list(out.glob(".tmp-*"))
-    losses = [json.loads(l)["loss"] for l in open(out / "metrics.jsonl") if '"loss"' in l]
+    losses = [
+        json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if '"loss"' in x
+    ]
     assert losses and all(map(torch.isfinite, torch.tensor(losses)))
     assert trained.metrics["step"] == 6 and trained.data_counts["train"]["examples"] == 48
 
 
 def test_eval_and_generate_commands(trained, io_data, tmp_path, capsys):
     report = tmp_path / "eval.json"
-    assert cli(["eval", "--checkpoint", str(trained.output_dir), "--test_data", str(io_data["validation"]),
-                "--json", str(report), "--max-generate", "2"]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                "--checkpoint",
+                str(trained.output_dir),
+                "--test_data",
+                str(io_data["validation"]),
+                "--json",
+                str(report),
+                "--max-generate",
+                "2",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(report.read_text())
     assert metrics["examples"] == 8 and metrics["generated"] == 2
     assert metrics["checkpoint"] == str(trained.best_checkpoint)
     assert abs(metrics["loss"] - ckpt_io.read_trainer_state(trained.best_checkpoint)["best_val_loss"]) < 1e-4
     assert metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["loss"], rel=1e-6)
     assert "exact match" in capsys.readouterr().out
-    assert cli(["generate", "--checkpoint", str(trained.checkpoint), "--prompt", "alpha beta", "--max-new-tokens",
-                "3"]) == 0
+    assert (
+        cli(["generate", "--checkpoint", str(trained.checkpoint), "--prompt", "alpha beta", "--max-new-tokens", "3"])
+        == 0
+    )
     out = tmp_path / "gen.jsonl"
-    assert cli(["generate", "--checkpoint", str(trained.checkpoint), "--input-file", str(io_data["validation"]),
-                "--max-new-tokens", "2", "--output", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "generate",
+                "--checkpoint",
+                str(trained.checkpoint),
+                "--input-file",
+                str(io_data["validation"]),
+                "--max-new-tokens",
+                "2",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert len(out.read_text().splitlines()) == 8
     only_inputs = tmp_path / "inputs.jsonl"
     only_inputs.write_text('{"input": "alpha"}\n{"text": "beta"}\n')
@@ -81,14 +117,17 @@ def test_eval_and_generate_commands(trained, io_data, tmp_path, capsys):
 def test_kill_and_resume_matches_uninterrupted(io_data, tmp_path, tiny_overrides):
     """A run SIGKILLed right after its step-4 checkpoint, then resumed, ends with the same weights as a run that
     was never interrupted (same seed)."""
-    whole = train(load_config(tiny_overrides(io_data, tmp_path / "whole", "train.max_iters=8", "train.eval_every=4")).recipe(),
-                  quiet=True)
+    whole = train(
+        load_config(tiny_overrides(io_data, tmp_path / "whole", "train.max_iters=8", "train.eval_every=4")).recipe(),
+        quiet=True,
+    )
     overrides = tiny_overrides(io_data, tmp_path / "killed", "train.max_iters=8", "train.eval_every=4")
     first = subprocess.run([sys.executable, DIE_AFTER, "4", *overrides], capture_output=True, text=True, cwd=ROOT)
     assert first.returncode == -9, first.stderr[-2000:]  # really killed
     assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "killed")] == ["checkpoint_step_000004"]
-    second = subprocess.run([sys.executable, "-m", "hybrid", "train", *overrides], capture_output=True, text=True,
-                            cwd=ROOT)
+    second = subprocess.run(
+        [sys.executable, "-m", "hybrid", "train", *overrides], capture_output=True, text=True, cwd=ROOT
+    )
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resuming from" in second.stdout
     a = load_file(whole.checkpoint / "model.safetensors")
@@ -116,8 +155,9 @@ def test_bad_data_fails_before_training(io_data, tmp_path, tiny_overrides):
 
 
 def test_resume_with_another_model_is_a_config_error(trained, io_data, tmp_path, tiny_overrides):
-    cfg = load_config(tiny_overrides(io_data, tmp_path / "o", f"train.resume={trained.checkpoint}",
-                                     "model.hidden_size=32"))
+    cfg = load_config(
+        tiny_overrides(io_data, tmp_path / "o", f"train.resume={trained.checkpoint}", "model.hidden_size=32")
+    )
     with pytest.raises(HybridError, match=r"model\.hidden_size: 32 here, but .* was trained with 64"):
         train(cfg.recipe(), quiet=True)
 
@@ -153,7 +193,10 @@ def test_retention_keeps_best_and_last(tmp_path):
     ckpt_io.set_best(tmp_path, tmp_path / ckpt_io.checkpoint_name(4))
     ckpt_io.prune(tmp_path, keep_last=2)
     assert [p.name for p in ckpt_io.list_checkpoints(tmp_path)] == [
-        "checkpoint_step_000004", "checkpoint_step_000006", "checkpoint_step_000008"]
+        "checkpoint_step_000004",
+        "checkpoint_step_000006",
+        "checkpoint_step_000008",
+    ]
     assert ckpt_io.best_checkpoint(tmp_path).name == "checkpoint_step_000004"
     assert not (tmp_path / ".tmp-checkpoint_step_000010").exists()
     ckpt_io.set_best(tmp_path, tmp_path / ckpt_io.checkpoint_name(8))  # swapped atomically (rename of a symlink)
@@ -164,9 +207,17 @@ def test_retention_keeps_best_and_last(tmp_path):
 def test_gradient_accumulation_equals_a_bigger_batch(io_data, tmp_path, tiny_overrides):
     """2 micro-batches of 2 accumulated = one batch of 4: same examples per step, same normalisation."""
     common = ["train.max_iters=3", "train.eval_every=3", "train.log_every=1", "data.max_length=32"]
-    big = train(load_config(tiny_overrides(io_data, tmp_path / "big", *common, "train.batch_size=4")).recipe(), quiet=True)
-    acc = train(load_config(tiny_overrides(io_data, tmp_path / "acc", *common, "train.batch_size=2",
-                                           "train.gradient_accumulation_steps=2")).recipe(), quiet=True)
+    big = train(
+        load_config(tiny_overrides(io_data, tmp_path / "big", *common, "train.batch_size=4")).recipe(), quiet=True
+    )
+    acc = train(
+        load_config(
+            tiny_overrides(
+                io_data, tmp_path / "acc", *common, "train.batch_size=2", "train.gradient_accumulation_steps=2"
+            )
+        ).recipe(),
+        quiet=True,
+    )
 
     def curve(out):
         return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
@@ -177,9 +228,20 @@ def test_gradient_accumulation_equals_a_bigger_batch(io_data, tmp_path, tiny_ove
 
 
 def test_bf16_autocast_and_activation_checkpointing_run(io_data, tmp_path, tiny_overrides):
-    res = train(load_config(tiny_overrides(io_data, tmp_path / "o", "train.max_iters=2", "train.eval_every=2",
-                                           "train.precision=bf16", "train.activation_checkpointing=true",
-                                           "data.max_length=32")).recipe(), quiet=True)
+    res = train(
+        load_config(
+            tiny_overrides(
+                io_data,
+                tmp_path / "o",
+                "train.max_iters=2",
+                "train.eval_every=2",
+                "train.precision=bf16",
+                "train.activation_checkpointing=true",
+                "data.max_length=32",
+            )
+        ).recipe(),
+        quiet=True,
+    )
     assert res.checkpoint.name == "checkpoint_step_000002"
     assert torch.isfinite(torch.tensor(res.metrics["train_loss"])) and res.metrics["val_loss"] > 0
     import yaml
@@ -201,12 +263,12 @@ def test_teacher_forced_exact_match_is_greedy_exact_match(trained, io_data):
     enc = encode_pairs(ck.tokenizer, read_io_pairs(io_data["validation"]).records, ck.max_length)
 
     def greedy(prompt, n):
-        return ck.model.generate(torch.tensor([prompt]), max_new_tokens=n)[0, len(prompt):].tolist()
+        return ck.model.generate(torch.tensor([prompt]), max_new_tokens=n)[0, len(prompt) :].tolist()
 
     rows, expected = [], []
     for i in range(4):
-        prompt = enc.input_ids[i][:enc.prompt_lengths[i]]
-        ref = enc.input_ids[i][len(prompt):]
+        prompt = enc.input_ids[i][: enc.prompt_lengths[i]]
+        ref = enc.input_ids[i][len(prompt) :]
         own = greedy(prompt, len(ref) + 2 * i + 3)
         changed = list(own)
         changed[i % len(own)] = (changed[i % len(own)] + 1) % ck.tokenizer.vocab_size
@@ -226,12 +288,16 @@ def test_teacher_forced_exact_match_is_greedy_exact_match(trained, io_data):
 def test_word_level_tokenizer_run(io_data, tmp_path, tiny_overrides):
     from hybrid.data.tokenizer import TextTokenizer
 
-    res = train(load_config(tiny_overrides(io_data, tmp_path / "w", "train.tokenizer=word", "train.max_iters=2",
-                                           "train.eval_every=2")).recipe(), quiet=True)
+    res = train(
+        load_config(
+            tiny_overrides(io_data, tmp_path / "w", "train.tokenizer=word", "train.max_iters=2", "train.eval_every=2")
+        ).recipe(),
+        quiet=True,
+    )
     tok = TextTokenizer.load(res.checkpoint)
     assert json.loads((res.checkpoint / "tokenizer.json").read_text())["model"]["type"] == "WordLevel"
     assert tok.vocab_size == 7 + 8  # the special tokens, <|unk|>, the 8 words of the data
-    first = json.loads(open(io_data["train"]).readline())
+    first = json.loads(Path(io_data["train"]).read_text(encoding="utf-8").splitlines()[0])
     assert len(tok.encode(first["input"])) == len(first["input"].split())
     metrics = evaluate(res.checkpoint, io_data["validation"], max_generate=1)
     assert metrics["examples"] == 8 and 0 <= metrics["teacher_forced_exact_match"] <= 1
@@ -245,16 +311,26 @@ def test_trainer_state_is_kept_and_old_checkpoints_resume(trained, io_data, tmp_
     import shutil
 
     state = json.loads((trained.checkpoint / ckpt_io.TRAINER_STATE).read_text())
-    assert list(state) == ["step", "best_val_loss", "best", "tokens_seen", "train_seconds", "truncated",
-                           "first_step_s", "metrics"]
+    assert list(state) == [
+        "step",
+        "best_val_loss",
+        "best",
+        "tokens_seen",
+        "train_seconds",
+        "truncated",
+        "first_step_s",
+        "metrics",
+    ]
     assert state["train_seconds"] > 0 and state["step"] == 6
     assert ckpt_io.TrainerState.from_json(state).to_json() == state
     old = tmp_path / "old"
     shutil.copytree(trained.checkpoint, old)
     legacy = {k: v for k, v in state.items() if k not in ("train_seconds", "first_step_s", "truncated")}
     (old / ckpt_io.TRAINER_STATE).write_text(json.dumps({**legacy, "a_key_of_the_future": 1}))
-    res = train(load_config(tiny_overrides(io_data, tmp_path / "resumed", f"train.resume={old}",
-                                           "train.max_iters=7")).recipe(), quiet=True)
+    res = train(
+        load_config(tiny_overrides(io_data, tmp_path / "resumed", f"train.resume={old}", "train.max_iters=7")).recipe(),
+        quiet=True,
+    )
     resumed = ckpt_io.read_trainer_state(res.checkpoint)
     assert resumed["step"] == 7 and resumed["train_seconds"] > 0 and "a_key_of_the_future" not in resumed
 
@@ -282,8 +358,16 @@ def test_a_step_makes_two_collectives(io_data, tmp_path, tiny_overrides):
             calls.append("max")
             return super().max(values)
 
-    cfg = load_config(tiny_overrides(io_data, tmp_path / "o", "train.max_iters=3", "train.eval_every=100",
-                                     "train.log_every=1", "train.max_minutes=5")).recipe()
+    cfg = load_config(
+        tiny_overrides(
+            io_data,
+            tmp_path / "o",
+            "train.max_iters=3",
+            "train.eval_every=100",
+            "train.log_every=1",
+            "train.max_minutes=5",
+        )
+    ).recipe()
     recipe = TrainingRecipe(prepare(cfg, 0, use_ray=False, quiet=True), LocalSource(), Reporter())
     recipe.setup()
     ctx = recipe.ctx

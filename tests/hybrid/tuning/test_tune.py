@@ -36,14 +36,30 @@ SPACE = "tune.space={model.memory_slots: [2, 4], train.learning_rate: [0.01, 1.0
 # its data tasks none (a task reserving a CPU that the other trial's worker took in the meantime would wait forever).
 # A learning rate of 1e30 passes the space check (any positive float does) and fails in the trial: AdamW's first step
 # moves every weight by about the learning rate, so the second step's loss is not finite ("training diverged").
-FAILING = ["tune.scheduler=fifo", "tune.max_iters=2", "tune.max_concurrent_trials=2", "train.cpus_per_worker=0.5",
-           "data.cpus_per_task=0", "data.read_tasks=1"]
+FAILING = [
+    "tune.scheduler=fifo",
+    "tune.max_iters=2",
+    "tune.max_concurrent_trials=2",
+    "train.cpus_per_worker=0.5",
+    "data.cpus_per_task=0",
+    "data.read_tasks=1",
+]
 DIVERGED = r"step 2: the training loss is (nan|-?inf) — training diverged; lower train\.learning_rate \(now {lr}\)"
 
 
 def tune_cmd(io_data, out, *extra):
-    return [sys.executable, "-m", "hybrid", "tune", *TINY, *SMALL, f"data.train={io_data['train']}",
-            f"data.validation={io_data['validation']}", f"tune.output_dir={out}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "hybrid",
+        "tune",
+        *TINY,
+        *SMALL,
+        f"data.train={io_data['train']}",
+        f"data.validation={io_data['validation']}",
+        f"tune.output_dir={out}",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -61,8 +77,15 @@ def test_a_grid_with_asha_killed_resumed_its_results_and_its_best(ray_head, s3_s
         info = fs.get_file_info(f"{root}/{rel}")
         return storage.read_text(f"{out}/{rel}"), info.mtime, info.size
 
-    proc = subprocess.Popen(tune_cmd(io_data, out, SPACE, "tune.max_concurrent_trials=1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=ray_head.env, start_new_session=True)
+    proc = subprocess.Popen(
+        tune_cmd(io_data, out, SPACE, "tune.max_concurrent_trials=1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=ray_head.env,
+        start_new_session=True,
+    )
     seen = []
     for line in proc.stdout:  # kill the whole sweep (driver, trials) once two trials are done
         seen.append(line)
@@ -76,9 +99,14 @@ def test_a_grid_with_asha_killed_resumed_its_results_and_its_best(ray_head, s3_s
     assert all(text for text, _, _ in finished.values())
 
     summary = tmp_path / "sweep.json"
-    resumed = subprocess.run([sys.executable, "-m", "hybrid", "tune", f"tune.output_dir={out}", "--resume",
-                              "--json", str(summary)], capture_output=True, text=True, cwd=ROOT, env=ray_head.env,
-                             timeout=900)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "hybrid", "tune", f"tune.output_dir={out}", "--resume", "--json", str(summary)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ray_head.env,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert finished == {rel: stat(rel) for rel in finished}  # not rerun
     assert s3_server.env["AWS_SECRET_ACCESS_KEY"] not in "".join(seen) + resumed.stdout + resumed.stderr
@@ -87,10 +115,16 @@ def test_a_grid_with_asha_killed_resumed_its_results_and_its_best(ray_head, s3_s
     trials = result["trials"]
     grid = sorted((t["config"]["model.memory_slots"], t["config"]["train.learning_rate"]) for t in trials)
     assert grid == [(2, 1e-6), (2, 0.01), (4, 1e-6), (4, 0.01)]  # every point once
-    status = {(t["config"]["model.memory_slots"], t["config"]["train.learning_rate"]): (t["status"], t["steps"])
-              for t in trials}
-    assert status == {(2, 0.01): ("done", 4), (2, 1e-6): ("stopped early", 2),  # before the kill
-                      (4, 0.01): ("done", 4), (4, 1e-6): ("stopped early", 2)}  # after the resume
+    status = {
+        (t["config"]["model.memory_slots"], t["config"]["train.learning_rate"]): (t["status"], t["steps"])
+        for t in trials
+    }
+    assert status == {
+        (2, 0.01): ("done", 4),
+        (2, 1e-6): ("stopped early", 2),  # before the kill
+        (4, 0.01): ("done", 4),
+        (4, 1e-6): ("stopped early", 2),
+    }  # after the resume
     best = min(trials, key=lambda t: t["val_loss"])  # best = the argmin of what the trials reported
     assert result["best"]["trial_id"] == best["trial_id"] and result["best"]["val_loss"] == best["val_loss"]
 
@@ -106,9 +140,23 @@ def test_a_grid_with_asha_killed_resumed_its_results_and_its_best(ray_head, s3_s
     assert fs.get_file_info(f"{root}/sweep.png").size > 10_000
     assert result["best"]["checkpoint"].startswith(f"{out}/trials/")
     # best.yaml trains through `hybrid train --config` (here in-process, one step)
-    again = subprocess.run([sys.executable, "-m", "hybrid", "train", "--config", f"{out}/best.yaml",
-                            f"train.output_dir={tmp_path / 'again'}", "train.num_workers=0", "train.max_iters=1"],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybrid",
+            "train",
+            "--config",
+            f"{out}/best.yaml",
+            f"train.output_dir={tmp_path / 'again'}",
+            "train.num_workers=0",
+            "train.max_iters=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     best_cfg = load_config(base=f"{out}/best.yaml")
     assert best_cfg.train.learning_rate == best["config"]["train.learning_rate"]
@@ -118,17 +166,28 @@ def test_a_grid_with_asha_killed_resumed_its_results_and_its_best(ray_head, s3_s
     assert set(ray_head.placement_group_states()) <= {"REMOVED"}
     # --resume on a finished sweep only collects and prints the results again
     t0 = time.time()
-    again = subprocess.run([sys.executable, "-m", "hybrid", "tune", f"tune.output_dir={out}", "--resume"],
-                           capture_output=True, text=True, cwd=ROOT, env=ray_head.env, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "hybrid", "tune", f"tune.output_dir={out}", "--resume"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ray_head.env,
+        timeout=300,
+    )
     assert again.returncode == 0 and result["best"]["trial_id"] in again.stdout and time.time() - t0 < 120
 
 
 @pytest.mark.slow
 def test_a_trial_that_fails_is_recorded_with_its_error_and_the_sweep_goes_on(ray_head, io_data, tmp_path):
     out, summary = tmp_path / "sweep", tmp_path / "sweep.json"
-    run = subprocess.run(tune_cmd(io_data, out, *FAILING, "tune.space={train.learning_rate: [1.0e-3, 1.0e+30]}",
-                                  "--json", str(summary)),
-                         capture_output=True, text=True, cwd=ROOT, env=ray_head.env, timeout=600)
+    run = subprocess.run(
+        tune_cmd(io_data, out, *FAILING, "tune.space={train.learning_rate: [1.0e-3, 1.0e+30]}", "--json", str(summary)),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ray_head.env,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(summary.read_text())
     trials = {t["config"]["train.learning_rate"]: t for t in result["trials"]}
@@ -153,15 +212,22 @@ def test_a_trial_that_fails_is_recorded_with_its_error_and_the_sweep_goes_on(ray
 @pytest.mark.slow
 def test_a_sweep_whose_trials_all_fail_exits_2_with_the_first_error_in_one_line(ray_head, io_data, tmp_path):
     out = tmp_path / "sweep"
-    run = subprocess.run(tune_cmd(io_data, out, *FAILING, "tune.space={train.learning_rate: [1.0e+30, 1.0e+31]}"),
-                         capture_output=True, text=True, cwd=ROOT, env=ray_head.env, timeout=600)
+    run = subprocess.run(
+        tune_cmd(io_data, out, *FAILING, "tune.space={train.learning_rate: [1.0e+30, 1.0e+31]}"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ray_head.env,
+        timeout=600,
+    )
     assert run.returncode == 2, run.stderr[-3000:]
     # the first trial's error (its learning rate says which) in one line, and nothing of a traceback (Ray's own log
     # lines may follow it: a raylet's warning can arrive while the driver shuts down)
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, run.stderr[-3000:]
-    assert re.fullmatch("error: every trial failed; the first: " + DIVERGED.format(lr=r"1e\+30") + r"[^\n]*",
-                        errors[0]), errors[0]
+    assert re.fullmatch(
+        "error: every trial failed; the first: " + DIVERGED.format(lr=r"1e\+30") + r"[^\n]*", errors[0]
+    ), errors[0]
     assert "Traceback" not in run.stderr + run.stdout
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert [(r["train.learning_rate"], r["status"]) for r in rows] == [("1e+30", "failed"), ("1e+31", "failed")]
@@ -180,7 +246,10 @@ def test_the_space_is_checked_before_any_trial(tmp_path):
         ("{pipeline.num_workers: [1]}", r"tune\.space: pipeline\.num_workers: not a key of the training config"),
         ("{model.retrieval_k: [0, 2]}", r"tune\.space: model\.retrieval_k: Input should be greater than or equal to 1"),
         ("{model.memory_slots: {uniform: [2, 8]}}", r"model\.memory_slots is an integer"),
-        ("{train.learning_rate: {loguniform: [0, 1]}}", r"tune\.space: train\.learning_rate: loguniform needs a positive"),
+        (
+            "{train.learning_rate: {loguniform: [0, 1]}}",
+            r"tune\.space: train\.learning_rate: loguniform needs a positive",
+        ),
         ("{model.retrieval_k: {normal: [1, 2]}}", r"tune\.space: model\.retrieval_k: expected a list"),
         ("{retrieval_k: [1]}", r"tune\.space: retrieval_k: expected a dotted key"),
     ]:
@@ -192,8 +261,10 @@ def test_the_space_is_checked_before_any_trial(tmp_path):
     assert not holds_sweep(str(tmp_path))
     with pytest.raises(ConfigError, match="tune.objective=recall: tune.output_dir=s3://b/x must be a local folder"):
         run_sweep(base, load_config(["tune.objective=recall", "tune.output_dir=s3://b/x"]).tune)
-    main = subprocess.run([sys.executable, "-m", "hybrid", "tune", "tune.space={model.bogus: [1]}", "data.train=x",
-                           "data.validation=y"],
-                          capture_output=True, text=True, cwd=ROOT)
+    main = subprocess.run(
+        [sys.executable, "-m", "hybrid", "tune", "tune.space={model.bogus: [1]}", "data.train=x", "data.validation=y"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert main.returncode == 2 and main.stderr.strip() == "error: tune.space: model.bogus: unknown key"
-

@@ -20,10 +20,29 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_the_recall_objective_sweeps_on_the_recall_task(ray_head, tmp_path):
     out, summary = tmp_path / "sweep", tmp_path / "sweep.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "hybrid", "tune", "tune=recall", f"tune.output_dir={out}", "tune.max_iters=4",
-         "tune.grace_steps=2", "tune.scheduler=fifo", "tune.recall.base_steps=4", "tune.recall.train_examples=64",
-         "tune.recall.eval_examples=8", "tune.space={model.retrieval_k: [1, 2]}", "--json", str(summary)],
-        capture_output=True, text=True, cwd=ROOT, env=ray_head.env, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "hybrid",
+            "tune",
+            "tune=recall",
+            f"tune.output_dir={out}",
+            "tune.max_iters=4",
+            "tune.grace_steps=2",
+            "tune.scheduler=fifo",
+            "tune.recall.base_steps=4",
+            "tune.recall.train_examples=64",
+            "tune.recall.eval_examples=8",
+            "tune.space={model.retrieval_k: [1, 2]}",
+            "--json",
+            str(summary),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ray_head.env,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "recall objective: key_value at 4x" in proc.stdout and "base round 1" in proc.stdout
 

@@ -8,15 +8,14 @@ import email.utils
 import time
 
 import pytest
+from llm_helpers import API_KEY, MODEL
 from pydantic import SecretStr
 
+from hybrid.config.llm import LLMConfig
 from pipelines.llm.cache import AnswerCache
 from pipelines.llm.client import LLMClient, LLMFailure, LLMFatal, parse_retry_after
-from hybrid.config.llm import LLMConfig
 from pipelines.llm.ratelimit import RateLimiter
 from pipelines.llm.settings import LLMSettings
-
-from llm_helpers import API_KEY, MODEL
 
 MSG = [{"role": "user", "content": "Write tasks for `src/a.py::function::f`"}]
 

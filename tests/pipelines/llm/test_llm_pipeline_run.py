@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from hybrid.main import main
 from hybrid.cli.config import load_config
+from hybrid.main import main
 from pipelines import run as pipeline_run
 from pipelines.repos import add_repo
 from tests.repo_builder import build_sample_repo
@@ -26,8 +26,14 @@ def stages():
 
 def _setup(tmp_path):
     build_sample_repo(tmp_path / "src")
-    cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}", "llm.runner=local", "llm.requests_per_minute=6000",
-                       "llm.tokens_per_minute=100000000"])
+    cfg = load_config(
+        [
+            f"pipeline.data_dir={tmp_path / 'data'}",
+            "llm.runner=local",
+            "llm.requests_per_minute=6000",
+            "llm.tokens_per_minute=100000000",
+        ]
+    )
     add_repo(str(tmp_path / "src"), "sample", cfg.pipeline)
     return cfg, tmp_path / "data" / "ast_dataset" / "sample"
 
@@ -36,8 +42,12 @@ def test_pipeline_run_with_an_llm(stages, llm_env, tmp_path):
     cfg, repo = _setup(tmp_path)
     summary = stages.run_pipeline(["sample"], cfg.pipeline, cfg.llm, local=True, progress=False)
     names = list(summary.stages)
-    assert names.index("generate-ast-diffs") < names.index("generate-tasks") < names.index("generate-reasoning") \
+    assert (
+        names.index("generate-ast-diffs")
+        < names.index("generate-tasks")
+        < names.index("generate-reasoning")
         < names.index("generate-fim")
+    )
     assert summary.stages["generate-reasoning"]["counts"]["ok"] >= 3
     commits = sorted(repo.glob("commit_*"), key=lambda p: int(p.name.split("_")[1]))
     assert all(json.loads((c / "task.json").read_text())["source"] == "llm" for c in commits)
@@ -49,18 +59,33 @@ def test_pipeline_run_with_an_llm(stages, llm_env, tmp_path):
         tasks = json.loads((c / "task.json").read_text())["tasks"]
         for sample in fim:  # generate-fim ran after and attached the texts
             assert sample["reasoning"] == reasoning.get(sample["function_id"])
-            relevant = [t["description"] for t in tasks if not t["function_ids"] or sample["function_id"] in t["function_ids"]]
+            relevant = [
+                t["description"] for t in tasks if not t["function_ids"] or sample["function_id"] in t["function_ids"]
+            ]
             assert sample["task"] == ("\n".join(relevant) or None)
         assert any(s["task"] and s["reasoning"] for s in fim) or not fim
-    assert len(llm_env.chat_requests()) == summary.stages["generate-tasks"]["counts"]["requests"] + \
-        summary.stages["generate-reasoning"]["counts"]["requests"]
+    assert (
+        len(llm_env.chat_requests())
+        == summary.stages["generate-tasks"]["counts"]["requests"]
+        + summary.stages["generate-reasoning"]["counts"]["requests"]
+    )
 
 
 def test_pipeline_run_without_an_llm(stages, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cfg, repo = _setup(tmp_path)
-    rc = main(["pipeline", "run", "sample", f"pipeline.data_dir={tmp_path / 'data'}", "--local", "--no-progress",
-               "--json", str(tmp_path / "summary.json")])
+    rc = main(
+        [
+            "pipeline",
+            "run",
+            "sample",
+            f"pipeline.data_dir={tmp_path / 'data'}",
+            "--local",
+            "--no-progress",
+            "--json",
+            str(tmp_path / "summary.json"),
+        ]
+    )
     assert rc == 0
     assert "generate-reasoning: skipped, it needs an LLM" in capsys.readouterr().err
     summary = json.loads((tmp_path / "summary.json").read_text())

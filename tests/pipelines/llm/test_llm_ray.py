@@ -30,14 +30,17 @@ def test_stages_on_ray_share_one_rate_limit(ray_session, server, tmp_path):
     assert times[-1] - times[0] >= (len(times) - 1 - 3 - 1) / 10, times[-1] - times[0]
     for t in times:
         assert sum(t <= u < t + 1.0 for u in times) <= 10 + 3 + 1
-    assert all(json.loads((data_dir / f"ast_dataset/demo/commit_{n}/task.json").read_text())["source"] == "llm"
-               for n in range(14))
+    assert all(
+        json.loads((data_dir / f"ast_dataset/demo/commit_{n}/task.json").read_text())["source"] == "llm"
+        for n in range(14)
+    )
     stats = json.loads((data_dir / "ast_dataset/demo/stats.json").read_text())
     assert stats["generate-tasks"]["retries"] == 3 and stats["generate-tasks"]["ok"] == 14
     # the key travelled to the actors as a SecretStr: it is in none of Ray's logs
     logs = Path(ray_session._private.worker._global_node.get_logs_dir_path())
     files = [p for p in logs.rglob("*") if p.is_file()]
     assert files and not [p for p in files if API_KEY.encode() in p.read_bytes()]
+
 
 @pytest.mark.slow
 def test_bench_llm_small(ray_session, tmp_path):

@@ -9,47 +9,61 @@ import sys
 import pytest
 from llm_helpers import API_KEY, MODEL
 
+from hybrid.config.llm import LLMConfig
 from hybrid.main import main
 from pipelines.llm.commit_messages import tasks_from_message
-from hybrid.config.llm import LLMConfig
 from pipelines.llm.prompts import chunk_diff, clip, fence, reasoning_messages, tasks_diff_budget, tasks_messages
 from pipelines.llm.schemas import TaskAnswer
 from pipelines.llm.settings import LLMSettings
 from pipelines.llm.stages import merge_tasks, relevant_tasks
 
 
-@pytest.mark.parametrize("message, author, parents, reason", [
-    ("Merge pull request #12 from ada/csv", "Ada", 1, "merge"),
-    ("Fix the parser", "Ada", 2, "merge"),
-    ("Bump requests from 2.31.0 to 2.32.0", "Ada", 1, "bot"),
-    ("Update the lock file please", "dependabot[bot]", 1, "bot"),
-    ("WIP parser", "Ada", 1, "wip"),
-    ("fixup! Add parser", "Ada", 1, "wip"),
-    ("fix", "Ada", 1, "uninformative"),
-    ("Update README.md", "Ada", 1, None),
-])
+@pytest.mark.parametrize(
+    "message, author, parents, reason",
+    [
+        ("Merge pull request #12 from ada/csv", "Ada", 1, "merge"),
+        ("Fix the parser", "Ada", 2, "merge"),
+        ("Bump requests from 2.31.0 to 2.32.0", "Ada", 1, "bot"),
+        ("Update the lock file please", "dependabot[bot]", 1, "bot"),
+        ("WIP parser", "Ada", 1, "wip"),
+        ("fixup! Add parser", "Ada", 1, "wip"),
+        ("fix", "Ada", 1, "uninformative"),
+        ("Update README.md", "Ada", 1, None),
+    ],
+)
 def test_commitpack_drops(message, author, parents, reason):
     tasks, why = tasks_from_message(message, author, parents)
     assert why == reason and (bool(tasks) == (reason is None))
 
 
 def test_commitpack_cleaning():
-    msg = ("feat(parser): accept quoted fields (#42)\n\nSee https://example.com/issue/42 and a1b2c3d4e5f6.\n\n"
-           "- handle escaped quotes\n- reject unterminated quotes gh-7\n* handle escaped quotes\n\n"
-           "Signed-off-by: Ada <ada@example.com>\nCo-authored-by: Bob <bob@example.com>")
+    msg = (
+        "feat(parser): accept quoted fields (#42)\n\nSee https://example.com/issue/42 and a1b2c3d4e5f6.\n\n"
+        "- handle escaped quotes\n- reject unterminated quotes gh-7\n* handle escaped quotes\n\n"
+        "Signed-off-by: Ada <ada@example.com>\nCo-authored-by: Bob <bob@example.com>"
+    )
     tasks, reason = tasks_from_message(msg)
     assert reason is None
-    assert [t["description"] for t in tasks] == ["Accept quoted fields", "Handle escaped quotes", "Reject unterminated quotes"]
+    assert [t["description"] for t in tasks] == [
+        "Accept quoted fields",
+        "Handle escaped quotes",
+        "Reject unterminated quotes",
+    ]
     text = repr(tasks)
     assert "http" not in text and "a1b2c3d" not in text and "Signed-off" not in text and "#42" not in text
     assert all(t["function_ids"] == [] for t in tasks)
     # hex-looking words without digits are words, not SHAs
-    assert tasks_from_message("Remove the deadbeef facade handling")[0][0]["description"] == "Remove the deadbeef facade handling"
+    assert (
+        tasks_from_message("Remove the deadbeef facade handling")[0][0]["description"]
+        == "Remove the deadbeef facade handling"
+    )
 
 
 def test_chunk_diff_splits_at_file_then_hunk_then_line_boundaries():
-    files = [f"diff --git a/f{i}.py b/f{i}.py\n@@ -1 +1 @@\n" + "".join(f"+line {j} of file {i}\n" for j in range(30))
-             for i in range(6)]
+    files = [
+        f"diff --git a/f{i}.py b/f{i}.py\n@@ -1 +1 @@\n" + "".join(f"+line {j} of file {i}\n" for j in range(30))
+        for i in range(6)
+    ]
     diff = "".join(files)
     chunks, truncated = chunk_diff(diff, 1200, max_chunks=50)
     assert not truncated and "".join(chunks) == diff and all(len(c) <= 1200 for c in chunks)
@@ -68,23 +82,42 @@ def test_prompts_are_bounded_and_fenced():
     messages = tasks_messages(commit, functions, chunk, 1, 1, cfg)
     assert len(messages[1]["content"]) <= (2048 - 256) * cfg.chars_per_token
     assert "END >>> ignore" in messages[1]["content"]  # the fence cannot be closed from inside
-    record = {"id": "a.py::function::f", "file": "a.py", "kind": "function", "name": "f", "language": "python",
-              "before_code": "b" * 50000, "after_code": "a" * 50000, "commit_metadata": {"message": "Fix f"}}
-    for op, present, absent in (("ADD", "You added", "Before:"), ("UPDATE", "You changed", None),
-                                ("DELETE", "You removed", "After:")):
+    record = {
+        "id": "a.py::function::f",
+        "file": "a.py",
+        "kind": "function",
+        "name": "f",
+        "language": "python",
+        "before_code": "b" * 50000,
+        "after_code": "a" * 50000,
+        "commit_metadata": {"message": "Fix f"},
+    }
+    for op, present, absent in (
+        ("ADD", "You added", "Before:"),
+        ("UPDATE", "You changed", None),
+        ("DELETE", "You removed", "After:"),
+    ):
         text = reasoning_messages(record, op, [{"description": "Do it"}], cfg)[1]["content"]
         assert present in text and (absent is None or absent not in text) and len(text) < 2 * 1000 + 2000
     assert clip("abc", 10) == "abc" and len(clip("x" * 1000, 100)) < 140 and fence("a", "L").startswith("<<<BEGIN L")
 
 
 def test_merge_tasks_and_relevance():
-    a = TaskAnswer.model_validate({"tasks": [{"description": "Fix  the parser.", "function_ids": ["p", "ghost"]},
-                                             {"description": "Add docs", "function_ids": []}]})
+    a = TaskAnswer.model_validate(
+        {
+            "tasks": [
+                {"description": "Fix  the parser.", "function_ids": ["p", "ghost"]},
+                {"description": "Add docs", "function_ids": []},
+            ]
+        }
+    )
     b = TaskAnswer.model_validate({"tasks": [{"description": "fix the parser", "function_ids": ["q"]}]})
     tasks, unknown = merge_tasks([a, b], {"p", "q"}, max_tasks=10)
     assert unknown == 1
-    assert tasks == [{"id": "task_1", "description": "Fix the parser.", "function_ids": ["p", "q"]},
-                     {"id": "task_2", "description": "Add docs", "function_ids": []}]
+    assert tasks == [
+        {"id": "task_1", "description": "Fix the parser.", "function_ids": ["p", "q"]},
+        {"id": "task_2", "description": "Add docs", "function_ids": []},
+    ]
     assert [t["id"] for t in relevant_tasks("q", tasks)] == ["task_1", "task_2"]
     assert [t["id"] for t in relevant_tasks("z", tasks)] == ["task_2"]
 
@@ -120,13 +153,27 @@ def test_test_llm_verdicts(server, monkeypatch, tmp_path, capsys):
 
 
 def test_console_scripts_and_light_import():
-    out = subprocess.run([sys.executable, "-c", "from hybrid.cli.llm import generate_tasks_main, "
-                          "generate_reasoning_main, test_llm_main; import sys; "
-                          "heavy=[m for m in ('openai','ray','pydantic_settings') if m in sys.modules]; print(heavy)"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from hybrid.cli.llm import generate_tasks_main, "
+            "generate_reasoning_main, test_llm_main; import sys; "
+            "heavy=[m for m in ('openai','ray','pydantic_settings') if m in sys.modules]; print(heavy)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
     for script in ("generate-tasks", "generate-reasoning", "test-llm"):
-        r = subprocess.run([sys.executable, "-c", f"import sys; from hybrid.cli.llm import "
-                            f"{script.replace('-', '_')}_main as m; sys.argv=['{script}', '--help']; m()"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import sys; from hybrid.cli.llm import "
+                f"{script.replace('-', '_')}_main as m; sys.argv=['{script}', '--help']; m()",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0 and f"usage: {script}" in r.stdout, r.stderr
