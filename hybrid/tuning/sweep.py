@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 
@@ -38,12 +39,15 @@ from hybrid.core.ray_utils import fixed_resources, init_ray
 from hybrid.core.redact import library_message
 from hybrid.training import checkpoints as ckpt_io
 from hybrid.training.train import check_fits
-from hybrid.tuning.progress import progress_callback
+from hybrid.tuning.progress import _trial_error, progress_callback  # noqa: F401 (_trial_error: see below)
 from hybrid.tuning.recall_base import recall_base
 from hybrid.tuning.results import Sweep, TrialRow, write_results
-from hybrid.tuning.scheduler import resumable_asha
+from hybrid.tuning.scheduler import reported, resumable_asha  # noqa: F401 (reported: see below)
 from hybrid.tuning.space import check_sweep, grid_size, param_space, with_absolute_sweep_paths
 from hybrid.tuning.trial import TRIAL_ACTOR, TrialPlan, plan_trials, run_trial, trial_name
+
+# Tune saves a sweep's callbacks and scheduler with the functions they call named by module: sweeps saved before this
+# module was split (progress, scheduler, trial) look up `reported`, `_trial_error` and `trial_name` here on --resume.
 
 STATE = "tune"  # Tune's own folder under output_dir
 
@@ -160,7 +164,13 @@ def _tuner(
         TRIAL_ACTOR,
     )
     if resume:  # (with the callbacks it was started with: Tune saved them)
-        return tune.Tuner.restore(state, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        try:
+            return tune.Tuner.restore(state, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        except (AttributeError, ImportError, pickle.UnpicklingError) as e:  # saved by a hybrid that named things else
+            raise HybridError(
+                f"{storage.shown(output_dir)}: this version of hybrid cannot read the sweep's saved Tune state "
+                f"({type(e).__name__}: {e}); start the sweep again in a new tune.output_dir"
+            ) from None
     scheduler = (
         resumable_asha(
             state,
