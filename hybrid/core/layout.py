@@ -7,6 +7,7 @@
         <repo>/
           stats.json              the last run of each stage
           llm_failures.jsonl      what the LLM stages could not get, retried next run
+          license.json            the repository's licence as an SPDX id ({"spdx": "MIT" | null, "file": ...})
           commit_<N>/             N: the commit's place in the first-parent history, oldest first, from 0
             commit_data.json  ast.jsonl  diff_ast.jsonl  task.json  reasoning.json  fim_dataset.json
 
@@ -43,6 +44,7 @@ COMMIT_FILES = (AST, COMMIT_DATA, DIFF_AST, TASKS, REASONING, FIM)
 # beside the commit folders of a repository
 STATS = "stats.json"
 LLM_FAILURES = "llm_failures.jsonl"
+LICENSE_INFO = "license.json"
 
 # The "done" rule: a commit is done for a stage when every file the stage writes there exists (the last one listed
 # is written last). A deleted ast.jsonl is redone although commit_data.json is still there. The LLM stages look
@@ -122,6 +124,10 @@ class DatasetLayout:
 
     def failures_file(self, repo: str) -> str:
         return storage.join(self.data_dir, DATASET, repo, LLM_FAILURES)
+
+    def license_file(self, repo: str) -> str:
+        """The repository's detected licence: {"spdx": <SPDX id> | null, "file": <licence file> | null, ...}."""
+        return storage.join(self.data_dir, DATASET, repo, LICENSE_INFO)
 
     def commit_dir(self, repo: str, number: int) -> str:
         return storage.join(self.data_dir, DATASET, repo, commit_name(number))
