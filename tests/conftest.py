@@ -18,6 +18,11 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
 # A Ray head of the tests' own (`ray start --block`) drains for 30 s on SIGTERM (Ray 2.60, for Kubernetes pods): the
 # drain RPC waits for the GCS, which got the same SIGTERM, so stopping a head took 33.5 s here; 3.6 s without it
 os.environ.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+# Ray Train V2's controller polls its workers every 2 s (so a finished run is noticed up to 2 s late) and starts a
+# PreemptionWatcher actor (one more Python process) per worker group: the suite runs about 40 Train runs and trials
+# on 2 cores; the two settings together made a 2-worker run 3 s (10 %) faster here (4 A/B pairs, 27.3 vs 30.2 s).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # One torch/OpenMP thread per process: the tests' models are tiny, and on 2 shared cores (Ray's processes, a
 # subprocess per `hybrid train`) a second thread per process made small forwards many times slower here.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,5 +1,5 @@
 """Ray Train with real workers (gloo), data streamed through Ray Data: the same global batch gives the same losses
-in this process, on one worker, and on two workers with DDP or FSDP — and a resumed streamed run ends where an
+in this process and on two workers with DDP or FSDP — and a resumed streamed run ends where an
 uninterrupted one does.
 
 The loss of a step is the global sum of output-token cross-entropies over the global token count (each rank scales
@@ -52,80 +52,53 @@ def run(data, out, tiny_overrides, *extra):
 
 
 @pytest.mark.slow
-def test_in_process_and_two_workers_ddp_and_fsdp_match(ray_session, mixed_folder, tmp_path, tiny_overrides):
+def test_in_process_ddp_and_fsdp_match_and_resume_exactly(ray_session, mixed_folder, tmp_path, tiny_overrides):
+    """One global batch, bucketed by length (data.bucket_by_length), read from a folder of JSONL and Parquet: in this
+    process, on two DDP workers and on two FSDP workers the losses agree; a DDP run resumed from its step-3
+    checkpoint ends with the same weights; FSDP resumes from its own sharded checkpoint in the same folder. (One
+    test: every two-worker run costs ~25 s of start-up here, so the runs serve several checks.)"""
+    common = ["train.max_iters=6", "train.eval_every=3", "train.keep_last=2", "data.bucket_by_length=true"]
+    two = [*common, "train.num_workers=2", "train.batch_size=2"]
     runs = {
-        "in process": run(mixed_folder, tmp_path / "local", tiny_overrides, "train.batch_size=4"),
-        "2 workers ddp": run(
-            mixed_folder,
-            tmp_path / "ddp",
-            tiny_overrides,
-            "train.num_workers=2",
-            "train.batch_size=2",
-            "train.strategy=ddp",
-        ),
-        "2 workers fsdp": run(
-            mixed_folder,
-            tmp_path / "fsdp",
-            tiny_overrides,
-            "train.num_workers=2",
-            "train.batch_size=2",
-            "train.strategy=fsdp",
-        ),
+        "in process": run(mixed_folder, tmp_path / "local", tiny_overrides, *common, "train.batch_size=4"),
+        "2 workers ddp": run(mixed_folder, tmp_path / "ddp", tiny_overrides, *two, "train.strategy=ddp"),
+        "2 workers fsdp": run(mixed_folder, tmp_path / "fsdp", tiny_overrides, *two, "train.strategy=fsdp"),
     }
     curves = {name: losses(r.output_dir) for name, r in runs.items()}
     reference = curves["in process"]
-    assert [s for s, _ in reference] == [1, 2, 3, 4] and reference[-1][1] < reference[0][1]  # it learns
+    assert [s for s, _ in reference] == [1, 2, 3, 4, 5, 6] and reference[-1][1] < reference[0][1]  # it learns
     for name, curve in curves.items():
-        assert [s for s, _ in curve] == [1, 2, 3, 4], name
+        assert [s for s, _ in curve] == [1, 2, 3, 4, 5, 6], name
         for (_, x), (_, y) in zip(reference, curve):
             assert math.isclose(x, y, rel_tol=1e-4), (name, reference, curve)
         assert runs[name].metrics["val_loss"] == pytest.approx(runs["in process"].metrics["val_loss"], rel=1e-4)
     # the FSDP checkpoint: whole weights for eval / from_pretrained, the optimizer sharded per rank
-    fsdp = runs["2 workers fsdp"].checkpoint
-    assert (fsdp / "model.safetensors").exists() and not (fsdp / "optimizer.pt").exists()
-    assert sorted(p.name for p in (fsdp / "optimizer").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    a, b = load_file(fsdp / "model.safetensors"), load_file(runs["2 workers ddp"].checkpoint / "model.safetensors")
+    ddp, fsdp = runs["2 workers ddp"], runs["2 workers fsdp"]
+    assert (fsdp.checkpoint / "model.safetensors").exists() and not (fsdp.checkpoint / "optimizer.pt").exists()
+    assert sorted(p.name for p in (fsdp.checkpoint / "optimizer").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    a, b = load_file(fsdp.checkpoint / "model.safetensors"), load_file(ddp.checkpoint / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
-    # and FSDP resumes from its own sharded checkpoint
+
+    # resumed from step 3, DDP ends where the uninterrupted run did
+    resume = f"train.resume={ddp.output_dir / 'checkpoint_step_000003'}"
+    resumed = run(mixed_folder, tmp_path / "resumed", tiny_overrides, *two, "train.strategy=ddp", resume)
+    assert [s for s, _ in losses(resumed.output_dir)] == [4, 5, 6]
+    for (_, x), (_, y) in zip(curves["2 workers ddp"][3:], losses(resumed.output_dir)):
+        assert x == pytest.approx(y, rel=1e-6)
+    a, b = load_file(ddp.checkpoint / "model.safetensors"), load_file(resumed.checkpoint / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    # FSDP rerun in the same folder with more steps: resumes from its sharded step-6 checkpoint (after our retention
+    # removed a checkpoint Ray had been told about)
     more = run(
         mixed_folder,
         tmp_path / "fsdp",
         tiny_overrides,
-        "train.num_workers=2",
-        "train.batch_size=2",
-        "train.strategy=fsdp",
-        "train.max_iters=5",
-        "train.eval_every=5",
-    )
-    assert more.checkpoint.name == "checkpoint_step_000005"
-
-
-@pytest.mark.slow
-def test_bucketed_streamed_runs_match_and_resume_exactly_on_two_workers(ray_session, io_data, tmp_path, tiny_overrides):
-    """data.bucket_by_length on two workers: both take their slices of the same single-bucket global batch (the
-    in-process run is the reference), and a run resumed from its step-3 checkpoint ends with the same weights."""
-    common = ["train.max_iters=6", "train.eval_every=3", "train.keep_last=2", "data.bucket_by_length=true"]
-    two = [*common, "train.num_workers=2", "train.batch_size=2"]
-    local = run(io_data, tmp_path / "local", tiny_overrides, *common, "train.batch_size=4")
-    whole = run(io_data, tmp_path / "whole", tiny_overrides, *two)
-    for (s, x), (t, y) in zip(losses(local.output_dir), losses(whole.output_dir), strict=True):
-        assert s == t and math.isclose(x, y, rel_tol=1e-4), (s, x, y)
-    resumed = run(
-        io_data,
-        tmp_path / "resumed",
-        tiny_overrides,
         *two,
-        f"train.resume={whole.output_dir / 'checkpoint_step_000003'}",
+        "train.strategy=fsdp",
+        "train.max_iters=8",
+        "train.eval_every=4",
     )
-    assert [s for s, _ in losses(resumed.output_dir)] == [4, 5, 6]
-    for (_, x), (_, y) in zip(losses(whole.output_dir)[3:], losses(resumed.output_dir)):
-        assert x == pytest.approx(y, rel=1e-6)
-    a, b = load_file(whole.checkpoint / "model.safetensors"), load_file(resumed.checkpoint / "model.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
-    # rerun in the same folder with more steps: resumes from step 6 (after our retention removed a checkpoint Ray had
-    # been told about)
-    more = run(io_data, tmp_path / "whole", tiny_overrides, *two, "train.max_iters=8", "train.eval_every=4")
     assert more.checkpoint.name == "checkpoint_step_000008"
     assert [s for s, _ in losses(more.output_dir)] == [1, 2, 3, 4, 5, 6, 7, 8]
