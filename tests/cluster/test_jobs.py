@@ -147,7 +147,7 @@ def test_a_job_runs_the_submitted_checkout_and_a_failing_one_ends_failed_with_it
 
 
 def test_a_stopped_job_resubmitted_finishes_with_the_same_outputs(ray_head, tmp_path):
-    build_synthetic_rust_repo(tmp_path / "sample", 1500)  # long enough to stop part-way
+    build_synthetic_rust_repo(tmp_path / "sample", 600)  # long enough to stop part-way (12 ranges of 50)
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     for data in (reference, resumed):
         added = run_process(
