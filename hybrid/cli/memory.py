@@ -20,7 +20,7 @@ def register(sub) -> None:
 
     s = msub.add_parser(
         "stats",
-        help="per shard: namespaces, vectors, bytes, searches/s, p50/p99 latency",
+        help="per shard: its node, namespaces, vectors, bytes, searches/s, p50/p99 latency",
         description=f"Joins the Ray cluster (RAY_ADDRESS, else the one `ray start` started on this "
         f"machine). "
         f"Example: {STATS_EXAMPLE}",
@@ -89,14 +89,19 @@ def run_stats(args: argparse.Namespace) -> int:
         title=f"memory service {cfg.service!r}: actors {shard_name(cfg.service, 0)}.."
         f"{cfg.num_shards - 1} in Ray namespace {RAY_NAMESPACE!r}"
     )
-    for col in ("shard", "namespaces", "vectors", "bytes", "of", "searches/s", "p50 ms", "p99 ms", "restarted"):
-        table.add_column(col, justify="right")
+    cols = ("shard", "node", "namespaces", "vectors", "bytes", "of", "searches/s", "p50 ms", "p99 ms", "restarted")
+    for col in cols:
+        if col == "node":  # "<ip> <node id>": two nodes on one machine share an IP
+            table.add_column(col, no_wrap=True, min_width=18)
+        else:
+            table.add_column(col, justify="right")
     for r in rows:
         if "error" in r:
-            table.add_row(str(r["shard"]), r["error"], *[""] * 7)
+            table.add_row(str(r["shard"]), r["error"], *[""] * (len(cols) - 2))
             continue
         table.add_row(
             str(r["shard"]),
+            str(r.get("node", "?")),  # a shard started by an older version does not say
             str(r["namespaces"]),
             f"{r['vectors']:,}",
             _fmt_bytes(r["bytes"]),
@@ -106,7 +111,7 @@ def run_stats(args: argparse.Namespace) -> int:
             "-" if r["p99_ms"] is None else f"{r['p99_ms']:.2f}",
             "yes" if r["restarted"] else "no",
         )
-    Console(width=max(100, Console().width)).print(table)
+    Console(width=max(120, Console().width)).print(table)
     if args.namespaces:
         for r in rows:
             for ns, info in sorted(r.get("namespace_list", {}).items()):

@@ -76,8 +76,9 @@ class MemoryShard:
             with warnings.catch_warnings():  # Ray 2.60 warns about its own use of a deprecated property here
                 warnings.simplefilter("ignore")
                 self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+            self.node = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:8]}"
         except Exception:  # outside Ray (unit use)
-            self.restarted = False
+            self.restarted, self.node = False, "local"
         # Arrays from Ray's object store are read-only; FaissStore copies what it keeps and never writes to them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.started = time.time()
@@ -291,6 +292,7 @@ class MemoryShard:
             "num_shards": self.num_shards,
             "incarnation": self.incarnation,
             "restarted": self.restarted,
+            "node": self.node,
             "namespaces": len(self.spec_of),
             "vectors": self._chunks(),
             "bytes": self.total_reserved,

@@ -18,7 +18,11 @@ Same protocol and the same answers as the in-process `FaissStore` (each shard ho
   head dim) against its first add.
 
 The actors are named `<service>-shard<i>` in the Ray namespace `hybrid-memory`, detached, restarted by Ray
-(`max_restarts=-1`), so every Train worker and Tune trial that uses the same service name shares them.
+(`max_restarts=-1`), so every Train worker and Tune trial that uses the same service name shares them. Each asks
+for `shard_cpus` CPUs and `shard_bytes` of Ray's `memory` resource; on a cluster of several nodes, shard i is
+placed on the i-th node (round robin over the alive nodes that can hold one shard), so shards sit on distinct nodes
+whenever there are at least as many nodes as shards (a soft affinity: a node that is full or gone hands its shard to
+the scheduler's choice; on one node the placement is Ray's default).
 """
 
 from __future__ import annotations
@@ -89,6 +93,9 @@ def connect_shards(
         )
         shard_gpus = 0.0  # asking for one would leave the actors unschedulable (a hang)
     handles: list[Any] = []
+    placement: list[str | None] = [None] * num_shards
+    if create:
+        placement = shard_nodes(service, num_shards, ray.nodes(), shard_cpus, shard_bytes)
     for i in range(num_shards):
         name = shard_name(service, i)
         if not create:
@@ -111,10 +118,45 @@ def connect_shards(
                 max_task_retries=0,
                 num_cpus=shard_cpus,
                 num_gpus=shard_gpus,
+                memory=shard_bytes,
+                scheduling_strategy=_affinity(placement[i]),
             ).remote(i, service, shard_bytes, threads or max(1, int(shard_cpus)), num_shards)
         )
     check_layout(service, num_shards, handles)
     return handles
+
+
+def shard_nodes(
+    service: str, num_shards: int, nodes: list[dict[str, Any]], shard_cpus: float, shard_bytes: int
+) -> list[str | None]:
+    """The node of each shard (Ray node ids): round robin over the alive nodes that have the CPUs and the memory of
+    one shard, sorted by id (the same placement every time for the same cluster); None for each when there is one
+    such node (Ray's default placement). A cluster where no node can hold a shard is one line, not a hang."""
+    fit = sorted(
+        n["NodeID"]
+        for n in nodes
+        if n.get("Alive")
+        and n.get("Resources", {}).get("CPU", 0.0) >= shard_cpus
+        and n.get("Resources", {}).get("memory", 0.0) >= shard_bytes
+    )
+    if not fit:
+        most = max((n.get("Resources", {}).get("memory", 0.0) for n in nodes if n.get("Alive")), default=0.0)
+        raise HybridError(
+            f"memory service {service!r}: no node of the cluster can hold a shard of memory.shard_bytes="
+            f"{shard_bytes} with memory.shard_cpus={shard_cpus:g} (the largest node has {int(most)} bytes of Ray "
+            f"memory): lower memory.shard_bytes or add nodes"
+        )
+    if len(fit) == 1:
+        return [None] * num_shards
+    return [fit[i % len(fit)] for i in range(num_shards)]
+
+
+def _affinity(node_id: str | None) -> Any:
+    if node_id is None:
+        return "DEFAULT"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
 
 
 def check_layout(service: str, num_shards: int, handles: list[Any], timeout_s: float = 60.0) -> None:

@@ -97,6 +97,8 @@ def test_build_stats_and_read_only_evaluation(ray_session, tmp_path, capsys):
     assert f"{service}-shard0..1" in shown and "repo/layer1" in shown
     shards = json.loads(stats_json.read_text())["shards"]
     assert sum(s["vectors"] for s in shards) == built["vectors"]
+    node = f"{ray_session.util.get_node_ip_address()} {ray_session.get_runtime_context().get_node_id()[:8]}"
+    assert [s["node"] for s in shards] == [node, node] and node in shown  # where each shard runs
 
     ck = load(run.output_dir, device="cpu")
     store = RayShardedStore(

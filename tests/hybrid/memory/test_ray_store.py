@@ -14,7 +14,7 @@ import torch
 from hybrid.core.errors import HybridError
 from hybrid.memory.faiss_store import FaissStore
 from hybrid.memory.ray_shard import namespace_bytes
-from hybrid.memory.ray_store import RayShardedStore, home_shard
+from hybrid.memory.ray_store import RayShardedStore, home_shard, shard_nodes
 from hybrid.memory.store import MemoryStore
 
 
@@ -49,6 +49,25 @@ def _assert_same(a, b):
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a.keys, b.keys, atol=0, rtol=0)
     torch.testing.assert_close(a.values, b.values, atol=0, rtol=0)
+
+
+def _node(node_id, cpus=4.0, memory=8 << 30, alive=True):
+    return {"NodeID": node_id, "Alive": alive, "Resources": {"CPU": cpus, "memory": float(memory)}}
+
+
+def test_shards_go_to_distinct_nodes_whenever_there_are_enough():
+    """The placement of `connect_shards` (the node lists as `ray.nodes()` gives them): distinct nodes for nodes >=
+    shards, round robin past that; dead nodes and nodes too small for one shard are skipped; one node: Ray's
+    default; none that fits: one line naming the setting."""
+    three = [_node("c"), _node("a"), _node("b")]
+    assert shard_nodes("svc", 2, three, 0.0, 1 << 30) == ["a", "b"]
+    assert shard_nodes("svc", 3, three, 1.0, 1 << 30) == ["a", "b", "c"]
+    assert shard_nodes("svc", 4, three, 0.0, 1 << 30) == ["a", "b", "c", "a"]
+    mixed = [_node("a", alive=False), _node("b", cpus=0.5), _node("c", memory=1 << 20), _node("d"), _node("e")]
+    assert shard_nodes("svc", 2, mixed, 1.0, 1 << 30) == ["d", "e"]
+    assert shard_nodes("svc", 2, [_node("a")], 0.0, 1 << 30) == [None, None]
+    with pytest.raises(HybridError, match=r"memory.shard_bytes=1073741824 .* lower memory.shard_bytes or add nodes"):
+        shard_nodes("svc", 2, [_node("a", memory=1 << 20), _node("b", alive=False)], 0.0, 1 << 30)
 
 
 def test_two_shards_equal_the_local_faiss_store_with_eviction(make_store):
