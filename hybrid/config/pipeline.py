@@ -124,8 +124,13 @@ class PipelineConfig(Section):
     )
     decontaminate_splits: bool = Field(
         True,
-        description="export drops training records that contain a validation/test record's output "
+        description="export drops training records whose output holds a validation/test record's output "
         "(reason decontaminated)",
+    )
+    decontaminate_inputs: bool = Field(
+        False,
+        description="decontamination also searches the training records' inputs (the context, which the loss on "
+        "output tokens does not train on); off: only their outputs",
     )
     decontamination_ngram: int = Field(
         13, ge=1, description="decontamination compares n-grams of this many code tokens (13: GPT-3's test-set check)"

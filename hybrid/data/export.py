@@ -51,6 +51,7 @@ class ExportOptions:
 
     licenses_allowed: tuple[str, ...]
     decontaminate_splits: bool
+    decontaminate_inputs: bool
     ngram: int
     threshold: float
     rows_per_shard: int
@@ -65,6 +66,7 @@ class ExportOptions:
         keys: dict[str, Any] = {
             "licenses_allowed": tuple(p.licenses_allowed),
             "decontaminate_splits": p.decontaminate_splits,
+            "decontaminate_inputs": p.decontaminate_inputs,
             "ngram": p.decontamination_ngram,
             "threshold": p.decontamination_threshold,
             "rows_per_shard": p.export_rows_per_shard,
@@ -326,7 +328,7 @@ def _decontaminate(
         for rec in splits[split]
     )
     index = build_index(opts.ngram, opts.threshold, split_refs, opts.benchmarks)
-    kept, dropped = decontaminate(splits["train"], index)
+    kept, dropped = decontaminate(splits["train"], index, opts.decontaminate_inputs)
     splits["train"] = kept
     if dropped:
         result.dropped["decontaminated"] += len(dropped)
@@ -334,6 +336,7 @@ def _decontaminate(
         "ngram": opts.ngram,
         "threshold": opts.threshold,
         "against_splits": opts.decontaminate_splits,
+        "searched": "input and output" if opts.decontaminate_inputs else "output",
         "benchmarks": [storage.shown(b) for b in opts.benchmarks],
         "references": dict(Counter(r.source for r in index.references)),
         "too_short": dict(index.too_short),
@@ -390,9 +393,9 @@ def _filters(opts: ExportOptions, decontamination: dict[str, Any] | None) -> lis
         refs = sum(decontamination["references"].values())
         short = sum(decontamination["too_short"].values())
         lines.append(
-            f"decontamination: training records holding at least {opts.threshold:g} of the {opts.ngram}-grams "
-            f"of code tokens of a reference were dropped; references: {' and '.join(against)} ({refs} checked, "
-            f"{short} shorter than {opts.ngram} tokens)"
+            f"decontamination: training records whose {decontamination['searched']} held at least "
+            f"{opts.threshold:g} of the {opts.ngram}-grams of code tokens of a reference were dropped; references: "
+            f"{' and '.join(against)} ({refs} checked, {short} shorter than {opts.ngram} tokens)"
         )
     return lines
 

@@ -134,6 +134,7 @@ def test_a_planted_test_example_is_dropped_from_training(tmp_path):
     commits = [[fim("r", n, f"f{n}", f"return {n}")] for n in range(10)]
     commits[9].append(fim("r", 9, "late", BODY))  # the last commit: test split
     commits[2].append(fim("r", 2, "copy", "x = 1\n" + BODY + "\nreturn total"))  # train holds it
+    commits[3].append(fim("r", 3, "context", "return 3", task=BODY))  # only in the input: the loss skips it
     make_dataset(data, {"r": commits})
     res = export_io_pairs(data, tmp_path / "out")
     splits = read_splits(tmp_path / "out")
@@ -155,6 +156,12 @@ def test_a_planted_test_example_is_dropped_from_training(tmp_path):
     ]
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["decontamination"]["dropped"] == 1 and stats["decontamination"]["references"] == {"test": 1}
+    assert "context#0" in {r["id"] for r in splits["train"]}
+
+    # pipeline.decontaminate_inputs: the inputs are searched too
+    res = export_io_pairs(data, tmp_path / "out", options=options(decontaminate_inputs=True))
+    assert res.dropped == {"decontaminated": 2}
+    assert {d["id"] for d in read_jsonl(tmp_path / "out" / "decontamination.jsonl")} == {"copy#0", "context#0"}
 
     # off: the copy stays, and no list from the earlier export is left behind
     res = export_io_pairs(data, tmp_path / "out", options=options(decontaminate_splits=False))
