@@ -58,8 +58,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from hybrid.core.io import atomic_write_json
     from hybrid.core.layout import DatasetLayout
     from hybrid.core.ray_utils import ray_log_dir
-    from hybrid.data.export import describe as describe_export
     from hybrid.data.export import ExportOptions, export_io_pairs
+    from hybrid.data.export import describe as describe_export
     from hybrid.training.evaluate import evaluate
     from hybrid.training.train import describe as describe_train
     from hybrid.training.train import train

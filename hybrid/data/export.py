@@ -271,14 +271,18 @@ def check_fractions(validation_fraction: float, test_fraction: float) -> None:
 
 
 def _licensed_records(
-    layout: DatasetLayout, names: list[str], kinds: tuple[str, ...], skipped: Counter, result: ExportResult, policy
+    layout: DatasetLayout,
+    names: list[str],
+    kinds: tuple[str, ...],
+    result: ExportResult,
+    policy: LicensePolicy,
 ) -> list[dict[str, Any]]:
     """Every repository's records with its `license`, those of repositories the policy does not allow dropped (by
     reason: license_not_allowed, or license_unknown / license_none / license_undetected) and counted per licence."""
     records: list[dict[str, Any]] = []
     for name in names:
         lic = read_license(layout, name)
-        recs = list(iter_repo_pairs(layout, name, kinds, skipped))
+        recs = list(iter_repo_pairs(layout, name, kinds, result.skipped))
         for rec in recs:
             rec["license"] = lic.spdx
         allowed = policy.allows(lic.label)
@@ -474,9 +478,7 @@ def export_io_pairs(
     _refuse_other_format(out, opts.format)
     result = ExportResult(output_dir=storage.at(out).native(out), sizes={}, split_by="", repos=names)
     result.format = opts.format
-    records = _licensed_records(
-        layout, names, kinds, result.skipped, result, LicensePolicy(list(opts.licenses_allowed))
-    )
+    records = _licensed_records(layout, names, kinds, result, LicensePolicy(list(opts.licenses_allowed)))
     if not records:
         if result.dropped:
             raise HybridError(
