@@ -70,7 +70,7 @@ class NgramIndex:
     threshold: float
     references: list[Reference] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
-    too_short: Counter = field(default_factory=Counter)  # by source
+    too_short: Counter[str] = field(default_factory=Counter)  # by source
     _where: dict[tuple[str, ...], int | list[int]] = field(default_factory=dict)
     _all: set[tuple[str, ...]] = field(default_factory=set)
 
@@ -103,7 +103,7 @@ class NgramIndex:
         hits = ngrams(text, self.n) & self._all
         if not hits:
             return None
-        counts: Counter = Counter()
+        counts: Counter[int] = Counter()
         for g in hits:
             seen = self._where[g]
             if isinstance(seen, int):

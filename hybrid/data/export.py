@@ -82,7 +82,7 @@ class ExportResult:
     repos: list[str]
     skipped: Counter = field(default_factory=Counter)
     format: str = "jsonl"
-    dropped: Counter = field(default_factory=Counter)  # reason -> records the filters dropped
+    dropped: Counter[str] = field(default_factory=Counter)  # reason -> records the filters dropped
     licenses: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -138,7 +138,8 @@ class _CommitDate:
     """The date of a commit (commit_data.json's `date`), read once and only when the commit yields a record."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.date, self.read = path, None, False
+        self.path, self.read = path, False
+        self.date: str | None = None
 
     def __call__(self) -> str | None:
         if not self.read:
