@@ -116,3 +116,9 @@ def test_parquet_to_s3(tmp_path, s3_server):
     )
     table = pq.read_table(f"{root}/data/train-00000-of-00001.parquet", filesystem=fs)
     assert table.to_pylist() == read_jsonl(tmp_path / "jsonl" / "train.jsonl")
+    # JSONL to a URI as well, the same bytes as the local export
+    jsonl_uri = f"s3://{bucket}/exports/jsonl?endpoint_override={s3_server.endpoint}&scheme=http"
+    export_io_pairs(data, jsonl_uri)
+    fs, root = pafs.FileSystem.from_uri(jsonl_uri)
+    with fs.open_input_stream(f"{root}/train.jsonl") as f:
+        assert f.read() == (tmp_path / "jsonl" / "train.jsonl").read_bytes()
