@@ -307,9 +307,8 @@ def _licensed_records(
             )
         elif lic.label == UNDETECTED:
             result.warnings.append(
-                f"{name}: licence never detected (no {storage.shown(layout.license_file(name))}; `hybrid pipeline "
-                f"run` detects it): its {len(recs)} records are {verb} ({change} pipeline.licenses_allowed "
-                f"to {to} them)"
+                f"{name}: licence never detected (no {storage.shown(layout.license_file(name))}): its {len(recs)} "
+                f"records are {verb} ({change} pipeline.licenses_allowed to {to} them)"
             )
         elif lic.label == UNKNOWN:
             result.warnings.append(
