@@ -58,8 +58,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from hybrid.core.io import atomic_write_json
     from hybrid.core.layout import DatasetLayout
     from hybrid.core.ray_utils import ray_log_dir
+    from hybrid.data.export import ExportOptions, export_io_pairs
     from hybrid.data.export import describe as describe_export
-    from hybrid.data.export import export_io_pairs
     from hybrid.training.evaluate import evaluate
     from hybrid.training.train import describe as describe_train
     from hybrid.training.train import train
@@ -117,7 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     # 3. IO pairs
     console.rule("[bold]3/5 IO pairs")
-    exported = export_io_pairs(data_dir, io_dir)
+    exported = export_io_pairs(data_dir, io_dir, options=ExportOptions.from_config(cfg.pipeline))
     console.print(describe_export(exported), highlight=False)
     if exported.sizes["train"] == 0:
         raise HybridError(f"{io_dir}: no training pairs were exported (does {source} have history?)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from hybrid.cli import IntermixedParser, config_and_words, console_main, fraction, llm
+from hybrid.cli import IntermixedParser, config_and_words, console_main, fraction, llm, positive_int
 from hybrid.core.io import atomic_write_json
 
 STAGE_COMMANDS = {
@@ -158,12 +158,31 @@ def add_coverage_parser(sub, name: str) -> None:
 
 
 # -- export ---------------------------------------------------------------------------------------------------------
+def _export_command(args) -> str:
+    """The command as it could be typed again (for the dataset card): its words and every option's value."""
+    import shlex
+
+    from hybrid.core.storage import shown
+
+    words = ["hybrid", "pipeline", "export", *args.repos, "--output-dir", shown(args.output_dir)]
+    words += ["--format", args.format, "--kinds", args.kinds]
+    words += ["--validation-fraction", f"{args.validation_fraction:g}", "--test-fraction", f"{args.test_fraction:g}"]
+    if args.rows_per_shard is not None:
+        words += ["--rows-per-shard", str(args.rows_per_shard)]
+    for path in args.decontaminate_against or []:
+        words += ["--decontaminate-against", shown(path)]
+    return shlex.join(words)
+
+
 def _export(args) -> int:
+    import sys
+
     from hybrid.core.storage import require_lasting
-    from hybrid.data.export import describe, export_io_pairs
+    from hybrid.data.export import ExportOptions, describe, export_io_pairs
 
     cfg, repos = config_and_words(args.repos, outputs=("pipeline.data_dir",))
     require_lasting("--output-dir", args.output_dir)
+    options = {"rows_per_shard": args.rows_per_shard} if args.rows_per_shard is not None else {}
     result = export_io_pairs(
         cfg.pipeline.data_dir,
         args.output_dir,
@@ -171,18 +190,49 @@ def _export(args) -> int:
         validation_fraction=args.validation_fraction,
         test_fraction=args.test_fraction,
         repos=repos or None,
+        options=ExportOptions.from_config(
+            cfg.pipeline,
+            format=args.format,
+            benchmarks=tuple(args.decontaminate_against or ()),
+            command=_export_command(args),
+            **options,
+        ),
     )
-    print(describe(result))
+    summary, *warnings = describe(result).splitlines()
+    print(summary)
+    for line in warnings:
+        print(line, file=sys.stderr)
     return 0
 
 
 def add_export_parser(sub, name: str = "export") -> None:
-    p = sub.add_parser(name, help="turn data/ast_dataset into datasets/io_pairs/{train,validation,test}.jsonl")
+    p = sub.add_parser(
+        name,
+        help="turn data/ast_dataset into datasets/io_pairs/{train,validation,test}.jsonl (or Parquet shards + card)",
+    )
     p.add_argument("repos", nargs="*", help="repositories to export (default: all) and key=value config overrides")
-    p.add_argument("--output-dir", "--output_dir", default="datasets/io_pairs", help="where the JSONL files go")
+    p.add_argument(
+        "--output-dir", "--output_dir", default="datasets/io_pairs", help="where the files go (a folder or s3://…)"
+    )
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "parquet"),
+        default="jsonl",
+        help="jsonl: {train,validation,test}.jsonl; parquet: data/<split>-NNNNN-of-NNNNN.parquet + README.md card",
+    )
     p.add_argument("--kinds", default="fim,reasoning", help="comma-separated: fim, reasoning")
     p.add_argument("--validation-fraction", type=fraction, default=0.1, help="share of records for validation")
     p.add_argument("--test-fraction", type=fraction, default=0.1, help="share of records for test")
+    p.add_argument(
+        "--rows-per-shard", type=positive_int, help="rows per Parquet shard (default: pipeline.export_rows_per_shard)"
+    )
+    p.add_argument(
+        "--decontaminate-against",
+        action="append",
+        metavar="FILE.jsonl",
+        help="drop training records that hold an item of this benchmark (JSONL, .jsonl.gz; fields prompt, "
+        "canonical_solution, code, text); repeatable",
+    )
     p.set_defaults(func=_export)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from hybrid.config.section import Section
 
@@ -34,6 +34,30 @@ DEFAULT_LOCK_FILES = [
     "uv.lock",
     "bun.lockb",
     "flake.lock",
+]
+# Permissive licences, as SPDX ids: what CommitPack (arXiv 2308.07124, Table 9) and The Stack keep. An SPDX
+# expression passes when it is allowed as a whole (`A OR B`: either; `A AND B`: both). Three entries that are not
+# SPDX ids name the repositories without one: "none" (no licence file: most often the user's own code, as in the
+# demo and the README tour; a public repository without a licence is all rights reserved), "unknown" (a licence
+# file the detector could not name: never guessed, so dropped), "undetected" (no license.json: the licence was never
+# looked for, e.g. data made before licence detection). "*" allows everything.
+DEFAULT_LICENSES_ALLOWED = [
+    "MIT",
+    "MIT-0",
+    "Apache-2.0",
+    "BSD-2-Clause",
+    "BSD-3-Clause",
+    "0BSD",
+    "ISC",
+    "Unlicense",
+    "Zlib",
+    "BSL-1.0",
+    "CC0-1.0",
+    "PostgreSQL",
+    "Python-2.0",
+    "X11",
+    "none",
+    "undetected",
 ]
 DEFAULT_GENERATED_MARKERS = [
     "@generated",
@@ -91,3 +115,38 @@ class PipelineConfig(Section):
         ge=1.0,
         description="the middle is widened to whole AST nodes only when that makes it at most this many times longer",
     )
+    # -- export (`hybrid pipeline export`) ------------------------------------------------------------------------
+    licenses_allowed: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LICENSES_ALLOWED),
+        description="export keeps the records of repositories whose licence (an SPDX id or expression) is allowed "
+        'here; "none" = no licence file, "unknown" = a licence file not identified, "undetected" = no '
+        'license.json, "*" = everything (reason license_not_allowed)',
+    )
+    decontaminate_splits: bool = Field(
+        True,
+        description="export drops training records whose output holds a validation/test record's output "
+        "(reason decontaminated)",
+    )
+    decontaminate_inputs: bool = Field(
+        False,
+        description="decontamination also searches the training records' inputs (the context, which the loss on "
+        "output tokens does not train on); off: only their outputs",
+    )
+    decontamination_ngram: int = Field(
+        13, ge=1, description="decontamination compares n-grams of this many code tokens (13: GPT-3's test-set check)"
+    )
+    decontamination_threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a training record is contaminated when it holds at least this share of a reference's n-grams",
+    )
+    export_rows_per_shard: int = Field(20000, ge=1, description="rows per Parquet shard of `export --format parquet`")
+
+    @field_validator("licenses_allowed")
+    @classmethod
+    def _licence_entries(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not v.strip()]
+        if bad:
+            raise ValueError("an empty licence entry")
+        return [v.strip() for v in value]

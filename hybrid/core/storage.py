@@ -110,6 +110,10 @@ class Storage:
     def remove_dir(self, path: PathLike) -> None:
         raise NotImplementedError
 
+    def remove_file(self, path: PathLike) -> None:
+        """Delete a file; nothing to do when there is none."""
+        raise NotImplementedError
+
     # -- runs: a local work folder, published to the location -----------------------------------------------------
     def work_dir(self, path: PathLike) -> Path:
         """The local folder a run whose output is `path` writes in: the folder itself, or a staging folder on this
@@ -190,6 +194,9 @@ class LocalStorage(Storage):
 
     def remove_dir(self, path: PathLike) -> None:
         shutil.rmtree(path, ignore_errors=True)
+
+    def remove_file(self, path: PathLike) -> None:
+        Path(path).unlink(missing_ok=True)
 
     def work_dir(self, path: PathLike) -> Path:
         return Path(path).resolve()
@@ -354,6 +361,13 @@ class ArrowStorage(Storage):
         except (FileNotFoundError, OSError):
             pass
 
+    def remove_file(self, path: PathLike) -> None:
+        fs, inner = self.filesystem(str(path))
+        try:
+            fs.delete_file(inner)
+        except FileNotFoundError:
+            pass
+
     def work_dir(self, path: PathLike) -> Path:
         key = hashlib.blake2b(self.absolute(path).encode(), digest_size=8).hexdigest()
         return cache_root() / "runs" / key
@@ -473,3 +487,8 @@ def write_bytes(path: PathLike, data: bytes) -> None:
 
 def remove_dir(path: PathLike) -> None:
     at(path).remove_dir(path)
+
+
+def remove_file(path: PathLike) -> None:
+    """Delete a file (nothing to do when there is none)."""
+    at(path).remove_file(path)
