@@ -5,6 +5,9 @@ import yaml
 
 from hybrid.cli.config import CONFIG_DIR, GROUPS, load_config, split_overrides
 from hybrid.core.errors import ConfigError
+from hybrid.main import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_and_overrides():
@@ -28,6 +31,19 @@ def test_defaults_and_overrides():
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config([override])
+
+
+@pytest.mark.parametrize("override", ["pipeline.data_dir=s3://bucket/data", "model.pretrained=gs://b/llama"])
+def test_a_uri_where_only_a_local_folder_works_is_refused(override, tmp_path, monkeypatch):
+    """Taken for a relative path, `s3://bucket/data` became a local folder `s3:` (`repos add` printed
+    `-> s3:/bucket/data/repos/…`); now the setting refuses it in one line and nothing is written."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', r'[.]')}: a URI is not supported here \(") as e:
+        load_config([override])
+    assert "\n" not in str(e.value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["repos", "add", str(ROOT), "pipeline.data_dir=s3://bucket/data"]) == 2
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_every_shipped_yaml_validates():

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hybrid.config.section import PATH, Section
+from hybrid.core import storage
 
 # The HuggingFace architectures a base can come from (config.json `model_type` -> its `architectures` entry).
 # Mistral and Qwen2 are Llama blocks with a sliding window / q,k,v biases: family `llama`, `hf_model_type` says which.
@@ -132,6 +133,13 @@ class ModelConfig(Section):
     freeze_base: bool = Field(False, description="train only the memory parameters (LongMem's recipe)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention probabilities and residual branches")
     gradient_checkpointing: bool = Field(False, description="recompute block activations in backward")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _local_pretrained(cls, value: str | None) -> str | None:
+        if value is not None:
+            storage.refuse_uri(value, "a base model is read from a local folder: download it first")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from hybrid.config.section import Section
+from hybrid.core import storage
 
 DEFAULT_VENDORED_DIRS = [
     "vendor",
@@ -142,6 +143,12 @@ class PipelineConfig(Section):
         description="a training record is contaminated when it holds at least this share of a reference's n-grams",
     )
     export_rows_per_shard: int = Field(20000, ge=1, description="rows per Parquet shard of `export --format parquet`")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _local_data_dir(cls, value: str) -> str:
+        storage.refuse_uri(value, "the pipeline's data folder is a local folder, or one mounted on every node")
+        return value
 
     @field_validator("licenses_allowed")
     @classmethod

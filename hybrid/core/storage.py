@@ -442,6 +442,13 @@ def require_lasting(where: str, value: PathLike) -> None:
         )
 
 
+def refuse_uri(value: PathLike, what: str) -> None:
+    """For the settings that take a local folder only: a URI there would be read as a relative path (`s3://b/x` ->
+    a local folder `s3:`), so it is refused in one line (`what`: why, and what to give instead)."""
+    if is_uri(value):
+        raise ValueError(f"a URI is not supported here ({what})")
+
+
 # -- the same operations for one path ---------------------------------------------------------------------------
 def shown(path: PathLike) -> str:
     """A location as messages show it: URIs without credentials or query."""
