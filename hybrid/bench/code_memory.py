@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hybrid.bench.report import DocTable, load_result, markdown_table, save_figure
 from hybrid.bench.stats import interval, mean_interval
 from hybrid.cli import non_negative_int, positive_int
@@ -78,6 +80,7 @@ class Settings:
     max_test: int | None = None  # None: the whole test split
     max_train: int | None = None
     evals: int = 3  # validation passes per run (the best is kept)
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     repo_memory: bool = True
     repo_memory_tokens: int = 200_000  # at most this many tokens of a code base in the repository memory
     model: dict[str, Any] = field(
@@ -151,6 +154,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Python standard library)",
     )
     p.add_argument("--no-repo-memory", action="store_true", help="skip the repository-memory rows")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma-separated variants to train (default all: {','.join(VARIANTS)}; none is always one)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a model setting of every variant (repeatable), e.g. --model external_fusion=joint",
+    )
     p.add_argument("--quick", action="store_true", help="a smoke run in about a minute (tiny model, one seed)")
     p.add_argument(
         "--jobs",
@@ -188,6 +203,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             )
         s.max_length = args.max_length
     s.repo_memory = not args.no_repo_memory
+    if args.variants:
+        names = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown or "none" not in names:
+            raise HybridError(
+                f"--variants: {args.variants!r}: choose from {', '.join(VARIANTS)}, with none among them "
+                f"(every ratio is to none)"
+            )
+        s.variants = [v for v in VARIANTS if v in names]
+        s.repo_memory = s.repo_memory and "external" in s.variants  # its rows read the external model
+    for item in args.model:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise HybridError(f"--model: expected KEY=VALUE (a model setting), got {item!r}")
+        s.model[key.strip()] = yaml.safe_load(value)  # checked by the model config when a variant trains
     return s
 
 
@@ -390,7 +420,7 @@ def run_seed(
     tokenizer_json = None
     rows = far = None
     checkpoints = {}
-    for variant in VARIANTS:
+    for variant in s.variants:
         t0 = time.time()
         cfg = with_values(
             base, training_values(s, variant, data, validation, work / variant, seed), where="bench code-memory"

@@ -34,6 +34,7 @@ MEMORY_FIELDS = (
     "forget_bias",
     "memory_gate_init",
     "external_gate_init",
+    "external_fusion",
     "external_memory_size",
     "retrieval_k",
     "chunk_size",
@@ -122,6 +123,12 @@ class ModelConfig(Section):
         lt=1,
         description="initial opening tanh(β) of the external memory's read gate per head; 0 = a "
         "no-op at init (it opens by itself: its read is full-size)",
+    )
+    external_fusion: Literal["gate", "joint"] = Field(
+        "gate",
+        description="how a retrieval layer reads: gate = separate softmax mixed in by the per-head gate tanh(β) "
+        "(LongMem); joint = one softmax over local and retrieved keys, the memory weighted by tanh(β) "
+        "(each query decides; docs/code-memory.md)",
     )
     retrieval_k: int = Field(4, ge=1, description="chunks retrieved per query token")
     chunk_size: int = Field(4, ge=1, description="tokens per stored chunk (chunk key = mean of its keys); 1 = exact")

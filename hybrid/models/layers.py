@@ -123,8 +123,12 @@ class JointAttention(nn.Module):
     Retrieval (LongMem, arXiv 2306.07174 §3, our own code): the segment's *pre-RoPE* keys are stored per kv head
     in chunks of `chunk_size` tokens (search key = mean of the chunk's keys; payload = its keys and values).
     Each query (the same q projection as local attention, before RoPE) retrieves the top `retrieval_k` chunks of
-    its own row's memory. Local and memory attention have separate softmaxes; per head h
-        out_h = local_h + tanh(β_h) · (memory_h − local_h)        (β = 0 at init: a no-op with ∂/∂β ≠ 0)
+    its own row's memory. Two ways to fuse (`model.external_fusion`), per head h with w_h = tanh(β_h):
+      "gate" (LongMem, Memorizing Transformers): local and memory attention have separate softmaxes and
+        out_h = local_h + w_h · (memory_h − local_h)              (β = 0 at init: a no-op with ∂/∂β ≠ 0)
+      "joint" (as the Focused Transformer reads its memory): one softmax over the segment's keys and the retrieved
+        keys, the memory's terms weighted by max(w_h, 0), so each query decides how much it reads from memory
+        (w_h = 1: a plain joint softmax; w_h = 0: local attention exactly, with ∂/∂β ≠ 0 at 0).
     Retrieved keys/values carry no gradient. Read before write: a segment never retrieves itself.
     """
 
@@ -145,6 +149,7 @@ class JointAttention(nn.Module):
             self.memory_gate = nn.Parameter(torch.full((self.H,), math.atanh(config.external_gate_init)))
             self.retrieval_k = config.retrieval_k
             self.chunk_size = config.chunk_size
+            self.joint = config.external_fusion == "joint"
 
     def forward(
         self,
@@ -169,7 +174,10 @@ class JointAttention(nn.Module):
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         drop = self.dropout if self.training else 0.0
-        if attn_mask is None:
+        if handle is not None and self.joint:
+            local = self._joint(q, k, v, attn_mask, q_raw, handle.result(), drop)
+            handle = None
+        elif attn_mask is None:
             local = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop, enable_gqa=Hkv != H)
         else:
             local = F.scaled_dot_product_attention(
@@ -183,16 +191,53 @@ class JointAttention(nn.Module):
         out = local.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
         return self.o_proj(out)
 
-    def _fuse(self, local: torch.Tensor, q_raw: torch.Tensor, res) -> torch.Tensor:
-        B, H, T, D = local.shape
-        Hkv = self.Hkv
+    def _retrieved(self, res, B: int, T: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The retrieved tokens per query: keys, values (B, H, T, K, D) and which are real (B, H, T, K)."""
+        H, Hkv, D = self.H, self.Hkv, self.D
         G = H // Hkv
         kr = res.keys  # (B, Hkv, G*T, k, c, D)
         k, c = kr.shape[3], kr.shape[4]
-        dtype = local.dtype
         mem_k = kr.view(B, Hkv, G, T, k * c, D).reshape(B, H, T, k * c, D).to(dtype)  # (B, H, T, K, D)
         mem_v = res.values.view(B, Hkv, G, T, k * c, D).reshape(B, H, T, k * c, D).to(dtype)  # (B, H, T, K, D)
         valid = res.mask.view(B, Hkv, G, T, k, 1).expand(B, Hkv, G, T, k, c).reshape(B, H, T, k * c)  # (B,H,T,K)
+        return mem_k, mem_v, valid
+
+    def _joint(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        q_raw: torch.Tensor,
+        res,
+        drop: float,
+    ) -> torch.Tensor:
+        """One softmax over the segment's keys (causal, `attn_mask`) and each query's retrieved keys, the memory's
+        exponentials weighted by max(tanh β_h, 0). Local scores use the rotated q/k, memory scores the pre-RoPE
+        ones (stored keys have no position here), as in `_fuse`."""
+        B, H, T, D = q.shape
+        G = H // self.Hkv
+        dtype = q.dtype
+        kk, vv = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # (B, H, T, D)
+        s_loc = (q @ kk.transpose(-1, -2)).float() / math.sqrt(D)  # (B, H, T, T)
+        allowed = attn_mask if attn_mask is not None else torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        s_loc = s_loc.masked_fill(~allowed, float("-inf"))
+        mem_k, mem_v, valid = self._retrieved(res, B, T, dtype)
+        s_mem = torch.einsum("bhtd,bhtkd->bhtk", q_raw.to(dtype), mem_k).float() / math.sqrt(D)  # (B, H, T, K)
+        s_mem = s_mem.masked_fill(~valid, float("-inf"))
+        top = torch.maximum(s_loc.amax(-1, keepdim=True), s_mem.amax(-1, keepdim=True)).detach()  # (B, H, T, 1)
+        w = torch.tanh(self.memory_gate).clamp_min(0).view(1, H, 1, 1)
+        e_loc, e_mem = torch.exp(s_loc - top), torch.exp(s_mem - top) * w  # the diagonal keeps `top` finite
+        norm = e_loc.sum(-1, keepdim=True) + e_mem.sum(-1, keepdim=True)
+        p_loc, p_mem = (e_loc / norm).to(dtype), (e_mem / norm).to(dtype)
+        if drop:
+            p_loc, p_mem = F.dropout(p_loc, drop), F.dropout(p_mem, drop)
+        return p_loc @ vv + torch.einsum("bhtk,bhtkd->bhtd", p_mem, mem_v)  # (B, H, T, D)
+
+    def _fuse(self, local: torch.Tensor, q_raw: torch.Tensor, res) -> torch.Tensor:
+        B, H, T, D = local.shape
+        dtype = local.dtype
+        mem_k, mem_v, valid = self._retrieved(res, B, T, dtype)
         scores = torch.einsum("bhtd,bhtkd->bhtk", q_raw.to(dtype), mem_k) / math.sqrt(D)  # (B, H, T, K)
         scores = scores.float().masked_fill(~valid, float("-inf"))
         has_any = valid.any(-1, keepdim=True)  # (B, H, T, 1) rows with nothing retrieved keep the local output

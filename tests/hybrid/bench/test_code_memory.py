@@ -113,7 +113,9 @@ def test_other_memory_comes_from_the_other_repository_and_matches_the_size(tmp_p
     rb.commit("other")
     import argparse
 
-    args = argparse.Namespace(repos=[], seeds=None, steps=None, max_length=None, no_repo_memory=False, quick=True)
+    args = argparse.Namespace(
+        repos=[], seeds=None, steps=None, max_length=None, no_repo_memory=False, quick=True, variants=None, model=[]
+    )
     s = settings_from_args(args)
     corpus = Corpus(splits={}, repos={"own": "unused"}, snapshot={"own": "unused"}, commits={})
     name, texts = other_texts(s, corpus, str(rb.path))
@@ -233,7 +235,31 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert "--max-length: 40 leaves nothing beyond the window" in capsys.readouterr().err
     assert main(["bench", "code-memory", "--seeds", "0,0"]) == 2
     assert "--seeds: expected distinct seeds" in capsys.readouterr().err
+    assert main(["bench", "code-memory", "--variants", "external,full"]) == 2
+    assert "--variants: 'external,full': choose from none, internal" in capsys.readouterr().err
+    assert main(["bench", "code-memory", "--model", "external_fusion"]) == 2
+    assert "--model: expected KEY=VALUE" in capsys.readouterr().err
     assert not data.exists()  # nothing registered, nothing written
+
+
+def test_variants_and_model_settings_reach_the_settings():
+    import argparse
+
+    from hybrid.bench.code_memory import settings_from_args
+
+    args = argparse.Namespace(
+        repos=[],
+        seeds=None,
+        steps=None,
+        max_length=None,
+        no_repo_memory=False,
+        quick=False,
+        variants="full,none",
+        model=["external_fusion=joint", "retrieval_layers=[0, 1]"],
+    )
+    s = settings_from_args(args)
+    assert s.variants == ["none", "full"] and not s.repo_memory  # no external model: no repository rows
+    assert s.model["external_fusion"] == "joint" and s.model["retrieval_layers"] == [0, 1]
 
 
 def test_committed_results_match_the_docs():

@@ -125,3 +125,36 @@ def test_devices_follow_inputs_on_gpu():
         out = model(ids, labels=ids)
     out.loss.backward()
     assert out.logits.device.type == "cuda" and all(m.dtype == torch.float32 for m in out.internal_memory)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_joint_fusion_is_causal_isolated_reads_memory_and_is_local_attention_when_closed(family):
+    """model.external_fusion=joint: one softmax over the segment's and the retrieved keys. Causal across segments,
+    rows isolated, a token in segment 1 reaches segment 3 through the memory; with the gate closed it is the model
+    without external memory (the same weights), and the closed gate still gets a gradient (it can open)."""
+    joint = tiny_model(family, use_internal_memory=False, use_external_memory=True, external_fusion="joint")
+    plain = tiny_model(family, use_internal_memory=False, use_external_memory=False)
+    torch.manual_seed(5)
+    ids = torch.randint(0, 97, (2, 4 * S))
+    with torch.no_grad():
+        closed = joint(ids).logits  # gates at 0 (their init)
+    torch.testing.assert_close(closed, plain(ids).logits, atol=1e-5, rtol=0)
+    joint.train()
+    joint(ids, labels=ids).loss.backward()
+    gate = next(p for n, p in joint.named_parameters() if n.endswith("memory_gate"))
+    assert gate.grad is not None and gate.grad.abs().sum() > 0
+    joint.eval()
+    open_gates(joint, 0.9)
+    with torch.no_grad():
+        base = joint(ids).logits
+        assert (base - closed).abs().max() > 1e-4  # the open gate reads memory
+        for t in (S - 1, S, 2 * S + 3):
+            changed = ids.clone()
+            changed[:, t] = (changed[:, t] + 1) % 97
+            out = joint(changed).logits
+            assert torch.equal(out[:, :t], base[:, :t]), f"changing token {t} changed earlier logits"
+        changed = ids.clone()
+        changed[0, S + 3] = (changed[0, S + 3] + 7) % 97  # a token in segment 1 of row 0
+        out = joint(changed).logits
+        seg3 = slice(3 * S, 4 * S)
+        assert (out[0, seg3] - base[0, seg3]).abs().max() > 1e-4 and torch.equal(out[1], base[1])
