@@ -108,6 +108,56 @@ def stop_process_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def start_ray_head(
+    temp_dir: Path, env: dict[str, str], *, num_cpus: int, dashboard: bool, worker_ports: tuple[int, int]
+) -> tuple[subprocess.Popen, dict[str, int]]:
+    """`ray start --head --block` with every port set to a free one (two Rays on one machine collide on the
+    defaults, the dashboard agent's 52365 among them), workers on `worker_ports` (low, count), a private
+    `--temp-dir`, the output in `<temp_dir>/head.log`, in a session of its own (stop it with `stop_process_group`,
+    never `ray stop`). Returns the process and its ports by name ("gcs", "dashboard", "metrics", …)."""
+    import sys
+
+    low, count = worker_ports
+    names = ("gcs", "dashboard", "agent_http", "agent_grpc", "metrics", "node_manager", "object_manager")
+    names += ("runtime_env", "client")
+    values = free_ports(len(names))
+    while any(low <= p < low + count for p in values):  # Ray refuses a port in the workers' range
+        values = free_ports(len(names))
+    ports = dict(zip(names, values))
+    dash = ["--include-dashboard=true", "--dashboard-host=127.0.0.1"] if dashboard else ["--include-dashboard=false"]
+    if dashboard:  # Train V2's placement-group cleaner finds its controller through the State API; with two Rays
+        env = {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}"}  # on the machine: this one
+    log = open(temp_dir / "head.log", "w")  # noqa: SIM115 (the child writes it; closed here once it has it)
+    with log:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "ray"),
+                "start",
+                "--head",
+                "--block",
+                f"--num-cpus={num_cpus}",
+                f"--port={ports['gcs']}",
+                *dash,
+                f"--dashboard-port={ports['dashboard']}",
+                f"--dashboard-agent-listen-port={ports['agent_http']}",
+                f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+                f"--metrics-export-port={ports['metrics']}",
+                f"--node-manager-port={ports['node_manager']}",
+                f"--object-manager-port={ports['object_manager']}",
+                f"--runtime-env-agent-port={ports['runtime_env']}",
+                f"--ray-client-server-port={ports['client']}",
+                f"--min-worker-port={low}",
+                f"--max-worker-port={low + count - 1}",
+                f"--temp-dir={temp_dir}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, ports
+
+
 @pytest.fixture(scope="session")
 def ray_head(s3_server):
     """A real Ray head started with `ray start --head --block`: every port set to a free one, the dashboard on
@@ -116,61 +166,25 @@ def ray_head(s3_server):
     hold the credentials of the tests' S3 server (as a cloud cluster's nodes hold theirs), so jobs and trials can
     use s3:// outputs."""
     import shutil
-    import subprocess
     import sys
     import tempfile
     import time
     import urllib.request
     from pathlib import Path
 
-    worker_low = 30000 + (os.getpid() % 300) * 100
-    ports = free_ports(9)
-    while any(worker_low <= p < worker_low + 100 for p in ports):  # Ray refuses a port in the workers' range
-        ports = free_ports(9)
-    gcs, dash, agent_http, agent_grpc, metrics, node_mgr, obj_mgr, runtime_env, client = ports
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: socket paths have a length limit
-    ray_bin = str(Path(sys.executable).parent / "ray")
     env = {
         **os.environ,
         **s3_server.env,
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
-        # Train V2's placement-group cleaner finds its controller through the State API; with two Rays on the
-        # machine it cannot guess which dashboard is its own
-        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
         # jobs run `python` / `hybrid` from the PATH the head was started with: this venv's
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("RAY_ADDRESS", None)
-    log = open(Path(temp_dir) / "head.log", "w")  # noqa: SIM115 (the head's output while it runs; closed at teardown)
-    proc = subprocess.Popen(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            "--block",
-            "--num-cpus=2",
-            f"--port={gcs}",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            f"--dashboard-agent-listen-port={agent_http}",
-            f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--metrics-export-port={metrics}",
-            f"--node-manager-port={node_mgr}",
-            f"--object-manager-port={obj_mgr}",
-            f"--runtime-env-agent-port={runtime_env}",
-            f"--ray-client-server-port={client}",
-            f"--min-worker-port={worker_low}",
-            f"--max-worker-port={worker_low + 99}",
-            f"--temp-dir={temp_dir}",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    head = RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, metrics)
+    worker_ports = (30000 + (os.getpid() % 300) * 100, 100)
+    proc, ports = start_ray_head(Path(temp_dir), env, num_cpus=2, dashboard=True, worker_ports=worker_ports)
+    head = RayHead(f"127.0.0.1:{ports['gcs']}", f"http://127.0.0.1:{ports['dashboard']}", temp_dir, ports["metrics"])
     deadline = time.time() + 120
     while True:
         try:
@@ -179,14 +193,12 @@ def ray_head(s3_server):
             break
         except Exception:
             if proc.poll() is not None or time.time() > deadline:
-                log.close()
                 raise RuntimeError(
                     f"the test's Ray head did not start: {(Path(temp_dir) / 'head.log').read_text()[-2000:]}"
                 ) from None
             time.sleep(1)
     yield head
     stop_process_group(proc)
-    log.close()
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_ports, stop_process_group
+from tests.conftest import start_ray_head, stop_process_group
 from tests.reliability.conftest import assert_one_line_error, cli
 
 NO_CLUSTER = ("RAY_ADDRESS=", "ray start --head")  # what to do, with the form of the value
@@ -49,52 +47,22 @@ def other_ray(tmp_path_factory):
     --head --block` with every port set and a private temp dir `<root>/ray` (so RAY_TMPDIR=<root> makes it the
     machine's `ray start` cluster, and any other RAY_TMPDIR does not), stopped through its process group — never
     `ray stop`, which stops every Ray on the machine. Yields (root, temp dir)."""
-    worker_low = 30000 + (os.getpid() % 300) * 100 + 50
-    ports = free_ports(9)
-    while any(worker_low <= p < worker_low + 40 for p in ports):  # Ray refuses a port in the workers' range
-        ports = free_ports(9)
-    gcs, dash, agent_http, agent_grpc, metrics, node_mgr, obj_mgr, runtime_env, client = ports
     root = Path(tempfile.mkdtemp(prefix="ro", dir="/tmp"))  # short: socket paths have a length limit
     temp_dir = root / "ray"
+    temp_dir.mkdir()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    log = open(root / "head.log", "w")  # noqa: SIM115 (the head's output while it runs; closed at teardown)
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--num-cpus=1",
-            f"--port={gcs}",
-            "--include-dashboard=false",
-            f"--dashboard-port={dash}",
-            f"--dashboard-agent-listen-port={agent_http}",
-            f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--metrics-export-port={metrics}",
-            f"--node-manager-port={node_mgr}",
-            f"--object-manager-port={obj_mgr}",
-            f"--runtime-env-agent-port={runtime_env}",
-            f"--ray-client-server-port={client}",
-            f"--min-worker-port={worker_low}",
-            f"--max-worker-port={worker_low + 39}",
-            f"--temp-dir={temp_dir}",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    worker_ports = (30000 + (os.getpid() % 300) * 100 + 50, 40)  # beside the session head's range
+    proc, _ = start_ray_head(temp_dir, env, num_cpus=1, dashboard=False, worker_ports=worker_ports)
     try:
         deadline = time.time() + 120
         while not (temp_dir / "ray_current_cluster").exists():  # `ray start` writes it once the head is up
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the test's Ray head did not start: {(root / 'head.log').read_text()[-2000:]}")
+                raise RuntimeError(f"the test's Ray head did not start: {(temp_dir / 'head.log').read_text()[-2000:]}")
             time.sleep(0.5)
         yield root, temp_dir
     finally:
         stop_process_group(proc)
-        log.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
