@@ -108,13 +108,21 @@ def stop_process_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def start_ray_head(
-    temp_dir: Path, env: dict[str, str], *, num_cpus: int, dashboard: bool, worker_ports: tuple[int, int]
+def start_ray_node(
+    temp_dir: Path,
+    env: dict[str, str],
+    *,
+    num_cpus: int,
+    worker_ports: tuple[int, int],
+    dashboard: bool = False,
+    address: str | None = None,
+    log_name: str = "head.log",
 ) -> tuple[subprocess.Popen, dict[str, int]]:
-    """`ray start --head --block` with every port set to a free one (two Rays on one machine collide on the
-    defaults, the dashboard agent's 52365 among them), workers on `worker_ports` (low, count), a private
-    `--temp-dir`, the output in `<temp_dir>/head.log`, in a session of its own (stop it with `stop_process_group`,
-    never `ray stop`). Returns the process and its ports by name ("gcs", "dashboard", "metrics", …)."""
+    """`ray start --head --block` (or, with `address`, a node joining that head) with every port set to a free one
+    (two Rays on one machine collide on the defaults, the dashboard agent's 52365 among them), workers on
+    `worker_ports` (low, count), the head's private `--temp-dir` (a joining node uses its head's), the output in
+    `<temp_dir>/<log_name>`, in a session of its own (stop it with `stop_process_group`, never `ray stop`).
+    Returns the process and its ports by name ("gcs", "dashboard", "metrics", …)."""
     import sys
 
     low, count = worker_ports
@@ -124,31 +132,33 @@ def start_ray_head(
     while any(low <= p < low + count for p in values):  # Ray refuses a port in the workers' range
         values = free_ports(len(names))
     ports = dict(zip(names, values))
-    dash = ["--include-dashboard=true", "--dashboard-host=127.0.0.1"] if dashboard else ["--include-dashboard=false"]
+    if address is None:
+        role = ["--head", f"--port={ports['gcs']}", f"--ray-client-server-port={ports['client']}"]
+        role += [f"--dashboard-port={ports['dashboard']}", f"--temp-dir={temp_dir}"]
+        role += (
+            ["--include-dashboard=true", "--dashboard-host=127.0.0.1"] if dashboard else ["--include-dashboard=false"]
+        )
+    else:
+        role = [f"--address={address}"]
     if dashboard:  # Train V2's placement-group cleaner finds its controller through the State API; with two Rays
         env = {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}"}  # on the machine: this one
-    log = open(temp_dir / "head.log", "w")  # noqa: SIM115 (the child writes it; closed here once it has it)
+    log = open(temp_dir / log_name, "w")  # noqa: SIM115 (the child writes it; closed here once it has it)
     with log:
         proc = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "ray"),
                 "start",
-                "--head",
                 "--block",
+                *role,
                 f"--num-cpus={num_cpus}",
-                f"--port={ports['gcs']}",
-                *dash,
-                f"--dashboard-port={ports['dashboard']}",
                 f"--dashboard-agent-listen-port={ports['agent_http']}",
                 f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
                 f"--metrics-export-port={ports['metrics']}",
                 f"--node-manager-port={ports['node_manager']}",
                 f"--object-manager-port={ports['object_manager']}",
                 f"--runtime-env-agent-port={ports['runtime_env']}",
-                f"--ray-client-server-port={ports['client']}",
                 f"--min-worker-port={low}",
                 f"--max-worker-port={low + count - 1}",
-                f"--temp-dir={temp_dir}",
             ],
             env=env,
             stdout=log,
@@ -156,6 +166,12 @@ def start_ray_head(
             start_new_session=True,
         )
     return proc, ports
+
+
+def other_worker_ports(slot: int) -> tuple[int, int]:
+    """50 worker ports for another Ray node of this test process (slot 0 or 1), above the machine's ephemeral range
+    (32768-60999) and apart from the session head's (`ray_head`)."""
+    return 61000 + (os.getpid() % 40) * 100 + 50 * slot, 50
 
 
 @pytest.fixture(scope="session")
@@ -183,7 +199,7 @@ def ray_head(s3_server):
     }
     env.pop("RAY_ADDRESS", None)
     worker_ports = (30000 + (os.getpid() % 300) * 100, 100)
-    proc, ports = start_ray_head(Path(temp_dir), env, num_cpus=2, dashboard=True, worker_ports=worker_ports)
+    proc, ports = start_ray_node(Path(temp_dir), env, num_cpus=2, dashboard=True, worker_ports=worker_ports)
     head = RayHead(f"127.0.0.1:{ports['gcs']}", f"http://127.0.0.1:{ports['dashboard']}", temp_dir, ports["metrics"])
     deadline = time.time() + 120
     while True:

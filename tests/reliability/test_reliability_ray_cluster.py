@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_ray_head, stop_process_group
+from tests.conftest import other_worker_ports, start_ray_node, stop_process_group
 from tests.reliability.conftest import assert_one_line_error, cli
 
 NO_CLUSTER = ("RAY_ADDRESS=", "ray start --head")  # what to do, with the form of the value
@@ -52,8 +52,7 @@ def other_ray(tmp_path_factory):
     temp_dir.mkdir()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    worker_ports = (30000 + (os.getpid() % 300) * 100 + 50, 40)  # beside the session head's range
-    proc, _ = start_ray_head(temp_dir, env, num_cpus=1, dashboard=False, worker_ports=worker_ports)
+    proc, _ = start_ray_node(temp_dir, env, num_cpus=1, worker_ports=other_worker_ports(0))
     try:
         deadline = time.time() + 120
         while not (temp_dir / "ray_current_cluster").exists():  # `ray start` writes it once the head is up
