@@ -43,8 +43,10 @@ def pytest_timeout_cancel_timer(item):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """A local Ray with 2 CPUs for the whole test session (started on first use)."""
+def ray_session(s3_server):
+    """A local Ray with 2 CPUs for the whole test session (started on first use). Started after the tests' S3 server,
+    so its workers hold the server's credentials (as a cloud cluster's nodes hold theirs): a Train worker can write
+    to s3:// outputs."""
     import ray
 
     from hybrid.core.ray_utils import init_ray

@@ -513,14 +513,7 @@ class TrainingRecipe:
                     f"checkpoints are intact — free space and rerun to resume"
                 ) from None
         if fsdp:
-            import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-            ctx.barrier()  # the folder exists
-            dcp.save(
-                {"optim": get_optimizer_state_dict(self.model, self.optimizer)}, checkpoint_id=str(tmp / "optimizer")
-            )
-            ctx.barrier()
+            self._save_optimizer_shards(tmp, step)
         if self.is_main:
             path = ckpt_io.commit_checkpoint(tmp, step)
             # the checkpoint (trainer_state.json last), the run's files, then `best` (each nothing to do locally)
@@ -534,6 +527,27 @@ class TrainingRecipe:
             ckpt_io.prune(self.output, self.cfg.train.keep_last, work_dir=self.output_dir)
         for callback in self.after_checkpoint:
             callback(step, path)
+
+    def _save_optimizer_shards(self, tmp: Path, step: int) -> None:
+        """FSDP: every rank writes its optimizer shard (DCP) into the checkpoint's optimizer/ folder. When the output
+        is written through a staging folder (a URI: no folder every node sees), a rank other than 0 writes its
+        shard into a folder of its own and uploads it into the output's checkpoint before rank 0 publishes the rest
+        (trainer_state.json last, so the checkpoint is whole when it counts)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        ctx = self.ctx
+        own = storage.at(self.output).stages and not self.is_main
+        folder = self.output_dir / f".shards-{self.spec.run_id}-rank{ctx.rank}" if own else tmp / "optimizer"
+        ctx.barrier()  # the checkpoint folder exists
+        dcp.save({"optim": get_optimizer_state_dict(self.model, self.optimizer)}, checkpoint_id=str(folder))
+        if own:
+            where = storage.at(self.output)
+            dest = where.join(self.output, ckpt_io.checkpoint_name(step), "optimizer")
+            for shard in sorted(folder.glob("*.distcp")):
+                where.put_file(shard, where.join(dest, shard.name))
+            shutil.rmtree(folder, ignore_errors=True)
+        ctx.barrier()
 
 
 def run(

@@ -73,11 +73,6 @@ def output_location(cfg: RecipeConfig, hold: contextlib.ExitStack | None = None)
     output, work_dir = where.absolute(out), where.work_dir(out)
     if not where.stages:
         return work_dir, output
-    if strategy_of(cfg) == "fsdp":
-        raise ConfigError(
-            f"train.output_dir={where.shown(output)}: train.strategy=fsdp writes each rank's optimizer "
-            f"shard into one folder, which needs a folder every node sees; use a shared path"
-        )
     if hold is not None:
         hold.enter_context(
             exclusive_lock(

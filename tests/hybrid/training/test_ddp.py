@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from hybrid.cli.config import load_config
+from hybrid.core import storage
+from hybrid.training import checkpoints as ckpt_io
 from hybrid.training.train import train
 
 COMMON = [
@@ -34,7 +36,8 @@ COMMON = [
 
 
 def losses(output_dir):
-    return [(r["step"], r["loss"]) for r in map(json.loads, open(output_dir / "metrics.jsonl")) if "loss" in r]
+    text = storage.read_text(storage.join(output_dir, "metrics.jsonl"))
+    return [(r["step"], r["loss"]) for r in map(json.loads, text.splitlines()) if "loss" in r]
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +55,21 @@ def run(data, out, tiny_overrides, *extra):
 
 
 @pytest.mark.slow
-def test_in_process_ddp_and_fsdp_match_and_resume_exactly(ray_session, mixed_folder, tmp_path, tiny_overrides):
+def test_in_process_ddp_and_fsdp_match_and_resume_exactly(
+    ray_session, s3_server, mixed_folder, tmp_path, tiny_overrides
+):
     """One global batch, bucketed by length (data.bucket_by_length), read from a folder of JSONL and Parquet: in this
     process, on two DDP workers and on two FSDP workers the losses agree; a DDP run resumed from its step-3
-    checkpoint ends with the same weights; FSDP resumes from its own sharded checkpoint in the same folder. (One
-    test: every two-worker run costs ~25 s of start-up here, so the runs serve several checks.)"""
+    checkpoint ends with the same weights; FSDP — its output on the tests' S3 server, no folder shared by the ranks:
+    rank 1 uploads its own optimizer shard — resumes from its own sharded checkpoint there. (One test: every
+    two-worker run costs ~25 s of start-up here, so the runs serve several checks.)"""
+    fsdp_out = f"s3://{s3_server.bucket()}/fsdp"
     common = ["train.max_iters=6", "train.eval_every=3", "train.keep_last=2", "data.bucket_by_length=true"]
     two = [*common, "train.num_workers=2", "train.batch_size=2"]
     runs = {
         "in process": run(mixed_folder, tmp_path / "local", tiny_overrides, *common, "train.batch_size=4"),
         "2 workers ddp": run(mixed_folder, tmp_path / "ddp", tiny_overrides, *two, "train.strategy=ddp"),
-        "2 workers fsdp": run(mixed_folder, tmp_path / "fsdp", tiny_overrides, *two, "train.strategy=fsdp"),
+        "2 workers fsdp": run(mixed_folder, fsdp_out, tiny_overrides, *two, "train.strategy=fsdp"),
     }
     curves = {name: losses(r.output_dir) for name, r in runs.items()}
     reference = curves["in process"]
@@ -74,9 +81,13 @@ def test_in_process_ddp_and_fsdp_match_and_resume_exactly(ray_session, mixed_fol
         assert runs[name].metrics["val_loss"] == pytest.approx(runs["in process"].metrics["val_loss"], rel=1e-4)
     # the FSDP checkpoint: whole weights for eval / from_pretrained, the optimizer sharded per rank
     ddp, fsdp = runs["2 workers ddp"], runs["2 workers fsdp"]
-    assert (fsdp.checkpoint / "model.safetensors").exists() and not (fsdp.checkpoint / "optimizer.pt").exists()
-    assert sorted(p.name for p in (fsdp.checkpoint / "optimizer").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    a, b = load_file(fsdp.checkpoint / "model.safetensors"), load_file(ddp.checkpoint / "model.safetensors")
+    assert fsdp.checkpoint == f"{fsdp_out}/checkpoint_step_000006"
+    files = {name for name, _ in storage.list_dir(fsdp.checkpoint)}
+    assert "model.safetensors" in files and "optimizer.pt" not in files
+    shards = sorted(name for name, _ in storage.list_dir(f"{fsdp.checkpoint}/optimizer"))
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    fetched = ckpt_io.fetch_checkpoint(fsdp.checkpoint, dest=tmp_path / "fetched")
+    a, b = load_file(fetched / "model.safetensors"), load_file(ddp.checkpoint / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
@@ -89,16 +100,16 @@ def test_in_process_ddp_and_fsdp_match_and_resume_exactly(ray_session, mixed_fol
     a, b = load_file(ddp.checkpoint / "model.safetensors"), load_file(resumed.checkpoint / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
-    # FSDP rerun in the same folder with more steps: resumes from its sharded step-6 checkpoint (after our retention
-    # removed a checkpoint Ray had been told about)
+    # FSDP rerun into the same output with more steps: resumes from its sharded step-6 checkpoint (after our
+    # retention removed a checkpoint Ray had been told about)
     more = run(
         mixed_folder,
-        tmp_path / "fsdp",
+        fsdp_out,
         tiny_overrides,
         *two,
         "train.strategy=fsdp",
         "train.max_iters=8",
         "train.eval_every=4",
     )
-    assert more.checkpoint.name == "checkpoint_step_000008"
+    assert more.checkpoint == f"{fsdp_out}/checkpoint_step_000008"
     assert [s for s, _ in losses(more.output_dir)] == [1, 2, 3, 4, 5, 6, 7, 8]
