@@ -171,6 +171,7 @@ def _export(args) -> int:
         validation_fraction=args.validation_fraction,
         test_fraction=args.test_fraction,
         repos=repos or None,
+        dedup=cfg.pipeline.dedup,
     )
     print(describe(result))
     return 0

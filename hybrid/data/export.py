@@ -24,6 +24,7 @@ from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
 from hybrid.core.layout import DIFF_AST, FIM, REASONING, TASKS, DatasetLayout
 from hybrid.data.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, TASK
+from pipelines.dedup import drop_marked_and_repeated
 
 SPLITS = ("train", "validation", "test")
 KINDS = ("fim", "reasoning")
@@ -201,6 +202,7 @@ def export_io_pairs(
     validation_fraction: float = 0.1,
     test_fraction: float = 0.1,
     repos: list[str] | None = None,
+    dedup: bool = False,
 ) -> ExportResult:
     check_fractions(validation_fraction, test_fraction)
     layout = DatasetLayout(data_dir)
@@ -218,6 +220,8 @@ def export_io_pairs(
         raise HybridError(f"--kinds: unknown kind(s) {', '.join(bad)} (choose from {', '.join(KINDS)})")
     skipped: Counter = Counter()
     records = [rec for n in names for rec in iter_repo_pairs(layout, n, kinds, skipped)]
+    # dedup (pipelines/dedup.py): what the dedup stage marked, and with `dedup` repeats across the repositories
+    records = drop_marked_and_repeated(layout, records, skipped, across_repos=dedup)
     if not records:
         raise HybridError(f"{ast_root}: no FIM or reasoning records found (run `hybrid pipeline run` first)")
     splits, split_by = split_records(records, validation_fraction, test_fraction)
