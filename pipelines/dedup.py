@@ -52,6 +52,15 @@ SEED = 1
 MIN_NEAR_SHINGLES = 3  # fewer shingles than this: too little text for a similarity estimate, exact matching only
 CONTEXT_TOKENS = 3  # unchanged tokens kept each side of a changed run of tokens
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+NAME_RE = re.compile(r"[A-Za-z_]\w*")
+# Words of the eight languages that are not names: kept as they are by `canonical`
+KEYWORDS = frozenset(
+    "if else elif for while do loop return def fn func function let mut const var val class struct enum impl trait "
+    "interface type pub public private protected static final void new this self Self super true false True False "
+    "null nil None in not and or is match case switch default break continue try except catch finally raise throw "
+    "throws import from use package mod as with yield async await lambda where extends implements go defer select "
+    "chan map range unsafe ref move dyn typeof instanceof delete sizeof struct union goto".split()
+)
 COMMIT_REASONS = ("merge", "revert", "bot", "lock_file_only", "version_bump")
 RECORD_REASONS = ("exact", "near")
 
@@ -70,11 +79,12 @@ def exact_key(status: str, before: str | None, after: str | None) -> str:
 def change_tokens(status: str, before: str | None, after: str | None) -> list[str]:
     """The tokens a change is compared by: the code of an added declaration, the old code of a deleted one marked
     `-`, and for a modified one each changed run (`-` removed, `+` added) with CONTEXT_TOKENS of context, runs
-    separated by `|`. Whitespace and line breaks are not tokens, so reformatting changes nothing here."""
+    separated by `|`. Whitespace and line breaks are not tokens, so reformatting changes nothing here; local names
+    are `canonical`, so renaming them changes nothing either."""
     if status == "added":
-        return TOKEN_RE.findall(after or "")
+        return canonical(TOKEN_RE.findall(after or ""))
     if status == "deleted":
-        return ["-" + t for t in TOKEN_RE.findall(before or "")]
+        return canonical(["-" + t for t in TOKEN_RE.findall(before or "")])
     a, b = TOKEN_RE.findall(before or ""), TOKEN_RE.findall(after or "")
     out: list[str] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
@@ -83,6 +93,22 @@ def change_tokens(status: str, before: str | None, after: str | None) -> list[st
         out += ["|", *a[max(0, i1 - CONTEXT_TOKENS) : i1]]
         out += ["-" + t for t in a[i1:i2]] + ["+" + t for t in b[j1:j2]]
         out += a[i2 : i2 + CONTEXT_TOKENS]
+    return canonical(out)
+
+
+def canonical(tokens: list[str]) -> list[str]:
+    """Local names renamed in order of first appearance (`v0`, `v1`, …; a `-`/`+` mark kept), so a copy with its
+    variables renamed reads the same (a type-2 clone). Kept as they are: keywords, attribute and method names
+    (after `.`) and the names of called functions (before `(`), which say what the code does."""
+    names: dict[str, str] = {}
+    out = []
+    for i, tok in enumerate(tokens):
+        mark, word = (tok[0], tok[1:]) if tok[:1] in "-+" and len(tok) > 1 else ("", tok)
+        before = tokens[i - 1].lstrip("-+") if i else ""
+        after = tokens[i + 1].lstrip("-+") if i + 1 < len(tokens) else ""
+        if NAME_RE.fullmatch(word) and word not in KEYWORDS and before != "." and after != "(":
+            word = names.setdefault(word, f"v{len(names)}")
+        out.append(mark + word)
     return out
 
 
@@ -164,7 +190,7 @@ def sign_commit(commit_dir: Path, number: int, filt: CommitFilter, signer: Signe
             if len(sh) >= MIN_NEAR_SHINGLES:
                 change = signer.sign(sh)
                 if status == "modified":
-                    code = signer.sign(shingles(TOKEN_RE.findall(after or "")))
+                    code = signer.sign(shingles(canonical(TOKEN_RE.findall(after or ""))))
         out.changes.append(ChangeSig(r["id"], exact_key(status, before, after), change, code))
     return out
 
