@@ -55,11 +55,100 @@ TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 NAME_RE = re.compile(r"[A-Za-z_]\w*")
 # Words of the eight languages that are not names: kept as they are by `canonical`
 KEYWORDS = frozenset(
-    "if else elif for while do loop return def fn func function let mut const var val class struct enum impl trait "
-    "interface type pub public private protected static final void new this self Self super true false True False "
-    "null nil None in not and or is match case switch default break continue try except catch finally raise throw "
-    "throws import from use package mod as with yield async await lambda where extends implements go defer select "
-    "chan map range unsafe ref move dyn typeof instanceof delete sizeof struct union goto".split()
+    [
+        "if",
+        "else",
+        "elif",
+        "for",
+        "while",
+        "do",
+        "loop",
+        "return",
+        "def",
+        "fn",
+        "func",
+        "function",
+        "let",
+        "mut",
+        "const",
+        "var",
+        "val",
+        "class",
+        "struct",
+        "enum",
+        "impl",
+        "trait",
+        "interface",
+        "type",
+        "pub",
+        "public",
+        "private",
+        "protected",
+        "static",
+        "final",
+        "void",
+        "new",
+        "this",
+        "self",
+        "Self",
+        "super",
+        "true",
+        "false",
+        "True",
+        "False",
+        "null",
+        "nil",
+        "None",
+        "in",
+        "not",
+        "and",
+        "or",
+        "is",
+        "match",
+        "case",
+        "switch",
+        "default",
+        "break",
+        "continue",
+        "try",
+        "except",
+        "catch",
+        "finally",
+        "raise",
+        "throw",
+        "throws",
+        "import",
+        "from",
+        "use",
+        "package",
+        "mod",
+        "as",
+        "with",
+        "yield",
+        "async",
+        "await",
+        "lambda",
+        "where",
+        "extends",
+        "implements",
+        "go",
+        "defer",
+        "select",
+        "chan",
+        "map",
+        "range",
+        "unsafe",
+        "ref",
+        "move",
+        "dyn",
+        "typeof",
+        "instanceof",
+        "delete",
+        "sizeof",
+        "struct",
+        "union",
+        "goto",
+    ]
 )
 COMMIT_REASONS = ("merge", "revert", "bot", "lock_file_only", "version_bump")
 RECORD_REASONS = ("exact", "near")
@@ -203,10 +292,10 @@ def _sign_row(row: dict) -> dict:
     """The Ray Data map function: one range of commits in, their signatures out (pickled: bytes and small lists)."""
     cfg = PipelineConfig.model_validate_json(row["cfg"])
     filt, signer = CommitFilter(cfg), Signer() if cfg.dedup else None
-    repo_dir = Path(row["repo_dir"])
+    layout = DatasetLayout(cfg.data_dir)
     t0 = time.process_time()
     try:
-        sigs = [sign_commit(repo_dir / f"commit_{n}", int(n), filt, signer) for n in row["numbers"]]
+        sigs = [sign_commit(layout.local_commit_dir(row["repo"], int(n)), int(n), filt, signer) for n in row["numbers"]]
     except HybridError as e:
         return {"repo": row["repo"], "first": int(row["numbers"][0]), "payload": b"", "error": str(e), "cpu_s": 0.0}
     payload = pickle.dumps([s for s in sigs if s is not None], protocol=pickle.HIGHEST_PROTOCOL)
@@ -228,9 +317,8 @@ def signatures(repos: list[str], cfg: PipelineConfig, local: bool) -> tuple[dict
     worker_cfg = cfg.model_copy(update={"data_dir": str(Path(cfg.data_dir).resolve())}).model_dump_json()
     rows = []
     for repo in repos:
-        repo_dir = str(layout.local(layout.repo_dir(repo)).resolve())
         for numbers in _ranges(layout.commits(repo), cfg.num_workers, cfg.commits_per_task):
-            rows.append({"repo": repo, "repo_dir": repo_dir, "numbers": numbers, "cfg": worker_cfg})
+            rows.append({"repo": repo, "numbers": numbers, "cfg": worker_cfg})
     outs: list[dict] = []
     if local or len(rows) <= 1:
         outs = [_sign_row(r) for r in rows]
