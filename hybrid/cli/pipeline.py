@@ -18,18 +18,35 @@ STAGE_COMMANDS = {
 }
 
 
+# What each stage keeps (the count shown as "kept"); every other count is listed beside it
+KEPT = {
+    "generate-ast": ("files_parsed", "files parsed"),
+    "generate-ast-diffs": ("records", "changes"),
+    "dedup": ("records_kept", "changes"),
+    "generate-tasks": ("written", "tasks"),
+    "generate-reasoning": ("written", "reasonings"),
+    "generate-fim": ("samples", "samples"),
+}
+
+
 def summary_table(summary):
-    """A rich table: one row per stage with its counts and every drop by reason."""
+    """The one table `pipeline run` ends with: per stage what it kept, what it dropped (in all and by reason), and
+    its other counts."""
     from rich.table import Table
 
     table = Table(title=f"pipeline: {', '.join(summary.repos)} ({summary.seconds:.1f} s)")
     table.add_column("stage")
-    table.add_column("counts")
-    table.add_column("dropped (by reason)")
+    table.add_column("kept", justify="right")
+    table.add_column("dropped", justify="right")
+    table.add_column("dropped by reason")
+    table.add_column("other counts")
     for stage, st in summary.stages.items():
-        counts = ", ".join(f"{k}={v}" for k, v in st.get("counts", {}).items() if v)
-        drops = ", ".join(f"{k}={v}" for k, v in sorted(st.get("drops", {}).items()) if v) or "-"
-        table.add_row(stage, counts or "-", drops)
+        counts, drops = st.get("counts", {}), {k: v for k, v in st.get("drops", {}).items() if v}
+        key, what = KEPT.get(stage, ("", ""))
+        kept = f"{counts[key]:,} {what}" if key in counts else "-"
+        other = ", ".join(f"{k}={v}" for k, v in counts.items() if v and k != key) or "-"
+        by_reason = ", ".join(f"{k}={v:,}" for k, v in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
+        table.add_row(stage, kept, f"{sum(drops.values()):,}", by_reason, other)
     return table
 
 

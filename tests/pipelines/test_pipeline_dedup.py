@@ -251,3 +251,29 @@ def test_dedup_on_ray_marks_what_the_local_run_marks(ray_session, tmp_path):
         for name in ("dedup.jsonl", "filtered_commits.jsonl"):
             got = (tmp_path / "ray/data/ast_dataset" / repo / name).read_bytes()
             assert got == (tmp_path / "local/data/ast_dataset" / repo / name).read_bytes(), (repo, name)
+
+
+# -- the one table at the end of `pipeline run` -------------------------------------------------------------------
+def test_run_ends_with_one_table_of_kept_and_dropped_by_reason(tmp_path):
+    from rich.console import Console
+
+    from hybrid.cli.pipeline import summary_table
+
+    _, summary = _run_fork_pair(tmp_path)
+    console = Console(record=True, width=240)
+    console.print(summary_table(summary))
+    text = console.export_text()
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 3}
+    assert list(rows) == [
+        "generate-ast",
+        "generate-ast-diffs",
+        "dedup",
+        "generate-tasks",
+        "generate-reasoning",
+        "generate-fim",
+    ]
+    dedup = [c.strip() for c in rows["dedup"].split("│")[1:-1]]
+    assert dedup[1] == f"{summary.stages['dedup']['counts']['records_kept']} changes"
+    assert dedup[2] == "5" and dedup[3] == "exact=3, lock_file_only=2"
+    fim = [c.strip() for c in rows["generate-fim"].split("│")[1:-1]]
+    assert fim[1] == "5 samples" and "duplicate=3" in fim[3]
