@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import json
 import pickle
 import re
+import threading
 import time
 import zlib
 from collections import Counter
@@ -482,7 +484,11 @@ def run_dedup(repos: list[str], cfg: PipelineConfig, force: bool = False, local:
                     path.unlink()
         return {"counts": {"off": 1}, "drops": {}, "per_repo": {r: {"counts": {"off": 1}, "drops": {}} for r in repos}}
     t0 = time.perf_counter()
+    # datasketch imports scipy (0.5-1 s here): the driver's LSH pass needs it, so import it while the workers sign
+    importer = threading.Thread(target=importlib.import_module, args=("datasketch",), daemon=True)
+    importer.start()
     by_repo, cpu_s = signatures(repos, cfg, local)
+    importer.join()
     t1 = time.perf_counter()
     decisions = decide(by_repo, cfg.dedup_threshold, near=cfg.dedup)
     for repo in repos:

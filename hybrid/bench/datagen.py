@@ -139,6 +139,8 @@ def _import_stages(row: dict) -> dict:
     from pipelines.languages import get_parser
 
     get_parser("rust")
+    import datasketch  # noqa: F401  (the dedup stage's MinHash, with scipy: 0.5-1 s per process)
+
     return row
 
 

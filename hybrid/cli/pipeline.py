@@ -14,6 +14,7 @@ from hybrid.core.io import atomic_write_json
 STAGE_COMMANDS = {
     "generate-ast": "parse the files each commit touched: ast.jsonl + commit_data.json",
     "generate-ast-diffs": "added / modified / deleted declarations per commit: diff_ast.jsonl",
+    "dedup": "commit filters and exact / near-duplicate changes: <repo>/dedup.jsonl + filtered_commits.jsonl",
     "generate-fim": "fill-in-the-middle samples per commit: fim_dataset.json",
 }
 
