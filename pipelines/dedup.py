@@ -182,9 +182,18 @@ def change_tokens(status: str, before: str | None, after: str | None, name: str 
     a, b = _lines(before), _lines(after)
     words: list[str] = [f"@{name}"]  # the same small edit in another declaration is another change
     marks: list[str] = [""]
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+    # the lines both sides start and end with are not diffed (difflib's search is the costly part)
+    head = 0
+    while head < min(len(a), len(b)) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    matcher = difflib.SequenceMatcher(None, a[head : len(a) - tail], b[head : len(b) - tail], autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
         if op == "equal":
             continue
+        i1, i2, j1, j2 = i1 + head, i2 + head, j1 + head, j2 + head
         ctx_before = TOKEN_RE.findall(a[i1 - 1])[-CONTEXT_TOKENS:] if i1 else []
         removed = TOKEN_RE.findall(" ".join(a[i1:i2]))
         added = TOKEN_RE.findall(" ".join(b[j1:j2]))
@@ -430,6 +439,7 @@ def decide(by_repo: dict[str, list[CommitSigs]], threshold: float, near: bool = 
                     kept[key] = (here, ch)
                     lsh.insert(key, LeanMinHash(seed=SEED, hashvalues=_values(ch.change), scheme="affine32"))
         counts["commits_kept"] = counts["commits"] - len(filtered)
+        counts["records_dropped"] = counts["records"] - counts["records_kept"]  # duplicates + filtered commits
         out.stats[repo] = {"counts": dict(counts), "drops": dict(drops)}
     return out
 

@@ -45,9 +45,11 @@ def summary_table(summary):
         counts, drops = st.get("counts", {}), {k: v for k, v in st.get("drops", {}).items() if v}
         key, what = KEPT.get(stage, ("", ""))
         kept = f"{counts[key]:,} {what}" if key in counts else "-"
-        other = ", ".join(f"{k}={v}" for k, v in counts.items() if v and k != key) or "-"
+        # the dedup stage drops changes for two kinds of reason (duplicates; whole commits): count the changes
+        dropped = f"{counts['records_dropped']:,} {what}" if "records_dropped" in counts else f"{sum(drops.values()):,}"
+        other = ", ".join(f"{k}={v}" for k, v in counts.items() if v and k not in (key, "records_dropped")) or "-"
         by_reason = ", ".join(f"{k}={v:,}" for k, v in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
-        table.add_row(stage, kept, f"{sum(drops.values()):,}", by_reason, other)
+        table.add_row(stage, kept, dropped, by_reason, other)
     return table
 
 

@@ -274,6 +274,6 @@ def test_run_ends_with_one_table_of_kept_and_dropped_by_reason(tmp_path):
     ]
     dedup = [c.strip() for c in rows["dedup"].split("│")[1:-1]]
     assert dedup[1] == f"{summary.stages['dedup']['counts']['records_kept']} changes"
-    assert dedup[2] == "5" and dedup[3] == "exact=3, lock_file_only=2"
+    assert dedup[2] == "3 changes" and dedup[3] == "exact=3, lock_file_only=2"  # (the lock-file commits: no change)
     fim = [c.strip() for c in rows["generate-fim"].split("│")[1:-1]]
     assert fim[1] == "5 samples" and "duplicate=3" in fim[3]
