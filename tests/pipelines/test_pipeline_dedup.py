@@ -277,3 +277,17 @@ def test_run_ends_with_one_table_of_kept_and_dropped_by_reason(tmp_path):
     assert dedup[2] == "3 changes" and dedup[3] == "exact=3, lock_file_only=2"  # (the lock-file commits: no change)
     fim = [c.strip() for c in rows["generate-fim"].split("│")[1:-1]]
     assert fim[1] == "5 samples" and "duplicate=3" in fim[3]
+
+
+# -- `hybrid bench datagen --filters` -----------------------------------------------------------------------------
+def test_bench_datagen_times_the_filters_on_and_off_side_by_side(tmp_path, capsys):
+    from hybrid.main import main
+
+    up, _ = _fork_pair(tmp_path)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "datagen", str(up), "--no-ray", "--repeat", "1", "--filters", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["filters"][0]
+    assert row["commits"] == 4 and row["dropped"] == {"lock_file_only": 1}
+    assert row["off_s"] > 0 and row["on_s"] > 0 and row["dedup_stage_s"] > 0 and "load_average" in row
+    assert row["fim_samples_off"] == row["fim_samples_on"] == 3
+    assert "with dedup + commit filters off vs on" in " ".join(capsys.readouterr().out.split())
