@@ -153,8 +153,7 @@ KEYWORDS = frozenset(
         "goto",
     ]
 )
-COMMIT_REASONS = ("merge", "revert", "bot", "lock_file_only", "version_bump")
-RECORD_REASONS = ("exact", "near")
+_STATUSES = ("added", "modified", "deleted")  # of diff_ast.jsonl records
 
 
 # ------------------------------------------------------------------------------------------------- what is compared
@@ -326,9 +325,6 @@ def sign_commit(commit_dir: Path, number: int, filt: CommitFilter, signer: Signe
                 change = signer.sign(sh)
         out.changes.append(ChangeSig(r["id"], exact_key(status, before, after), change, status))
     return out
-
-
-_STATUSES = ("added", "modified", "deleted")
 
 
 # ------------------------------------------------------------------------------------------------- pass 1: Ray tasks
