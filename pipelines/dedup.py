@@ -11,11 +11,11 @@ Two passes, as datatrove's MinHash deduplication does them:
    >= `pipeline.dedup_threshold`, is a duplicate of that older one, which is kept. So the oldest occurrence wins and
    a rerun writes the same bytes.
 
-What is compared is the change, not the declaration: for a modified declaration its name and the changed lines
-with three tokens of context each side (a later edit of the same function is another change, not a duplicate of
-the first; the same one-line fix in two different functions is two changes). An added declaration is compared by
-its code, a deleted one by its old code. Local names are renamed canonically first (`canonical`), so a copy with
-renamed variables and another layout is a near duplicate.
+What is compared is the change, not the declaration: for a modified declaration the changed lines with three
+tokens of context each side, salted with its name (a later edit of the same function is another change, not a
+duplicate of the first; the same one-line fix in two different functions is two changes). An added declaration is
+compared by its code, a deleted one by its old code. Local names are renamed canonically first (`canonical`), so a
+copy with renamed variables and another layout is a near duplicate.
 
 Per repository the stage writes (hybrid/core/layout.py) `dedup.jsonl` — one line per duplicate: {function_id,
 commit, reason: exact|near, duplicate_of: {repo, commit, function_id}, similarity} — and `filtered_commits.jsonl`
@@ -79,20 +79,21 @@ def exact_key(status: str, before: str | None, after: str | None) -> str:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
-def change_tokens(status: str, before: str | None, after: str | None, name: str = "") -> list[str]:
+def change_tokens(status: str, before: str | None, after: str | None) -> list[str]:
     """The tokens a change is compared by: the code of an added declaration, the old code of a deleted one marked
-    `-`, and for a modified one its name, then each changed run of lines (whitespace-normalised; tokens of removed
-    lines marked `-`, of added ones `+`) with CONTEXT_TOKENS of context each side, runs separated by `|`.
-    Whitespace is not a token, so re-indenting changes nothing here; local names are `canonical`, so renaming them
-    changes nothing either.
-    (Lines, not tokens, are diffed: a token-level difflib took 2/3 of the stage's time on this history.)"""
+    `-`, and for a modified one each changed run of lines (whitespace-normalised; tokens of removed lines marked
+    `-`, of added ones `+`) with CONTEXT_TOKENS of context each side, runs separated by `|` (its name is mixed into
+    every shingle: `change_salt`). Whitespace is not a token, so re-indenting changes nothing here; local names
+    are `canonical`, so renaming them changes nothing either. For a modified declaration only the names of its new
+    side are renamed: a name the change removes stays as it is, so a revert does not read like the change it
+    undoes. (Lines, not tokens, are diffed: a token-level difflib took 2/3 of the stage's time.)"""
     if status == "added":
         return canonical(TOKEN_RE.findall(after or ""))
     if status == "deleted":
         return ["-" + t for t in canonical(TOKEN_RE.findall(before or ""))]
     a, b = _lines(before), _lines(after)
-    words: list[str] = [f"@{name}"]  # the same small edit in another declaration is another change
-    marks: list[str] = [""]
+    words: list[str] = []
+    marks: list[str] = []
     # the lines both sides start and end with are not diffed (difflib's search is the costly part)
     head = 0
     while head < min(len(a), len(b)) and a[head] == b[head]:
@@ -111,28 +112,42 @@ def change_tokens(status: str, before: str | None, after: str | None, name: str 
         ctx_after = TOKEN_RE.findall(a[i2])[:CONTEXT_TOKENS] if i2 < len(a) else []
         words += ["|", *ctx_before, *removed, *added, *ctx_after]
         marks += [""] * (1 + len(ctx_before)) + ["-"] * len(removed) + ["+"] * len(added) + [""] * len(ctx_after)
-    return [m + w for m, w in zip(marks, canonical(words))]
+    return [m + w for m, w in zip(marks, canonical(words, marks))]
 
 
 def _lines(code: str | None) -> list[str]:
     return [line for line in (" ".join(raw.split()) for raw in (code or "").splitlines()) if line]
 
 
-def canonical(words: list[str]) -> list[str]:
-    """Local names renamed in order of first appearance (`v0`, `v1`, …), so a copy with its variables renamed reads
-    the same (a type-2 clone). Kept as they are: keywords, attribute and method names (after `.`) and the names of
-    called functions (before `(`), which say what the code does."""
-    names: dict[str, str] = {}
-    out = list(words)
+def canonical(words: list[str], marks: list[str] | None = None) -> list[str]:
+    """Local names renamed `v0`, `v1`, … in order of first appearance, so a copy with its variables renamed reads the
+    same (a type-2 clone). A local name is an identifier that is not a keyword, not capitalised (types, classes,
+    enum variants and constants say what the code is), not an attribute or method (after `.`) and not called
+    (before `(`). With `marks` (a modified declaration's change), only the names on its new side (unmarked context
+    and `+` tokens) are renamed: a name the change removes stays as it is."""
     last = len(words) - 1
+    keywords = KEYWORDS
+    names: dict[str, str] = {}
+    local = [False] * len(words)
     for i, w in enumerate(words):
-        if not w.isidentifier() or w in KEYWORDS or (i and words[i - 1] == ".") or (i < last and words[i + 1] == "("):
-            continue
-        c = names.get(w)
-        if c is None:
-            c = names[w] = f"v{len(names)}"
-        out[i] = c
-    return out
+        if (
+            w.isidentifier()
+            and not w[0].isupper()
+            and w not in keywords
+            and not (i and words[i - 1] == ".")
+            and not (i < last and words[i + 1] == "(")
+        ):
+            local[i] = True
+            if w not in names and (marks is None or marks[i] != "-"):
+                names[w] = f"v{len(names)}"
+    return [names.get(w, w) if is_local else w for w, is_local in zip(words, local)]
+
+
+def change_salt(status: str, name: str) -> int:
+    """Mixed into every shingle of a modified declaration (its name): the same edit in another declaration is
+    another change. Added and deleted declarations are compared by their code alone (a moved and renamed copy is
+    a duplicate)."""
+    return zlib.crc32(name.encode("utf-8", "surrogatepass")) if status == "modified" else 0
 
 
 _TOKEN_HASHES: dict[str, int] = {}
@@ -147,7 +162,7 @@ def _token_hash(token: str) -> int:
     return h
 
 
-def shingle_hashes(tokens: list[str]):
+def shingle_hashes(tokens: list[str], salt: int = 0):
     """The distinct SHINGLE-grams of a token list (the whole list when it is shorter) as 32-bit hashes: a hash per
     token (cached), combined per window with numpy. datasketch mixes these again (fmix) before its permutations;
     hashing each shingle's text with its default sha1 took a third of the signing time."""
@@ -159,7 +174,7 @@ def shingle_hashes(tokens: list[str]):
     ids = np.array([get(t) or _token_hash(t) for t in tokens], np.uint64)
     k = min(SHINGLE, len(ids))
     n = len(ids) - k + 1
-    h = np.zeros(n, np.uint64)
+    h = np.full(n, salt, np.uint64)
     for j in range(k):  # (uint64 arithmetic wraps)
         h = h * np.uint64(1_000_003) + ids[j : j + n]
     h ^= h >> np.uint64(29)
@@ -232,7 +247,7 @@ def sign_commit(commit_dir: Path, number: int, filt: CommitFilter, signer: Signe
         status, before, after = r["status"], r.get("before_code"), r.get("after_code")
         change = None
         if signer is not None:
-            sh = shingle_hashes(change_tokens(status, before, after, str(r.get("name") or "")))
+            sh = shingle_hashes(change_tokens(status, before, after), change_salt(status, str(r.get("name") or "")))
             if len(sh) >= MIN_NEAR_SHINGLES:
                 change = signer.sign(sh)
         out.changes.append(ChangeSig(r["id"], exact_key(status, before, after), change, status))
