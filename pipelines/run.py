@@ -7,8 +7,9 @@ same pass, so a range parses each blob once for generate-ast and generate-ast-di
 
 Two shapes of stage: a per-commit step (pipelines/steps.py: `RangeStep` subclasses, run by a `RangeWorker` over
 commit ranges) and a repository stage that runs itself (the LLM stages, pipelines/llm/pipeline_stages.py, which
-sit between generate-ast-diffs and generate-fim): `run(repo names, data_dir, llm_cfg, force)`. Both return
-{"counts": {...}, "drops": {...}}. Add one by putting a `Stage` into `STAGES` at its place, or `register_stage`.
+sit between generate-ast-diffs and generate-fim): `run(repo names, data_dir, llm_cfg, force)`, or one that needs
+the pipeline section (the dedup stage, pipelines/dedup.py): `pipeline_run(repo names, cfg, force, local)`. All
+return {"counts": {...}, "drops": {...}}. Add one by putting a `Stage` into `STAGES` at its place, or `register_stage`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from hybrid.core.errors import HybridError, describe_os_error
 from hybrid.core.io import atomic_write_json
 from hybrid.core.layout import COMMIT_DATA, DatasetLayout, done_in
 from hybrid.core.ray_utils import init_ray
+from pipelines.dedup import STAGE as DEDUP_STAGE
+from pipelines.dedup import run_dedup
 from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
 from pipelines.range_worker import WORKER_KEY, process_range
 from pipelines.repos import RepoEntry, first_parent_hashes, get_repo, list_repos
@@ -34,6 +37,8 @@ from pipelines.steps import OUTPUT_FILES, STEP_KEYS, STEPS, AstExtractor, Declar
 
 # A repository stage runs itself over whole repositories: run(repo names, data_dir, llm_cfg, force) -> stats.
 RepoStageFn = Callable[[list[str], str, LLMConfig, bool], dict]
+# ... or with the pipeline section: pipeline_run(repo names, cfg, force, local) -> stats.
+PipelineStageFn = Callable[[list[str], PipelineConfig, bool, bool], dict]
 
 
 @dataclass
@@ -41,12 +46,18 @@ class Stage:
     name: str  # the command name: `hybrid pipeline <name>`
     range_stage: str | None = None  # the key of a per-commit step (pipelines/steps.py), run over commit ranges
     run: RepoStageFn | None = None  # or a stage that runs itself over whole repositories
+    pipeline_run: PipelineStageFn | None = None  # or one that also needs the pipeline section
     help: str = ""
 
 
 STAGES: list[Stage] = [
     Stage(AstExtractor.name, range_stage=AstExtractor.key, help="declarations of the files each commit touched"),
     Stage(DeclarationDiffer.name, range_stage=DeclarationDiffer.key, help="added / modified / deleted declarations"),
+    Stage(
+        DEDUP_STAGE,
+        pipeline_run=run_dedup,
+        help="commit filters and exact / near-duplicate changes (MinHash LSH), marked before any LLM call",
+    ),
     Stage("generate-tasks", run=run_generate_tasks, help="task.json (LLM, else commit messages)"),
     Stage("generate-reasoning", run=run_generate_reasoning, help="reasoning.json (LLM)"),
     Stage(FimSampler.name, range_stage=FimSampler.key, help="fill-in-the-middle samples of the changed declarations"),
@@ -85,6 +96,7 @@ class Summary:
     seconds: float = 0.0
     worker: dict[str, float] = field(default_factory=dict)  # CPU seconds in process_range, parse-cache numbers
     processes: dict[str, list[int]] = field(default_factory=dict)  # repo -> ids of the processes that ran its ranges
+    timings: dict[str, dict] = field(default_factory=dict)  # stage -> its own seconds (the dedup stage's passes)
 
     def to_dict(self) -> dict:
         return {
@@ -94,6 +106,7 @@ class Summary:
             "seconds": self.seconds,
             "worker": self.worker,
             "processes": self.processes,
+            "timings": self.timings,
         }
 
 
@@ -399,7 +412,14 @@ def run_pipeline(
                 renamed = {by_name[k]: v for k, v in st.items()}
                 summary.per_repo.setdefault(repo, {}).update(renamed)
             i += len(group)
+        elif chosen[i].pipeline_run is not None:
+            st = chosen[i].pipeline_run([r.name for r in repos], cfg, force, local)
+            for repo, repo_st in st.pop("per_repo", {}).items():
+                summary.per_repo.setdefault(repo, {})[chosen[i].name] = repo_st
+            summary.timings[chosen[i].name] = st.pop("timing", {})
+            i += 1
         else:
+            assert chosen[i].run is not None
             st = chosen[i].run([r.name for r in repos], cfg.data_dir, llm_cfg or LLMConfig(), force) or {}
             summary.per_repo.setdefault("*", {})[chosen[i].name] = st
             i += 1

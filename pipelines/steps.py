@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core import layout
+from hybrid.core.dedup_marks import load_marks
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write, atomic_write_json, iter_jsonl, read_json
 from pipelines.declarations import ParsedFile
@@ -337,6 +338,11 @@ class FimSampler(RangeStep):
 
     name, key, output = "generate-fim", "fim", layout.FIM
 
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(worker)
+        # the dedup stage's marks (pipelines/dedup.py): changes of filtered commits and duplicates get no sample
+        self.marks = load_marks(layout.DatasetLayout(self.cfg.data_dir), worker.repo_name)
+
     def run(self, ctx: CommitContext, out_dir: Path) -> None:
         stats, worker = self.stats, self.worker
         diff_path = out_dir / layout.DIFF_AST
@@ -364,6 +370,10 @@ class FimSampler(RangeStep):
             stats.counts["candidates"] += 1
             if r["whitespace_only"]:
                 stats.drops["whitespace_only"] += 1
+                continue
+            skip = self.marks.reason(ctx.number, r["id"]) if self.marks else None
+            if skip:
+                stats.drops[skip] += 1
                 continue
             ch = changes.get(r["file"])
             if ch is None or ch.new_id is None or ch.special:

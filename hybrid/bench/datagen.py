@@ -47,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="runs of our stages per row (the fastest is kept, as for git: fairer on a busy machine)",
     )
     p.add_argument("--no-ray", action="store_true", help="time only the single-process path (no Ray at all)")
+    p.add_argument(
+        "--filters",
+        action="store_true",
+        help="also time the pipeline with dedup + commit filters on vs off, side by side (a row per repository)",
+    )
 
 
 def _git_log_seconds(path: Path, repeat: int) -> tuple[float, float]:
@@ -70,13 +75,15 @@ def _git_log_seconds(path: Path, repeat: int) -> tuple[float, float]:
 
 
 def _best_time_stages(
-    targets: list[tuple[Path, str]], overrides: list[str], local: bool, repeat: int
+    targets: list[tuple[Path, str]], overrides: list[str], local: bool, repeat: int, stages: list[str] | None = None
 ) -> tuple[float, float, dict]:
     """_time_stages `repeat` times; the run with the shortest wall time."""
-    return min((_time_stages(targets, overrides, local) for _ in range(max(1, repeat))), key=lambda r: r[0])
+    return min((_time_stages(targets, overrides, local, stages) for _ in range(max(1, repeat))), key=lambda r: r[0])
 
 
-def _time_stages(targets: list[tuple[Path, str]], overrides: list[str], local: bool) -> tuple[float, float, dict]:
+def _time_stages(
+    targets: list[tuple[Path, str]], overrides: list[str], local: bool, stages: list[str] | None = None
+) -> tuple[float, float, dict]:
     """Run generate-ast + generate-ast-diffs over the repositories `targets` ((path, name) pairs, all in one
     `pipeline run`) into a temp data dir: (wall seconds, CPU seconds of the ranges plus the driver, stage stats
     with the CPU split under "_cpu")."""
@@ -103,7 +110,7 @@ def _time_stages(targets: list[tuple[Path, str]], overrides: list[str], local: b
             cfg.pipeline,
             cfg.llm,
             force=True,
-            stages=["generate-ast", "generate-ast-diffs"],
+            stages=stages or ["generate-ast", "generate-ast-diffs"],
             local=local,
             progress=False,
         )
@@ -120,6 +127,7 @@ def _time_stages(targets: list[tuple[Path, str]], overrides: list[str], local: b
                     "ranges_thread_cpu_s": round(summary.worker.get("thread_cpu_s", 0.0), 3),
                     "worker_processes": len({p for pids in summary.processes.values() for p in pids}),
                 },
+                "_timings": summary.timings,
             },
         )
     finally:
@@ -131,6 +139,8 @@ def _import_stages(row: dict) -> dict:
     from pipelines.languages import get_parser
 
     get_parser("rust")
+    import datasketch  # noqa: F401  (the dedup stage's MinHash, with scipy: 0.5-1 s per process)
+
     return row
 
 
@@ -201,6 +211,42 @@ def bench_repo(path: Path, name: str, args) -> dict:
     return result
 
 
+# The pipeline without its LLM stages (their time is the endpoint's): structural stages, dedup, FIM
+FILTER_STAGES = ["generate-ast", "generate-ast-diffs", "dedup", "generate-fim"]
+FILTERS_OFF = ["pipeline.dedup=false", "pipeline.commit_filters=[]"]
+
+
+def bench_filters(path: Path, name: str, commits: int, args) -> dict:
+    """The pipeline (FILTER_STAGES, --force) with dedup + commit filters off, then on, in the same run: the cost
+    is the on run's extra wall time over the off run's (the on run also skips the duplicates' FIM samples), and
+    the dedup stage's own time as a share of the off run."""
+    off_s, off_cpu, off = _best_time_stages(
+        [(path, name)], _overrides(args) + FILTERS_OFF, args.no_ray, args.ours_repeat, FILTER_STAGES
+    )
+    on_s, on_cpu, on = _best_time_stages([(path, name)], _overrides(args), args.no_ray, args.ours_repeat, FILTER_STAGES)
+    timing = on["_timings"].get("dedup", {})
+    dedup_s = float(timing.get("sign_s", 0.0)) + float(timing.get("lsh_s", 0.0))
+    dedup = on.get("dedup", {})
+    return {
+        "repo": str(path),
+        "name": name,
+        "commits": commits,
+        "off_s": round(off_s, 3),
+        "on_s": round(on_s, 3),
+        "off_cpu_s": round(off_cpu, 3),
+        "on_cpu_s": round(on_cpu, 3),
+        "cost": round((on_s - off_s) / off_s, 3),
+        "dedup_stage_s": round(dedup_s, 3),
+        "dedup_stage_share": round(dedup_s / off_s, 3),
+        "dedup_timing": timing,
+        "records": dedup.get("counts", {}).get("records", 0),
+        "dropped": dedup.get("drops", {}),
+        "fim_samples_off": off["generate-fim"]["counts"].get("samples", 0),
+        "fim_samples_on": on["generate-fim"]["counts"].get("samples", 0),
+        "load_average": round(os.getloadavg()[0], 1),
+    }
+
+
 def bench_together(targets: list[tuple[Path, str]], alone: list[dict], args) -> dict:
     """All the repositories in one `pipeline run` (their ranges share the workers), against the sum of their
     `git log -p` times (git runs them one after another: one process each)."""
@@ -231,6 +277,8 @@ def _argv(args) -> list[str]:
         words += ["--repeat", str(args.repeat)]
     if args.ours_repeat != 1:
         words += ["--ours-repeat", str(args.ours_repeat)]
+    if args.filters:
+        words.append("--filters")
     return words
 
 
@@ -280,6 +328,9 @@ def run(args: argparse.Namespace) -> int:
         results = [bench_repo(path, name, args) for path, name in targets]
         if len(targets) > 1:
             results.append(bench_together(targets, results, args))
+        filters = (
+            [bench_filters(p, n, r["commits"], args) for (p, n), r in zip(targets, results)] if args.filters else []
+        )
     finally:
         if tmp_repo is not None:
             shutil.rmtree(tmp_repo, ignore_errors=True)
@@ -321,6 +372,8 @@ def run(args: argparse.Namespace) -> int:
             )
         table.add_row(*row, str(r["load_average"]))
     console.print(table)
+    if filters:
+        _print_filters(console, filters)
     if args.json:
         from hybrid.core.io import atomic_write_json
 
@@ -330,6 +383,32 @@ def run(args: argparse.Namespace) -> int:
                 "ray_startup_s": None if args.no_ray else round(ray_start, 2),
                 "command": "hybrid bench datagen " + " ".join(_argv(args)),
                 "results": results,
+                **({"filters": filters} if filters else {}),
             },
         )
     return 0
+
+
+def _print_filters(console, filters: list[dict]) -> None:
+    from rich import box
+    from rich.table import Table
+
+    console.print(f"pipeline ({', '.join(FILTER_STAGES)}, --force) with dedup + commit filters off vs on")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col in ("repo", "commits", "off s", "on s", "cost", "dedup stage s", "share", "dropped", "FIM off/on", "load"):
+        table.add_column(col, no_wrap=col == "repo")
+    for r in filters:
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(r["dropped"].items())) or "-"
+        table.add_row(
+            r["name"],
+            str(r["commits"]),
+            f"{r['off_s']:.2f}",
+            f"{r['on_s']:.2f}",
+            f"{r['cost']:+.0%}",
+            f"{r['dedup_stage_s']:.2f}",
+            f"{r['dedup_stage_share']:.0%}",
+            dropped,
+            f"{r['fim_samples_off']}/{r['fim_samples_on']}",
+            str(r["load_average"]),
+        )
+    console.print(table)

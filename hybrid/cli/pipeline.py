@@ -14,22 +14,42 @@ from hybrid.core.io import atomic_write_json
 STAGE_COMMANDS = {
     "generate-ast": "parse the files each commit touched: ast.jsonl + commit_data.json",
     "generate-ast-diffs": "added / modified / deleted declarations per commit: diff_ast.jsonl",
+    "dedup": "commit filters and exact / near-duplicate changes: <repo>/dedup.jsonl + filtered_commits.jsonl",
     "generate-fim": "fill-in-the-middle samples per commit: fim_dataset.json",
 }
 
 
+# What each stage keeps (the count shown as "kept"); every other count is listed beside it
+KEPT = {
+    "generate-ast": ("files_parsed", "files parsed"),
+    "generate-ast-diffs": ("records", "changes"),
+    "dedup": ("records_kept", "changes"),
+    "generate-tasks": ("written", "tasks"),
+    "generate-reasoning": ("written", "reasonings"),
+    "generate-fim": ("samples", "samples"),
+}
+
+
 def summary_table(summary):
-    """A rich table: one row per stage with its counts and every drop by reason."""
+    """The one table `pipeline run` ends with: per stage what it kept, what it dropped (in all and by reason), and
+    its other counts."""
     from rich.table import Table
 
     table = Table(title=f"pipeline: {', '.join(summary.repos)} ({summary.seconds:.1f} s)")
     table.add_column("stage")
-    table.add_column("counts")
-    table.add_column("dropped (by reason)")
+    table.add_column("kept", justify="right")
+    table.add_column("dropped", justify="right")
+    table.add_column("dropped by reason")
+    table.add_column("other counts")
     for stage, st in summary.stages.items():
-        counts = ", ".join(f"{k}={v}" for k, v in st.get("counts", {}).items() if v)
-        drops = ", ".join(f"{k}={v}" for k, v in sorted(st.get("drops", {}).items()) if v) or "-"
-        table.add_row(stage, counts or "-", drops)
+        counts, drops = st.get("counts", {}), {k: v for k, v in st.get("drops", {}).items() if v}
+        key, what = KEPT.get(stage, ("", ""))
+        kept = f"{counts[key]:,} {what}" if key in counts else "-"
+        # the dedup stage drops changes for two kinds of reason (duplicates; whole commits): count the changes
+        dropped = f"{counts['records_dropped']:,} {what}" if "records_dropped" in counts else f"{sum(drops.values()):,}"
+        other = ", ".join(f"{k}={v}" for k, v in counts.items() if v and k not in (key, "records_dropped")) or "-"
+        by_reason = ", ".join(f"{k}={v:,}" for k, v in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
+        table.add_row(stage, kept, dropped, by_reason, other)
     return table
 
 

@@ -8,6 +8,8 @@
           stats.json              the last run of each stage
           llm_failures.jsonl      what the LLM stages could not get, retried next run
           license.json            the repository's licence as an SPDX id ({"spdx": "MIT" | null, "file": ...})
+          dedup.jsonl             the dedup stage: changes that duplicate an older one, and of what
+          filtered_commits.jsonl  the dedup stage: commits dropped by the commit filters (merge, revert, bot, …)
           commit_<N>/             N: the commit's place in the first-parent history, oldest first, from 0
             commit_data.json  ast.jsonl  diff_ast.jsonl  task.json  reasoning.json  fim_dataset.json
 
@@ -45,6 +47,10 @@ COMMIT_FILES = (AST, COMMIT_DATA, DIFF_AST, TASKS, REASONING, FIM)
 STATS = "stats.json"
 LLM_FAILURES = "llm_failures.jsonl"
 LICENSE_INFO = "license.json"
+DEDUP = (
+    "dedup.jsonl"  # {function_id, commit, reason: exact|near, duplicate_of: {repo, commit, function_id}, similarity}
+)
+FILTERED_COMMITS = "filtered_commits.jsonl"  # {commit, commit_hash, reason}
 
 # The "done" rule: a commit is done for a stage when every file the stage writes there exists (the last one listed
 # is written last). A deleted ast.jsonl is redone although commit_data.json is still there. The LLM stages look
@@ -128,6 +134,14 @@ class DatasetLayout:
     def license_file(self, repo: str) -> str:
         """The repository's detected licence: {"spdx": <SPDX id> | null, "file": <licence file> | null, ...}."""
         return storage.join(self.data_dir, DATASET, repo, LICENSE_INFO)
+
+    def dedup_file(self, repo: str) -> str:
+        """The changes of the repository that duplicate an older one (pipelines/dedup.py)."""
+        return storage.join(self.data_dir, DATASET, repo, DEDUP)
+
+    def filtered_commits_file(self, repo: str) -> str:
+        """The repository's commits dropped by the commit filters (pipelines/commit_filters.py)."""
+        return storage.join(self.data_dir, DATASET, repo, FILTERED_COMMITS)
 
     def commit_dir(self, repo: str, number: int) -> str:
         return storage.join(self.data_dir, DATASET, repo, commit_name(number))

@@ -34,6 +34,7 @@ from hybrid.data.decontaminate import Reference, build_index, decontaminate
 from hybrid.data.licenses import NONE, UNDETECTED, UNKNOWN, LicensePolicy, read_license
 from hybrid.data.parquet_export import CARD, DATA, CardFacts, write_card, write_shards
 from hybrid.data.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, TASK
+from pipelines.dedup import drop_marked_and_repeated
 
 SPLITS = ("train", "validation", "test")
 KINDS = ("fim", "reasoning")
@@ -55,6 +56,7 @@ class ExportOptions:
     ngram: int
     threshold: float
     rows_per_shard: int
+    dedup: bool = False  # also drop repeats across the exported repositories (pipeline.dedup)
     benchmarks: tuple[str, ...] = ()
     format: str = "jsonl"
     command: str = "hybrid pipeline export"
@@ -70,6 +72,7 @@ class ExportOptions:
             "ngram": p.decontamination_ngram,
             "threshold": p.decontamination_threshold,
             "rows_per_shard": p.export_rows_per_shard,
+            "dedup": p.dedup,
         }
         return cls(**{**keys, **options})
 
@@ -479,6 +482,8 @@ def export_io_pairs(
     result = ExportResult(output_dir=storage.at(out).native(out), sizes={}, split_by="", repos=names)
     result.format = opts.format
     records = _licensed_records(layout, names, kinds, result, LicensePolicy(list(opts.licenses_allowed)))
+    # dedup (pipelines/dedup.py): what the dedup stage marked, and with `dedup` repeats across the repositories
+    records = drop_marked_and_repeated(layout, records, result.dropped, across_repos=opts.dedup)
     if not records:
         if result.dropped:
             raise HybridError(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from hybrid.config.pipeline import DEFAULT_BOT_AUTHOR_PATTERNS
+
 TRAILER_RE = re.compile(
     r"^\s*(signed-off-by|co-authored-by|reviewed-by|acked-by|tested-by|reported-by|suggested-by|cc|change-id|"
     r"reviewed-on|git-svn-id|bug|fixes|closes|resolves|see-also|helped-by)\s*:.*$",
@@ -15,9 +17,7 @@ URL_RE = re.compile(r"(https?://|www\.)\S+", re.I)
 SHA_RE = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b", re.I)
 REF_RE = re.compile(r"\((?:#|gh-|GH-)\d+\)|(?<!\w)(?:#|gh-|GH-)\d+\b")
 TAG_RE = re.compile(r"\[(?:skip ci|ci skip|no ci|skip-ci|wip)\]", re.I)
-BOT_AUTHOR_RE = re.compile(
-    r"\[bot\]|\bbot\b|dependabot|renovate|github-actions|greenkeeper|snyk-bot|pre-commit-ci", re.I
-)
+BOT_AUTHOR_RE = re.compile("|".join(DEFAULT_BOT_AUTHOR_PATTERNS), re.I)  # `pipeline.bot_author_patterns`' default
 BOT_MESSAGE_RE = re.compile(
     r"^(bump \S+ from \S+ to \S+|update dependency\b|chore\(deps\)|\[bot\]|"
     r"\[pre-commit\.ci\]|pre-commit autoupdate|auto-?generated|automated (commit|update))",

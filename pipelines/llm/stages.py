@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hybrid.config.llm import LLMConfig
 from hybrid.core import storage
+from hybrid.core.dedup_marks import marks_in
 from hybrid.core.errors import HybridError
 from hybrid.core.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from hybrid.core.layout import COMMIT_DATA, DIFF_AST, REASONING, TASKS, DatasetLayout
@@ -55,10 +56,12 @@ def commit_number(commit_dir: Path) -> int:
 
 
 def changed_functions(commit_dir: Path) -> tuple[list[dict], int]:
-    """The diff records that get reasoning (unique ids, whitespace-only changes skipped) and how many were skipped."""
+    """The diff records that get reasoning (unique ids, whitespace-only changes skipped) and how many were skipped.
+    Changes the dedup stage marked (a filtered commit's, duplicates: hybrid/core/dedup_marks.py) are left out."""
     path = commit_dir / DIFF_AST
     if not path.exists():
         return [], 0
+    marks, number = marks_in(commit_dir.parent), parse_commit_number(commit_dir.name)
     seen, out, skipped = set(), [], 0
     for record in read_jsonl(path):
         if not isinstance(record, dict) or "id" not in record or record.get("status") not in OPERATION:
@@ -69,15 +72,28 @@ def changed_functions(commit_dir: Path) -> tuple[list[dict], int]:
         if record["id"] in seen:
             continue
         seen.add(record["id"])
+        if marks and number is not None and marks.reason(number, record["id"]):
+            continue
         out.append(record)
     return out, skipped
+
+
+def skipped_by_dedup(commit_dir: Path) -> bool:
+    """Whether the dedup stage dropped the whole commit: a filtered commit, or one whose every change is a duplicate
+    (no task is asked for it)."""
+    marks, number = marks_in(commit_dir.parent), parse_commit_number(commit_dir.name)
+    if not marks or number is None:
+        return False
+    if marks.commit_reason(number):
+        return True
+    return number in marks.commits_with_duplicates and not changed_functions(commit_dir)[0]
 
 
 def plan_tasks(commits: list[Path], force: bool, llm: bool) -> tuple[list[Path], int]:
     """Commits needing task.json; a commit-message task.json is redone once an LLM is configured."""
     todo, done = [], 0
     for c in commits:
-        if not (c / COMMIT_DATA).exists():
+        if not (c / COMMIT_DATA).exists() or skipped_by_dedup(c):
             continue
         out = c / TASKS
         if out.exists() and not force:

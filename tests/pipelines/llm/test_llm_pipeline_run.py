@@ -18,7 +18,9 @@ from tests.repo_builder import build_sample_repo
 def stages():
     """pipeline run's stage list, with the LLM stages at their place (pipelines/run.py STAGES)."""
     names = pipeline_run.stage_names()
-    assert names.index("generate-ast-diffs") + 1 == names.index("generate-tasks")
+    # the dedup stage (pipelines/dedup.py) sits between them, so no LLM call is spent on a duplicate
+    assert names.index("generate-ast-diffs") + 1 == names.index("dedup")
+    assert names.index("dedup") + 1 == names.index("generate-tasks")
     assert names.index("generate-tasks") + 1 == names.index("generate-reasoning")
     assert names.index("generate-reasoning") + 1 == names.index("generate-fim")
     return pipeline_run
@@ -50,6 +52,10 @@ def test_pipeline_run_with_an_llm(stages, llm_env, tmp_path):
     )
     assert summary.stages["generate-reasoning"]["counts"]["ok"] >= 3
     commits = sorted(repo.glob("commit_*"), key=lambda p: int(p.name.split("_")[1]))
+    filtered = {json.loads(line)["commit"] for line in (repo / "filtered_commits.jsonl").read_text().splitlines()}
+    assert filtered == {6}  # the sample's merge: no task asked for it
+    assert not (repo / "commit_6" / "task.json").exists()
+    commits = [c for c in commits if int(c.name.split("_")[1]) not in filtered]
     assert all(json.loads((c / "task.json").read_text())["source"] == "llm" for c in commits)
     with_reasoning = [c for c in commits if (c / "reasoning.json").exists()]
     assert with_reasoning
