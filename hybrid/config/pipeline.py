@@ -91,3 +91,8 @@ class PipelineConfig(Section):
         ge=1.0,
         description="the middle is widened to whole AST nodes only when that makes it at most this many times longer",
     )
+    scrub_secrets: bool = Field(
+        True,
+        description="replace secrets (API keys, tokens, private keys, passwords in URLs) and e-mail addresses by "
+        "placeholders (<SECRET:kind>, <EMAIL>) in every text the structural stages write (docs/pipeline.md)",
+    )
