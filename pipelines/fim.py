@@ -39,7 +39,7 @@ class FileContext:
     # stay, so line numbers match), and the replacements on each. `lines` itself (the file as it is) decides
     # the middle and its widening, so scrubbing changes a sample's text, never which sample it is.
     out_lines: list[str] = field(default_factory=list)
-    line_secrets: list[Counter] = field(default_factory=list)
+    line_secrets: dict[int, Counter] = field(default_factory=dict)  # by 0-based line index, lines with some
 
     def tree(self):
         if self._tree is None and self.grammar:
@@ -137,7 +137,10 @@ class FimBuilder:
         if fc.line_secrets:  # the replacements on the lines the sample kept (prefix and suffix are cut above)
             first = s - 1 - prefix.count("\n")
             last = e + suffix.count("\n") + (1 if suffix and not suffix.endswith("\n") else 0)
-            sample["secrets"] = sum(fc.line_secrets[first:last], Counter())
+            sample["secrets"] = Counter()
+            for i, c in fc.line_secrets.items():
+                if first <= i < last:
+                    sample["secrets"].update(c)
         return sample, None
 
 

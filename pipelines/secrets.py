@@ -71,7 +71,8 @@ _PRIVATE_KEY_BLOCK = re.compile(
 _PUTTY_KEY = re.compile(r"PuTTY-User-Key-File-\d:.*?(?:Private-MAC: *\S*|\Z)", re.S)
 # An address: a local part, `@`, at least one dotted label and a top-level domain of letters. `git@host:` (an SSH
 # remote) is no person's address.
-_EMAIL = re.compile(r"(?<![\w.%+-])(?!git@)[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
+_EMAIL = re.compile(r"(?<![\w.%+-])(?!git@)[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
+_HEX = re.compile(r"[0-9a-fA-F]+")
 _URL = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s\"'`<>]+", re.I)
 _KEYWORDS = (
     r"api_?key|auth_?key|service_?key|account_?key|db_?key|database_?key|priv_?key|private_?key|client_?key|"
@@ -132,66 +133,132 @@ def _plugins() -> list[Any]:
     return [p() for p in regex_plugins] + [keyword.KeywordDetector(), high_entropy_strings.Base64HighEntropyString()]
 
 
-def _gate(plugins: list[Any]) -> re.Pattern:
-    """One regex that every line holding something to replace matches: the plugins' own patterns (each with its
-    flags), their keywords, and what the own patterns start with."""
-    parts = [r"@", r"://", r"PRIVATE KEY", r"PuTTY-User-Key-File", rf"(?i:{_KEYWORDS})", r"[\"'][\w+/=-]{20,}"]
-    for p in plugins:
-        for rx in getattr(p, "denylist", ()):
-            flags = "i" if rx.flags & re.I else ""
-            parts.append(f"(?{flags}:{rx.pattern})" if flags else f"(?:{rx.pattern})")
-    return re.compile("|".join(parts))
+# When a plugin can match a line at all: a literal of its pattern in the line (case-sensitive), or in the line
+# lower-cased (the keyword plugins). The patterns are detect-secrets'. A token plugin's secret is also a run of 20
+# or more token characters (`_TOKEN_RUN`): a line without one is not shown to the token plugins at all.
+# KeywordDetector's DENYLIST words, spelled out (`pass` alone would send every Python `pass` to it)
+_KEYWORD_WORDS = tuple(
+    f"{w}{sep}{k}"
+    for w, k in [
+        ("api", "key"),
+        ("auth", "key"),
+        ("service", "key"),
+        ("account", "key"),
+        ("db", "key"),
+        ("database", "key"),
+        ("priv", "key"),
+        ("private", "key"),
+        ("client", "key"),
+        ("db", "pass"),
+        ("database", "pass"),
+        ("key", "pass"),
+    ]
+    for sep in ("", "_")
+) + ("password", "passwd", "pwd", "secret", "contrase")
+_ANCHORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "AWSKeyDetector": (("A3T", "ABIA", "ACCA", "AKIA", "ASIA"), ("aws",)),  # (its secret-key pattern: 40 chars)
+    "ArtifactoryDetector": (("AKC", "AP"), ()),
+    "AzureStorageKeyDetector": (("AccountKey=",), ()),
+    "CloudantDetector": ((), ("cloudant", "cl_", "cl-", "clkey", "clpw", "clpass", "cltoken", "clapi", "clou")),
+    "DiscordBotTokenDetector": ((".",), ()),
+    "GitHubTokenDetector": (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), ()),
+    "GitLabTokenDetector": (("gl", "GR1348941"), ()),
+    "IbmCloudIamDetector": ((), ("key", "pwd", "pass", "token")),
+    "IbmCosHmacDetector": ((), ("secret",)),
+    "JwtTokenDetector": (("eyJ",), ()),
+    "MailchimpDetector": (("-us",), ()),
+    "NpmDetector": (("_authToken",), ()),
+    "OpenAIDetector": (("T3BlbkFJ",), ()),
+    "PypiTokenDetector": (("pypi-",), ()),
+    "SendGridDetector": (("SG.",), ()),
+    "SlackDetector": ((), ("xox", "hooks.slack.com")),
+    "SoftlayerDetector": ((), ("softlayer", "sl_", "sl-", "slkey", "slapi", "slpass", "slpw", "sltoken")),
+    "SquareOAuthDetector": (("sq0csp-",), ()),
+    "StripeDetector": (("k_live_",), ()),
+    "TelegramBotTokenDetector": ((":",), ()),
+    "TwilioKeyDetector": (("AC", "SK"), ()),
+    "KeywordDetector": ((), _KEYWORD_WORDS),
+    "Base64HighEntropyString": (('"', "'"), ()),
+}
+# The plugins whose secret can be shorter than 20 characters: they run on lines without a long token too (the
+# keyword plugins of IBM, Cloudant and Softlayer want 24 to 64 characters, AWS's secret key 40)
+_SHORT_PLUGINS = frozenset(("SlackDetector", "KeywordDetector"))
+# A run of 20 or more token characters, found without a regex (sre tries a character class at every position:
+# 4 us a line, where translating the line's bytes and looking for 20 `a`s takes 0.5): every token character
+# becomes `a`, anything else a space.
+_TOKEN_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+/=-")
+_TOKEN_TABLE = bytes(ord("a") if i in _TOKEN_CHARS else ord(" ") for i in range(256))
+_TOKEN_RUN = b"a" * 20
 
 
 class Scrubber:
     """Replaces secrets and e-mail addresses by placeholders; one per process (see `scrubber()`)."""
 
-    def __init__(self, max_cached: int = 20_000) -> None:
+    def __init__(self, max_cached: int = 20_000, max_lines: int = 500_000) -> None:
         from detect_secrets.filters import heuristic
         from detect_secrets.plugins.keyword import QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP
 
-        self.plugins = _plugins()
-        self.gate = _gate(self.plugins)
+        self.plugins = {type(p).__name__: p for p in _plugins()}
+        self.short_plugins = [(n, p) for n, p in self.plugins.items() if n in _SHORT_PLUGINS]
         self._heuristic = heuristic
         self._keyword_regexes = QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP
-        self.max_cached = max_cached
+        self.max_cached, self.max_lines = max_cached, max_lines
         self._cache: dict[str, tuple[str, Counter]] = {}
+        # Lines known to hold nothing, and lines scrubbed (with their replacements). Lines come back far more
+        # often than texts do: a file's next version, a declaration's next edit, the diff and the FIM sample that
+        # show them repeat most of their lines, and each distinct line is looked at once.
+        self._clean: set[str] = set()
+        self._hits: dict[str, tuple[str, Counter]] = {}
 
     # -- the public calls -------------------------------------------------------------------------------
     def scrub(self, text: str) -> tuple[str, Counter]:
-        """(`text` with every secret and address replaced, {kind: replacements}); cached by text."""
+        """(`text` with every secret and address replaced, {kind: replacements}); cached by text (the counts
+        are the cache's own: read them, do not change them)."""
         hit = self._cache.get(text)
         if hit is None:
             if len(self._cache) >= self.max_cached:
                 self._cache.clear()
             lines, counts = self.scrub_lines(text)
-            hit = self._cache[text] = ("".join(lines) if any(counts) else text, sum(counts, Counter()))
-        return hit[0], Counter(hit[1])
+            total: Counter = Counter()
+            for c in counts.values():
+                total.update(c)
+            hit = self._cache[text] = ("".join(lines) if total else text, total)
+        return hit
 
-    def scrub_lines(self, text: str) -> tuple[list[str], list[Counter]]:
-        """`text` split after each '\\n', scrubbed, and the replacements made on each line (a private-key
-        block counts on its first line). The line breaks stay where they were."""
-        lines = text.split("\n")
-        lines = [ln + "\n" for ln in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
-        counts = [Counter() for _ in lines]
-        if not text or not self.gate.search(text):
-            return lines, counts
+    def scrub_lines(self, text: str) -> tuple[list[str], dict[int, Counter]]:
+        """`text` split after each '\\n', scrubbed, and the replacements made, by line index (only lines with
+        one; a private-key block counts on its first line). The line breaks stay where they were."""
+        counts: dict[int, Counter] = {}
         if "PRIVATE KEY" in text or "PuTTY-User-Key-File" in text:
             text = self._private_keys(text, counts)
-            lines = text.split("\n")
-            lines = [ln + "\n" for ln in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
-        starts = [0]
-        for ln in lines[:-1]:
-            starts.append(starts[-1] + len(ln))
-        hit_lines = sorted({_line_of(starts, m.start()) for m in self.gate.finditer(text)})
-        for i in hit_lines:
-            lines[i] = self._scrub_line(lines[i], counts[i])
+        lines = text.split("\n")
+        lines = [ln + "\n" for ln in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+        clean, hits = self._clean, self._hits
+        if len(clean) > self.max_lines:
+            clean.clear()
+        for i in [i for i, line in enumerate(lines) if line not in clean]:
+            # a line is looked up without its indentation and diff marker: the same code line comes back
+            # indented otherwise (a declaration's body in a nested one) and as `+`, `-` and ` ` lines of diffs
+            line = lines[i]
+            key = line.lstrip(" \t+-")
+            hit = hits.get(key)
+            if hit is None:
+                if key in clean:
+                    continue
+                hit = self._line(key)
+                if hit is None:
+                    clean.add(key)
+                    clean.add(line)
+                    continue
+                hits[key] = hit
+            lines[i] = line[: len(line) - len(key)] + hit[0]
+            counts.setdefault(i, Counter()).update(hit[1])
         return lines, counts
 
     # -- the parts ---------------------------------------------------------------------------------------
-    def _private_keys(self, text: str, counts: list[Counter]) -> str:
+    def _private_keys(self, text: str, counts: dict[int, Counter]) -> str:
         def replace(m: re.Match) -> str:
-            counts[text.count("\n", 0, m.start())]["private_key"] += 1
+            counts.setdefault(text.count("\n", 0, m.start()), Counter())["private_key"] += 1
             # the block's line breaks stay (line numbers hold); in a diff, so does each line's +/-/space marker
             body = m.group(0).split("\n")[1:]
             marker = body[0][:1] if body and body[0][:1] in ("+", "-", " ") else ""
@@ -202,21 +269,36 @@ class Scrubber:
         text = _PRIVATE_KEY_BLOCK.sub(replace, text)
         return _PUTTY_KEY.sub(replace, text)
 
-    def _scrub_line(self, line: str, counts: Counter) -> str:
-        found: dict[str, str] = {}  # secret value -> kind
-        if "://" in line:
+    def _line(self, line: str) -> tuple[str, Counter] | None:
+        """One line scrubbed, or None when there was nothing to replace."""
+        has_at = "@" in line
+        low = line.lower()
+        # (str methods only: a line costs about 1 us here, and 9 in 10 lines of code end here)
+        short = (
+            "key" in low or "pass" in low or "pwd" in low or "secret" in low or "contrase" in low or "xox" in low
+        ) or "hooks.slack" in low
+        token = len(line) >= 20 and _TOKEN_RUN in line.encode("utf-8", "replace").translate(_TOKEN_TABLE)
+        if not (has_at or short or token):
+            return None
+        counts: Counter = Counter()
+        if has_at and "://" in line:
             line = self._url_passwords(line, counts)
-        for value, kind in self._plugin_hits(line):
-            found.setdefault(value, kind)
+        found: dict[str, str] = {}  # secret value -> kind
+        for name, plugin in self.plugins.items() if token else self.short_plugins:
+            anchors, lower_anchors = _ANCHORS[name]
+            if any(a in line for a in anchors) or any(a in low for a in lower_anchors):
+                for value in self._plugin_hits(plugin, name, line):
+                    found.setdefault(value, KINDS[name])
         for value in sorted(found, key=len, reverse=True):
             n = line.count(value)
             if n:
                 line = line.replace(value, f"<SECRET:{found[value]}>")
                 counts[found[value]] += n
-        if "@" in line:
+        if has_at:
             line, n = _EMAIL.subn(EMAIL_PLACEHOLDER, line)
-            counts["email"] += n
-        return line
+            if n:
+                counts["email"] += n
+        return (line, counts) if counts else None
 
     def _url_passwords(self, line: str, counts: Counter) -> str:
         def replace(m: re.Match) -> str:
@@ -230,33 +312,33 @@ class Scrubber:
 
         return _URL.sub(replace, line)
 
-    def _plugin_hits(self, line: str) -> Iterator[tuple[str, str]]:
+    def _plugin_hits(self, plugin: Any, name: str, line: str) -> Iterator[str]:
         h = self._heuristic
-        for plugin in self.plugins:
-            name = type(plugin).__name__
-            if name == "KeywordDetector":
-                values = plugin.analyze_string(line, denylist_regex_to_group=self._keyword_regexes)
-            elif name == "Base64HighEntropyString":
-                values = plugin.analyze_string(line)
-            else:
-                values = _regex_hits(plugin.denylist, line)
-            for value in values:
-                if not value or PLACEHOLDER_RE.search(value):
+        if name == "KeywordDetector":
+            values = plugin.analyze_string(line, denylist_regex_to_group=self._keyword_regexes)
+        elif name == "Base64HighEntropyString":
+            values = plugin.analyze_string(line)
+        else:
+            values = _regex_hits(plugin.denylist, line)
+        for value in values:
+            if not value or PLACEHOLDER_RE.search(value):
+                continue
+            if name in ("KeywordDetector", "Base64HighEntropyString"):
+                # detect-secrets' own false-positive filters for these two (its scanner applies them)
+                if (
+                    h.is_templated_secret(value)
+                    or h.is_prefixed_with_dollar_sign(value)
+                    or h.is_indirect_reference(line)
+                    or h.is_sequential_string(value)
+                    or h.is_potential_uuid(value)
+                    or h.is_likely_id_string(value, line, plugin)
+                ):
                     continue
-                if name in ("KeywordDetector", "Base64HighEntropyString"):
-                    # detect-secrets' own false-positive filters for these two (its scanner applies them)
-                    if (
-                        h.is_templated_secret(value)
-                        or h.is_prefixed_with_dollar_sign(value)
-                        or h.is_indirect_reference(line)
-                        or h.is_sequential_string(value)
-                        or h.is_potential_uuid(value)
-                        or h.is_likely_id_string(value, line, plugin)
-                    ):
-                        continue
-                    if name == "Base64HighEntropyString" and plugin.calculate_shannon_entropy(value) <= 4.5:
-                        continue  # the plugin's default limit (its scanner applies it after the match)
-                yield value, KINDS[name]
+                if name == "Base64HighEntropyString" and (
+                    _HEX.fullmatch(value) or plugin.calculate_shannon_entropy(value) <= 4.5
+                ):  # (hex has at most 4 bits a character: git hashes and checksums are common and no secret)
+                    continue  # the plugin's default limit (its scanner applies it after the match)
+            yield value
 
 
 def _regex_hits(denylist: Any, line: str) -> Iterator[str]:
@@ -268,12 +350,6 @@ def _regex_hits(denylist: Any, line: str) -> Iterator[str]:
         for m in rx.finditer(line):
             groups = [g for g in m.groups() if g and len(g) >= 16]
             yield max(groups, key=len) if groups else m.group(0)
-
-
-def _line_of(starts: list[int], pos: int) -> int:
-    from bisect import bisect_right
-
-    return bisect_right(starts, pos) - 1
 
 
 _SCRUBBER: Scrubber | None = None
