@@ -160,3 +160,25 @@ def record_license(entry: RepoEntry, cfg: PipelineConfig) -> dict | None:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, info)
     return info
+
+
+def read_license(name: str, cfg: PipelineConfig) -> dict | None:
+    """A repository's license.json as the last pipeline run wrote it (None before one ran, or unreadable)."""
+    layout = DatasetLayout(cfg.data_dir)
+    path = layout.local(layout.license_file(name))
+    try:
+        info = read_json(path) if path.exists() else None
+    except (HybridError, OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def license_label(info: dict | None) -> str:
+    """What `hybrid repos list` shows: the SPDX expression, `unknown (FILE)`, `none`, or `-` (not detected yet)."""
+    if info is None:
+        return "-"
+    if info.get("spdx"):
+        return str(info["spdx"])
+    if info.get("status") == "unknown":
+        return f"unknown ({info.get('file')})"
+    return str(info.get("status") or "-")

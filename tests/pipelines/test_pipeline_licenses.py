@@ -10,6 +10,7 @@ import pytest
 
 from hybrid.cli.config import load_config
 from hybrid.core.layout import DatasetLayout
+from hybrid.main import main
 from pipelines.licenses import record_license
 from pipelines.repos import add_repo, get_repo
 from pipelines.run import run_pipeline
@@ -82,3 +83,11 @@ def test_pipeline_run_writes_license_json(detected, tmp_path):
     layout = DatasetLayout(cfg.data_dir)
     info = json.loads(layout.local(layout.license_file("bsd")).read_text())
     assert (info["spdx"], info["file"], info["status"], info["commit"]) == ("BSD-3-Clause", "LICENSE", "detected", head)
+
+
+def test_repos_list_shows_the_licence(detected, capsys):
+    _, _, cfg = detected
+    assert main(["repos", "list", "--json", f"pipeline.data_dir={cfg.data_dir}"]) == 0
+    shown = {r["name"]: r["license"] for r in json.loads(capsys.readouterr().out)}
+    assert shown["dual"] == "Apache-2.0 OR MIT" and shown["none"] == "none"
+    assert shown["unknown"] == "unknown (LICENSE.md)"
