@@ -27,6 +27,7 @@ the original file, whose length a placeholder changes.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -157,12 +158,27 @@ _KEYWORD_WORDS = tuple(
 ) + ("password", "passwd", "pwd", "secret", "contrase")
 _ANCHORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "AWSKeyDetector": (("A3T", "ABIA", "ACCA", "AKIA", "ASIA"), ("aws",)),  # (its secret-key pattern: 40 chars)
-    "ArtifactoryDetector": (("AKC", "AP"), ()),
+    "ArtifactoryDetector": (("AKC", *(f"AP{c}" for c in "0123456789ABCDEF")), ()),
     "AzureStorageKeyDetector": (("AccountKey=",), ()),
     "CloudantDetector": ((), ("cloudant", "cl_", "cl-", "clkey", "clpw", "clpass", "cltoken", "clapi", "clou")),
     "DiscordBotTokenDetector": ((".",), ()),
     "GitHubTokenDetector": (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), ()),
-    "GitLabTokenDetector": (("gl", "GR1348941"), ()),
+    "GitLabTokenDetector": (
+        (
+            "glpat-",
+            "gldt-",
+            "glft-",
+            "glsoat-",
+            "glrt-",
+            "glcbt-",
+            "glimt-",
+            "glptt-",
+            "glagent-",
+            "gloas-",
+            "GR1348941",
+        ),
+        (),
+    ),
     "IbmCloudIamDetector": ((), ("key", "pwd", "pass", "token")),
     "IbmCosHmacDetector": ((), ("secret",)),
     "JwtTokenDetector": (("eyJ",), ()),
@@ -179,6 +195,32 @@ _ANCHORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "TwilioKeyDetector": (("AC", "SK"), ()),
     "KeywordDetector": ((), _KEYWORD_WORDS),
     "Base64HighEntropyString": (('"', "'"), ()),
+}
+# The shortest line each plugin can find something in (its pattern's shortest match, quotes and keyword included)
+_MIN_LINE = {
+    "AWSKeyDetector": 20,
+    "ArtifactoryDetector": 11,
+    "AzureStorageKeyDetector": 99,
+    "CloudantDetector": 30,
+    "DiscordBotTokenDetector": 59,
+    "GitHubTokenDetector": 40,
+    "GitLabTokenDetector": 25,
+    "IbmCloudIamDetector": 47,
+    "IbmCosHmacDetector": 58,
+    "JwtTokenDetector": 20,
+    "MailchimpDetector": 35,
+    "NpmDetector": 20,
+    "OpenAIDetector": 51,
+    "PypiTokenDetector": 89,
+    "SendGridDetector": 69,
+    "SlackDetector": 9,
+    "SoftlayerDetector": 64,
+    "SquareOAuthDetector": 50,
+    "StripeDetector": 32,
+    "TelegramBotTokenDetector": 44,
+    "TwilioKeyDetector": 34,
+    "KeywordDetector": 6,
+    "Base64HighEntropyString": 22,
 }
 # The plugins whose secret can be shorter than 20 characters: they run on lines without a long token too (the
 # keyword plugins of IBM, Cloudant and Softlayer want 24 to 64 characters, AWS's secret key 40)
@@ -284,7 +326,10 @@ class Scrubber:
         if has_at and "://" in line:
             line = self._url_passwords(line, counts)
         found: dict[str, str] = {}  # secret value -> kind
+        n = len(line)
         for name, plugin in self.plugins.items() if token else self.short_plugins:
+            if n < _MIN_LINE[name]:
+                continue
             anchors, lower_anchors = _ANCHORS[name]
             if any(a in line for a in anchors) or any(a in low for a in lower_anchors):
                 for value in self._plugin_hits(plugin, name, line):
@@ -323,22 +368,31 @@ class Scrubber:
         for value in values:
             if not value or PLACEHOLDER_RE.search(value):
                 continue
-            if name in ("KeywordDetector", "Base64HighEntropyString"):
+            if name == "Base64HighEntropyString" and (
+                len(value) < 23 or _HEX.fullmatch(value) or _entropy(value) <= 4.5
+            ):
+                # the plugin's default limit, which its scanner applies after the match (its own entropy loop
+                # costs 100 us a string; under 23 characters no string has 4.5 bits a character). Hex has at
+                # most 4 bits a character: git hashes and checksums are common and no secret.
+                continue
+            if name in ("KeywordDetector", "Base64HighEntropyString") and (
                 # detect-secrets' own false-positive filters for these two (its scanner applies them)
-                if (
-                    h.is_templated_secret(value)
-                    or h.is_prefixed_with_dollar_sign(value)
-                    or h.is_indirect_reference(line)
-                    or h.is_sequential_string(value)
-                    or h.is_potential_uuid(value)
-                    or h.is_likely_id_string(value, line, plugin)
-                ):
-                    continue
-                if name == "Base64HighEntropyString" and (
-                    _HEX.fullmatch(value) or plugin.calculate_shannon_entropy(value) <= 4.5
-                ):  # (hex has at most 4 bits a character: git hashes and checksums are common and no secret)
-                    continue  # the plugin's default limit (its scanner applies it after the match)
+                h.is_templated_secret(value)
+                or h.is_prefixed_with_dollar_sign(value)
+                or h.is_indirect_reference(line)
+                or h.is_sequential_string(value)
+                or h.is_potential_uuid(value)
+                or h.is_likely_id_string(value, line, plugin)
+            ):
+                continue
             yield value
+
+
+def _entropy(value: str) -> float:
+    """Shannon entropy in bits per character (detect-secrets' `calculate_shannon_entropy` over the characters of
+    its base64 charset, which are all a match holds)."""
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
 
 
 def _regex_hits(denylist: Any, line: str) -> Iterator[str]:
