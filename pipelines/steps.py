@@ -264,10 +264,16 @@ class AstExtractor(RangeStep):
             files.append(entry)
         stats.counts["commits"] += 1
         stats.counts["declarations"] += len(lines)
-        # scrubbed before the cut below, so a secret the cut ends inside is still whole when it is found
-        diff_text = self.scrub(ctx.patch_text())
+        diff_text, over = ctx.patch_text(), False
+        if self.cfg.scrub_secrets:
+            # scrubbed before the cut below, so a secret the cut ends inside is still whole when it is found; a
+            # diff far over the limit only as far as the cut can reach (whole lines: scrubbing works on lines)
+            cap = 2 * self.cfg.max_diff_bytes
+            if len(diff_text) > cap:
+                diff_text, over = diff_text[: diff_text.find("\n", cap) + 1 or len(diff_text)], True
+            diff_text = self.scrub(diff_text)
         # (a character is at most 4 bytes in UTF-8: most diffs need no encoding to know they fit)
-        truncated = (
+        truncated = over or (
             len(diff_text) * 4 > self.cfg.max_diff_bytes
             and len(diff_text.encode("utf-8", "replace")) > self.cfg.max_diff_bytes
         )

@@ -185,3 +185,20 @@ def test_with_scrubbing_off_the_texts_stay_as_they_are(tmp_path):
     assert not [k for k in summary.stages["generate-ast"]["counts"] if k.startswith("secrets_")]
     data = (tmp_path / "data" / "ast_dataset" / "planted" / "commit_1" / "commit_data.json").read_text()
     assert AWS_KEY in data and MESSAGE_EMAIL in data and not re.search(r"<SECRET:|<EMAIL>", data)
+
+
+def test_a_long_diff_is_scrubbed_before_it_is_cut(tmp_path):
+    rb = RepoBuilder(tmp_path / "src")
+    before = "".join(f"x{i} = {i}\n" for i in range(400))  # ~4.7 kB of diff, then 30 keys (~1 kB), then ~12 kB
+    keys = "".join(f'K{i} = "{AWS_KEY[:-2]}{i:02d}"\n' for i in range(30))
+    after = "".join(f"y{i} = {i}\n" for i in range(1200))
+    rb.write("big.py", before + keys + after)
+    rb.commit("Add a big file")
+    # the cut (5,200 bytes) falls among the keys; the diff is over twice that, so only its head is scrubbed
+    cfg = load_config([f"pipeline.data_dir={tmp_path / 'data'}", "pipeline.max_diff_bytes=5200"])
+    add_repo(str(tmp_path / "src"), "big", cfg.pipeline)
+    summary = run_pipeline(["big"], cfg.pipeline, local=True, progress=False, stages=["generate-ast"])
+    data = json.loads((tmp_path / "data" / "ast_dataset" / "big" / "commit_0" / "commit_data.json").read_text())
+    assert data["diff_truncated"] and len(data["diff"].encode()) <= 5200
+    assert "<SECRET:aws_key>" in data["diff"] and "AKIA" not in data["diff"]
+    assert summary.stages["generate-ast"]["counts"]["diffs_truncated"] == 1
