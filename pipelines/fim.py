@@ -10,10 +10,12 @@ to `fim_max_prefix_chars` / `fim_max_suffix_chars`. Middles over the size bounds
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from hybrid.config.pipeline import PipelineConfig
 from pipelines.languages import get_parser, grammar_key, language_of
+from pipelines.secrets import scrubber
 
 
 def split_lines(text: str) -> list[str]:
@@ -33,6 +35,11 @@ class FileContext:
     source: bytes
     grammar: str | None
     _tree: object = None
+    # The lines the sample's text is cut from: `lines` with secrets replaced (pipelines/secrets.py; line breaks
+    # stay, so line numbers match), and the replacements on each. `lines` itself (the file as it is) decides
+    # the middle and its widening, so scrubbing changes a sample's text, never which sample it is.
+    out_lines: list[str] = field(default_factory=list)
+    line_secrets: dict[int, Counter] = field(default_factory=dict)  # by 0-based line index, lines with some
 
     def tree(self):
         if self._tree is None and self.grammar:
@@ -54,7 +61,10 @@ class FimBuilder:
             patch = repo[old_id].diff(new_blob, context_lines=0)
             added = {ln.new_lineno for h in patch.hunks for ln in h.lines if ln.origin == "+"}
         language = language_of(path)
-        return FileContext(path, lines, added, source, grammar_key(path, language) if language else None)
+        fc = FileContext(path, lines, added, source, grammar_key(path, language) if language else None)
+        if self.cfg.scrub_secrets:
+            fc.out_lines, fc.line_secrets = scrubber().scrub_lines("".join(lines))
+        return fc
 
     def _fits(self, lines: list[str], start: int, end: int) -> bool:
         n = end - start + 1
@@ -104,8 +114,9 @@ class FimBuilder:
         s, e = self._widen(fc, start, end, decl_start, decl_end)
         if not self._fits(fc.lines, s, e):
             return None, "middle_too_large"
-        prefix = "".join(fc.lines[: s - 1])
-        suffix = "".join(fc.lines[e:])
+        out = fc.out_lines or fc.lines
+        prefix = "".join(out[: s - 1])
+        suffix = "".join(out[e:])
         mp, ms = self.cfg.fim_max_prefix_chars, self.cfg.fim_max_suffix_chars
         if len(prefix) > mp:
             cut = prefix[len(prefix) - mp :] if mp else ""
@@ -115,14 +126,22 @@ class FimBuilder:
             cut = suffix[:ms]
             nl = cut.rfind("\n")
             suffix = cut[: nl + 1] if nl >= 0 else ""
-        return {
+        sample = {
             "fim_prefix": prefix,
-            "fim_middle": "".join(fc.lines[s - 1 : e]),
+            "fim_middle": "".join(out[s - 1 : e]),
             "fim_suffix": suffix,
             "middle_start_line": s,
             "middle_end_line": e,
             "widened": (s, e) != (start, end),
-        }, None
+        }
+        if fc.line_secrets:  # the replacements on the lines the sample kept (prefix and suffix are cut above)
+            first = s - 1 - prefix.count("\n")
+            last = e + suffix.count("\n") + (1 if suffix and not suffix.endswith("\n") else 0)
+            sample["secrets"] = Counter()
+            for i, c in fc.line_secrets.items():
+                if first <= i < last:
+                    sample["secrets"].update(c)
+        return sample, None
 
 
 def _end_line(node) -> int:

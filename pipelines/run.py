@@ -30,6 +30,7 @@ from hybrid.core.layout import COMMIT_DATA, DatasetLayout, done_in
 from hybrid.core.ray_utils import init_ray
 from pipelines.dedup import STAGE as DEDUP_STAGE
 from pipelines.dedup import run_dedup
+from pipelines.licenses import record_license
 from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
 from pipelines.range_worker import WORKER_KEY, process_range
 from pipelines.repos import RepoEntry, first_parent_hashes, get_repo, list_repos
@@ -386,6 +387,8 @@ def run_pipeline(
     chosen = [s for s in STAGES if not stages or s.name in stages]
     repos = select_repos(repo_names, cfg)
     t0 = time.perf_counter()
+    for entry in repos:  # <repo>/license.json, the repository's licence (pipelines/licenses.py), for export
+        record_license(entry, cfg)
     summary = Summary(repos=[r.name for r in repos])
     i = 0
     while i < len(chosen):

@@ -30,6 +30,7 @@ from pipelines.declarations import ParsedFile
 from pipelines.fim import FimBuilder
 from pipelines.languages import language_of
 from pipelines.records import RecordEncoder, encode
+from pipelines.secrets import count_keys, scrubber
 
 _STATUS = {1: "added", 2: "deleted", 3: "modified", 4: "renamed", 5: "added", 8: "modified"}  # DeltaStatus
 
@@ -189,6 +190,23 @@ class RangeStep:
     def is_done(self, out_dir: str | Path) -> bool:
         return layout.done_in(out_dir, self.name)
 
+    def scrub(self, text: str) -> str:
+        """`text` with its secrets and e-mail addresses replaced (pipelines/secrets.py), counted in this step's
+        stats as `secrets_<kind>`; unchanged when `pipeline.scrub_secrets` is off."""
+        if not self.cfg.scrub_secrets or not text:
+            return text
+        out, counts = scrubber().scrub(text)
+        if counts:
+            self.stats.counts.update(count_keys(counts))
+        return out
+
+    def scrub_decl(self, d: dict | None) -> dict | None:
+        """A declaration with its code scrubbed: a copy when that changes it (the parse cache keeps the original)."""
+        if d is None or not self.cfg.scrub_secrets:
+            return d
+        code = self.scrub(d["code"])
+        return d if code == d["code"] else {**d, "code": code}
+
     def run(self, commit: CommitContext, out_dir: Path) -> None:
         raise NotImplementedError
 
@@ -242,14 +260,21 @@ class AstExtractor(RangeStep):
                         if result.broken:
                             stats.drops["decl_parse_error"] += len(result.broken)
                             stats.lang(ch.language, "decl_parse_error", len(result.broken))
-                    lines += [ast_line(ch.path, ch.language, d) for d in result.declarations]
+                    lines += [ast_line(ch.path, ch.language, self.scrub_decl(d)) for d in result.declarations]
                     stats.lang(ch.language, "declarations", len(result.declarations))
             files.append(entry)
         stats.counts["commits"] += 1
         stats.counts["declarations"] += len(lines)
-        diff_text = ctx.patch_text()
+        diff_text, over = ctx.patch_text(), False
+        if self.cfg.scrub_secrets:
+            # scrubbed before the cut below, so a secret the cut ends inside is still whole when it is found; a
+            # diff far over the limit only as far as the cut can reach (whole lines: scrubbing works on lines)
+            cap = 2 * self.cfg.max_diff_bytes
+            if len(diff_text) > cap:
+                diff_text, over = diff_text[: diff_text.find("\n", cap) + 1 or len(diff_text)], True
+            diff_text = self.scrub(diff_text)
         # (a character is at most 4 bytes in UTF-8: most diffs need no encoding to know they fit)
-        truncated = (
+        truncated = over or (
             len(diff_text) * 4 > self.cfg.max_diff_bytes
             and len(diff_text.encode("utf-8", "replace")) > self.cfg.max_diff_bytes
         )
@@ -265,7 +290,7 @@ class AstExtractor(RangeStep):
             "parents": [str(p) for p in c.parent_ids],
             "author": c.author.name,
             "date": meta["date"],
-            "message": c.message,
+            "message": self.scrub(c.message),
             "files": files,
             "diff": diff_text,
             "diff_truncated": truncated,
@@ -282,8 +307,12 @@ class DeclarationDiffer(RangeStep):
     def run(self, ctx: CommitContext, out_dir: Path) -> None:
         stats, worker = self.stats, self.worker
         lines = []
-        meta = encode(ctx.metadata(worker.repo_name))
+        metadata = ctx.metadata(worker.repo_name)
+        if self.cfg.scrub_secrets:
+            metadata["message"] = self.scrub(metadata["message"])
+        meta = encode(metadata)
         diff_line = worker.encoder.diff_line
+        scrub = self.scrub_decl
         for ch in ctx.changes:
             if ch.special or (ch.language is None and worker.path_facts(ch.path)[0] is None):
                 continue  # not source: nothing to diff (counted by generate-ast)
@@ -312,7 +341,7 @@ class DeclarationDiffer(RangeStep):
                 else:
                     status = "modified"
                     ws = "".join(b["code"].split()) == "".join(a["code"].split())
-                lines.append(diff_line(file, old_file, language, *key, status, ws, b, a, meta))
+                lines.append(diff_line(file, old_file, language, *key, status, ws, scrub(b), scrub(a), meta))
                 stats.counts[status] += 1
                 stats.counts["whitespace_only"] += ws
             for key, b in before_decls.items():
@@ -320,7 +349,7 @@ class DeclarationDiffer(RangeStep):
                     if after is not None and after.has_error and _hidden_by_errors(key, b, after):
                         broken += 1
                         continue
-                    lines.append(diff_line(file, old_file, language, *key, "deleted", False, b, None, meta))
+                    lines.append(diff_line(file, old_file, language, *key, "deleted", False, scrub(b), None, meta))
                     stats.counts["deleted"] += 1
                     stats.counts["whitespace_only"] += False
             if (before is not None and before.broken) or (after is not None and after.broken):
@@ -385,6 +414,8 @@ class FimSampler(RangeStep):
             if reason:
                 stats.drops[reason] += 1
                 continue
+            if sample.get("secrets"):
+                stats.counts.update(count_keys(sample["secrets"]))
             sample.update(
                 {
                     "id": f"{r['id']}#0",

@@ -39,12 +39,15 @@ def _add(args) -> int:
 
 
 def _list(args) -> int:
+    from pipelines.licenses import license_label, read_license
     from pipelines.repos import list_repos
 
     pcfg, _ = _pipeline_cfg(args.overrides)
     entries = list_repos(pcfg)
+    licenses = {e.name: license_label(read_license(e.name, pcfg)) for e in entries}  # (as the last run found it)
     if args.json:
-        print(json.dumps([{**e.__dict__, "source": redact_url(e.source)} for e in entries], indent=2))
+        rows = [{**e.__dict__, "source": redact_url(e.source), "license": licenses[e.name]} for e in entries]
+        print(json.dumps(rows, indent=2))
         return 0
     if not entries:
         print("no repositories (add one with `hybrid repos add PATH_OR_URL`)")
@@ -52,9 +55,9 @@ def _list(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "source", "branch", "added")
+    table = Table("name", "source", "branch", "added", "licence")
     for e in entries:
-        table.add_row(e.name, redact_url(e.source), e.default_branch, e.added_at)
+        table.add_row(e.name, redact_url(e.source), e.default_branch, e.added_at, licenses[e.name])
     Console().print(table)
     return 0
 

@@ -178,6 +178,12 @@ class PipelineConfig(Section):
     )
     export_rows_per_shard: int = Field(20000, ge=1, description="rows per Parquet shard of `export --format parquet`")
 
+    scrub_secrets: bool = Field(
+        True,
+        description="replace secrets (API keys, tokens, private keys, passwords in URLs) and e-mail addresses by "
+        "placeholders (<SECRET:kind>, <EMAIL>) in every text the structural stages write (docs/pipeline.md)",
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _local_data_dir(cls, value: str) -> str:

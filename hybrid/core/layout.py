@@ -1,7 +1,8 @@
 """The pipeline's data folder, spelled out in one place (datatrove's `DataFolder` is the model).
 
     <data_dir>/
-      repos/                      bare clones, one folder per repository; repos/registry.json lists them
+      repos/                      bare clones, one folder per repository; repos/registry.json lists them;
+                                  repos/.licenseid.db indexes the SPDX licence texts (pipelines/licenses.py)
       llm_cache/                  the LLM stages' answers, by a hash of model + prompt
       ast_dataset/
         <repo>/
@@ -51,6 +52,7 @@ DEDUP = (
     "dedup.jsonl"  # {function_id, commit, reason: exact|near, duplicate_of: {repo, commit, function_id}, similarity}
 )
 FILTERED_COMMITS = "filtered_commits.jsonl"  # {commit, commit_hash, reason}
+LICENSE_DB = ".licenseid.db"  # the licence detector's index of the SPDX texts, beside the clones (hidden: no repo)
 
 # The "done" rule: a commit is done for a stage when every file the stage writes there exists (the last one listed
 # is written last). A deleted ast.jsonl is redone although commit_data.json is still there. The LLM stages look
@@ -130,6 +132,11 @@ class DatasetLayout:
 
     def failures_file(self, repo: str) -> str:
         return storage.join(self.data_dir, DATASET, repo, LLM_FAILURES)
+
+    @property
+    def license_db(self) -> str:
+        """<data_dir>/repos/.licenseid.db: the SPDX licence texts indexed by the detector (pipelines/licenses.py)."""
+        return storage.join(self.data_dir, REPOS, LICENSE_DB)
 
     def license_file(self, repo: str) -> str:
         """The repository's detected licence: {"spdx": <SPDX id> | null, "file": <licence file> | null, ...}."""

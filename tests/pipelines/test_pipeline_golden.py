@@ -1,6 +1,7 @@
 """The outputs of generate-ast, generate-ast-diffs and generate-fim stay byte for byte what they were.
 
-golden_outputs.json holds the sha256 of every output file (stats.json aside: it has times) for two fixed
+golden_outputs.json holds the sha256 of every output file (stats.json aside: it has times; license.json too: it
+is the repository's licence, written since issue 27, not a stage's output — checked on its own) for two fixed
 histories built here — tests/repo_builder.py's sample (eight languages, renames, merges, binaries, a broken file)
 and a 150-commit synthetic Rust crate — as written by the pipeline at main cc5b563, before the partial-parse and
 speed work of issue 15. Speed-ups must not change a byte. When a format change is intended, regenerate it with
@@ -41,7 +42,7 @@ def _digests(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name != "stats.json"
+        if p.is_file() and p.name not in ("stats.json", "license.json")
     }
 
 
@@ -52,4 +53,6 @@ def test_outputs_are_byte_identical_to_the_reference(tmp_path):
     want = json.loads(GOLDEN.read_text())
     assert sorted(got) == sorted(want), "other output files than the reference"
     changed = [name for name in want if got[name] != want[name]]
+    licenses = sorted((tmp_path / "data" / "ast_dataset").glob("*/license.json"))
+    assert [json.loads(p.read_text())["status"] for p in licenses] == ["none", "none"]  # no licence file in either
     assert not changed, f"{len(changed)} output files changed, e.g. {changed[:5]}"
