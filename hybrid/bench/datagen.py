@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--filters",
         action="store_true",
-        help="also time the pipeline with dedup + commit filters on vs off, side by side (a row per repository)",
+        help="also time the pipeline with dedup, commit filters and secret scrubbing on vs off, side by side (a row "
+        "per repository)",
     )
 
 
@@ -213,13 +214,13 @@ def bench_repo(path: Path, name: str, args) -> dict:
 
 # The pipeline without its LLM stages (their time is the endpoint's): structural stages, dedup, FIM
 FILTER_STAGES = ["generate-ast", "generate-ast-diffs", "dedup", "generate-fim"]
-FILTERS_OFF = ["pipeline.dedup=false", "pipeline.commit_filters=[]"]
+FILTERS_OFF = ["pipeline.dedup=false", "pipeline.commit_filters=[]", "pipeline.scrub_secrets=false"]  # all of #27
 
 
 def bench_filters(path: Path, name: str, commits: int, args) -> dict:
-    """The pipeline (FILTER_STAGES, --force) with dedup + commit filters off, then on, in the same run: the cost
-    is the on run's extra wall time over the off run's (the on run also skips the duplicates' FIM samples), and
-    the dedup stage's own time as a share of the off run."""
+    """The pipeline (FILTER_STAGES, --force) with dedup, commit filters and secret scrubbing off, then on, in the
+    same run: the cost is the on run's extra wall time over the off run's (the on run also skips the duplicates'
+    FIM samples), and the dedup stage's own time as a share of the off run."""
     off_s, off_cpu, off = _best_time_stages(
         [(path, name)], _overrides(args) + FILTERS_OFF, args.no_ray, args.ours_repeat, FILTER_STAGES
     )
@@ -393,7 +394,7 @@ def _print_filters(console, filters: list[dict]) -> None:
     from rich import box
     from rich.table import Table
 
-    console.print(f"pipeline ({', '.join(FILTER_STAGES)}, --force) with dedup + commit filters off vs on")
+    console.print(f"pipeline ({', '.join(FILTER_STAGES)}, --force) with dedup, commit filters, scrubbing off vs on")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("repo", "commits", "off s", "on s", "cost", "dedup stage s", "share", "dropped", "FIM off/on", "load"):
         table.add_column(col, no_wrap=col == "repo")
