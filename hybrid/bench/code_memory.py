@@ -58,6 +58,12 @@ DOCS = DocTable(
     "hybrid bench code-memory --from-json docs/code-memory-results.json --write-docs",
     {"README.md": False, "docs/code-memory.md": True},
 )
+# the same benchmark with the external memory read through one joint softmax (model.external_fusion=joint)
+JOINT_DOCS = DocTable(
+    "code-memory-joint-table",
+    "hybrid bench code-memory --from-json docs/code-memory-joint.json --write-docs",
+    {"README.md": False, "docs/code-memory.md": True},
+)
 SOURCE_SUFFIXES = (".py", ".rs", ".go", ".js", ".jsx", ".ts", ".tsx", ".java", ".c", ".h", ".cc", ".cpp", ".hpp")
 
 
@@ -595,9 +601,16 @@ def markdown_report(result: dict, full: bool = True) -> str:
     return "".join(parts)
 
 
+def doc_table(result: dict) -> DocTable:
+    """Where a result's table goes: the joint-fusion table for a run whose model reads its external memory through
+    one joint softmax, else the main one."""
+    return JOINT_DOCS if result["settings"]["model"].get("external_fusion") == "joint" else DOCS
+
+
 def write_docs(result: dict, root: Path = Path(".")) -> list[Path]:
-    """Replace the block between the code-memory-table markers of README.md and docs/code-memory.md."""
-    return DOCS.write(lambda full: markdown_report(result, full), root)
+    """Replace the block between the code-memory-table (or -joint-table: `doc_table`) markers of README.md and
+    docs/code-memory.md."""
+    return doc_table(result).write(lambda full: markdown_report(result, full), root)
 
 
 def draw_plot(result: dict, path: str) -> None:

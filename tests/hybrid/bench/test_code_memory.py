@@ -266,10 +266,12 @@ def test_committed_results_match_the_docs():
     """README.md and docs/code-memory.md carry the table of the committed results JSON, as generated."""
     from hybrid.bench import code_memory as b
 
-    result = b._load_result(str(ROOT / "docs" / "code-memory-results.json"))
-    assert len(result["settings"]["seeds"]) >= 3 and len(result["runs"]) == len(result["settings"]["seeds"])
-    for name, full in b.DOCS.files.items():
-        assert b.DOCS.block(ROOT / name) == b.markdown_report(result, full), (
-            f"{name}: its code-memory table differs from docs/code-memory-results.json; regenerate it with "
-            f"`hybrid bench code-memory --from-json docs/code-memory-results.json --write-docs`"
-        )
+    for json_name, table in (("code-memory-results.json", b.DOCS), ("code-memory-joint.json", b.JOINT_DOCS)):
+        result = b._load_result(str(ROOT / "docs" / json_name))
+        assert len(result["settings"]["seeds"]) >= 3 and len(result["runs"]) == len(result["settings"]["seeds"])
+        assert b.doc_table(result) is table
+        for name, full in table.files.items():
+            assert table.block(ROOT / name) == b.markdown_report(result, full), (
+                f"{name}: its {table.name} differs from docs/{json_name}; regenerate it with "
+                f"`hybrid bench code-memory --from-json docs/{json_name} --write-docs`"
+            )
