@@ -291,4 +291,4 @@ def test_bench_datagen_times_the_filters_on_and_off_side_by_side(tmp_path, capsy
     assert row["commits"] == 4 and row["dropped"] == {"lock_file_only": 1}
     assert row["off_s"] > 0 and row["on_s"] > 0 and row["dedup_stage_s"] > 0 and "load_average" in row
     assert row["fim_samples_off"] == row["fim_samples_on"] == 3
-    assert "with dedup + commit filters off vs on" in " ".join(capsys.readouterr().out.split())
+    assert "with dedup, commit filters, scrubbing off vs on" in " ".join(capsys.readouterr().out.split())
