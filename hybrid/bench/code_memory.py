@@ -33,8 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hybrid.bench.report import DocTable, load_result, markdown_table, save_figure
 from hybrid.bench.stats import interval, mean_interval
 from hybrid.cli import non_negative_int, positive_int
@@ -219,11 +217,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             )
         s.variants = [v for v in VARIANTS if v in names]
         s.repo_memory = s.repo_memory and "external" in s.variants  # its rows read the external model
+    from hybrid.cli.config import override_value  # the config schemas: not at `hybrid --help`
+
     for item in args.model:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise HybridError(f"--model: expected KEY=VALUE (a model setting), got {item!r}")
-        s.model[key.strip()] = yaml.safe_load(value)  # checked by the model config when a variant trains
+        s.model[key.strip()] = override_value(value)  # checked by the model config when a variant trains
     return s
 
 

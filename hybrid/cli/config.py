@@ -54,6 +54,14 @@ class Config(BaseModel):
         return RecipeConfig(model=self.model, train=self.train, data=self.data, memory=self.memory)
 
 
+def override_value(raw: str) -> Any:
+    """The value of a `key=value` override: YAML (`2`, `true`, `[1, 2]`, `{a: 1}`), else the text as it is."""
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
 def split_overrides(items: Iterable[str]) -> tuple[list[str], list[str]]:
     """Split command-line words into `key=value` overrides and the other positionals (e.g. repo names)."""
     overrides, rest = [], []
@@ -136,11 +144,7 @@ def load_config(
             continue
         if "." not in key:
             raise ConfigError(f"{key}: unknown config group (choose from {', '.join(GROUPS)})")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        dotted.append((key, value))
+        dotted.append((key, override_value(raw)))
 
     tree: dict[str, Any] = dict(tree_from_file) if base is not None else {}
     for group, name in choices.items():

@@ -7,7 +7,6 @@ reads the marks without importing pipelines (its package sits above it).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.core.errors import HybridError
+from hybrid.core.io import iter_jsonl
 from hybrid.core.layout import DEDUP, FILTERED_COMMITS, DatasetLayout
 
 
@@ -45,11 +45,7 @@ class Marks:
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     if not path.exists():
         return
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise HybridError(f"{path}:{lineno}: not JSON ({e.msg}); rerun `hybrid pipeline run`") from None
+    for lineno, row in iter_jsonl(path):  # a line that is not JSON: one line naming file and line
         if not isinstance(row, dict) or not isinstance(row.get("commit"), int):
             raise HybridError(f"{path}:{lineno}: expected an object with an integer `commit`")
         yield row

@@ -536,13 +536,12 @@ class TrainingRecipe:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        ctx = self.ctx
-        own = storage.at(self.output).stages and not self.is_main
+        ctx, where = self.ctx, storage.at(self.output)
+        own = where.stages and not self.is_main
         folder = self.output_dir / f".shards-{self.spec.run_id}-rank{ctx.rank}" if own else tmp / "optimizer"
         ctx.barrier()  # the checkpoint folder exists
         dcp.save({"optim": get_optimizer_state_dict(self.model, self.optimizer)}, checkpoint_id=str(folder))
         if own:
-            where = storage.at(self.output)
             dest = where.join(self.output, ckpt_io.checkpoint_name(step), "optimizer")
             for shard in sorted(folder.glob("*.distcp")):
                 where.put_file(shard, where.join(dest, shard.name))
