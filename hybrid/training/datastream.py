@@ -294,6 +294,16 @@ def local_micro_batches(
             yield block
 
 
+# A validation set of at most this many IO pairs is read and tokenized by each Ray Train worker itself (as in-process
+# runs do): a Ray Data execution per validation pass costs seconds of start-up and prints its plan, which a few
+# thousand pairs do not repay. Larger sets stream through Ray Data, tokenized by the cluster's CPUs.
+LOCAL_EVAL_ROWS = 20_000
+
+
+def eval_on_worker(val_rows: int) -> bool:
+    return val_rows <= LOCAL_EVAL_ROWS
+
+
 def local_eval_rows(
     files: list[str], tokenizer: TextTokenizer, max_length: int, on_bad: str
 ) -> Iterator[dict[str, Any]]:

@@ -6,7 +6,8 @@ are handed their data loaders the same way):
 
     in-process / torchrun   `LocalSource` (each rank reads its own share of the stream, hybrid/training/datastream.py)
                             and `Reporter` (nothing to restart from, nothing to report to)
-    Ray Train               `RaySource` (the shards of the Ray Data streams the driver built) and `RayReporter`
+    Ray Train               `RaySource` (the shards of the Ray Data streams the driver built; a small validation
+                            set is read by each worker itself) and `RayReporter`
                             (`ray.train.get_checkpoint`, `ray.train.report`): `ray_worker` is the workers' loop
 
 The recipe (hybrid/training/recipe.py) imports none of this; its callers pick the adapters.
@@ -20,7 +21,13 @@ from typing import Any
 
 from hybrid.data.tokenizer import TextTokenizer
 from hybrid.training.checkpoints import checkpoint_name
-from hybrid.training.datastream import StreamPlan, local_eval_rows, local_micro_batches, table_rows
+from hybrid.training.datastream import (
+    StreamPlan,
+    eval_on_worker,
+    local_eval_rows,
+    local_micro_batches,
+    table_rows,
+)
 from hybrid.training.recipe import run
 from hybrid.training.spec import TrainingSpec
 
@@ -64,6 +71,9 @@ class RaySource:
             yield table_rows(table)
 
     def eval_rows(self, spec: TrainingSpec, tokenizer: TextTokenizer) -> Iterator[dict[str, Any]]:
+        if eval_on_worker(spec.val_rows):  # a small set: read here, as LocalSource does (no Ray Data pass)
+            yield from LocalSource().eval_rows(spec, tokenizer)
+            return
         import ray.train
 
         shard = ray.train.get_dataset_shard("validation")

@@ -30,7 +30,7 @@ from hybrid.data.io_pairs import data_files
 from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe, train_word_level
 from hybrid.models import build_model
 from hybrid.training import checkpoints as ckpt_io
-from hybrid.training.datastream import StreamPlan, ray_eval_dataset, ray_train_dataset, scan
+from hybrid.training.datastream import StreamPlan, eval_on_worker, ray_eval_dataset, ray_train_dataset, scan
 from hybrid.training.launchers import AfterCheckpoint, ray_worker, run_local
 from hybrid.training.spec import TrainingSpec
 
@@ -403,7 +403,7 @@ def fit_on_ray(
     ctx.target_max_block_size = min(ctx.target_max_block_size or BLOCK_BYTES, BLOCK_BYTES)
     cpus, tasks = data_resources(cfg)
     datasets = {"train": ray_train_dataset(plan, tokenizer_json, cpus, tasks)}
-    if val_files:
+    if val_files and not eval_on_worker(spec.val_rows):  # a small one each worker reads itself (RaySource)
         datasets["validation"] = ray_eval_dataset(
             val_files, tokenizer_json, cfg.data.max_length, cfg.data.on_bad_record, cpus, tasks
         )
