@@ -112,3 +112,22 @@ def test_a_resumed_stream_skips_exactly_what_was_consumed(folder, tok):
 
     resumed = [outputs(b, tok) for b in itertools.islice(local_micro_batches(plan, tok, 1, 2), 7, None)]
     assert resumed == full[7:] and Counter(map(len, full)) == Counter({2: len(full)})
+
+
+def test_a_validation_set_reads_the_same_through_ray_data_as_in_the_worker(folder, tok, ray_session):
+    """A small validation set is read by each Ray Train worker itself (`eval_on_worker`), a large one streams
+    through Ray Data (`ray_eval_dataset`): both give the same rows in the same order."""
+    from hybrid.training.datastream import (
+        LOCAL_EVAL_ROWS,
+        eval_on_worker,
+        local_eval_rows,
+        ray_eval_dataset,
+        table_rows,
+    )
+
+    assert eval_on_worker(LOCAL_EVAL_ROWS) and not eval_on_worker(LOCAL_EVAL_ROWS + 1)
+    files = data_files(folder)
+    ds = ray_eval_dataset(files, tok.to_json(), 32, "error", 0, 2)
+    through_ray = [r for b in ds.iter_batches(batch_size=1024, batch_format="pyarrow") for r in table_rows(b)]
+    here = [{k: r[k] for k in ("ids", "prompt_len", "trunc")} for r in local_eval_rows(files, tok, 32, "error")]
+    assert len(here) == 46 and through_ray == here
