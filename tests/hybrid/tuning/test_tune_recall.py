@@ -30,6 +30,11 @@ def test_the_recall_objective_sweeps_on_the_recall_task(ray_head, tmp_path):
             "tune.max_iters=4",
             "tune.grace_steps=2",
             "tune.scheduler=fifo",
+            # both trials at once on the head's 2 CPUs (as test_tune.py's FAILING)
+            "tune.max_concurrent_trials=2",
+            "train.cpus_per_worker=0.5",
+            "data.cpus_per_task=0",
+            "data.read_tasks=1",
             "tune.recall.base_steps=4",
             "tune.recall.train_examples=64",
             "tune.recall.eval_examples=8",
