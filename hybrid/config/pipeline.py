@@ -105,7 +105,11 @@ DEFAULT_MANIFEST_FILES = [
 
 
 class PipelineConfig(Section):
-    data_dir: str = Field("data", description="root of data/repos and data/ast_dataset")
+    data_dir: str = Field(
+        "data",
+        description="root of data/repos and data/ast_dataset: a folder, or a URI of object storage (s3://bucket/data; "
+        "docs/cluster.md)",
+    )
     max_file_bytes: int = Field(
         512 * 1024, gt=0, description="files larger than this many bytes are dropped (reason too_large)"
     )

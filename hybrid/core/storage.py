@@ -259,6 +259,17 @@ def _same(a: PathLike, b: PathLike) -> bool:
 _BUCKET_SCHEMES = ("s3", "gs", "gcs")
 
 
+def _one_request(uri: str) -> str:
+    """The URI of a whole-file write: on S3 with pyarrow's `allow_delayed_open`, so a small file is one PutObject
+    instead of three requests of a multipart upload (created, part, completed) — half the time per file on the
+    pipeline's per-commit files here (23 -> 12 ms, moto). An error (a missing bucket) then comes at close, still
+    inside the write."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or "allow_delayed_open" in parts.query:
+        return uri
+    return parts._replace(query="&".join(q for q in (parts.query, "allow_delayed_open=true") if q)).geturl()
+
+
 class ArrowStorage(Storage):
     stages = True
 
@@ -416,7 +427,7 @@ class ArrowStorage(Storage):
         return self._call(path, "read", read)
 
     def write_bytes(self, path: PathLike, data: bytes) -> None:
-        fs, inner = self.filesystem(str(path))
+        fs, inner = self.filesystem(_one_request(str(path)))
 
         def write() -> None:
             try:
