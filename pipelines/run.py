@@ -3,7 +3,9 @@
 The plan: for each repository, list its first-parent commits, keep the ones a stage still has to do (all with
 `force`), cut them into contiguous ranges of `pipeline.commits_per_task`, and map `process_range` over the
 ranges with `ray.data.TaskPoolStrategy(size=pipeline.num_workers)`. Consecutive per-commit stages run in the
-same pass, so a range parses each blob once for generate-ast and generate-ast-diffs.
+same pass, so a range parses each blob once for generate-ast and generate-ast-diffs. With the data folder on object
+storage (docs/cluster.md) the planner lists each repository once, the rows carry what each commit folder holds,
+and each worker unpacks the clone archive on its machine and uploads the commit folders it builds.
 
 Two shapes of stage: a per-commit step (pipelines/steps.py: `RangeStep` subclasses, run by a `RangeWorker` over
 commit ranges) and a repository stage that runs itself (the LLM stages, pipelines/llm/pipeline_stages.py, which
