@@ -32,6 +32,7 @@ import importlib
 import json
 import pickle
 import re
+import shutil
 import threading
 import time
 import zlib
@@ -42,10 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.config.pipeline import PipelineConfig
+from hybrid.core import storage
 from hybrid.core.dedup_marks import Marks, load_marks
 from hybrid.core.errors import HybridError
-from hybrid.core.io import atomic_write, read_json
-from hybrid.core.layout import COMMIT_DATA, DIFF_AST, DatasetLayout
+from hybrid.core.io import read_json
+from hybrid.core.layout import COMMIT_DATA, DIFF_AST, DatasetLayout, commit_name
 from hybrid.core.ray_utils import init_ray
 from pipelines.commit_filters import CommitFilter
 
@@ -261,10 +263,21 @@ def _sign_row(row: dict) -> dict:
     filt, signer = CommitFilter(cfg), Signer() if cfg.dedup else None
     layout = DatasetLayout(cfg.data_dir)
     t0 = time.process_time()
+    numbers = [int(n) for n in row["numbers"]]
+    staging = layout.staging_dir(row["repo"]) if layout.staged else None
     try:
-        sigs = [sign_commit(layout.local_commit_dir(row["repo"], int(n)), int(n), filt, signer) for n in row["numbers"]]
+        if staging is not None:  # object storage: the range's two files per commit fetched here first, all at once
+            present = {int(n): names for n, names in json.loads(row["present"]).items()}
+            layout.fetch_commit_files(row["repo"], present, staging)
+            folders = [staging / commit_name(n) for n in numbers]
+        else:
+            folders = [layout.local_commit_dir(row["repo"], n) for n in numbers]
+        sigs = [sign_commit(folder, n, filt, signer) for folder, n in zip(folders, numbers)]
     except HybridError as e:
-        return {"repo": row["repo"], "first": int(row["numbers"][0]), "payload": b"", "error": str(e), "cpu_s": 0.0}
+        return {"repo": row["repo"], "first": numbers[0], "payload": b"", "error": str(e), "cpu_s": 0.0}
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     payload = pickle.dumps([s for s in sigs if s is not None], protocol=pickle.HIGHEST_PROTOCOL)
     cpu = time.process_time() - t0
     return {"repo": row["repo"], "first": int(row["numbers"][0]), "payload": payload, "error": "", "cpu_s": cpu}
@@ -281,11 +294,14 @@ def _ranges(numbers: list[int], parts: int, most: int) -> list[list[int]]:
 def signatures(repos: list[str], cfg: PipelineConfig, local: bool) -> tuple[dict[str, list[CommitSigs]], float]:
     """{repo: its commits' signatures, oldest first} and the CPU seconds the signing took (all workers)."""
     layout = DatasetLayout(cfg.data_dir)
-    worker_cfg = cfg.model_copy(update={"data_dir": str(Path(cfg.data_dir).resolve())}).model_dump_json()
+    worker_cfg = cfg.model_copy(update={"data_dir": storage.at(cfg.data_dir).absolute(cfg.data_dir)}).model_dump_json()
     rows = []
     for repo in repos:
+        listing = layout.listing(repo) if layout.staged else {}  # object storage: what each range fetches
         for numbers in _ranges(layout.commits(repo), cfg.num_workers, cfg.commits_per_task):
-            rows.append({"repo": repo, "numbers": numbers, "cfg": worker_cfg})
+            wanted = {n: [f for f in (COMMIT_DATA, DIFF_AST) if f in listing.get(n, ())] for n in numbers}
+            present = wanted if layout.staged else {}
+            rows.append({"repo": repo, "numbers": numbers, "cfg": worker_cfg, "present": json.dumps(present)})
     outs: list[dict] = []
     if local or len(rows) <= 1:
         outs = [_sign_row(r) for r in rows]
@@ -412,9 +428,7 @@ def run_dedup(repos: list[str], cfg: PipelineConfig, force: bool = False, local:
     if not cfg.dedup and not cfg.commit_filters:
         for repo in repos:
             for location in (layout.dedup_file(repo), layout.filtered_commits_file(repo)):
-                path = layout.local(location)
-                if path.exists():
-                    path.unlink()
+                storage.remove_file(location)
         return {"counts": {"off": 1}, "drops": {}, "per_repo": {r: {"counts": {"off": 1}, "drops": {}} for r in repos}}
     t0 = time.perf_counter()
     # datasketch imports scipy (0.5-1 s here): the driver's LSH pass needs it, so import it while the workers sign
@@ -426,8 +440,8 @@ def run_dedup(repos: list[str], cfg: PipelineConfig, force: bool = False, local:
     decisions = decide(by_repo, cfg.dedup_threshold, near=cfg.dedup)
     for repo in repos:
         dups, filtered = decisions.duplicates[repo], decisions.filtered[repo]
-        atomic_write(layout.local(layout.dedup_file(repo)), "".join(json.dumps(d) + "\n" for d in dups))
-        atomic_write(layout.local(layout.filtered_commits_file(repo)), "".join(json.dumps(d) + "\n" for d in filtered))
+        storage.write_text(layout.dedup_file(repo), "".join(json.dumps(d) + "\n" for d in dups))
+        storage.write_text(layout.filtered_commits_file(repo), "".join(json.dumps(d) + "\n" for d in filtered))
     counts: Counter = Counter()
     drops: Counter = Counter()
     for st in decisions.stats.values():

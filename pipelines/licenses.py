@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import tempfile
@@ -35,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.config.pipeline import PipelineConfig
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
-from hybrid.core.io import atomic_write_json, read_json
 from hybrid.core.layout import DatasetLayout
 from pipelines.repos import RepoEntry
 
@@ -99,8 +100,7 @@ _DETECTORS: dict[str, LicenseDetector] = {}
 
 
 def detector(cfg: PipelineConfig) -> LicenseDetector:
-    layout = DatasetLayout(cfg.data_dir)
-    path = str(layout.local(layout.license_db))
+    path = str(DatasetLayout(cfg.data_dir).local_license_db())
     if path not in _DETECTORS:
         _DETECTORS[path] = LicenseDetector(path)
     return _DETECTORS[path]
@@ -150,26 +150,26 @@ def record_license(entry: RepoEntry, cfg: PipelineConfig) -> dict | None:
     if ref is None and repo.head_is_unborn:
         return None
     commit = ref.peel(pygit2.Commit) if ref is not None else repo.head.peel(pygit2.Commit)
-    out = layout.local(layout.license_file(entry.name))
-    if out.exists():
-        with contextlib.suppress(HybridError, OSError, ValueError):
-            old = read_json(out)
-            if isinstance(old, dict) and old.get("commit") == str(commit.id) and "files" in old:
-                return old
+    out = layout.license_file(entry.name)
+    old = _read(out)
+    if isinstance(old, dict) and old.get("commit") == str(commit.id) and "files" in old:
+        return old
     info = detect_license(commit, cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, info)
+    storage.write_text(out, json.dumps(info, indent=2, ensure_ascii=False) + "\n")  # (as atomic_write_json)
     return info
+
+
+def _read(location: str) -> Any:
+    """A JSON file of the data folder, or None when it is missing or unreadable."""
+    try:
+        return json.loads(storage.read_text(location)) if storage.exists(location) else None
+    except (HybridError, OSError, ValueError):
+        return None
 
 
 def read_license(name: str, cfg: PipelineConfig) -> dict | None:
     """A repository's license.json as the last pipeline run wrote it (None before one ran, or unreadable)."""
-    layout = DatasetLayout(cfg.data_dir)
-    path = layout.local(layout.license_file(name))
-    try:
-        info = read_json(path) if path.exists() else None
-    except (HybridError, OSError, ValueError):
-        return None
+    info = _read(DatasetLayout(cfg.data_dir).license_file(name))
     return info if isinstance(info, dict) else None
 
 

@@ -8,21 +8,24 @@ commits touch or follow it; and it runs the steps (pipelines/steps.py) over each
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 from hybrid.config.pipeline import PipelineConfig
+from hybrid.core import storage
 from hybrid.core.io import remove_temps
-from hybrid.core.layout import DatasetLayout
+from hybrid.core.layout import DatasetLayout, commit_name
 from pipelines.declarations import ParsedFile, parse_declarations, parse_tree, update_declarations
 from pipelines.filters import content_drop_reason, path_drop_reason
 from pipelines.languages import grammar_key, language_of
 from pipelines.records import RecordEncoder
-from pipelines.steps import DONE_FILES, STEP_KEYS, STEPS, CommitContext
+from pipelines.steps import DONE_FILES, STEP_KEYS, STEPS, CommitContext, RangeStep
 
 WORKER_KEY = "_worker"  # process_range's own numbers: CPU seconds, parse-cache hits, incremental parses
 TREE_CACHE_SIZE = 256  # syntax trees kept per worker for incremental re-parsing (a tree is ~10x its source)
@@ -114,17 +117,26 @@ class RangeWorker:
                 self.cache.popitem(last=False)
         return _usable(result)
 
-    def run_range(self, numbers: list[int], hashes: list[str], step_keys: list[str], force: bool = False) -> dict:
+    def run_range(
+        self,
+        numbers: list[int],
+        hashes: list[str],
+        step_keys: list[str],
+        force: bool = False,
+        present: dict[int, list[str]] | None = None,
+    ) -> dict:
         """Run the steps named by `step_keys` (in STEPS order) on commits `numbers` (contiguous, oldest first)
-        with the given hashes. Returns {step key: StageStats dict} with `skipped_done` counts."""
-        import pygit2
-
+        with the given hashes. Returns {step key: StageStats dict} with `skipped_done` counts. `present`: on object
+        storage, the names of the files each commit folder holds (the driver's listing)."""
         unknown = [k for k in step_keys if k not in STEP_KEYS]
         if unknown:
             raise ValueError(f"unknown range stages {unknown}")
         steps = [s(self) for s in STEPS if s.key in step_keys]
         self.prefetch_old = "ast" in step_keys and "ast-diffs" in step_keys
         self.prefetched.clear()
+        if present is not None:
+            self._run_staged(numbers, hashes, steps, force, present)
+            return {s.key: s.stats.to_dict() for s in steps}
         for number, commit_hash in zip(numbers, hashes):
             out_dir = self.layout.local_commit_path(self.repo_name, int(number))  # (plain text: see the layout)
             todo = [s for s in steps if force or not s.is_done(out_dir)]
@@ -133,19 +145,61 @@ class RangeWorker:
                     s.stats.counts["skipped_done"] += 1
             if not todo:
                 continue
-            commit = self.repo.get(commit_hash)
-            if commit is None or not isinstance(commit, pygit2.Commit):
-                raise ValueError(f"{self.repo_path}: no commit {commit_hash}")
-            ctx = CommitContext(self.repo, int(number), commit)
             try:
                 os.mkdir(out_dir)
             except FileExistsError:  # an earlier run wrote here: it may have been killed between write and rename
                 remove_temps(out_dir, [f for s in todo for f in DONE_FILES[s.key]])
             except FileNotFoundError:
                 os.makedirs(out_dir, exist_ok=True)
-            for s in todo:
-                s.run(ctx, Path(out_dir))  # (a Path: the steps' interface)
+            self._run_commit(todo, int(number), commit_hash, out_dir)
         return {s.key: s.stats.to_dict() for s in steps}
+
+    def _run_commit(self, todo: list[RangeStep], number: int, commit_hash: str, out_dir: str) -> None:
+        import pygit2
+
+        commit = self.repo.get(commit_hash)
+        if commit is None or not isinstance(commit, pygit2.Commit):
+            raise ValueError(f"{self.repo_path}: no commit {commit_hash}")
+        ctx = CommitContext(self.repo, number, commit)
+        for s in todo:
+            s.run(ctx, Path(out_dir))  # (a Path: the steps' interface)
+
+    def _run_staged(
+        self, numbers: list[int], hashes: list[str], steps: list[RangeStep], force: bool, present: dict[int, list[str]]
+    ) -> None:
+        """On object storage: the range's commit folders are built in a local staging folder (the inputs the steps
+        read fetched into it first, all at once), and each commit's new files are uploaded in the background while
+        the next commit is worked on — in the order the steps write them, so a stage's done marker (its last file)
+        is never there before the rest of its files."""
+        repo, root = self.repo_name, self.layout.staging_dir(self.repo_name)
+        todo_of, wanted = {}, {}
+        for number in numbers:
+            have = frozenset(present.get(number, ()))
+            todo = [s for s in steps if force or not self.layout.done_from(have, s.name)]
+            for s in steps:
+                if s not in todo:
+                    s.stats.counts["skipped_done"] += 1
+            written = {f for s in todo for f in DONE_FILES[s.key]}
+            todo_of[number] = todo
+            wanted[number] = sorted({f for s in todo for f in s.reads if f in have and f not in written})
+        try:
+            self.layout.fetch_commit_files(repo, {n: w for n, w in wanted.items() if w}, root)
+            with storage.Uploads() as uploads:
+                for number, commit_hash in zip(numbers, hashes):
+                    if not todo_of[number]:
+                        continue
+                    out_dir = root / commit_name(number)
+                    out_dir.mkdir(exist_ok=True)
+                    self._run_commit(todo_of[number], int(number), commit_hash, str(out_dir))
+                    files = [
+                        (out_dir / f, self.layout.commit_file(repo, number, f))
+                        for s in todo_of[number]
+                        for f in DONE_FILES[s.key]
+                        if (out_dir / f).exists()
+                    ]
+                    uploads.submit(files, then=functools.partial(shutil.rmtree, out_dir, ignore_errors=True))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _usable(result: ParsedFile | str) -> ParsedFile | str:
@@ -175,6 +229,7 @@ def process_range(
     step_keys: list[str],
     cfg: PipelineConfig,
     force: bool = False,
+    present: dict[int, list[str]] | None = None,
 ) -> dict:
     """One range through this process's worker: {step key: StageStats dict}, and under WORKER_KEY the range's CPU
     seconds and parse-cache numbers."""
@@ -187,7 +242,7 @@ def process_range(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        result = worker.run_range(numbers, hashes, step_keys, force)
+        result = worker.run_range(numbers, hashes, step_keys, force, present)
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -4,6 +4,11 @@ Repositories are bare clones (pygit2) in data/repos/<name>; data/repos/registry.
 {"name", "source", "default_branch", "added_at"}. `add` clones into a temp folder and renames it into place
 only when everything worked, so a failure changes nothing.
 
+On object storage (`pipeline.data_dir=s3://…`) a clone is one archive, `repos/<name>.tar` (uploaded once by `add`
+and `update`), that each machine unpacks into its own cache the first time it needs it (`local_clone`); the
+registry is the same registry.json. There, `add`/`update`/`remove` are not locked against each other: run them from
+one place at a time (docs/cluster.md).
+
 Every read-modify-write of the registry holds `data/repos/.registry.lock` (flock), so commands run at once never
 lose an entry. Names are checked wherever the registry is read (a hand-edited `../x` is an error, never a path).
 A URL's userinfo (`https://user:token@host/...`) is used for the clone only: the registry and the clone's
@@ -21,8 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hybrid.config.pipeline import PipelineConfig
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
-from hybrid.core.io import atomic_write_json, exclusive_lock
+from hybrid.core.io import exclusive_lock
 from hybrid.core.layout import REGISTRY, DatasetLayout
 from hybrid.core.redact import library_message, redact_url, split_userinfo
 
@@ -38,8 +44,65 @@ class RepoEntry:
     added_at: str
 
     def path(self, cfg: PipelineConfig) -> Path:
+        """The bare clone on this machine (on object storage, unpacked from its archive on first use)."""
+        return local_clone(DatasetLayout(cfg.data_dir), self.name)
+
+    def location(self, cfg: PipelineConfig) -> str:
+        """Where the clone is kept: its folder, or on object storage its archive."""
         layout = DatasetLayout(cfg.data_dir)
-        return layout.local(layout.clone_dir(self.name))
+        return layout.clone_archive(self.name) if layout.staged else layout.clone_dir(self.name)
+
+
+def local_clone(layout: DatasetLayout, name: str) -> Path:
+    """The bare clone of a registered repository as a folder of this machine: the clone itself, or on object storage
+    its archive unpacked into this machine's cache (once per archive: a new archive from `update` is a new folder)."""
+    if not layout.staged:
+        return layout.local(layout.clone_dir(name))
+    archive = layout.clone_archive(name)
+    stamp = storage.at(archive).stat(archive)
+    if stamp is None:
+        raise HybridError(
+            f"{storage.shown(archive)}: no such file (the clone of {name!r} is missing: "
+            f"`hybrid repos remove {name}`, then add it again)"
+        )
+    dest = layout.clone_cache(name, stamp)
+    if not dest.is_dir():
+        import tarfile
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            storage.at(archive).get_files([(archive, tmp / "clone.tar")])
+            with tarfile.open(tmp / "clone.tar") as tar:
+                tar.extractall(tmp / "x", filter="data")
+            try:
+                (tmp / "x" / name).rename(dest)
+            except OSError:  # another process on this machine unpacked it first
+                if not dest.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _publish_clone(layout: DatasetLayout, name: str, clone: Path) -> None:
+    """Upload a bare clone as its archive (one file: one PUT, never seen half-written), then keep `clone` as this
+    machine's unpacked copy of that archive."""
+    import tarfile
+
+    archive = layout.clone_archive(name)
+    packed = clone.parent / f".{name}.tar"
+    with tarfile.open(packed, "w") as tar:  # (not compressed: git's pack files are)
+        tar.add(clone, arcname=name)
+    try:
+        storage.at(archive).put_file(packed, archive)
+    finally:
+        packed.unlink(missing_ok=True)
+    stamp = storage.at(archive).stat(archive)
+    dest = layout.clone_cache(name, stamp) if stamp else None
+    if dest is not None and not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        clone.rename(dest)
 
 
 def repos_dir(cfg: PipelineConfig) -> Path:
@@ -58,11 +121,12 @@ def registry_lock(cfg: PipelineConfig):
 
 
 def list_repos(cfg: PipelineConfig) -> list[RepoEntry]:
-    path = registry_path(cfg)
-    if not path.exists():
+    layout = DatasetLayout(cfg.data_dir)
+    path = storage.shown(layout.registry)
+    if not storage.exists(layout.registry):
         return []
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
+        items = json.loads(storage.read_text(layout.registry))
         entries = [
             RepoEntry(**{k: item[k] for k in ("name", "source", "default_branch", "added_at")}) for item in items
         ]
@@ -88,7 +152,8 @@ def get_repo(name: str, cfg: PipelineConfig) -> RepoEntry:
 
 
 def _save(entries: list[RepoEntry], cfg: PipelineConfig) -> None:
-    atomic_write_json(registry_path(cfg), [asdict(e) for e in entries])
+    text = json.dumps([asdict(e) for e in entries], indent=2, ensure_ascii=False) + "\n"  # (as atomic_write_json)
+    storage.write_text(DatasetLayout(cfg.data_dir).registry, text)
 
 
 def _valid_name(name: str) -> bool:
@@ -136,6 +201,8 @@ def add_repo(source: str, name: str | None, cfg: PipelineConfig) -> RepoEntry:
             raise HybridError(f"{source}: not a git repository")
         source = str(local.resolve())
     name = validate_name(name or default_name(source))
+    if DatasetLayout(cfg.data_dir).staged:
+        return _add_to_store(source, name, user, password, cfg)
     created = [p for p in (Path(cfg.data_dir), repos_dir(cfg)) if not p.exists()]
     repos_dir(cfg).mkdir(parents=True, exist_ok=True)
     try:
@@ -196,24 +263,71 @@ def _add_locked(source: str, name: str, user: str | None, password: str | None, 
     return entry
 
 
+def _clone(source: str, dest: Path, user: str | None, password: str | None):
+    import pygit2
+
+    try:
+        return pygit2.clone_repository(source, str(dest), bare=True, callbacks=_credentials(user, password))
+    except (pygit2.GitError, ValueError, OSError) as e:
+        raise HybridError(f"{redact_url(source)}: cannot clone ({library_message(e, source)})") from None
+
+
+def _add_to_store(source: str, name: str, user: str | None, password: str | None, cfg: PipelineConfig) -> RepoEntry:
+    """`add` on object storage: clone on this machine, upload the archive, then the registry (not locked)."""
+    layout = DatasetLayout(cfg.data_dir)
+    entries = list_repos(cfg)
+    if any(e.name == name for e in entries):
+        raise HybridError(f"repo {name!r}: already registered (remove it first or pick another --name)")
+    archive = layout.clone_archive(name)
+    if storage.exists(archive):
+        raise HybridError(f"{storage.shown(archive)}: already exists and is not in the registry; remove it first")
+    staging = storage.cache_root() / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=staging))
+    try:
+        branch = _head_branch(_clone(source, tmp / name, user, password), source)
+        _publish_clone(layout, name, tmp / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    entry = RepoEntry(name, source, branch, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    _save([*entries, entry], cfg)
+    return entry
+
+
 def update_repo(name: str, cfg: PipelineConfig) -> int:
     """Fetch new commits from the source into the bare clone; returns how many commits the branch gained."""
     import pygit2
 
     entry = get_repo(name, cfg)
-    repo = pygit2.Repository(str(entry.path(cfg)))
-    before = first_parent_hashes(entry, cfg, repo)
+    layout = DatasetLayout(cfg.data_dir)
+    path, tmp = entry.path(cfg), None
+    if layout.staged:  # fetch into a copy: the unpacked archive in this machine's cache stays what it was
+        (storage.cache_root() / "staging").mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=storage.cache_root() / "staging"))
+        path = Path(shutil.copytree(path, tmp / name, symlinks=True))
     try:
-        repo.remotes["origin"].fetch(["+refs/heads/*:refs/heads/*"], callbacks=_credentials(None, None))
-    except (pygit2.GitError, KeyError) as e:
-        raise HybridError(
-            f"repo {name!r}: cannot fetch from {redact_url(entry.source)} ({library_message(e, entry.source)})"
-        ) from None
-    return len(first_parent_hashes(entry, cfg, repo)) - len(before)
+        repo = pygit2.Repository(str(path))
+        before = first_parent_hashes(entry, cfg, repo)
+        try:
+            repo.remotes["origin"].fetch(["+refs/heads/*:refs/heads/*"], callbacks=_credentials(None, None))
+        except (pygit2.GitError, KeyError) as e:
+            raise HybridError(
+                f"repo {name!r}: cannot fetch from {redact_url(entry.source)} ({library_message(e, entry.source)})"
+            ) from None
+        gained = len(first_parent_hashes(entry, cfg, repo)) - len(before)
+        if tmp is not None and gained:  # a new archive for every machine; this one keeps the fetched copy
+            _publish_clone(layout, name, path)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return gained
 
 
 def remove_repo(name: str, cfg: PipelineConfig, keep_dataset: bool = True) -> RepoEntry:
     validate_name(name)
+    layout = DatasetLayout(cfg.data_dir)
+    if layout.staged:
+        return _remove_from_store(name, cfg, keep_dataset)
     with registry_lock(cfg):
         entries = list_repos(cfg)
         entry = next((e for e in entries if e.name == name), None)
@@ -224,6 +338,17 @@ def remove_repo(name: str, cfg: PipelineConfig, keep_dataset: bool = True) -> Re
     if not keep_dataset:
         layout = DatasetLayout(cfg.data_dir)
         shutil.rmtree(layout.local(layout.repo_dir(name)), ignore_errors=True)
+    return entry
+
+
+def _remove_from_store(name: str, cfg: PipelineConfig, keep_dataset: bool) -> RepoEntry:
+    layout = DatasetLayout(cfg.data_dir)
+    entries = list_repos(cfg)
+    entry = next((e for e in entries if e.name == name), None) or get_repo(name, cfg)
+    _save([e for e in entries if e.name != name], cfg)
+    storage.remove_file(layout.clone_archive(name))
+    if not keep_dataset:
+        storage.remove_dir(layout.repo_dir(name))
     return entry
 
 

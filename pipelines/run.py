@@ -3,7 +3,9 @@
 The plan: for each repository, list its first-parent commits, keep the ones a stage still has to do (all with
 `force`), cut them into contiguous ranges of `pipeline.commits_per_task`, and map `process_range` over the
 ranges with `ray.data.TaskPoolStrategy(size=pipeline.num_workers)`. Consecutive per-commit stages run in the
-same pass, so a range parses each blob once for generate-ast and generate-ast-diffs.
+same pass, so a range parses each blob once for generate-ast and generate-ast-diffs. With the data folder on object
+storage (docs/cluster.md) the planner lists each repository once, the rows carry what each commit folder holds,
+and each worker unpacks the clone archive on its machine and uploads the commit folders it builds.
 
 Two shapes of stage: a per-commit step (pipelines/steps.py: `RangeStep` subclasses, run by a `RangeWorker` over
 commit ranges) and a repository stage that runs itself (the LLM stages, pipelines/llm/pipeline_stages.py, which
@@ -25,7 +27,6 @@ from hybrid.config.llm import LLMConfig
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core import storage
 from hybrid.core.errors import HybridError, describe_os_error
-from hybrid.core.io import atomic_write_json
 from hybrid.core.layout import COMMIT_DATA, DatasetLayout, done_in
 from hybrid.core.ray_utils import init_ray
 from pipelines.dedup import STAGE as DEDUP_STAGE
@@ -33,7 +34,7 @@ from pipelines.dedup import run_dedup
 from pipelines.licenses import record_license
 from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
 from pipelines.range_worker import WORKER_KEY, process_range
-from pipelines.repos import RepoEntry, first_parent_hashes, get_repo, list_repos
+from pipelines.repos import RepoEntry, first_parent_hashes, get_repo, list_repos, local_clone
 from pipelines.steps import OUTPUT_FILES, STEP_KEYS, STEPS, AstExtractor, DeclarationDiffer, FimSampler, StageStats
 
 # A repository stage runs itself over whole repositories: run(repo names, data_dir, llm_cfg, force) -> stats.
@@ -87,6 +88,7 @@ class RangeTask:
     repo_path: str
     numbers: list[int]
     hashes: list[str]
+    present: dict[int, list[str]] = field(default_factory=dict)  # object storage: the files each commit has
 
 
 @dataclass
@@ -137,8 +139,19 @@ def plan_ranges(
     names = [s.name for s in STEPS if s.key in range_stages]
     runs: list[list[int]] = []  # contiguous runs of pending commit numbers
     done, last_done = 0, 0
+    if layout.staged:  # object storage: one listing, not a request per file
+        listing = layout.listing(entry.name)
+        none: frozenset[str] = frozenset()
+
+        def is_done(n: int, name: str) -> bool:
+            return layout.done_from(listing.get(n, none), name)
+    else:
+
+        def is_done(n: int, name: str) -> bool:
+            return done_in(layout.local_commit_path(entry.name, n), name)
+
     for n in range(len(hashes)):
-        if not force and all(done_in(layout.local_commit_path(entry.name, n), name) for name in names):
+        if not force and all(is_done(n, name) for name in names):
             done, last_done = done + 1, n
         elif runs and runs[-1][-1] == n - 1:
             runs[-1].append(n)
@@ -164,7 +177,8 @@ def plan_ranges(
         for i in range(parts):
             numbers = run[start : start + short + (i >= parts - extra)]
             start += len(numbers)
-            tasks.append(RangeTask(entry.name, str(entry.path(cfg)), numbers, [hashes[n] for n in numbers]))
+            present = {n: sorted(listing.get(n, ())) for n in numbers} if layout.staged else {}
+            tasks.append(RangeTask(entry.name, str(entry.path(cfg)), numbers, [hashes[n] for n in numbers], present))
     return tasks, done
 
 
@@ -192,14 +206,18 @@ def _process_row(row: dict) -> dict:
     """The Ray Data map function: one range in, its stats out (as JSON, so the schema is fixed)."""
     cfg = PipelineConfig.model_validate_json(row["cfg"])
     try:
+        layout = DatasetLayout(cfg.data_dir)
+        present = {int(n): names for n, names in json.loads(row["present"]).items()} if layout.staged else None
         stats = process_range(
             row["repo"],
-            row["repo_path"],
+            # on object storage the driver's clone is not on this machine: this machine's copy of the archive
+            str(local_clone(layout, row["repo"])) if layout.staged else row["repo_path"],
             [int(n) for n in row["numbers"]],
             [str(h) for h in row["hashes"]],
             json.loads(row["stages"]),
             cfg,
             bool(row["force"]),
+            present,
         )
     except HybridError as e:  # bad input (e.g. a corrupt task.json): one line for the user, not a Ray traceback
         return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e), "pid": os.getpid()}
@@ -226,7 +244,7 @@ def plan_rows(
     length the latest commits go first: they are usually the costlier (files grow)."""
     rows, per_repo = [], {}
     # absolute paths: Ray workers do not share the driver's working directory
-    worker_cfg = cfg.model_copy(update={"data_dir": str(Path(cfg.data_dir).resolve())}).model_dump_json()
+    worker_cfg = cfg.model_copy(update={"data_dir": storage.at(cfg.data_dir).absolute(cfg.data_dir)}).model_dump_json()
     for entry in repos:
         tasks, done = plan_ranges(entry, cfg, range_stages, force)
         per_repo[entry.name] = {s: {"counts": {"skipped_done": done}, "drops": {}} for s in range_stages}
@@ -240,6 +258,7 @@ def plan_rows(
                     "stages": json.dumps(range_stages),
                     "force": force,
                     "cfg": worker_cfg,
+                    "present": json.dumps(t.present),
                 }
             )
     if queue:
@@ -262,7 +281,9 @@ def run_range_stages(
     errors: list[str] = []
     if rows:
         last, layout = OUTPUT_FILES[[s for s in STEP_KEYS if s in range_stages][-1]], DatasetLayout(cfg.data_dir)
-        markers = [layout.commit_file(r["repo"], n, last) for r in rows for n in r["numbers"]] if progress else []
+        # (a stat per marker: on object storage the bar moves by finished ranges only)
+        polled = progress and not layout.staged
+        markers = [layout.commit_file(r["repo"], n, last) for r in rows for n in r["numbers"]] if polled else []
         with _progress(progress, label or " + ".join(range_stages), total, markers) as advance:
             for out in _map_rows(rows, cfg, local):
                 if out["error"]:
@@ -366,7 +387,22 @@ def write_stats(entry: RepoEntry, cfg: PipelineConfig, stage_stats: dict[str, di
         return  # JSON that is not an object: not ours to rewrite
     for stage, st in stage_stats.items():
         old[stage] = {**st, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_json(layout.local(layout.stats_file(entry.name)), old)
+    # (the bytes atomic_write_json writes)
+    storage.write_text(layout.stats_file(entry.name), json.dumps(old, indent=2, ensure_ascii=False) + "\n")
+
+
+def refuse_local_only(chosen: list[Stage], cfg: PipelineConfig) -> None:
+    """On object storage, before anything runs: the stages that still need a local data folder (the LLM stages
+    and any registered one that is not a per-commit step or dedup) are refused in one line."""
+    if not DatasetLayout(cfg.data_dir).staged:
+        return
+    local_only = [s.name for s in chosen if not (s.range_stage or s.pipeline_run is run_dedup)]
+    if local_only:
+        takes = ",".join(s.name for s in STAGES if s.range_stage or s.pipeline_run is run_dedup)
+        raise HybridError(
+            f"pipeline.data_dir={storage.shown(cfg.data_dir)}: {', '.join(local_only)} need a local data folder "
+            f"(or one every node mounts) for now; on object storage run `--stages {takes}`"
+        )
 
 
 def run_pipeline(
@@ -385,6 +421,7 @@ def run_pipeline(
         if unknown:
             raise HybridError(f"unknown stage {unknown[0]!r} (choose from: {', '.join(known)})")
     chosen = [s for s in STAGES if not stages or s.name in stages]
+    refuse_local_only(chosen, cfg)
     repos = select_repos(repo_names, cfg)
     t0 = time.perf_counter()
     for entry in repos:  # <repo>/license.json, the repository's licence (pipelines/licenses.py), for export

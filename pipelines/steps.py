@@ -181,6 +181,7 @@ class RangeStep:
     name = ""  # the command: `hybrid pipeline <name>`
     key = ""  # short name in plans and per-range stats
     output = ""  # the file whose presence marks a commit done
+    reads: tuple[str, ...] = ()  # the files of the commit folder it reads, when there (fetched first on object storage)
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -366,6 +367,7 @@ class FimSampler(RangeStep):
     """Fill-in-the-middle samples of the commit's added and modified declarations (fim_dataset.json)."""
 
     name, key, output = "generate-fim", "fim", layout.FIM
+    reads = (layout.DIFF_AST, layout.TASKS, layout.REASONING)
 
     def __init__(self, worker: Worker) -> None:
         super().__init__(worker)

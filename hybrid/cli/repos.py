@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from hybrid.cli import IntermixedParser, config_and_words, console_main
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
 from hybrid.core.redact import redact_url
 
@@ -34,7 +35,8 @@ def _add(args) -> int:
     if rest:
         raise HybridError(f"unexpected argument {rest[0]!r} (overrides look like pipeline.data_dir=DIR)")
     entry = add_repo(args.source, args.name, pcfg)
-    print(f"added {entry.name}: {redact_url(entry.source)} (branch {entry.default_branch}) -> {entry.path(pcfg)}")
+    where = storage.shown(entry.location(pcfg))
+    print(f"added {entry.name}: {redact_url(entry.source)} (branch {entry.default_branch}) -> {where}")
     return 0
 
 

@@ -8,7 +8,6 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from hybrid.config.section import Section
-from hybrid.core import storage
 
 DEFAULT_VENDORED_DIRS = [
     "vendor",
@@ -106,7 +105,11 @@ DEFAULT_MANIFEST_FILES = [
 
 
 class PipelineConfig(Section):
-    data_dir: str = Field("data", description="root of data/repos and data/ast_dataset")
+    data_dir: str = Field(
+        "data",
+        description="root of data/repos and data/ast_dataset: a folder, or a URI of object storage (s3://bucket/data; "
+        "docs/cluster.md)",
+    )
     max_file_bytes: int = Field(
         512 * 1024, gt=0, description="files larger than this many bytes are dropped (reason too_large)"
     )
@@ -183,12 +186,6 @@ class PipelineConfig(Section):
         description="replace secrets (API keys, tokens, private keys, passwords in URLs) and e-mail addresses by "
         "placeholders (<SECRET:kind>, <EMAIL>) in every text the structural stages write (docs/pipeline.md)",
     )
-
-    @field_validator("data_dir")
-    @classmethod
-    def _local_data_dir(cls, value: str) -> str:
-        storage.refuse_uri(value, "the pipeline's data folder is a local folder, or one mounted on every node")
-        return value
 
     @field_validator("licenses_allowed")
     @classmethod

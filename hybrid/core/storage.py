@@ -93,6 +93,23 @@ class Storage:
         """The files a glob matches (`**` recursive), as locations, sorted."""
         raise NotImplementedError
 
+    def relative_files(self, path: PathLike) -> list[str]:
+        """Every file below a folder as a '/'-separated path relative to it (hidden ones too), sorted; [] when there is
+        no such folder. One recursive listing (on an object store, one request per 1,000 files)."""
+        raise NotImplementedError
+
+    def stat(self, path: PathLike) -> tuple[int, int] | None:
+        """(size in bytes, modification time in ns) of a file, or None when there is none."""
+        raise NotImplementedError
+
+    def get_files(self, pairs: list[tuple[str, Path]]) -> None:
+        """Each file (location, local path) copied to its local path (folders made), several at once on an object
+        store; a file that is not there is an error naming it."""
+        for src, dest in pairs:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with self.open_input(src) as f:
+                dest.write_bytes(f.read())
+
     def open_input(self, path: PathLike) -> IO[bytes]:
         """A binary stream of a file."""
         raise NotImplementedError
@@ -178,6 +195,17 @@ class LocalStorage(Storage):
     def glob(self, pattern: str) -> list[str]:
         return sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
 
+    def relative_files(self, path: PathLike) -> list[str]:
+        root = Path(path)
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+    def stat(self, path: PathLike) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
     def open_input(self, path: PathLike) -> IO[bytes]:
         try:
             return open(path, "rb")
@@ -228,8 +256,25 @@ def _same(a: PathLike, b: PathLike) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+_BUCKET_SCHEMES = ("s3", "gs", "gcs")
+
+
+def _one_request(uri: str) -> str:
+    """The URI of a whole-file write: on S3 with pyarrow's `allow_delayed_open`, so a small file is one PutObject
+    instead of three requests of a multipart upload (created, part, completed) — half the time per file on the
+    pipeline's per-commit files here (23 -> 12 ms, moto). An error (a missing bucket) then comes at close, still
+    inside the write."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or "allow_delayed_open" in parts.query:
+        return uri
+    return parts._replace(query="&".join(q for q in (parts.query, "allow_delayed_open=true") if q)).geturl()
+
+
 class ArrowStorage(Storage):
     stages = True
+
+    def __init__(self) -> None:
+        self._filesystems: dict[tuple[str, str, str], Any] = {}
 
     def shown(self, path: PathLike) -> str:
         return redact_url(str(path))
@@ -248,14 +293,22 @@ class ArrowStorage(Storage):
         return urlsplit(str(path)).path.rstrip("/").rsplit("/", 1)[-1]
 
     def filesystem(self, uri: str) -> tuple[Any, str]:
-        """(pyarrow file system, path inside it) of a URI; a one-line error when pyarrow cannot open it."""
+        """(pyarrow file system, path inside it) of a URI; a one-line error when pyarrow cannot open it. An S3 or GCS
+        file system is made once per bucket, endpoint and credentials: the pipeline opens thousands of files there."""
         import pyarrow.fs as pafs
 
+        parts = urlsplit(uri)
+        key = (parts.scheme, parts.netloc, parts.query)
+        cached = self._filesystems.get(key) if parts.scheme in _BUCKET_SCHEMES and "%" not in parts.path else None
+        if cached is not None:  # s3/gs: the path inside is the bucket (the URI's host) and the URI's path
+            return cached, (parts.netloc.rpartition("@")[2] + parts.path).rstrip("/")
         try:
             fs, inner = pafs.FileSystem.from_uri(uri)
-            return fs, str(inner)
         except Exception as e:  # ArrowInvalid, OSError: an unknown scheme, a malformed URI, …
             raise HybridError(f"{self.shown(uri)}: cannot open ({library_message(e, uri)})") from None
+        if parts.scheme in _BUCKET_SCHEMES:
+            self._filesystems[key] = fs
+        return fs, str(inner)
 
     def _call(self, uri: PathLike, what: str, fn: Callable[[], T]) -> T:
         try:
@@ -322,6 +375,39 @@ class ArrowStorage(Storage):
         cut = min(i for i in (inner.find(c) for c in "*?[") if i >= 0)
         return self._files(pattern, inner[:cut].rsplit("/", 1)[0], lambda f: fnmatch.fnmatch(f, inner))
 
+    def relative_files(self, path: PathLike) -> list[str]:
+        import pyarrow.fs as pafs
+
+        fs, inner = self.filesystem(str(path))
+        root = inner.rstrip("/")
+        found = self._call(
+            path, "list", lambda: fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        )
+        return sorted(f.path[len(root) + 1 :] for f in found if f.type == pafs.FileType.File)
+
+    def stat(self, path: PathLike) -> tuple[int, int] | None:
+        import pyarrow.fs as pafs
+
+        fs, inner = self.filesystem(str(path))
+        info = self._call(path, "read", lambda: fs.get_file_info(inner))
+        if info.type != pafs.FileType.File:
+            return None
+        return int(info.size or 0), int(info.mtime_ns or 0)
+
+    def get_files(self, pairs: list[tuple[str, Path]]) -> None:
+        def get(pair: tuple[str, Path]) -> None:
+            src, dest = pair
+            fs, inner = self.filesystem(src)
+
+            def read() -> bytes:
+                with fs.open_input_stream(inner) as f:
+                    return bytes(f.read())
+
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(self._call(src, "read", read))
+
+        _in_threads(get, pairs)
+
     def open_input(self, path: PathLike) -> IO[bytes]:
         fs, inner = self.filesystem(str(path))
         try:  # buffered: pyarrow's streams cannot iterate lines themselves
@@ -341,7 +427,7 @@ class ArrowStorage(Storage):
         return self._call(path, "read", read)
 
     def write_bytes(self, path: PathLike, data: bytes) -> None:
-        fs, inner = self.filesystem(str(path))
+        fs, inner = self.filesystem(_one_request(str(path)))
 
         def write() -> None:
             try:
@@ -411,6 +497,61 @@ class ArrowStorage(Storage):
     def read_pointer(self, folder: PathLike, name: str) -> str | None:
         pointer = self.join(folder, name)
         return self.read_text(pointer).strip() if self.exists(pointer) else None
+
+
+TRANSFER_THREADS = 8  # requests in flight per process for many small files (one request each costs a round trip)
+
+
+def _in_threads(fn: Callable[[Any], None], items: list[Any]) -> None:
+    """`fn` over `items`, TRANSFER_THREADS at a time; the first error is raised once all are done."""
+    if len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(TRANSFER_THREADS, len(items))) as pool:
+        for future in [pool.submit(fn, item) for item in items]:
+            future.result()
+
+
+class Uploads:
+    """Batches of files published in the background while the caller goes on, up to TRANSFER_THREADS batches at
+    once; the files of a batch go one after the other, in order (its last one is what makes it count: a commit
+    folder's done marker). `wait()` waits for all and raises the first error (every batch ran to its end or error)."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(TRANSFER_THREADS)
+        self._futures: list[Any] = []
+
+    def submit(self, files: list[tuple[Path, str]], then: Callable[[], None] | None = None) -> None:
+        """Publish each (local file, location) in order, then call `then` (e.g. remove the local copies)."""
+
+        def put() -> None:
+            for local, dest in files:
+                at(dest).put_file(local, dest)
+            if then is not None:
+                then()
+
+        self._futures.append(self._pool.submit(put))
+
+    def wait(self) -> None:
+        futures, self._futures = self._futures, []
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Uploads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 _LOCAL, _ARROW = LocalStorage(), ArrowStorage()

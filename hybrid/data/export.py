@@ -17,8 +17,10 @@ decontamination.jsonl. The splits are written as JSONL (the default) or as Parqu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from hybrid.config.pipeline import PipelineConfig
 from hybrid.core import storage
 from hybrid.core.errors import HybridError
 from hybrid.core.io import iter_jsonl, read_json
-from hybrid.core.layout import COMMIT_DATA, DIFF_AST, FIM, REASONING, TASKS, DatasetLayout
+from hybrid.core.layout import COMMIT_DATA, DEDUP, DIFF_AST, FILTERED_COMMITS, FIM, REASONING, TASKS, DatasetLayout
 from hybrid.data.decontaminate import Reference, build_index, decontaminate
 from hybrid.data.licenses import NONE, UNDETECTED, UNKNOWN, LicensePolicy, read_license
 from hybrid.data.parquet_export import CARD, DATA, CardFacts, write_card, write_shards
@@ -280,13 +282,15 @@ def _licensed_records(
     kinds: tuple[str, ...],
     result: ExportResult,
     policy: LicensePolicy,
+    files: DatasetLayout | None = None,
 ) -> list[dict[str, Any]]:
     """Every repository's records with its `license`, those of repositories the policy does not allow dropped (by
-    reason: license_not_allowed, or license_unknown / license_none / license_undetected) and counted per licence."""
+    reason: license_not_allowed, or license_unknown / license_none / license_undetected) and counted per licence.
+    `files`: where the commit folders are read (a local copy of `layout`'s, when that is on object storage)."""
     records: list[dict[str, Any]] = []
     for name in names:
         lic = read_license(layout, name)
-        recs = list(iter_repo_pairs(layout, name, kinds, result.skipped))
+        recs = list(iter_repo_pairs(files or layout, name, kinds, result.skipped))
         for rec in recs:
             rec["license"] = lic.spdx
         allowed = policy.allows(lic.label)
@@ -449,6 +453,31 @@ def _write(
     storage.write_text(storage.join(output_dir, STATS), json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
 
 
+_REPO_FILES = (DEDUP, FILTERED_COMMITS)  # (license.json is read where it is)
+
+
+def _read_by_export(kinds: tuple[str, ...], name: str, beside: set[str]) -> bool:
+    """Whether the export reads file `name` of a repository's folder or of a commit folder holding `beside`."""
+    if name in _REPO_FILES or name in (COMMIT_DATA, TASKS):
+        return True
+    if name == FIM:
+        return "fim" in kinds
+    return "reasoning" in kinds and (name == REASONING or (name == DIFF_AST and REASONING in beside))
+
+
+def _records(
+    layout: DatasetLayout,
+    names: list[str],
+    kinds: tuple[str, ...],
+    result: ExportResult,
+    opts: ExportOptions,
+    files: DatasetLayout,
+) -> list[dict[str, Any]]:
+    records = _licensed_records(layout, names, kinds, result, LicensePolicy(list(opts.licenses_allowed)), files)
+    # dedup (pipelines/dedup.py): what the dedup stage marked, and with `dedup` repeats across the repositories
+    return drop_marked_and_repeated(files, records, result.dropped, across_repos=opts.dedup)
+
+
 def export_io_pairs(
     data_dir: str | Path,
     output_dir: str | Path = "datasets/io_pairs",
@@ -481,9 +510,15 @@ def export_io_pairs(
     _refuse_other_format(out, opts.format)
     result = ExportResult(output_dir=storage.at(out).native(out), sizes={}, split_by="", repos=names)
     result.format = opts.format
-    records = _licensed_records(layout, names, kinds, result, LicensePolicy(list(opts.licenses_allowed)))
-    # dedup (pipelines/dedup.py): what the dedup stage marked, and with `dedup` repeats across the repositories
-    records = drop_marked_and_repeated(layout, records, result.dropped, across_repos=opts.dedup)
+    if layout.staged:  # object storage: the files the export reads, fetched onto this machine first, all at once
+        tmp = layout.staging_dir("export")
+        try:
+            files = layout.fetch_dataset(names, tmp, functools.partial(_read_by_export, kinds))
+            records = _records(layout, names, kinds, result, opts, files)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        records = _records(layout, names, kinds, result, opts, layout)
     if not records:
         if result.dropped:
             raise HybridError(

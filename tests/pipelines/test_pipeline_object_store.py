@@ -1,0 +1,183 @@
+"""`pipeline.data_dir=s3://…` (issue #26 item 1) on the tests' S3 server (moto on 127.0.0.1): `repos add` keeps the
+clone as one archive that each machine unpacks into its cache, `pipeline run`'s structural stages and dedup write
+every commit folder through the store (done marker last; resume skips done commits), `pipeline export` reads from it
+— and every file is byte for byte what the same commands write into a local folder. Commands that still need a
+local folder refuse a URI in one line, before they write anything."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hybrid.core import storage
+from hybrid.core.layout import AST, COMMIT_DATA, DIFF_AST, FIM, DatasetLayout
+from hybrid.main import main
+from tests.repo_builder import RepoBuilder, build_sample_repo
+
+STAGES = "--stages=generate-ast,generate-ast-diffs,dedup,generate-fim"
+VOLATILE = ("stats.json",)  # each stage's finish time and the worker processes' ids
+
+
+def _store_files(root: str) -> dict[str, bytes]:
+    where = storage.at(root)
+    return {rel: where.open_input(where.join(root, rel)).read() for rel in where.relative_files(root)}
+
+
+def _local_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _same(local: dict[str, bytes], stored: dict[str, bytes]) -> None:
+    keep = [k for k in local if not k.endswith(VOLATILE)]
+    assert sorted(keep) == sorted(k for k in stored if not k.endswith(VOLATILE))
+    assert [k for k in keep if local[k] != stored[k]] == []
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """This machine's cache (unpacked clones, staging folders) in the test's folder."""
+    monkeypatch.setenv("HYBRID_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _run_both(tmp_path, bucket, *extra):
+    """repos add + pipeline run + export into a local folder and into the bucket (in this process: --local)."""
+    local, remote = tmp_path / "data", f"s3://{bucket}/data"
+    for data, out in ((local, tmp_path / "io"), (remote, f"s3://{bucket}/io")):
+        assert main(["repos", "add", str(tmp_path / "src"), "--name", "sample", f"pipeline.data_dir={data}"]) == 0
+        assert main(["pipeline", "run", STAGES, "--local", "--no-progress", f"pipeline.data_dir={data}", *extra]) == 0
+        assert main(["pipeline", "export", f"pipeline.data_dir={data}", "--output-dir", str(out)]) == 0
+    return local, remote
+
+
+def test_run_and_export_on_s3_are_byte_identical_and_resume(s3_server, tmp_path, cache, capsys):
+    build_sample_repo(tmp_path / "src")
+    bucket = s3_server.bucket()
+    local, remote = _run_both(tmp_path, bucket)
+    assert f"-> s3://{bucket}/data/repos/sample.tar" in capsys.readouterr().out
+    _same(_local_files(local / "ast_dataset"), _store_files(f"{remote}/ast_dataset"))
+    _same(_local_files(tmp_path / "io"), _store_files(f"s3://{bucket}/io"))
+    assert not any((cache / "staging").iterdir())  # every staging folder removed
+    assert main(["repos", "list", "--json", f"pipeline.data_dir={remote}"]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["sample"]
+
+    # a run killed mid-upload: commit 5's ast.jsonl is there, its done marker is not -> only commit 5 is redone
+    lay = DatasetLayout(remote)
+    storage.remove_file(lay.commit_file("sample", 5, COMMIT_DATA))
+    storage.remove_file(lay.commit_file("sample", 6, FIM))
+    rerun = tmp_path / "rerun.json"
+    args = ["pipeline", "run", STAGES, "--local", "--no-progress", f"pipeline.data_dir={remote}", "--json", str(rerun)]
+    assert main(args) == 0
+    stages = json.loads(rerun.read_text())["stages"]
+    assert stages["generate-ast"]["counts"] == {**stages["generate-ast"]["counts"], "commits": 1, "skipped_done": 7}
+    assert stages["generate-fim"]["counts"]["commits"] == 1  # commit 6 (commit 5 kept its fim_dataset.json)
+    _same(_local_files(local / "ast_dataset"), _store_files(f"{remote}/ast_dataset"))
+
+
+@pytest.mark.slow
+def test_on_ray_each_worker_fetches_its_clone_and_writes_through_the_store(ray_session, s3_server, tmp_path, cache):
+    """The same commands with Ray Data workers (2 workers, ranges of 3 commits): each worker unpacks the clone
+    archive into its own machine's cache and uploads its commit folders; outputs equal the local folder's."""
+    build_sample_repo(tmp_path / "src")
+    bucket = s3_server.bucket()
+    local, remote = tmp_path / "data", f"s3://{bucket}/data"
+    on_ray = ["pipeline.num_workers=2", "pipeline.commits_per_task=3", "--json", str(tmp_path / "ray.json")]
+    for data, out, how in ((local, tmp_path / "io", ["--local"]), (remote, f"s3://{bucket}/io", on_ray)):
+        assert main(["repos", "add", str(tmp_path / "src"), "--name", "sample", f"pipeline.data_dir={data}"]) == 0
+        assert main(["pipeline", "run", STAGES, "--no-progress", f"pipeline.data_dir={data}", *how]) == 0
+        assert main(["pipeline", "export", f"pipeline.data_dir={data}", "--output-dir", str(out)]) == 0
+    _same(_local_files(local / "ast_dataset"), _store_files(f"{remote}/ast_dataset"))
+    _same(_local_files(tmp_path / "io"), _store_files(f"s3://{bucket}/io"))
+    stats = json.loads(storage.read_text(DatasetLayout(remote).stats_file("sample")))
+    assert stats["generate-ast"]["counts"]["commits"] == 8
+    assert os.getpid() not in json.loads((tmp_path / "ray.json").read_text())["processes"]["sample"]  # Ray workers
+
+
+def test_a_second_machine_unpacks_the_clone_and_update_publishes_a_new_one(s3_server, tmp_path, cache, monkeypatch):
+    rb = RepoBuilder(tmp_path / "src")
+    rb.write("a.py", "def f():\n    return 1\n")
+    rb.commit("add f")
+    remote = f"s3://{s3_server.bucket()}/data"
+    assert main(["repos", "add", str(tmp_path / "src"), f"pipeline.data_dir={remote}"]) == 0
+    lay = DatasetLayout(remote)
+    first = lay.clone_cache("src", storage.at(remote).stat(lay.clone_archive("src")))
+    assert (first / "HEAD").is_file()  # the adding machine keeps its clone as the archive's unpacked copy
+    monkeypatch.setenv("HYBRID_CACHE_DIR", str(tmp_path / "other-machine"))
+    rb.write("a.py", "def f():\n    return 2\n")
+    rb.commit("change f")
+    assert main(["repos", "update", f"pipeline.data_dir={remote}"]) == 0
+    assert main(["pipeline", "run", STAGES, "--local", "--no-progress", f"pipeline.data_dir={remote}"]) == 0
+    assert lay.commits("src") == [0, 1]
+    assert json.loads(storage.read_text(lay.commit_file("src", 1, COMMIT_DATA)))["message"] == "change f\n"
+    assert len(list((tmp_path / "other-machine" / "clones").iterdir())) == 2  # the old archive's, the new one's
+    assert main(["repos", "remove", "src", "--dataset", f"pipeline.data_dir={remote}"]) == 0
+    assert storage.at(remote).relative_files(remote) == ["repos/registry.json"]
+
+
+def test_commands_that_need_a_local_folder_refuse_a_uri_in_one_line(s3_server, tmp_path, cache, capsys):
+    build_sample_repo(tmp_path / "src")
+    remote = f"s3://{s3_server.bucket()}/data"
+    assert main(["repos", "add", str(tmp_path / "src"), "--name", "sample", f"pipeline.data_dir={remote}"]) == 0
+    assert main(["pipeline", "generate-ast", "--local", "--no-progress", f"pipeline.data_dir={remote}"]) == 0
+    before = _store_files(remote)
+    for command in (
+        ["pipeline", "run", "--local"],  # the default stages include the LLM ones: refused before any stage runs
+        ["pipeline", "generate-tasks"],
+        ["pipeline", "cleanup-dataset", "--all"],
+        ["pipeline", "check-ast-coverage"],
+    ):
+        capsys.readouterr()
+        assert main([*command, f"pipeline.data_dir={remote}"]) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and remote in err and "local data folder" in err, err
+    assert _store_files(remote) == before
+
+
+def test_storage_lists_stats_fetches_and_uploads_in_order(s3_server, tmp_path):
+    root = f"s3://{s3_server.bucket()}/area"
+    for where, base in ((storage.at(root), root), (storage.at(tmp_path), str(tmp_path / "area"))):
+        assert where.relative_files(base) == [] and where.stat(where.join(base, "x")) is None
+        (tmp_path / "src").mkdir(exist_ok=True)
+        files = []
+        for i, name in enumerate(("b.txt", "a.txt", "last.txt")):
+            (tmp_path / "src" / name).write_text(name * (i + 1))
+            files.append((tmp_path / "src" / name, where.join(base, "c", name)))
+        done = []
+        with storage.Uploads() as uploads:
+            uploads.submit(files, then=functools.partial(done.append, 1))
+        assert done == [1]
+        assert where.relative_files(base) == ["c/a.txt", "c/b.txt", "c/last.txt"]
+        assert where.stat(where.join(base, "c", "a.txt"))[0] == 10
+        stamps = [where.stat(dest)[1] for _, dest in files]
+        assert stamps == sorted(stamps)  # one after the other, in order
+        got = tmp_path / "got" / where.__class__.__name__
+        where.get_files([(where.join(base, "c", n), got / n) for n in ("a.txt", "last.txt")])
+        assert (got / "last.txt").read_text() == "last.txt" * 3
+        with pytest.raises(Exception, match="no such file"):
+            where.get_files([(where.join(base, "c", "missing"), got / "m")])
+    # the file system made once per bucket gives the same paths as pyarrow's own parse of each URI
+    import pyarrow.fs as pafs
+
+    for uri in (f"{root}/x/y.json", f"{root}/dir/", root):
+        assert storage.at(root).filesystem(uri)[1] == pafs.FileSystem.from_uri(uri)[1]
+
+
+def test_layout_on_a_uri_lists_commits_and_applies_the_done_rule(s3_server):
+    root = f"s3://{s3_server.bucket()}/data"
+    lay = DatasetLayout(root)
+    assert lay.staged and not DatasetLayout("data").staged
+    for n, names in ((0, (AST, COMMIT_DATA, DIFF_AST)), (1, (AST,)), (12, (COMMIT_DATA,))):
+        for name in names:
+            storage.write_text(lay.commit_file("r", n, name), "x")
+    storage.write_text(lay.stats_file("r"), "{}")
+    listing = lay.listing("r")
+    assert sorted(listing) == [0, 1, 12] and listing[0] == {AST, COMMIT_DATA, DIFF_AST}
+    assert lay.done_from(listing[0], "generate-ast-diffs") and lay.done_from(listing[0], "generate-ast")
+    assert not lay.done_from(listing[1], "generate-ast") and not lay.done_from(listing[12], "generate-ast")
+    assert lay.commits("r") == [0, 1, 12]
+    with pytest.raises(Exception, match=r"^pipeline\.data_dir=s3://.*: this command needs a local data folder"):
+        lay.local_commit_dir("r", 0)
