@@ -1,12 +1,14 @@
 """Two Ray nodes on this machine — a head and a node that joins it with `ray start --address`, each with its own
-ports and workers — as a cluster of two machines looks to Ray: the memory service puts its two shards on different
-nodes (and `hybrid memory stats` says which), and the pipeline's tasks run on both nodes (the State API says where
-each ran). Both nodes share this machine's disk, so this test says nothing yet about running without a shared
-folder."""
+ports, workers and cache folder (HYBRID_CACHE_DIR, set in its `ray start`'s environment) — as a cluster of two
+machines with object storage and no shared folder looks to Ray. Every command's data and outputs are on the tests'
+S3 server: `repos add`, `pipeline run`, `pipeline export`, a two-worker training with the Ray memory service and a
+two-trial sweep. The State API says where each range task, Train worker, trial and memory shard ran: on both nodes.
+The exported files equal a one-node run's byte for byte, and the training's losses equal an in-process run's."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -18,28 +20,49 @@ from pathlib import Path
 
 import pytest
 
+from hybrid.cli.config import load_config
+from hybrid.core import storage
+from hybrid.main import main
+from hybrid.training.train import train
 from pipelines.synthetic import build_synthetic_rust_repo
 from tests.commands import run_process
 from tests.conftest import RayHead, other_worker_ports, start_ray_node, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
+STAGES = "--stages=generate-ast,generate-ast-diffs,dedup,generate-fim"
+VOLATILE = "stats.json"  # each stage's finish time and the worker processes' ids
+TINY = ["model=tiny_llama_hybrid", "train=tiny", "data.max_length=32", "train.log_every=1", "train.eval_every=2"]
+TRAIN = [*TINY, "train.max_iters=2", "train.warmup_iters=1", "train.learning_rate=3e-3"]
+
+
+class TwoNodes(RayHead):
+    caches: tuple[Path, Path]  # the head's and the second node's HYBRID_CACHE_DIR
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    """A head (1 CPU, dashboard on for the State API) and a second node (1 CPU) joined to it; stopped through their
-    process groups (the node first), never `ray stop`."""
+def two_nodes(s3_server):
+    """A head (1 CPU, dashboard on for the State API) and a second node (1 CPU) joined to it, each with a cache folder
+    of its own and the S3 server's credentials (as a cloud cluster's nodes hold theirs); stopped through their process
+    groups (the node first), never `ray stop`."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))  # short: socket paths have a length limit
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **s3_server.env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    caches = (temp_dir / "cache-head", temp_dir / "cache-node")
     procs = []
     try:
-        head, ports = start_ray_node(temp_dir, env, num_cpus=1, dashboard=True, worker_ports=other_worker_ports(0))
+        head_env = {**env, "HYBRID_CACHE_DIR": str(caches[0])}
+        head, ports = start_ray_node(temp_dir, head_env, num_cpus=1, dashboard=True, worker_ports=other_worker_ports(0))
         procs.append(head)
-        cluster = RayHead(f"127.0.0.1:{ports['gcs']}", f"http://127.0.0.1:{ports['dashboard']}", str(temp_dir))
+        cluster = TwoNodes(f"127.0.0.1:{ports['gcs']}", f"http://127.0.0.1:{ports['dashboard']}", str(temp_dir))
+        cluster.caches = caches
         wait_for(lambda: cluster.get("/api/v0/nodes?limit=10")["data"]["result"]["result"], head, temp_dir, "head")
         node, _ = start_ray_node(
-            temp_dir, env, num_cpus=1, worker_ports=other_worker_ports(1), address=cluster.address, log_name="node.log"
+            temp_dir,
+            {**env, "HYBRID_CACHE_DIR": str(caches[1])},
+            num_cpus=1,
+            worker_ports=other_worker_ports(1),
+            address=cluster.address,
+            log_name="node.log",
         )
         procs.append(node)
         wait_for(lambda: len(alive_nodes(cluster)) == 2, node, temp_dir, "node")
@@ -69,39 +92,100 @@ def alive_nodes(cluster: RayHead) -> list[str]:
     return sorted(n["node_id"] for n in nodes if n["state"] == "ALIVE")
 
 
+def actors(cluster: RayHead) -> list[dict]:
+    return cluster.get("/api/v0/actors?limit=10000&detail=1")["data"]["result"]["result"]
+
+
+def hybrid(cluster: TwoNodes, driver_cache: Path, *args: str):
+    """A command run from this machine (a driver of its own, with its own cache) against the two-node cluster."""
+    env = {**cluster.env, "PYTHONPATH": str(ROOT), "HYBRID_CACHE_DIR": str(driver_cache)}
+    started = time.time()
+    ran = run_process([sys.executable, "-m", "hybrid", *args], cwd=ROOT, env=env, timeout=300)
+    print(f"TIMING {args[0]} {args[1]}: {time.time() - started:.1f} s")
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-3000:]
+    return ran
+
+
+def store_files(root: str) -> dict[str, bytes]:
+    where = storage.at(root)
+    return {rel: where.open_input(where.join(root, rel)).read() for rel in where.relative_files(root)}
+
+
+def local_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def without_volatile(files: dict[str, bytes]) -> dict[str, bytes]:
+    return {k: v for k, v in files.items() if not k.endswith(VOLATILE)}
+
+
+def losses(output_dir) -> list[tuple[int, float]]:
+    text = storage.read_text(storage.join(str(output_dir), "metrics.jsonl"))
+    return [(r["step"], r["loss"]) for r in map(json.loads, text.splitlines()) if "loss" in r]
+
+
 @pytest.mark.slow
-def test_shards_and_pipeline_tasks_use_both_nodes(two_nodes, tmp_path):
-    env = {**two_nodes.env, "PYTHONPATH": str(ROOT)}
+def test_the_product_on_two_nodes_with_object_storage_only(two_nodes, s3_server, tmp_path, monkeypatch):
+    """One test, one cluster: every Ray command costs a driver start here, so the commands serve several checks."""
     nodes = alive_nodes(two_nodes)
+    driver = tmp_path / "driver-cache"
+    bucket = s3_server.bucket()
+    data, io = f"s3://{bucket}/data", f"s3://{bucket}/io"
 
-    # the memory service: shard i on the i-th node
-    service = f"mn-{uuid.uuid4().hex[:8]}"
-    started = run_process(
-        [sys.executable, "-c", f"from hybrid.memory.ray_store import connect_shards; connect_shards({service!r}, 2)"],
-        cwd=ROOT,
-        env=env,
-        timeout=180,
-    )
-    assert started.returncode == 0, started.stderr[-3000:]
-    stats = tmp_path / "stats.json"
-    cmd = [sys.executable, "-m", "hybrid", "memory", "stats", "memory.num_shards=2", f"memory.service={service}"]
-    shown = run_process([*cmd, "--json", str(stats)], cwd=ROOT, env=env, timeout=180)
-    assert shown.returncode == 0, shown.stderr[-3000:]
-    shard_nodes = [s["node"].split()[1] for s in json.loads(stats.read_text())["shards"]]
-    assert len(set(shard_nodes)) == 2, shard_nodes  # one shard per node
-    assert sorted(shard_nodes) == sorted(n[:8] for n in nodes)
-    assert all(n in shown.stdout for n in shard_nodes)  # the table names them
-
-    # the pipeline's range tasks run on both nodes
-    build_synthetic_rust_repo(tmp_path / "sample", 240)
-    data = f"pipeline.data_dir={tmp_path / 'data'}"
-    for args in (
-        ["repos", "add", str(tmp_path / "sample"), data],
-        ["pipeline", "run", "sample", data, "pipeline.commits_per_task=20", "--no-progress"],
-    ):
-        ran = run_process([sys.executable, "-m", "hybrid", *args], cwd=ROOT, env=env, timeout=300)
-        assert ran.returncode == 0, ran.stderr[-3000:]
+    # the pipeline: 60 commits in ranges of 5 -> 12 range tasks over the two nodes, each of which unpacks the clone
+    # archive into its own cache; outputs only in the bucket
+    build_synthetic_rust_repo(tmp_path / "src", 60)
+    hybrid(two_nodes, driver, "repos", "add", str(tmp_path / "src"), "--name", "sample", f"pipeline.data_dir={data}")
+    run = ["pipeline", "run", STAGES, "--no-progress", f"pipeline.data_dir={data}", "pipeline.commits_per_task=5"]
+    hybrid(two_nodes, driver, *run)
+    hybrid(two_nodes, driver, "pipeline", "export", f"pipeline.data_dir={data}", "--output-dir", io)
     tasks = two_nodes.get("/api/v0/tasks?limit=10000&detail=1")["data"]["result"]["result"]
     ranges = Counter(t["node_id"] for t in tasks if "process_row" in t["name"] and t["state"] == "FINISHED")
     assert set(ranges) == set(nodes), (ranges, sorted({t["name"] for t in tasks}))
-    print(f"range tasks per node: {dict(ranges)}; shards on {shard_nodes}")  # shown with -s
+    for cache in two_nodes.caches:  # each node fetched the clone itself: nothing was shared but the bucket
+        assert len(list((cache / "clones").iterdir())) == 1, cache
+
+    # the same commands on one node, in this process: the same dataset and export, byte for byte
+    monkeypatch.setenv("HYBRID_CACHE_DIR", str(tmp_path / "one-node-cache"))
+    local = f"pipeline.data_dir={tmp_path / 'data'}"
+    assert main(["repos", "add", str(tmp_path / "src"), "--name", "sample", local]) == 0
+    assert main(["pipeline", "run", STAGES, "--local", "--no-progress", local]) == 0
+    assert main(["pipeline", "export", local, "--output-dir", str(tmp_path / "io")]) == 0
+    assert without_volatile(store_files(f"{data}/ast_dataset")) == without_volatile(
+        local_files(tmp_path / "data" / "ast_dataset")
+    )
+    exported = store_files(io)
+    assert exported["train.jsonl"] and without_volatile(exported) == without_volatile(local_files(tmp_path / "io"))
+
+    # a two-worker training (1 CPU each: one per node) on the exported pairs with the Ray memory service (two shards,
+    # one per node), its output in the bucket; its losses equal an in-process run's with the same global batch
+    service = f"mn-{uuid.uuid4().hex[:8]}"
+    pairs = [f"data.train={io}/train.jsonl", f"data.validation={io}/validation.jsonl"]
+    two = ["train.num_workers=2", "train.batch_size=2", "memory.backend=ray", "memory.num_shards=2"]
+    hybrid(
+        two_nodes, driver, "train", *TRAIN, *pairs, *two, f"memory.service={service}", f"train.output_dir={data}/run"
+    )
+    workers = {a["actor_id"]: a["node_id"] for a in actors(two_nodes) if a["class_name"] == "RayTrainWorker"}
+    assert sorted(workers.values()) == nodes, workers  # one Train worker per node
+    one = [*TRAIN, *pairs, "train.num_workers=0", "train.batch_size=4", "memory.backend=torch"]
+    reference = train(load_config([*one, f"train.output_dir={tmp_path / 'run'}"]).recipe(), quiet=True)
+    expected, got = losses(reference.output_dir), losses(f"{data}/run")
+    assert [s for s, _ in got] == [s for s, _ in expected] == [1, 2]
+    assert all(math.isclose(x, y, rel_tol=1e-4) for (_, x), (_, y) in zip(expected, got)), (expected, got)
+
+    # the service's shards sit on different nodes (read from the State API: `hybrid memory stats` costs a driver)
+    shards = {a["name"]: a["node_id"] for a in actors(two_nodes) if a.get("name", "").startswith(f"{service}-shard")}
+    assert sorted(shards) == [f"{service}-shard0", f"{service}-shard1"] and sorted(shards.values()) == nodes, shards
+
+    # a sweep of two trials at once, each a one-worker training that reserves 0.6 CPU, so the second worker cannot
+    # join the first on its node; its output in the bucket
+    sweep = [*TINY, *pairs, "tune=small", "tune.scheduler=fifo", "tune.max_iters=2", "tune.max_concurrent_trials=2"]
+    sweep += ["tune.space={model.retrieval_k: [1, 2]}", "train.cpus_per_worker=0.6", "data.cpus_per_task=0"]
+    hybrid(two_nodes, driver, "tune", *sweep, "data.read_tasks=1", f"tune.output_dir={data}/sweep")
+    later = [a for a in actors(two_nodes) if a["actor_id"] not in workers]
+    trial_workers = [a["node_id"] for a in later if a["class_name"] == "RayTrainWorker"]
+    assert sorted(trial_workers) == nodes, trial_workers
+    trials = [a["node_id"] for a in later if a["class_name"] == "ImplicitFunc"]  # Tune's trial actors
+    assert len(trials) == 2, trials
+    assert len(storage.read_text(f"{data}/sweep/results.csv").splitlines()) == 3  # a header, two trials
+    print(f"range tasks per node: {dict(ranges)}; trials on {trials}; trial workers on {trial_workers}")
