@@ -232,9 +232,10 @@ class HybridForCausalLM(nn.Module):
             logits=logits, loss=loss_sum / max(n, 1), loss_sum=loss_sum, num_tokens=n, internal_memory=memory
         )
 
-    def _embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def _embed(self, ids: torch.Tensor, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """The segment's input (B, T, d) and its RoPE tables; `tokens`: its token embeddings, already looked up."""
         T = ids.shape[1]
-        h = self.model.embed_tokens(ids)  # (B, T, d)
+        h = self.model.embed_tokens(ids) if tokens is None else tokens  # (B, T, d)
         rope = None
         if self.model.embed_positions is not None:
             if self.config.max_position_embeddings < T:
@@ -290,13 +291,13 @@ class HybridForCausalLM(nn.Module):
     def _logits(self, hidden: list[torch.Tensor]) -> torch.Tensor:
         """(B, T, V) from the segments' last hidden states, in order: one final norm and one lm_head over all of
         them. Concatenating the (B, S, d) hidden states instead of the (B, S, V) logits saves a V/d times larger
-        copy and its backward (profiled: the logits' cat was ~3 % of a 4-segment step at d=256, V=8192; docs/model.md)."""
+        copy and its backward (profiled: the logits' cat was ~3 % of a 4-segment step at d=256, V=8192)."""
         h = hidden[0] if len(hidden) == 1 else torch.cat(hidden, 1)  # (B, T, d)
         return self.lm_head(self.model.norm(h))
 
-    def _run_segment(self, ids, key_mask, memory, externals, write):
+    def _run_segment(self, ids, key_mask, memory, externals, write, tokens=None):
         """The blocks over one segment: (last hidden state (B, S, d) before the final norm, new memory)."""
-        h, rope = self._embed(ids)
+        h, rope = self._embed(ids, tokens)
         attn_mask = self._attn_mask(ids.shape[1], key_mask, ids.device)
         new_memory = []
         for i, layer in enumerate(self.model.layers):
@@ -327,6 +328,9 @@ class HybridForCausalLM(nn.Module):
         read_ns = layer_ns  # the namespaces each row reads and writes (the reset below drops layer_ns)
         memory = None  # each block starts its own internal memory
         hidden = []
+        # Every segment's token embeddings in one lookup: one (V, d) gradient in the backward instead of one per
+        # segment (profiled: the per-segment ones cost a (V, d) zero-fill and add each, ~1 % of a step)
+        tokens = self.model.embed_tokens(input_ids).split(S, 1)  # n_seg x (B, S, d)
         try:
             for s in range(n_seg):
                 last = s == n_seg - 1
@@ -341,7 +345,7 @@ class HybridForCausalLM(nn.Module):
                     i: ExternalContext(store, read_ns[i], write=persistent or not last, read=persistent or s > 0)
                     for i in layers
                 }
-                out, memory = self._run_segment(ids, km, memory, externals, write=not last)
+                out, memory = self._run_segment(ids, km, memory, externals, write=not last, tokens=tokens[s])
                 hidden.append(out)
         finally:
             if layers and not persistent:
