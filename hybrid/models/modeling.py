@@ -435,10 +435,35 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     validation and `hybrid eval` all use it. Labels are shifted (padded with -100) rather than the logits sliced,
     which saves a (B, T, V) copy."""
     shifted = scored_labels(labels).to(logits.device)  # (B, T)
-    loss = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=-100, reduction="sum"
-    )
+    loss = _CrossEntropySum.apply(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1))
     return loss, int((shifted != -100).sum())
+
+
+class _CrossEntropySum(torch.autograd.Function):
+    """F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum") for (N, V) float logits, with a backward
+    that turns the saved log-probabilities into the gradient (softmax − one-hot) in place: no (N, V) zero-fill and
+    no second (N, V) tensor. Measured on one CPU thread: 108 → 53 ms fwd+bwd at (2048, 8192), where each fresh
+    64 MB tensor is page-faulted in (the 4-segment bench rows); 7 → 8 ms at (512, 8192). Its backward runs once."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, -1)  # (N, V)
+        valid = labels != -100  # (N,)
+        target = torch.where(valid, labels, 0)
+        picked = logp.gather(1, target[:, None])[:, 0].masked_fill(~valid, 0.0)  # (N,)
+        ctx.save_for_backward(logp, target, valid)
+        ctx.spent = False
+        return -picked.sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.spent:
+            raise RuntimeError("causal_lm_loss_sum: its backward runs once (retain_graph is not supported)")
+        ctx.spent = True
+        logp, target, valid = ctx.saved_tensors
+        g = logp.exp_()  # softmax, where the log-probabilities were
+        g[torch.arange(g.shape[0], device=g.device), target] -= 1.0
+        return g.mul_((valid.to(g.dtype) * grad)[:, None]), None
 
 
 def argmax_matches(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

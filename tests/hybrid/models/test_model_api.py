@@ -174,3 +174,29 @@ def test_rms_norm_backward_matches_autograd_of_the_reference(dtype, train_weight
         torch.testing.assert_close(norm.weight.grad, w_ref.grad, **tol)
     else:
         assert norm.weight.grad is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_loss_and_its_gradient_are_cross_entropys(dtype):
+    """causal_lm_loss_sum (its own backward) gives F.cross_entropy's sum and gradient, -100 labels ignored; a
+    second backward through it is refused with a message instead of a wrong gradient."""
+    from hybrid.models.modeling import causal_lm_loss_sum, scored_labels
+
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 9, 31) * 4).to(dtype).requires_grad_()
+    labels = torch.randint(0, 31, (2, 9))
+    labels[0, :4] = -100
+    ref_logits = logits.detach().clone().requires_grad_()
+    loss, n = causal_lm_loss_sum(logits, labels)
+    want = torch.nn.functional.cross_entropy(
+        ref_logits.reshape(-1, 31).float(), scored_labels(labels).reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    assert n == 2 * 8 - 3
+    torch.testing.assert_close(loss, want)
+    (loss * 0.5).backward(retain_graph=True)
+    (want * 0.5).backward()
+    assert logits.grad.dtype == dtype
+    torch.testing.assert_close(logits.grad, ref_logits.grad)
+    assert (logits.grad[0, :3] == 0).all() and (logits.grad[:, -1] == 0).all()  # unscored positions
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
