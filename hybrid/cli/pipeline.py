@@ -32,10 +32,13 @@ KEPT = {
 
 def summary_table(summary):
     """The one table `pipeline run` ends with: per stage what it kept, what it dropped (in all and by reason), and
-    its other counts."""
+    its other counts (the secrets scrubbed as one number; the commits in the title when every stage saw the same)."""
     from rich.table import Table
 
-    table = Table(title=f"pipeline: {', '.join(summary.repos)} ({summary.seconds:.1f} s)")
+    commits = {st.get("counts", {}).get("commits") for st in summary.stages.values()} - {None}
+    same_commits = len(commits) == 1  # every stage saw the same commits: said once, in the title
+    title = f"{commits.pop():,} commits, " if same_commits else ""
+    table = Table(title=f"pipeline: {', '.join(summary.repos)} ({title}{summary.seconds:.1f} s)")
     table.add_column("stage")
     table.add_column("kept", justify="right")
     table.add_column("dropped", justify="right")
@@ -47,7 +50,14 @@ def summary_table(summary):
         kept = f"{counts[key]:,} {what}" if key in counts else "-"
         # the dedup stage drops changes for two kinds of reason (duplicates; whole commits): count the changes
         dropped = f"{counts['records_dropped']:,} {what}" if "records_dropped" in counts else f"{sum(drops.values()):,}"
-        other = ", ".join(f"{k}={v}" for k, v in counts.items() if v and k not in (key, "records_dropped")) or "-"
+        shown = {k: v for k, v in counts.items() if v and k not in (key, "records_dropped")}
+        if same_commits:
+            shown.pop("commits", None)
+        # the secrets scrubbed, one count (their kinds are in the --json summary)
+        scrubbed = sum(shown.pop(k) for k in [k for k in shown if k.startswith("secrets_")])
+        if scrubbed:
+            shown["secrets scrubbed"] = scrubbed
+        other = ", ".join(f"{k}={v:,}" for k, v in shown.items()) or "-"
         by_reason = ", ".join(f"{k}={v:,}" for k, v in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
         table.add_row(stage, kept, dropped, by_reason, other)
     return table

@@ -29,6 +29,16 @@ class _Slab:
     namespaces: list[str | None] = field(default_factory=list)  # row -> namespace (None once reset)
 
 
+def _take(bank: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """bank (B, H, cap, c, D) contiguous, idx (B, H, Q, k) slot numbers -> (B, H, Q, k, c, D): the chosen chunks'
+    tokens, by one index_select of rows of the flattened banks (measured: 0.2 ms vs 1.4 ms for advanced indexing
+    of the same rows, 4 heads x 1024 queries x k=4 of 512 slots, one CPU thread)."""
+    B, H, cap, c, D = bank.shape
+    Q, k = idx.shape[2], idx.shape[3]
+    flat = (torch.arange(B * H, device=idx.device).view(B, H, 1, 1) * cap + idx).reshape(-1)  # (B*H*Q*k,)
+    return bank.reshape(B * H * cap, c * D).index_select(0, flat).view(B, H, Q, k, c, D)
+
+
 class TorchStore:
     """Exact search with torch. `capacity` is in chunks per (namespace, head)."""
 
@@ -120,6 +130,13 @@ class TorchStore:
         parts = [(s.keys[r], s.chunk_keys[r], s.chunk_values[r], s.ids[r]) for s, r in rows]
         return tuple(torch.stack(p) for p in zip(*parts))
 
+    def _filled(self, namespaces: Sequence[str]) -> list[int]:
+        """Per namespace, how many leading slots hold a chunk: a ring fills slots 0, 1, … in order from empty (and
+        from a reset), so exactly its first min(added, capacity) slots are full. A memory that is still filling
+        (every segment of a call but the ones after it is full) is then scored only where it holds something:
+        about half the score and top-k work over a 4-segment call, with the same results."""
+        return [min(slab.next_id[row], self.capacity) for slab, row in (self._where[ns] for ns in namespaces)]
+
     def search(self, namespaces: Sequence[str], queries: torch.Tensor, k: int) -> SearchResult:
         self.searches += 1
         with torch.autocast(queries.device.type, enabled=False):  # exact float32 scores under bf16 autocast
@@ -148,23 +165,27 @@ class TorchStore:
             )
         device = keys.device
         q = queries.detach().float().to(device)
-        cap, c = keys.shape[2], chunk_keys.shape[3]
-        kk = min(k, cap)
-        valid = (ids >= 0)[:, None, None, :]  # (B, 1, 1, cap)
-        step = max(1, _MAX_SCORE_ELEMENTS // max(1, B * H * cap))
+        c, filled = chunk_keys.shape[3], self._filled(namespaces)
+        used = max(filled)
+        if used == 0:
+            return empty_result(B, H, Q, k, c, D, queries.device)
+        keys, kk = keys[:, :, :used], min(k, used)  # (B, H, used, D): the slots that can hold a chunk
+        has_empty = min(filled) < used  # rows not in step: mask their empty slots (else skip that pass)
+        empty = (ids[:, :used] < 0)[:, None, None, :]  # (B, 1, 1, used)
+        step = max(1, _MAX_SCORE_ELEMENTS // max(1, B * H * used))
         top_scores, top_idx = [], []
         for q0 in range(0, Q, step):
-            scores = torch.matmul(q[:, :, q0 : q0 + step], keys.transpose(-1, -2))  # (B, H, q, cap)
-            scores = scores.masked_fill(~valid, float("-inf"))
+            scores = torch.matmul(q[:, :, q0 : q0 + step], keys.transpose(-1, -2))  # (B, H, q, used)
+            if has_empty:
+                scores.masked_fill_(empty, float("-inf"))
             s, i = scores.topk(kk, dim=-1)  # (B, H, q, kk)
             top_scores.append(s)
             top_idx.append(i)
         s, i = torch.cat(top_scores, 2), torch.cat(top_idx, 2)  # (B, H, Q, kk)
         mask = torch.isfinite(s)
         s = s.masked_fill(~mask, 0.0)
-        flat = (torch.arange(B * H, device=device).view(B, H, 1, 1) * cap + i).reshape(-1)
-        rk = chunk_keys.reshape(B * H * cap, c, D)[flat].view(B, H, Q, kk, c, D)
-        rv = chunk_values.reshape(B * H * cap, c, D)[flat].view(B, H, Q, kk, c, D)
+        rk = _take(chunk_keys, i)  # (B, H, Q, kk, c, D)
+        rv = _take(chunk_values, i)
         if kk < k:  # fewer slots than k: pad with masked entries
             pad = k - kk
             rk = torch.cat([rk, rk.new_zeros(B, H, Q, pad, c, D)], 3)

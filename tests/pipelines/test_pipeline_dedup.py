@@ -292,3 +292,26 @@ def test_bench_datagen_times_the_filters_on_and_off_side_by_side(tmp_path, capsy
     assert row["off_s"] > 0 and row["on_s"] > 0 and row["dedup_stage_s"] > 0 and "load_average" in row
     assert row["fim_samples_off"] == row["fim_samples_on"] == 3
     assert "with dedup, commit filters, scrubbing off vs on" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_table_says_the_commits_once_and_the_secrets_scrubbed_as_one_count():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from hybrid.cli.pipeline import summary_table
+
+    ast = {"files_parsed": 9, "files": 12, "commits": 5, "secrets_email": 2, "secrets_url": 1}
+    stages = {
+        "generate-ast": {"counts": ast},
+        "generate-fim": {"counts": {"samples": 4, "commits": 5}, "drops": {"duplicate": 1}},
+    }
+    console = Console(record=True, width=240)
+    console.print(summary_table(SimpleNamespace(repos=["r"], seconds=1.0, stages=stages)))
+    text = console.export_text()
+    assert "pipeline: r (5 commits, 1.0 s)" in text and "commits=" not in text
+    assert "files=12, secrets scrubbed=3" in text and "secrets_" not in text
+    stages["generate-fim"]["counts"]["commits"] = 4  # not the same commits: each row says its own
+    console.print(summary_table(SimpleNamespace(repos=["r"], seconds=1.0, stages=stages)))
+    text = console.export_text()
+    assert "commits=5" in text and "commits=4" in text

@@ -59,6 +59,57 @@ def test_torch_and_faiss_return_the_same_top_k():
     torch.testing.assert_close(rt2.values, rt.values[[2, 0]])
 
 
+def _brute_force_top_k(banks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], ns: str, q: torch.Tensor, k: int):
+    """(sorted top-k scores, their payload ids) of one namespace from what was added, newest `cap` kept."""
+    keys = torch.stack([key for key, _ in banks[ns]], 1)  # (H, n, D)
+    ids = torch.tensor([i for _, i in banks[ns]], dtype=torch.float32)  # (n,)
+    scores = q @ keys.transpose(-1, -2)  # (H, Q, n)
+    s, i = scores.topk(min(k, keys.shape[1]), -1)
+    return s, ids[i]
+
+
+def test_torch_store_searches_only_filled_slots_with_the_same_answers():
+    """The store scores only the slots that hold a chunk (rows out of step, a ring that wrapped, a reset row):
+    every answer equals a brute-force search over what each namespace holds."""
+    torch.manual_seed(1)
+    cap, H, c, D = 12, 2, 2, 8
+    store, banks = TorchStore(cap), {ns: [] for ns in "abc"}
+    n = 0
+
+    def add(names, C):
+        nonlocal n
+        keys, ck, _ = _chunks(len(names), H, C, c, D)
+        cv = torch.arange(n, n + len(names) * C, dtype=torch.float32).view(len(names), 1, C, 1, 1)
+        store.add(names, keys, ck, cv.expand(-1, H, -1, c, D).clone())
+        for b, ns in enumerate(names):
+            banks[ns] = (banks[ns] + [(keys[b, :, j], n + b * C + j) for j in range(C)])[-cap:]
+        n += len(names) * C
+
+    def check(names, k):
+        q = torch.randn(len(names), H, 5, D)
+        res = store.search(names, q, k)
+        for b, ns in enumerate(names):
+            s, ids = _brute_force_top_k(banks, ns, q[b], k)
+            got = res.mask[b].sum(-1)
+            assert (got == s.shape[-1]).all(), (ns, got)
+            torch.testing.assert_close(res.scores[b, ..., : s.shape[-1]], s)
+            assert torch.equal(res.values[b, ..., : s.shape[-1], 0, 0], ids)
+            assert (res.scores[b][~res.mask[b]] == 0).all()
+
+    add(["a", "b", "c"], 3)  # in step: 3 of 12 slots used
+    check(["a", "b", "c"], 4)
+    add(["a"], 5)  # out of step: a holds 8, b and c 3
+    check(["a", "b", "c"], 4)
+    check(["c", "a"], 6)  # not the slab's order
+    add(["b"], 14)  # more than the capacity: b wraps
+    add(["a"], 7)  # a wraps past the end of the ring
+    check(["a", "b", "c"], 5)
+    store.reset(["c"])
+    banks["c"] = []
+    add(["c"], 2)  # c again from slot 0 while its neighbours are full
+    check(["b", "c"], 3)
+
+
 @pytest.mark.parametrize("kind", STORES)
 def test_fewer_than_k_and_unknown_namespaces_are_masked(kind):
     store = STORES[kind](16)

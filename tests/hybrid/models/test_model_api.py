@@ -140,3 +140,63 @@ def test_internal_memory_on_chosen_layers_only():
     assert tiny_config("llama", use_internal_memory=False, internal_memory_layers=[0]).internal_memory_layer_ids == []
     with pytest.raises(ValidationError, match="internal_memory_layers"):
         tiny_config("llama", internal_memory_layers=[5])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("train_weight", [True, False])
+def test_rms_norm_backward_matches_autograd_of_the_reference(dtype, train_weight):
+    """RMSNorm's hand-written backward gives the gradients autograd gives for `transformers`' formula (float32
+    exactly to rounding; bf16 inputs to bf16 precision), also with a frozen weight (`freeze_base`)."""
+    from hybrid.models.layers import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(48, 1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    norm.weight.requires_grad_(train_weight)
+    x = (torch.randn(2, 7, 48) * 3).to(dtype).requires_grad_()
+    g = torch.randn(2, 7, 48)
+
+    def reference(x, w):
+        xf = x.float()
+        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype)
+
+    w_ref = norm.weight.detach().clone().requires_grad_(train_weight)
+    x_ref = x.detach().clone().requires_grad_()
+    out, want = norm(x), reference(x_ref, w_ref)
+    assert out.dtype == want.dtype and torch.equal(out, want)  # the forward is the reference's, op for op
+    out.backward(g)
+    want.backward(g)
+    tol = {} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(x.grad, x_ref.grad, **tol)
+    assert x.grad.dtype == dtype
+    if train_weight:
+        torch.testing.assert_close(norm.weight.grad, w_ref.grad, **tol)
+    else:
+        assert norm.weight.grad is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_loss_and_its_gradient_are_cross_entropys(dtype):
+    """causal_lm_loss_sum (its own backward) gives F.cross_entropy's sum and gradient, -100 labels ignored; a
+    second backward through it is refused with a message instead of a wrong gradient."""
+    from hybrid.models.modeling import causal_lm_loss_sum, scored_labels
+
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 9, 31) * 4).to(dtype).requires_grad_()
+    labels = torch.randint(0, 31, (2, 9))
+    labels[0, :4] = -100
+    ref_logits = logits.detach().clone().requires_grad_()
+    loss, n = causal_lm_loss_sum(logits, labels)
+    want = torch.nn.functional.cross_entropy(
+        ref_logits.reshape(-1, 31).float(), scored_labels(labels).reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    assert n == 2 * 8 - 3
+    torch.testing.assert_close(loss, want)
+    (loss * 0.5).backward(retain_graph=True)
+    (want * 0.5).backward()
+    assert logits.grad.dtype == dtype
+    torch.testing.assert_close(logits.grad, ref_logits.grad)
+    assert (logits.grad[0, :3] == 0).all() and (logits.grad[:, -1] == 0).all()  # unscored positions
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()

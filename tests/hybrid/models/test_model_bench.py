@@ -52,6 +52,7 @@ def test_bench_model_tiny(tmp_path, capsys):
     for name, r in rows.items():
         assert r["tokens"] == batch * (16 if "1 segment" in name else 32), name
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds_median"])
+        assert r["tokens_per_cpu_s"] == pytest.approx(r["tokens"] / r["cpu_seconds_median"])
     # the ratios are those of the rows they name
     assert data["ratios"]["ours base / transformers"] == pytest.approx(
         rows["ours: base, 1 segment"]["tokens_per_s"] / rows["transformers LlamaForCausalLM, 1 segment"]["tokens_per_s"]
@@ -66,4 +67,12 @@ def test_bench_model_tiny(tmp_path, capsys):
         "external memory only / ours base",
         "both memories (hybrid) / ours base",
     }
-    assert "ratios (median" in capsys.readouterr().out
+    assert set(data["ratios_cpu"]) == set(data["ratios"])
+    assert data["ratios_cpu"]["ours base / transformers"] == pytest.approx(
+        rows["ours: base, 1 segment"]["tokens_per_cpu_s"]
+        / rows["transformers LlamaForCausalLM, 1 segment"]["tokens_per_cpu_s"]
+    )
+    printed = capsys.readouterr().out
+    assert "ratios (median" in printed
+    # the load average is printed (and kept) so a reader can judge how busy the machine was
+    assert "load average" in printed and set(data["load_average"]) == {"before", "after"}
