@@ -11,9 +11,11 @@ storage and 124 s after (pipeline run 12 s, the training 38 s, the sweep 51 s, t
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,7 @@ from hybrid.training.train import train
 from pipelines.synthetic import build_synthetic_rust_repo
 from tests.commands import finish_process
 from tests.conftest import RayHead, other_worker_ports, start_ray_node, stop_process_group
+from tests.hybrid.tuning.test_tune import DIVERGED
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = "--stages=generate-ast,generate-ast-diffs,dedup,generate-fim"
@@ -117,11 +121,12 @@ def start(cluster: TwoNodes, driver_cache: Path, *args: str) -> tuple[subprocess
     return proc, time.time()
 
 
-def finish(started: tuple[subprocess.Popen, float]) -> None:
+def finish(started: tuple[subprocess.Popen, float]) -> tuple[str, str]:
     proc, since = started
     out, err = finish_process(proc, timeout=300)
     print(f"{' '.join(proc.args[3:5])}: {time.time() - since:.1f} s")  # shown with -s
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    return out, err
 
 
 def store_files(root: str) -> dict[str, bytes]:
@@ -203,14 +208,47 @@ def test_the_product_on_two_nodes_with_object_storage_only(two_nodes, s3_server,
     assert sorted(shards) == [f"{service}-shard0", f"{service}-shard1"] and sorted(shards.values()) == nodes, shards
 
     # a sweep of two trials at once, each a one-worker training that reserves 0.6 CPU, so the second worker cannot
-    # join the first on its node; its output in the bucket
+    # join the first on its node; its output in the bucket. One trial fails in training (a learning rate of 1e30
+    # passes the space check; its second step's loss is not finite): it is recorded with its error in one line and
+    # the sweep goes on (the single-node tune tests cover every trial failing)
     sweep = [*TINY, *pairs, "tune=small", "tune.scheduler=fifo", "tune.max_iters=2", "tune.max_concurrent_trials=2"]
-    sweep += ["tune.space={model.retrieval_k: [1, 2]}", "train.cpus_per_worker=0.6", "data.cpus_per_task=0"]
-    finish(start(two_nodes, driver, "tune", *sweep, "data.read_tasks=1", f"tune.output_dir={data}/sweep"))
+    sweep += [
+        "tune.space={train.learning_rate: [1.0e-3, 1.0e+30]}",
+        "train.cpus_per_worker=0.6",
+        "data.cpus_per_task=0",
+    ]
+    out, err = finish(
+        start(
+            two_nodes,
+            driver,
+            "tune",
+            *sweep,
+            "data.read_tasks=1",
+            f"tune.output_dir={data}/sweep",
+            "--json",
+            str(tmp_path / "sweep.json"),
+        )
+    )
     later = [a for a in actors(two_nodes) if a["actor_id"] not in workers]
     trial_workers = [a["node_id"] for a in later if a["class_name"] == "RayTrainWorker"]
     assert sorted(trial_workers) == nodes, trial_workers
     trials = [a["node_id"] for a in later if a["class_name"] == "ImplicitFunc"]  # Tune's trial actors (0.1 CPU:
     assert len(trials) == 2, trials  # where Ray puts them, often both on the head; their Train workers do the work)
-    assert len(storage.read_text(f"{data}/sweep/results.csv").splitlines()) == 3  # a header, two trials
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    by_lr = {t["config"]["train.learning_rate"]: t for t in result["trials"]}
+    good, bad = by_lr[1e-3], by_lr[1e30]
+    assert (bad["status"], bad["steps"], bad["val_loss"], bad["checkpoint"]) == ("failed", 0, None, None)
+    assert re.fullmatch(DIVERGED.format(lr=r"1e\+30") + r"[^\n]*", bad["error"]), bad["error"]
+    assert (good["status"], good["steps"], good["error"]) == ("done", 2, None) and math.isfinite(good["val_loss"])
+    assert result["best"]["trial_id"] == good["trial_id"] and storage.exists(f"{good['checkpoint']}/model.safetensors")
+    assert load_config(base=f"{data}/sweep/best.yaml").train.learning_rate == 1e-3
+    rows = {r["trial_id"]: r for r in csv.DictReader(StringIO(storage.read_text(f"{data}/sweep/results.csv")))}
+    assert len(rows) == 2 and (rows[bad["trial_id"]]["status"], rows[bad["trial_id"]]["error"]) == (
+        "failed",
+        bad["error"],
+    )
+    assert rows[bad["trial_id"]]["val_loss"] == "" and rows[good["trial_id"]]["status"] == "done"
+    # the progress line names the error; the traceback stays in Tune's error.txt (in the bucket), not on the terminal
+    assert f"{bad['trial_id']} failed: {bad['error']} | " in out and "Traceback" not in out + err
+    assert "training diverged" in storage.read_text(f"{data}/sweep/tune/{bad['trial_id']}/error.txt")
     print(f"range tasks per node: {dict(ranges)}; trials on {trials}; trial workers on {trial_workers}")
