@@ -32,18 +32,19 @@ KEPT = {
 
 def summary_table(summary):
     """The one table `pipeline run` ends with: per stage what it kept, what it dropped (in all and by reason), and
-    its other counts (the secrets scrubbed as one number; the commits in the title when every stage saw the same)."""
+    its other counts (the secrets scrubbed as one number; the commits in the title, and in a row only where a stage
+    saw fewer)."""
     from rich.table import Table
 
-    commits = {st.get("counts", {}).get("commits") for st in summary.stages.values()} - {None}
-    same_commits = len(commits) == 1  # every stage saw the same commits: said once, in the title
-    title = f"{commits.pop():,} commits, " if same_commits else ""
+    seen = [st["counts"]["commits"] for st in summary.stages.values() if "commits" in st.get("counts", {})]
+    commits = max(seen, default=None)  # said once, in the title; a stage that saw fewer says so in its row
+    title = f"{commits:,} commits, " if commits is not None else ""
     table = Table(title=f"pipeline: {', '.join(summary.repos)} ({title}{summary.seconds:.1f} s)")
-    table.add_column("stage")
+    table.add_column("stage", no_wrap=True)
     table.add_column("kept", justify="right")
     table.add_column("dropped", justify="right")
-    table.add_column("dropped by reason")
-    table.add_column("other counts")
+    table.add_column("dropped by reason", overflow="fold")  # a narrow terminal folds a count, never cuts it
+    table.add_column("other counts", overflow="fold")
     for stage, st in summary.stages.items():
         counts, drops = st.get("counts", {}), {k: v for k, v in st.get("drops", {}).items() if v}
         key, what = KEPT.get(stage, ("", ""))
@@ -51,8 +52,8 @@ def summary_table(summary):
         # the dedup stage drops changes for two kinds of reason (duplicates; whole commits): count the changes
         dropped = f"{counts['records_dropped']:,} {what}" if "records_dropped" in counts else f"{sum(drops.values()):,}"
         shown = {k: v for k, v in counts.items() if v and k not in (key, "records_dropped")}
-        if same_commits:
-            shown.pop("commits", None)
+        if shown.get("commits") == commits:
+            shown.pop("commits")
         # the secrets scrubbed, one count (their kinds are in the --json summary)
         scrubbed = sum(shown.pop(k) for k in [k for k in shown if k.startswith("secrets_")])
         if scrubbed:

@@ -294,7 +294,7 @@ def test_bench_datagen_times_the_filters_on_and_off_side_by_side(tmp_path, capsy
     assert "with dedup, commit filters, scrubbing off vs on" in " ".join(capsys.readouterr().out.split())
 
 
-def test_the_table_says_the_commits_once_and_the_secrets_scrubbed_as_one_count():
+def test_the_table_says_the_commits_once_and_the_secrets_scrubbed_as_one_count_never_cut():
     from types import SimpleNamespace
 
     from rich.console import Console
@@ -311,7 +311,12 @@ def test_the_table_says_the_commits_once_and_the_secrets_scrubbed_as_one_count()
     text = console.export_text()
     assert "pipeline: r (5 commits, 1.0 s)" in text and "commits=" not in text
     assert "files=12, secrets scrubbed=3" in text and "secrets_" not in text
-    stages["generate-fim"]["counts"]["commits"] = 4  # not the same commits: each row says its own
+    narrow = Console(record=True, width=80)  # a terminal's default: long counts fold onto the next line, whole
+    ast["declarations_with_a_long_name"] = 123456
+    narrow.print(summary_table(SimpleNamespace(repos=["r"], seconds=1.0, stages=stages)))
+    text = narrow.export_text()
+    assert "…" not in text and "generate-fim" in text and "=123,456," in "".join(text.replace("│", " ").split())
+    stages["generate-fim"]["counts"]["commits"] = 4  # a stage that saw fewer commits says so in its row
     console.print(summary_table(SimpleNamespace(repos=["r"], seconds=1.0, stages=stages)))
     text = console.export_text()
-    assert "commits=5" in text and "commits=4" in text
+    assert "(5 commits, 1.0 s)" in text and "commits=5" not in text and "commits=4" in text
