@@ -2,9 +2,10 @@
 ports, workers and cache folder (HYBRID_CACHE_DIR, set in its `ray start`'s environment) — as a cluster of two
 machines with object storage and no shared folder looks to Ray. Every command's data and outputs are on the tests'
 S3 server: `repos add`, `pipeline run`, `pipeline export`, a two-worker training with the Ray memory service and a
-two-trial sweep. The State API says where each range task, Train worker (the training's and the trials') and memory
-shard ran: on both nodes. The exported files equal a one-node run's (in this process, `--local`) byte for byte, and
-the training's losses equal an in-process run's (rel. 1e-4, as in tests/hybrid/training/test_ddp.py).
+two-trial sweep, one of whose trials fails (the suite's test of a failing trial). The State API says where each
+range task, Train worker (the training's and the trials') and memory shard ran: on both nodes. The exported files
+equal a one-node run's (in this process, `--local`) byte for byte, and the training's losses equal an in-process
+run's (rel. 1e-4, as in tests/hybrid/training/test_ddp.py).
 
 Cost (back to back, 2 shared cores, load average 7-10): this file took 48 s before it ran the product on object
 storage and 124 s after (pipeline run 12 s, the training 38 s, the sweep 51 s, the rest in-process)."""
