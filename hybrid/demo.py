@@ -113,7 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
         init_ray(include_dashboard=True)  # inspect the run in the Ray dashboard (and its State API)
         print(ray_line(), flush=True)  # plain: a path, not to be wrapped
     summary = run_pipeline([entry.name], cfg.pipeline, cfg.llm, force=args.force, local=args.quick)
-    console.print(summary_table(summary))
+    console.print(summary_table(summary, console.width))
 
     # 3. IO pairs
     console.rule("[bold]3/5 IO pairs")

@@ -30,11 +30,17 @@ KEPT = {
 }
 
 
-def summary_table(summary):
+WIDE = 120  # a console at least this wide gets the reasons and other counts as columns; a narrower one, lines below
+
+
+def summary_table(summary, width: int = WIDE):
     """The one table `pipeline run` ends with: per stage what it kept, what it dropped (in all and by reason), and
     its other counts (the secrets scrubbed as one number; the commits in the title, and in a row only where a stage
-    saw fewer)."""
+    saw fewer). On a console narrower than WIDE (`width`: the console's) the reasons and the other counts follow the
+    table, a line per stage, so that no column is squeezed until its counts break mid-number."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     seen = [st["counts"]["commits"] for st in summary.stages.values() if "commits" in st.get("counts", {})]
     commits = max(seen, default=None)  # said once, in the title; a stage that saw fewer says so in its row
@@ -43,8 +49,11 @@ def summary_table(summary):
     table.add_column("stage", no_wrap=True)
     table.add_column("kept", justify="right")
     table.add_column("dropped", justify="right")
-    table.add_column("dropped by reason", overflow="fold")  # a narrow terminal folds a count, never cuts it
-    table.add_column("other counts", overflow="fold")
+    narrow = width < WIDE
+    if not narrow:
+        table.add_column("dropped by reason", overflow="fold")  # a count is folded, never cut
+        table.add_column("other counts", overflow="fold")
+    below = []
     for stage, st in summary.stages.items():
         counts, drops = st.get("counts", {}), {k: v for k, v in st.get("drops", {}).items() if v}
         key, what = KEPT.get(stage, ("", ""))
@@ -60,8 +69,13 @@ def summary_table(summary):
             shown["secrets scrubbed"] = scrubbed
         other = ", ".join(f"{k}={v:,}" for k, v in shown.items()) or "-"
         by_reason = ", ".join(f"{k}={v:,}" for k, v in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
-        table.add_row(stage, kept, dropped, by_reason, other)
-    return table
+        if narrow:
+            table.add_row(stage, kept, dropped)
+            parts = [f"dropped {by_reason}"] * bool(drops) + [other] * bool(shown)
+            below.append(Text(f"{stage}: {'; '.join(parts) or '-'}"))
+        else:
+            table.add_row(stage, kept, dropped, by_reason, other)
+    return Group(table, *below) if narrow else table
 
 
 # -- run and the structural stages ------------------------------------------------------------------------------
@@ -93,7 +107,8 @@ def _run_stages(args, stages: list[str] | None) -> int:
         local=args.local,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
-    Console().print(summary_table(summary))
+    console = Console()
+    console.print(summary_table(summary, console.width))
     if args.json:
         atomic_write_json(args.json, summary.to_dict())
     return 0

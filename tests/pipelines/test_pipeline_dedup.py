@@ -311,11 +311,14 @@ def test_the_table_says_the_commits_once_and_the_secrets_scrubbed_as_one_count_n
     text = console.export_text()
     assert "pipeline: r (5 commits, 1.0 s)" in text and "commits=" not in text
     assert "files=12, secrets scrubbed=3" in text and "secrets_" not in text
-    narrow = Console(record=True, width=80)  # a terminal's default: long counts fold onto the next line, whole
+    narrow = Console(record=True, width=80)  # a terminal's default: the other counts follow the table, whole
     ast["declarations_with_a_long_name"] = 123456
-    narrow.print(summary_table(SimpleNamespace(repos=["r"], seconds=1.0, stages=stages)))
+    narrow.print(summary_table(SimpleNamespace(repos=["r"], seconds=1.0, stages=stages), narrow.width))
     text = narrow.export_text()
-    assert "…" not in text and "generate-fim" in text and "=123,456," in "".join(text.replace("│", " ").split())
+    assert "…" not in text and "other counts" not in text and "by reason" not in text  # not columns
+    lines = " ".join(text.split())
+    assert "generate-ast: files=12, declarations_with_a_long_name=123,456, secrets scrubbed=3" in lines
+    assert "generate-fim: dropped duplicate=1 " in lines + " " and "generate-fim: dropped duplicate=1;" not in lines
     stages["generate-fim"]["counts"]["commits"] = 4  # a stage that saw fewer commits says so in its row
     console.print(summary_table(SimpleNamespace(repos=["r"], seconds=1.0, stages=stages)))
     text = console.export_text()
