@@ -139,10 +139,7 @@ class RangeWorker:
             return {s.key: s.stats.to_dict() for s in steps}
         for number, commit_hash in zip(numbers, hashes):
             out_dir = self.layout.local_commit_path(self.repo_name, int(number))  # (plain text: see the layout)
-            todo = [s for s in steps if force or not s.is_done(out_dir)]
-            for s in steps:
-                if s not in todo:
-                    s.stats.counts["skipped_done"] += 1
+            todo = _todo(steps, force, lambda s, d=out_dir: s.is_done(d))
             if not todo:
                 continue
             try:
@@ -175,10 +172,7 @@ class RangeWorker:
         todo_of, wanted = {}, {}
         for number in numbers:
             have = frozenset(present.get(number, ()))
-            todo = [s for s in steps if force or not self.layout.done_from(have, s.name)]
-            for s in steps:
-                if s not in todo:
-                    s.stats.counts["skipped_done"] += 1
+            todo = _todo(steps, force, lambda s, h=have: self.layout.done_from(h, s.name))
             written = {f for s in todo for f in DONE_FILES[s.key]}
             todo_of[number] = todo
             wanted[number] = sorted({f for s in todo for f in s.reads if f in have and f not in written})
@@ -200,6 +194,15 @@ class RangeWorker:
                     uploads.submit(files, then=functools.partial(shutil.rmtree, out_dir, ignore_errors=True))
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _todo(steps: list[RangeStep], force: bool, is_done: Callable[[RangeStep], bool]) -> list[RangeStep]:
+    """The steps a commit still needs (all with `force`); each one it skips is counted as `skipped_done`."""
+    todo = [s for s in steps if force or not is_done(s)]
+    for s in steps:
+        if s not in todo:
+            s.stats.counts["skipped_done"] += 1
+    return todo
 
 
 def _usable(result: ParsedFile | str) -> ParsedFile | str:
