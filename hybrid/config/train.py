@@ -119,6 +119,14 @@ class DataConfig(Section):
         "workers (null = 8 shuffle windows of max_length rows, at least 16 MiB); unbounded, a "
         "large data set's reading competes with the first minutes of training for the CPUs",
     )
+    local_rows: int = Field(
+        20_000,
+        ge=0,
+        description="a training stream (pairs × epochs) or validation set of at most this many pairs is read and "
+        "tokenized by each Ray Train worker itself, as in-process runs and torchrun ranks read theirs (the same "
+        "batches): a Ray Data execution costs seconds of start-up that a small set does not repay; larger ones "
+        "stream through Ray Data (0 = always Ray Data)",
+    )
     read_tasks: int = Field(
         0, ge=0, description="Ray Data tasks reading and tokenizing at once (0 = one per free CPU of the cluster)"
     )

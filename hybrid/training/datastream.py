@@ -294,14 +294,11 @@ def local_micro_batches(
             yield block
 
 
-# A validation set of at most this many IO pairs is read and tokenized by each Ray Train worker itself (as in-process
-# runs do): a Ray Data execution per validation pass costs seconds of start-up and prints its plan, which a few
-# thousand pairs do not repay. Larger sets stream through Ray Data, tokenized by the cluster's CPUs.
-LOCAL_EVAL_ROWS = 20_000
-
-
-def eval_on_worker(val_rows: int) -> bool:
-    return val_rows <= LOCAL_EVAL_ROWS
+def read_on_worker(rows: int, local_rows: int) -> bool:
+    """Whether a stream of `rows` pairs is read by each Ray Train worker itself (`data.local_rows`), rather than
+    through Ray Data, whose execution costs seconds of start-up (and prints its plan) that a small set does not repay;
+    every worker then reads the whole stream and keeps its share, as torchrun ranks do."""
+    return rows <= local_rows
 
 
 def local_eval_rows(

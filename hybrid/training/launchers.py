@@ -6,8 +6,8 @@ are handed their data loaders the same way):
 
     in-process / torchrun   `LocalSource` (each rank reads its own share of the stream, hybrid/training/datastream.py)
                             and `Reporter` (nothing to restart from, nothing to report to)
-    Ray Train               `RaySource` (the shards of the Ray Data streams the driver built; a small validation
-                            set is read by each worker itself) and `RayReporter`
+    Ray Train               `RaySource` (the shards of the Ray Data streams the driver built; a small training
+                            stream or validation set is read by each worker itself) and `RayReporter`
                             (`ray.train.get_checkpoint`, `ray.train.report`): `ray_worker` is the workers' loop
 
 The recipe (hybrid/training/recipe.py) imports none of this; its callers pick the adapters.
@@ -23,7 +23,6 @@ from hybrid.data.tokenizer import TextTokenizer
 from hybrid.training.checkpoints import checkpoint_name
 from hybrid.training.datastream import (
     StreamPlan,
-    eval_on_worker,
     local_eval_rows,
     local_micro_batches,
     table_rows,
@@ -59,11 +58,18 @@ class Reporter:
 
 
 class RaySource:
-    """This worker's shard of the Ray Data streams `fit_on_ray` passed to the trainer."""
+    """This worker's shard of the Ray Data streams `fit_on_ray` passed to the trainer; a small stream (see
+    `TrainingSpec.train_on_worker`, `eval_on_worker`) read here, as `LocalSource` reads it."""
+
+    def __init__(self, spec: TrainingSpec):
+        self.spec = spec
 
     def train_batches(
         self, plan: StreamPlan, tokenizer: TextTokenizer, rank: int, world: int
     ) -> Iterator[list[dict[str, Any]]]:
+        if self.spec.train_on_worker:
+            yield from LocalSource().train_batches(plan, tokenizer, rank, world)
+            return
         import ray.train
 
         shard = ray.train.get_dataset_shard("train")
@@ -71,7 +77,7 @@ class RaySource:
             yield table_rows(table)
 
     def eval_rows(self, spec: TrainingSpec, tokenizer: TextTokenizer) -> Iterator[dict[str, Any]]:
-        if eval_on_worker(spec.val_rows):  # a small set: read here, as LocalSource does (no Ray Data pass)
+        if spec.eval_on_worker:
             yield from LocalSource().eval_rows(spec, tokenizer)
             return
         import ray.train
@@ -107,4 +113,4 @@ def run_local(spec: TrainingSpec, after_checkpoint: tuple[AfterCheckpoint, ...] 
 
 def ray_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train's `train_loop_per_worker`: `config` holds the spec and the after-checkpoint callbacks."""
-    return run(config["spec"], RaySource(), RayReporter(), tuple(config.get("after_checkpoint", ())))
+    return run(config["spec"], RaySource(config["spec"]), RayReporter(), tuple(config.get("after_checkpoint", ())))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hybrid.config.recipe import RecipeConfig
-from hybrid.training.datastream import StreamPlan
+from hybrid.training.datastream import StreamPlan, read_on_worker
 
 
 @dataclass(frozen=True)
@@ -28,3 +28,13 @@ class TrainingSpec:
     run_id: str = ""  # names this run's temp folders, so two runs never write into each other's
     t0: float = 0.0  # when the driver started (the first step's latency is measured from it)
     counts: dict[str, Any] = field(default_factory=dict)  # data_stats.json: examples, files, skipped records
+
+    @property
+    def train_on_worker(self) -> bool:
+        """A small training stream: each Ray Train worker reads it itself (`data.local_rows`), no Ray Data."""
+        return read_on_worker(self.plan.rows_per_epoch * self.plan.epochs, self.cfg.data.local_rows)
+
+    @property
+    def eval_on_worker(self) -> bool:
+        """A small validation set: each Ray Train worker reads it itself (`data.local_rows`), no Ray Data."""
+        return read_on_worker(self.val_rows, self.cfg.data.local_rows)

@@ -30,7 +30,7 @@ from hybrid.data.io_pairs import data_files
 from hybrid.data.tokenizer import TextTokenizer, pretrained_tokenizer, train_bpe, train_word_level
 from hybrid.models import build_model
 from hybrid.training import checkpoints as ckpt_io
-from hybrid.training.datastream import StreamPlan, eval_on_worker, ray_eval_dataset, ray_train_dataset, scan
+from hybrid.training.datastream import StreamPlan, ray_eval_dataset, ray_train_dataset, scan
 from hybrid.training.launchers import AfterCheckpoint, ray_worker, run_local
 from hybrid.training.spec import TrainingSpec
 
@@ -402,8 +402,10 @@ def fit_on_ray(
     ctx.enable_progress_bars, ctx.execution_options.preserve_order = False, True
     ctx.target_max_block_size = min(ctx.target_max_block_size or BLOCK_BYTES, BLOCK_BYTES)
     cpus, tasks = data_resources(cfg)
-    datasets = {"train": ray_train_dataset(plan, tokenizer_json, cpus, tasks)}
-    if val_files and not eval_on_worker(spec.val_rows):  # a small one each worker reads itself (RaySource)
+    datasets = {}  # a small stream each worker reads itself (RaySource), with no Ray Data execution to start
+    if not spec.train_on_worker:
+        datasets["train"] = ray_train_dataset(plan, tokenizer_json, cpus, tasks)
+    if val_files and not spec.eval_on_worker:
         datasets["validation"] = ray_eval_dataset(
             val_files, tokenizer_json, cfg.data.max_length, cfg.data.on_bad_record, cpus, tasks
         )
@@ -429,7 +431,7 @@ def fit_on_ray(
         run_config=run_config,
         datasets=datasets,
         dataset_config=RayDataConfig(
-            datasets_to_split=["train"],
+            datasets_to_split=["train"] if "train" in datasets else [],
             execution_options=ExecutionOptions(
                 preserve_order=True, resource_limits=ExecutionResources(object_store_memory=read_ahead_bytes(cfg))
             ),

@@ -115,19 +115,20 @@ def test_a_resumed_stream_skips_exactly_what_was_consumed(folder, tok):
 
 
 def test_a_validation_set_reads_the_same_through_ray_data_as_in_the_worker(folder, tok, ray_session):
-    """A small validation set is read by each Ray Train worker itself (`eval_on_worker`), a large one streams
-    through Ray Data (`ray_eval_dataset`): both give the same rows in the same order."""
-    from hybrid.training.datastream import (
-        LOCAL_EVAL_ROWS,
-        eval_on_worker,
-        local_eval_rows,
-        ray_eval_dataset,
-        table_rows,
-    )
+    """A small validation set is read by each Ray Train worker itself (`read_on_worker`, `data.local_rows`), a large
+    one streams through Ray Data (`ray_eval_dataset`): both give the same rows in the same order."""
+    from hybrid.training.datastream import local_eval_rows, ray_eval_dataset, read_on_worker, table_rows
 
-    assert eval_on_worker(LOCAL_EVAL_ROWS) and not eval_on_worker(LOCAL_EVAL_ROWS + 1)
+    assert read_on_worker(20_000, 20_000) and not read_on_worker(20_001, 20_000) and not read_on_worker(1, 0)
+    import ray.data
+
     files = data_files(folder)
-    ds = ray_eval_dataset(files, tok.to_json(), 32, "error", 0, 2)
-    through_ray = [r for b in ds.iter_batches(batch_size=1024, batch_format="pyarrow") for r in table_rows(b)]
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True  # as fit_on_ray sets it
+    try:
+        ds = ray_eval_dataset(files, tok.to_json(), 32, "error", 0, 2)
+        through_ray = [r for b in ds.iter_batches(batch_size=1024, batch_format="pyarrow") for r in table_rows(b)]
+    finally:
+        ctx.execution_options.preserve_order = saved
     here = [{k: r[k] for k in ("ids", "prompt_len", "trunc")} for r in local_eval_rows(files, tok, 32, "error")]
     assert len(here) == 46 and through_ray == here

@@ -1,6 +1,6 @@
-"""Ray Train with real workers (gloo), data streamed through Ray Data: the same global batch gives the same losses
-in this process and on two workers with DDP or FSDP — and a resumed streamed run ends where an
-uninterrupted one does.
+"""Ray Train with real workers (gloo), the data streamed through Ray Data or read by each worker itself (a small set,
+`data.local_rows`): the same global batch gives the same losses in this process and on two workers with DDP or FSDP
+— and a resumed streamed run ends where an uninterrupted one does.
 
 The loss of a step is the global sum of output-token cross-entropies over the global token count (each rank scales
 its summed loss; DDP and FSDP average the gradients), and global micro-batch g is the same examples for any number
@@ -59,16 +59,18 @@ def test_in_process_ddp_and_fsdp_match_and_resume_exactly(
     ray_session, s3_server, mixed_folder, tmp_path, tiny_overrides
 ):
     """One global batch, bucketed by length (data.bucket_by_length), read from a folder of JSONL and Parquet: in this
-    process, on two DDP workers and on two FSDP workers the losses agree; a DDP run resumed from its step-3
-    checkpoint ends with the same weights; FSDP — its output on the tests' S3 server, no folder shared by the ranks:
-    rank 1 uploads its own optimizer shard — resumes from its own sharded checkpoint there. (One test: every
-    two-worker run costs ~25 s of start-up here, so the runs serve several checks.)"""
+    process, on two DDP workers (the stream through Ray Data) and on two FSDP workers (each reading the small set
+    itself) the losses agree; a DDP run resumed from its step-3 checkpoint ends with the same weights; FSDP — its
+    output on the tests' S3 server, no folder shared by the ranks: rank 1 uploads its own optimizer shard — resumes
+    from its own sharded checkpoint there. (One test: every two-worker run costs ~25 s of start-up here, so the runs
+    serve several checks.)"""
     fsdp_out = f"s3://{s3_server.bucket()}/fsdp"
     common = ["train.max_iters=6", "train.eval_every=3", "train.keep_last=2", "data.bucket_by_length=true"]
     two = [*common, "train.num_workers=2", "train.batch_size=2"]
+    ray_data = ["data.local_rows=0"]  # through Ray Data, however small
     runs = {
         "in process": run(mixed_folder, tmp_path / "local", tiny_overrides, *common, "train.batch_size=4"),
-        "2 workers ddp": run(mixed_folder, tmp_path / "ddp", tiny_overrides, *two, "train.strategy=ddp"),
+        "2 workers ddp": run(mixed_folder, tmp_path / "ddp", tiny_overrides, *two, *ray_data, "train.strategy=ddp"),
         "2 workers fsdp": run(mixed_folder, fsdp_out, tiny_overrides, *two, "train.strategy=fsdp"),
     }
     curves = {name: losses(r.output_dir) for name, r in runs.items()}
@@ -93,7 +95,7 @@ def test_in_process_ddp_and_fsdp_match_and_resume_exactly(
 
     # resumed from step 3, DDP ends where the uninterrupted run did
     resume = f"train.resume={ddp.output_dir / 'checkpoint_step_000003'}"
-    resumed = run(mixed_folder, tmp_path / "resumed", tiny_overrides, *two, "train.strategy=ddp", resume)
+    resumed = run(mixed_folder, tmp_path / "resumed", tiny_overrides, *two, *ray_data, "train.strategy=ddp", resume)
     assert [s for s, _ in losses(resumed.output_dir)] == [4, 5, 6]
     for (_, x), (_, y) in zip(curves["2 workers ddp"][3:], losses(resumed.output_dir)):
         assert x == pytest.approx(y, rel=1e-6)

@@ -29,7 +29,8 @@ peaks = []
 for data, out in zip(sys.argv[1::2], sys.argv[2::2]):
     train(load_config(["model=tiny_llama_hybrid", "train=tiny", f"data.train={data}", f"train.output_dir={out}",
                        "train.num_workers=1", "train.max_iters=3", "train.eval_every=3", "train.batch_size=2",
-                       "train.tokenizer_sample=300", "data.max_length=64", "data.shuffle_window=256"]).recipe(),
+                       "train.tokenizer_sample=300", "data.max_length=64", "data.shuffle_window=256",
+                       "data.local_rows=0"]).recipe(),  # both through Ray Data (N pairs would be read by the worker)
           quiet=True)
     peaks.append(peak_rss_mb())
 print(json.dumps(peaks))
