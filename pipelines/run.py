@@ -50,19 +50,36 @@ class Stage:
     run: RepoStageFn | None = None  # or a stage that runs itself over whole repositories
     pipeline_run: PipelineStageFn | None = None  # or one that also needs the pipeline section
     help: str = ""
+    object_storage: bool = False  # whether it works with `pipeline.data_dir` on object storage (docs/cluster.md)
 
 
 STAGES: list[Stage] = [
-    Stage(AstExtractor.name, range_stage=AstExtractor.key, help="declarations of the files each commit touched"),
-    Stage(DeclarationDiffer.name, range_stage=DeclarationDiffer.key, help="added / modified / deleted declarations"),
+    Stage(
+        AstExtractor.name,
+        range_stage=AstExtractor.key,
+        help="declarations of the files each commit touched",
+        object_storage=True,
+    ),
+    Stage(
+        DeclarationDiffer.name,
+        range_stage=DeclarationDiffer.key,
+        help="added / modified / deleted declarations",
+        object_storage=True,
+    ),
     Stage(
         DEDUP_STAGE,
         pipeline_run=run_dedup,
         help="commit filters and exact / near-duplicate changes (MinHash LSH), marked before any LLM call",
+        object_storage=True,
     ),
-    Stage("generate-tasks", run=run_generate_tasks, help="task.json (LLM, else commit messages)"),
-    Stage("generate-reasoning", run=run_generate_reasoning, help="reasoning.json (LLM)"),
-    Stage(FimSampler.name, range_stage=FimSampler.key, help="fill-in-the-middle samples of the changed declarations"),
+    Stage("generate-tasks", run=run_generate_tasks, help="task.json (LLM, else commit messages)", object_storage=True),
+    Stage("generate-reasoning", run=run_generate_reasoning, help="reasoning.json (LLM)", object_storage=True),
+    Stage(
+        FimSampler.name,
+        range_stage=FimSampler.key,
+        help="fill-in-the-middle samples of the changed declarations",
+        object_storage=True,
+    ),
 ]
 
 
@@ -396,16 +413,16 @@ def write_stats(entry: RepoEntry, cfg: PipelineConfig, stage_stats: dict[str, di
 
 
 def refuse_local_only(chosen: list[Stage], cfg: PipelineConfig) -> None:
-    """On object storage, before anything runs: the stages that still need a local data folder (the LLM stages
-    and any registered one that is not a per-commit step or dedup) are refused in one line."""
+    """On object storage, before anything runs: a registered stage that does not say it works there
+    (`Stage.object_storage`) is refused in one line."""
     if not DatasetLayout(cfg.data_dir).staged:
         return
-    local_only = [s.name for s in chosen if not (s.range_stage or s.pipeline_run is run_dedup)]
+    local_only = [s.name for s in chosen if not s.object_storage]
     if local_only:
-        takes = ",".join(s.name for s in STAGES if s.range_stage or s.pipeline_run is run_dedup)
+        takes = ",".join(s.name for s in STAGES if s.object_storage)
         raise HybridError(
             f"pipeline.data_dir={storage.shown(cfg.data_dir)}: {', '.join(local_only)} need a local data folder "
-            f"(or one every node mounts) for now; on object storage run `--stages {takes}`"
+            f"(or one every node mounts); on object storage run `--stages {takes}`"
         )
 
 

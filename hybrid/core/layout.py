@@ -21,8 +21,9 @@ On a local folder (or one every node mounts) the stages write in place, through 
 atomic temp-file + rename writes on the hot path). On object storage (`staged`: `s3://…`, docs/cluster.md) there
 is no local path: a repository's bare clone is one archive, `repos/<repo>.tar`, that each node unpacks once into
 its cache (`clone_cache`); a worker builds each commit folder in a local staging folder and uploads its files with
-the done marker last (so "is this commit done?" is the same rule, answered from one listing: `listing`); the few
-commands that still need a local folder refuse a URI in one line (`local`).
+the done marker last (so "is this commit done?" is the same rule, answered from one listing: `listing`); the LLM
+stages plan on a local copy of what they read and their workers upload what they write; the few commands that still
+need a local folder (the code-memory bench, the demo) refuse a URI in one line (`local`).
 """
 
 from __future__ import annotations
@@ -177,8 +178,8 @@ class DatasetLayout:
         if self.staged:
             raise HybridError(
                 f"pipeline.data_dir={storage.shown(self.data_dir)}: this command needs a local data folder (or one "
-                f"every node mounts); on object storage `hybrid repos add/list/remove`, `hybrid pipeline run` with "
-                f"the stages generate-ast, generate-ast-diffs, dedup, generate-fim, and `hybrid pipeline export` work"
+                f"every node mounts); on object storage `hybrid repos`, `hybrid pipeline run` and its stages, "
+                f"`export`, `cleanup-dataset` and `check-ast-coverage` work"
             )
         return Path(location)
 
