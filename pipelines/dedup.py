@@ -47,7 +47,7 @@ from hybrid.core import storage
 from hybrid.core.dedup_marks import Marks, load_marks
 from hybrid.core.errors import HybridError
 from hybrid.core.io import read_json
-from hybrid.core.layout import COMMIT_DATA, DIFF_AST, DatasetLayout, commit_name
+from hybrid.core.layout import COMMIT_DATA, DIFF_AST, DatasetLayout, commit_name, current_run
 from hybrid.core.ray_utils import init_ray
 from pipelines.commit_filters import CommitFilter
 
@@ -268,7 +268,7 @@ def _sign_row(row: dict) -> dict:
     try:
         if staging is not None:  # object storage: the range's two files per commit fetched here first, all at once
             present = {int(n): names for n, names in json.loads(row["present"]).items()}
-            layout.fetch_commit_files(row["repo"], present, staging)
+            layout.fetch_commit_files(row["repo"], present, staging, str(row["run"]))
             folders = [staging / commit_name(n) for n in numbers]
         else:
             folders = [layout.local_commit_dir(row["repo"], n) for n in numbers]
@@ -301,7 +301,8 @@ def signatures(repos: list[str], cfg: PipelineConfig, local: bool) -> tuple[dict
         for numbers in _ranges(layout.commits(repo), cfg.num_workers, cfg.commits_per_task):
             wanted = {n: [f for f in (COMMIT_DATA, DIFF_AST) if f in listing.get(n, ())] for n in numbers}
             present = wanted if layout.staged else {}
-            rows.append({"repo": repo, "numbers": numbers, "cfg": worker_cfg, "present": json.dumps(present)})
+            row = {"repo": repo, "numbers": numbers, "cfg": worker_cfg, "present": json.dumps(present)}
+            rows.append({**row, "run": current_run() if layout.staged else ""})  # (layout.py run_scope)
     outs: list[dict] = []
     if local or len(rows) <= 1:
         outs = [_sign_row(r) for r in rows]

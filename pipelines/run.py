@@ -27,7 +27,7 @@ from hybrid.config.llm import LLMConfig
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core import storage
 from hybrid.core.errors import HybridError, describe_os_error
-from hybrid.core.layout import COMMIT_DATA, DatasetLayout, done_in
+from hybrid.core.layout import COMMIT_DATA, DatasetLayout, current_run, done_in, run_scope
 from hybrid.core.ray_utils import init_ray
 from pipelines.dedup import STAGE as DEDUP_STAGE
 from pipelines.dedup import run_dedup
@@ -209,10 +209,11 @@ def _check_history(entry: RepoEntry, cfg: PipelineConfig, hashes: list[str], don
     layout = DatasetLayout(cfg.data_dir)
     for n in done_numbers:
         path = layout.commit_file(entry.name, n, COMMIT_DATA)
-        if not storage.exists(path):
-            continue
         try:
-            recorded = json.loads(storage.read_text(path)).get("commit_hash")
+            text = layout.read_commit_text(entry.name, n, COMMIT_DATA, current_run())
+            if text is None:
+                continue
+            recorded = json.loads(text).get("commit_hash")
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             continue
         if recorded != hashes[n]:
@@ -239,6 +240,7 @@ def _process_row(row: dict) -> dict:
             cfg,
             bool(row["force"]),
             present,
+            str(row["run"]),
         )
     except HybridError as e:  # bad input (e.g. a corrupt task.json): one line for the user, not a Ray traceback
         return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e), "pid": os.getpid()}
@@ -263,7 +265,7 @@ def plan_rows(
     come free, so several repositories are processed together over all workers rather than one after another,
     and the short ranges fill in at the end (longest-processing-time-first scheduling). Among ranges of equal
     length the latest commits go first: they are usually the costlier (files grow)."""
-    rows, per_repo = [], {}
+    rows, per_repo, staged = [], {}, DatasetLayout(cfg.data_dir).staged
     # absolute paths: Ray workers do not share the driver's working directory
     worker_cfg = cfg.model_copy(update={"data_dir": storage.at(cfg.data_dir).absolute(cfg.data_dir)}).model_dump_json()
     for entry in repos:
@@ -280,6 +282,7 @@ def plan_rows(
                     "force": force,
                     "cfg": worker_cfg,
                     "present": json.dumps(t.present),
+                    "run": current_run() if staged else "",  # object storage: this run's node-local copies
                 }
             )
     if queue:
@@ -444,6 +447,19 @@ def run_pipeline(
     chosen = [s for s in STAGES if not stages or s.name in stages]
     refuse_local_only(chosen, cfg)
     repos = select_repos(repo_names, cfg)
+    with run_scope():  # (object storage: the run's stages read on each node what it uploaded there)
+        return _run_stages(repos, chosen, cfg, llm_cfg, force, local, progress)
+
+
+def _run_stages(
+    repos: list[RepoEntry],
+    chosen: list[Stage],
+    cfg: PipelineConfig,
+    llm_cfg: LLMConfig | None,
+    force: bool,
+    local: bool,
+    progress: bool,
+) -> Summary:
     t0 = time.perf_counter()
     for entry in repos:  # <repo>/license.json, the repository's licence (pipelines/licenses.py), for export
         record_license(entry, cfg)

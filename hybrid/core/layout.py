@@ -31,6 +31,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +79,55 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
     "generate-reasoning": (REASONING,),
     "generate-fim": (FIM,),
 }
+
+
+WRITTEN = "written"  # in a node's cache: written/<run>/<repo>/commit_<N>/<file>, what a run uploaded (below)
+WRITTEN_KEPT_S = 24 * 3600  # a node's copies of a run older than this are removed (the run has ended)
+_RUN: ContextVar[str | None] = ContextVar("pipeline_run", default=None)
+
+
+@contextmanager
+def run_scope() -> Iterator[str]:
+    """One `pipeline run` on object storage: while it lasts, each node keeps a copy of the commit files its workers
+    uploaded (`DatasetLayout.keep_written`), and later stages of the same run on that node read those instead of
+    fetching them back (`fetch_commit_files`): dedup and generate-fim read what generate-ast and generate-ast-diffs
+    wrote. The run's id (`current_run`) goes to the workers in their rows; this node's copies are removed at its
+    end, other nodes' by a later run there (after WRITTEN_KEPT_S). A copy is only ever of a file on the store, and
+    every commit file has one writer stage (STAGE_FILES), so within a run it is the stored file."""
+    run = uuid.uuid4().hex[:16]
+    token = _RUN.set(run)
+    try:
+        yield run
+    finally:
+        _RUN.reset(token)
+        shutil.rmtree(_written_root() / run, ignore_errors=True)
+
+
+def current_run() -> str:
+    """The id of the `pipeline run` this driver is in ("" outside one: nothing is kept)."""
+    return _RUN.get() or ""
+
+
+def _written_root() -> Path:
+    return storage.cache_root() / WRITTEN
+
+
+_PRUNED: set[str] = set()
+
+
+def _written_dir(run: str) -> Path:
+    """This node's copies of run `run`; the first time a process asks, copies of runs older than WRITTEN_KEPT_S
+    are removed."""
+    root = _written_root()
+    if run not in _PRUNED:
+        _PRUNED.add(run)
+        for old in root.iterdir() if root.is_dir() else []:
+            try:
+                if old.name != run and old.stat().st_mtime < time.time() - WRITTEN_KEPT_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+    return root / run
 
 
 def done_in(folder: str | os.PathLike[str], stage: str) -> bool:
@@ -225,33 +280,76 @@ class DatasetLayout:
                 found.setdefault(number, set()).add(name)
         return {n: frozenset(names) for n, names in found.items()}
 
-    def fetch_dataset(self, repos: list[str], into: Path, keep: Any) -> DatasetLayout:
+    def fetch_dataset(self, repos: list[str], into: Path, keep: Any, run: str = "") -> DatasetLayout:
         """A local copy, under `into`, of the files of `repos` that `keep(name, names in the same folder)` wants (the
-        repository's own files and its commit folders' alike), fetched several at once: a `DatasetLayout` of it."""
-        pairs = []
+        repository's own files and its commit folders' alike), fetched several at once — a commit folder's file from
+        this node's copy where run `run` uploaded it here (`run_scope`): a `DatasetLayout` of it."""
+        kept = _written_dir(run) if run else None
+        triples = []
         for repo in repos:
             folders: dict[str, set[str]] = {}
             for rel in storage.at(self.data_dir).relative_files(self.repo_dir(repo)):
                 folder, _, name = rel.rpartition("/")
                 folders.setdefault(folder, set()).add(name)
             for folder, names in folders.items():
+                copy = kept / repo / folder if kept is not None and commit_number(folder) is not None else None
                 for name in sorted(names):
                     if keep(name, names):
                         parts = [*folder.split("/"), name] if folder else [name]
-                        pairs.append((storage.join(self.repo_dir(repo), *parts), Path(into, DATASET, repo, *parts)))
-        storage.at(self.data_dir).get_files(pairs)
+                        dest = Path(into, DATASET, repo, *parts)
+                        triples.append((storage.join(self.repo_dir(repo), *parts), dest, copy and copy / name))
+        self._get_files(triples)
         Path(into, DATASET).mkdir(parents=True, exist_ok=True)
         return DatasetLayout(into)
 
-    def fetch_commit_files(self, repo: str, wanted: dict[int, list[str]], into: Path) -> None:
+    def fetch_commit_files(self, repo: str, wanted: dict[int, list[str]], into: Path, run: str = "") -> None:
         """Copy the named files of commit folders (`wanted`: {number: names}) to `into/commit_<N>/<name>` on this
-        machine, several at once."""
-        pairs = [
-            (self.commit_file(repo, n, name), into / commit_name(n) / name)
-            for n, names in sorted(wanted.items())
-            for name in names
-        ]
+        machine, several at once — from this node's copies of what run `run` uploaded where there is one
+        (`run_scope`), else from the data folder."""
+        kept = _written_dir(run) / repo if run else None
+        self._get_files(
+            [
+                (self.commit_file(repo, n, name), into / commit_name(n) / name, kept and kept / commit_name(n) / name)
+                for n, names in sorted(wanted.items())
+                for name in names
+            ]
+        )
+
+    def read_commit_text(self, repo: str, number: int, name: str, run: str = "") -> str | None:
+        """A commit folder's file as text — this node's copy where run `run` uploaded it here (`run_scope`) — or
+        None when there is no such file."""
+        if run and self.staged:
+            try:
+                return (_written_dir(run) / repo / commit_name(number) / name).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                pass
+        path = self.commit_file(repo, number, name)
+        return storage.read_text(path) if storage.exists(path) else None
+
+    def _get_files(self, triples: list[tuple[str, Path, Path | None]]) -> None:
+        """(location, local destination, this node's copy of it or None): each copied from the node's copy where it
+        exists, the rest fetched several at once."""
+        pairs = []
+        for location, dest, copy in triples:
+            if copy is not None:
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(copy, dest)
+                    continue
+                except FileNotFoundError:
+                    pass
+            pairs.append((location, dest))
         storage.at(self.data_dir).get_files(pairs)
+
+    def keep_written(self, repo: str, number: int, files: list[Path], run: str) -> None:
+        """After they were uploaded: this node's copies of a commit's files for the rest of run `run` (moved here
+        from the staging folder; see `run_scope`). Nothing to do outside a run."""
+        if not run:
+            return
+        folder = _written_dir(run) / repo / commit_name(number)
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            os.replace(f, folder / f.name)
 
     def local_commit_path(self, repo: str, number: int) -> str:
         """The same folder as plain text, for the per-commit loops of the planner and the workers (with `done_in`):

@@ -7,13 +7,14 @@ uses the cleaned commit messages and generate-reasoning is skipped with a one-li
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from pathlib import Path
 
 from hybrid.config.llm import LLMConfig
 from hybrid.core import storage
-from hybrid.core.layout import TASKS, DatasetLayout
+from hybrid.core.layout import TASKS, DatasetLayout, current_run
 from pipelines.llm import stages as st
 from pipelines.llm.runner import run_llm_stage
 from pipelines.llm.settings import NO_LLM_MESSAGE, load_settings
@@ -59,8 +60,10 @@ def _tasks_from_messages(
         written += n
         if reason:
             drops[reason] += 1
-        if view is not layout:
-            uploads.submit([(commit_dir / TASKS, layout.commit_file(repo, st.commit_number(commit_dir), TASKS))])
+        if view is not layout:  # (kept on this node for generate-fim in this run: layout.py run_scope)
+            number = st.commit_number(commit_dir)
+            keep = functools.partial(layout.keep_written, repo, number, [commit_dir / TASKS], current_run())
+            uploads.submit([(commit_dir / TASKS, layout.commit_file(repo, number, TASKS))], then=keep)
     repo_summary = {
         "commits": len(todo),
         "already_done": done,

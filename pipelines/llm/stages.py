@@ -32,6 +32,7 @@ from hybrid.core.layout import (
     TASKS,
     DatasetLayout,
     commit_name,
+    current_run,
 )
 from hybrid.core.layout import commit_number as parse_commit_number
 from pipelines.llm.client import LLMClient, LLMFailure
@@ -355,7 +356,7 @@ def local_view(layout: DatasetLayout, repos: list[str], stage: str) -> Iterator[
         keep = lambda name, names: name in wanted  # noqa: E731
     into = layout.staging_dir(stage)
     try:
-        yield layout.fetch_dataset(repos, into, keep)
+        yield layout.fetch_dataset(repos, into, keep, current_run())
     finally:
         shutil.rmtree(into, ignore_errors=True)
 
@@ -383,6 +384,7 @@ def commit_row(layout: DatasetLayout, repo: str, commit_dir: Path, stage: str, m
         "dest": layout.commit_dir(repo, number),
         "number": number,
         "files": pickle.dumps((files, marks), protocol=pickle.HIGHEST_PROTOCOL),
+        "run": current_run(),  # (the `pipeline run` whose node-local copies get the output: layout.py run_scope)
     }
 
 
@@ -391,10 +393,11 @@ class StagedCommit:
     the stage's output when it changed; the copy is removed on exit."""
 
     def __init__(self, row: dict, stage: str) -> None:
-        self.dest, self.stage = str(row["dest"]), stage
+        self.dest, self.stage, self.run = str(row["dest"]), stage, str(row["run"])
         self.files, marks = pickle.loads(row["files"])
-        self.root = DatasetLayout(str(row["data_dir"])).staging_dir(str(row["repo"]))
-        self.commit_dir = self.root / commit_name(int(row["number"]))
+        self.layout, self.repo, self.number = DatasetLayout(str(row["data_dir"])), str(row["repo"]), int(row["number"])
+        self.root = self.layout.staging_dir(self.repo)
+        self.commit_dir = self.root / commit_name(self.number)
         self.commit_dir.mkdir()
         for name, data in self.files.items():
             (self.commit_dir / name).write_bytes(data)
@@ -407,6 +410,7 @@ class StagedCommit:
         path = self.commit_dir / name
         if path.is_file() and path.read_bytes() != self.files.get(name):
             storage.write_bytes(storage.join(self.dest, name), path.read_bytes())
+            self.layout.keep_written(self.repo, self.number, [path], self.run)  # (for generate-fim in this run)
 
     def shown(self, text: str) -> str:
         """A message about the local copy as one about the commit folder's location."""

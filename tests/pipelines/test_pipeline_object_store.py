@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from hybrid.core import storage
-from hybrid.core.layout import AST, COMMIT_DATA, DIFF_AST, FIM, DatasetLayout
+from hybrid.core.errors import HybridError
+from hybrid.core.layout import AST, COMMIT_DATA, DIFF_AST, FIM, DatasetLayout, current_run, run_scope
 from hybrid.main import main
 from tests.repo_builder import RepoBuilder, build_sample_repo
 
@@ -71,11 +72,16 @@ def test_every_stage_export_and_housekeeping_on_s3_are_byte_identical_and_resume
     for data, out in ((local, tmp_path / "io"), (remote, f"s3://{bucket}/io")):
         at = f"pipeline.data_dir={data}"
         assert main(["repos", "add", str(tmp_path / "src"), "--name", "sample", at]) == 0
+        logged = Path(s3_server.log.name).read_text().count("\n")
         assert main(["pipeline", "run", "--local", "--no-progress", at, *llm.overrides]) == 0
+        requests = Path(s3_server.log.name).read_text().splitlines()[logged:]
         assert main(["pipeline", "export", at, "--output-dir", str(out)]) == 0
         assert main(["pipeline", "check-ast-coverage", at, "--json", str(tmp_path / "coverage.json")]) == 0
         coverage.append(json.loads((tmp_path / "coverage.json").read_text()))
     assert f"-> s3://{bucket}/data/repos/sample.tar" in capsys.readouterr().out
+    # every commit file a stage read had been written in the same run: read from this machine's copy, not fetched
+    assert [r for r in requests if "PUT /" in r and "/commit_" in r]
+    assert [r for r in requests if f"GET /{bucket}/" in r and "/commit_" in r] == []
     stored = _store_files(f"{remote}/ast_dataset")
     _same(_local_files(local / "ast_dataset"), stored)
     assert json.loads(stored["sample/commit_0/task.json"])["source"] == "llm"
@@ -212,3 +218,24 @@ def test_layout_on_a_uri_lists_commits_and_applies_the_done_rule(s3_server):
     assert lay.commits("r") == [0, 1, 12]
     with pytest.raises(Exception, match=r"^pipeline\.data_dir=s3://.*: this command needs a local data folder"):
         lay.local_commit_dir("r", 0)
+
+
+def test_a_run_keeps_what_it_uploaded_on_this_machine_and_removes_it_after(s3_server, tmp_path, cache):
+    lay = DatasetLayout(f"s3://{s3_server.bucket()}/data")
+    stale = cache / "written" / "an-old-run"
+    stale.mkdir(parents=True)
+    os.utime(stale, (0, 0))  # a run that ended long ago on this machine (its driver was elsewhere)
+    with run_scope() as run:
+        assert current_run() == run
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / AST).write_text("uploaded")
+        storage.write_text(lay.commit_file("r", 3, AST), "uploaded")
+        lay.keep_written("r", 3, [tmp_path / "out" / AST], run)
+        storage.remove_file(lay.commit_file("r", 3, AST))  # so only this machine's copy can answer
+        lay.fetch_commit_files("r", {3: [AST]}, tmp_path / "got", run)
+        assert (tmp_path / "got" / "commit_3" / AST).read_text() == "uploaded"
+        assert lay.read_commit_text("r", 3, AST, run) == "uploaded"
+        assert not stale.exists()
+        with pytest.raises(HybridError, match="no such file"):  # outside the run: from the store
+            lay.fetch_commit_files("r", {3: [AST]}, tmp_path / "other")
+    assert current_run() == "" and list((cache / "written").iterdir()) == []
