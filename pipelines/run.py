@@ -16,6 +16,7 @@ return {"counts": {...}, "drops": {...}}. Add one by putting a `Stage` into `STA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -34,7 +35,7 @@ from pipelines.dedup import run_dedup
 from pipelines.licenses import record_license
 from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
 from pipelines.range_worker import WORKER_KEY, process_range
-from pipelines.repos import RepoEntry, first_parent_hashes, get_repo, list_repos, local_clone
+from pipelines.repos import RepoEntry, clone_in_use, first_parent_hashes, get_repo, list_repos
 from pipelines.steps import OUTPUT_FILES, STEP_KEYS, STEPS, AstExtractor, DeclarationDiffer, FimSampler, StageStats
 
 # A repository stage runs itself over whole repositories: run(repo names, data_dir, llm_cfg, force) -> stats.
@@ -230,18 +231,21 @@ def _process_row(row: dict) -> dict:
     try:
         layout = DatasetLayout(cfg.data_dir)
         present = {int(n): names for n, names in json.loads(row["present"]).items()} if layout.staged else None
-        stats = process_range(
-            row["repo"],
-            # on object storage the driver's clone is not on this machine: this machine's copy of the archive
-            str(local_clone(layout, row["repo"])) if layout.staged else row["repo_path"],
-            [int(n) for n in row["numbers"]],
-            [str(h) for h in row["hashes"]],
-            json.loads(row["stages"]),
-            cfg,
-            bool(row["force"]),
-            present,
-            str(row["run"]),
-        )
+        # on object storage the driver's clone is not on this machine: this machine's copy of the archive, held
+        # while the range runs (no other process removes it meanwhile)
+        clone = clone_in_use(layout, row["repo"]) if layout.staged else contextlib.nullcontext(row["repo_path"])
+        with clone as repo_path:
+            stats = process_range(
+                row["repo"],
+                str(repo_path),
+                [int(n) for n in row["numbers"]],
+                [str(h) for h in row["hashes"]],
+                json.loads(row["stages"]),
+                cfg,
+                bool(row["force"]),
+                present,
+                str(row["run"]),
+            )
     except HybridError as e:  # bad input (e.g. a corrupt task.json): one line for the user, not a Ray traceback
         return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e), "pid": os.getpid()}
     except OSError as e:  # the disk: full, read-only, an output folder that is a file — the machine, not a bug

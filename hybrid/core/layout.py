@@ -47,6 +47,7 @@ DATASET = "ast_dataset"
 REPOS = "repos"
 REGISTRY = "registry.json"
 CLONE_ARCHIVE = ".tar"  # on object storage: repos/<repo>.tar, the bare clone as one file (docs/cluster.md)
+CLONE_LOCK = ".lock"  # beside an unpacked clone in a node's cache: held shared while a process uses it
 LLM_CACHE = "llm_cache"
 COMMIT_PREFIX = "commit_"
 
@@ -250,10 +251,24 @@ class DatasetLayout:
         return storage.join(self.data_dir, REPOS, repo + CLONE_ARCHIVE)
 
     def clone_cache(self, repo: str, stamp: tuple[int, int]) -> Path:
-        """Where this machine unpacks a clone archive whose (size, mtime) is `stamp`: a new archive, a new folder, so
-        a node never works on a clone older than the one the driver planned with."""
-        key = hashlib.blake2b(f"{storage.at(self.data_dir).absolute(self.clone_archive(repo))}\0{stamp}".encode())
-        return storage.cache_root() / "clones" / key.hexdigest()[:16] / repo
+        """Where this machine unpacks a clone archive whose (size, mtime) is `stamp`:
+        `clones/<hash of the archive's location>.<hash of stamp>/<repo>` — a new archive, a new folder, so a node never
+        works on a clone older than the one the driver planned with; the older ones share the first part of the name
+        (`clone_versions`)."""
+        archive = hashlib.blake2b(storage.at(self.data_dir).absolute(self.clone_archive(repo)).encode(), digest_size=8)
+        version = hashlib.blake2b(str(stamp).encode(), digest_size=4)
+        return storage.cache_root() / "clones" / f"{archive.hexdigest()}.{version.hexdigest()}" / repo
+
+    @staticmethod
+    def clone_versions(folder: Path) -> list[Path]:
+        """The other folders of this machine's cache that hold an unpacked archive of the same location as `folder`
+        (`clone_cache(...).parent`): older (or newer) archives of the same repository."""
+        prefix = folder.name.partition(".")[0] + "."
+        return (
+            sorted(p for p in folder.parent.iterdir() if p.name.startswith(prefix) and p != folder and p.is_dir())
+            if folder.parent.is_dir()
+            else []
+        )
 
     def local_license_db(self) -> Path:
         """The licence detector's index on this machine: beside the clones, or in this machine's cache when the data

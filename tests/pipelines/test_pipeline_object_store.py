@@ -150,7 +150,8 @@ def test_a_second_machine_unpacks_the_clone_and_update_publishes_a_new_one(s3_se
     assert main(["pipeline", "run", STAGES, "--local", "--no-progress", f"pipeline.data_dir={remote}"]) == 0
     assert lay.commits("src") == [0, 1]
     assert json.loads(storage.read_text(lay.commit_file("src", 1, COMMIT_DATA)))["message"] == "change f\n"
-    assert len(list((tmp_path / "other-machine" / "clones").iterdir())) == 2  # the old archive's, the new one's
+    clones = [p for p in (tmp_path / "other-machine" / "clones").iterdir() if p.is_dir()]
+    assert clones == [lay.clone_cache("src", storage.at(remote).stat(lay.clone_archive("src"))).parent]  # the new one
     assert main(["repos", "remove", "src", "--dataset", f"pipeline.data_dir={remote}"]) == 0
     assert storage.at(remote).relative_files(remote) == ["repos/registry.json"]
 
@@ -239,3 +240,25 @@ def test_a_run_keeps_what_it_uploaded_on_this_machine_and_removes_it_after(s3_se
         with pytest.raises(HybridError, match="no such file"):  # outside the run: from the store
             lay.fetch_commit_files("r", {3: [AST]}, tmp_path / "other")
     assert current_run() == "" and list((cache / "written").iterdir()) == []
+
+
+def test_an_older_clone_of_a_repository_is_removed_from_the_cache_once_no_process_uses_it(s3_server, tmp_path, cache):
+    """`repos update` publishes a new archive: this machine's folder of the old one goes once nothing holds it (a
+    range holds its clone with `clone_in_use`; here this process does, through its own open lock file)."""
+    from pipelines.repos import clone_in_use, local_clone
+
+    rb = RepoBuilder(tmp_path / "src")
+    rb.write("a.py", "x = 1\n")
+    rb.commit("one")
+    remote = f"s3://{s3_server.bucket()}/data"
+    assert main(["repos", "add", str(tmp_path / "src"), f"pipeline.data_dir={remote}"]) == 0
+    lay = DatasetLayout(remote)
+    with clone_in_use(lay, "src") as old:
+        rb.write("a.py", "x = 2\n")
+        rb.commit("two")
+        assert main(["repos", "update", f"pipeline.data_dir={remote}"]) == 0
+        new = local_clone(lay, "src")
+        assert new != old and (new / "HEAD").is_file() and (old / "HEAD").is_file()  # the old one is in use
+    assert local_clone(lay, "src") == new
+    assert [p for p in (cache / "clones").iterdir() if p.is_dir()] == [new.parent]  # the old one removed
+    assert sorted(p.name for p in (cache / "clones").iterdir() if not p.is_dir()) == [new.parent.name + ".lock"]
