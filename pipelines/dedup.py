@@ -264,11 +264,11 @@ def _sign_row(row: dict) -> dict:
     layout = DatasetLayout(cfg.data_dir)
     t0 = time.process_time()
     numbers = [int(n) for n in row["numbers"]]
-    staging = layout.staging_dir(row["repo"]) if layout.staged else None
+    staging, own = layout.workspace(row["repo"], str(row["run"])) if layout.staged else (None, False)
     try:
         if staging is not None:  # object storage: the range's two files per commit fetched here first, all at once
             present = {int(n): names for n, names in json.loads(row["present"]).items()}
-            layout.fetch_commit_files(row["repo"], present, staging, str(row["run"]))
+            layout.fetch_commit_files(row["repo"], present, staging)  # (in a run, those not in its workspace)
             folders = [staging / commit_name(n) for n in numbers]
         else:
             folders = [layout.local_commit_dir(row["repo"], n) for n in numbers]
@@ -276,7 +276,7 @@ def _sign_row(row: dict) -> dict:
     except HybridError as e:
         return {"repo": row["repo"], "first": numbers[0], "payload": b"", "error": str(e), "cpu_s": 0.0}
     finally:
-        if staging is not None:
+        if staging is not None and own:
             shutil.rmtree(staging, ignore_errors=True)
     payload = pickle.dumps([s for s in sigs if s is not None], protocol=pickle.HIGHEST_PROTOCOL)
     cpu = time.process_time() - t0

@@ -175,10 +175,12 @@ class RangeWorker:
         """On object storage: the range's commit folders are built in a local staging folder (the inputs the steps
         read fetched into it first, all at once), and each commit's new files are uploaded in the background while
         the next commit is worked on — in the order the steps write them, so a stage's done marker (its last file)
-        is never there before the rest of its files. Within a `pipeline run` the uploaded files stay on this node
-        for the run's later stages (`run_scope`): on this history that spares dedup and generate-fim 1,280 of the
-        2,265 requests (GET + HEAD per file)."""
-        repo, root = self.repo_name, self.layout.staging_dir(self.repo_name)
+        is never there before the rest of its files. Within a `pipeline run` the staging folder is the run's
+        workspace on this node (`DatasetLayout.workspace`): what was uploaded or fetched stays there for the run's
+        later stages — on this history that spares dedup and generate-fim 1,280 of the 2,265 requests (GET + HEAD
+        per file), and a folder made and removed per commit and stage (1-1.5 ms each here)."""
+        repo = self.repo_name
+        root, own = self.layout.workspace(repo, run)
         todo_of, wanted = {}, {}
         for number in numbers:
             have = frozenset(present.get(number, ()))
@@ -187,7 +189,7 @@ class RangeWorker:
             todo_of[number] = todo
             wanted[number] = sorted({f for s in todo for f in s.reads if f in have and f not in written})
         try:
-            self.layout.fetch_commit_files(repo, {n: w for n, w in wanted.items() if w}, root, run)
+            self.layout.fetch_commit_files(repo, {n: w for n, w in wanted.items() if w}, root)
             with storage.Uploads() as uploads:
                 for number, commit_hash in zip(numbers, hashes):
                     if not todo_of[number]:
@@ -201,14 +203,11 @@ class RangeWorker:
                         for f in DONE_FILES[s.key]
                         if (out_dir / f).exists()
                     ]
-                    uploads.submit(files, then=functools.partial(self._uploaded, number, out_dir, files, run))
+                    # (in a run, the commit folder stays in the run's workspace: run_scope)
+                    uploads.submit(files, then=functools.partial(shutil.rmtree, out_dir, True) if own else None)
         finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-    def _uploaded(self, number: int, out_dir: Path, files: list[tuple[Path, str]], run: str) -> None:
-        """A commit's files are on the store: kept on this node for the run (`run_scope`), the rest removed."""
-        self.layout.keep_written(self.repo_name, number, [local for local, _ in files], run)
-        shutil.rmtree(out_dir, ignore_errors=True)
+            if own:
+                shutil.rmtree(root, ignore_errors=True)
 
 
 def _todo(steps: list[RangeStep], force: bool, is_done: Callable[[RangeStep], bool]) -> list[RangeStep]:

@@ -89,6 +89,7 @@ def test_every_stage_export_and_housekeeping_on_s3_are_byte_identical_and_resume
     _same(_local_files(tmp_path / "io"), _store_files(f"s3://{bucket}/io"))
     assert coverage[0] == coverage[1] and coverage[0]["sample"]
     assert not any((cache / "staging").iterdir())  # every staging folder and local copy removed
+    assert [p for p in (cache / "written").iterdir() if not p.name.endswith(".removed")] == []  # the run's copies
     assert main(["repos", "list", "--json", f"pipeline.data_dir={remote}"]) == 0
     assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["sample"]
 
@@ -233,13 +234,14 @@ def test_a_run_keeps_what_it_uploaded_on_this_machine_and_removes_it_after(s3_se
         storage.write_text(lay.commit_file("r", 3, AST), "uploaded")
         lay.keep_written("r", 3, [tmp_path / "out" / AST], run)
         storage.remove_file(lay.commit_file("r", 3, AST))  # so only this machine's copy can answer
-        lay.fetch_commit_files("r", {3: [AST]}, tmp_path / "got", run)
-        assert (tmp_path / "got" / "commit_3" / AST).read_text() == "uploaded"
+        workspace, own = lay.workspace("r", run)
+        lay.fetch_commit_files("r", {3: [AST]}, workspace)  # (no request: it is there)
+        assert not own and (workspace / "commit_3" / AST).read_text() == "uploaded"
         assert lay.read_commit_text("r", 3, AST, run) == "uploaded"
         assert not stale.exists()
         with pytest.raises(HybridError, match="no such file"):  # outside the run: from the store
             lay.fetch_commit_files("r", {3: [AST]}, tmp_path / "other")
-    assert current_run() == "" and list((cache / "written").iterdir()) == []
+    assert current_run() == "" and not (cache / "written" / run).exists()  # (renamed away, removed in the background)
 
 
 def test_an_older_clone_of_a_repository_is_removed_from_the_cache_once_no_process_uses_it(s3_server, tmp_path, cache):
