@@ -28,6 +28,7 @@ from pipelines.records import RecordEncoder
 from pipelines.steps import DONE_FILES, STEP_KEYS, STEPS, CommitContext, RangeStep
 
 WORKER_KEY = "_worker"  # process_range's own numbers: CPU seconds, parse-cache hits, incremental parses
+WRITTEN_KEY = "_written"  # on object storage: {commit number: the files uploaded into its folder}
 TREE_CACHE_SIZE = 256  # syntax trees kept per worker for incremental re-parsing (a tree is ~10x its source)
 
 
@@ -137,8 +138,8 @@ class RangeWorker:
         self.prefetch_old = "ast" in step_keys and "ast-diffs" in step_keys
         self.prefetched.clear()
         if present is not None:
-            self._run_staged(numbers, hashes, steps, force, present, run)
-            return {s.key: s.stats.to_dict() for s in steps}
+            written = self._run_staged(numbers, hashes, steps, force, present, run)
+            return {**{s.key: s.stats.to_dict() for s in steps}, WRITTEN_KEY: written}
         for number, commit_hash in zip(numbers, hashes):
             out_dir = self.layout.local_commit_path(self.repo_name, int(number))  # (plain text: see the layout)
             todo = _todo(steps, force, lambda s, d=out_dir: s.is_done(d))
@@ -171,17 +172,18 @@ class RangeWorker:
         force: bool,
         present: dict[int, list[str]],
         run: str,
-    ) -> None:
+    ) -> dict[int, list[str]]:
         """On object storage: the range's commit folders are built in a local staging folder (the inputs the steps
         read fetched into it first, all at once), and each commit's new files are uploaded in the background while
         the next commit is worked on — in the order the steps write them, so a stage's done marker (its last file)
         is never there before the rest of its files. Within a `pipeline run` the staging folder is the run's
         workspace on this node (`DatasetLayout.workspace`): what was uploaded or fetched stays there for the run's
         later stages — on this history that spares dedup and generate-fim 1,280 of the 2,265 requests (GET + HEAD
-        per file), and a folder made and removed per commit and stage (1-1.5 ms each here)."""
+        per file), and a folder made and removed per commit and stage (1-1.5 ms each here). Returns the names of the
+        files uploaded into each commit folder (for the driver's listing: `DatasetLayout.note_written`)."""
         repo = self.repo_name
         root, own = self.layout.workspace(repo, run)
-        todo_of, wanted = {}, {}
+        todo_of, wanted, written_to = {}, {}, {}
         for number in numbers:
             have = frozenset(present.get(number, ()))
             todo = _todo(steps, force, lambda s, h=have: self.layout.done_from(h, s.name))
@@ -205,9 +207,11 @@ class RangeWorker:
                     ]
                     # (in a run, the commit folder stays in the run's workspace: run_scope)
                     uploads.submit(files, then=functools.partial(shutil.rmtree, out_dir, True) if own else None)
+                    written_to[number] = [local.name for local, _ in files]
         finally:
             if own:
                 shutil.rmtree(root, ignore_errors=True)
+        return written_to
 
 
 def _todo(steps: list[RangeStep], force: bool, is_done: Callable[[RangeStep], bool]) -> list[RangeStep]:

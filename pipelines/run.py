@@ -28,13 +28,13 @@ from hybrid.config.llm import LLMConfig
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core import storage
 from hybrid.core.errors import HybridError, describe_os_error
-from hybrid.core.layout import COMMIT_DATA, DatasetLayout, current_run, done_in, run_scope
+from hybrid.core.layout import COMMIT_DATA, DatasetLayout, current_run, done_in, forget_listings, run_scope
 from hybrid.core.ray_utils import init_ray
 from pipelines.dedup import STAGE as DEDUP_STAGE
 from pipelines.dedup import run_dedup
 from pipelines.licenses import record_license
 from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
-from pipelines.range_worker import WORKER_KEY, process_range
+from pipelines.range_worker import WORKER_KEY, WRITTEN_KEY, process_range
 from pipelines.repos import RepoEntry, clone_in_use, first_parent_hashes, get_repo, list_repos
 from pipelines.steps import OUTPUT_FILES, STEP_KEYS, STEPS, AstExtractor, DeclarationDiffer, FimSampler, StageStats
 
@@ -320,6 +320,7 @@ def run_range_stages(
                 work = per_repo[out["repo"]].setdefault(WORKER_KEY, {"pids": []})
                 for k, v in stats.pop(WORKER_KEY, {}).items():
                     work[k] = work.get(k, 0) + v
+                layout.note_written(out["repo"], stats.pop(WRITTEN_KEY, {}))  # (object storage: the run's listing)
                 if out["pid"] not in work["pids"]:
                     work["pids"].append(out["pid"])
                 for s, st in stats.items():
@@ -502,6 +503,7 @@ def _run_stages(
         else:
             assert chosen[i].run is not None
             st = chosen[i].run([r.name for r in repos], cfg.data_dir, llm_cfg or LLMConfig(), force) or {}
+            forget_listings()  # (it wrote commit files the run's listings do not know of)
             summary.per_repo.setdefault("*", {})[chosen[i].name] = st
             i += 1
     for entry in repos:

@@ -85,6 +85,9 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
 WRITTEN = "written"  # in a node's cache: written/<run>/<repo>/commit_<N>/<file>, what a run uploaded (below)
 WRITTEN_KEPT_S = 24 * 3600  # a node's copies of a run older than this are removed (the run has ended)
 _RUN: ContextVar[str | None] = ContextVar("pipeline_run", default=None)
+# the run's listings on the driver: {(data_dir, repo): {commit number: names}}, kept up to date with what its range
+# stages upload (`note_written`) and dropped after a stage that writes commit files otherwise (`forget_listings`)
+_LISTINGS: ContextVar[dict[tuple[str, str], dict[int, set[str]]] | None] = ContextVar("run_listings", default=None)
 
 
 @contextmanager
@@ -96,12 +99,20 @@ def run_scope() -> Iterator[str]:
     nodes' by a later run there (after WRITTEN_KEPT_S). What is there is a stored file, or one its range is uploading
     (a failed upload fails the run); and every commit file has one writer stage (STAGE_FILES)."""
     run = uuid.uuid4().hex[:16]
-    token = _RUN.set(run)
+    token, listings = _RUN.set(run), _LISTINGS.set({})
     try:
         yield run
     finally:
         _RUN.reset(token)
+        _LISTINGS.reset(listings)
         _remove_in_background(_written_root() / run)
+
+
+def forget_listings() -> None:
+    """After a stage of the run wrote commit files that `note_written` was not told of (the LLM stages): list again."""
+    listings = _LISTINGS.get()
+    if listings is not None:
+        listings.clear()
 
 
 def _remove_in_background(folder: Path) -> None:
@@ -320,14 +331,30 @@ class DatasetLayout:
 
     def listing(self, repo: str) -> dict[int, frozenset[str]]:
         """{commit number: the names of the files in its folder} of a repository, from one recursive listing (on
-        object storage, one request per 1,000 files instead of one per file): for the "done" rule (`done_from`)."""
-        found: dict[int, set[str]] = {}
-        for rel in storage.at(self.data_dir).relative_files(self.repo_dir(repo)):
-            folder, _, name = rel.partition("/")
-            number = commit_number(folder)
-            if number is not None and name and "/" not in name:
-                found.setdefault(number, set()).add(name)
+        object storage, one request per 1,000 files instead of one per file): for the "done" rule (`done_from`).
+        Within a `pipeline run` on object storage the driver lists a repository once (`run_scope`): its later stages
+        see the same listing with what the run's range stages uploaded (`note_written`) — 2 listings of ~900 files
+        fewer on this history (0.3-0.9 s each on moto under load)."""
+        listings, key = _LISTINGS.get() if self.staged else None, (self.data_dir, repo)
+        found = listings.get(key) if listings is not None else None
+        if found is None:
+            found = {}
+            for rel in storage.at(self.data_dir).relative_files(self.repo_dir(repo)):
+                folder, _, name = rel.partition("/")
+                number = commit_number(folder)
+                if number is not None and name and "/" not in name:
+                    found.setdefault(number, set()).add(name)
+            if listings is not None:
+                listings[key] = found
         return {n: frozenset(names) for n, names in found.items()}
+
+    def note_written(self, repo: str, written: dict[int, list[str]]) -> None:
+        """The files a range stage of this run uploaded into commit folders (the driver keeps its listing true)."""
+        listings = _LISTINGS.get()
+        found = listings.get((self.data_dir, repo)) if listings is not None else None
+        if found is not None:
+            for n, names in written.items():
+                found.setdefault(int(n), set()).update(names)
 
     def fetch_dataset(self, repos: list[str], into: Path, keep: Any, run: str = "") -> DatasetLayout:
         """A local copy, under `into`, of the files of `repos` that `keep(name, names in the same folder)` wants (the

@@ -82,6 +82,10 @@ def test_every_stage_export_and_housekeeping_on_s3_are_byte_identical_and_resume
     # every commit file a stage read had been written in the same run: read from this machine's copy, not fetched
     assert [r for r in requests if "PUT /" in r and "/commit_" in r]
     assert [r for r in requests if f"GET /{bucket}/" in r and "/commit_" in r] == []
+    # and the driver listed the repository's files 4 times, not 5: generate-ast's plan, reused by dedup (with what the
+    # ranges uploaded); generate-tasks' and generate-reasoning's local copies; generate-fim's plan (after them)
+    listed = [r for r in requests if "?list-type=2&max-keys=1000&prefix=data/ast_dataset/sample/ " in r]
+    assert len(listed) == 4, "\n".join(listed)
     stored = _store_files(f"{remote}/ast_dataset")
     _same(_local_files(local / "ast_dataset"), stored)
     assert json.loads(stored["sample/commit_0/task.json"])["source"] == "llm"
