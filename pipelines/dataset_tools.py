@@ -1,17 +1,20 @@
-"""`cleanup-dataset` and `check-ast-coverage`: housekeeping over data/ast_dataset (never outside it)."""
+"""`cleanup-dataset` and `check-ast-coverage`: housekeeping over data/ast_dataset (never outside it), in a local
+folder or on object storage (one listing per repository there)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from hybrid.config.pipeline import PipelineConfig
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
-from hybrid.core.layout import AST, COMMIT_DATA, DIFF_AST, FIM, REASONING, TASKS, DatasetLayout
+from hybrid.core.layout import AST, COMMIT_DATA, DIFF_AST, FIM, REASONING, TASKS, DatasetLayout, commit_name
 from pipelines.repos import validate_name
 
 # flag -> file name in each commit_<N>/ folder
@@ -33,6 +36,8 @@ def _repos(layout: DatasetLayout, repos: list[str] | None) -> list[str]:
         if missing:
             raise HybridError(f"{layout.repo_dir(missing[0])}: no dataset for this repo")
         return repos
+    if layout.staged:  # (no symbolic links on object storage)
+        return layout.repos()
     return [r for r in layout.repos() if not layout.local(layout.repo_dir(r)).is_symlink()]
 
 
@@ -42,6 +47,15 @@ def _commit_dirs(layout: DatasetLayout, repo: str) -> Iterator[Path]:
         folder = layout.local_commit_dir(repo, n)
         if not folder.is_symlink():
             yield folder
+
+
+def _stored_commit_files(layout: DatasetLayout, repo: str) -> Iterator[tuple[int, str]]:
+    """On object storage: (commit number, file name) of every file directly in a commit folder of the repository,
+    oldest commit first, from one listing."""
+    listing = layout.listing(repo)
+    for n in sorted(listing):
+        for name in sorted(listing[n]):
+            yield n, name
 
 
 def cleanup_dataset(
@@ -56,6 +70,8 @@ def cleanup_dataset(
         raise HybridError("cleanup-dataset: say what to remove (e.g. --tasks --reasoning, or --all)")
     names = {CLEANABLE[k] for k in kinds}
     layout = DatasetLayout(cfg.data_dir)
+    if layout.staged:
+        return _cleanup_stored(layout, names, repos, temp, dry_run)
     root = layout.local(layout.dataset_dir).resolve()
     removed: Counter = Counter()
     for repo in _repos(layout, repos):
@@ -73,6 +89,41 @@ def cleanup_dataset(
     return dict(removed)
 
 
+def _cleanup_stored(
+    layout: DatasetLayout, names: set[str], repos: list[str] | None, temp: bool, dry_run: bool
+) -> dict[str, int]:
+    """`cleanup_dataset` on object storage: the same files, found from one listing per repository, deleted
+    several at once."""
+    removed: Counter = Counter()
+    doomed = []
+    for repo in _repos(layout, repos):
+        for n, name in _stored_commit_files(layout, repo):
+            if name in names or (temp and _TEMP_FILE.match(name)):
+                removed["temp files" if _TEMP_FILE.match(name) else name] += 1
+                doomed.append(layout.commit_file(repo, n, name))
+    if not dry_run:
+        storage.at(layout.data_dir).remove_files(doomed)
+    return dict(removed)
+
+
+def _commit_data_files(layout: DatasetLayout, repo: str) -> Iterator[tuple[str, Path]]:
+    """(the file as messages name it, a local path to read) of each commit_data.json of a repository, oldest first:
+    the files themselves, or on object storage local copies (fetched several at once, removed after)."""
+    if not layout.staged:
+        for cdir in _commit_dirs(layout, repo):
+            if (cdir / COMMIT_DATA).exists():
+                yield str(cdir / COMMIT_DATA), cdir / COMMIT_DATA
+        return
+    into = layout.staging_dir(repo)
+    try:
+        numbers = [n for n, name in _stored_commit_files(layout, repo) if name == COMMIT_DATA]
+        layout.fetch_commit_files(repo, {n: [COMMIT_DATA] for n in numbers}, into)
+        for n in numbers:
+            yield storage.shown(layout.commit_file(repo, n, COMMIT_DATA)), into / commit_name(n) / COMMIT_DATA
+    finally:
+        shutil.rmtree(into, ignore_errors=True)
+
+
 def ast_coverage(cfg: PipelineConfig, repos: list[str] | None = None) -> dict[str, dict[str, dict[str, int]]]:
     """Per repo and language, read from commit_data.json (each file version a commit touched counts once):
     `parsed` (cleanly), `recovered` (parsed with syntax errors that tree-sitter recovered from; its broken
@@ -82,14 +133,11 @@ def ast_coverage(cfg: PipelineConfig, repos: list[str] | None = None) -> dict[st
     layout = DatasetLayout(cfg.data_dir)
     for repo in _repos(layout, repos):
         per_lang: dict[str, Counter] = {}
-        for cdir in _commit_dirs(layout, repo):
-            path = cdir / COMMIT_DATA
-            if not path.exists():
-                continue
+        for shown, path in _commit_data_files(layout, repo):
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
-                raise HybridError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+                raise HybridError(f"{shown}: line {e.lineno}: not valid JSON ({e.msg})") from None
             for f in data.get("files", []):
                 if f.get("status") == "deleted":
                     continue

@@ -47,7 +47,7 @@ from hybrid.core import storage
 from hybrid.core.dedup_marks import Marks, load_marks
 from hybrid.core.errors import HybridError
 from hybrid.core.io import read_json
-from hybrid.core.layout import COMMIT_DATA, DIFF_AST, DatasetLayout, commit_name
+from hybrid.core.layout import COMMIT_DATA, DIFF_AST, DatasetLayout, commit_name, current_run
 from hybrid.core.ray_utils import init_ray
 from pipelines.commit_filters import CommitFilter
 
@@ -264,11 +264,11 @@ def _sign_row(row: dict) -> dict:
     layout = DatasetLayout(cfg.data_dir)
     t0 = time.process_time()
     numbers = [int(n) for n in row["numbers"]]
-    staging = layout.staging_dir(row["repo"]) if layout.staged else None
+    staging, own = layout.workspace(row["repo"], str(row["run"])) if layout.staged else (None, False)
     try:
         if staging is not None:  # object storage: the range's two files per commit fetched here first, all at once
             present = {int(n): names for n, names in json.loads(row["present"]).items()}
-            layout.fetch_commit_files(row["repo"], present, staging)
+            layout.fetch_commit_files(row["repo"], present, staging)  # (in a run, those not in its workspace)
             folders = [staging / commit_name(n) for n in numbers]
         else:
             folders = [layout.local_commit_dir(row["repo"], n) for n in numbers]
@@ -276,7 +276,7 @@ def _sign_row(row: dict) -> dict:
     except HybridError as e:
         return {"repo": row["repo"], "first": numbers[0], "payload": b"", "error": str(e), "cpu_s": 0.0}
     finally:
-        if staging is not None:
+        if staging is not None and own:
             shutil.rmtree(staging, ignore_errors=True)
     payload = pickle.dumps([s for s in sigs if s is not None], protocol=pickle.HIGHEST_PROTOCOL)
     cpu = time.process_time() - t0
@@ -301,7 +301,8 @@ def signatures(repos: list[str], cfg: PipelineConfig, local: bool) -> tuple[dict
         for numbers in _ranges(layout.commits(repo), cfg.num_workers, cfg.commits_per_task):
             wanted = {n: [f for f in (COMMIT_DATA, DIFF_AST) if f in listing.get(n, ())] for n in numbers}
             present = wanted if layout.staged else {}
-            rows.append({"repo": repo, "numbers": numbers, "cfg": worker_cfg, "present": json.dumps(present)})
+            row = {"repo": repo, "numbers": numbers, "cfg": worker_cfg, "present": json.dumps(present)}
+            rows.append({**row, "run": current_run() if layout.staged else ""})  # (layout.py run_scope)
     outs: list[dict] = []
     if local or len(rows) <= 1:
         outs = [_sign_row(r) for r in rows]

@@ -5,8 +5,9 @@ Repositories are bare clones (pygit2) in data/repos/<name>; data/repos/registry.
 only when everything worked, so a failure changes nothing.
 
 On object storage (`pipeline.data_dir=s3://…`) a clone is one archive, `repos/<name>.tar` (uploaded once by `add`
-and `update`), that each machine unpacks into its own cache the first time it needs it (`local_clone`); the
-registry is the same registry.json. There, `add`/`update`/`remove` are not locked against each other: run them from
+and `update`), that each machine unpacks into its own cache the first time it needs it (`local_clone`; the older
+archives' folders are removed once no process on the machine uses them: `clone_in_use`); the registry is the same
+registry.json. There, `add`/`update`/`remove` are not locked against each other: run them from
 one place at a time (docs/cluster.md).
 
 Every read-modify-write of the registry holds `data/repos/.registry.lock` (flock), so commands run at once never
@@ -18,9 +19,12 @@ A URL's userinfo (`https://user:token@host/...`) is used for the clone only: the
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +33,7 @@ from hybrid.config.pipeline import PipelineConfig
 from hybrid.core import storage
 from hybrid.core.errors import HybridError
 from hybrid.core.io import exclusive_lock
-from hybrid.core.layout import REGISTRY, DatasetLayout
+from hybrid.core.layout import CLONE_LOCK, REGISTRY, DatasetLayout
 from hybrid.core.redact import library_message, redact_url, split_userinfo
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -55,9 +59,19 @@ class RepoEntry:
 
 def local_clone(layout: DatasetLayout, name: str) -> Path:
     """The bare clone of a registered repository as a folder of this machine: the clone itself, or on object storage
-    its archive unpacked into this machine's cache (once per archive: a new archive from `update` is a new folder)."""
+    its archive unpacked into this machine's cache (once per archive: a new archive from `update` is a new folder,
+    and the folders of older archives of the same repository are removed when no process uses them)."""
+    with clone_in_use(layout, name) as path:
+        return path
+
+
+@contextmanager
+def clone_in_use(layout: DatasetLayout, name: str) -> Iterator[Path]:
+    """`local_clone`, held for the block: on object storage, while it runs no other process on this machine removes
+    that unpacked clone (a shared `flock` on `<folder>.lock` beside it; `_remove_older_clones` takes it exclusively)."""
     if not layout.staged:
-        return layout.local(layout.clone_dir(name))
+        yield layout.local(layout.clone_dir(name))
+        return
     archive = layout.clone_archive(name)
     stamp = storage.at(archive).stat(archive)
     if stamp is None:
@@ -66,23 +80,61 @@ def local_clone(layout: DatasetLayout, name: str) -> Path:
             f"`hybrid repos remove {name}`, then add it again)"
         )
     dest = layout.clone_cache(name, stamp)
-    if not dest.is_dir():
-        import tarfile
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _clone_lock(dest.parent, exclusive=False, wait=True):
+        if not dest.is_dir():
+            _unpack(archive, name, dest)
+        _remove_older_clones(dest.parent)
+        yield dest
 
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent))
+
+def _unpack(archive: str, name: str, dest: Path) -> None:
+    import tarfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        storage.at(archive).get_files([(archive, tmp / "clone.tar")])
+        with tarfile.open(tmp / "clone.tar") as tar:
+            tar.extractall(tmp / "x", filter="data")
         try:
-            storage.at(archive).get_files([(archive, tmp / "clone.tar")])
-            with tarfile.open(tmp / "clone.tar") as tar:
-                tar.extractall(tmp / "x", filter="data")
-            try:
-                (tmp / "x" / name).rename(dest)
-            except OSError:  # another process on this machine unpacked it first
-                if not dest.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+            (tmp / "x" / name).rename(dest)
+        except OSError:  # another process on this machine unpacked it first
+            if not dest.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _clone_lock(folder: Path, exclusive: bool, wait: bool) -> Iterator[bool]:
+    """A `flock` on `<folder>.lock` (shared: a process uses the clone; exclusive: one removes it). Yields whether it
+    is held (False only without `wait`, when another process holds it)."""
+    import fcntl
+
+    fd = os.open(folder.with_name(folder.name + CLONE_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _remove_older_clones(current: Path) -> None:
+    """Remove this machine's unpacked clones of other archives of the same repository (`DatasetLayout.clone_versions`)
+    that no process uses now: each is renamed away under an exclusive lock, then deleted; one in use stays for a later
+    call. The cache keeps one clone per repository instead of one per archive ever unpacked."""
+    for other in DatasetLayout.clone_versions(current):
+        with _clone_lock(other, exclusive=True, wait=False) as held:
+            if not held or not other.is_dir():
+                continue
+            doomed = other.with_name(f".{other.name}.{os.getpid()}.removed")
+            other.rename(doomed)
+            other.with_name(other.name + CLONE_LOCK).unlink(missing_ok=True)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _publish_clone(layout: DatasetLayout, name: str, clone: Path) -> None:
@@ -103,6 +155,8 @@ def _publish_clone(layout: DatasetLayout, name: str, clone: Path) -> None:
     if dest is not None and not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         clone.rename(dest)
+    if dest is not None:
+        _remove_older_clones(dest.parent)
 
 
 def repos_dir(cfg: PipelineConfig) -> Path:

@@ -16,6 +16,7 @@ return {"counts": {...}, "drops": {...}}. Add one by putting a `Stage` into `STA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -27,14 +28,14 @@ from hybrid.config.llm import LLMConfig
 from hybrid.config.pipeline import PipelineConfig
 from hybrid.core import storage
 from hybrid.core.errors import HybridError, describe_os_error
-from hybrid.core.layout import COMMIT_DATA, DatasetLayout, done_in
+from hybrid.core.layout import COMMIT_DATA, DatasetLayout, current_run, done_in, forget_listings, run_scope
 from hybrid.core.ray_utils import init_ray
 from pipelines.dedup import STAGE as DEDUP_STAGE
 from pipelines.dedup import run_dedup
 from pipelines.licenses import record_license
 from pipelines.llm.pipeline_stages import run_generate_reasoning, run_generate_tasks
-from pipelines.range_worker import WORKER_KEY, process_range
-from pipelines.repos import RepoEntry, first_parent_hashes, get_repo, list_repos, local_clone
+from pipelines.range_worker import WORKER_KEY, WRITTEN_KEY, process_range
+from pipelines.repos import RepoEntry, clone_in_use, first_parent_hashes, get_repo, list_repos
 from pipelines.steps import OUTPUT_FILES, STEP_KEYS, STEPS, AstExtractor, DeclarationDiffer, FimSampler, StageStats
 
 # A repository stage runs itself over whole repositories: run(repo names, data_dir, llm_cfg, force) -> stats.
@@ -50,19 +51,36 @@ class Stage:
     run: RepoStageFn | None = None  # or a stage that runs itself over whole repositories
     pipeline_run: PipelineStageFn | None = None  # or one that also needs the pipeline section
     help: str = ""
+    object_storage: bool = False  # whether it works with `pipeline.data_dir` on object storage (docs/cluster.md)
 
 
 STAGES: list[Stage] = [
-    Stage(AstExtractor.name, range_stage=AstExtractor.key, help="declarations of the files each commit touched"),
-    Stage(DeclarationDiffer.name, range_stage=DeclarationDiffer.key, help="added / modified / deleted declarations"),
+    Stage(
+        AstExtractor.name,
+        range_stage=AstExtractor.key,
+        help="declarations of the files each commit touched",
+        object_storage=True,
+    ),
+    Stage(
+        DeclarationDiffer.name,
+        range_stage=DeclarationDiffer.key,
+        help="added / modified / deleted declarations",
+        object_storage=True,
+    ),
     Stage(
         DEDUP_STAGE,
         pipeline_run=run_dedup,
         help="commit filters and exact / near-duplicate changes (MinHash LSH), marked before any LLM call",
+        object_storage=True,
     ),
-    Stage("generate-tasks", run=run_generate_tasks, help="task.json (LLM, else commit messages)"),
-    Stage("generate-reasoning", run=run_generate_reasoning, help="reasoning.json (LLM)"),
-    Stage(FimSampler.name, range_stage=FimSampler.key, help="fill-in-the-middle samples of the changed declarations"),
+    Stage("generate-tasks", run=run_generate_tasks, help="task.json (LLM, else commit messages)", object_storage=True),
+    Stage("generate-reasoning", run=run_generate_reasoning, help="reasoning.json (LLM)", object_storage=True),
+    Stage(
+        FimSampler.name,
+        range_stage=FimSampler.key,
+        help="fill-in-the-middle samples of the changed declarations",
+        object_storage=True,
+    ),
 ]
 
 
@@ -192,10 +210,11 @@ def _check_history(entry: RepoEntry, cfg: PipelineConfig, hashes: list[str], don
     layout = DatasetLayout(cfg.data_dir)
     for n in done_numbers:
         path = layout.commit_file(entry.name, n, COMMIT_DATA)
-        if not storage.exists(path):
-            continue
         try:
-            recorded = json.loads(storage.read_text(path)).get("commit_hash")
+            text = layout.read_commit_text(entry.name, n, COMMIT_DATA, current_run())
+            if text is None:
+                continue
+            recorded = json.loads(text).get("commit_hash")
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             continue
         if recorded != hashes[n]:
@@ -212,17 +231,21 @@ def _process_row(row: dict) -> dict:
     try:
         layout = DatasetLayout(cfg.data_dir)
         present = {int(n): names for n, names in json.loads(row["present"]).items()} if layout.staged else None
-        stats = process_range(
-            row["repo"],
-            # on object storage the driver's clone is not on this machine: this machine's copy of the archive
-            str(local_clone(layout, row["repo"])) if layout.staged else row["repo_path"],
-            [int(n) for n in row["numbers"]],
-            [str(h) for h in row["hashes"]],
-            json.loads(row["stages"]),
-            cfg,
-            bool(row["force"]),
-            present,
-        )
+        # on object storage the driver's clone is not on this machine: this machine's copy of the archive, held
+        # while the range runs (no other process removes it meanwhile)
+        clone = clone_in_use(layout, row["repo"]) if layout.staged else contextlib.nullcontext(row["repo_path"])
+        with clone as repo_path:
+            stats = process_range(
+                row["repo"],
+                str(repo_path),
+                [int(n) for n in row["numbers"]],
+                [str(h) for h in row["hashes"]],
+                json.loads(row["stages"]),
+                cfg,
+                bool(row["force"]),
+                present,
+                str(row["run"]),
+            )
     except HybridError as e:  # bad input (e.g. a corrupt task.json): one line for the user, not a Ray traceback
         return {"repo": row["repo"], "n": len(row["numbers"]), "stats": "{}", "error": str(e), "pid": os.getpid()}
     except OSError as e:  # the disk: full, read-only, an output folder that is a file — the machine, not a bug
@@ -246,7 +269,7 @@ def plan_rows(
     come free, so several repositories are processed together over all workers rather than one after another,
     and the short ranges fill in at the end (longest-processing-time-first scheduling). Among ranges of equal
     length the latest commits go first: they are usually the costlier (files grow)."""
-    rows, per_repo = [], {}
+    rows, per_repo, staged = [], {}, DatasetLayout(cfg.data_dir).staged
     # absolute paths: Ray workers do not share the driver's working directory
     worker_cfg = cfg.model_copy(update={"data_dir": storage.at(cfg.data_dir).absolute(cfg.data_dir)}).model_dump_json()
     for entry in repos:
@@ -263,6 +286,7 @@ def plan_rows(
                     "force": force,
                     "cfg": worker_cfg,
                     "present": json.dumps(t.present),
+                    "run": current_run() if staged else "",  # object storage: this run's node-local copies
                 }
             )
     if queue:
@@ -296,6 +320,7 @@ def run_range_stages(
                 work = per_repo[out["repo"]].setdefault(WORKER_KEY, {"pids": []})
                 for k, v in stats.pop(WORKER_KEY, {}).items():
                     work[k] = work.get(k, 0) + v
+                layout.note_written(out["repo"], stats.pop(WRITTEN_KEY, {}))  # (object storage: the run's listing)
                 if out["pid"] not in work["pids"]:
                     work["pids"].append(out["pid"])
                 for s, st in stats.items():
@@ -396,16 +421,16 @@ def write_stats(entry: RepoEntry, cfg: PipelineConfig, stage_stats: dict[str, di
 
 
 def refuse_local_only(chosen: list[Stage], cfg: PipelineConfig) -> None:
-    """On object storage, before anything runs: the stages that still need a local data folder (the LLM stages
-    and any registered one that is not a per-commit step or dedup) are refused in one line."""
+    """On object storage, before anything runs: a registered stage that does not say it works there
+    (`Stage.object_storage`) is refused in one line."""
     if not DatasetLayout(cfg.data_dir).staged:
         return
-    local_only = [s.name for s in chosen if not (s.range_stage or s.pipeline_run is run_dedup)]
+    local_only = [s.name for s in chosen if not s.object_storage]
     if local_only:
-        takes = ",".join(s.name for s in STAGES if s.range_stage or s.pipeline_run is run_dedup)
+        takes = ",".join(s.name for s in STAGES if s.object_storage)
         raise HybridError(
             f"pipeline.data_dir={storage.shown(cfg.data_dir)}: {', '.join(local_only)} need a local data folder "
-            f"(or one every node mounts) for now; on object storage run `--stages {takes}`"
+            f"(or one every node mounts); on object storage run `--stages {takes}`"
         )
 
 
@@ -427,6 +452,19 @@ def run_pipeline(
     chosen = [s for s in STAGES if not stages or s.name in stages]
     refuse_local_only(chosen, cfg)
     repos = select_repos(repo_names, cfg)
+    with run_scope():  # (object storage: the run's stages read on each node what it uploaded there)
+        return _run_stages(repos, chosen, cfg, llm_cfg, force, local, progress)
+
+
+def _run_stages(
+    repos: list[RepoEntry],
+    chosen: list[Stage],
+    cfg: PipelineConfig,
+    llm_cfg: LLMConfig | None,
+    force: bool,
+    local: bool,
+    progress: bool,
+) -> Summary:
     t0 = time.perf_counter()
     for entry in repos:  # <repo>/license.json, the repository's licence (pipelines/licenses.py), for export
         record_license(entry, cfg)
@@ -465,6 +503,7 @@ def run_pipeline(
         else:
             assert chosen[i].run is not None
             st = chosen[i].run([r.name for r in repos], cfg.data_dir, llm_cfg or LLMConfig(), force) or {}
+            forget_listings()  # (it wrote commit files the run's listings do not know of)
             summary.per_repo.setdefault("*", {})[chosen[i].name] = st
             i += 1
     for entry in repos:

@@ -131,11 +131,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, fsync: bool = Tru
     atomic_write(path, text, fsync=fsync)
 
 
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """The text `atomic_write_json` writes (for writers through hybrid.core.storage: the same bytes anywhere)."""
+    return (_encode(obj) if indent is None else json.dumps(obj, indent=indent, ensure_ascii=False)) + "\n"
+
+
+def jsonl_text(records: Iterable[Any]) -> str:
+    """The text `atomic_write_jsonl` writes: one JSON document per line."""
+    return "".join(_encode(r) + "\n" for r in records)
+
+
 def atomic_write_json(
     path: str | os.PathLike[str], obj: Any, indent: int | None = 2, fsync: bool = True, mkdir: bool = True
 ) -> None:
-    text = (_encode(obj) if indent is None else json.dumps(obj, indent=indent, ensure_ascii=False)) + "\n"
-    atomic_write(path, text, fsync=fsync, mkdir=mkdir)
+    atomic_write(path, json_text(obj, indent), fsync=fsync, mkdir=mkdir)
 
 
 def atomic_write_jsonl(

@@ -131,6 +131,11 @@ class Storage:
         """Delete a file; nothing to do when there is none."""
         raise NotImplementedError
 
+    def remove_files(self, paths: list[str]) -> None:
+        """Delete files (several at once on an object store); nothing to do for one that is not there."""
+        for path in paths:
+            self.remove_file(path)
+
     # -- runs: a local work folder, published to the location -----------------------------------------------------
     def work_dir(self, path: PathLike) -> Path:
         """The local folder a run whose output is `path` writes in: the folder itself, or a staging folder on this
@@ -453,6 +458,9 @@ class ArrowStorage(Storage):
             fs.delete_file(inner)
         except FileNotFoundError:
             pass
+
+    def remove_files(self, paths: list[str]) -> None:
+        _in_threads(self.remove_file, paths)
 
     def work_dir(self, path: PathLike) -> Path:
         key = hashlib.blake2b(self.absolute(path).encode(), digest_size=8).hexdigest()

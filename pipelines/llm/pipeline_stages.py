@@ -7,12 +7,14 @@ uses the cleaned commit messages and generate-reasoning is skipped with a one-li
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from pathlib import Path
 
 from hybrid.config.llm import LLMConfig
-from hybrid.core.layout import DatasetLayout
+from hybrid.core import storage
+from hybrid.core.layout import TASKS, DatasetLayout, current_run
 from pipelines.llm import stages as st
 from pipelines.llm.runner import run_llm_stage
 from pipelines.llm.settings import NO_LLM_MESSAGE, load_settings
@@ -34,31 +36,46 @@ def tasks_from_messages(data_dir: str | Path, repos: list[str], force: bool, max
     all_drops: Counter = Counter()
     layout = DatasetLayout(data_dir)
     names = st.repo_names(layout, repos)
-    for repo in names:
-        todo, done = st.plan_tasks(st.commit_dirs(layout, repo), force, llm=False)
-        drops: Counter = Counter()
-        written = 0
-        for commit_dir in todo:
-            n, reason = st.tasks_from_commit_message(commit_dir, max_tasks)
-            written += n
-            if reason:
-                drops[reason] += 1
-        repo_summary = {
-            "commits": len(todo),
-            "already_done": done,
-            "ok": len(todo),
-            "failed": 0,
-            "written": written,
-            "source": "commit_message",
-            "drops": dict(drops),
-        }
-        st.update_stats(layout, repo, "generate-tasks", repo_summary)
-        for k in ("commits", "already_done", "ok", "written"):
-            summary[k] += repo_summary[k]
-        all_drops.update(drops)
+    with st.local_view(layout, names, "generate-tasks") as view, storage.Uploads() as uploads:
+        for repo in names:
+            repo_summary, drops = _tasks_from_messages(layout, view, repo, force, max_tasks, uploads)
+            for k in ("commits", "already_done", "ok", "written"):
+                summary[k] += repo_summary[k]
+            all_drops.update(drops)
     if names:
         summary["drops"] = dict(all_drops)
     return summary
+
+
+def _tasks_from_messages(
+    layout: DatasetLayout, view: DatasetLayout, repo: str, force: bool, max_tasks: int, uploads: storage.Uploads
+) -> tuple[dict, Counter]:
+    """One repository's task.json files from commit messages, written in `view` (on object storage its local copy,
+    each file then uploaded) and its stats."""
+    todo, done = st.plan_tasks(st.commit_dirs(view, repo), force, llm=False)
+    drops: Counter = Counter()
+    written = 0
+    for commit_dir in todo:
+        n, reason = st.tasks_from_commit_message(commit_dir, max_tasks)
+        written += n
+        if reason:
+            drops[reason] += 1
+        if view is not layout:  # (kept on this node for generate-fim in this run: layout.py run_scope)
+            number = st.commit_number(commit_dir)
+            keep = functools.partial(layout.keep_written, repo, number, [commit_dir / TASKS], current_run())
+            uploads.submit([(commit_dir / TASKS, layout.commit_file(repo, number, TASKS))], then=keep)
+    repo_summary = {
+        "commits": len(todo),
+        "already_done": done,
+        "ok": len(todo),
+        "failed": 0,
+        "written": written,
+        "source": "commit_message",
+        "drops": dict(drops),
+    }
+    uploads.wait()  # (the files before the stats that count them)
+    st.update_stats(layout, repo, "generate-tasks", repo_summary)
+    return repo_summary, drops
 
 
 def _llm_summary(summary: dict) -> dict:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybrid.config.llm import LLMConfig
+from hybrid.core import storage
 from hybrid.core.errors import HybridError
 from hybrid.core.layout import DatasetLayout
 from hybrid.core.ray_utils import init_ray
@@ -44,11 +45,23 @@ class StageWorker:
         self.fatal: str | None = None
 
     async def __call__(self, row: dict) -> dict:
+        if "dest" not in row:
+            return await self._commit(row, Path(row["commit_dir"]))
+        # object storage: the commit's inputs came in the row; a local copy, and the output uploaded from it
+        staged = await asyncio.to_thread(st.StagedCommit, row, self.stage)
+        try:
+            out = await self._commit(row, staged.commit_dir)
+            if out["status"] in ("ok", "partial"):
+                await asyncio.to_thread(staged.upload)
+        finally:
+            await asyncio.to_thread(staged.__exit__, None, None, None)
+        out["failures"] = staged.shown(out["failures"])
+        return out
 
-        commit_dir = Path(row["commit_dir"])
+    async def _commit(self, row: dict, commit_dir: Path) -> dict:
         out = {
             "repo": row["repo"],
-            "commit_dir": row["commit_dir"],
+            "commit_dir": row.get("commit_dir") or row["dest"],
             "status": "failed",
             "written": 0,
             "failures": "[]",
@@ -180,18 +193,41 @@ def run_llm_stage(
     runner = runner or cfg.runner
     layout = DatasetLayout(data_dir)
     names = st.repo_names(layout, repos)
+    with st.local_view(layout, names, stage) as view:
+        totals = _run_planned(stage, cfg, settings, layout, view, names, force, console, runner)
+    return totals
+
+
+def _run_planned(
+    stage: str,
+    cfg: LLMConfig,
+    settings: LLMSettings,
+    layout: DatasetLayout,
+    view: DatasetLayout,
+    names: list[str],
+    force: bool,
+    console,
+    runner: str,
+) -> RunTotals:
+    """Plan on `view` (the data folder, or its local copy on object storage: `stages.local_view`), run, record."""
     items: list[dict] = []
     totals = RunTotals(stage)
     for repo in names:
-        commits = st.commit_dirs(layout, repo)
+        commits = st.commit_dirs(view, repo)
         todo, done = (
             st.plan_tasks(commits, force, llm=True) if stage == "generate-tasks" else st.plan_reasoning(commits, force)
         )
         totals.done_before += done
-        items += [{"repo": repo, "commit_dir": str(c.resolve())} for c in todo]
+        if view is layout:
+            items += [{"repo": repo, "commit_dir": str(c.resolve())} for c in todo]
+        else:  # object storage: each row carries its commit's inputs, the worker uploads the output
+            marks = st.marks_by_commit(view, repo)
+            for c in todo:
+                row = st.commit_row(layout, repo, c, stage, marks.get(st.commit_number(c), {}))
+                items.append({"repo": repo, **row})
     totals.items = len(items)
     failures: dict[str, list[dict]] = {r: [] for r in names}
-    cache_dir = str(layout.local(layout.llm_cache))
+    cache_dir = storage.at(layout.data_dir).absolute(layout.llm_cache)
     fatal: str | None = None
 
     def consume(row: dict, progress, task_id) -> None:
@@ -226,7 +262,7 @@ def run_llm_stage(
         raise HybridError(f"{stage}: {fatal}")
     summary = totals.as_dict()
     for repo in names:
-        st.write_failures(layout, repo, stage, failures[repo])
+        st.write_failures(layout, repo, stage, failures[repo], view)
         st.update_stats(layout, repo, stage, {**summary, "failures": len(failures[repo])})
     return totals
 
@@ -262,7 +298,7 @@ def _run_ray(stage, cfg, settings, items, cache_dir, force, consume) -> None:
                 "settings": settings,
                 "cfg": cfg.model_dump(),
                 "limiter": limiter,
-                "cache_dir": os.path.abspath(cache_dir),
+                "cache_dir": cache_dir,
                 "force": force,
             },
             compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),

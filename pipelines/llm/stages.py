@@ -9,15 +9,31 @@ answered, a failure record. Formats: docs/data-format.md.
 from __future__ import annotations
 
 import asyncio
+import json
+import pickle
 import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hybrid.config.llm import LLMConfig
 from hybrid.core import storage
 from hybrid.core.dedup_marks import marks_in
 from hybrid.core.errors import HybridError
-from hybrid.core.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
-from hybrid.core.layout import COMMIT_DATA, DIFF_AST, REASONING, TASKS, DatasetLayout
+from hybrid.core.io import atomic_write_json, json_text, jsonl_text, read_json, read_jsonl
+from hybrid.core.layout import (
+    COMMIT_DATA,
+    DEDUP,
+    DIFF_AST,
+    FILTERED_COMMITS,
+    LLM_FAILURES,
+    REASONING,
+    TASKS,
+    DatasetLayout,
+    commit_name,
+    current_run,
+)
 from hybrid.core.layout import commit_number as parse_commit_number
 from pipelines.llm.client import LLMClient, LLMFailure
 from pipelines.llm.commit_messages import tasks_from_message
@@ -25,6 +41,13 @@ from pipelines.llm.prompts import chunk_diff, reasoning_messages, tasks_diff_bud
 
 OPERATION = {"added": "ADD", "modified": "UPDATE", "deleted": "DELETE"}
 STAGES = ("generate-tasks", "generate-reasoning")
+# what each stage reads in a commit folder, and the file it writes there
+INPUTS = {
+    "generate-tasks": (COMMIT_DATA, DIFF_AST, TASKS),
+    "generate-reasoning": (COMMIT_DATA, DIFF_AST, TASKS, REASONING),
+}
+OUTPUT = {"generate-tasks": TASKS, "generate-reasoning": REASONING}
+MARK_FILES = (DEDUP, FILTERED_COMMITS)  # beside the commit folders: what the dedup stage marked (dedup_marks)
 
 
 # ------------------------------------------------------------------------------------------------- planning
@@ -284,6 +307,7 @@ async def reasoning_for_commit(commit_dir: Path, client: LLMClient, cfg: LLMConf
 
 
 def read_failures(layout: DatasetLayout, repo: str) -> list[dict]:
+    """The repository's `llm_failures.jsonl` (on object storage: from the stage's local view, `local_view`)."""
     path = layout.local(layout.failures_file(repo))
     if not path.exists():
         return []
@@ -293,16 +317,18 @@ def read_failures(layout: DatasetLayout, repo: str) -> list[dict]:
         return []
 
 
-def write_failures(layout: DatasetLayout, repo: str, stage: str, failures: list[dict]) -> None:
-    """Replace this stage's entries in `<repo>/llm_failures.jsonl` with this run's failures."""
+def write_failures(
+    layout: DatasetLayout, repo: str, stage: str, failures: list[dict], view: DatasetLayout | None = None
+) -> None:
+    """Replace this stage's entries in `<repo>/llm_failures.jsonl` with this run's failures (the other stage's
+    entries read from `view`, the stage's local view of the data folder, when it has one)."""
 
-    kept = [r for r in read_failures(layout, repo) if r.get("stage") != stage]
+    kept = [r for r in read_failures(view or layout, repo) if r.get("stage") != stage]
     rows = kept + sorted(failures, key=lambda r: (r["commit_number"], r.get("function_id") or ""))
-    path = layout.local(layout.failures_file(repo))
-    if rows:
-        atomic_write_jsonl(path, rows)
-    elif path.exists():
-        path.unlink()
+    if rows:  # (the bytes atomic_write_jsonl writes)
+        storage.write_text(layout.failures_file(repo), jsonl_text(rows))
+    else:
+        storage.remove_file(layout.failures_file(repo))
 
 
 def update_stats(layout: DatasetLayout, repo: str, stage: str, stats: dict) -> None:
@@ -311,4 +337,87 @@ def update_stats(layout: DatasetLayout, repo: str, stage: str, stats: dict) -> N
     if current is None:
         return  # not ours to rewrite
     current[stage] = stats
-    atomic_write_json(layout.local(layout.stats_file(repo)), current)
+    storage.write_text(layout.stats_file(repo), json_text(current))  # (the bytes atomic_write_json writes)
+
+
+# ------------------------------------------------------------------------------------------------- object storage
+@contextmanager
+def local_view(layout: DatasetLayout, repos: list[str], stage: str) -> Iterator[DatasetLayout]:
+    """The data folder the stage plans on: the folder itself, or — on object storage — a local copy of what the stage
+    reads (each commit's inputs, the dedup marks, llm_failures.jsonl; fetched several at once, removed after).
+    Workers get a commit's inputs in their row (`commit_row`) and upload what they write (`StagedCommit`)."""
+    if not layout.staged:
+        yield layout
+        return
+    wanted = set(INPUTS[stage]) | set(MARK_FILES) | {LLM_FAILURES}
+    if stage == "generate-reasoning":  # commit_data.json only where there is no task.json (`commit_tasks`)
+        keep = lambda name, names: name in wanted and not (name == COMMIT_DATA and TASKS in names)  # noqa: E731
+    else:
+        keep = lambda name, names: name in wanted  # noqa: E731
+    into = layout.staging_dir(stage)
+    try:
+        yield layout.fetch_dataset(repos, into, keep, current_run())
+    finally:
+        shutil.rmtree(into, ignore_errors=True)
+
+
+def marks_by_commit(view: DatasetLayout, repo: str) -> dict[int, dict[str, bytes]]:
+    """{commit number: {name: the lines of that `MARK_FILES` file naming the commit}} from the local view (valid:
+    planning read them already): what a worker needs of the dedup marks, in the commit's row."""
+    found: dict[int, dict[str, bytes]] = {}
+    for name in MARK_FILES:
+        path = Path(view.local(view.repo_dir(repo)), name)
+        for line in path.read_bytes().splitlines(keepends=True) if path.is_file() else []:
+            if line.strip():
+                marks = found.setdefault(int(json.loads(line)["commit"]), {})
+                marks[name] = marks.get(name, b"") + line
+    return found
+
+
+def commit_row(layout: DatasetLayout, repo: str, commit_dir: Path, stage: str, marks: dict[str, bytes]) -> dict:
+    """On object storage, what a worker needs of one commit, in its row: the commit folder's location, its input
+    files (read from the local view's `commit_dir`) and its dedup marks (from `marks_by_commit`)."""
+    number = commit_number(commit_dir)
+    files = {n: (commit_dir / n).read_bytes() for n in INPUTS[stage] if (commit_dir / n).is_file()}
+    return {
+        "data_dir": layout.data_dir,
+        "dest": layout.commit_dir(repo, number),
+        "number": number,
+        "files": pickle.dumps((files, marks), protocol=pickle.HIGHEST_PROTOCOL),
+        "run": current_run(),  # (the `pipeline run` whose node-local copies get the output: layout.py run_scope)
+    }
+
+
+class StagedCommit:
+    """A worker's local copy of one commit of a row from `commit_row` (in this machine's cache), and the upload of
+    the stage's output when it changed; the copy is removed on exit."""
+
+    def __init__(self, row: dict, stage: str) -> None:
+        self.dest, self.stage, self.run = str(row["dest"]), stage, str(row["run"])
+        self.files, marks = pickle.loads(row["files"])
+        self.layout, self.repo, self.number = DatasetLayout(str(row["data_dir"])), str(row["repo"]), int(row["number"])
+        self.root = self.layout.staging_dir(self.repo)
+        self.commit_dir = self.root / commit_name(self.number)
+        self.commit_dir.mkdir()
+        for name, data in self.files.items():
+            (self.commit_dir / name).write_bytes(data)
+        for name, data in marks.items():
+            (self.root / name).write_bytes(data)
+
+    def upload(self) -> None:
+        """The stage's output at the commit folder's location, when the stage wrote a new one (one PUT)."""
+        name = OUTPUT[self.stage]
+        path = self.commit_dir / name
+        if path.is_file() and path.read_bytes() != self.files.get(name):
+            storage.write_bytes(storage.join(self.dest, name), path.read_bytes())
+            self.layout.keep_written(self.repo, self.number, [path], self.run)  # (for generate-fim in this run)
+
+    def shown(self, text: str) -> str:
+        """A message about the local copy as one about the commit folder's location."""
+        return text.replace(str(self.commit_dir), storage.shown(self.dest))
+
+    def __enter__(self) -> StagedCommit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
