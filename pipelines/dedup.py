@@ -48,7 +48,7 @@ from hybrid.core.dedup_marks import Marks, load_marks
 from hybrid.core.errors import HybridError
 from hybrid.core.io import read_json
 from hybrid.core.layout import COMMIT_DATA, DIFF_AST, DatasetLayout, commit_name, current_run
-from hybrid.core.ray_utils import init_ray
+from hybrid.core.ray_utils import init_ray, task_slots
 from pipelines.commit_filters import CommitFilter
 
 STAGE = "dedup"
@@ -293,6 +293,7 @@ def _ranges(numbers: list[int], parts: int, most: int) -> list[list[int]]:
 
 def signatures(repos: list[str], cfg: PipelineConfig, local: bool) -> tuple[dict[str, list[CommitSigs]], float]:
     """{repo: its commits' signatures, oldest first} and the CPU seconds the signing took (all workers)."""
+    cfg = cfg.model_copy(update={"num_workers": task_slots(cfg.num_workers, local)})
     layout = DatasetLayout(cfg.data_dir)
     worker_cfg = cfg.model_copy(update={"data_dir": storage.at(cfg.data_dir).absolute(cfg.data_dir)}).model_dump_json()
     rows = []

@@ -29,7 +29,7 @@ from hybrid.config.pipeline import PipelineConfig
 from hybrid.core import storage
 from hybrid.core.errors import HybridError, describe_os_error
 from hybrid.core.layout import COMMIT_DATA, DatasetLayout, current_run, done_in, forget_listings, run_scope
-from hybrid.core.ray_utils import init_ray
+from hybrid.core.ray_utils import init_ray, task_slots
 from pipelines.dedup import STAGE as DEDUP_STAGE
 from pipelines.dedup import run_dedup
 from pipelines.licenses import record_license
@@ -304,6 +304,7 @@ def run_range_stages(
     label: str = "",
 ) -> dict[str, dict[str, dict]]:
     """Run per-commit stages over every repo's pending commit ranges. Returns {repo: {stage: stats}}."""
+    cfg = cfg.model_copy(update={"num_workers": task_slots(cfg.num_workers, local)})
     rows, per_repo = plan_rows(repos, cfg, range_stages, force, queue=not local)
     total = sum(len(r["numbers"]) for r in rows)
     errors: list[str] = []

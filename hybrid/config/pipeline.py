@@ -142,7 +142,12 @@ class PipelineConfig(Section):
         description="most commits in one Ray task (a contiguous range; its worker caches parses by blob "
         "id); pending commits are split evenly over at least num_workers ranges",
     )
-    num_workers: int = Field(2, ge=1, description="Ray Data tasks running at once")
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="Ray Data tasks running at once (0 = one per CPU of the Ray cluster, or of this machine with "
+        "--local); the pending commits are cut into ranges for that many",
+    )
     parse_cache_size: int = Field(4096, ge=0, description="parsed blobs kept per worker (by blob id)")
     fim_max_middle_lines: int = Field(40, ge=1, description="longest FIM middle, in lines (longer is dropped)")
     fim_max_middle_chars: int = Field(2000, ge=1, description="longest FIM middle, in characters")

@@ -188,6 +188,19 @@ def init_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwa
     quiet_ray_logs()
 
 
+def task_slots(asked: int, local: bool) -> int:
+    """How many tasks run at once: `asked`, or with 0 one per CPU — of this machine with `local` (no Ray), else of
+    the Ray cluster (joined or started here). A cluster that autoscales counts the CPUs it has now: set a number."""
+    if asked:
+        return asked
+    if local:
+        return max(1, os.cpu_count() or 1)
+    import ray
+
+    init_ray()
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -105,3 +105,15 @@ def test_several_repositories_run_together_over_all_workers(ray_session, tmp_pat
                     / path.relative_to(tmp_path / "local" / "data" / "ast_dataset" / name)
                 )
                 assert twin.read_bytes() == path.read_bytes(), twin
+
+
+def test_num_workers_0_is_one_task_per_cpu_of_the_cluster(ray_session):
+    """`pipeline.num_workers=0` (the default): as many ranges at once as the Ray cluster has CPUs, or this machine
+    with --local; a number is kept."""
+    import os
+
+    from hybrid.core.ray_utils import task_slots
+
+    assert task_slots(3, local=False) == 3 and task_slots(0, local=True) == (os.cpu_count() or 1)
+    assert task_slots(0, local=False) == int(ray_session.cluster_resources()["CPU"])
+    assert load_config([]).pipeline.num_workers == 0
