@@ -1,6 +1,6 @@
 """`ray job submit` against a real Ray head of the tests' own (tests/conftest.py: every port set, dashboard on,
-RAY_AUTH_MODE explicit): the README's "On a cluster" lines run as written (HEAD = this head, /shared = a temporary
-folder), outputs land in the absolute folders given, the dashboard's REST API lists the jobs as SUCCEEDED, the
+RAY_AUTH_MODE explicit): the README's "On a cluster" lines run as written (HEAD = this head, BUCKET = a bucket on the
+tests' S3 server, the repository's URL a local copy), outputs land in the bucket where the lines say, the dashboard's REST API lists the jobs as SUCCEEDED, the
 State API lists the memory shards, their metrics reach the Prometheus endpoint; a failing job ends FAILED with the
 one-line error as its last log line; a stopped job resubmitted finishes with identical outputs."""
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from hybrid.core import storage
 from pipelines.synthetic import build_synthetic_rust_repo
 from tests.commands import command_timeout, run_process
 from tests.repo_builder import build_sample_repo
@@ -33,10 +34,17 @@ def readme_jobs() -> list[list[str]]:
     return [shlex.split(line) for line in section.splitlines() if line.startswith("ray job submit ")]
 
 
-def localized(args: list[str], head, shared: Path) -> list[str]:
+REPO_URL = "https://github.com/sharkdp/bat"
+
+
+def localized(args: list[str], head, bucket: str, repo: Path) -> list[str]:
+    """A README line for the tests' head: its dashboard, a bucket on the tests' S3 server, the repository's URL a
+    local copy of the same name (no internet here)."""
     dashboard = head.dashboard.removeprefix("http://")
     return [
-        RAY if a == "ray" and i == 0 else a.replace("HEAD:8265", dashboard).replace("/shared", str(shared))
+        RAY
+        if a == "ray" and i == 0
+        else a.replace("HEAD:8265", dashboard).replace("s3://BUCKET", f"s3://{bucket}").replace(REPO_URL, str(repo))
         for i, a in enumerate(args)
     ]
 
@@ -86,15 +94,16 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_the_readme_jobs_run_on_a_real_head(ray_head, tmp_path):
-    shared = tmp_path / "shared"
-    build_sample_repo(shared / "repos" / "sample")
+def test_the_readme_jobs_run_on_a_real_head(ray_head, s3_server, tmp_path):
+    repo = tmp_path / REPO_URL.rsplit("/", 1)[1]  # named as the URL names it
+    build_sample_repo(repo)
+    bucket = s3_server.bucket()
     lines = readme_jobs()
     assert len(lines) == 2 and all("--working-dir" in line for line in lines)
     suffix = uuid.uuid4().hex[:6]  # submission ids are unique per head
     ids = []
     for line in lines:
-        args = localized(line, ray_head, shared)
+        args = localized(line, ray_head, bucket, repo)
         i = args.index("--submission-id") + 1
         args[i] = f"{args[i]}-{suffix}"
         ids.append(args[i])
@@ -102,13 +111,13 @@ def test_the_readme_jobs_run_on_a_real_head(ray_head, tmp_path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert job(ray_head, args[i])["status"] == "SUCCEEDED"
 
-    # the outputs are where the command lines said, nothing in the job's working dir
-    assert (shared / "data" / "repos" / "registry.json").is_file()
-    commits = sorted((shared / "data" / "ast_dataset" / "sample").glob("commit_*"))
+    # the outputs are where the command lines said, in the bucket; nothing in the job's working dir
+    root = f"s3://{bucket}"
+    assert storage.exists(f"{root}/data/repos/registry.json")
+    commits = [name for name, is_dir in storage.list_dir(f"{root}/data/ast_dataset/bat") if name.startswith("commit_")]
     assert len(commits) == 8
-    assert (shared / "io_pairs" / "train.jsonl").stat().st_size > 0
-    run = shared / "runs" / "tiny"
-    assert (run / "checkpoint_step_000004" / "model.safetensors").is_file()
+    assert storage.read_text(f"{root}/io_pairs/train.jsonl").strip()
+    assert storage.exists(f"{root}/runs/tiny/checkpoint_step_000004/model.safetensors")
     listed = {j["submission_id"]: j["status"] for j in ray_head.get("/api/jobs/")}
     assert all(listed[i] == "SUCCEEDED" for i in ids)
 
