@@ -10,8 +10,10 @@ shared by `hybrid bench recall` and `hybrid tune tune=recall`.
               `model.memory_gate_init` / `model.external_gate_init`), `steps` steps on the length mix
     scoring   per example, the argmax at every output position in one teacher-forced forward (greedy decoding's
               tokens as long as it stays on the reference): exact match of the whole output (key echo, value,
-              end-of-text) and of the value words alone (the key echo is free); the controls (the value edited in
-              the haystack, the haystack of another example) score the answer memory would then give (`answering`)
+              end-of-text) and of the value words alone (the key echo is free); RULER's score on those argmax words
+              (the fraction of the reference strings present) and, for qa1-qa3, BABILong's label-set verdict; the
+              controls (the value edited in the haystack, the haystack of another example) score the answer memory
+              would then give (`answering`)
 
 Every run is a `hybrid train` run on a config built from `base` (the caller's defaults) with the recipe's keys set
 (`stage_values`), in-process (`train.num_workers=0`)."""
@@ -109,8 +111,8 @@ class RecallRecipe:
         if not 0 <= self.base_bar <= 1:
             raise HybridError(f"{where}.base_bar: an exact-match level in [0, 1], got {self.base_bar!r}")
         for t in self.tasks:
-            if t not in rt.TASKS:
-                raise HybridError(f"{where}.tasks: unknown task {t!r} (choose from {', '.join(rt.TASKS)})")
+            if t not in rt.ALL_TASKS:
+                raise HybridError(f"{where}.tasks: unknown task {t!r} (choose from {', '.join(rt.ALL_TASKS)})")
 
 
 def layout() -> rt.Layout:
@@ -137,12 +139,12 @@ def training_examples(
     return out
 
 
-def vocabulary_records(examples: list, segment_length: int, seed: int) -> list[dict]:
+def vocabulary_records(examples: list, segment_length: int, seed: int, tasks: Sequence[str] = rt.TASKS) -> list[dict]:
     """`train.tokenizer=word` builds its vocabulary from the training words. A short run may not see every word of
     the benchmark's vocabulary, and a word it lacks would be <|unk|> at test time: the missing words get a few 1x
     examples of their own (filler to fill the segment, `.` as output). A full-size run sees every word."""
     seen = {w for ex in examples for w in (ex.input + " " + ex.output).split()}
-    missing = [w for w in rt.vocabulary() if w not in seen]
+    missing = [w for w in rt.vocabulary(tasks) if w not in seen]
     rng = random.Random(seed)
     room = segment_length - TEMPLATE_SUFFIX - 1  # input words of one 1x example
     records = []
@@ -233,7 +235,9 @@ def train_base(
     module docstring). Returns its checkpoint (weights + the word-level tokenizer the variants inherit)."""
     examples = training_examples(r, r.base_steps, {1: 1.0}, seed * 7919 + 1)
     data = work / "base_train.jsonl"
-    atomic_write_jsonl(data, [e.record() for e in examples] + vocabulary_records(examples, r.segment_length, seed))
+    atomic_write_jsonl(
+        data, [e.record() for e in examples] + vocabulary_records(examples, r.segment_length, seed, r.tasks)
+    )
     val = eval_examples(r, "kv", 1, r.val_examples, seed, "val") if "kv" in r.tasks else []
     scores: list[float] = []
     checkpoint: Path | None = None
@@ -306,10 +310,13 @@ def loaded(checkpoint: Path, memory: Any = None, **model_overrides) -> Iterator[
 
 @dataclass
 class Scores:
-    """Per example: whether the whole output matched, and whether its value words matched."""
+    """Per example: whether the whole output matched, whether its value words matched, RULER's score (the fraction
+    of reference strings present in the output) and, for the BABILong-like tasks, BABILong's label-set verdict."""
 
     exact: list[bool]
     value: list[bool]
+    ruler: list[float] = field(default_factory=list)
+    label_set: list[bool] = field(default_factory=list)  # qa1-qa3 only
 
     @property
     def exact_match(self) -> float:
@@ -319,11 +326,18 @@ class Scores:
     def value_accuracy(self) -> float:
         return sum(self.value) / max(1, len(self.value))
 
+    @property
+    def ruler_score(self) -> float:
+        return sum(self.ruler) / max(1, len(self.ruler))
+
+    @property
+    def label_set_accuracy(self) -> float | None:
+        return sum(self.label_set) / len(self.label_set) if self.label_set else None
+
 
 def value_words(example: rt.Example) -> list[str]:
-    """The words of the answer that need the haystack (the key-value and chain echo of the key is free)."""
-    words = example.output.split()
-    return words[1:] if example.task in ("kv", "chain") else words
+    """The words of the answer that need the haystack (the echo of the question's key is free)."""
+    return example.output.split()[rt.ECHO.get(example.task, 0) :]
 
 
 def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32) -> Scores:
@@ -335,7 +349,7 @@ def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32
     enc = encode_pairs(tokenizer, records, max_length)
     if enc.counts.get("input_truncated_left"):
         raise HybridError("recall: test inputs truncated (the example is longer than the scoring window)")
-    exact, value = [], []
+    exact, value, ruler, label_set = [], [], [], []
     with torch.no_grad():
         for b in range(0, len(examples), batch_size):
             rows = list(zip(enc.input_ids[b : b + batch_size], enc.prompt_lengths[b : b + batch_size]))
@@ -352,7 +366,12 @@ def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32
                 n_values = len(value_words(ex))
                 start = len(ex.output.split()) - n_values  # value words follow the echo; end-of-text is last
                 value.append(got[start : start + n_values] == want[start : start + n_values])
-    return Scores(exact, value)
+                # the output as words: the argmax at each output position (see the module docstring)
+                output = [tokenizer.tokenizer.id_to_token(i) for i in got]
+                ruler.append(rt.ruler_score(output, rt.references(ex)))
+                if ex.task in rt.BABILONG_TASKS:
+                    label_set.append(rt.label_set_correct(output, ex.output, rt.question_words(ex)))
+    return Scores(exact, value, ruler, label_set)
 
 
 # -- controls ---------------------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_chance_levels_are_one_over_the_answers_the_generators_draw_from():
     digits = {w for a in answers["passkey"] for w in a}  # independent digits, each from the same set
     (length,) = {len(a) for a in answers["passkey"]}
     assert rt.CHANCE["passkey"] == pytest.approx(len(digits) ** -length)
-    assert set(rt.CHANCE) == set(rt.TASKS)
+    assert set(rt.CHANCE) == set(rt.ALL_TASKS)
 
 
 def test_too_small_segment_is_a_clear_error():
