@@ -356,9 +356,12 @@ class _World:
     at: dict[str, str] = field(default_factory=dict)  # person -> place
     holder: dict[str, str] = field(default_factory=dict)  # object -> person
     trail: dict[str, list[str]] = field(default_factory=dict)  # object -> the places it has been, in order
+    fresh: bool = False  # every move goes to a place nobody has gone to yet
 
     def move(self, rng: random.Random, person: str) -> None:
         been = {p for o, h in self.holder.items() if h == person for p in self.trail[o]}
+        if self.fresh:
+            been |= {e[3] for e in self.events if e[1] == "went"}
         # a new place for the person (and for what it carries: an object never returns to a place it has been,
         # so "before the <place>" names one moment)
         place = rng.choice([p for p in PLACES if p != self.at.get(person) and p not in been])
@@ -374,16 +377,19 @@ class _World:
         self.events.append([person, "took", "the", obj, "."])
 
 
-def _story(rng: random.Random, moves: int, taker_moves: tuple[int, int], people: int = 3) -> tuple[_World, str, str]:
+def _story(
+    rng: random.Random, moves: int, taker_moves: tuple[int, int], people: int = 3, fresh: bool = False
+) -> tuple[_World, str, str]:
     """A world of `moves` moves by `people` people and one `took` by one of them, who moves `taker_moves[0]` times
-    before it and at least `taker_moves[1]` times after; returns the world, the taker and the object."""
+    before it and at least `taker_moves[1]` times after (`fresh`: every move to a new place); returns the world,
+    the taker and the object."""
     cast = rng.sample(PEOPLE, people)
     taker, obj = cast[0], rng.choice(OBJECTS)
     free = moves - sum(taker_moves)
     who = [taker] * taker_moves[0] + ["take"] + [taker] * taker_moves[1]
     for _ in range(free):  # the other moves go anywhere, by anyone (before its first move a person is nowhere)
         who.insert(rng.randint(0, len(who)), rng.choice(cast))
-    world = _World()
+    world = _World(fresh=fresh)
     for w in who:
         if w == "take":
             world.take(taker, obj)  # the taker has moved at least once: it is somewhere
@@ -416,7 +422,9 @@ def qa2_example(rng: random.Random, n: int, segment_length: int, layout: Layout 
 def qa3_example(rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(), moves: int = 3) -> Example:
     """bAbI qa3 (three supporting facts): an object is taken and carried to at least one other place; `where was the
     apple before the office` -> the place it was in before it came to the office."""
-    world, _, obj = _story(rng, moves, (1, 1))
+    # Fresh places: with the 4 events a 1x example has room for, a place two events share would leave a single
+    # candidate besides the question's place; every place new keeps it at two (the "mentioned" level 1/2).
+    world, _, obj = _story(rng, moves, (1, 1), fresh=True)
     trail = world.trail[obj]
     i = rng.randrange(1, len(trail))
     question = ["where", "was", "the", obj, "before", "the", trail[i]]

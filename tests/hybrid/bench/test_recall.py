@@ -102,8 +102,12 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
             str(plot),
             "--base-steps",
             "6",
+            "--long-lengths",
+            "8",
             "bench.batch_size=4",
             "bench.val_examples=4",
+            "bench.long_examples=4",
+            "model.external_memory_size=64",  # 8x (256 tokens) evicts; the full-memory cells hold all of it
         ]
     )
     assert rc == 0
@@ -112,12 +116,22 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     assert list(result["accuracy"]) == variants
     for v in variants:
         assert list(result["accuracy"][v]) == ["kv", "passkey", "facts"]
-        for task in result["accuracy"][v].values():
-            assert list(task) == ["1", "4"]
+        for name, task in result["accuracy"][v].items():
+            assert list(task) == (["1", "4", "8"] if name in ("kv", "passkey") else ["1", "4"])
             for cell in task.values():
                 assert 0.0 <= cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1] <= 1.0
                 assert len(cell["per_seed"]) == 1 and cell["mean"] == cell["per_seed"][0]
-                assert cell["mean"] <= cell["value"]["mean"]  # the whole answer right => its value right
+                # the whole answer right => its value right => every reference present (RULER's score 1)
+                assert cell["mean"] <= cell["value"]["mean"] <= cell["ruler"]["mean"]
+    # 8x again with an external memory that holds the whole input: the variants that have one
+    assert {v: list(by_t) for v, by_t in result["accuracy_full_memory"].items()} == {
+        "external": ["kv", "passkey"],
+        "both": ["kv", "passkey"],
+    }
+    assert list(result["accuracy_full_memory"]["both"]["kv"]) == ["8"]
+    eff = result["effective_length"]
+    assert eff["metric"] == "ruler" and eff["threshold"] == 0.85 and set(eff["full_memory"]) == {"external", "both"}
+    assert all(n in (0, 1, 4, 8) for by_t in eff["variants"].values() for n in by_t.values())
     assert result["settings"]["seeds"] == [0] and result["chance"]["kv"] == pytest.approx(1 / 16)
     assert result["mentioned"]["facts"]["4"] == pytest.approx(1 / 3)  # three places mentioned
     assert 1 / 8 <= result["mentioned"]["kv"]["4"] < 1 / 5  # one of the (about 8) values present
@@ -128,6 +142,8 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = md.read_text()
     assert "| key-value recall | 4× (128 tokens) |" in report and "Per seed" in report
+    assert "| key-value recall | 8× (beyond training), a memory that holds all 256 tokens |" in report
+    assert "| key-value recall | effective length (RULER score ≥ 0.85) |" in report and "RULER score (" in report
     printed = capsys.readouterr().out
     assert "exact match" in printed and "external only" in printed and "two-hop facts" in printed
 
@@ -294,3 +310,35 @@ def test_gate_init_keys_open_the_gates_of_stage_two(tmp_path):
     emb = dict(base_model.named_parameters())["model.embed_tokens.weight"]
     assert torch.allclose(dict(model.named_parameters())["model.embed_tokens.weight"], emb, atol=1e-6)  # the base's
     assert math.isfinite(float(emb.sum()))
+
+
+def test_effective_length_is_the_longest_length_the_score_stays_above_the_threshold():
+    """RULER's effective length: every tested length up to it keeps the threshold (a later recovery does not
+    count); 0 when the shortest fails; the full-memory cells replace the evicting ones at the long lengths."""
+    from hybrid.bench import recall as r
+
+    assert r.effective_length({1: 0.9, 4: 0.86, 16: 0.5, 64: 0.9}, 0.85) == 4
+    assert r.effective_length({16: 0.85, 1: 0.95, 4: 0.9}, 0.85) == 16  # at the threshold passes; order of keys
+    assert r.effective_length({1: 0.8, 4: 0.95}, 0.85) == 0
+
+    def cell(x):
+        return {"mean": x, "ruler": {"mean": x + 0.1}}
+
+    result = {
+        "settings": {"variants": ["none", "both"], "effective_threshold": 0.9},
+        "accuracy": {
+            "none": {"kv": {"1": cell(0.9), "4": cell(0.1), "64": cell(0.1)}},
+            "both": {"kv": {"1": cell(0.85), "4": cell(0.9), "64": cell(0.5)}},
+        },
+        "accuracy_full_memory": {"both": {"kv": {"64": cell(0.8)}}},
+    }
+    eff = r.effective_lengths(result)
+    assert eff["metric"] == "ruler" and eff["threshold"] == 0.9
+    assert eff["variants"] == {"none": {"kv": 1}, "both": {"kv": 4}}  # on RULER's score (exact + 0.1 here)
+    assert eff["full_memory"] == {"both": {"kv": 64}}
+    del result["settings"]["effective_threshold"]  # a result saved before issue #28: exact match, 0.85
+    for by_n in result["accuracy"]["none"].values():
+        for c in by_n.values():
+            del c["ruler"]
+    eff = r.effective_lengths(result)
+    assert eff["metric"] == "exact" and eff["threshold"] == 0.85 and eff["variants"]["both"] == {"kv": 4}
