@@ -283,12 +283,13 @@ def test_gate_init_keys_open_the_gates_of_stage_two(tmp_path):
     import math
 
     import torch
+    import yaml
 
     from hybrid.cli.config import load_config
     from hybrid.training import checkpoints as ckpt_io
     from hybrid.training import recall as rc
 
-    r = rc.RecallRecipe(base_steps=2, steps=1, batch_size=2, base_rounds=1, val_examples=2)
+    r = rc.RecallRecipe(base_steps=2, steps=1, batch_size=2, base_rounds=1, val_examples=2, base_learning_rate=2e-3)
     r.model.update(memory_gate_init=0.5, external_gate_init=0.25)
     base_cfg = load_config([]).recipe()
     base = rc.train_base(r, base_cfg, tmp_path, 0, 4 * L, say=lambda _: None).checkpoint
@@ -296,6 +297,9 @@ def test_gate_init_keys_open_the_gates_of_stage_two(tmp_path):
     # one step at a learning rate of 1e-9 leaves every weight where stage 2 started it
     r.learning_rate = 1e-9
     ckpt = rc.train_variant(r, base_cfg, "both", base, tmp_path, data, 0, 4 * L)
+    # stage 1 at its own learning rate (bench.base_learning_rate), stage 2 at the recipe's
+    assert yaml.safe_load((base / "config.yaml").read_text())["train"]["learning_rate"] == 2e-3
+    assert yaml.safe_load((ckpt / "config.yaml").read_text())["train"]["learning_rate"] == 1e-9
     model = ckpt_io.load_model(ckpt)
     gates = {
         n: torch.tanh(p).flatten()
