@@ -63,8 +63,7 @@ class RecallRecipe:
     steps: int = 1500  # stage 2, per variant: the length curriculum
     batch_size: int = 32
     learning_rate: float = 1e-3
-    # Stage 1's peak learning rate (None: `learning_rate`). 2e-3 made every seed of 0-2 pass the bar on validation
-    # where 1e-3 left seed 2 at 0.245 after three rounds (docs/recall.md, Stage 1).
+    # Stage 1's peak learning rate (None: `learning_rate`); measured on validation: docs/recall.md, Stage 1.
     base_learning_rate: float | None = None
     warmup: int = 100
     # Stage-2 length mix {segments: weight} of the training file (the curriculum as data); in-window examples stay
