@@ -95,6 +95,12 @@ CONTROL_TASKS = ("kv", "passkey")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run (a minute): few steps, 1x and 4x, one seed")
+    p.add_argument(
+        "--base-only",
+        action="store_true",
+        help="stage 1 alone: each seed's base and its in-window key-value on validation per round (recipe work; "
+        "no stage 2, no test stream)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw accuracy vs length, one line per variant")
     p.add_argument("--markdown", metavar="FILE.md", help="write the tables as markdown")
@@ -765,14 +771,32 @@ def draw_plot(result: dict, path: str) -> None:
     save_figure(fig, path, dpi=120)
 
 
+def base_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
+    """`--base-only`: stage 1 of one seed, judged on validation only."""
+    from hybrid.cli.config import load_config
+    from hybrid.training import recall as rc
+
+    t0 = time.time()
+    max_length = max(s.lengths + list(s.recipe.length_mix)) * s.recipe.segment_length
+    log(f"[seed {seed}] base: up to {s.recipe.base_rounds} x {s.recipe.base_steps} in-window steps")
+    base = rc.train_base(s.recipe, load_config([]).recipe(), work, seed, max_length, say=log)
+    return {
+        "seed": seed,
+        "rounds": base.rounds,
+        "val_kv_1x": base.val_kv_1x,
+        "passed": base.passed,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
 def _seed_in_process(job: tuple) -> dict[str, Any]:
     """One seed in a worker process (`--jobs`)."""
     import torch
 
-    s, seed, threads = job
+    s, seed, threads, base_only = job
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix=f"hybrid-recall-{seed}-") as tmp:
-        return run_seed(s, seed, Path(tmp))
+        return (base_seed if base_only else run_seed)(s, seed, Path(tmp))
 
 
 def result_of(st: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -816,6 +840,28 @@ def _load_result(path: str) -> dict:
     return load_result(path, "recall", lambda result: (result["settings"]["variants"], result["accuracy"]))
 
 
+def _report_bases(args, s: Settings, runs: list[dict], seconds: float, load_before, log) -> int:
+    """`--base-only`'s output: per seed, in-window key-value on validation after each round; `--json` keeps it."""
+    from hybrid.core.io import atomic_write_json
+
+    r = s.recipe
+    for run in runs:
+        rounds = " / ".join(f"{x:.3f}" for x in run["val_kv_1x"])
+        log(
+            f"seed {run['seed']}: {rounds} ({'passed' if run['passed'] else 'missed'} the bar {r.base_bar}; "
+            f"{run['seconds']:.0f}s)"
+        )
+    passed = sum(run["passed"] for run in runs)
+    log(
+        f"{passed} of {len(runs)} seeds passed; {seconds:.0f}s "
+        f"(load average {load_before[0]:.1f} → {os.getloadavg()[0]:.1f})"
+    )
+    if args.json:
+        atomic_write_json(args.json, {"bench": "recall-base", "settings": asdict(s), "base": runs})
+        log(f"wrote {args.json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -845,12 +891,15 @@ def run(args: argparse.Namespace) -> int:
             with concurrent.futures.ProcessPoolExecutor(
                 min(jobs, len(s.seeds)), mp_context=multiprocessing.get_context("spawn")
             ) as pool:
-                runs = list(pool.map(_seed_in_process, [(s, seed, args.threads) for seed in s.seeds]))
+                jobs_ = [(s, seed, args.threads, args.base_only) for seed in s.seeds]
+                runs = list(pool.map(_seed_in_process, jobs_))
         else:
             runs = []
             for seed in s.seeds:
                 with tempfile.TemporaryDirectory(prefix=f"hybrid-recall-{seed}-") as tmp:
-                    runs.append(run_seed(s, seed, Path(tmp), log=log))
+                    runs.append((base_seed if args.base_only else run_seed)(s, seed, Path(tmp), log=log))
+        if args.base_only:
+            return _report_bases(args, s, runs, time.time() - t0, load_before, log)
         result = result_of(asdict(s), runs)
         result.update(
             {

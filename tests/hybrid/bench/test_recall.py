@@ -346,3 +346,15 @@ def test_effective_length_is_the_longest_length_the_score_stays_above_the_thresh
             del c["ruler"]
     eff = r.effective_lengths(result)
     assert eff["metric"] == "exact" and eff["threshold"] == 0.85 and eff["variants"]["both"] == {"kv": 4}
+
+
+def test_base_only_reports_stage_one_per_round_on_validation(tmp_path, capsys):
+    """`--base-only`: stage 1 alone (recipe work on the validation stream), every round's in-window key-value."""
+    out = tmp_path / "base.json"
+    args = ["bench", "recall", "--base-only", "--seeds", "3", "--base-steps", "2", "--json", str(out)]
+    assert main(args + ["bench.batch_size=2", "bench.val_examples=4", "bench.base_rounds=2"]) == 0
+    result = json.loads(out.read_text())
+    [seed] = result["base"]
+    assert result["bench"] == "recall-base" and result["settings"]["recipe"]["base_rounds"] == 2
+    assert seed["seed"] == 3 and seed["rounds"] == 2 == len(seed["val_kv_1x"]) and not seed["passed"]
+    assert "0 of 1 seeds passed" in capsys.readouterr().out
