@@ -17,8 +17,9 @@ test stream the recipe never saw (its choices are made on the validation stream)
                the asked value edited in the haystack (the prediction must follow the edit)
     FAISS      the `both` variant with the external memory in FAISS (flat, and IVF) instead of the exact torch store
 
-`--from-json FILE` renders a saved result without training; `--write-docs` puts its tables into README.md and
-docs/recall.md between their `recall-table` markers (tests/hybrid/bench/test_recall.py checks that they agree).
+`--base-only` trains and judges stage 1 alone, per seed on validation (recipe work). `--from-json FILE` renders a
+saved result without training; `--write-docs` puts its tables into README.md and docs/recall.md between their
+`recall-table` markers (tests/hybrid/bench/test_recall.py checks that they agree).
 Heavy imports (torch, matplotlib, rich) happen inside functions.
 """
 
