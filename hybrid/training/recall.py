@@ -5,13 +5,16 @@ shared by `hybrid bench recall` and `hybrid tune tune=recall`.
     stage 1   the memory-free base, trained on 1x examples (the tasks and the chain aid as data) through
               `hybrid.training.train.train`, in rounds of `base_steps` (each round starts from the last one's
               weights), until its in-window key-value exact match on the validation stream reaches `base_bar` or
-              `base_rounds` rounds are spent; the result says which
+              `base_rounds` rounds are spent; the result says which (`base_learning_rate` and
+              `base_chain_separator`: stage 1's own peak learning rate and chain-link separator chance)
     stage 2   per variant: `train.init_from=<base>`, the memory parameters fresh (read gates opened to
               `model.memory_gate_init` / `model.external_gate_init`), `steps` steps on the length mix
     scoring   per example, the argmax at every output position in one teacher-forced forward (greedy decoding's
               tokens as long as it stays on the reference): exact match of the whole output (key echo, value,
-              end-of-text) and of the value words alone (the key echo is free); the controls (the value edited in
-              the haystack, the haystack of another example) score the answer memory would then give (`answering`)
+              end-of-text) and of the value words alone (the key echo is free); RULER's score on those argmax words
+              (the fraction of the reference strings present) and, for qa1-qa3, BABILong's label-set verdict; the
+              controls (the value edited in the haystack, the haystack of another example) score the answer memory
+              would then give (`answering`)
 
 Every run is a `hybrid train` run on a config built from `base` (the caller's defaults) with the recipe's keys set
 (`stage_values`), in-process (`train.num_workers=0`)."""
@@ -60,6 +63,8 @@ class RecallRecipe:
     steps: int = 1500  # stage 2, per variant: the length curriculum
     batch_size: int = 32
     learning_rate: float = 1e-3
+    # Stage 1's peak learning rate (None: `learning_rate`); measured on validation: docs/recall.md, Stage 1.
+    base_learning_rate: float | None = None
     warmup: int = 100
     # Stage-2 length mix {segments: weight} of the training file (the curriculum as data); in-window examples stay
     # in the mix. data.bucket_by_length=true draws every batch from one length.
@@ -67,8 +72,9 @@ class RecallRecipe:
     # Training draws each key-value example's number of pairs from this range (evaluation always uses 8).
     train_kv_pairs: list[int] = field(default_factory=lambda: [1, 8])
     train_aids: list[str] = field(default_factory=lambda: ["chain"])  # recall_tasks.chain_example
-    # Stage 2: the chance that a chain link ends with `,` (stage 1 always separates links).
+    # Stage 2: the chance that a chain link ends with `,`; stage 1: `base_chain_separator` (1.0: always separated).
     chain_separator: float = 0.5
+    base_chain_separator: float = 1.0
     val_examples: int = 200  # validation examples per task and length
     model: dict[str, Any] = field(
         default_factory=lambda: {
@@ -108,9 +114,12 @@ class RecallRecipe:
                 raise HybridError(f"{where}.{name}: must be a positive integer, got {getattr(self, name)!r}")
         if not 0 <= self.base_bar <= 1:
             raise HybridError(f"{where}.base_bar: an exact-match level in [0, 1], got {self.base_bar!r}")
+        lr = self.base_learning_rate
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+            raise HybridError(f"{where}.base_learning_rate: a positive learning rate or null, got {lr!r}")
         for t in self.tasks:
-            if t not in rt.TASKS:
-                raise HybridError(f"{where}.tasks: unknown task {t!r} (choose from {', '.join(rt.TASKS)})")
+            if t not in rt.ALL_TASKS:
+                raise HybridError(f"{where}.tasks: unknown task {t!r} (choose from {', '.join(rt.ALL_TASKS)})")
 
 
 def layout() -> rt.Layout:
@@ -137,12 +146,12 @@ def training_examples(
     return out
 
 
-def vocabulary_records(examples: list, segment_length: int, seed: int) -> list[dict]:
+def vocabulary_records(examples: list, segment_length: int, seed: int, tasks: Sequence[str] = rt.TASKS) -> list[dict]:
     """`train.tokenizer=word` builds its vocabulary from the training words. A short run may not see every word of
     the benchmark's vocabulary, and a word it lacks would be <|unk|> at test time: the missing words get a few 1x
     examples of their own (filler to fill the segment, `.` as output). A full-size run sees every word."""
     seen = {w for ex in examples for w in (ex.input + " " + ex.output).split()}
-    missing = [w for w in rt.vocabulary() if w not in seen]
+    missing = [w for w in rt.vocabulary(tasks) if w not in seen]
     rng = random.Random(seed)
     room = segment_length - TEMPLATE_SUFFIX - 1  # input words of one 1x example
     records = []
@@ -167,8 +176,10 @@ def stage_values(
     seed: int,
     max_length: int,
     init_from: Path | None = None,
+    learning_rate: float | None = None,
 ) -> dict[str, Any]:
-    """The training-config keys of one stage: the model of `variant`, the recipe's optimizer settings."""
+    """The training-config keys of one stage: the model of `variant`, the recipe's optimizer settings
+    (`learning_rate`: another peak learning rate than the recipe's)."""
     model = dict(r.model)
     model.update(VARIANTS[variant])
     model["segment_length"] = r.segment_length
@@ -189,7 +200,7 @@ def stage_values(
             "train.max_iters": steps,
             "train.batch_size": r.batch_size,
             "train.gradient_accumulation_steps": 1,
-            "train.learning_rate": r.learning_rate,
+            "train.learning_rate": learning_rate or r.learning_rate,
             "train.warmup_iters": r.warmup,
             "train.min_lr_ratio": 0.1,
             "train.weight_decay": 0.01,
@@ -231,9 +242,11 @@ def train_base(
 ) -> BaseResult:
     """Stage 1: the memory-free model trained in-window until key-value on validation reaches the bar (see the
     module docstring). Returns its checkpoint (weights + the word-level tokenizer the variants inherit)."""
-    examples = training_examples(r, r.base_steps, {1: 1.0}, seed * 7919 + 1)
+    examples = training_examples(r, r.base_steps, {1: 1.0}, seed * 7919 + 1, chain_separator=r.base_chain_separator)
     data = work / "base_train.jsonl"
-    atomic_write_jsonl(data, [e.record() for e in examples] + vocabulary_records(examples, r.segment_length, seed))
+    atomic_write_jsonl(
+        data, [e.record() for e in examples] + vocabulary_records(examples, r.segment_length, seed, r.tasks)
+    )
     val = eval_examples(r, "kv", 1, r.val_examples, seed, "val") if "kv" in r.tasks else []
     scores: list[float] = []
     checkpoint: Path | None = None
@@ -249,6 +262,7 @@ def train_base(
                 seed + 7 * round_,
                 max_length,
                 init_from=checkpoint,
+                learning_rate=r.base_learning_rate,
             ),
         )
         if not val:
@@ -306,10 +320,13 @@ def loaded(checkpoint: Path, memory: Any = None, **model_overrides) -> Iterator[
 
 @dataclass
 class Scores:
-    """Per example: whether the whole output matched, and whether its value words matched."""
+    """Per example: whether the whole output matched, whether its value words matched, RULER's score (the fraction
+    of reference strings present in the output) and, for the BABILong-like tasks, BABILong's label-set verdict."""
 
     exact: list[bool]
     value: list[bool]
+    ruler: list[float] = field(default_factory=list)
+    label_set: list[bool] = field(default_factory=list)  # qa1-qa3 only
 
     @property
     def exact_match(self) -> float:
@@ -319,11 +336,18 @@ class Scores:
     def value_accuracy(self) -> float:
         return sum(self.value) / max(1, len(self.value))
 
+    @property
+    def ruler_score(self) -> float:
+        return sum(self.ruler) / max(1, len(self.ruler))
+
+    @property
+    def label_set_accuracy(self) -> float | None:
+        return sum(self.label_set) / len(self.label_set) if self.label_set else None
+
 
 def value_words(example: rt.Example) -> list[str]:
-    """The words of the answer that need the haystack (the key-value and chain echo of the key is free)."""
-    words = example.output.split()
-    return words[1:] if example.task in ("kv", "chain") else words
+    """The words of the answer that need the haystack (the echo of the question's key is free)."""
+    return example.output.split()[rt.ECHO.get(example.task, 0) :]
 
 
 def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32) -> Scores:
@@ -335,7 +359,7 @@ def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32
     enc = encode_pairs(tokenizer, records, max_length)
     if enc.counts.get("input_truncated_left"):
         raise HybridError("recall: test inputs truncated (the example is longer than the scoring window)")
-    exact, value = [], []
+    exact, value, ruler, label_set = [], [], [], []
     with torch.no_grad():
         for b in range(0, len(examples), batch_size):
             rows = list(zip(enc.input_ids[b : b + batch_size], enc.prompt_lengths[b : b + batch_size]))
@@ -352,7 +376,12 @@ def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32
                 n_values = len(value_words(ex))
                 start = len(ex.output.split()) - n_values  # value words follow the echo; end-of-text is last
                 value.append(got[start : start + n_values] == want[start : start + n_values])
-    return Scores(exact, value)
+                # the output as words: the argmax at each output position (see the module docstring)
+                output = [tokenizer.tokenizer.id_to_token(i) for i in got]
+                ruler.append(rt.ruler_score(output, rt.references(ex)))
+                if ex.task in rt.BABILONG_TASKS:
+                    label_set.append(rt.label_set_correct(output, ex.output, rt.question_words(ex)))
+    return Scores(exact, value, ruler, label_set)
 
 
 # -- controls ---------------------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_chance_levels_are_one_over_the_answers_the_generators_draw_from():
     digits = {w for a in answers["passkey"] for w in a}  # independent digits, each from the same set
     (length,) = {len(a) for a in answers["passkey"]}
     assert rt.CHANCE["passkey"] == pytest.approx(len(digits) ** -length)
-    assert set(rt.CHANCE) == set(rt.TASKS)
+    assert set(rt.CHANCE) == set(rt.ALL_TASKS)
 
 
 def test_too_small_segment_is_a_clear_error():
@@ -102,8 +102,12 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
             str(plot),
             "--base-steps",
             "6",
+            "--long-lengths",
+            "8",
             "bench.batch_size=4",
             "bench.val_examples=4",
+            "bench.long_examples=4",
+            "model.external_memory_size=64",  # 8x (256 tokens) evicts; the full-memory cells hold all of it
         ]
     )
     assert rc == 0
@@ -112,12 +116,22 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     assert list(result["accuracy"]) == variants
     for v in variants:
         assert list(result["accuracy"][v]) == ["kv", "passkey", "facts"]
-        for task in result["accuracy"][v].values():
-            assert list(task) == ["1", "4"]
+        for name, task in result["accuracy"][v].items():
+            assert list(task) == (["1", "4", "8"] if name in ("kv", "passkey") else ["1", "4"])
             for cell in task.values():
                 assert 0.0 <= cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1] <= 1.0
                 assert len(cell["per_seed"]) == 1 and cell["mean"] == cell["per_seed"][0]
-                assert cell["mean"] <= cell["value"]["mean"]  # the whole answer right => its value right
+                # the whole answer right => its value right => every reference present (RULER's score 1)
+                assert cell["mean"] <= cell["value"]["mean"] <= cell["ruler"]["mean"]
+    # 8x again with an external memory that holds the whole input: the variants that have one
+    assert {v: list(by_t) for v, by_t in result["accuracy_full_memory"].items()} == {
+        "external": ["kv", "passkey"],
+        "both": ["kv", "passkey"],
+    }
+    assert list(result["accuracy_full_memory"]["both"]["kv"]) == ["8"]
+    eff = result["effective_length"]
+    assert eff["metric"] == "ruler" and eff["threshold"] == 0.85 and set(eff["full_memory"]) == {"external", "both"}
+    assert all(n in (0, 1, 4, 8) for by_t in eff["variants"].values() for n in by_t.values())
     assert result["settings"]["seeds"] == [0] and result["chance"]["kv"] == pytest.approx(1 / 16)
     assert result["mentioned"]["facts"]["4"] == pytest.approx(1 / 3)  # three places mentioned
     assert 1 / 8 <= result["mentioned"]["kv"]["4"] < 1 / 5  # one of the (about 8) values present
@@ -128,6 +142,8 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = md.read_text()
     assert "| key-value recall | 4× (128 tokens) |" in report and "Per seed" in report
+    assert "| key-value recall | 8× (beyond training), a memory that holds all 256 tokens |" in report
+    assert "| key-value recall | effective length (RULER score ≥ 0.85) |" in report and "RULER score (" in report
     printed = capsys.readouterr().out
     assert "exact match" in printed and "external only" in printed and "two-hop facts" in printed
 
@@ -267,12 +283,13 @@ def test_gate_init_keys_open_the_gates_of_stage_two(tmp_path):
     import math
 
     import torch
+    import yaml
 
     from hybrid.cli.config import load_config
     from hybrid.training import checkpoints as ckpt_io
     from hybrid.training import recall as rc
 
-    r = rc.RecallRecipe(base_steps=2, steps=1, batch_size=2, base_rounds=1, val_examples=2)
+    r = rc.RecallRecipe(base_steps=2, steps=1, batch_size=2, base_rounds=1, val_examples=2, base_learning_rate=2e-3)
     r.model.update(memory_gate_init=0.5, external_gate_init=0.25)
     base_cfg = load_config([]).recipe()
     base = rc.train_base(r, base_cfg, tmp_path, 0, 4 * L, say=lambda _: None).checkpoint
@@ -280,6 +297,9 @@ def test_gate_init_keys_open_the_gates_of_stage_two(tmp_path):
     # one step at a learning rate of 1e-9 leaves every weight where stage 2 started it
     r.learning_rate = 1e-9
     ckpt = rc.train_variant(r, base_cfg, "both", base, tmp_path, data, 0, 4 * L)
+    # stage 1 at its own learning rate (bench.base_learning_rate), stage 2 at the recipe's
+    assert yaml.safe_load((base / "config.yaml").read_text())["train"]["learning_rate"] == 2e-3
+    assert yaml.safe_load((ckpt / "config.yaml").read_text())["train"]["learning_rate"] == 1e-9
     model = ckpt_io.load_model(ckpt)
     gates = {
         n: torch.tanh(p).flatten()
@@ -294,3 +314,47 @@ def test_gate_init_keys_open_the_gates_of_stage_two(tmp_path):
     emb = dict(base_model.named_parameters())["model.embed_tokens.weight"]
     assert torch.allclose(dict(model.named_parameters())["model.embed_tokens.weight"], emb, atol=1e-6)  # the base's
     assert math.isfinite(float(emb.sum()))
+
+
+def test_effective_length_is_the_longest_length_the_score_stays_above_the_threshold():
+    """RULER's effective length: every tested length up to it keeps the threshold (a later recovery does not
+    count); 0 when the shortest fails; the full-memory cells replace the evicting ones at the long lengths."""
+    from hybrid.bench import recall as r
+
+    assert r.effective_length({1: 0.9, 4: 0.86, 16: 0.5, 64: 0.9}, 0.85) == 4
+    assert r.effective_length({16: 0.85, 1: 0.95, 4: 0.9}, 0.85) == 16  # at the threshold passes; order of keys
+    assert r.effective_length({1: 0.8, 4: 0.95}, 0.85) == 0
+
+    def cell(x):
+        return {"mean": x, "ruler": {"mean": x + 0.1}}
+
+    result = {
+        "settings": {"variants": ["none", "both"], "effective_threshold": 0.9},
+        "accuracy": {
+            "none": {"kv": {"1": cell(0.9), "4": cell(0.1), "64": cell(0.1)}},
+            "both": {"kv": {"1": cell(0.85), "4": cell(0.9), "64": cell(0.5)}},
+        },
+        "accuracy_full_memory": {"both": {"kv": {"64": cell(0.8)}}},
+    }
+    eff = r.effective_lengths(result)
+    assert eff["metric"] == "ruler" and eff["threshold"] == 0.9
+    assert eff["variants"] == {"none": {"kv": 1}, "both": {"kv": 4}}  # on RULER's score (exact + 0.1 here)
+    assert eff["full_memory"] == {"both": {"kv": 64}}
+    del result["settings"]["effective_threshold"]  # a result saved before issue #28: exact match, 0.85
+    for by_n in result["accuracy"]["none"].values():
+        for c in by_n.values():
+            del c["ruler"]
+    eff = r.effective_lengths(result)
+    assert eff["metric"] == "exact" and eff["threshold"] == 0.85 and eff["variants"]["both"] == {"kv": 4}
+
+
+def test_base_only_reports_stage_one_per_round_on_validation(tmp_path, capsys):
+    """`--base-only`: stage 1 alone (recipe work on the validation stream), every round's in-window key-value."""
+    out = tmp_path / "base.json"
+    args = ["bench", "recall", "--base-only", "--seeds", "3", "--base-steps", "2", "--json", str(out)]
+    assert main(args + ["bench.batch_size=2", "bench.val_examples=4", "bench.base_rounds=2"]) == 0
+    result = json.loads(out.read_text())
+    [seed] = result["base"]
+    assert result["bench"] == "recall-base" and result["settings"]["recipe"]["base_rounds"] == 2
+    assert seed["seed"] == 3 and seed["rounds"] == 2 == len(seed["val_kv_1x"]) and not seed["passed"]
+    assert "0 of 1 seeds passed" in capsys.readouterr().out
