@@ -1,8 +1,9 @@
 """`ray job submit` against a real Ray head of the tests' own (tests/conftest.py: every port set, dashboard on,
 RAY_AUTH_MODE explicit): the README's "On a cluster" lines run as written (HEAD = this head, BUCKET = a bucket on the
-tests' S3 server, the repository's URL a local copy), outputs land in the bucket where the lines say, the dashboard's REST API lists the jobs as SUCCEEDED, the
-State API lists the memory shards, their metrics reach the Prometheus endpoint; a failing job ends FAILED with the
-one-line error as its last log line; a stopped job resubmitted finishes with identical outputs."""
+tests' S3 server, the repository's URL a local copy), outputs land in the bucket where the lines say, the dashboard's
+REST API lists the jobs as SUCCEEDED, the State API lists the memory shards, their metrics reach the Prometheus
+endpoint; a failing job ends FAILED with the one-line error as its last log line; a stopped job resubmitted finishes
+with identical outputs."""
 
 from __future__ import annotations
 
