@@ -224,13 +224,14 @@ class TorchStore:
         banks, not a copy of k chunks per query. None where `search` has less to say (a namespace never added to,
         nothing stored, fewer than k chunks, memory on another device than the queries): call `search` then."""
         check_search(namespaces, queries, k)
-        if not all(ns in self._where for ns in namespaces):
+        if not all(ns in self._where for ns in namespaces) or max(self._filled(namespaces)) < k:
+            return None
+        if self._where[namespaces[0]][0].keys.device != queries.device:
             return None
         self.searches += 1
         with torch.autocast(queries.device.type, enabled=False):
             top = self._top(namespaces, queries, k)
-        if top is None or top[1].shape[3] < k or top[3].device != queries.device:
-            return None
+        assert top is not None  # at least k chunks are stored
         s, i, mask, chunk_keys, chunk_values, used = top
         B, H, _, c, D = chunk_keys.shape
         banks = []

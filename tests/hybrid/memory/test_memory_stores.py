@@ -125,8 +125,10 @@ def test_torch_store_chunk_rows_are_the_search_answer():
         assert torch.equal(getattr(same, name), getattr(want, name)), name
     store.add(["a", "b"], *_chunks(2, 2, 4, 3, 8, start=100))  # overwrites slots the answer points at
     assert torch.equal(got.gathered().values, want.values)
+    searches = store.searches
     assert store.search_chunks(["a", "new"], q, 4) is None  # a namespace never added to
     assert store.search_chunks(["a", "b"], q, 11) is None  # fewer chunks than k: search pads with masked ones
+    assert store.searches == searches  # a declined search is not counted (the caller's `search` will be)
     assert TorchStore(4).search_chunks(["a"], q[:1], 2) is None
 
 
