@@ -110,6 +110,28 @@ def test_torch_store_searches_only_filled_slots_with_the_same_answers():
     check(["b", "c"], 3)
 
 
+def test_torch_store_chunk_rows_are_the_search_answer():
+    """`search_chunks` (the chosen chunks as rows of one copy of the banks, what the model reads from) gives exactly
+    `search`'s answer, keeps it when later adds overwrite the ring, and declines what only `search` answers."""
+    torch.manual_seed(4)
+    store = TorchStore(10)
+    for step in range(3):  # 12 chunks into 10 slots: the ring wrapped
+        store.add(["a", "b"], *_chunks(2, 2, 4, 3, 8, start=4 * step))
+    q = torch.randn(2, 2, 6, 8)
+    want, got = store.search(["a", "b"], q, 4), store.search_chunks(["a", "b"], q, 4)
+    assert got is not None and got.bank_keys.shape == (2 * 2 * 10, 3, 8)
+    same = got.gathered()
+    for name in ("keys", "values", "mask", "scores"):
+        assert torch.equal(getattr(same, name), getattr(want, name)), name
+    store.add(["a", "b"], *_chunks(2, 2, 4, 3, 8, start=100))  # overwrites slots the answer points at
+    assert torch.equal(got.gathered().values, want.values)
+    searches = store.searches
+    assert store.search_chunks(["a", "new"], q, 4) is None  # a namespace never added to
+    assert store.search_chunks(["a", "b"], q, 11) is None  # fewer chunks than k: search pads with masked ones
+    assert store.searches == searches  # a declined search is not counted (the caller's `search` will be)
+    assert TorchStore(4).search_chunks(["a"], q[:1], 2) is None
+
+
 @pytest.mark.parametrize("kind", STORES)
 def test_fewer_than_k_and_unknown_namespaces_are_masked(kind):
     store = STORES[kind](16)

@@ -158,3 +158,29 @@ def test_joint_fusion_is_causal_isolated_reads_memory_and_is_local_attention_whe
         out = joint(changed).logits
         seg3 = slice(3 * S, 4 * S)
         assert (out[0, seg3] - base[0, seg3]).abs().max() > 1e-4 and torch.equal(out[1], base[1])
+
+
+@pytest.mark.parametrize("fusion", ["gate", "joint"])
+def test_retrieval_from_chunk_rows_equals_retrieval_from_copies(fusion):
+    """The model reads a TorchStore's answer as rows of its banks (`search_chunks`: no per-query copies); a store
+    without that (every other backend) hands over per-query copies (`search`). Same logits, same gradients."""
+    from hybrid.memory.torch_store import TorchStore
+
+    class CopiesOnly(TorchStore):
+        search_chunks = None  # as FAISS and the Ray store: only the protocol's search
+
+    results = []
+    for store_class in (TorchStore, CopiesOnly):
+        model = tiny_model("llama", external_fusion=fusion, use_internal_memory=False).train()
+        open_gates(model, 0.5)
+        model.store_factory = lambda: store_class(model.config.chunks_capacity)  # noqa: B023
+        torch.manual_seed(5)
+        ids = torch.randint(0, 97, (2, 4 * S))
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        q = model.model.layers[1].self_attn.q_proj.weight.grad
+        results.append((out.logits.detach(), q.clone()))
+    (logits, grad), (logits_copies, grad_copies) = results
+    torch.testing.assert_close(logits, logits_copies, atol=1e-6, rtol=0)
+    torch.testing.assert_close(grad, grad_copies, atol=1e-6, rtol=1e-5)
+    assert grad.abs().sum() > 0
