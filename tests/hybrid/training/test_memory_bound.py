@@ -4,6 +4,7 @@ and 10·N IO pairs — the driver holds the file list and the tokenizer's sample
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from tests.commands import run_process
 
 ROOT = Path(__file__).resolve().parents[3]
 
-# One driver process trains on N pairs, then on 10·N pairs (one Ray start): its peak resident memory (VmHWM) after
-# each run. Had the driver held the data, the second peak would sit above the first by about the data's size.
+# One driver process, joined to the session's Ray, trains on N pairs, then on 10·N pairs: its peak resident memory
+# (VmHWM) after each run. Had the driver held the data, the second peak would sit above the first by about the
+# data's size.
 DRIVER = """
 import json, os, sys
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -48,7 +50,7 @@ def write_pairs(path: Path, n: int, seed: int) -> int:
 
 
 @pytest.mark.slow
-def test_driver_and_worker_peaks_do_not_grow_with_the_data(tmp_path):
+def test_driver_and_worker_peaks_do_not_grow_with_the_data(ray_session, tmp_path):
     sizes, args = [], []
     for shards in (1, 10):  # N pairs, then 10·N in 10 files of N (a data set comes in shards)
         data = tmp_path / f"data{shards}"
@@ -59,7 +61,7 @@ def test_driver_and_worker_peaks_do_not_grow_with_the_data(tmp_path):
         [sys.executable, "-c", DRIVER, *args],
         cwd=ROOT,
         timeout=540,
-        env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"},
+        env={**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     d1, d10 = json.loads(out.stdout.strip().splitlines()[-1])

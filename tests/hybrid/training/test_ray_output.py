@@ -38,9 +38,11 @@ def test_train_on_ray_prints_ray_lines_only_when_verbose(ray_session, io_data, t
     env.pop("HYBRID_VERBOSE", None)
     run = [sys.executable, "-m", "hybrid"]
     args = ["train", "train.num_workers=1", "train.max_iters=2", "train.eval_every=2", "train.log_every=1"]
-    args.append("data.local_rows=0")  # the stream through Ray Data, whose plans a small set would not print
+    ray_data = "data.local_rows=0"  # the stream through Ray Data, whose plans a small set would not print
 
-    quiet = run_process([*run, *args, *tiny_overrides(io_data, tmp_path / "quiet")], env=env, cwd=ROOT, timeout=300)
+    quiet = run_process(
+        [*run, *args, ray_data, *tiny_overrides(io_data, tmp_path / "quiet")], env=env, cwd=ROOT, timeout=300
+    )
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     shown = lines(quiet)
     assert [line for line in shown if RAY_LINE.search(line)] == [], "\n".join(shown)
