@@ -103,7 +103,8 @@ def print_eval(metrics: dict) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"eval of {metrics['checkpoint']}", show_header=False)
+    console.print(f"eval of {metrics['checkpoint']}", highlight=False, markup=False)
+    table = Table(show_header=False)
     em = metrics["exact_match"]
     for key, value in (
         ("examples", metrics["examples"]),
@@ -125,11 +126,20 @@ def print_eval(metrics: dict) -> None:
     ):
         table.add_row(key, str(value))
     console.print(table)
+    width = max(60, console.width - 12)  # each text on one line of the terminal (a log's 80 columns too)
     for i, s in enumerate(metrics["samples"], 1):
         console.print(f"[bold]example {i}[/bold] ({'match' if s['match'] else 'no match'})", highlight=False)
-        console.print(f"  input     …{s['input'][-160:]!r}", highlight=False, markup=False)
-        console.print(f"  expected  {s['output'][:200]!r}", highlight=False, markup=False)
-        console.print(f"  generated {s['generated'][:200]!r}", highlight=False, markup=False)
+        for label, text in (("input", s["input"]), ("expected", s["output"]), ("generated", s["generated"])):
+            console.print(f"  {label:<9} {_one_line(text, width, end=label == 'input')}", highlight=False, markup=False)
+
+
+def _one_line(text: str, width: int, end: bool) -> str:
+    """`text` as a Python literal of at most `width` characters: its end (an input, whose last part the output
+    continues) or its start, cut with "…"."""
+    shown = repr(text[-width:] if end else text[:width])
+    if len(shown) <= width:
+        return shown
+    return "…" + shown[-(width - 1) :] if end else shown[: width - 1] + "…"
 
 
 def run_eval(args: argparse.Namespace) -> int:

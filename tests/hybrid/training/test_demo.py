@@ -73,3 +73,16 @@ def test_training_curve_line(tmp_path):
     assert training_curve(metrics, 1) == "3 steps in 1 s: train loss 2.00 ▁ 2.00, validation 1.000 (best)"
     assert training_curve(tmp_path / "none.jsonl", 1) == "no step logged"
     assert sparkline(list(range(100)), width=8) == "▁▂▃▄▅▆▇█"
+
+
+def test_eval_examples_take_one_line_each():
+    """`hybrid eval`'s (and the demo's) examples: each text one line of the terminal, an input's end kept (the
+    output continues it), an output's start kept, cut with "…"; a short text whole."""
+    from hybrid.cli.train import _one_line
+
+    text = "def add(a, b):\n" + "x" * 300 + "\nreturn a + b"
+    head, tail = _one_line(text, 60, end=False), _one_line(text, 60, end=True)
+    assert len(head) == len(tail) == 60
+    assert head.startswith("'def add(a, b):\\n") and head.endswith("…")
+    assert tail.startswith("…") and tail.endswith("\\nreturn a + b'")
+    assert _one_line("short", 60, end=True) == "'short'"
