@@ -349,24 +349,35 @@ def _blocks(index: torch.Tensor, bank: torch.Tensor):
         yield rows, bank.index_select(0, index[rows].reshape(-1)).view(-1, k * c, D)
 
 
+def _row_scores(q: torch.Tensor, bank: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """s[n, j] = q[n] · token j of row n's retrieved chunks: (N, D) → (N, K)."""
+    out = q.new_empty(index.shape[0], index.shape[1] * bank.shape[1])
+    for rows, tokens in _blocks(index, bank):
+        out[rows] = torch.einsum("nd,nkd->nk", q[rows], tokens)
+    return out
+
+
+def _row_mix(p: torch.Tensor, bank: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """o[n] = Σ_j p[n, j] · token j of row n's retrieved chunks: (N, K) → (N, D)."""
+    out = p.new_empty(index.shape[0], bank.shape[2])
+    for rows, tokens in _blocks(index, bank):
+        out[rows] = torch.einsum("nk,nkd->nd", p[rows], tokens)
+    return out
+
+
 class _RowScores(torch.autograd.Function):
-    """s[n, j] = q[n] · key j of row n's retrieved chunks; q (N, D), bank (R, c, D) (no gradient), index (N, k)."""
+    """s[n, j] = q[n] · key j of row n's retrieved chunks; q (N, D), bank (R, c, D) (no gradient), index (N, k).
+    Its backward is `_row_mix` of the gradient (and `_RowRead`'s the other way round)."""
 
     @staticmethod
     def forward(ctx, q, bank, index):
-        out = q.new_empty(index.shape[0], index.shape[1] * bank.shape[1])  # (N, K)
-        for rows, keys in _blocks(index, bank):
-            out[rows] = torch.einsum("nd,nkd->nk", q[rows], keys)
         ctx.save_for_backward(bank, index)
-        return out
+        return _row_scores(q, bank, index)
 
     @staticmethod
     def backward(ctx, grad):
         bank, index = ctx.saved_tensors
-        g = grad.new_empty(index.shape[0], bank.shape[2])  # (N, D)
-        for rows, keys in _blocks(index, bank):
-            g[rows] = torch.einsum("nk,nkd->nd", grad[rows], keys)
-        return g, None, None
+        return _row_mix(grad, bank, index), None, None
 
 
 class _RowRead(torch.autograd.Function):
@@ -374,16 +385,10 @@ class _RowRead(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p, bank, index):
-        out = p.new_empty(index.shape[0], bank.shape[2])  # (N, D)
-        for rows, values in _blocks(index, bank):
-            out[rows] = torch.einsum("nk,nkd->nd", p[rows], values)
         ctx.save_for_backward(bank, index)
-        return out
+        return _row_mix(p, bank, index)
 
     @staticmethod
     def backward(ctx, grad):
         bank, index = ctx.saved_tensors
-        g = grad.new_empty(index.shape[0], index.shape[1] * bank.shape[1])  # (N, K)
-        for rows, values in _blocks(index, bank):
-            g[rows] = torch.einsum("nd,nkd->nk", grad[rows], values)
-        return g, None, None
+        return _row_scores(grad, bank, index), None, None
