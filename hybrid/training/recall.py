@@ -59,12 +59,12 @@ class RecallRecipe:
     tasks: list[str] = field(default_factory=lambda: list(rt.TASKS))
     base_steps: int = 1500  # stage 1, one round: in-window only
     base_bar: float = 0.9  # stage 1 passes when in-window key-value exact match on validation reaches this
-    base_rounds: int = 3  # stage 1: at most this many rounds
+    base_rounds: int = 5  # stage 1: at most this many rounds (stops at the bar)
     steps: int = 1500  # stage 2, per variant: the length curriculum
     batch_size: int = 32
     learning_rate: float = 1e-3
-    # Stage 1's peak learning rate (None: `learning_rate`); measured on validation: docs/recall.md, Stage 1.
-    base_learning_rate: float | None = None
+    # Stage 1's peak learning rate (None: `learning_rate`); chosen on validation: docs/recall.md, Stage 1.
+    base_learning_rate: float | None = 0.002
     warmup: int = 100
     # Stage-2 length mix {segments: weight} of the training file (the curriculum as data); in-window examples stay
     # in the mix. data.bucket_by_length=true draws every batch from one length.
