@@ -311,7 +311,7 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
                 sc = rc.score(model, tok, ex)
                 cells[variant][t][str(n)] = _scores_cell(sc)
                 if t == "passkey":  # diagnosis: a lookup keyed on the digit before is ambiguous when a digit repeats
-                    ok = [x for x, e in zip(sc.exact, ex) if len(set(rc.value_words(e))) == len(rc.value_words(e))]
+                    ok = [x for x, e in zip(sc.exact, ex) if len(set(e.output.split())) == len(e.output.split())]
                     cells[variant][t][str(n)]["distinct_digits"] = {
                         "examples": len(ok),
                         "exact": sum(ok) / max(1, len(ok)),

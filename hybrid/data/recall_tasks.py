@@ -10,8 +10,7 @@ Tasks
 - `kv`: `n_pairs` key-value pairs (`b X`) scattered in filler, then `? b` -> `X`.
   Keys are lowercase letters, values one of 16 capital letters: chance 1/16.
 - `passkey`: `the pass key is 6 8 4 3 2 .` hidden at a random depth of filler, then
-  `what is the pass key ? the pass key is` -> `6 8 4 3 2`: chance 10**-5 (with Layout(echo_key=True), as the bench
-  uses it: `... ? the pass key` -> `is 6 8 4 3 2`).
+  `what is the pass key ? the pass key is` -> `6 8 4 3 2`: chance 10**-5.
 - `facts`: a two-hop fact chain in the style of BABILong qa2: `mary went to kitchen .`,
   `mary took the apple .` (and distractor facts) scattered in filler, then `where is the apple` -> `kitchen`:
   chance 1/8 (one of the places).
@@ -102,7 +101,7 @@ TASK_TITLES = {
     "qa3": "qa3 three facts",
 }
 # Output words that repeat the question (with Layout(echo_key=True)): free, not scored as the value.
-ECHO = {"kv": 1, "passkey": 1, "chain": 1, "multikey": 2, "multivalue": 1, "vt": 1}
+ECHO = {"kv": 1, "chain": 1, "multikey": 2, "multivalue": 1, "vt": 1}
 # Words only the opt-in tasks use: the default run's vocabulary (and so its stage-1 data) stays what it was.
 EXTRA_WORDS = {"vt": ["="], "qa3": ["was", "before"]}
 
@@ -233,12 +232,8 @@ def passkey_example(rng: random.Random, n: int, segment_length: int, layout: Lay
     digits = [rng.choice(DIGITS) for _ in range(PASSKEY_DIGITS)]
     fact = ["the", "pass", "key", "is"] + digits + ["."]
     question = ["what", "is", "the", "pass", "key", "?", "the", "pass", "key", "is"]
-    # With the echo the last `is` opens the output: the first digit is then predicted at `is`, the token it follows
-    # in the haystack - the same lookup as every later digit's (and key-value's), not one at `<|sep|>`.
-    answer = question[-1:] * layout.echo_key + digits
-    question = question[: len(question) - layout.echo_key]
-    words = _place(rng, [fact], n, segment_length, tail=len(question) + len(answer), layout=layout)
-    return Example(" ".join(words + question), " ".join(answer), "passkey", n)
+    words = _place(rng, [fact], n, segment_length, tail=len(question) + PASSKEY_DIGITS, layout=layout)
+    return Example(" ".join(words + question), " ".join(digits), "passkey", n)
 
 
 def facts_example(

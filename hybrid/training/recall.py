@@ -426,7 +426,7 @@ def swapped_haystack(
     cut = (example.n - 1) * segment_length  # words before the last segment (no prefix token)
     new = rt.Example(" ".join(donor_words[:cut] + words[cut:]), example.output, example.task, example.n)
     if example.task == "passkey":
-        return new, value_words(donor)
+        return new, donor.output.split()
     if example.task == "kv":
         key = words[-1]
         hay = donor_words[:cut]

@@ -16,24 +16,10 @@ L = 32
 @pytest.mark.parametrize("task", rt.TASKS + rt.TRAINING_AIDS)
 @pytest.mark.parametrize("n", [1, 4, 16])
 def test_examples_fill_exactly_n_segments(task, n):
-    for layout, length in ((rt.Layout(), L), (rt.Layout(prefix=1, suffix=2), 40), (rt.Layout(echo_key=True), L)):
+    for layout, length in ((rt.Layout(), L), (rt.Layout(prefix=1, suffix=2), 40)):
         for ex in rt.generate(task, n, 50, length, seed=3, layout=layout):
             assert rt.n_tokens(ex) + layout.prefix + layout.suffix == n * length
             assert ex.output and set((ex.input + " " + ex.output).split()) <= set(rt.vocabulary())
-
-
-def test_the_passkey_echo_puts_the_first_digit_after_the_word_it_follows_in_the_haystack():
-    """With the echo (the bench's layout) the output starts with the question's last `is`, so the first digit is
-    predicted at the token it follows in `the pass key is D D D D D`, as every later digit is; the haystack and the
-    digits are the same as without it."""
-    plain = rt.generate("passkey", 4, 30, L, seed=5)
-    echoed = rt.generate("passkey", 4, 30, L, seed=5, layout=rt.Layout(echo_key=True))
-    for p, e in zip(plain, echoed):
-        words, out = e.input.split(), e.output.split()
-        assert words[-3:] == ["the", "pass", "key"] and out[0] == "is" and out[1:] == p.output.split()
-        assert e.input + " " + e.output == p.input + " " + p.output  # only the split between input and output moved
-        fact = next(i for i in range(len(words)) if words[i : i + 4] == ["the", "pass", "key", "is"])
-        assert words[fact + 3 : fact + 4 + rt.PASSKEY_DIGITS] == out
 
 
 def test_generation_is_seeded_and_splits_differ():
@@ -242,8 +228,8 @@ def test_controls_edit_and_swap_the_haystack():
             cut = 3 * r.segment_length
             assert swapped.input.split()[:cut] == d.input.split()[:cut]
             assert swapped.input.split()[cut:] == e.input.split()[cut:]
-            if task == "passkey":  # the donor's digits (its echoed `is` is not a value)
-                assert other == d.output.split()[1:] == rc.value_words(d) and len(other) == rt.PASSKEY_DIGITS
+            if task == "passkey":
+                assert other == d.output.split()
 
 
 def test_the_bench_names_the_recipes_variants():
