@@ -33,7 +33,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: lint
-	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest tests -q
+	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest tests -q --durations=15
 
 test-quick: setup
 	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest tests -q -m "not slow"
