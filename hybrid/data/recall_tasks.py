@@ -262,13 +262,15 @@ def chain_example(
     layout: Layout = Layout(),
     links: tuple[int, int] = (1, 6),
     separator: float = 1.0,
+    digits: bool = False,
 ) -> Example:
     """A training aid, not a benchmark task: links `x y ,` scattered in filler in random order, then `? x0` ->
     the chain `x1 x2 ... xm` that following the links from x0 gives. Every output token is one key-value lookup
     (the token after the earlier occurrence of the current one) at a random place, so, unlike the benchmark
     tasks, each example supervises the lookup circuit m times; with m = 1 it is the key-value task itself."""
     m = rng.randint(*links)
-    chain = rng.sample(KEYS + VALUES, m + 1)
+    # `digits`: the passkey's digits may be links too (the lookup trained on the tokens the passkey asks for)
+    chain = rng.sample(KEYS + VALUES + DIGITS * digits, m + 1)
     # `separator`: the chance that a link ends with `,`; without it links can sit side by side as key-value pairs do.
     if separator >= 1.0:  # no draw: the stream of a separated chain does not depend on this option
         facts = [[a, b, ","] for a, b in zip(chain, chain[1:])]

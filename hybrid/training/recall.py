@@ -75,6 +75,8 @@ class RecallRecipe:
     # Stage 2: the chance that a chain link ends with `,`; stage 1: `base_chain_separator` (1.0: always separated).
     chain_separator: float = 0.5
     base_chain_separator: float = 1.0
+    # Stage 2: chain links drawn from the digits too, not only keys and values (stage 1 keeps its letters).
+    chain_digits: bool = False
     val_examples: int = 200  # validation examples per task and length
     model: dict[str, Any] = field(
         default_factory=lambda: {
@@ -117,6 +119,8 @@ class RecallRecipe:
         lr = self.base_learning_rate
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
             raise HybridError(f"{where}.base_learning_rate: a positive learning rate or null, got {lr!r}")
+        if not isinstance(self.chain_digits, bool):
+            raise HybridError(f"{where}.chain_digits: true or false, got {self.chain_digits!r}")
         for t in self.tasks:
             if t not in rt.ALL_TASKS:
                 raise HybridError(f"{where}.tasks: unknown task {t!r} (choose from {', '.join(rt.ALL_TASKS)})")
@@ -127,7 +131,12 @@ def layout() -> rt.Layout:
 
 
 def training_examples(
-    r: RecallRecipe, steps: int, lengths: dict[int, float], seed: int, chain_separator: float = 1.0
+    r: RecallRecipe,
+    steps: int,
+    lengths: dict[int, float],
+    seed: int,
+    chain_separator: float = 1.0,
+    chain_digits: bool = False,
 ) -> list[rt.Example]:
     """steps x batch_size fresh examples (tasks and training aids mixed) from seeded train streams, each example's
     length drawn from `lengths` ({segments: weight}): the curriculum as a data mix."""
@@ -139,8 +148,9 @@ def training_examples(
         task = rng.choice(r.tasks + r.train_aids)
         if (task, n) not in streams:
             options: dict[str, Any] = {"n_pairs": tuple(r.train_kv_pairs)} if task == "kv" else {}
-            if task == "chain" and chain_separator != 1.0:
-                options = {"separator": chain_separator}
+            if task == "chain":
+                options = {"separator": chain_separator} if chain_separator != 1.0 else {}
+                options.update({"digits": True} if chain_digits else {})
             streams[(task, n)] = rt.generate(task, n, 10**9, r.segment_length, seed, "train", layout(), **options)
         out.append(next(streams[(task, n)]))
     return out
@@ -282,7 +292,14 @@ def stage2_data(r: RecallRecipe, work: Path, seed: int) -> Path:
         data,
         [
             e.record()
-            for e in training_examples(r, r.steps, r.length_mix, seed * 7919 + 2, chain_separator=r.chain_separator)
+            for e in training_examples(
+                r,
+                r.steps,
+                r.length_mix,
+                seed * 7919 + 2,
+                chain_separator=r.chain_separator,
+                chain_digits=r.chain_digits,
+            )
         ],
     )
     return data

@@ -232,6 +232,25 @@ def test_controls_edit_and_swap_the_haystack():
                 assert other == d.output.split()
 
 
+def test_chain_digits_links_digits_in_stage_two_only_and_leaves_the_letter_chains_as_they_were():
+    from hybrid.training import recall as rc
+
+    r = rc.RecallRecipe(tasks=["passkey"], train_aids=["chain"], batch_size=4)
+    plain = rc.training_examples(r, 50, {1: 1.0}, 0)
+    digits = rc.training_examples(r, 50, {1: 1.0}, 0, chain_digits=True)
+    linked = lambda exs: {w for e in exs if e.task == "chain" for w in e.input.split()} & set(rt.DIGITS)  # noqa: E731
+    assert not linked(plain) and linked(digits)  # digits only become links when asked
+    assert [e.record() for e in plain if e.task != "chain"] == [e.record() for e in digits if e.task != "chain"]
+    for e in digits:
+        if e.task == "chain":  # every answer token after the key's echo follows the one before it in some link
+            words, current = e.input.split(), e.input.split()[-1]
+            for nxt in e.output.split()[1:]:
+                assert (current, nxt) in set(zip(words[:-2], words[1:-2]))
+                current = nxt
+    with pytest.raises(Exception, match="chain_digits: true or false"):
+        rc.RecallRecipe(chain_digits="yes").check()  # type: ignore[arg-type]
+
+
 def test_the_bench_names_the_recipes_variants():
     from hybrid.bench import recall as r
     from hybrid.training import recall as rc
