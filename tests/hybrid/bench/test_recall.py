@@ -232,14 +232,18 @@ def test_controls_edit_and_swap_the_haystack():
                 assert other == d.output.split()
 
 
-def test_chain_digits_links_digits_in_stage_two_only_and_leaves_the_letter_chains_as_they_were():
+def test_chain_digits_makes_digits_chain_links_and_leaves_every_other_example_as_it_was():
+    """bench.chain_digits (stage 2 only: stage 1's data does not pass it)."""
+    from hybrid.core.errors import HybridError
     from hybrid.training import recall as rc
+
+    def linked_digits(examples):
+        return {w for e in examples if e.task == "chain" for w in e.input.split()} & set(rt.DIGITS)
 
     r = rc.RecallRecipe(tasks=["passkey"], train_aids=["chain"], batch_size=4)
     plain = rc.training_examples(r, 50, {1: 1.0}, 0)
     digits = rc.training_examples(r, 50, {1: 1.0}, 0, chain_digits=True)
-    linked = lambda exs: {w for e in exs if e.task == "chain" for w in e.input.split()} & set(rt.DIGITS)  # noqa: E731
-    assert not linked(plain) and linked(digits)  # digits only become links when asked
+    assert not linked_digits(plain) and linked_digits(digits)  # digits only become links when asked
     assert [e.record() for e in plain if e.task != "chain"] == [e.record() for e in digits if e.task != "chain"]
     for e in digits:
         if e.task == "chain":  # every answer token after the key's echo follows the one before it in some link
@@ -247,7 +251,7 @@ def test_chain_digits_links_digits_in_stage_two_only_and_leaves_the_letter_chain
             for nxt in e.output.split()[1:]:
                 assert (current, nxt) in set(zip(words[:-2], words[1:-2]))
                 current = nxt
-    with pytest.raises(Exception, match="chain_digits: true or false"):
+    with pytest.raises(HybridError, match="chain_digits: true or false"):
         rc.RecallRecipe(chain_digits="yes").check()  # type: ignore[arg-type]
 
 
