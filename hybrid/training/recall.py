@@ -150,7 +150,8 @@ def training_examples(
             options: dict[str, Any] = {"n_pairs": tuple(r.train_kv_pairs)} if task == "kv" else {}
             if task == "chain":
                 options = {"separator": chain_separator} if chain_separator != 1.0 else {}
-                options.update({"digits": True} if chain_digits else {})
+                if chain_digits:
+                    options["digits"] = True
             streams[(task, n)] = rt.generate(task, n, 10**9, r.segment_length, seed, "train", layout(), **options)
         out.append(next(streams[(task, n)]))
     return out

@@ -39,6 +39,16 @@ def _same(local: dict[str, bytes], stored: dict[str, bytes]) -> None:
     assert [k for k in keep if local[k] != stored[k]] == []
 
 
+def _registered_on_s3(s3_server, tmp_path, text: str, message: str) -> tuple[RepoBuilder, str, DatasetLayout]:
+    """A one-file repository at tmp_path/src, registered (`repos add`) with its data on a fresh bucket."""
+    rb = RepoBuilder(tmp_path / "src")
+    rb.write("a.py", text)
+    rb.commit(message)
+    remote = f"s3://{s3_server.bucket()}/data"
+    assert main(["repos", "add", str(tmp_path / "src"), f"pipeline.data_dir={remote}"]) == 0
+    return rb, remote, DatasetLayout(remote)
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """This machine's cache (unpacked clones, staging folders) in the test's folder."""
@@ -140,12 +150,7 @@ def test_on_ray_each_worker_fetches_its_clone_and_writes_through_the_store(ray_s
 
 
 def test_a_second_machine_unpacks_the_clone_and_update_publishes_a_new_one(s3_server, tmp_path, cache, monkeypatch):
-    rb = RepoBuilder(tmp_path / "src")
-    rb.write("a.py", "def f():\n    return 1\n")
-    rb.commit("add f")
-    remote = f"s3://{s3_server.bucket()}/data"
-    assert main(["repos", "add", str(tmp_path / "src"), f"pipeline.data_dir={remote}"]) == 0
-    lay = DatasetLayout(remote)
+    rb, remote, lay = _registered_on_s3(s3_server, tmp_path, "def f():\n    return 1\n", "add f")
     first = lay.clone_cache("src", storage.at(remote).stat(lay.clone_archive("src")))
     assert (first / "HEAD").is_file()  # the adding machine keeps its clone as the archive's unpacked copy
     monkeypatch.setenv("HYBRID_CACHE_DIR", str(tmp_path / "other-machine"))
@@ -253,12 +258,7 @@ def test_an_older_clone_of_a_repository_is_removed_from_the_cache_once_no_proces
     range holds its clone with `clone_in_use`; here this process does, through its own open lock file)."""
     from pipelines.repos import clone_in_use, local_clone
 
-    rb = RepoBuilder(tmp_path / "src")
-    rb.write("a.py", "x = 1\n")
-    rb.commit("one")
-    remote = f"s3://{s3_server.bucket()}/data"
-    assert main(["repos", "add", str(tmp_path / "src"), f"pipeline.data_dir={remote}"]) == 0
-    lay = DatasetLayout(remote)
+    rb, remote, lay = _registered_on_s3(s3_server, tmp_path, "x = 1\n", "one")
     with clone_in_use(lay, "src") as old:
         rb.write("a.py", "x = 2\n")
         rb.commit("two")
