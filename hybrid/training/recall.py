@@ -83,13 +83,14 @@ class RecallRecipe:
             "family": "llama",
             "hidden_size": 64,
             "intermediate_size": 256,
-            "num_hidden_layers": 2,
+            # 3 layers, retrieval at the last two: passkey on every seed (docs/recall.md, Three layers)
+            "num_hidden_layers": 3,
             "num_attention_heads": 4,
             "memory_slots": 8,
             "num_mem_heads": 4,
             "chunk_size": 1,
             "retrieval_k": 8,
-            "retrieval_layers": [1],
+            "retrieval_layers": [1, 2],
             "external_memory_size": 1024,
             "max_position_embeddings": 64,
             # the internal read gate opened at the start of stage 2 (a closed gate gets almost no gradient)
