@@ -237,8 +237,17 @@ def passkey_example(rng: random.Random, n: int, segment_length: int, layout: Lay
 
 
 def facts_example(
-    rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(), n_people: int = 3, n_objects: int = 2
+    rng: random.Random,
+    n: int,
+    segment_length: int,
+    layout: Layout = Layout(),
+    n_people: int = 3,
+    n_objects: int = 2,
+    support: bool = False,
 ) -> Example:
+    """`support`: the answer names the fact it rests on first, `where is apple` -> `mary kitchen` (the holder, then
+    the holder's place), so each answer word is one lookup; exact match then needs both hops right. The question
+    drops `the` so that the 1x example still fits one segment. The draws are the same as without it."""
     people = rng.sample(PEOPLE, n_people)
     places = rng.sample(PLACES, n_people)
     objects = rng.sample(OBJECTS, n_objects)
@@ -249,10 +258,10 @@ def facts_example(
     asked = rng.randrange(n_objects)
     # No trailing `?`: with the training template's 2 added tokens (`<|sep|>`, `<|endoftext|>`) the 1x example
     # (5 facts of 5 words, question, answer) then still fits one 32-token segment.
-    question = ["where", "is", "the", objects[asked]]
-    answer = places[people.index(holders[asked])]
-    words = _place(rng, facts, n, segment_length, tail=len(question) + 1, layout=layout)
-    return Example(" ".join(words + question), answer, "facts", n)
+    question = ["where", "is", objects[asked]] if support else ["where", "is", "the", objects[asked]]
+    answer = [holders[asked]] * support + [places[people.index(holders[asked])]]
+    words = _place(rng, facts, n, segment_length, tail=len(question) + len(answer), layout=layout)
+    return Example(" ".join(words + question), " ".join(answer), "facts", n)
 
 
 def chain_example(
@@ -506,6 +515,8 @@ def mentioned_chance(example: Example) -> float:
         return 1 / max(1, len({a for a, b in zip(words, words[1:]) if a in KEYS and b in VALUES}))
     if example.task == "vt":
         return 1 / max(1, len({w for w in words if w in VALUES}))
+    if example.task == "facts" and len(example.output.split()) == 2:  # with its support: one of the holders
+        return 1 / max(1, len({a for a, b in zip(words, words[1:]) if a in PEOPLE and b == "took"}))
     if example.task == "facts" or example.task in BABILONG_TASKS:
         asked = set(question_words(example))
         return 1 / max(1, len({w for w in words if w in PLACES} - asked))

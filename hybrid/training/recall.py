@@ -77,6 +77,9 @@ class RecallRecipe:
     base_chain_separator: float = 1.0
     # Stage 2: chain links drawn from the digits too, not only keys and values (stage 1 keeps its letters).
     chain_digits: bool = False
+    # Two-hop facts answered with their support first (`where is apple` -> `mary kitchen`), in training and scoring
+    # alike: each answer word one lookup (recall_tasks.facts_example). Off: the default run's facts task.
+    facts_support: bool = False
     val_examples: int = 200  # validation examples per task and length
     model: dict[str, Any] = field(
         default_factory=lambda: {
@@ -120,8 +123,9 @@ class RecallRecipe:
         lr = self.base_learning_rate
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
             raise HybridError(f"{where}.base_learning_rate: a positive learning rate or null, got {lr!r}")
-        if not isinstance(self.chain_digits, bool):
-            raise HybridError(f"{where}.chain_digits: true or false, got {self.chain_digits!r}")
+        for name in ("chain_digits", "facts_support"):
+            if not isinstance(getattr(self, name), bool):
+                raise HybridError(f"{where}.{name}: true or false, got {getattr(self, name)!r}")
         for t in self.tasks:
             if t not in rt.ALL_TASKS:
                 raise HybridError(f"{where}.tasks: unknown task {t!r} (choose from {', '.join(rt.ALL_TASKS)})")
@@ -148,11 +152,13 @@ def training_examples(
         n = rng.choices(list(lengths), weights=list(lengths.values()))[0]
         task = rng.choice(r.tasks + r.train_aids)
         if (task, n) not in streams:
-            options: dict[str, Any] = {"n_pairs": tuple(r.train_kv_pairs)} if task == "kv" else {}
-            if task == "chain":
-                options = {"separator": chain_separator} if chain_separator != 1.0 else {}
-                if chain_digits:
-                    options["digits"] = True
+            options = task_options(r, task)
+            if task == "kv":
+                options["n_pairs"] = tuple(r.train_kv_pairs)
+            if task == "chain" and chain_separator != 1.0:
+                options["separator"] = chain_separator
+            if task == "chain" and chain_digits:
+                options["digits"] = True
             streams[(task, n)] = rt.generate(task, n, 10**9, r.segment_length, seed, "train", layout(), **options)
         out.append(next(streams[(task, n)]))
     return out
@@ -174,8 +180,13 @@ def vocabulary_records(examples: list, segment_length: int, seed: int, tasks: Se
     return records
 
 
+def task_options(r: RecallRecipe, task: str) -> dict[str, Any]:
+    """The generator options a task takes from the recipe in training and scoring alike."""
+    return {"support": True} if task == "facts" and r.facts_support else {}
+
+
 def eval_examples(r: RecallRecipe, task: str, n: int, count: int, seed: int, split: str) -> list[rt.Example]:
-    return list(rt.generate(task, n, count, r.segment_length, seed, split, layout()))
+    return list(rt.generate(task, n, count, r.segment_length, seed, split, layout(), **task_options(r, task)))
 
 
 # -- training ---------------------------------------------------------------------------------------------------------

@@ -255,6 +255,41 @@ def test_chain_digits_makes_digits_chain_links_and_leaves_every_other_example_as
         rc.RecallRecipe(chain_digits="yes").check()  # type: ignore[arg-type]
 
 
+def test_facts_with_support_name_the_holder_then_the_place_from_the_same_draws():
+    """bench.facts_support: `where is apple` -> `mary kitchen`, in training and scoring; the haystack is the same
+    draw as without it, each answer word is stated in the haystack (beyond the window at n > 1), and every other
+    task's stream is unchanged."""
+    from hybrid.core.errors import HybridError
+    from hybrid.training import recall as rc
+
+    for n in (1, 4):
+        for plain, support in zip(
+            rt.generate("facts", n, 40, L, 5, "test", rc.layout()),
+            rt.generate("facts", n, 40, L, 5, "test", rc.layout(), support=True),
+        ):
+            words = support.input.split()
+            holder, place = support.output.split()
+            obj = words[-1]
+            assert words[-3:-1] == ["where", "is"] and plain.input.split()[-4:] == ["where", "is", "the", obj]
+            # the holder took the asked object and went to the place, as the haystack states it
+            assert rt._contains(words, [holder, "took", "the", obj]) and rt._contains(
+                words, [holder, "went", "to", place]
+            )
+            assert plain.output == place and rt.n_tokens(support) + 2 == n * L
+            if n > 1:
+                window = words[(n - 1) * L :]
+                assert holder not in window and place not in window
+            assert rt.mentioned_chance(support) == 1 / 2 and rt.mentioned_chance(plain) == 1 / 3
+    r = rc.RecallRecipe(batch_size=4)
+    on = rc.RecallRecipe(batch_size=4, facts_support=True)
+    plain, support = rc.training_examples(r, 40, {1: 1.0, 4: 1.0}, 0), rc.training_examples(on, 40, {1: 1.0, 4: 1.0}, 0)
+    assert [e.record() for e in plain if e.task != "facts"] == [e.record() for e in support if e.task != "facts"]
+    assert {len(e.output.split()) for e in support if e.task == "facts"} == {2}
+    assert [len(e.output.split()) for e in rc.eval_examples(on, "facts", 4, 5, 0, "val")] == [2] * 5
+    with pytest.raises(HybridError, match="facts_support: true or false"):
+        rc.RecallRecipe(facts_support=1).check()  # type: ignore[arg-type]
+
+
 def test_the_bench_names_the_recipes_variants():
     from hybrid.bench import recall as r
     from hybrid.training import recall as rc
