@@ -32,11 +32,15 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Two pytest-xdist workers: every test that starts or joins Ray runs in one of them, in file order, the rest in the
+# other (tests/conftest.py schedules them).
+PYTEST := RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest tests -q -n 2
+
 test: lint
-	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest tests -q --durations=15
+	$(PYTEST) --durations=15
 
 test-quick: setup
-	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest tests -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) data/ast_dataset outputs

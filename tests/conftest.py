@@ -31,6 +31,59 @@ for _secret in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL_NAME"):
     os.environ.pop(_secret, None)  # tests set what they need; a developer's .env must not leak in
 
 
+RAY_FIXTURES = {"ray_head", "ray_session", "two_nodes"}
+RAY_TESTS_KEY = "hybrid_ray_tests"  # the file in which pytest-xdist workers list the Ray tests for the scheduler
+
+
+def uses_ray(item: pytest.Item) -> bool:
+    """A test that starts or joins a Ray: through a Ray fixture, or marked `ray` (a Ray of its own)."""
+    return bool(RAY_FIXTURES & set(getattr(item, "fixturenames", ()))) or item.get_closest_marker("ray") is not None
+
+
+# `make test` runs two pytest-xdist workers (`-n 2`). Every test that uses Ray runs in one of them, in file order, the
+# rest in the other: the session's Ray fixtures start once, and no two Rays of the suite run side by side (two local
+# Rays on one machine collide on default ports; and a resumed sweep hung once here while a second Ray's tests ran
+# beside it). xdist's own `--dist loadgroup` cannot say so with pytest 9 (it renames test ids through an attribute
+# pytest 9 no longer reads), so the workers list the Ray tests in a file and the scheduler below makes them one work
+# unit (the largest, so the first handed out). Without xdist these hooks are never called.
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    node.workerinput[RAY_TESTS_KEY] = str(_ray_tests_file(node.config))
+
+
+def _ray_tests_file(config) -> Path:
+    if not hasattr(config, "_hybrid_ray_tests"):
+        import tempfile
+
+        config._hybrid_ray_tests = Path(tempfile.mkdtemp(prefix="hybrid-xdist-")) / "ray-tests.txt"
+    return config._hybrid_ray_tests
+
+
+def pytest_collection_modifyitems(config, items):
+    path = getattr(config, "workerinput", {}).get(RAY_TESTS_KEY)
+    if path:  # a worker: list the Ray tests (every worker writes the same list)
+        tmp = Path(f"{path}.{os.getpid()}")
+        tmp.write_text("".join(item.nodeid + "\n" for item in items if uses_ray(item)))
+        os.replace(tmp, path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTestsTogether(LoadScopeScheduling):
+        """xdist's scope scheduling, a scope being one test, except that the Ray tests are one scope."""
+
+        ray_tests: set[str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.ray_tests is None:  # every worker has collected (and written the list) before scheduling starts
+                self.ray_tests = set(_ray_tests_file(config).read_text().splitlines())
+            return "ray" if nodeid in self.ray_tests else nodeid
+
+    return RayTestsTogether(config, log)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_timeout_set_timer(item, settings):
     """pytest-timeout starts a test's timer: `run_process` ends its commands before it runs out."""

@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import other_worker_ports, start_ray_node, stop_process_group
 from tests.reliability.conftest import assert_one_line_error, cli
 
+pytestmark = pytest.mark.ray  # one test starts a Ray head of its own
+
 NO_CLUSTER = ("RAY_ADDRESS=", "ray start --head")  # what to do, with the form of the value
 
 
