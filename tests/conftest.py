@@ -59,6 +59,14 @@ def _ray_tests_file(config) -> Path:
     return config._hybrid_ray_tests
 
 
+def pytest_unconfigure(config):
+    made = getattr(config, "_hybrid_ray_tests", None)  # the controller's (workers only write into it)
+    if made is not None:
+        import shutil
+
+        shutil.rmtree(made.parent, ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config, items):
     path = getattr(config, "workerinput", {}).get(RAY_TESTS_KEY)
     if path:  # a worker: list the Ray tests (every worker writes the same list)
