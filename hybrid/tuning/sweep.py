@@ -42,7 +42,7 @@ from hybrid.training.train import check_fits
 from hybrid.tuning.progress import _trial_error, progress_callback  # noqa: F401 (_trial_error: see below)
 from hybrid.tuning.recall_base import recall_base
 from hybrid.tuning.results import Sweep, TrialRow, write_results
-from hybrid.tuning.scheduler import reported, resumable_asha  # noqa: F401 (reported: see below)
+from hybrid.tuning.scheduler import reported, resumable_asha, resumable_variants  # noqa: F401 (reported: see below)
 from hybrid.tuning.space import check_sweep, grid_size, param_space, with_absolute_sweep_paths
 from hybrid.tuning.trial import TRIAL_ACTOR, TrialPlan, plan_trials, run_trial, trial_name
 
@@ -150,7 +150,6 @@ def _tuner(
 ):
     """Tune's Tuner for the sweep (restored from its state on resume)."""
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     state = storage.join(output_dir, STATE)
     trainable = tune.with_resources(
@@ -195,7 +194,7 @@ def _tuner(
             scheduler=scheduler,
             num_samples=tcfg.num_samples,
             # (Tune applies max_concurrent_trials to a searcher it makes itself, not to one given to it)
-            search_alg=BasicVariantGenerator(random_state=tcfg.seed, max_concurrent=plan.concurrency),
+            search_alg=resumable_variants(tcfg.seed, plan.concurrency),
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
         ),
