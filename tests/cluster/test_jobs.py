@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hybrid.core import storage
+from hybrid.main import main
 from pipelines.synthetic import build_synthetic_rust_repo
 from tests.commands import command_timeout, run_process
 from tests.repo_builder import build_sample_repo
@@ -157,31 +158,11 @@ def test_a_job_runs_the_submitted_checkout_and_a_failing_one_ends_failed_with_it
 
 
 def test_a_stopped_job_resubmitted_finishes_with_the_same_outputs(ray_head, tmp_path):
-    build_synthetic_rust_repo(tmp_path / "sample", 600)  # long enough to stop part-way (12 ranges of 50)
+    build_synthetic_rust_repo(tmp_path / "sample", 300)  # long enough to stop part-way (12 ranges of 25)
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    for data in (reference, resumed):
-        added = run_process(
-            [sys.executable, "-m", "hybrid", "repos", "add", str(tmp_path / "sample"), f"pipeline.data_dir={data}"],
-            cwd=ROOT,
-            timeout=120,
-        )
-        assert added.returncode == 0, added.stderr[-3000:]
-    ran = run_process(
-        [
-            sys.executable,
-            "-m",
-            "hybrid",
-            "pipeline",
-            "run",
-            "sample",
-            f"pipeline.data_dir={reference}",
-            "--local",
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert ran.returncode == 0, ran.stderr[-3000:]
+    for data in (reference, resumed):  # (in this process: the job's driver is the process under test)
+        assert main(["repos", "add", str(tmp_path / "sample"), f"pipeline.data_dir={data}"]) == 0
+    assert main(["pipeline", "run", "sample", f"pipeline.data_dir={reference}", "--local", "--no-progress"]) == 0
     entry = [
         "python",
         "-m",
@@ -190,7 +171,7 @@ def test_a_stopped_job_resubmitted_finishes_with_the_same_outputs(ray_head, tmp_
         "run",
         "sample",
         f"pipeline.data_dir={resumed}",
-        "pipeline.commits_per_task=50",
+        "pipeline.commits_per_task=25",
         "--no-progress",
     ]
     first = f"hybrid-stop-{uuid.uuid4().hex[:6]}"

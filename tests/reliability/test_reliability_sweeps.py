@@ -127,7 +127,7 @@ def test_the_readmes_tune_lines_as_written_and_ctrl_c_and_a_second_command_on_a_
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err[-3000:]
     assert "--resume" in rest and not (out / "results.csv").exists()  # no partial results as if it had finished
     before = tree(out / "trials")
-    time.sleep(8)  # no trial goes on training once the command said it stopped
+    time.sleep(4)  # no trial goes on training once the command said it stopped
     assert tree(out / "trials") == before
 
     resumed = cli(*resume_line, cwd=user_folder, env=env, timeout=540)
