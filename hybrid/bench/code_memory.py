@@ -37,6 +37,7 @@ from hybrid.bench.report import DocTable, load_result, markdown_table, save_figu
 from hybrid.bench.stats import interval, mean_interval
 from hybrid.cli import non_negative_int, positive_int
 from hybrid.core.errors import HybridError
+from hybrid.core.processes import process_pool
 
 VARIANTS = ("none", "internal", "external", "both", "full")
 CONTROLS = ("repo_memory", "other_repo_memory", "local_only")
@@ -688,10 +689,7 @@ def run(args: argparse.Namespace) -> int:
         other = other_texts(s, corpus, args.other_repo) if s.repo_memory else ("", [])
         jobs = min(len(s.seeds), args.jobs or len(s.seeds))
         if jobs > 1:
-            import concurrent.futures
-            import multiprocessing
-
-            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with process_pool(jobs) as pool:
                 runs = list(pool.map(_seed_in_process, [(s, corpus, other, seed) for seed in s.seeds]))
         else:
             import torch

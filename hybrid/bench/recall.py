@@ -39,6 +39,7 @@ from hybrid.bench.report import DocTable, load_result, markdown_table, save_figu
 from hybrid.bench.stats import interval
 from hybrid.cli import non_negative_int, positive_int
 from hybrid.core.errors import HybridError
+from hybrid.core.processes import process_pool
 
 VARIANTS = ("none", "internal", "external", "both")  # hybrid.training.recall.VARIANTS (imported late: `hybrid --help`)
 VARIANT_TITLES = {"none": "no memory", "internal": "internal only", "external": "external only", "both": "both"}
@@ -886,12 +887,7 @@ def run(args: argparse.Namespace) -> int:
         t0, load_before = time.time(), os.getloadavg()
         jobs = args.jobs or len(s.seeds)
         if jobs > 1 and len(s.seeds) > 1:
-            import concurrent.futures
-            import multiprocessing
-
-            with concurrent.futures.ProcessPoolExecutor(
-                min(jobs, len(s.seeds)), mp_context=multiprocessing.get_context("spawn")
-            ) as pool:
+            with process_pool(min(jobs, len(s.seeds))) as pool:
                 jobs_ = [(s, seed, args.threads, args.base_only) for seed in s.seeds]
                 runs = list(pool.map(_seed_in_process, jobs_))
         else:
