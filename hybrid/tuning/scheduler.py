@@ -4,6 +4,7 @@ whose rungs survive it; and the grid's generator, whose place in the grid is tak
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -93,7 +94,7 @@ def resumable_variants(seed: int, max_concurrent: int):
                 num_samples=old.num_samples,
                 unresolved_spec=old.unresolved_spec,
                 constant_grid_search=self._constant_grid_search,
-                points_to_evaluate=list(self._points_to_evaluate),
+                points_to_evaluate=copy.deepcopy(self._points_to_evaluate),  # (as add_configurations does)
                 lazy_eval=old.lazy_eval,
                 random_state=self._random_state,
             )
