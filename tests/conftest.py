@@ -41,11 +41,11 @@ def uses_ray(item: pytest.Item) -> bool:
 
 
 # `make test` runs two pytest-xdist workers (`-n 2`). Every test that uses Ray runs in one of them, in file order, the
-# rest in the other: the session's Ray fixtures start once, and no two Rays of the suite run side by side (two local
-# Rays on one machine collide on default ports; and a resumed sweep hung once here while a second Ray's tests ran
-# beside it). xdist's own `--dist loadgroup` cannot say so with pytest 9 (it renames test ids through an attribute
-# pytest 9 no longer reads), so the workers list the Ray tests in a file and the scheduler below makes them one work
-# unit (the largest, so the first handed out). Without xdist these hooks are never called.
+# rest in the other: the session's Ray fixtures start once, and no two Rays of the suite run side by side (the Ray
+# tests keep 2 cores ~75 % busy: two Ray groups at once made the suite slower here, not faster). xdist's own
+# `--dist loadgroup` cannot say so with pytest 9 (it renames test ids through an attribute pytest 9 no longer reads),
+# so the workers list the Ray tests in a file and the scheduler below makes them one work unit (the largest, so the
+# first handed out). Without xdist these hooks are never called.
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
     node.workerinput[RAY_TESTS_KEY] = str(_ray_tests_file(node.config))

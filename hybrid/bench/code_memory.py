@@ -37,7 +37,6 @@ from hybrid.bench.report import DocTable, load_result, markdown_table, save_figu
 from hybrid.bench.stats import interval, mean_interval
 from hybrid.cli import non_negative_int, positive_int
 from hybrid.core.errors import HybridError
-from hybrid.core.processes import process_pool
 
 VARIANTS = ("none", "internal", "external", "both", "full")
 CONTROLS = ("repo_memory", "other_repo_memory", "local_only")
@@ -689,6 +688,8 @@ def run(args: argparse.Namespace) -> int:
         other = other_texts(s, corpus, args.other_repo) if s.repo_memory else ("", [])
         jobs = min(len(s.seeds), args.jobs or len(s.seeds))
         if jobs > 1:
+            from hybrid.core.processes import process_pool  # (late: `hybrid --help` needs none of it)
+
             with process_pool(jobs) as pool:
                 runs = list(pool.map(_seed_in_process, [(s, corpus, other, seed) for seed in s.seeds]))
         else:

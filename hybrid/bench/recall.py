@@ -39,7 +39,6 @@ from hybrid.bench.report import DocTable, load_result, markdown_table, save_figu
 from hybrid.bench.stats import interval
 from hybrid.cli import non_negative_int, positive_int
 from hybrid.core.errors import HybridError
-from hybrid.core.processes import process_pool
 
 VARIANTS = ("none", "internal", "external", "both")  # hybrid.training.recall.VARIANTS (imported late: `hybrid --help`)
 VARIANT_TITLES = {"none": "no memory", "internal": "internal only", "external": "external only", "both": "both"}
@@ -887,6 +886,8 @@ def run(args: argparse.Namespace) -> int:
         t0, load_before = time.time(), os.getloadavg()
         jobs = args.jobs or len(s.seeds)
         if jobs > 1 and len(s.seeds) > 1:
+            from hybrid.core.processes import process_pool  # (late: `hybrid --help` needs none of it)
+
             with process_pool(min(jobs, len(s.seeds))) as pool:
                 jobs_ = [(s, seed, args.threads, args.base_only) for seed in s.seeds]
                 runs = list(pool.map(_seed_in_process, jobs_))
