@@ -781,10 +781,18 @@ def base_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
     max_length = max(s.lengths + list(s.recipe.length_mix)) * s.recipe.segment_length
     log(f"[seed {seed}] base: up to {s.recipe.base_rounds} x {s.recipe.base_steps} in-window steps")
     base = rc.train_base(s.recipe, load_config([]).recipe(), work, seed, max_length, say=log)
+    # every task in the window, on validation, after the last round: which circuits the base has
+    val_1x = {}
+    with rc.loaded(base.checkpoint) as (model, tokenizer):
+        for task in s.recipe.tasks:
+            examples = rc.eval_examples(s.recipe, task, 1, s.recipe.val_examples, seed, "val")
+            val_1x[task] = round(rc.score(model, tokenizer, examples).exact_match, 4)
+    log(f"[seed {seed}] base in the window, validation: " + ", ".join(f"{t} {v:.2f}" for t, v in val_1x.items()))
     return {
         "seed": seed,
         "rounds": base.rounds,
         "val_kv_1x": base.val_kv_1x,
+        "val_1x": val_1x,
         "passed": base.passed,
         "seconds": round(time.time() - t0, 1),
     }
@@ -848,9 +856,10 @@ def _report_bases(args, s: Settings, runs: list[dict], seconds: float, load_befo
     r = s.recipe
     for run in runs:
         rounds = " / ".join(f"{x:.3f}" for x in run["val_kv_1x"])
+        tasks = ", ".join(f"{t} {v:.3f}" for t, v in run.get("val_1x", {}).items())
         log(
             f"seed {run['seed']}: {rounds} ({'passed' if run['passed'] else 'missed'} the bar {r.base_bar}; "
-            f"{run['seconds']:.0f}s)"
+            f"{run['seconds']:.0f}s); every task in the window after the last round: {tasks}"
         )
     passed = sum(run["passed"] for run in runs)
     log(

@@ -102,6 +102,14 @@ TASK_TITLES = {
 }
 # Output words that repeat the question (with Layout(echo_key=True)): free, not scored as the value.
 ECHO = {"kv": 1, "chain": 1, "multikey": 2, "multivalue": 1, "vt": 1}
+
+
+def echo_words(example: "Example") -> int:
+    """How many leading output words repeat the question (free): ECHO's count, and the object two-hop facts echo
+    with their support (facts_example(echo=True))."""
+    if example.task == "facts":
+        return int(example.output.split()[0] in OBJECTS)
+    return ECHO.get(example.task, 0)
 # Words only the opt-in tasks use: the default run's vocabulary (and so its stage-1 data) stays what it was.
 EXTRA_WORDS = {"vt": ["="], "qa3": ["was", "before"]}
 
@@ -244,10 +252,16 @@ def facts_example(
     n_people: int = 3,
     n_objects: int = 2,
     support: bool = False,
+    echo: bool = False,
 ) -> Example:
     """`support`: the answer names the fact it rests on first, `where is apple` -> `mary kitchen` (the holder, then
     the holder's place), so each answer word is one lookup; exact match then needs both hops right. The question
-    drops `the` so that the 1x example still fits one segment. The draws are the same as without it."""
+    drops `the` so that the 1x example still fits one segment. `echo` (with `support`): the answer starts with the
+    asked object, `where apple` -> `apple mary kitchen`, so that each answer word is predicted at the word it is looked
+    up from (the holder at the object, as key-value's echoed key; the place at the holder); the question drops `is`
+    to keep the 1x example in one segment. The draws are the same as without either."""
+    if echo and not support:
+        raise HybridError("facts: echo needs support (the echoed object is what the holder is looked up from)")
     people = rng.sample(PEOPLE, n_people)
     places = rng.sample(PLACES, n_people)
     objects = rng.sample(OBJECTS, n_objects)
@@ -258,8 +272,11 @@ def facts_example(
     asked = rng.randrange(n_objects)
     # No trailing `?`: with the training template's 2 added tokens (`<|sep|>`, `<|endoftext|>`) the 1x example
     # (5 facts of 5 words, question, answer) then still fits one 32-token segment.
-    question = ["where", "is", objects[asked]] if support else ["where", "is", "the", objects[asked]]
-    answer = [holders[asked]] * support + [places[people.index(holders[asked])]]
+    if echo:
+        question = ["where", objects[asked]]
+    else:
+        question = ["where", "is", objects[asked]] if support else ["where", "is", "the", objects[asked]]
+    answer = [objects[asked]] * echo + [holders[asked]] * support + [places[people.index(holders[asked])]]
     words = _place(rng, facts, n, segment_length, tail=len(question) + len(answer), layout=layout)
     return Example(" ".join(words + question), " ".join(answer), "facts", n)
 
@@ -515,7 +532,7 @@ def mentioned_chance(example: Example) -> float:
         return 1 / max(1, len({a for a, b in zip(words, words[1:]) if a in KEYS and b in VALUES}))
     if example.task == "vt":
         return 1 / max(1, len({w for w in words if w in VALUES}))
-    if example.task == "facts" and len(example.output.split()) == 2:  # with its support: one of the holders
+    if example.task == "facts" and len(example.output.split()) - echo_words(example) == 2:  # with its support:
         return 1 / max(1, len({a for a, b in zip(words, words[1:]) if a in PEOPLE and b == "took"}))
     if example.task == "facts" or example.task in BABILONG_TASKS:
         asked = set(question_words(example))
@@ -528,7 +545,7 @@ def references(example: Example, echoed: bool = True) -> list[str]:
     """RULER's reference strings of an example: the passkey as one string, else each answer word (the value, every
     value of multi-value, every variable of variable tracking, the place); `echoed`: the output starts with the
     question's key (Layout(echo_key=True)), which is not a reference."""
-    words = example.output.split()[ECHO.get(example.task, 0) if echoed else 0 :]
+    words = example.output.split()[echo_words(example) if echoed else 0 :]
     return [" ".join(words)] if example.task == "passkey" else words
 
 

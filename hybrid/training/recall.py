@@ -80,6 +80,9 @@ class RecallRecipe:
     # Two-hop facts answered with their support first (`where is apple` -> `mary kitchen`), in training and scoring
     # alike: each answer word one lookup (recall_tasks.facts_example). Off: the default run's facts task.
     facts_support: bool = False
+    # With facts_support: the answer also starts with the asked object (`where apple` -> `apple mary kitchen`), so
+    # the holder is predicted at the object, as key-value's value is at its echoed key (recall_tasks.facts_example).
+    facts_echo: bool = False
     val_examples: int = 200  # validation examples per task and length
     model: dict[str, Any] = field(
         default_factory=lambda: {
@@ -123,9 +126,11 @@ class RecallRecipe:
         lr = self.base_learning_rate
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
             raise HybridError(f"{where}.base_learning_rate: a positive learning rate or null, got {lr!r}")
-        for name in ("chain_digits", "facts_support"):
+        for name in ("chain_digits", "facts_support", "facts_echo"):
             if not isinstance(getattr(self, name), bool):
                 raise HybridError(f"{where}.{name}: true or false, got {getattr(self, name)!r}")
+        if self.facts_echo and not self.facts_support:
+            raise HybridError(f"{where}.facts_echo: needs {where}.facts_support=true (the echo is the support's key)")
         for t in self.tasks:
             if t not in rt.ALL_TASKS:
                 raise HybridError(f"{where}.tasks: unknown task {t!r} (choose from {', '.join(rt.ALL_TASKS)})")
@@ -182,7 +187,9 @@ def vocabulary_records(examples: list, segment_length: int, seed: int, tasks: Se
 
 def task_options(r: RecallRecipe, task: str) -> dict[str, Any]:
     """The generator options a task takes from the recipe in training and scoring alike."""
-    return {"support": True} if task == "facts" and r.facts_support else {}
+    if task != "facts" or not r.facts_support:
+        return {}
+    return {"support": True, "echo": True} if r.facts_echo else {"support": True}
 
 
 def eval_examples(r: RecallRecipe, task: str, n: int, count: int, seed: int, split: str) -> list[rt.Example]:
@@ -377,7 +384,7 @@ class Scores:
 
 def value_words(example: rt.Example) -> list[str]:
     """The words of the answer that need the haystack (the echo of the question's key is free)."""
-    return example.output.split()[rt.ECHO.get(example.task, 0) :]
+    return example.output.split()[rt.echo_words(example) :]
 
 
 def score(model, tokenizer, examples: Sequence[rt.Example], batch_size: int = 32) -> Scores:

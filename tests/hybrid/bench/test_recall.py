@@ -290,6 +290,32 @@ def test_facts_with_support_name_the_holder_then_the_place_from_the_same_draws()
         rc.RecallRecipe(facts_support=1).check()  # type: ignore[arg-type]
 
 
+def test_facts_with_support_and_echo_start_with_the_asked_object():
+    """bench.facts_echo: `where apple` -> `apple mary kitchen` — the object echoed (free, not a value word), then
+    the holder and the place; the same draws and segment budget as without it."""
+    from hybrid.core.errors import HybridError
+    from hybrid.training import recall as rc
+
+    on = rc.RecallRecipe(facts_support=True, facts_echo=True)
+    for n in (1, 4):
+        for support, echo in zip(
+            rt.generate("facts", n, 40, L, 5, "test", rc.layout(), support=True),
+            rc.eval_examples(on, "facts", n, 40, 5, "test"),
+        ):
+            obj, holder, place = echo.output.split()
+            assert echo.input.split()[-2:] == ["where", obj] and support.output == f"{holder} {place}"
+            assert echo.input.split()[:-2] == support.input.split()[:-3]  # the haystack: the same draw
+            assert rt.n_tokens(echo) + 2 == n * L
+            assert rc.value_words(echo) == [holder, place] and rt.references(echo) == [holder, place]
+            assert rt.mentioned_chance(echo) == rt.mentioned_chance(support) == 1 / 2
+    # the echo alone is never a right answer: scoring the output without its value words fails exact match
+    assert rt.ruler_score([obj], rt.references(echo)) == 0.0
+    with pytest.raises(HybridError, match="facts_echo: needs bench.facts_support=true"):
+        rc.RecallRecipe(facts_echo=True).check()
+    with pytest.raises(HybridError, match="echo needs support"):
+        next(rt.generate("facts", 1, 1, L, 0, "test", rc.layout(), echo=True))
+
+
 def test_the_bench_names_the_recipes_variants():
     from hybrid.bench import recall as r
     from hybrid.training import recall as rc
@@ -407,7 +433,8 @@ def test_effective_length_is_the_longest_length_the_score_stays_above_the_thresh
 
 
 def test_base_only_reports_stage_one_per_round_on_validation(tmp_path, capsys):
-    """`--base-only`: stage 1 alone (recipe work on the validation stream), every round's in-window key-value."""
+    """`--base-only`: stage 1 alone (recipe work on the validation stream), every round's in-window key-value, and
+    every task in the window at the end."""
     out = tmp_path / "base.json"
     args = ["bench", "recall", "--base-only", "--seeds", "3", "--base-steps", "2", "--json", str(out)]
     assert main(args + ["bench.batch_size=2", "bench.val_examples=4", "bench.base_rounds=2"]) == 0
@@ -415,4 +442,10 @@ def test_base_only_reports_stage_one_per_round_on_validation(tmp_path, capsys):
     [seed] = result["base"]
     assert result["bench"] == "recall-base" and result["settings"]["recipe"]["base_rounds"] == 2
     assert seed["seed"] == 3 and seed["rounds"] == 2 == len(seed["val_kv_1x"]) and not seed["passed"]
-    assert "0 of 1 seeds passed" in capsys.readouterr().out
+    # every task of the run in the window after the last round (which circuits the base has), on validation;
+    # key-value's is the last round's bar score
+    assert list(seed["val_1x"]) == ["kv", "passkey", "facts"]
+    assert seed["val_1x"]["kv"] == round(seed["val_kv_1x"][-1], 4)
+    assert all(0.0 <= v <= 1.0 for v in seed["val_1x"].values())
+    printed = capsys.readouterr().out
+    assert "0 of 1 seeds passed" in printed and "every task in the window after the last round: kv" in printed
