@@ -104,7 +104,7 @@ TASK_TITLES = {
 ECHO = {"kv": 1, "chain": 1, "multikey": 2, "multivalue": 1, "vt": 1}
 
 
-def echo_words(example: "Example") -> int:
+def echo_words(example: Example) -> int:
     """How many leading output words repeat the question (free): ECHO's count, and the object two-hop facts echo
     with their support (facts_example(echo=True))."""
     if example.task == "facts":
