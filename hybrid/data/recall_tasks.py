@@ -110,6 +110,8 @@ def echo_words(example: Example) -> int:
     if example.task == "facts":
         return int(example.output.split()[0] in OBJECTS)
     return ECHO.get(example.task, 0)
+
+
 # Words only the opt-in tasks use: the default run's vocabulary (and so its stage-1 data) stays what it was.
 EXTRA_WORDS = {"vt": ["="], "qa3": ["was", "before"]}
 
