@@ -101,7 +101,7 @@ TASK_TITLES = {
     "qa3": "qa3 three facts",
 }
 # Output words that repeat the question (with Layout(echo_key=True)): free, not scored as the value.
-ECHO = {"kv": 1, "chain": 1, "multikey": 2, "multivalue": 1, "vt": 1}
+ECHO = {"kv": 1, "chain": 1, "multikey": 2, "multivalue": 1, "vt": 1, "pair_chain": 2}
 
 
 def echo_words(example: Example) -> int:
@@ -311,6 +311,35 @@ def chain_example(
     return Example(" ".join(words + question), " ".join(answer), "chain", n)
 
 
+def pair_chain_example(
+    rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(), links: tuple[int, int] = (1, 3)
+) -> Example:
+    """A training aid for the multi-key needle: the chain aid with keys of two words. Links `a b c` (no separator,
+    as the needles have none) scattered in filler, each with a distractor link whose key shares one of its two
+    words (the first and the second in turn), then `? t0 t1` -> `t0 t1 t2 ... t(m+1)`: every output token after the
+    echoed key is the word that follows the two before it somewhere in the haystack — a lookup on a two-word key
+    that neither word alone answers, m times per example."""
+    m = rng.randint(*links)
+    words_ = KEYS + VALUES
+    chain = rng.sample(words_, m + 2)
+    facts = [chain[i : i + 3] for i in range(m)]
+    keys = {tuple(f[:2]) for f in facts}
+    for i, (a, b, c) in enumerate(list(facts)):
+        keep = i % 2  # keep the first word, then the second, ...
+        while True:
+            other = rng.choice([w for w in words_ if w not in (a, b)])
+            key = (a, other) if keep == 0 else (other, b)
+            if key not in keys:
+                break
+        keys.add(key)
+        facts.append([*key, rng.choice([w for w in words_ if w != c])])
+    rng.shuffle(facts)
+    question = ["?", *chain[:2]]
+    answer = chain if layout.echo_key else chain[2:]
+    words = _place(rng, facts, n, segment_length, tail=len(question) + len(answer), layout=layout)
+    return Example(" ".join(words + question), " ".join(answer), "pair_chain", n)
+
+
 # -- RULER-style tasks (opt-in) ---------------------------------------------------------------------------------------
 def multikey_example(
     rng: random.Random, n: int, segment_length: int, layout: Layout = Layout(), distractors: int = MULTIKEY_DISTRACTORS
@@ -474,8 +503,9 @@ GENERATORS: dict[str, Callable[..., Example]] = {
     "qa1": qa1_example,
     "qa2": qa2_example,
     "qa3": qa3_example,
+    "pair_chain": pair_chain_example,
 }
-TRAINING_AIDS = ("chain",)
+TRAINING_AIDS = ("chain", "pair_chain")
 
 
 SPLITS = {"train": 1, "val": 2, "test": 3}

@@ -129,6 +129,11 @@ class RecallRecipe:
         for name in ("chain_digits", "facts_support", "facts_echo"):
             if not isinstance(getattr(self, name), bool):
                 raise HybridError(f"{where}.{name}: true or false, got {getattr(self, name)!r}")
+        for aid in self.train_aids:
+            if aid not in rt.TRAINING_AIDS:
+                raise HybridError(
+                    f"{where}.train_aids: unknown training aid {aid!r} (choose from {', '.join(rt.TRAINING_AIDS)})"
+                )
         if self.facts_echo and not self.facts_support:
             raise HybridError(f"{where}.facts_echo: needs {where}.facts_support=true (the echo is the support's key)")
         for t in self.tasks:

@@ -65,6 +65,24 @@ def test_chain_aid_follows_its_links():
             assert ("," in words) == (separator == 1.0)
 
 
+def test_pair_chain_aid_looks_up_two_word_keys_that_one_word_does_not_answer():
+    """The multi-key needle's aid: each answer word follows its two-word key (the two words before it in the
+    answer) in a link of the haystack; every link has a distractor sharing one key word with another next word."""
+    from hybrid.training import recall as rc
+
+    for n in (1, 4):
+        for ex in rt.generate("pair_chain", n, 40, L, seed=4, layout=rc.layout()):
+            words, out = ex.input.split(), ex.output.split()
+            assert words[-3:] == ["?", *out[:2]]
+            haystack = words[:-3]
+            triples = set(zip(haystack, haystack[1:], haystack[2:]))
+            for a, b, c in zip(out, out[1:], out[2:]):
+                assert (a, b, c) in triples
+                # a distractor shares a or b (not both) and is followed by another word
+                assert any((x == a) != (y == b) and z != c for x, y, z in triples if x == a or y == b)
+            assert rc.value_words(ex) == out[2:] and rt.references(ex) == out[2:]
+
+
 def test_chance_levels_are_one_over_the_answers_the_generators_draw_from():
     """CHANCE is what a uniform guess among the answers the generators produce gets: measured on 400 answers."""
     answers = {task: [e.output.split() for e in rt.generate(task, 1, 400, L, seed=0)] for task in rt.TASKS}
@@ -310,6 +328,8 @@ def test_facts_with_support_and_echo_start_with_the_asked_object():
             assert rt.mentioned_chance(echo) == rt.mentioned_chance(support) == 1 / 2
     # the echo alone is never a right answer: scoring the output without its value words fails exact match
     assert rt.ruler_score([obj], rt.references(echo)) == 0.0
+    with pytest.raises(HybridError, match="train_aids: unknown training aid 'nope'"):
+        rc.RecallRecipe(train_aids=["chain", "nope"]).check()
     with pytest.raises(HybridError, match="facts_echo: needs bench.facts_support=true"):
         rc.RecallRecipe(facts_echo=True).check()
     with pytest.raises(HybridError, match="echo needs support"):
