@@ -555,14 +555,23 @@ def _length(n: int) -> str:
     return "< 1×" if n == 0 else f"{n}×"
 
 
+def _chances(st: dict) -> dict[str, float]:
+    """Each task's uniform chance under the run's recipe (settings `st`): two-hop facts with support name two words."""
+    from hybrid.data.recall_tasks import chance
+
+    support = bool(st["recipe"].get("facts_support"))
+    return {t: chance(t, support=support) for t in st["recipe"]["tasks"]}
+
+
 def table_rows(result: dict, metric: str = "exact") -> tuple[list[str], list[list[str]]]:
     """A table of `metric` (exact match: the main one): task, length, chance, mentioned, one column per variant (mean
     [95 % interval]); the long lengths again with a memory that holds the whole input where the result has them,
     and (exact match) each task's effective length per variant."""
-    from hybrid.data.recall_tasks import CHANCE, TASK_TITLES
+    from hybrid.data.recall_tasks import TASK_TITLES
 
     st = result["settings"]
     L = st["recipe"]["segment_length"]
+    chance = _chances(st)
     header = ["task", "length", "chance", "mentioned"] + [VARIANT_TITLES[v] for v in st["variants"]]
     full = result.get("accuracy_full_memory", {})
     effective = effective_lengths(result)
@@ -581,7 +590,7 @@ def table_rows(result: dict, metric: str = "exact") -> tuple[list[str], list[lis
             if n not in first:
                 continue
             beyond = " (beyond training)" if int(n) in st["long_lengths"] else ""
-            head = [TASK_TITLES[t], f"{n}× ({int(n) * L} tokens){beyond}", f"{CHANCE[t]:.3g}"]
+            head = [TASK_TITLES[t], f"{n}× ({int(n) * L} tokens){beyond}", f"{chance[t]:.3g}"]
             head.append(f"{result['mentioned'][t][n]:.3g}")
             rows.append(head + [fmt(result["accuracy"][v][t][n]) for v in st["variants"]])
             if any(n in full.get(v, {}).get(t, {}) for v in st["variants"]):
@@ -717,10 +726,11 @@ def draw_plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hybrid.data.recall_tasks import CHANCE, TASK_TITLES
+    from hybrid.data.recall_tasks import TASK_TITLES
 
     st = result["settings"]
     tasks = st["recipe"]["tasks"]
+    chance = _chances(st)
     effective = effective_lengths(result)
     metric = effective["metric"]
     full = result.get("accuracy_full_memory", {})
@@ -756,10 +766,10 @@ def draw_plot(result: dict, path: str) -> None:
                     label=f"{VARIANT_TITLES[v]}, memory holds it "
                     f"(effective {_length(effective['full_memory'][v][task])})",
                 )
-        ax.axhline(CHANCE[task], color="grey", linestyle=":", label="chance")
+        ax.axhline(chance[task], color="grey", linestyle=":", label="chance")
         ax.axhline(effective["threshold"], color="black", linewidth=0.6, linestyle="-.", label="threshold")
         mentioned = [result["mentioned"][task][n] for n in lengths if n in result.get("mentioned", {}).get(task, {})]
-        if mentioned and sum(mentioned) / len(mentioned) > 1.5 * CHANCE[task]:  # the fair baseline, where it differs
+        if mentioned and sum(mentioned) / len(mentioned) > 1.5 * chance[task]:  # the fair baseline, where it differs
             ax.axhline(sum(mentioned) / len(mentioned), color="grey", linestyle="--", label="one of the mentioned")
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [f"{n}x" for n in xs])
@@ -810,12 +820,10 @@ def _seed_in_process(job: tuple) -> dict[str, Any]:
 
 def result_of(st: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON of a run: settings, the aggregates, and every seed's own results (`runs`, for merging)."""
-    from hybrid.data.recall_tasks import CHANCE
-
     return {
         "bench": "recall",
         "settings": st,
-        "chance": {t: CHANCE[t] for t in st["recipe"]["tasks"]},
+        "chance": _chances(st),
         **aggregate(st, runs),
         "base": [run["base"] for run in runs],
         "seconds": [run["seconds"] for run in runs],

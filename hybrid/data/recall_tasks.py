@@ -89,6 +89,16 @@ CHANCE = {
     "qa2": 1 / len(PLACES),
     "qa3": 1 / len(PLACES),
 }
+
+
+def chance(task: str, support: bool = False, **_options) -> float:
+    """CHANCE of `task` with its generator options: two-hop facts with their support name a holder and a place,
+    a uniform guess of both is right 1 / (people x places) of the time."""
+    if task == "facts" and support:
+        return 1 / (len(PEOPLE) * len(PLACES))
+    return CHANCE[task]
+
+
 TASK_TITLES = {
     "kv": "key-value recall",
     "passkey": "passkey",

@@ -326,6 +326,12 @@ def test_facts_with_support_and_echo_start_with_the_asked_object():
             assert rt.n_tokens(echo) + 2 == n * L
             assert rc.value_words(echo) == [holder, place] and rt.references(echo) == [holder, place]
             assert rt.mentioned_chance(echo) == rt.mentioned_chance(support) == 1 / 2
+    # chance: a uniform guess of holder and place, among those the generator draws (400 draws show all of them)
+    drawn = [e.output.split()[1:] for e in rc.eval_examples(on, "facts", 1, 400, 0, "train")]
+    assert rt.chance("facts", support=True) == pytest.approx(
+        1 / (len({h for h, _ in drawn}) * len({p for _, p in drawn}))
+    )
+    assert rt.chance("facts") == rt.CHANCE["facts"] == 1 / len({p for _, p in drawn})
     # the echo alone is never a right answer: scoring the output without its value words fails exact match
     assert rt.ruler_score([obj], rt.references(echo)) == 0.0
     with pytest.raises(HybridError, match="train_aids: unknown training aid 'nope'"):
