@@ -357,7 +357,7 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
             + f" ({seconds[variant]:.0f}s)"
         )
     return {
-        "base": {"rounds": base.rounds, "val_kv_1x": base.val_kv_1x, "passed": base.passed},
+        "base": {"rounds": base.rounds, "val_kv_1x": base.val_kv_1x, "passed": base.passed, **_inits(base)},
         "cells": cells,
         "cells_full_memory": cells_full,
         "validation": validation,
@@ -666,12 +666,18 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return markdown_table(header, rows, text_columns=2)  # variant and task
 
 
+def _kept(base: dict) -> str:
+    """' (init 2 of 3 kept)' for a best-of-N stage 1, else ''."""
+    return f" (init {base['chosen'] + 1} of {len(base['inits'])} kept)" if base.get("inits") else ""
+
+
 def markdown_report(result: dict, full: bool = True) -> str:
     """The tables as GitHub markdown: main (means and intervals), then (`full`) controls and FAISS, per seed."""
     st = result["settings"]
     base = "; ".join(
         f"seed {seed}: {b['rounds']} round(s), in-window key-value {b['val_kv_1x'][-1]:.2f}"
         f"{'' if b['passed'] else ' (missed the bar)'}"
+        f"{_kept(b)}"
         for seed, b in zip(st["seeds"], result["base"])
         if b["val_kv_1x"]
     )
@@ -792,11 +798,7 @@ def base_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
     log(f"[seed {seed}] base: up to {s.recipe.base_rounds} x {s.recipe.base_steps} in-window steps")
     base = rc.train_base(s.recipe, load_config([]).recipe(), work, seed, max_length, say=log)
     # every task in the window, on validation, after the last round: which circuits the base has
-    val_1x = {}
-    with rc.loaded(base.checkpoint) as (model, tokenizer):
-        for task in s.recipe.tasks:
-            examples = rc.eval_examples(s.recipe, task, 1, s.recipe.val_examples, seed, "val")
-            val_1x[task] = round(rc.score(model, tokenizer, examples).exact_match, 4)
+    val_1x = base.inits[base.chosen]["val_1x"] if base.inits else rc.val_in_window(s.recipe, base.checkpoint, seed)
     log(f"[seed {seed}] base in the window, validation: " + ", ".join(f"{t} {v:.2f}" for t, v in val_1x.items()))
     return {
         "seed": seed,
@@ -804,8 +806,14 @@ def base_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
         "val_kv_1x": base.val_kv_1x,
         "val_1x": val_1x,
         "passed": base.passed,
+        **_inits(base),
         "seconds": round(time.time() - t0, 1),
     }
+
+
+def _inits(base) -> dict[str, Any]:
+    """A best-of-N stage 1's record (`bench.base_inits` > 1): every init's validation scores and the one kept."""
+    return {"inits": base.inits, "chosen": base.chosen} if base.inits else {}
 
 
 def _seed_in_process(job: tuple) -> dict[str, Any]:
@@ -865,6 +873,14 @@ def _report_bases(args, s: Settings, runs: list[dict], seconds: float, load_befo
     for run in runs:
         rounds = " / ".join(f"{x:.3f}" for x in run["val_kv_1x"])
         tasks = ", ".join(f"{t} {v:.3f}" for t, v in run.get("val_1x", {}).items())
+        for i, init in enumerate(run.get("inits", [])):
+            kept = " (kept)" if i == run["chosen"] else ""
+            log(
+                f"seed {run['seed']} init {i + 1}{kept}: key-value by round "
+                + " / ".join(f"{x:.3f}" for x in init["val_kv_1x"])
+                + "; in the window: "
+                + ", ".join(f"{t} {v:.3f}" for t, v in init["val_1x"].items())
+            )
         log(
             f"seed {run['seed']}: {rounds} ({'passed' if run['passed'] else 'missed'} the bar {r.base_bar}; "
             f"{run['seconds']:.0f}s); every task in the window after the last round: {tasks}"

@@ -475,3 +475,24 @@ def test_base_only_reports_stage_one_per_round_on_validation(tmp_path, capsys):
     assert all(0.0 <= v <= 1.0 for v in seed["val_1x"].values())
     printed = capsys.readouterr().out
     assert "0 of 1 seeds passed" in printed and "every task in the window after the last round: kv" in printed
+
+
+def test_base_inits_keeps_the_init_with_the_best_mean_in_window_validation(tmp_path, capsys):
+    """bench.base_inits=2: stage 1 from two initialisations, each with its own rounds; the one kept has the highest
+    mean in-window validation score over the tasks, and the JSON records both and which was kept."""
+    out = tmp_path / "base.json"
+    args = ["bench", "recall", "--base-only", "--seeds", "3", "--base-steps", "2", "--tasks", "kv,passkey"]
+    overrides = ["bench.batch_size=2", "bench.val_examples=4", "bench.base_rounds=1", "bench.base_inits=2"]
+    assert main(args + ["--json", str(out)] + overrides) == 0
+    [seed] = json.loads(out.read_text())["base"]
+    assert len(seed["inits"]) == 2 and all(list(i["val_1x"]) == ["kv", "passkey"] for i in seed["inits"])
+    means = [sum(i["val_1x"].values()) / 2 for i in seed["inits"]]
+    assert seed["chosen"] == max(range(2), key=lambda i: (means[i], -i))
+    assert seed["val_1x"] == seed["inits"][seed["chosen"]]["val_1x"]
+    assert seed["val_kv_1x"] == seed["inits"][seed["chosen"]]["val_kv_1x"]
+    assert f"seed 3 init {seed['chosen'] + 1} (kept)" in capsys.readouterr().out
+    from hybrid.core.errors import HybridError
+    from hybrid.training import recall as rc
+
+    with pytest.raises(HybridError, match="base_inits: must be a positive integer"):
+        rc.RecallRecipe(base_inits=0).check()
