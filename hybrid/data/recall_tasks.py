@@ -91,9 +91,9 @@ CHANCE = {
 }
 
 
-def chance(task: str, support: bool = False, **_options) -> float:
-    """CHANCE of `task` with its generator options: two-hop facts with their support name a holder and a place,
-    a uniform guess of both is right 1 / (people x places) of the time."""
+def chance(task: str, support: bool = False) -> float:
+    """CHANCE of `task`; two-hop facts with their support (`support`) name a holder and a place, and a uniform guess
+    of both is right 1 / (people x places) of the time."""
     if task == "facts" and support:
         return 1 / (len(PEOPLE) * len(PLACES))
     return CHANCE[task]

@@ -304,7 +304,7 @@ def train_base(
     val = eval_examples(r, "kv", 1, r.val_examples, seed, "val") if "kv" in r.tasks else []
     if r.base_inits == 1:
         return _train_base_init(r, base, work, data, val, seed, max_length, say)
-    results, scores = [], []
+    results, records, scores = [], [], []
     for i in range(r.base_inits):
         say(f"  base init {i + 1} of {r.base_inits}")
         # the first init is the single-init run's (same seeds, same folders); the others start elsewhere
@@ -313,15 +313,15 @@ def train_base(
         )
         per_task = val_in_window(r, res.checkpoint, seed)
         results.append(res)
+        records.append({"val_kv_1x": res.val_kv_1x, "passed": res.passed, "val_1x": per_task})
         scores.append(sum(per_task.values()) / len(per_task))
-        res.inits = [{"val_kv_1x": res.val_kv_1x, "passed": res.passed, "val_1x": per_task}]
         say(
             f"  base init {i + 1}: in the window, validation: " + ", ".join(f"{t} {v:.2f}" for t, v in per_task.items())
         )
     best = max(range(len(results)), key=lambda i: (scores[i], -i))
     say(f"  base: init {best + 1} kept (mean in-window validation {scores[best]:.3f})")
     kept = results[best]
-    return BaseResult(kept.checkpoint, kept.val_kv_1x, kept.passed, [res.inits[0] for res in results], best)
+    return BaseResult(kept.checkpoint, kept.val_kv_1x, kept.passed, records, best)
 
 
 def _train_base_init(
