@@ -79,6 +79,9 @@ class Settings:
     controls: bool = True
     faiss: bool = True
     effective_threshold: float = 0.85  # RULER's effective length: the score a length must keep
+    # the lengths each variant is scored at on the validation stream (empty: the longest trained length, 4x) -
+    # recipe work that must see 16x, where a passkey route can fail while 4x holds (docs/recall.md)
+    val_lengths: list[int] = field(default_factory=list)
 
 
 def _recipe_class():
@@ -229,6 +232,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise HybridError(
             "--eval-examples, bench.long_examples, bench.control_examples and bench.faiss_examples must be positive"
         )
+    if not isinstance(s.val_lengths, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in s.val_lengths
+    ):
+        raise HybridError(f"bench.val_lengths: a list of positive numbers of segments, got {s.val_lengths!r}")
     if not isinstance(s.effective_threshold, (int, float)) or not 0 < s.effective_threshold <= 1:
         raise HybridError(f"bench.effective_threshold: a score in (0, 1], got {s.effective_threshold!r}")
     return s
@@ -252,6 +259,10 @@ def _scores_cell(scores) -> dict[str, float]:
     if scores.label_set_accuracy is not None:  # qa1-qa3
         cell["label_set"] = scores.label_set_accuracy
     return cell
+
+
+def val_lengths(s: Settings) -> list[int]:
+    return list(s.val_lengths) or [max(s.recipe.length_mix)]
 
 
 def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
@@ -286,8 +297,7 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
             for n in s.long_lengths
         }
     )
-    val_n = max(r.length_mix)
-    vals = {t: rc.eval_examples(r, t, val_n, r.val_examples, seed, "val") for t in r.tasks}
+    vals = {(t, n): rc.eval_examples(r, t, n, r.val_examples, seed, "val") for t in r.tasks for n in val_lengths(s)}
     mentioned = {
         t: {str(n): sum(map(rt.mentioned_chance, ex)) / len(ex) for (tt, n), ex in tests.items() if tt == t}
         for t in r.tasks
@@ -316,7 +326,9 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
                         "examples": len(ok),
                         "exact": sum(ok) / max(1, len(ok)),
                     }
-            validation[variant] = {t: {str(val_n): rc.score(model, tok, ex).exact_match} for t, ex in vals.items()}
+            validation[variant] = {t: {} for t in r.tasks}
+            for (t, n), ex in vals.items():
+                validation[variant][t][str(n)] = rc.score(model, tok, ex).exact_match
             seconds[f"{variant}_score"] = round(time.time() - t1 - seconds[f"{variant}_train"], 1)
             if variant == "both" and s.controls:
                 t2 = time.time()
@@ -813,7 +825,7 @@ def base_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
 
 def _inits(base) -> dict[str, Any]:
     """A best-of-N stage 1's record (`bench.base_inits` > 1): every init's validation scores and the one kept."""
-    return {"inits": base.inits, "chosen": base.chosen} if base.inits else {}
+    return {"inits": base.inits, "chosen": base.chosen, "scored_tasks": base.scored} if base.inits else {}
 
 
 def _seed_in_process(job: tuple) -> dict[str, Any]:

@@ -61,7 +61,8 @@ class RecallRecipe:
     base_bar: float = 0.9  # stage 1 passes when in-window key-value exact match on validation reaches this
     base_rounds: int = 5  # stage 1: at most this many rounds (stops at the bar)
     # Stage 1 from this many initialisations (each its own rounds), keeping the one with the best mean in-window
-    # exact match over the tasks on validation: best-of-N, for circuits that form on some inits and not others.
+    # exact match on validation over the tasks some init learned (pick_init): best-of-N, for circuits that form on
+    # some inits and not others.
     base_inits: int = 1
     steps: int = 1500  # stage 2, per variant: the length curriculum
     batch_size: int = 32
@@ -72,6 +73,9 @@ class RecallRecipe:
     # Stage-2 length mix {segments: weight} of the training file (the curriculum as data); in-window examples stay
     # in the mix. data.bucket_by_length=true draws every batch from one length.
     length_mix: dict[int, float] = field(default_factory=lambda: {1: 1.0, 2: 1.0, 4: 2.0})
+    # Stage 2's task mix {task or training aid: weight}; one left out weighs 1 (empty: every one alike), a weighted
+    # task the run does not train is ignored.
+    stage2_weights: dict[str, float] = field(default_factory=dict)
     # Training draws each key-value example's number of pairs from this range (evaluation always uses 8).
     train_kv_pairs: list[int] = field(default_factory=lambda: [1, 8])
     train_aids: list[str] = field(default_factory=lambda: ["chain"])  # recall_tasks.chain_example
@@ -137,6 +141,19 @@ class RecallRecipe:
                 raise HybridError(
                     f"{where}.train_aids: unknown training aid {aid!r} (choose from {', '.join(rt.TRAINING_AIDS)})"
                 )
+        w = self.stage2_weights
+        if not isinstance(w, dict) or not all(
+            not isinstance(v, bool) and isinstance(v, (int, float)) and v >= 0 for v in w.values()
+        ):
+            raise HybridError(f"{where}.stage2_weights: expected {{task: weight}} with weights >= 0, got {w!r}")
+        for t in w:  # a task this run leaves out may keep its weight (the default's passkey with --tasks kv,...)
+            if t not in rt.ALL_TASKS + rt.TRAINING_AIDS:
+                raise HybridError(
+                    f"{where}.stage2_weights: unknown task or training aid {t!r} "
+                    f"(choose from {', '.join(rt.ALL_TASKS + rt.TRAINING_AIDS)})"
+                )
+        if w and not any(w.get(t, 1) > 0 for t in self.tasks + self.train_aids):
+            raise HybridError(f"{where}.stage2_weights: every weight is 0")
         if self.facts_echo and not self.facts_support:
             raise HybridError(f"{where}.facts_echo: needs {where}.facts_support=true (the echo is the support's key)")
         for t in self.tasks:
@@ -155,15 +172,19 @@ def training_examples(
     seed: int,
     chain_separator: float = 1.0,
     chain_digits: bool = False,
+    task_weights: dict[str, float] | None = None,
 ) -> list[rt.Example]:
-    """steps x batch_size fresh examples (tasks and training aids mixed) from seeded train streams, each example's
-    length drawn from `lengths` ({segments: weight}): the curriculum as a data mix."""
+    """steps x batch_size fresh examples (tasks and training aids mixed, alike or by `task_weights`) from seeded
+    train streams, each example's length drawn from `lengths` ({segments: weight}): the curriculum as a data mix."""
     rng = random.Random(seed)
     streams: dict = {}
     out = []
+    kinds = r.tasks + r.train_aids
+    weights = [task_weights.get(t, 1.0) for t in kinds] if task_weights else None
     for _ in range(steps * r.batch_size):
         n = rng.choices(list(lengths), weights=list(lengths.values()))[0]
-        task = rng.choice(r.tasks + r.train_aids)
+        # no weights: rng.choice, the draw every committed run was made with
+        task = rng.choices(kinds, weights=weights)[0] if weights else rng.choice(kinds)
         if (task, n) not in streams:
             options = task_options(r, task)
             if task == "kv":
@@ -269,9 +290,11 @@ class BaseResult:
     checkpoint: Path
     val_kv_1x: list[float]  # in-window key-value exact match on validation after each round
     passed: bool  # the last round reached the bar
-    # with base_inits > 1: every init's {"val_kv_1x", "passed", "val_1x"} and the index of the one kept
+    # with base_inits > 1: every init's {"val_kv_1x", "passed", "val_1x"}, the index of the one kept and the tasks
+    # its pick compared
     inits: list[dict[str, Any]] = field(default_factory=list)
     chosen: int = 0
+    scored: list[str] = field(default_factory=list)  # the tasks the pick compared (pick_init)
 
     @property
     def rounds(self) -> int:
@@ -294,8 +317,8 @@ def train_base(
 ) -> BaseResult:
     """Stage 1: the memory-free model trained in-window until key-value on validation reaches the bar (see the
     module docstring); with `base_inits` > 1, that from each of several initialisations, keeping the one whose
-    mean in-window exact match over the tasks on validation is highest. Returns its checkpoint (weights + the
-    word-level tokenizer the variants inherit)."""
+    mean in-window exact match on validation over the tasks some init learned is highest (pick_init). Returns its
+    checkpoint (weights + the word-level tokenizer the variants inherit)."""
     examples = training_examples(r, r.base_steps, {1: 1.0}, seed * 7919 + 1, chain_separator=r.base_chain_separator)
     data = work / "base_train.jsonl"
     atomic_write_jsonl(
@@ -304,7 +327,7 @@ def train_base(
     val = eval_examples(r, "kv", 1, r.val_examples, seed, "val") if "kv" in r.tasks else []
     if r.base_inits == 1:
         return _train_base_init(r, base, work, data, val, seed, max_length, say)
-    results, records, scores = [], [], []
+    results, records = [], []
     for i in range(r.base_inits):
         say(f"  base init {i + 1} of {r.base_inits}")
         # the first init is the single-init run's (same seeds, same folders); the others start elsewhere
@@ -314,14 +337,40 @@ def train_base(
         per_task = val_in_window(r, res.checkpoint, seed)
         results.append(res)
         records.append({"val_kv_1x": res.val_kv_1x, "passed": res.passed, "val_1x": per_task})
-        scores.append(sum(per_task.values()) / len(per_task))
         say(
             f"  base init {i + 1}: in the window, validation: " + ", ".join(f"{t} {v:.2f}" for t, v in per_task.items())
         )
-    best = max(range(len(results)), key=lambda i: (scores[i], -i))
-    say(f"  base: init {best + 1} kept (mean in-window validation {scores[best]:.3f})")
+    levels = {
+        t: sum(map(rt.mentioned_chance, ex)) / len(ex)
+        for t in r.tasks
+        for ex in [eval_examples(r, t, 1, r.val_examples, seed, "val")]
+    }
+    best, scored, mean = pick_init([rec["val_1x"] for rec in records], levels)
+    left_out = [t for t in r.tasks if t not in scored]
+    say(
+        f"  base: init {best + 1} kept (mean in-window validation {mean:.3f} over {', '.join(scored)}"
+        + (f"; left out, learned by no init: {', '.join(left_out)})" if left_out else ")")
+    )
     kept = results[best]
-    return BaseResult(kept.checkpoint, kept.val_kv_1x, kept.passed, records, best)
+    return BaseResult(kept.checkpoint, kept.val_kv_1x, kept.passed, records, best, scored)
+
+
+# A task counts as learned by an init when its in-window exact match beats the task's "mentioned" level (answering
+# with one of the candidates the input mentions) by more than this: 3 standard errors of a 1/3 level at the default
+# 200 validation examples.
+LEARNED_MARGIN = 0.1
+
+
+def pick_init(val_1x: list[dict[str, float]], levels: dict[str, float]) -> tuple[int, list[str], float]:
+    """Best-of-N stage 1's choice among the inits' in-window validation exact match per task: the highest mean over
+    the tasks some init has learned (see LEARNED_MARGIN; every task when none is) - a task no init learned sits at
+    its shortcut level on each, and its noise would decide (docs/recall.md, Best-of-N). Ties keep the earlier init.
+    Returns (the kept init's index, the tasks scored, its mean)."""
+    tasks = list(val_1x[0])
+    scored = [t for t in tasks if any(v[t] > levels.get(t, 0.0) + LEARNED_MARGIN for v in val_1x)] or tasks
+    means = [sum(v[t] for t in scored) / len(scored) for v in val_1x]
+    best = max(range(len(val_1x)), key=lambda i: (means[i], -i))
+    return best, scored, means[best]
 
 
 def _train_base_init(
@@ -376,6 +425,7 @@ def stage2_data(r: RecallRecipe, work: Path, seed: int) -> Path:
                 seed * 7919 + 2,
                 chain_separator=r.chain_separator,
                 chain_digits=r.chain_digits,
+                task_weights=r.stage2_weights,
             )
         ],
     )

@@ -126,6 +126,7 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
             "bench.val_examples=4",
             "bench.long_examples=4",
             "model.external_memory_size=64",  # 8x (256 tokens) evicts; the full-memory cells hold all of it
+            "bench.val_lengths=[4, 8]",  # validation beyond the longest trained length too (recipe work)
         ]
     )
     assert rc == 0
@@ -147,6 +148,9 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
         "both": ["kv", "passkey"],
     }
     assert list(result["accuracy_full_memory"]["both"]["kv"]) == ["8"]
+    assert {v: {t: list(by_n) for t, by_n in by_t.items()} for v, by_t in result["validation"].items()} == {
+        v: dict.fromkeys(["kv", "passkey", "facts"], ["4", "8"]) for v in variants
+    }
     eff = result["effective_length"]
     assert eff["metric"] == "ruler" and eff["threshold"] == 0.85 and set(eff["full_memory"]) == {"external", "both"}
     assert all(n in (0, 1, 4, 8) for by_t in eff["variants"].values() for n in by_t.values())
@@ -273,6 +277,41 @@ def test_chain_digits_makes_digits_chain_links_and_leaves_every_other_example_as
         rc.RecallRecipe(chain_digits="yes").check()  # type: ignore[arg-type]
 
 
+def test_stage2_weights_set_each_tasks_share_and_leave_the_unweighted_draw_as_it_was(tmp_path):
+    """bench.stage2_weights: {task: weight}, a task left out weighs 1; no weights is the draw every committed run
+    used (rng.choice), so those runs reproduce."""
+    from collections import Counter
+
+    from hybrid.core.errors import HybridError
+    from hybrid.training import recall as rc
+
+    r = rc.RecallRecipe(batch_size=8)
+    plain = rc.training_examples(r, 100, {1: 1.0}, 0)
+    again = rc.training_examples(rc.RecallRecipe(batch_size=8), 100, {1: 1.0}, 0, task_weights={})
+    assert [e.record() for e in plain] == [e.record() for e in again]
+    kinds = r.tasks + r.train_aids
+    weighted = Counter(e.task for e in rc.training_examples(r, 100, {1: 1.0}, 0, task_weights={"passkey": 3}))
+    share = weighted["passkey"] / sum(weighted.values())
+    assert abs(share - 3 / (len(kinds) + 2)) < 0.05  # 800 draws: 0.5 +- 0.018 (one standard error)
+    assert set(weighted) == set(kinds)
+    rc.RecallRecipe(tasks=["kv"], stage2_weights={"passkey": 2}).check()  # a task not run keeps its weight
+    dropped = Counter(e.task for e in rc.training_examples(r, 50, {1: 1.0}, 0, task_weights={"facts": 0}))
+    assert "facts" not in dropped and set(dropped) == set(kinds) - {"facts"}
+    # the recipe passes its weights to stage 2's data
+    on = rc.RecallRecipe(batch_size=8, steps=50, stage2_weights={"facts": 0})
+    on.check()
+    records = [json.loads(line) for line in rc.stage2_data(on, tmp_path, 0).read_text().splitlines()]
+    assert len(records) == 400 and "facts" not in {x["task"] for x in records}
+    for bad, message in (
+        ({"nope": 1}, "stage2_weights: unknown task or training aid 'nope'"),
+        ({"kv": -1}, "stage2_weights: expected"),
+        (dict.fromkeys(kinds, 0), "stage2_weights: every weight is 0"),
+        ([1, 2], "stage2_weights: expected"),
+    ):
+        with pytest.raises(HybridError, match=message):
+            rc.RecallRecipe(stage2_weights=bad).check()  # type: ignore[arg-type]
+
+
 def test_facts_with_support_name_the_holder_then_the_place_from_the_same_draws():
     """bench.facts_support: `where is apple` -> `mary kitchen`, in training and scoring; the haystack is the same
     draw as without it, each answer word is stated in the haystack (beyond the window at n > 1), and every other
@@ -363,6 +402,8 @@ def test_validation_and_test_streams_differ():
 def test_bad_variant_is_a_one_line_error(capsys):
     assert main(["bench", "recall", "--quick", "--variants", "none,bogus"]) == 2
     assert "unknown variant 'bogus'" in capsys.readouterr().err
+    assert main(["bench", "recall", "--quick", "bench.val_lengths=[4, 0]"]) == 2
+    assert "bench.val_lengths: a list of positive numbers of segments, got [4, 0]" in capsys.readouterr().err
 
 
 def test_training_template_gives_exactly_n_segments_of_tokens():
@@ -490,9 +531,28 @@ def test_base_inits_keeps_the_init_with_the_best_mean_in_window_validation(tmp_p
     assert seed["chosen"] == max(range(2), key=lambda i: (means[i], -i))
     assert seed["val_1x"] == seed["inits"][seed["chosen"]]["val_1x"]
     assert seed["val_kv_1x"] == seed["inits"][seed["chosen"]]["val_kv_1x"]
+    assert seed["scored_tasks"] == ["kv", "passkey"]  # two steps learn nothing: every task is compared
     assert f"seed 3 init {seed['chosen'] + 1} (kept)" in capsys.readouterr().out
     from hybrid.core.errors import HybridError
     from hybrid.training import recall as rc
 
     with pytest.raises(HybridError, match="base_inits: must be a positive integer"):
         rc.RecallRecipe(base_inits=0).check()
+
+
+def test_best_of_n_leaves_out_the_tasks_no_init_has_learned():
+    """pick_init: a task every init answers at its "mentioned" level (two-hop facts at 1/3) is noise and must not
+    decide the pick, as it did for seed 2 of the best-of-2 run on the default tasks (docs/recall.md, Best-of-N)."""
+    from hybrid.training import recall as rc
+
+    levels = {"kv": 0.159, "passkey": 1e-5, "facts": 1 / 3}
+    inits = [{"kv": 0.93, "passkey": 1.0, "facts": 0.34}, {"kv": 0.94, "passkey": 1.0, "facts": 0.32}]
+    # over every task, facts' 0.02 of noise would keep init 1; over the learned ones key-value decides
+    assert sum(inits[0].values()) > sum(inits[1].values())
+    assert rc.pick_init(inits, levels) == (1, ["kv", "passkey"], pytest.approx(0.97))
+    # a task one init learned counts for all of them: the multi-key needle of the opt-in run's seed 0
+    ruler = [{"kv": 0.87, "multikey": 0.335, "vt": 0.95}, {"kv": 0.985, "multikey": 0.95, "vt": 0.49}]
+    best, scored, _ = rc.pick_init(ruler, {"kv": 0.159, "multikey": 0.25, "vt": 0.5})
+    assert (best, scored) == (1, ["kv", "multikey", "vt"])
+    # none learned (a smoke-sized run): every task counts; ties keep the earlier init
+    assert rc.pick_init([{"kv": 0.1}, {"kv": 0.1}], {"kv": 0.159})[:2] == (0, ["kv"])
