@@ -886,7 +886,8 @@ def _report_bases(args, s: Settings, runs: list[dict], seconds: float, load_befo
         rounds = " / ".join(f"{x:.3f}" for x in run["val_kv_1x"])
         tasks = ", ".join(f"{t} {v:.3f}" for t, v in run.get("val_1x", {}).items())
         for i, init in enumerate(run.get("inits", [])):
-            kept = " (kept)" if i == run["chosen"] else ""
+            compared = ", ".join(run.get("scored_tasks", []))  # absent from results saved before pick_init
+            kept = (f" (kept; compared on {compared})" if compared else " (kept)") if i == run["chosen"] else ""
             log(
                 f"seed {run['seed']} init {i + 1}{kept}: key-value by round "
                 + " / ".join(f"{x:.3f}" for x in init["val_kv_1x"])

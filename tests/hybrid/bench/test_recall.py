@@ -532,7 +532,7 @@ def test_base_inits_keeps_the_init_with_the_best_mean_in_window_validation(tmp_p
     assert seed["val_1x"] == seed["inits"][seed["chosen"]]["val_1x"]
     assert seed["val_kv_1x"] == seed["inits"][seed["chosen"]]["val_kv_1x"]
     assert seed["scored_tasks"] == ["kv", "passkey"]  # two steps learn nothing: every task is compared
-    assert f"seed 3 init {seed['chosen'] + 1} (kept)" in capsys.readouterr().out
+    assert f"seed 3 init {seed['chosen'] + 1} (kept; compared on kv, passkey)" in capsys.readouterr().out
     from hybrid.core.errors import HybridError
     from hybrid.training import recall as rc
 
