@@ -305,6 +305,7 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
     cells: dict[str, Any] = {}
     cells_full: dict[str, Any] = {}  # the long lengths with an external memory that holds the whole input
     validation: dict[str, Any] = {}
+    stage2: dict[str, Any] = {}  # bench.stage2_inits > 1: every try's validation cells and the one kept
     controls: dict[str, Any] = {}
     faiss: dict[str, Any] = {}
     for variant in s.variants:
@@ -313,7 +314,12 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
             f"[seed {seed}] {VARIANT_TITLES[variant]}: {r.steps} steps on the length mix (hybrid train, init from "
             f"the base)"
         )
-        ckpt = rc.train_variant(r, base_cfg, variant, base.checkpoint, work, data, seed, max_length)
+        if r.stage2_inits > 1:  # best-of-N stage 2, judged on validation (the tries' scores go into the JSON)
+            ckpt, stage2[variant] = rc.train_variant_best(
+                r, base_cfg, variant, base.checkpoint, work, data, seed, max_length, vals, say=log
+            )
+        else:
+            ckpt = rc.train_variant(r, base_cfg, variant, base.checkpoint, work, data, seed, max_length)
         seconds[f"{variant}_train"] = round(time.time() - t1, 1)
         cells[variant] = {t: {} for t in r.tasks}
         with rc.loaded(ckpt) as (model, tok):
@@ -326,9 +332,12 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
                         "examples": len(ok),
                         "exact": sum(ok) / max(1, len(ok)),
                     }
-            validation[variant] = {t: {} for t in r.tasks}
-            for (t, n), ex in vals.items():
-                validation[variant][t][str(n)] = rc.score(model, tok, ex).exact_match
+            if variant in stage2:  # scored while choosing
+                validation[variant] = stage2[variant]["tries"][stage2[variant]["chosen"]]
+            else:
+                validation[variant] = {t: {} for t in r.tasks}
+                for (t, n), ex in vals.items():
+                    validation[variant][t][str(n)] = rc.score(model, tok, ex).exact_match
             seconds[f"{variant}_score"] = round(time.time() - t1 - seconds[f"{variant}_train"], 1)
             if variant == "both" and s.controls:
                 t2 = time.time()
@@ -373,6 +382,7 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
         "cells": cells,
         "cells_full_memory": cells_full,
         "validation": validation,
+        **({"stage2": stage2} if stage2 else {}),
         "controls": controls,
         "faiss": faiss,
         "mentioned": mentioned,

@@ -65,6 +65,10 @@ class RecallRecipe:
     # some inits and not others.
     base_inits: int = 1
     steps: int = 1500  # stage 2, per variant: the length curriculum
+    # Stage 2 from this many training seeds per variant, keeping the one with the best mean validation exact match
+    # over the (task, length) cells some try learned (pick_init; the bench's `val_lengths`): best-of-N for routes
+    # that form on some training runs and not others. Every variant gets the same number of tries.
+    stage2_inits: int = 1
     batch_size: int = 32
     learning_rate: float = 1e-3
     # Stage 1's peak learning rate (None: `learning_rate`); chosen on validation: docs/recall.md, Stage 1.
@@ -125,7 +129,7 @@ class RecallRecipe:
                 f"{where}.length_mix: expected {{segments: weight}} with positive integers and weights, "
                 f"got {self.length_mix!r}"
             )
-        for name in ("steps", "base_steps", "base_rounds", "base_inits", "batch_size", "val_examples"):
+        for name in ("steps", "base_steps", "base_rounds", "base_inits", "stage2_inits", "batch_size", "val_examples"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise HybridError(f"{where}.{name}: must be a positive integer, got {getattr(self, name)!r}")
         if not 0 <= self.base_bar <= 1:
@@ -446,6 +450,49 @@ def train_variant(
     return train_stage(
         base, stage_values(r, variant, work / variant, data, r.steps, seed + 1, max_length, init_from=base_checkpoint)
     )
+
+
+def train_variant_best(
+    r: RecallRecipe,
+    base: RecipeConfig,
+    variant: str,
+    base_checkpoint: Path,
+    work: Path,
+    data: Path,
+    seed: int,
+    max_length: int,
+    vals: dict[tuple[str, int], list[rt.Example]],
+    say: Callable[[str], None] = print,
+) -> tuple[Path, dict[str, Any]]:
+    """Stage 2 from `stage2_inits` training seeds (the first is `train_variant`'s run), each scored on the
+    validation examples `vals` {(task, length): examples}; keeps the one pick_init prefers over the (task, length)
+    cells. Returns its checkpoint and {"tries": [{task: {length: exact}}], "chosen", "scored"}."""
+    tries: list[dict[str, dict[str, float]]] = []
+    checkpoints = []
+    for i in range(r.stage2_inits):
+        folder = work / variant if i == 0 else work / f"{variant}_try{i + 1}"
+        checkpoints.append(
+            train_stage(
+                base,
+                stage_values(
+                    r, variant, folder, data, r.steps, seed + 1 + 100_003 * i, max_length, init_from=base_checkpoint
+                ),
+            )
+        )
+        with loaded(checkpoints[-1]) as (model, tokenizer):
+            cells: dict[str, dict[str, float]] = {}
+            for (t, n), ex in vals.items():
+                cells.setdefault(t, {})[str(n)] = score(model, tokenizer, ex).exact_match
+        tries.append(cells)
+        say(
+            f"  [{variant}] stage 2 try {i + 1} of {r.stage2_inits}, validation: "
+            + ", ".join(f"{t} {n}x {v:.3f}" for t, by_n in cells.items() for n, v in by_n.items())
+        )
+    flat = [{f"{t} {n}x": v for t, by_n in cells.items() for n, v in by_n.items()} for cells in tries]
+    levels = {f"{t} {n}x": sum(map(rt.mentioned_chance, ex)) / len(ex) for (t, n), ex in vals.items()}
+    best, scored, mean = pick_init(flat, levels)
+    say(f"  [{variant}] stage 2: try {best + 1} kept (mean validation {mean:.3f} over {', '.join(scored)})")
+    return checkpoints[best], {"tries": tries, "chosen": best, "scored": scored}
 
 
 # -- scoring ----------------------------------------------------------------------------------------------------------

@@ -540,6 +540,31 @@ def test_base_inits_keeps_the_init_with_the_best_mean_in_window_validation(tmp_p
         rc.RecallRecipe(base_inits=0).check()
 
 
+def test_stage2_inits_keeps_the_try_pick_init_prefers_on_validation(tmp_path, capsys):
+    """bench.stage2_inits=2: each variant's stage 2 from two training seeds, both scored on validation (every
+    `val_lengths` length), the kept one's cells are the variant's validation, and the JSON records every try."""
+    from hybrid.training import recall as rc
+
+    out = tmp_path / "s2.json"
+    args = ["bench", "recall", "--quick", "--steps", "2", "--base-steps", "2", "--eval-examples", "2"]
+    args += ["--variants", "none,both", "--tasks", "kv,passkey", "--no-controls", "--json", str(out)]
+    overrides = ["bench.batch_size=2", "bench.val_examples=4", "bench.stage2_inits=2", "bench.val_lengths=[1, 4]"]
+    assert main(args + overrides) == 0
+    [run] = json.loads(out.read_text())["runs"]
+    for variant in ("none", "both"):
+        rec = run["stage2"][variant]
+        assert len(rec["tries"]) == 2 and all(list(t) == ["kv", "passkey"] for t in rec["tries"])
+        assert all(list(by_n) == ["1", "4"] for t in rec["tries"] for by_n in t.values())
+        assert run["validation"][variant] == rec["tries"][rec["chosen"]]
+        flat = [{f"{t} {n}x": v for t, by_n in c.items() for n, v in by_n.items()} for c in rec["tries"]]
+        assert rec["scored"] == [k for k in flat[0] if k in rec["scored"]] and rec["scored"]
+        means = [sum(f[k] for k in rec["scored"]) / len(rec["scored"]) for f in flat]
+        assert rec["chosen"] == max(range(2), key=lambda i: (means[i], -i))
+    assert "stage 2 try 2 of 2, validation: kv 1x" in capsys.readouterr().out
+    with pytest.raises(rc.HybridError, match="stage2_inits: must be a positive integer"):
+        rc.RecallRecipe(stage2_inits=0).check()
+
+
 def test_best_of_n_leaves_out_the_tasks_no_init_has_learned():
     """pick_init: a task every init answers at its "mentioned" level (two-hop facts at 1/3) is noise and must not
     decide the pick, as it did for seed 2 of the best-of-2 run on the default tasks (docs/recall.md, Best-of-N)."""
