@@ -8,7 +8,9 @@ shared by `hybrid bench recall` and `hybrid tune tune=recall`.
               `base_rounds` rounds are spent; the result says which (`base_learning_rate` and
               `base_chain_separator`: stage 1's own peak learning rate and chain-link separator chance)
     stage 2   per variant: `train.init_from=<base>`, the memory parameters fresh (read gates opened to
-              `model.memory_gate_init` / `model.external_gate_init`), `steps` steps on the length mix
+              `model.memory_gate_init` / `model.external_gate_init`), `steps` steps on the length mix (the tasks
+              alike or by `stage2_weights`); with `stage2_inits` > 1 from several training seeds, the one best on
+              validation kept
     scoring   per example, the argmax at every output position in one teacher-forced forward (greedy decoding's
               tokens as long as it stays on the reference): exact match of the whole output (key echo, value,
               end-of-text) and of the value words alone (the key echo is free); RULER's score on those argmax words
@@ -366,10 +368,11 @@ LEARNED_MARGIN = 0.1
 
 
 def pick_init(val_1x: list[dict[str, float]], levels: dict[str, float]) -> tuple[int, list[str], float]:
-    """Best-of-N stage 1's choice among the inits' in-window validation exact match per task: the highest mean over
-    the tasks some init has learned (see LEARNED_MARGIN; every task when none is) - a task no init learned sits at
-    its shortcut level on each, and its noise would decide (docs/recall.md, Best-of-N). Ties keep the earlier init.
-    Returns (the kept init's index, the tasks scored, its mean)."""
+    """Best-of-N's choice (stage 1's inits on in-window tasks, stage 2's tries on (task, length) cells), from
+    validation exact match per task: the highest mean over the tasks some init has learned (see LEARNED_MARGIN;
+    every task when none is) - a task no init learned sits at its shortcut level on each, and its noise would decide
+    (docs/recall.md, Best-of-N). Ties keep the earlier init. Returns (the kept init's index, the tasks scored, its
+    mean)."""
     tasks = list(val_1x[0])
     scored = [t for t in tasks if any(v[t] > levels.get(t, 0.0) + LEARNED_MARGIN for v in val_1x)] or tasks
     means = [sum(v[t] for t in scored) / len(scored) for v in val_1x]
@@ -445,10 +448,16 @@ def train_variant(
     data: Path,
     seed: int,
     max_length: int,
+    attempt: int = 0,
 ) -> Path:
-    """Stage 2: `train.init_from=<base>`, `steps` steps on the length mix. Returns the final checkpoint."""
+    """Stage 2: `train.init_from=<base>`, `steps` steps on the length mix (`attempt` > 0: another training seed, in
+    its own folder, for best-of-N). Returns the final checkpoint."""
+    folder = work / variant if attempt == 0 else work / f"{variant}_try{attempt + 1}"
     return train_stage(
-        base, stage_values(r, variant, work / variant, data, r.steps, seed + 1, max_length, init_from=base_checkpoint)
+        base,
+        stage_values(
+            r, variant, folder, data, r.steps, seed + 1 + 100_003 * attempt, max_length, init_from=base_checkpoint
+        ),
     )
 
 
@@ -470,15 +479,7 @@ def train_variant_best(
     tries: list[dict[str, dict[str, float]]] = []
     checkpoints = []
     for i in range(r.stage2_inits):
-        folder = work / variant if i == 0 else work / f"{variant}_try{i + 1}"
-        checkpoints.append(
-            train_stage(
-                base,
-                stage_values(
-                    r, variant, folder, data, r.steps, seed + 1 + 100_003 * i, max_length, init_from=base_checkpoint
-                ),
-            )
-        )
+        checkpoints.append(train_variant(r, base, variant, base_checkpoint, work, data, seed, max_length, attempt=i))
         with loaded(checkpoints[-1]) as (model, tokenizer):
             cells: dict[str, dict[str, float]] = {}
             for (t, n), ex in vals.items():
