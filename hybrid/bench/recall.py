@@ -314,12 +314,13 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
             f"[seed {seed}] {VARIANT_TITLES[variant]}: {r.steps} steps on the length mix (hybrid train, init from "
             f"the base)"
         )
-        if r.stage2_inits > 1:  # best-of-N stage 2, judged on validation (the tries' scores go into the JSON)
-            ckpt, stage2[variant] = rc.train_variant_best(
-                r, base_cfg, variant, base.checkpoint, work, data, seed, max_length, vals, say=log
-            )
-        else:
-            ckpt = rc.train_variant(r, base_cfg, variant, base.checkpoint, work, data, seed, max_length)
+        # scored on validation as it is trained, in its seconds (bench.stage2_inits > 1: every try into the JSON)
+        ckpt, tried = rc.train_variant_best(
+            r, base_cfg, variant, base.checkpoint, work, data, seed, max_length, vals, say=log
+        )
+        validation[variant] = tried["tries"][tried["chosen"]]
+        if r.stage2_inits > 1:
+            stage2[variant] = tried
         seconds[f"{variant}_train"] = round(time.time() - t1, 1)
         cells[variant] = {t: {} for t in r.tasks}
         with rc.loaded(ckpt) as (model, tok):
@@ -332,12 +333,6 @@ def run_seed(s: Settings, seed: int, work: Path, log=print) -> dict[str, Any]:
                         "examples": len(ok),
                         "exact": sum(ok) / max(1, len(ok)),
                     }
-            if variant in stage2:  # scored while choosing
-                validation[variant] = stage2[variant]["tries"][stage2[variant]["chosen"]]
-            else:
-                validation[variant] = {t: {} for t in r.tasks}
-                for (t, n), ex in vals.items():
-                    validation[variant][t][str(n)] = rc.score(model, tok, ex).exact_match
             seconds[f"{variant}_score"] = round(time.time() - t1 - seconds[f"{variant}_train"], 1)
             if variant == "both" and s.controls:
                 t2 = time.time()

@@ -473,9 +473,10 @@ def train_variant_best(
     vals: dict[tuple[str, int], list[rt.Example]],
     say: Callable[[str], None] = print,
 ) -> tuple[Path, dict[str, Any]]:
-    """Stage 2 from `stage2_inits` training seeds (the first is `train_variant`'s run), each scored on the
-    validation examples `vals` {(task, length): examples}; keeps the one pick_init prefers over the (task, length)
-    cells. Returns its checkpoint and {"tries": [{task: {length: exact}}], "chosen", "scored"}."""
+    """Stage 2 from `stage2_inits` training seeds (the first is `train_variant`'s run; one try is the plain run),
+    each scored on the validation examples `vals` {(task, length): examples}; keeps the one pick_init prefers over
+    the (task, length) cells. Returns its checkpoint and {"tries": [{task: {length: exact}}], "chosen", "scored"}."""
+    tell = say if r.stage2_inits > 1 else (lambda _: None)
     tries: list[dict[str, dict[str, float]]] = []
     checkpoints = []
     for i in range(r.stage2_inits):
@@ -485,14 +486,14 @@ def train_variant_best(
             for (t, n), ex in vals.items():
                 cells.setdefault(t, {})[str(n)] = score(model, tokenizer, ex).exact_match
         tries.append(cells)
-        say(
+        tell(
             f"  [{variant}] stage 2 try {i + 1} of {r.stage2_inits}, validation: "
             + ", ".join(f"{t} {n}x {v:.3f}" for t, by_n in cells.items() for n, v in by_n.items())
         )
     flat = [{f"{t} {n}x": v for t, by_n in cells.items() for n, v in by_n.items()} for cells in tries]
     levels = {f"{t} {n}x": sum(map(rt.mentioned_chance, ex)) / len(ex) for (t, n), ex in vals.items()}
     best, scored, mean = pick_init(flat, levels)
-    say(f"  [{variant}] stage 2: try {best + 1} kept (mean validation {mean:.3f} over {', '.join(scored)})")
+    tell(f"  [{variant}] stage 2: try {best + 1} kept (mean validation {mean:.3f} over {', '.join(scored)})")
     return checkpoints[best], {"tries": tries, "chosen": best, "scored": scored}
 
 
