@@ -100,7 +100,11 @@ class Settings:
             "memory_slots": 8,
             "num_mem_heads": 4,
             "external_memory_size": 512,
-            "retrieval_k": 4,
+            # the external memory read through one joint softmax with the local keys, 8 chunks retrieved, the
+            # read open at 0.9: chosen on validation (docs/code-memory.md, "How the recipe was chosen")
+            "external_fusion": "joint",
+            "external_gate_init": 0.9,
+            "retrieval_k": 8,
             "chunk_size": 4,
             "retrieval_layers": [1],
         }
@@ -133,6 +137,8 @@ QUICK = {
         "memory_slots": 2,
         "num_mem_heads": 2,
         "external_memory_size": 128,
+        "external_fusion": "joint",
+        "external_gate_init": 0.9,
         "retrieval_k": 2,
         "chunk_size": 4,
         "retrieval_layers": [1],
