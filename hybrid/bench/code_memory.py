@@ -56,11 +56,17 @@ DOCS = DocTable(
     "hybrid bench code-memory --from-json docs/code-memory-results.json --write-docs",
     {"README.md": False, "docs/code-memory.md": True},
 )
-# the same benchmark with the external memory read through one joint softmax (model.external_fusion=joint)
+# earlier recipes, kept in docs/code-memory.md: the joint read with 4 chunks retrieved, and the gated read (the
+# first default)
 JOINT_DOCS = DocTable(
     "code-memory-joint-table",
     "hybrid bench code-memory --from-json docs/code-memory-joint.json --write-docs",
-    {"README.md": False, "docs/code-memory.md": True},
+    {"docs/code-memory.md": True},
+)
+GATE_DOCS = DocTable(
+    "code-memory-gate-table",
+    "hybrid bench code-memory --from-json docs/code-memory-gate.json --write-docs",
+    {"docs/code-memory.md": True},
 )
 SOURCE_SUFFIXES = (".py", ".rs", ".go", ".js", ".jsx", ".ts", ".tsx", ".java", ".c", ".h", ".cc", ".cpp", ".hpp")
 
@@ -608,14 +614,20 @@ def markdown_report(result: dict, full: bool = True) -> str:
 
 
 def doc_table(result: dict) -> DocTable:
-    """Where a result's table goes: the joint-fusion table for a run whose model reads its external memory through
-    one joint softmax, else the main one."""
-    return JOINT_DOCS if result["settings"]["model"].get("external_fusion") == "joint" else DOCS
+    """Where a result's table goes, by its recipe: the main table for the default read (joint, the default gate
+    and retrieval_k), the joint-table for a joint read with other settings, the gate-table for the gated read."""
+    model = result["settings"]["model"]
+    if model.get("external_fusion", "gate") != "joint":
+        return GATE_DOCS
+    default = Settings().model
+    if all(model.get(key) == default[key] for key in ("external_gate_init", "retrieval_k")):
+        return DOCS
+    return JOINT_DOCS
 
 
 def write_docs(result: dict, root: Path = Path(".")) -> list[Path]:
-    """Replace the block between the code-memory-table (or -joint-table: `doc_table`) markers of README.md and
-    docs/code-memory.md."""
+    """Replace the block between the code-memory-table (or -joint-table, -gate-table: `doc_table`) markers of
+    README.md and docs/code-memory.md."""
     return doc_table(result).write(lambda full: markdown_report(result, full), root)
 
 

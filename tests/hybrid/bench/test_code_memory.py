@@ -266,7 +266,12 @@ def test_committed_results_match_the_docs():
     """README.md and docs/code-memory.md carry the table of the committed results JSON, as generated."""
     from hybrid.bench import code_memory as b
 
-    for json_name, table in (("code-memory-results.json", b.DOCS), ("code-memory-joint.json", b.JOINT_DOCS)):
+    committed = (
+        ("code-memory-results.json", b.DOCS),
+        ("code-memory-joint.json", b.JOINT_DOCS),
+        ("code-memory-gate.json", b.GATE_DOCS),
+    )
+    for json_name, table in committed:
         result = b._load_result(str(ROOT / "docs" / json_name))
         assert len(result["settings"]["seeds"]) >= 3 and len(result["runs"]) == len(result["settings"]["seeds"])
         assert b.doc_table(result) is table
