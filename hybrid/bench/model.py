@@ -7,6 +7,9 @@ Ratios: our base / transformers (target >= 1.1) and each hybrid / our base (targ
 Each step is timed twice: wall clock, and the process's CPU time. On a shared machine the wall clock also counts
 the time other processes held the core; with `--threads 1` the CPU time does not, so its ratios are the steadier
 ones there (on an idle machine the two agree). The load average is printed before and after.
+
+`--compile` compiles every row's decoder layers (ours through `compile_blocks`, as `train.compile` does; the
+transformers anchor's layers and final norm alike), so its ratios stay like-for-like; the warm-up steps compile.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         help="CPU threads for torch (0 = torch's default); 1 gives steadier numbers on a busy machine",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every row's decoder blocks (ours as train.compile does; transformers' layers alike)",
+    )
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers anchor")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
@@ -77,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from hybrid.core.errors import HybridError
     from hybrid.models.hybrid_llama import HybridLlamaConfig, HybridLlamaForCausalLM
 
+    if args.compile and args.warmup < 1:
+        raise HybridError("--compile needs --warmup 1 or more: the first step of every row compiles")
     if args.threads:
         torch.set_num_threads(args.threads)
     dev_name = args.device
@@ -108,12 +118,20 @@ def run(args: argparse.Namespace) -> int:
     entries: list[tuple[str, object, object]] = []
 
     def measure(name: str, model, ids) -> None:
-        entries.append((name, model.to(device).train(), ids))
+        model.to(device).train()
+        if args.compile:  # regional, like-for-like: each decoder layer (ours: retrieval attention stays eager)
+            if hasattr(model, "compile_blocks"):
+                model.compile_blocks()
+            else:
+                for layer in model.model.layers:
+                    layer.compile()
+                model.model.norm.compile()
+        entries.append((name, model, ids))
 
     print(
         f"fwd+bwd on {device} ({args.dtype}), d={args.hidden_size} L={args.layers} H={args.heads}/"
         f"{args.kv_heads} V={args.vocab_size} B={B} segment={S}, memory variants on {n_seg} segments, "
-        f"threads={torch.get_num_threads()}; load average {_load()}",
+        f"threads={torch.get_num_threads()}{', blocks compiled' if args.compile else ''}; load average {_load()}",
         flush=True,
     )
     load_before = _load()

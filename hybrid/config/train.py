@@ -42,6 +42,18 @@ class TrainConfig(Section):
         "auto", description="bf16 autocast or fp32; auto = bf16 on GPU, fp32 on CPU"
     )
     activation_checkpointing: bool = Field(False, description="recompute block activations in backward")
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder block (regional: a retrieval layer's attention, which talks to "
+        "the memory store, stays eager); same results, the first steps compile. Needs a C++ compiler on CPU, "
+        "Triton on GPU",
+    )
+    compile_backend: str = Field(
+        "inductor",
+        min_length=1,
+        description="torch.compile's backend for train.compile: inductor (generated kernels), or e.g. aot_eager "
+        "(traced graphs run eagerly: checks tracing without code generation)",
+    )
     seed: int = Field(1337, description="seed for the weights, the data order and dropout")
     output_dir: str = Field("outputs/train", description="checkpoints, metrics and the resolved config", **PATH)
     resume: str = Field(

@@ -60,6 +60,14 @@ class InternalMemory(nn.Module):
         """A fresh state for `batch_size` sequences: (B, N, d) float32 on the parameters' device."""
         return self.initial_memory.float().unsqueeze(0).expand(batch_size, -1, -1)
 
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, write: bool, key_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's use of the memory for one segment: (read output (B, T, d), M_s when `write`, else M_{s-1}).
+        One call, so that `torch.compile` (train.compile) sees the read and the write as one graph."""
+        out = self.read(x, memory)
+        return out, (self.write(x, memory, key_mask) if write else memory)
+
     def _heads(self, linear: nn.Linear) -> torch.Tensor:
         """A (d_out=M*Dm, d_in=d) weight as (M, Dm, d), one (Dm, d) block per head."""
         return linear.weight.view(self.n_heads, -1, linear.weight.shape[1])

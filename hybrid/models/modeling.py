@@ -71,10 +71,8 @@ class DecoderBlock(nn.Module):
                 memory is None
             ):  # a sequence's first segment; made here, where the block's (maybe sharded) weights are whole
                 memory = self.internal_memory.initial_state(h.shape[0])
-            x = self.memory_layernorm(h)
-            h = h + self.dropout(self.internal_memory.read(x, memory))
-            if write_memory:
-                memory = self.internal_memory.write(x, memory, key_mask)
+            read, memory = self.internal_memory(self.memory_layernorm(h), memory, write_memory, key_mask)
+            h = h + self.dropout(read)
         h = h + self.dropout(self.mlp(self.post_attention_layernorm(h)))
         return h, memory
 
@@ -186,6 +184,21 @@ class HybridForCausalLM(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def compile_blocks(self, **options: Any) -> None:
+        """`torch.compile` each decoder block in place (regional compilation, as torchtune does; `train.compile`):
+        a block without retrieval as a whole; a retrieval block by its parts — norms, internal memory, MLP — since
+        its attention talks to the memory store, which stays eager. Parameter names, checkpoints and the results are
+        unchanged; the first steps of each new shape compile (seconds to a minute on a CPU)."""
+        for block in self.model.layers:
+            if not block.self_attn.retrieval:
+                block.compile(**options)
+                continue
+            parts = (block.input_layernorm, block.memory_layernorm, block.internal_memory)
+            for part in (*parts, block.post_attention_layernorm, block.mlp):
+                if part is not None:
+                    part.compile(**options)
+        self.model.norm.compile(**options)
 
     # -- forward --------------------------------------------------------------------------------------------
     def forward(

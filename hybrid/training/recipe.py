@@ -179,6 +179,8 @@ class TrainingRecipe:
             ckpt_io.init_weights_from(model, self.spec.init_from)
         self.model_config, self.model_class = model.config, type(model).__name__
         self.model = distributed.wrap(model, self.strategy, self.ctx)
+        if self.cfg.train.compile:  # after wrapping, as torchtune does (FSDP2 shards each block before it compiles)
+            distributed.unwrap(self.model).compile_blocks(backend=self.cfg.train.compile_backend)
 
     def _setup_optimizer(self) -> None:
         tcfg = self.cfg.train

@@ -76,3 +76,10 @@ def test_bench_model_tiny(tmp_path, capsys):
     assert "ratios (median" in printed
     # the load average is printed (and kept) so a reader can judge how busy the machine was
     assert "load average" in printed and set(data["load_average"]) == {"before", "after"}
+
+
+def test_bench_model_compile_needs_a_warmup_step(capsys):
+    from hybrid.main import main
+
+    assert main(["bench", "model", "--compile", "--warmup", "0", "--no-transformers", "--device", "cpu"]) != 0
+    assert "--compile needs --warmup 1 or more" in capsys.readouterr().err

@@ -374,3 +374,32 @@ def test_a_step_makes_two_collectives(io_data, tmp_path, tiny_overrides):
     recipe.ctx = Counting(ctx.rank, ctx.world, ctx.local_rank, ctx.device, ctx.launcher)
     assert recipe.train()["step"] == 3
     assert calls == ["gather", "gather"] * 3 + ["sum"]
+
+
+def test_compiled_training_equals_eager(io_data, tmp_path, tiny_overrides):
+    """train.compile=true compiles the blocks (dynamo's graph count grows) and trains to the same losses. Traced with
+    aot_eager: inductor's generated kernels take minutes to build here for every batch shape; they are compared with
+    eager in tests/hybrid/models/test_model_compile.py."""
+    import torch._dynamo
+
+    common = ["train.max_iters=2", "train.eval_every=2", "train.eval_batches=1", "train.log_every=1"]
+    common += ["data.max_length=32"]
+    eager = train(load_config(tiny_overrides(io_data, tmp_path / "eager", *common)).recipe(), quiet=True)
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled = train(
+        load_config(
+            tiny_overrides(
+                io_data, tmp_path / "compiled", *common, "train.compile=true", "train.compile_backend=aot_eager"
+            )
+        ).recipe(),
+        quiet=True,
+    )
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
+
+    def curve(out):
+        return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+
+    assert len(curve(eager.output_dir)) == 2
+    assert curve(compiled.output_dir) == pytest.approx(curve(eager.output_dir), rel=1e-5)
+    assert compiled.metrics["val_loss"] == pytest.approx(eager.metrics["val_loss"], rel=1e-5)
