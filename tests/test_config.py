@@ -26,6 +26,7 @@ def test_defaults_and_overrides():
         ("nosuchgroup=1", "nosuchgroup: unknown config group"),
         ("train.batch_size.x=1", "train.batch_size"),
         ("no-equals-sign", "expected key=value"),
+        ("train.compile_backend=nope", "train.compile_backend: unknown torch.compile backend 'nope'"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from hybrid.config.section import PATH, Section
 
@@ -54,6 +54,19 @@ class TrainConfig(Section):
         description="torch.compile's backend for train.compile: inductor (generated kernels), or e.g. aot_eager "
         "(traced graphs run eagerly: checks tracing without code generation)",
     )
+
+    @field_validator("compile_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value == "inductor":  # the default: no torch import while a config loads
+            return value
+        from torch._dynamo import list_backends
+
+        if value not in list_backends(exclude_tags=()):  # debug backends (aot_eager) included
+            shown = ", ".join([*list_backends(), "aot_eager"])
+            raise ValueError(f"unknown torch.compile backend {value!r} (e.g. {shown})")
+        return value
+
     seed: int = Field(1337, description="seed for the weights, the data order and dropout")
     output_dir: str = Field("outputs/train", description="checkpoints, metrics and the resolved config", **PATH)
     resume: str = Field(

@@ -204,6 +204,11 @@ def test_retention_keeps_best_and_last(tmp_path):
     assert [p.name for p in ckpt_io.list_checkpoints(tmp_path)] == ["checkpoint_step_000006", "checkpoint_step_000008"]
 
 
+def _loss_curve(out):
+    """The training losses a run logged, step by step."""
+    return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+
+
 def test_gradient_accumulation_equals_a_bigger_batch(io_data, tmp_path, tiny_overrides):
     """2 micro-batches of 2 accumulated = one batch of 4: same examples per step, same normalisation."""
     common = ["train.max_iters=3", "train.eval_every=3", "train.log_every=1", "data.max_length=32"]
@@ -219,11 +224,8 @@ def test_gradient_accumulation_equals_a_bigger_batch(io_data, tmp_path, tiny_ove
         quiet=True,
     )
 
-    def curve(out):
-        return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
-
-    assert len(curve(big.output_dir)) == 3
-    for x, y in zip(curve(big.output_dir), curve(acc.output_dir)):
+    assert len(_loss_curve(big.output_dir)) == 3
+    for x, y in zip(_loss_curve(big.output_dir), _loss_curve(acc.output_dir)):
         assert x == pytest.approx(y, rel=1e-5)
 
 
@@ -397,9 +399,6 @@ def test_compiled_training_equals_eager(io_data, tmp_path, tiny_overrides):
     )
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
 
-    def curve(out):
-        return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
-
-    assert len(curve(eager.output_dir)) == 2
-    assert curve(compiled.output_dir) == pytest.approx(curve(eager.output_dir), rel=1e-5)
+    assert len(_loss_curve(eager.output_dir)) == 2
+    assert _loss_curve(compiled.output_dir) == pytest.approx(_loss_curve(eager.output_dir), rel=1e-5)
     assert compiled.metrics["val_loss"] == pytest.approx(eager.metrics["val_loss"], rel=1e-5)
